@@ -1,0 +1,150 @@
+//! The lab's underlay on the host: a network namespace with a bridge and one
+//! multiqueue tap per VM NIC. Nothing here touches the host's own interfaces,
+//! routes or firewall; dropping the [`LabNet`] deletes the namespace and with it
+//! every tap and the bridge.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Errors building the underlay.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `ip` command failed.
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip {
+        /// The arguments.
+        args: String,
+        /// What ip said.
+        stderr: String,
+    },
+}
+
+/// Prefix of every namespace vlab creates: `vlab-<pid>-<n>`.
+const PREFIX: &str = "vlab-";
+/// The bridge inside the lab namespace.
+pub const BRIDGE: &str = "br0";
+
+fn ip(args: &[&str]) -> Result<String, NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip {
+            args: args.join(" "),
+            stderr: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// A lab's namespace with its bridge and taps.
+#[derive(Debug)]
+pub struct LabNet {
+    name: String,
+    taps: Vec<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl LabNet {
+    /// Creates a fresh namespace (unique per process and lab) with an up bridge.
+    pub fn create() -> Result<LabNet, NetError> {
+        remove_stale();
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let net = LabNet {
+            name,
+            taps: Vec::new(),
+        };
+        net.ip(&["link", "set", "lo", "up"])?;
+        net.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        net.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(net)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String, NetError> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file QEMU joins.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Adds a tap on the bridge: `ip tuntap add NAME mode tap [multi_queue]`.
+    /// QEMU opens a single-queue tap without IFF_MULTI_QUEUE, and the kernel
+    /// refuses the open when the flags differ, so the tap must match `queues`.
+    pub fn add_tap(&mut self, tap: &str, queues: u32) -> Result<(), NetError> {
+        let mut args = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
+        if queues > 1 {
+            args.push("multi_queue");
+        }
+        self.ip(&args)?;
+        self.taps.push(tap.to_string());
+        self.ip(&["link", "set", tap, "master", BRIDGE])?;
+        self.ip(&["link", "set", tap, "up"])?;
+        Ok(())
+    }
+
+    /// The taps created so far.
+    pub fn taps(&self) -> &[String] {
+        &self.taps
+    }
+}
+
+impl Drop for LabNet {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            tracing::warn!("cannot delete lab namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes namespaces left by vlab processes that no longer exist (e.g. after SIGKILL).
+pub fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            tracing::info!("removing stale lab namespace {name}");
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
+/// Namespaces created by vlab that exist now (for tests and `vlab doctor`).
+pub fn lab_namespaces() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(PREFIX))
+        .collect()
+}

@@ -1,0 +1,562 @@
+//! Guest images: a Debian root file system built with mmdebstrap from a recipe,
+//! turned into a kernel, a small initramfs and an ext4 root disk, cached by a
+//! hash of everything that goes into them.
+//!
+//! VMs never write to the cached disk: each boots a qcow2 overlay on top of it.
+
+mod initramfs;
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ui::Progress;
+
+/// The busybox script that mounts the root disk.
+const INITRAMFS_INIT: &str = include_str!("../../images/guest/initramfs-init");
+/// PID 1 of the guest: mounts, host name, modules, guest agent.
+const GUEST_INIT: &str = include_str!("../../images/guest/vlab-init");
+/// Bumped whenever the layout of a built image changes.
+const FORMAT: u32 = 1;
+
+/// What goes into an image, as written in `images/NAME.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Name of the image (cache entries are `NAME-HASH`).
+    pub name: String,
+    /// Debian suite given to mmdebstrap (`trixie`, `bookworm`, ...).
+    pub suite: String,
+    /// The kernel package; its vmlinuz and modules boot the guest.
+    #[serde(default = "default_kernel_package")]
+    pub kernel_package: String,
+    /// Packages installed on top of the essential set.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Modules the initramfs loads to mount the root disk.
+    #[serde(default = "default_initramfs_modules")]
+    pub initramfs_modules: Vec<String>,
+    /// Size of the root disk in MiB; by default the content plus 512 MiB.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+}
+
+fn default_kernel_package() -> String {
+    "linux-image-amd64".into()
+}
+fn default_initramfs_modules() -> Vec<String> {
+    vec!["crc32c_generic".into(), "virtio_blk".into(), "ext4".into()]
+}
+
+/// Errors of building or finding an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The recipe file could not be read.
+    #[error("cannot read image recipe {}", path.display())]
+    ReadRecipe {
+        /// The recipe.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The recipe is not valid.
+    #[error("image recipe {}: {message}", path.display())]
+    BadRecipe {
+        /// The recipe.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A build step failed.
+    #[error("image build step `{step}` failed: {detail}")]
+    Step {
+        /// The step.
+        step: String,
+        /// Its output or error.
+        detail: String,
+    },
+    /// File system trouble in the cache.
+    #[error("image cache {}: {source}", path.display())]
+    Cache {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built image in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    /// Recipe name.
+    pub name: String,
+    /// Cache key (hash of the recipe and guest scripts).
+    pub key: String,
+    /// Directory holding the files below.
+    pub dir: PathBuf,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initramfs: PathBuf,
+    /// The ext4 root disk (raw), used read-only as a backing file.
+    pub rootfs: PathBuf,
+    /// `uname -r` of the kernel.
+    pub kernel_release: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    name: String,
+    key: String,
+    suite: String,
+    kernel_release: String,
+    build_seconds: f64,
+    recipe: Recipe,
+}
+
+impl Recipe {
+    /// Reads a recipe file.
+    pub fn load(path: &Path) -> Result<(Recipe, String), ImageError> {
+        let text = fs::read_to_string(path).map_err(|source| ImageError::ReadRecipe {
+            path: path.into(),
+            source,
+        })?;
+        let recipe: Recipe = toml::from_str(&text).map_err(|e| ImageError::BadRecipe {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        if recipe.name.is_empty()
+            || !recipe
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ImageError::BadRecipe {
+                path: path.into(),
+                message: format!("name `{}` must be [A-Za-z0-9_-]+", recipe.name),
+            });
+        }
+        Ok((recipe, text))
+    }
+
+    /// The cache key: a hash of the recipe text and the guest scripts.
+    pub fn key(text: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("vlab-image-format-{FORMAT}\n"));
+        h.update(text.as_bytes());
+        h.update(INITRAMFS_INIT.as_bytes());
+        h.update(GUEST_INIT.as_bytes());
+        hex::encode(&h.finalize()[..8])
+    }
+}
+
+/// The cache root: `$VLAB_CACHE_DIR`, else `$XDG_CACHE_HOME/vlab`, else `~/.cache/vlab`.
+pub fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("VLAB_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("vlab");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("vlab")
+}
+
+fn images_dir() -> PathBuf {
+    cache_root().join("images")
+}
+
+/// Looks the recipe up in the cache without building.
+pub fn cached(recipe_path: &Path) -> Result<Option<Image>, ImageError> {
+    let (recipe, text) = Recipe::load(recipe_path)?;
+    let key = Recipe::key(&text);
+    Ok(read_image(
+        &images_dir().join(format!("{}-{key}", recipe.name)),
+    ))
+}
+
+fn read_image(dir: &Path) -> Option<Image> {
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    if manifest.format != FORMAT {
+        return None;
+    }
+    let image = Image {
+        name: manifest.name,
+        key: manifest.key,
+        dir: dir.to_path_buf(),
+        kernel: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs.cpio"),
+        rootfs: dir.join("rootfs.ext4"),
+        kernel_release: manifest.kernel_release,
+    };
+    [&image.kernel, &image.initramfs, &image.rootfs]
+        .iter()
+        .all(|p| p.is_file())
+        .then_some(image)
+}
+
+/// An exclusive lock on a cache entry, released on drop.
+struct CacheLock(File);
+
+impl CacheLock {
+    fn acquire(path: &Path, progress: &Progress) -> Result<CacheLock, ImageError> {
+        let file = File::create(path).map_err(|source| ImageError::Cache {
+            path: path.into(),
+            source,
+        })?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            progress.phase("waiting for another vlab that is building this image");
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(ImageError::Cache {
+                    path: path.into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(CacheLock(file))
+    }
+}
+
+impl Drop for CacheLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own descriptor.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Removes a half-built directory unless the build completes.
+struct BuildDir(PathBuf);
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Returns the cached image for a recipe, building it first when needed.
+/// Concurrent callers wait on a lock; the loser finds the winner's image.
+pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageError> {
+    let (recipe, text) = Recipe::load(recipe_path)?;
+    let key = Recipe::key(&text);
+    let root = images_dir();
+    fs::create_dir_all(&root).map_err(|source| ImageError::Cache {
+        path: root.clone(),
+        source,
+    })?;
+    let final_dir = root.join(format!("{}-{key}", recipe.name));
+    if let Some(image) = read_image(&final_dir) {
+        return Ok(image);
+    }
+    let _lock = CacheLock::acquire(&root.join(format!("{}-{key}.lock", recipe.name)), progress)?;
+    if let Some(image) = read_image(&final_dir) {
+        return Ok(image);
+    }
+    let started = Instant::now();
+    let work = BuildDir(root.join(format!(
+        ".build-{}-{key}-{}",
+        recipe.name,
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&work.0);
+    fs::create_dir_all(&work.0).map_err(|source| ImageError::Cache {
+        path: work.0.clone(),
+        source,
+    })?;
+    let rootdir = work.0.join("root");
+
+    progress.phase(&format!(
+        "mmdebstrap {} ({} packages)",
+        recipe.suite,
+        recipe.packages.len() + 1
+    ));
+    mmdebstrap(&recipe, &rootdir, progress)?;
+
+    progress.phase("preparing kernel modules");
+    let kernel_release = kernel_release(&rootdir)?;
+    let modules_dir = rootdir.join("usr/lib/modules").join(&kernel_release);
+    decompress_modules(&modules_dir)?;
+    run(
+        "depmod",
+        Command::new("chroot")
+            .arg(&rootdir)
+            .args(["depmod", "-a", &kernel_release]),
+    )?;
+    install_guest_files(&rootdir)?;
+
+    progress.phase("writing initramfs");
+    let busybox = fs::read(rootdir.join("bin/busybox")).map_err(|e| ImageError::Step {
+        step: "initramfs".into(),
+        detail: format!(
+            "no /bin/busybox in the root ({e}): add busybox-static to the recipe's packages"
+        ),
+    })?;
+    let cpio = initramfs::build(
+        &modules_dir,
+        &recipe.initramfs_modules,
+        &busybox,
+        INITRAMFS_INIT,
+    )
+    .map_err(|e| ImageError::Step {
+        step: "initramfs".into(),
+        detail: e,
+    })?;
+    fs::write(work.0.join("initramfs.cpio"), cpio).map_err(|source| ImageError::Cache {
+        path: work.0.clone(),
+        source,
+    })?;
+    fs::copy(
+        rootdir
+            .join("boot")
+            .join(format!("vmlinuz-{kernel_release}")),
+        work.0.join("vmlinuz"),
+    )
+    .map_err(|source| ImageError::Cache {
+        path: rootdir.join("boot"),
+        source,
+    })?;
+    // The distribution's initramfs and kernel copies are not booted.
+    for entry in fs::read_dir(rootdir.join("boot"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = fs::remove_file(entry.path());
+    }
+
+    progress.phase("writing ext4 root disk");
+    let size_mib = recipe
+        .disk_mib
+        .unwrap_or_else(|| dir_size(&rootdir) / (1 << 20) + 512);
+    run(
+        "mke2fs",
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "vlab-root", "-d"])
+            .arg(&rootdir)
+            .arg(work.0.join("rootfs.ext4"))
+            .arg(format!("{size_mib}M")),
+    )?;
+    fs::remove_dir_all(&rootdir).map_err(|source| ImageError::Cache {
+        path: rootdir.clone(),
+        source,
+    })?;
+
+    let manifest = Manifest {
+        format: FORMAT,
+        name: recipe.name.clone(),
+        key: key.clone(),
+        suite: recipe.suite.clone(),
+        kernel_release,
+        build_seconds: started.elapsed().as_secs_f64(),
+        recipe,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    fs::write(work.0.join("manifest.json"), json).map_err(|source| ImageError::Cache {
+        path: work.0.clone(),
+        source,
+    })?;
+    let _ = fs::remove_dir_all(&final_dir);
+    fs::rename(&work.0, &final_dir).map_err(|source| ImageError::Cache {
+        path: final_dir.clone(),
+        source,
+    })?;
+    read_image(&final_dir).ok_or_else(|| ImageError::Step {
+        step: "finish".into(),
+        detail: "the built image is incomplete".into(),
+    })
+}
+
+fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<(), ImageError> {
+    let mut include = vec![recipe.kernel_package.clone()];
+    include.extend(recipe.packages.iter().cloned());
+    let mut child = Command::new("mmdebstrap")
+        .args(["--variant=essential", "--mode=root"])
+        .arg(format!("--include={}", include.join(",")))
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--dpkgopt=path-exclude=/usr/share/info/*",
+        ])
+        .arg(&recipe.suite)
+        .arg(rootdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ImageError::Step {
+            step: "mmdebstrap".into(),
+            detail: format!("cannot start mmdebstrap ({e}): run ci/setup"),
+        })?;
+    let stdout = child.stdout.take().expect("piped");
+    let out_thread =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut tail: Vec<String> = Vec::new();
+    for line in BufReader::new(child.stderr.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(msg) = line.strip_prefix("I: ") {
+            progress.detail(msg);
+        }
+        tail.push(line);
+        if tail.len() > 30 {
+            tail.remove(0);
+        }
+    }
+    let status = child.wait().map_err(|e| ImageError::Step {
+        step: "mmdebstrap".into(),
+        detail: e.to_string(),
+    })?;
+    let _ = out_thread.join();
+    if !status.success() {
+        return Err(ImageError::Step {
+            step: "mmdebstrap".into(),
+            detail: format!("{status}; last lines:\n{}", tail.join("\n")),
+        });
+    }
+    Ok(())
+}
+
+fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
+    let dir = rootdir.join("usr/lib/modules");
+    let mut releases: Vec<String> = fs::read_dir(&dir)
+        .map_err(|source| ImageError::Cache {
+            path: dir.clone(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|r| rootdir.join("boot").join(format!("vmlinuz-{r}")).is_file())
+        .collect();
+    releases.sort();
+    releases.pop().ok_or_else(|| ImageError::Step {
+        step: "kernel".into(),
+        detail: "the root has no /boot/vmlinuz-* with modules".into(),
+    })
+}
+
+/// Debian ships modules xz- or zstd-compressed; busybox insmod and a fast boot
+/// want them plain, so they are decompressed once at build time.
+fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
+    let mut xz = Vec::new();
+    let mut zst = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)
+            .map_err(|source| ImageError::Cache {
+                path: d.clone(),
+                source,
+            })?
+            .flatten()
+        {
+            let p = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "xz") {
+                xz.push(p);
+            } else if p.extension().is_some_and(|e| e == "zst") {
+                zst.push(p);
+            }
+        }
+    }
+    for (tool, files) in [("xz", xz), ("zstd", zst)] {
+        let chunks: Vec<Vec<PathBuf>> = files.chunks(400).map(<[PathBuf]>::to_vec).collect();
+        std::thread::scope(|s| -> Result<(), ImageError> {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        let mut cmd = Command::new(tool);
+                        // Both delete the compressed file once decompressed.
+                        cmd.args(if tool == "xz" {
+                            ["-d", "-q", "-T1"]
+                        } else {
+                            ["-d", "-q", "--rm"]
+                        })
+                        .args(&chunk);
+                        run(tool, &mut cmd)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("decompression thread")?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn install_guest_files(rootdir: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let init = rootdir.join("sbin/vlab-init");
+    fs::write(&init, GUEST_INIT).map_err(|source| ImageError::Cache {
+        path: init.clone(),
+        source,
+    })?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|source| {
+        ImageError::Cache {
+            path: init.clone(),
+            source,
+        }
+    })?;
+    fs::write(rootdir.join("etc/hostname"), "vlab\n").map_err(|source| ImageError::Cache {
+        path: rootdir.join("etc"),
+        source,
+    })?;
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = entry.path().symlink_metadata() {
+                if m.is_dir() {
+                    stack.push(entry.path());
+                }
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<(), ImageError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ImageError::Step {
+            step: step.into(),
+            detail: format!("cannot start {:?}: {e}", cmd.get_program()),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::Step {
+            step: step.into(),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}

@@ -1,0 +1,468 @@
+//! The lab file: a typed model of one experiment, its validation and its matrix.
+//!
+//! A lab names the guest image, the VMs with their NICs, underlay addresses and
+//! containers, the overlay that connects the containers, the workload, and an
+//! optional matrix of workload parameters; every combination of the matrix is a
+//! [`Case`]. Parsing rejects unknown keys; [`Lab::load`] then runs one
+//! validation pass whose errors name the file, line, column and field.
+
+mod error;
+mod matrix;
+mod validate;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+pub use error::{LabError, Location};
+pub use matrix::{Case, CaseParams};
+
+/// One experiment, as written in a lab file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lab {
+    /// Short name, used in reports and in host resource names.
+    pub name: String,
+    /// Free text shown in reports.
+    #[serde(default)]
+    pub description: String,
+    /// Image recipe: a name under `images/` (`base` means `images/base.toml`) or a path.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// How containers on different VMs reach each other.
+    #[serde(default)]
+    pub overlay: Overlay,
+    /// Deadlines for the phases of a run.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// The VMs, booted together on one underlay.
+    #[serde(rename = "vm")]
+    pub vms: Vec<Vm>,
+    /// The traffic pushed through the lab in every case.
+    pub workload: Workload,
+    /// Workload parameters to vary; each combination is one case.
+    #[serde(default)]
+    pub matrix: Matrix,
+    /// Bounds that every case must meet.
+    #[serde(default)]
+    pub expect: Expect,
+    /// Where the lab was read from (set by [`Lab::load`]).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+fn default_image() -> String {
+    "base".into()
+}
+
+/// The overlay variant that connects containers across VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlay {
+    /// Plain routing: each VM routes the other VMs' container addresses via their
+    /// underlay address (`ip route add C/32 via PEER`).
+    #[default]
+    Baseline,
+}
+
+/// Deadlines for the phases of a run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From QEMU start until the guest agent answers (default 120 s: TCG is slow).
+    #[serde(with = "humantime_serde")]
+    pub boot: Duration,
+    /// Any single command in a guest, beyond the workload's own duration (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            boot: Duration::from_secs(120),
+            command: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One VM of the lab.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Host name of the guest; also names its containers' endpoints (`host1/c1`).
+    pub name: String,
+    /// Virtual CPUs (default 2).
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Guest memory in MiB (default 1024).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// The underlay NIC.
+    #[serde(default)]
+    pub nic: Nic,
+    /// Addresses of the underlay NIC (at least one family).
+    pub underlay: Addresses,
+    /// Containers hosted by this VM.
+    #[serde(default, rename = "container")]
+    pub containers: Vec<Container>,
+    /// Shell commands run in the guest after the overlay is up, before any case.
+    #[serde(default)]
+    pub setup: Vec<String>,
+}
+
+fn default_cpus() -> u32 {
+    2
+}
+fn default_memory_mib() -> u32 {
+    1024
+}
+
+/// The underlay NIC of a VM.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// NIC model (default `virtio`).
+    #[serde(default)]
+    pub model: NicModel,
+    /// Queue pairs of a virtio NIC (1..=8, default 2); the guest enables them all.
+    #[serde(default = "default_queues")]
+    pub queues: u32,
+}
+
+impl Default for Nic {
+    fn default() -> Self {
+        Nic {
+            model: NicModel::default(),
+            queues: default_queues(),
+        }
+    }
+}
+
+fn default_queues() -> u32 {
+    2
+}
+
+/// NIC models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicModel {
+    /// virtio-net over a multiqueue tap (`mq=on`, `vectors=2N+2`).
+    #[default]
+    Virtio,
+}
+
+/// Addresses of one interface, with their prefix length.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    /// IPv4 address and prefix, e.g. `10.0.0.1/24`.
+    pub ipv4: Option<Ipv4Net>,
+    /// IPv6 address and prefix, e.g. `fd00::1/64`.
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl Addresses {
+    /// The address of the given family, if configured.
+    pub fn get(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::Ipv4 => self.ipv4.map(|n| IpAddr::V4(n.addr())),
+            Family::Ipv6 => self.ipv6.map(|n| IpAddr::V6(n.addr())),
+        }
+    }
+}
+
+/// A container: a network namespace in the guest joined to it by a veth pair.
+/// The guest side of the veth takes the first address of each container subnet
+/// and is the container's default gateway.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// Name of the namespace (`[a-z0-9-]`, at most 10 characters).
+    pub name: String,
+    /// IPv4 address and prefix; the subnet's first address is the gateway.
+    pub ipv4: Option<Ipv4Net>,
+    /// IPv6 address and prefix; the subnet's first address is the gateway.
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl Container {
+    /// The container's address of the given family, if configured.
+    pub fn address(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::Ipv4 => self.ipv4.map(|n| IpAddr::V4(n.addr())),
+            Family::Ipv6 => self.ipv6.map(|n| IpAddr::V6(n.addr())),
+        }
+    }
+
+    /// The gateway (guest-side veth) address of the given family.
+    pub fn gateway(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::Ipv4 => self.ipv4.and_then(|n| n.hosts().next()).map(IpAddr::V4),
+            Family::Ipv6 => self.ipv6.map(|n| {
+                let base = u128::from(n.network());
+                IpAddr::V6((base + 1).into())
+            }),
+        }
+    }
+}
+
+/// An iperf3 endpoint: `VM` (the guest itself) or `VM/CONTAINER`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint {
+    /// The VM.
+    pub vm: String,
+    /// The container on it, if any.
+    pub container: Option<String>,
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let mut parts = s.splitn(2, '/');
+        let vm = parts.next().unwrap_or_default().to_string();
+        let container = parts.next().map(str::to_string);
+        if vm.is_empty() || container.as_deref() == Some("") {
+            return Err(format!("endpoint `{s}` must be `VM` or `VM/CONTAINER`"));
+        }
+        Ok(Endpoint { vm, container })
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        match e.container {
+            Some(c) => format!("{}/{}", e.vm, c),
+            None => e.vm,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(self.clone()))
+    }
+}
+
+/// The traffic of every case: iperf3 from `client` to `server`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Where `iperf3 -s` runs: a container (`host1/c1`).
+    pub server: Endpoint,
+    /// Where `iperf3 -c` runs: a container on another VM (`host2/c2`).
+    pub client: Endpoint,
+    /// Length of each measurement (default 5 s).
+    #[serde(default = "default_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    /// Parallel streams (`-P`, default 1).
+    #[serde(default = "default_streams")]
+    pub streams: u32,
+    /// Transport protocol (default tcp).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Who sends (default forward: client to server).
+    #[serde(default)]
+    pub direction: Direction,
+    /// Which addresses carry the traffic (default container).
+    #[serde(default)]
+    pub path: TrafficPath,
+    /// Address family (default ipv4).
+    #[serde(default)]
+    pub family: Family,
+    /// Target bitrate for UDP (`-b`, default 1G); TCP is unpaced.
+    #[serde(default = "default_udp_bitrate")]
+    pub udp_bitrate: Bitrate,
+    /// Server port (default 5201).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_duration() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_streams() -> u32 {
+    1
+}
+fn default_port() -> u16 {
+    5201
+}
+fn default_udp_bitrate() -> Bitrate {
+    Bitrate(1_000_000_000)
+}
+
+/// Transport protocol of the workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// TCP (default).
+    #[default]
+    Tcp,
+    /// UDP at `udp_bitrate`.
+    Udp,
+}
+
+/// Direction of the workload's data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Client sends to server (default).
+    #[default]
+    Forward,
+    /// Server sends to client (`-R`).
+    Reverse,
+    /// Both at once (`--bidir`).
+    Bidir,
+}
+
+/// Which pair of addresses carries the traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrafficPath {
+    /// Container to container, through the overlay (default).
+    #[default]
+    Container,
+    /// Guest to guest over the underlay addresses, bypassing containers and overlay.
+    Underlay,
+}
+
+/// Address family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// IPv4 (default).
+    #[default]
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+/// The axes of the matrix; an absent axis keeps the workload's value.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matrix {
+    /// Values of `workload.path`.
+    pub path: Option<Vec<TrafficPath>>,
+    /// Values of `workload.family`.
+    pub family: Option<Vec<Family>>,
+    /// Values of `workload.streams`.
+    pub streams: Option<Vec<u32>>,
+    /// Values of `workload.protocol`.
+    pub protocol: Option<Vec<Protocol>>,
+    /// Values of `workload.direction`.
+    pub direction: Option<Vec<Direction>>,
+}
+
+/// Bounds every case must meet.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Least receiver throughput, e.g. `"500Mbit"`; no bound when absent.
+    pub min_throughput: Option<Bitrate>,
+}
+
+/// A bit rate in bits per second, written as `"2.5Gbit"`, `"800Mbit"`, `"1000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Bitrate(pub u64);
+
+impl TryFrom<String> for Bitrate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let mult = match unit.trim() {
+            "" | "bit" | "bps" => 1.0,
+            "K" | "Kbit" | "kbit" => 1e3,
+            "M" | "Mbit" => 1e6,
+            "G" | "Gbit" => 1e9,
+            other => {
+                return Err(format!(
+                    "bit rate `{s}`: unknown unit `{other}` (use bit, Kbit, Mbit or Gbit)"
+                ))
+            }
+        };
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("bit rate `{s}` is not a number with a unit such as `500Mbit`"))?;
+        Ok(Bitrate((value * mult).round() as u64))
+    }
+}
+
+impl From<Bitrate> for String {
+    fn from(b: Bitrate) -> String {
+        b.to_string()
+    }
+}
+
+impl std::fmt::Display for Bitrate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0 as f64;
+        match self.0 {
+            n if n >= 1_000_000_000 => write!(f, "{}Gbit", trim_float(v / 1e9)),
+            n if n >= 1_000_000 => write!(f, "{}Mbit", trim_float(v / 1e6)),
+            n if n >= 1_000 => write!(f, "{}Kbit", trim_float(v / 1e3)),
+            n => write!(f, "{n}bit"),
+        }
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The name a variant has in lab files (`ipv4`, `container`, ...).
+pub fn variant_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::from("?"),
+    }
+}
+
+impl Lab {
+    /// Reads, parses and validates a lab file.
+    pub fn load(path: &Path) -> Result<Lab, LabError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LabError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Lab::parse(&text, path)
+    }
+
+    /// Parses and validates lab text; `path` is used in error messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Lab, LabError> {
+        let mut lab: Lab = toml::from_str(text).map_err(|e| LabError::from_toml(path, text, &e))?;
+        lab.source = path.to_path_buf();
+        if let Err(issue) = validate::validate(&lab) {
+            return Err(LabError::invalid(path, text, issue));
+        }
+        Ok(lab)
+    }
+
+    /// The VM with this name.
+    pub fn vm(&self, name: &str) -> Option<&Vm> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+
+    /// The image recipe file this lab uses, resolved against `images_dir`.
+    pub fn image_recipe(&self, images_dir: &Path) -> PathBuf {
+        if self.image.contains('/') || self.image.ends_with(".toml") {
+            let p = PathBuf::from(&self.image);
+            match (p.is_relative(), self.source.parent()) {
+                (true, Some(dir)) if !dir.as_os_str().is_empty() => dir.join(p),
+                _ => p,
+            }
+        } else {
+            images_dir.join(format!("{}.toml", self.image))
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! vlab reproduces container-network datapath experiments in real QEMU VMs.
+//!
+//! A lab file ([`lab::Lab`]) describes a pair (or more) of VMs joined by an
+//! underlay, the containers each VM hosts, the overlay that connects them and
+//! an iperf3 workload, optionally as a matrix of cases. [`run::run`] builds (or
+//! reuses) the guest image, boots the VMs under KVM or TCG, plumbs the
+//! containers and the overlay inside the guests, runs every case and turns the
+//! evidence read back from the guests (iperf3 JSON, interface counters) into
+//! typed checks and a [`report::Report`].
+//!
+//! Data flows one way, one module per arrow: lab file -> [`lab`] -> [`image`]
+//! -> [`hostnet`] -> [`qemu`] -> [`guest`] + [`overlay`] -> [`measure`] ->
+//! checks -> [`report`].
+
+pub mod doctor;
+pub mod guest;
+pub mod hostnet;
+pub mod image;
+pub mod lab;
+pub mod measure;
+pub mod overlay;
+pub mod qemu;
+pub mod report;
+pub mod run;
+pub mod ui;
+
+/// Exit codes, chosen for `git bisect run`.
+pub mod exit {
+    /// Every check passed ("good").
+    pub const PASSED: u8 = 0;
+    /// A check failed ("bad").
+    pub const CHECK_FAILED: u8 = 1;
+    /// The lab could not run: QEMU missing, image build, boot or agent failure,
+    /// timeout ("skip" for bisect).
+    pub const COULD_NOT_RUN: u8 = 125;
+    /// Invalid lab file or arguments (bisect aborts: not the kernel's fault).
+    pub const INVALID_INPUT: u8 = 128;
+    /// Interrupted by SIGINT.
+    pub const INTERRUPTED: u8 = 130;
+    /// Terminated by SIGTERM.
+    pub const TERMINATED: u8 = 143;
+}
+
+/// The directory of image recipes: `$VLAB_IMAGES_DIR`, else `./images` when it
+/// exists, else the `images/` of the source tree vlab was built from.
+pub fn images_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("VLAB_IMAGES_DIR") {
+        return d.into();
+    }
+    let local = std::path::PathBuf::from("images");
+    if local.join("base.toml").is_file() {
+        return local;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("images")
+}

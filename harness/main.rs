@@ -1,0 +1,236 @@
+//! The `vlab` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use vlab::exit;
+use vlab::lab::Lab;
+use vlab::qemu::accel::AccelChoice;
+use vlab::run::RunOptions;
+use vlab::ui::Progress;
+
+/// Container-network datapath experiments in real QEMU VMs.
+#[derive(Parser)]
+#[command(name = "vlab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a lab: boot its VMs, run every case, report. Exit 0 all checks
+    /// passed, 1 a check failed, 125 the lab could not run, 128 invalid input.
+    Run {
+        /// The lab file.
+        lab: PathBuf,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Keep the evidence (serial logs, iperf3 JSON, counters) in this directory.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+        /// CPU acceleration: auto probes KVM by running a guest and falls back to TCG.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
+        /// Boot this kernel (bzImage) instead of the image's; see README for its config.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Run only the cases whose name contains this text.
+        #[arg(long = "case")]
+        case_filter: Option<String>,
+    },
+    /// Guest images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCmd,
+    },
+    /// Check this host: QEMU, KVM, image cache, namespaces.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build (or find in the cache) the image of a recipe (default images/base.toml).
+    Build {
+        /// The recipe file.
+        recipe: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::INVALID_INPUT
+            } else {
+                exit::PASSED
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(if std::env::var_os("VLAB_DEBUG").is_some() {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::WARN
+        })
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run {
+                lab,
+                json,
+                artifacts,
+                accel,
+                kernel,
+                case_filter,
+            } => {
+                run(
+                    lab,
+                    json,
+                    RunOptions {
+                        accel,
+                        kernel,
+                        case_filter,
+                        artifacts,
+                        images_dir: vlab::images_dir(),
+                        progress: Progress::new("vlab"),
+                    },
+                )
+                .await
+            }
+            Cmd::Image {
+                command: ImageCmd::Build { recipe },
+            } => image_build(recipe).await,
+            Cmd::Doctor => vlab::doctor::doctor(),
+        }
+    });
+    // Leave at once: teardown has run, and a blocking image build thread must
+    // not hold the exit (its children die with us through PDEATHSIG).
+    std::process::exit(code.into());
+}
+
+const HINT_125: &str = "The lab could not run (exit 125). Run `vlab doctor` to check QEMU, KVM and the image cache; \
+run `ci/setup` as root to install what is missing; keep the evidence with --artifacts DIR and read the serial logs.";
+
+async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> u8 {
+    let lab = match Lab::load(&lab_path) {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("vlab: invalid lab file: {e}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    if let Some(kernel) = &opts.kernel {
+        if !kernel.is_file() {
+            eprintln!("vlab: --kernel {}: no such file", kernel.display());
+            return exit::INVALID_INPUT;
+        }
+    }
+    let (Ok(mut sigint), Ok(mut sigterm)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("vlab: cannot install signal handlers");
+        return exit::COULD_NOT_RUN;
+    };
+    let progress = opts.progress.clone();
+    let mut task = tokio::spawn(async move { vlab::run::run(&lab, &opts).await });
+    let outcome = tokio::select! {
+        r = &mut task => r,
+        _ = sigint.recv() => return interrupted(task, &progress, "SIGINT", exit::INTERRUPTED).await,
+        _ = sigterm.recv() => return interrupted(task, &progress, "SIGTERM", exit::TERMINATED).await,
+    };
+    progress.finish();
+    match outcome {
+        Err(join) => {
+            eprintln!("vlab: internal error ({join}); the lab was torn down.\n{HINT_125}");
+            exit::COULD_NOT_RUN
+        }
+        Ok(Err(e)) => {
+            eprintln!("vlab: {e:#}\n\n{HINT_125}");
+            exit::COULD_NOT_RUN
+        }
+        Ok(Ok(report)) => {
+            print!("{}", report.table());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).expect("report serializes");
+                if let Err(e) = std::fs::write(&path, text + "\n") {
+                    eprintln!("vlab: cannot write {}: {e}", path.display());
+                    return exit::COULD_NOT_RUN;
+                }
+            }
+            if report.passed {
+                exit::PASSED
+            } else {
+                exit::CHECK_FAILED
+            }
+        }
+    }
+}
+
+async fn interrupted(
+    task: tokio::task::JoinHandle<anyhow::Result<vlab::report::Report>>,
+    progress: &Progress,
+    sig: &str,
+    code: u8,
+) -> u8 {
+    task.abort();
+    let _ = task.await;
+    progress.finish();
+    eprintln!("vlab: {sig}: stopped; the VMs, namespace and temporary files were removed");
+    code
+}
+
+async fn image_build(recipe: Option<PathBuf>) -> u8 {
+    let recipe = recipe.unwrap_or_else(|| vlab::images_dir().join("base.toml"));
+    let started = std::time::Instant::now();
+    let progress = Progress::new("image");
+    let result = tokio::task::spawn_blocking({
+        let (recipe, progress) = (recipe.clone(), progress.clone());
+        move || vlab::image::build(&recipe, &progress)
+    })
+    .await
+    .expect("image build thread");
+    progress.finish();
+    match result {
+        Ok(image) => {
+            println!(
+                "image {}-{} (kernel {}) in {} [{:.1} s]",
+                image.name,
+                image.key,
+                image.kernel_release,
+                image.dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            exit::PASSED
+        }
+        Err(vlab::image::ImageError::ReadRecipe { path, source }) => {
+            eprintln!(
+                "vlab: cannot read image recipe {}: {source}",
+                path.display()
+            );
+            exit::INVALID_INPUT
+        }
+        Err(e @ vlab::image::ImageError::BadRecipe { .. }) => {
+            eprintln!("vlab: {e}");
+            exit::INVALID_INPUT
+        }
+        Err(e) => {
+            eprintln!("vlab: {e}\nThe image could not be built (exit 125): run ci/setup to install mmdebstrap, xz and e2fsprogs, and check that the Debian archive is reachable.");
+            exit::COULD_NOT_RUN
+        }
+    }
+}

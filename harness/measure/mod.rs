@@ -1,0 +1,5 @@
+//! Measurements: workloads run in the guests, parsed into types, with the raw
+//! tool output kept as evidence.
+
+pub mod counters;
+pub mod iperf3;

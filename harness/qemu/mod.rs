@@ -1,0 +1,217 @@
+//! QEMU: the command line, the process and its control channels.
+
+pub mod accel;
+pub mod agent;
+mod args;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+pub use args::{nic_args, qemu_args, Accel, NicSpec, VmSpec};
+
+/// Errors of the QEMU process.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// QEMU could not be started.
+    #[error("cannot start QEMU for `{vm}`: {source}")]
+    Spawn {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited while it should be running.
+    #[error(
+        "QEMU of `{vm}` exited ({status}){}{}",
+        fmt_stderr(stderr),
+        fmt_tail(serial_tail)
+    )]
+    Exited {
+        /// The VM.
+        vm: String,
+        /// Its exit status.
+        status: String,
+        /// What QEMU printed.
+        stderr: String,
+        /// The end of the guest's serial console.
+        serial_tail: String,
+    },
+}
+
+fn fmt_stderr(s: &str) -> String {
+    if s.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; QEMU said: {}", s.trim())
+    }
+}
+
+fn fmt_tail(s: &str) -> String {
+    if s.trim().is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n--- serial console (last lines) ---\n{}\n---",
+            s.trim_end()
+        )
+    }
+}
+
+/// The QEMU binary: `$VLAB_QEMU`, else `qemu-system-x86_64` on PATH.
+pub fn find_qemu() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("VLAB_QEMU") {
+        return Ok(PathBuf::from(p));
+    }
+    which::which("qemu-system-x86_64").map_err(|_| {
+        "qemu-system-x86_64 is not installed (run ci/setup, or set VLAB_QEMU)".to_string()
+    })
+}
+
+/// `qemu-system-x86_64 --version`, e.g. `10.0.2`.
+pub fn qemu_version(qemu: &Path) -> Option<String> {
+    let out = Command::new(qemu).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .map(str::to_string)
+}
+
+/// qboot, the fastest firmware for direct kernel boot, when installed.
+pub fn find_firmware() -> Option<PathBuf> {
+    ["/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// A running QEMU. Dropping it kills QEMU and reaps it.
+pub struct QemuProcess {
+    name: String,
+    child: Child,
+    stderr_path: PathBuf,
+    serial_path: PathBuf,
+}
+
+impl QemuProcess {
+    /// Starts QEMU for `spec` inside the network namespace at `netns` (a file
+    /// under /run/netns), in process group `pgid` (0: a new group led by it).
+    /// QEMU is killed if vlab dies (PR_SET_PDEATHSIG).
+    pub fn spawn(
+        qemu: &Path,
+        spec: &VmSpec,
+        netns: &Path,
+        pgid: i32,
+    ) -> Result<QemuProcess, VmError> {
+        let err = |source| VmError::Spawn {
+            vm: spec.name.clone(),
+            source,
+        };
+        let ns = File::open(netns).map_err(err)?;
+        let ns_fd = ns.as_raw_fd();
+        let stderr_path = spec.run_dir.join("qemu.stderr");
+        let stderr = File::create(&stderr_path).map_err(err)?;
+        let mut cmd = Command::new(qemu);
+        cmd.args(qemu_args(spec))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setpgid(0, pgid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(err)?;
+        Ok(QemuProcess {
+            name: spec.name.clone(),
+            child,
+            stderr_path,
+            serial_path: spec.serial_log(),
+        })
+    }
+
+    /// QEMU's pid (the lab's process group leader when spawned with pgid 0).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `Err` with the exit status, QEMU's stderr and the serial tail once QEMU has exited.
+    pub fn check_running(&mut self) -> Result<(), VmError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(self.exited(status)),
+            Err(e) => Err(VmError::Spawn {
+                vm: self.name.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    fn exited(&self, status: ExitStatus) -> VmError {
+        VmError::Exited {
+            vm: self.name.clone(),
+            status: status.to_string(),
+            stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
+            serial_tail: self.serial_tail(25),
+        }
+    }
+
+    /// The last `lines` lines of the guest's serial console.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        serial_tail(&self.serial_path, lines)
+    }
+
+    /// Path of the serial log.
+    pub fn serial_path(&self) -> &Path {
+        &self.serial_path
+    }
+
+    /// Stops QEMU: SIGTERM, a short wait, then SIGKILL; always reaps.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `lines` lines of a console log, without control characters.
+pub fn serial_tail(path: &Path, lines: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_control())
+        .collect();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,170 @@
+//! The typed result of a run, its table and its JSON.
+
+use serde::Serialize;
+
+use crate::lab::CaseParams;
+
+/// One verdict computed from evidence read back from the guests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// The verdict.
+    pub passed: bool,
+    /// The evidence behind it.
+    pub detail: String,
+}
+
+impl Check {
+    /// A check with its verdict and evidence.
+    pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.to_string(),
+            passed,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a VM was and how long it took to boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmReport {
+    /// Name.
+    pub name: String,
+    /// Seconds from QEMU start until the guest agent answered.
+    pub boot_s: f64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory.
+    pub memory_mib: u32,
+    /// NIC model.
+    pub nic: String,
+    /// Combined channels the guest's underlay NIC reports (`ethtool -l`).
+    pub channels: Option<u32>,
+    /// Whether vhost-net carries the NIC's data path.
+    pub vhost: bool,
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    /// Case name (`path=container,family=ipv4`).
+    pub name: String,
+    /// Resolved parameters.
+    pub params: CaseParams,
+    /// Receiver throughput in bit/s (0 when the workload failed).
+    pub throughput_bps: f64,
+    /// TCP retransmissions.
+    pub retransmits: Option<u64>,
+    /// Client host CPU use, percent.
+    pub cpu_client_percent: f64,
+    /// Server host CPU use, percent.
+    pub cpu_server_percent: f64,
+    /// Verdicts.
+    pub checks: Vec<Check>,
+    /// All checks passed.
+    pub passed: bool,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Lab name.
+    pub lab: String,
+    /// The lab file.
+    pub lab_file: String,
+    /// Accelerator used.
+    pub accel: String,
+    /// Why KVM was not used, when it was not.
+    pub accel_notice: Option<String>,
+    /// Guest kernel release.
+    pub kernel: String,
+    /// QEMU version.
+    pub qemu: String,
+    /// Image name and cache key.
+    pub image: String,
+    /// Overlay variant.
+    pub overlay: String,
+    /// The VMs.
+    pub vms: Vec<VmReport>,
+    /// The cases run.
+    pub cases: Vec<CaseReport>,
+    /// Every case passed.
+    pub passed: bool,
+    /// Wall time of the run in seconds.
+    pub wall_s: f64,
+}
+
+/// `2.81 Gbit/s`-style rendering.
+pub fn fmt_bps(bps: f64) -> String {
+    match bps {
+        b if b >= 1e9 => format!("{:.2} Gbit/s", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} Mbit/s", b / 1e6),
+        b => format!("{:.0} kbit/s", b / 1e3),
+    }
+}
+
+impl Report {
+    /// The human-readable table printed on stdout.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "lab {} ({}), overlay {}, kernel {}, QEMU {}, accel {}\n",
+            self.lab, self.lab_file, self.overlay, self.kernel, self.qemu, self.accel
+        );
+        for vm in &self.vms {
+            s.push_str(&format!(
+                "  vm {:<8} boot {:>5.1} s  {} vCPU  {} MiB  nic {} channels {} vhost {}\n",
+                vm.name,
+                vm.boot_s,
+                vm.cpus,
+                vm.memory_mib,
+                vm.nic,
+                vm.channels.map_or("?".into(), |c| c.to_string()),
+                if vm.vhost { "on" } else { "off" }
+            ));
+        }
+        let width = self
+            .cases
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        s.push_str(&format!(
+            "\n{:<width$}  {:>13}  {:>7}  {:>9}  result\n",
+            "case", "throughput", "retrans", "cpu c/s %"
+        ));
+        for c in &self.cases {
+            let failed: Vec<&str> = c
+                .checks
+                .iter()
+                .filter(|k| !k.passed)
+                .map(|k| k.name.as_str())
+                .collect();
+            s.push_str(&format!(
+                "{:<width$}  {:>13}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
+                c.name,
+                fmt_bps(c.throughput_bps),
+                c.retransmits.map_or("-".into(), |r| r.to_string()),
+                c.cpu_client_percent,
+                c.cpu_server_percent,
+                if c.passed {
+                    "pass".to_string()
+                } else {
+                    format!("FAIL ({})", failed.join(", "))
+                }
+            ));
+            for k in c.checks.iter().filter(|k| !k.passed) {
+                s.push_str(&format!("    {}: {}\n", k.name, k.detail));
+            }
+        }
+        let passed = self.cases.iter().filter(|c| c.passed).count();
+        s.push_str(&format!(
+            "\n{} passed, {} failed ({:.1} s)\n",
+            passed,
+            self.cases.len() - passed,
+            self.wall_s
+        ));
+        s
+    }
+}

@@ -1,0 +1,133 @@
+//! The lab model: parsing, validation messages that point at the field, and
+//! matrix expansion.
+
+use std::path::Path;
+
+use rstest::rstest;
+use vlab::lab::{Bitrate, Lab, LabError};
+
+const BASELINE: &str = include_str!("../labs/baseline.toml");
+
+fn parse(text: &str) -> Result<Lab, LabError> {
+    Lab::parse(text, Path::new("lab.toml"))
+}
+
+#[test]
+fn baseline_lab_expands_into_four_cases() {
+    let lab = parse(BASELINE).expect("baseline.toml is valid");
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "path=underlay,family=ipv4",
+            "path=underlay,family=ipv6",
+            "path=container,family=ipv4",
+            "path=container,family=ipv6"
+        ]
+    );
+}
+
+#[test]
+fn every_shipped_lab_is_valid() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/labs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Lab::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+#[test]
+fn a_lab_without_matrix_has_one_default_case() {
+    let text = BASELINE.split("[matrix]").next().unwrap();
+    let lab = parse(text).unwrap();
+    let cases = lab.cases();
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].name, "default");
+}
+
+/// Replaces `from` (which must occur) in the baseline lab.
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASELINE.contains(from), "fixture lacks {from:?}");
+    BASELINE.replacen(from, to, 1)
+}
+
+#[rstest]
+#[case::unknown_key(String::new(), "unknown_key")]
+#[case::unknown_overlay(
+    edit("overlay = \"baseline\"", "overlay = \"vxlan-bogus\""),
+    "unknown_overlay"
+)]
+#[case::unknown_nic_field(
+    edit(
+        "nic = { model = \"virtio\", queues = 2 }",
+        "nic = { model = \"virtio\", queues = 2, speed = 10 }"
+    ),
+    "unknown_nic_field"
+)]
+#[case::bad_address(
+    edit("ipv4 = \"10.1.2.2/24\"", "ipv4 = \"10.1.2.300/24\""),
+    "bad_address"
+)]
+#[case::queues_zero(
+    edit(
+        "nic = { model = \"virtio\", queues = 2 }\n\n[[vm.container]]\nname = \"c2\"",
+        "nic = { model = \"virtio\", queues = 0 }\n\n[[vm.container]]\nname = \"c2\""
+    ),
+    "queues_zero"
+)]
+#[case::duplicate_vm(edit("name = \"host2\"", "name = \"host1\""), "duplicate_vm")]
+#[case::gateway_address(
+    edit("ipv4 = \"10.1.1.2/24\"", "ipv4 = \"10.1.1.1/24\""),
+    "gateway_address"
+)]
+#[case::missing_container(
+    edit("client = \"host2/c2\"", "client = \"host2/c9\""),
+    "missing_container"
+)]
+#[case::empty_axis(edit("family = [\"ipv4\", \"ipv6\"]", "family = []"), "empty_axis")]
+#[case::bad_duration(edit("duration = \"5s\"", "duration = \"5 parsecs\""), "bad_duration")]
+#[case::bad_bitrate(
+    edit("min_throughput = \"100Mbit\"", "min_throughput = \"fast\""),
+    "bad_bitrate"
+)]
+#[case::missing_family(edit("ipv6 = \"fd01:2::2/64\"", ""), "missing_family")]
+fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &str) {
+    let text = if name == "unknown_key" {
+        BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1)
+    } else {
+        text
+    };
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+#[test]
+fn errors_point_at_the_offending_line() {
+    let text = edit("name = \"host2\"", "name = \"host1\"");
+    let err = parse(&text).unwrap_err();
+    let loc = err.location().expect("located");
+    let line = text.lines().nth(loc.line - 1).unwrap();
+    assert_eq!(line, "name = \"host1\"", "line {} is {line:?}", loc.line);
+    assert!(
+        text.lines()
+            .take(loc.line - 1)
+            .any(|l| l.contains("name = \"host1\"")),
+        "the duplicate is the second one"
+    );
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let err = Lab::load(Path::new("/nonexistent/lab.toml")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/lab.toml"), "{err}");
+}
+
+#[rstest]
+#[case("2.5Gbit", 2_500_000_000)]
+#[case("800Mbit", 800_000_000)]
+#[case("1000", 1000)]
+#[case("10 Kbit", 10_000)]
+fn bitrates_parse(#[case] text: &str, #[case] bps: u64) {
+    assert_eq!(Bitrate::try_from(text.to_string()).unwrap(), Bitrate(bps));
+}
