@@ -17,11 +17,7 @@ pub fn doctor() -> u8 {
     match &qemu {
         Ok(q) => {
             let version = qemu::qemu_version(q).unwrap_or_else(|| "unknown".into());
-            let major: u32 = version
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
+            let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
             line(true, "qemu", &format!("{} {version}", q.display()));
             let igb = Command::new(q)
                 .args(["-device", "help"])
@@ -31,11 +27,7 @@ pub fn doctor() -> u8 {
             line(
                 igb && major >= 8,
                 "igb",
-                if igb {
-                    "emulated igb (SR-IOV) available"
-                } else {
-                    "no igb device: SR-IOV labs need QEMU >= 8"
-                },
+                if igb { "emulated igb (SR-IOV) available" } else { "no igb device: SR-IOV labs need QEMU >= 8" },
             );
         }
         Err(e) => ready &= line(false, "qemu", e),
@@ -45,39 +37,21 @@ pub fn doctor() -> u8 {
     match (
         &qemu,
         probe_kvm(
-            qemu.as_ref()
-                .map(|q| q.as_path())
-                .unwrap_or("qemu".as_ref()),
+            qemu.as_ref().map(|q| q.as_path()).unwrap_or("qemu".as_ref()),
             cached.as_ref().map(|i| i.kernel.as_path()),
         ),
     ) {
-        (_, KvmProbe::Usable) if cached.is_some() => line(
-            true,
-            "kvm",
-            "usable: a guest kernel booted under -accel kvm",
-        ),
-        (_, KvmProbe::Usable) => line(
-            true,
-            "kvm",
-            "a vCPU runs; the full guest probe runs once the image is built",
-        ),
-        (_, KvmProbe::Unusable(why)) => line(
-            false,
-            "kvm",
-            &format!("not usable, labs run under TCG: {why}"),
-        ),
+        (_, KvmProbe::Usable) if cached.is_some() => {
+            line(true, "kvm", "usable: a guest kernel booted under -accel kvm")
+        }
+        (_, KvmProbe::Usable) => line(true, "kvm", "a vCPU runs; the full guest probe runs once the image is built"),
+        (_, KvmProbe::Unusable(why)) => line(false, "kvm", &format!("not usable, labs run under TCG: {why}")),
     };
     match &cached {
         Some(i) => line(
             true,
             "image",
-            &format!(
-                "{}-{} cached (kernel {}) in {}",
-                i.name,
-                i.key,
-                i.kernel_release,
-                i.dir.display()
-            ),
+            &format!("{}-{} cached (kernel {}) in {}", i.name, i.key, i.kernel_release, i.dir.display()),
         ),
         None => line(
             true,
@@ -91,41 +65,27 @@ pub fn doctor() -> u8 {
     ready &= line(
         which::which("mmdebstrap").is_ok() || cached.is_some(),
         "mmdebstrap",
-        if which::which("mmdebstrap").is_ok() {
-            "installed"
-        } else {
-            "missing: run ci/setup"
-        },
+        if which::which("mmdebstrap").is_ok() { "installed" } else { "missing: run ci/setup" },
     );
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     ready &= line(
         root,
         "root",
-        if root {
-            "running as root"
-        } else {
-            "labs create network namespaces and taps: run as root"
-        },
+        if root { "running as root" } else { "labs create network namespaces and taps: run as root" },
     );
     if root {
         let ns = hostnet::LabNet::create();
         ready &= line(
             ns.is_ok(),
             "namespaces",
-            &ns.as_ref()
-                .map(|n| format!("created and removed {}", n.name()))
-                .unwrap_or_else(|e| e.to_string()),
+            &ns.as_ref().map(|n| format!("created and removed {}", n.name())).unwrap_or_else(|e| e.to_string()),
         );
     }
     line(
         true,
         "vhost-net",
-        if run::vhost_usable() {
-            "usable"
-        } else {
-            "not available: virtio NICs use QEMU's userspace datapath"
-        },
+        if run::vhost_usable() { "usable" } else { "not available: virtio NICs use QEMU's userspace datapath" },
     );
     let stale = hostnet::lab_namespaces();
     line(

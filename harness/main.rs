@@ -65,11 +65,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::INVALID_INPUT
-            } else {
-                exit::PASSED
-            };
+            let code = if e.use_stderr() { exit::INVALID_INPUT } else { exit::PASSED };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -83,20 +79,10 @@ fn main() -> ExitCode {
             tracing::Level::WARN
         })
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run {
-                lab,
-                json,
-                artifacts,
-                accel,
-                kernel,
-                case_filter,
-            } => {
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter } => {
                 run(
                     lab,
                     json,
@@ -111,9 +97,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Cmd::Image {
-                command: ImageCmd::Build { recipe },
-            } => image_build(recipe).await,
+            Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Doctor => vlab::doctor::doctor(),
         }
     });
@@ -139,10 +123,7 @@ async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> u8 {
             return exit::INVALID_INPUT;
         }
     }
-    let (Ok(mut sigint), Ok(mut sigterm)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         eprintln!("vlab: cannot install signal handlers");
         return exit::COULD_NOT_RUN;
     };
@@ -218,10 +199,7 @@ async fn image_build(recipe: Option<PathBuf>) -> u8 {
             exit::PASSED
         }
         Err(vlab::image::ImageError::ReadRecipe { path, source }) => {
-            eprintln!(
-                "vlab: cannot read image recipe {}: {source}",
-                path.display()
-            );
+            eprintln!("vlab: cannot read image recipe {}: {source}", path.display());
             exit::INVALID_INPUT
         }
         Err(e @ vlab::image::ImageError::BadRecipe { .. }) => {

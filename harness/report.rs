@@ -18,11 +18,7 @@ pub struct Check {
 impl Check {
     /// A check with its verdict and evidence.
     pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.to_string(),
-            passed,
-            detail: detail.into(),
-        }
+        Check { name: name.to_string(), passed, detail: detail.into() }
     }
 }
 
@@ -123,24 +119,13 @@ impl Report {
                 if vm.vhost { "on" } else { "off" }
             ));
         }
-        let width = self
-            .cases
-            .iter()
-            .map(|c| c.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
+        let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
         s.push_str(&format!(
             "\n{:<width$}  {:>13}  {:>7}  {:>9}  result\n",
             "case", "throughput", "retrans", "cpu c/s %"
         ));
         for c in &self.cases {
-            let failed: Vec<&str> = c
-                .checks
-                .iter()
-                .filter(|k| !k.passed)
-                .map(|k| k.name.as_str())
-                .collect();
+            let failed: Vec<&str> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect();
             s.push_str(&format!(
                 "{:<width$}  {:>13}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
@@ -148,23 +133,14 @@ impl Report {
                 c.retransmits.map_or("-".into(), |r| r.to_string()),
                 c.cpu_client_percent,
                 c.cpu_server_percent,
-                if c.passed {
-                    "pass".to_string()
-                } else {
-                    format!("FAIL ({})", failed.join(", "))
-                }
+                if c.passed { "pass".to_string() } else { format!("FAIL ({})", failed.join(", ")) }
             ));
             for k in c.checks.iter().filter(|k| !k.passed) {
                 s.push_str(&format!("    {}: {}\n", k.name, k.detail));
             }
         }
         let passed = self.cases.iter().filter(|c| c.passed).count();
-        s.push_str(&format!(
-            "\n{} passed, {} failed ({:.1} s)\n",
-            passed,
-            self.cases.len() - passed,
-            self.wall_s
-        ));
+        s.push_str(&format!("\n{} passed, {} failed ({:.1} s)\n", passed, self.cases.len() - passed, self.wall_s));
         s
     }
 }

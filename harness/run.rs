@@ -61,10 +61,7 @@ impl Drop for LabRuntime {
         for vm in &mut self.vms {
             vm.qemu.stop();
             if let Some(dir) = &self.artifacts {
-                let _ = std::fs::copy(
-                    vm.qemu.serial_path(),
-                    dir.join(format!("serial-{}.log", vm.report.name)),
-                );
+                let _ = std::fs::copy(vm.qemu.serial_path(), dir.join(format!("serial-{}.log", vm.report.name)));
             }
         }
     }
@@ -72,27 +69,17 @@ impl Drop for LabRuntime {
 
 impl LabRuntime {
     fn vm(&self, name: &str) -> &BootedVm {
-        self.vms
-            .iter()
-            .find(|v| v.report.name == name)
-            .expect("validated VM name")
+        self.vms.iter().find(|v| v.report.name == name).expect("validated VM name")
     }
 }
 
 fn runtime_base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
+    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
 }
 
 /// Whether vhost-net can be used by this process.
 pub fn vhost_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/vhost-net")
-        .is_ok()
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-net").is_ok()
 }
 
 fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
@@ -103,10 +90,7 @@ fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
         .output()
         .context("cannot run qemu-img (run ci/setup)")?;
     if !out.status.success() {
-        bail!(
-            "qemu-img create failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -114,10 +98,7 @@ fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
 /// `Combined:` under "Current hardware settings" of `ethtool -l`.
 pub fn parse_channels(ethtool_l: &str) -> Option<u32> {
     let current = ethtool_l.split("Current hardware settings").nth(1)?;
-    current
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Combined:"))
-        .and_then(|v| v.trim().parse().ok())
+    current.lines().find_map(|l| l.trim().strip_prefix("Combined:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
@@ -148,26 +129,19 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         let (q, k, choice) = (qemu_bin.clone(), kernel.clone(), opts.accel);
         tokio::task::spawn_blocking(move || accel::resolve(choice, &q, &k)).await?
     }
-    .map_err(|why| {
-        anyhow::anyhow!("--accel kvm was requested but KVM cannot run guests here: {why}")
-    })?;
+    .map_err(|why| anyhow::anyhow!("--accel kvm was requested but KVM cannot run guests here: {why}"))?;
     if let Some(why) = &notice {
         eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)");
     }
 
     if let Some(dir) = &opts.artifacts {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
     progress.phase("creating the underlay");
-    let mut net =
-        LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
+    let mut net = LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
     let vhost = vhost_usable();
     let firmware = qemu::find_firmware();
-    let modules: Vec<String> = ["virtio_net".to_string()]
-        .into_iter()
-        .chain(overlay::modules(lab))
-        .collect();
+    let modules: Vec<String> = ["virtio_net".to_string()].into_iter().chain(overlay::modules(lab)).collect();
 
     // Spawn every QEMU first so the guests boot in parallel.
     let mut pending = Vec::new();
@@ -175,16 +149,14 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     for (i, vm) in lab.vms.iter().enumerate() {
         let tap = format!("t-{}", vm.name);
         net.add_tap(&tap, vm.nic.queues)?;
-        let run_dir = tempfile::Builder::new()
-            .prefix("vlab-")
-            .tempdir_in(runtime_base())?;
+        let run_dir = tempfile::Builder::new().prefix("vlab-").tempdir_in(runtime_base())?;
         let disk = run_dir.path().join("root.qcow2");
         create_overlay_disk(&image.rootfs, &disk)?;
         let mac = format!("52:54:00:4c:{:02x}:01", i + 1);
         let spec = VmSpec {
             name: vm.name.clone(),
             accel,
-            cpu_model: std::env::var("VLAB_CPU").ok(),
+            cpu_model: vm.cpu_model.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
             firmware: firmware.clone(),
@@ -193,13 +165,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
             disk,
             run_dir: run_dir.path().to_path_buf(),
             modules: modules.clone(),
-            nics: vec![NicSpec {
-                id: "net0".into(),
-                tap,
-                mac: mac.clone(),
-                queues: vm.nic.queues,
-                vhost,
-            }],
+            nics: vec![NicSpec { id: "net0".into(), tap, mac: mac.clone(), queues: vm.nic.queues, vhost }],
         };
         let proc = QemuProcess::spawn(&qemu_bin, &spec, &net.netns_path(), pgid)?;
         if pgid == 0 {
@@ -234,9 +200,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
                 continue;
             }
             Err(e) => {
-                failure.get_or_insert_with(|| {
-                    anyhow::Error::new(e).context(format!("`{}` did not boot", vm.name))
-                });
+                failure.get_or_insert_with(|| anyhow::Error::new(e).context(format!("`{}` did not boot", vm.name)));
                 continue;
             }
         };
@@ -257,41 +221,22 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
             _run_dir: run_dir,
         });
     }
-    let mut rt = LabRuntime {
-        vms,
-        _net: net,
-        artifacts: opts.artifacts.clone(),
-    };
+    let mut rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone() };
     if let Some(e) = failure {
         return Err(e);
     }
 
     progress.phase("setting up containers and overlay");
     for vm in &lab.vms {
-        let booted = rt
-            .vms
-            .iter_mut()
-            .find(|b| b.report.name == vm.name)
-            .expect("booted");
+        let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
         let mut script = guest::underlay_commands(vm, &booted.mac);
         script.extend(guest::container_commands(vm));
         script.extend(overlay::commands(lab, vm));
-        booted
-            .guest
-            .run(&script.join("\n"))
-            .await
-            .context("guest setup failed")?;
-        let channels = booted
-            .guest
-            .run(&format!("ethtool -l {}", guest::UNDERLAY_DEV))
-            .await?;
+        booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
+        let channels = booted.guest.run(&format!("ethtool -l {}", guest::UNDERLAY_DEV)).await?;
         booted.report.channels = parse_channels(&channels.stdout_text());
         for cmd in &vm.setup {
-            booted
-                .guest
-                .run(cmd)
-                .await
-                .with_context(|| format!("setup command of `{}` failed", vm.name))?;
+            booted.guest.run(cmd).await.with_context(|| format!("setup command of `{}` failed", vm.name))?;
         }
     }
 
@@ -309,10 +254,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         cases.push(report);
     }
     if cases.is_empty() {
-        bail!(
-            "no case matches --case {:?}",
-            opts.case_filter.as_deref().unwrap_or("")
-        );
+        bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
     }
     for vm in &mut rt.vms {
         vm.qemu.check_running()?;
@@ -350,51 +292,27 @@ fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &crate::lab::Endpoint, case: &Cas
     let family = case.params.family;
     let (netns, addr) = match (case.params.path, &ep.container) {
         (TrafficPath::Container, Some(c)) => {
-            let container = vm
-                .containers
-                .iter()
-                .find(|x| &x.name == c)
-                .expect("validated");
-            (
-                Some(c.clone()),
-                container.address(family).expect("validated").to_string(),
-            )
+            let container = vm.containers.iter().find(|x| &x.name == c).expect("validated");
+            (Some(c.clone()), container.address(family).expect("validated").to_string())
         }
-        _ => (
-            None,
-            vm.underlay.get(family).expect("validated").to_string(),
-        ),
+        _ => (None, vm.underlay.get(family).expect("validated").to_string()),
     };
-    Side {
-        vm: rt.vm(&vm.name),
-        netns,
-        addr,
-    }
+    Side { vm: rt.vm(&vm.name), netns, addr }
 }
 
 fn in_netns(netns: &Option<String>, argv: Vec<String>) -> Vec<String> {
     match netns {
-        Some(ns) => ["ip", "netns", "exec", ns]
-            .into_iter()
-            .map(String::from)
-            .chain(argv)
-            .collect(),
+        Some(ns) => ["ip", "netns", "exec", ns].into_iter().map(String::from).chain(argv).collect(),
         None => argv,
     }
 }
 
 async fn read_counters(g: &Guest, dev: &str) -> anyhow::Result<Counters> {
     let out = g.run(&Counters::command(dev, None)).await?;
-    Counters::parse(&out.stdout_text())
-        .with_context(|| format!("unreadable counters of {dev} on `{}`", g.name))
+    Counters::parse(&out.stdout_text()).with_context(|| format!("unreadable counters of {dev} on `{}`", g.name))
 }
 
-async fn run_case(
-    lab: &Lab,
-    rt: &LabRuntime,
-    case: &Case,
-    artifacts: Option<&Path>,
-) -> anyhow::Result<CaseReport> {
+async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Path>) -> anyhow::Result<CaseReport> {
     let w = &lab.workload;
     let server = side(lab, rt, &w.server, case);
     let client = side(lab, rt, &w.client, case);
@@ -419,38 +337,21 @@ async fn run_case(
     let listen_refs: Vec<&str> = listen.iter().map(String::as_str).collect();
     let ready_deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = server
-            .vm
-            .guest
-            .agent()
-            .exec(&listen_refs, Duration::from_secs(20))
-            .await?;
+        let out = server.vm.guest.agent().exec(&listen_refs, Duration::from_secs(20)).await?;
         if out.success() {
             break;
         }
         if Instant::now() >= ready_deadline {
-            bail!(
-                "iperf3 server on `{}` did not listen on port {} within 20 s",
-                server.vm.guest.name,
-                w.port
-            );
+            bail!("iperf3 server on `{}` did not listen on port {} within 20 s", server.vm.guest.name, w.port);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let client_argv = in_netns(
-        &client.netns,
-        iperf3::client_argv(w, &case.params, &server.addr),
-    );
+    let client_argv = in_netns(&client.netns, iperf3::client_argv(w, &case.params, &server.addr));
     let client_refs: Vec<&str> = client_argv.iter().map(String::as_str).collect();
     let limit = w.duration + lab.timeouts.command;
     let client_out = client.vm.guest.agent().exec(&client_refs, limit).await?;
-    let server_out = server
-        .vm
-        .guest
-        .agent()
-        .wait(server_pid, "iperf3 -s", Duration::from_secs(20))
-        .await;
+    let server_out = server.vm.guest.agent().wait(server_pid, "iperf3 -s", Duration::from_secs(20)).await;
 
     let mut after = Vec::new();
     for s in [&server, &client] {
@@ -468,10 +369,7 @@ async fn run_case(
         if let Ok(s) = &server_out {
             std::fs::write(case_dir.join("iperf3-server.json"), &s.stdout)?;
         }
-        std::fs::write(
-            case_dir.join("counters.json"),
-            serde_json::to_vec_pretty(&delta)?,
-        )?;
+        std::fs::write(case_dir.join("counters.json"), serde_json::to_vec_pretty(&delta)?)?;
     }
 
     let parsed = iperf3::parse(&client_out.stdout_text());
@@ -480,11 +378,7 @@ async fn run_case(
         client_out.success() && parsed.is_ok(),
         match &parsed {
             Ok(_) => format!("client exit {}", client_out.code),
-            Err(e) => format!(
-                "client exit {}: {e} {}",
-                client_out.code,
-                client_out.stderr_text().trim()
-            ),
+            Err(e) => format!("client exit {}: {e} {}", client_out.code, client_out.stderr_text().trim()),
         },
     )];
     let result = parsed.ok();
@@ -492,21 +386,14 @@ async fn run_case(
     checks.push(Check::new(
         "payload delivered",
         received > 0,
-        format!(
-            "{received} bytes received in {:.1} s",
-            result.as_ref().map_or(0.0, |r| r.seconds)
-        ),
+        format!("{received} bytes received in {:.1} s", result.as_ref().map_or(0.0, |r| r.seconds)),
     ));
     let throughput = result.as_ref().map_or(0.0, |r| r.throughput_bps);
     if let Some(min) = lab.expect.min_throughput {
         checks.push(Check::new(
             "throughput bound",
             throughput >= min.0 as f64,
-            format!(
-                "{} against a minimum of {}",
-                fmt_bps(throughput),
-                fmt_bps(min.0 as f64)
-            ),
+            format!("{} against a minimum of {}", fmt_bps(throughput), fmt_bps(min.0 as f64)),
         ));
     }
 
@@ -545,10 +432,7 @@ async fn run_case(
         checks.push(Check::new(
             "container veths carried the payload",
             received > 0 && ok,
-            format!(
-                "server veth tx {} B, client veth rx {} B, payload {received} B",
-                s_v.tx_bytes, c_v.rx_bytes
-            ),
+            format!("server veth tx {} B, client veth rx {} B, payload {received} B", s_v.tx_bytes, c_v.rx_bytes),
         ));
     }
     let passed = checks.iter().all(|c| c.passed);

@@ -19,8 +19,7 @@ impl Progress {
         }
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed:>3}] {prefix}: {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template("{spinner} [{elapsed:>3}] {prefix}: {msg}").expect("valid template"),
         );
         bar.set_prefix(prefix.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));

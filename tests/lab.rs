@@ -54,21 +54,12 @@ fn edit(from: &str, to: &str) -> String {
 
 #[rstest]
 #[case::unknown_key(String::new(), "unknown_key")]
-#[case::unknown_overlay(
-    edit("overlay = \"baseline\"", "overlay = \"vxlan-bogus\""),
-    "unknown_overlay"
-)]
+#[case::unknown_overlay(edit("overlay = \"baseline\"", "overlay = \"vxlan-bogus\""), "unknown_overlay")]
 #[case::unknown_nic_field(
-    edit(
-        "nic = { model = \"virtio\", queues = 2 }",
-        "nic = { model = \"virtio\", queues = 2, speed = 10 }"
-    ),
+    edit("nic = { model = \"virtio\", queues = 2 }", "nic = { model = \"virtio\", queues = 2, speed = 10 }"),
     "unknown_nic_field"
 )]
-#[case::bad_address(
-    edit("ipv4 = \"10.1.2.2/24\"", "ipv4 = \"10.1.2.300/24\""),
-    "bad_address"
-)]
+#[case::bad_address(edit("ipv4 = \"10.1.2.2/24\"", "ipv4 = \"10.1.2.300/24\""), "bad_address")]
 #[case::queues_zero(
     edit(
         "nic = { model = \"virtio\", queues = 2 }\n\n[[vm.container]]\nname = \"c2\"",
@@ -77,27 +68,15 @@ fn edit(from: &str, to: &str) -> String {
     "queues_zero"
 )]
 #[case::duplicate_vm(edit("name = \"host2\"", "name = \"host1\""), "duplicate_vm")]
-#[case::gateway_address(
-    edit("ipv4 = \"10.1.1.2/24\"", "ipv4 = \"10.1.1.1/24\""),
-    "gateway_address"
-)]
-#[case::missing_container(
-    edit("client = \"host2/c2\"", "client = \"host2/c9\""),
-    "missing_container"
-)]
+#[case::gateway_address(edit("ipv4 = \"10.1.1.2/24\"", "ipv4 = \"10.1.1.1/24\""), "gateway_address")]
+#[case::missing_container(edit("client = \"host2/c2\"", "client = \"host2/c9\""), "missing_container")]
 #[case::empty_axis(edit("family = [\"ipv4\", \"ipv6\"]", "family = []"), "empty_axis")]
 #[case::bad_duration(edit("duration = \"5s\"", "duration = \"5 parsecs\""), "bad_duration")]
-#[case::bad_bitrate(
-    edit("min_throughput = \"100Mbit\"", "min_throughput = \"fast\""),
-    "bad_bitrate"
-)]
+#[case::bad_bitrate(edit("min_throughput = \"100Mbit\"", "min_throughput = \"fast\""), "bad_bitrate")]
 #[case::missing_family(edit("ipv6 = \"fd01:2::2/64\"", ""), "missing_family")]
 fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &str) {
-    let text = if name == "unknown_key" {
-        BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1)
-    } else {
-        text
-    };
+    let text =
+        if name == "unknown_key" { BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1) } else { text };
     let err = parse(&text).expect_err("the lab must be rejected");
     insta::assert_snapshot!(name, err.to_string());
 }
@@ -109,12 +88,7 @@ fn errors_point_at_the_offending_line() {
     let loc = err.location().expect("located");
     let line = text.lines().nth(loc.line - 1).unwrap();
     assert_eq!(line, "name = \"host1\"", "line {} is {line:?}", loc.line);
-    assert!(
-        text.lines()
-            .take(loc.line - 1)
-            .any(|l| l.contains("name = \"host1\"")),
-        "the duplicate is the second one"
-    );
+    assert!(text.lines().take(loc.line - 1).any(|l| l.contains("name = \"host1\"")), "the duplicate is the second one");
 }
 
 #[test]

@@ -29,11 +29,7 @@ pub struct Guest {
 impl Guest {
     /// Wraps a connected agent.
     pub fn new(name: &str, agent: Agent, command_timeout: Duration) -> Guest {
-        Guest {
-            name: name.to_string(),
-            agent,
-            command_timeout,
-        }
+        Guest { name: name.to_string(), agent, command_timeout }
     }
 
     /// The agent, for workloads that spawn and wait themselves.
@@ -49,11 +45,7 @@ impl Guest {
     /// Runs a script (`set -e`, traced) and fails with its stderr unless it exits 0.
     pub async fn run(&self, script: &str) -> anyhow::Result<Output> {
         let traced = format!("set -ex\n{script}");
-        let out = self
-            .agent
-            .sh(&traced, self.command_timeout)
-            .await
-            .with_context(|| format!("on `{}`", self.name))?;
+        let out = self.agent.sh(&traced, self.command_timeout).await.with_context(|| format!("on `{}`", self.name))?;
         if !out.success() {
             bail!(
                 "on `{}`: guest command failed with exit code {}:\n{}",
@@ -67,10 +59,7 @@ impl Guest {
 
     /// Reads a file from the guest.
     pub async fn read_file(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        self.agent
-            .read_file(path)
-            .await
-            .with_context(|| format!("reading {path} on `{}`", self.name))
+        self.agent.read_file(path).await.with_context(|| format!("reading {path} on `{}`", self.name))
     }
 }
 
@@ -83,15 +72,15 @@ fn last_lines(text: &str, n: usize) -> String {
 /// pairs, address it (`nodad`: duplicate detection only delays a closed lab).
 pub fn underlay_commands(vm: &Vm, mac: &str) -> Vec<String> {
     let mut cmds = vec![
+        // vlab-init loads the NIC driver while the agent starts: wait for it.
+        "i=0; while [ ! -e /run/vlab-modules ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done".to_string(),
+        "cat /run/vlab-modules >&2".to_string(),
         format!("dev=$(grep -l '^{mac}$' /sys/class/net/*/address | cut -d/ -f5)"),
         "test -n \"$dev\"".to_string(),
         format!("ip link set \"$dev\" name {UNDERLAY_DEV}"),
     ];
     if vm.nic.queues > 1 {
-        cmds.push(format!(
-            "ethtool -L {UNDERLAY_DEV} combined {}",
-            vm.nic.queues
-        ));
+        cmds.push(format!("ethtool -L {UNDERLAY_DEV} combined {}", vm.nic.queues));
     }
     if let Some(n) = vm.underlay.ipv4 {
         cmds.push(format!("ip addr add {n} dev {UNDERLAY_DEV}"));
@@ -110,27 +99,15 @@ pub fn container_commands(vm: &Vm) -> Vec<String> {
     for c in &vm.containers {
         let veth = host_veth(&c.name);
         cmds.push(format!("ip netns add {}", c.name));
-        cmds.push(format!(
-            "ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}",
-            c.name
-        ));
+        cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
         cmds.push(format!("ip -n {} link set lo up", c.name));
         if let (Some(net), Some(gw)) = (c.ipv4, c.gateway(Family::Ipv4)) {
             cmds.push(format!("ip addr add {gw}/{} dev {veth}", net.prefix_len()));
-            cmds.push(format!(
-                "ip -n {} addr add {net} dev {CONTAINER_DEV}",
-                c.name
-            ));
+            cmds.push(format!("ip -n {} addr add {net} dev {CONTAINER_DEV}", c.name));
         }
         if let (Some(net), Some(gw)) = (c.ipv6, c.gateway(Family::Ipv6)) {
-            cmds.push(format!(
-                "ip -6 addr add {gw}/{} dev {veth} nodad",
-                net.prefix_len()
-            ));
-            cmds.push(format!(
-                "ip -n {} -6 addr add {net} dev {CONTAINER_DEV} nodad",
-                c.name
-            ));
+            cmds.push(format!("ip -6 addr add {gw}/{} dev {veth} nodad", net.prefix_len()));
+            cmds.push(format!("ip -n {} -6 addr add {net} dev {CONTAINER_DEV} nodad", c.name));
         }
         cmds.push(format!("ip link set {veth} up"));
         cmds.push(format!("ip -n {} link set {CONTAINER_DEV} up", c.name));

@@ -29,17 +29,11 @@ fn ip(args: &[&str]) -> Result<String, NetError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| NetError::Ip {
-            args: args.join(" "),
-            stderr: e.to_string(),
-        })?;
+        .map_err(|e| NetError::Ip { args: args.join(" "), stderr: e.to_string() })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(NetError::Ip {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(NetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
@@ -56,16 +50,9 @@ impl LabNet {
     /// Creates a fresh namespace (unique per process and lab) with an up bridge.
     pub fn create() -> Result<LabNet, NetError> {
         remove_stale();
-        let name = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{PREFIX}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         ip(&["netns", "add", &name])?;
-        let net = LabNet {
-            name,
-            taps: Vec::new(),
-        };
+        let net = LabNet { name, taps: Vec::new() };
         net.ip(&["link", "set", "lo", "up"])?;
         net.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         net.ip(&["link", "set", BRIDGE, "up"])?;
@@ -98,6 +85,9 @@ impl LabNet {
         }
         self.ip(&args)?;
         self.taps.push(tap.to_string());
+        // QEMU drains a tap in bursts; a deep queue keeps bursts from becoming drops
+        // (and TCP retransmissions) when the receiving VM's I/O thread is busy.
+        self.ip(&["link", "set", tap, "txqueuelen", "10000"])?;
         self.ip(&["link", "set", tap, "master", BRIDGE])?;
         self.ip(&["link", "set", tap, "up"])?;
         Ok(())
@@ -142,9 +132,5 @@ pub fn lab_namespaces() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(PREFIX))
-        .collect()
+    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(PREFIX)).collect()
 }

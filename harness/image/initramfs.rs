@@ -14,11 +14,7 @@ fn module_name(path: &str) -> String {
 
 /// Resolves `wanted` against `modules.dep` text into load order: dependencies
 /// first, each module once. Built-in modules (listed in `builtin`) are skipped.
-pub(crate) fn load_order(
-    modules_dep: &str,
-    builtin: &str,
-    wanted: &[String],
-) -> Result<Vec<String>, String> {
+pub(crate) fn load_order(modules_dep: &str, builtin: &str, wanted: &[String]) -> Result<Vec<String>, String> {
     let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
     for line in modules_dep.lines() {
         let Some((path, rest)) = line.split_once(':') else {
@@ -39,9 +35,7 @@ pub(crate) fn load_order(
             return Ok(());
         }
         seen.push(name.to_string());
-        let (path, ds) = deps
-            .get(name)
-            .ok_or_else(|| format!("module `{name}` is not in modules.dep"))?;
+        let (path, ds) = deps.get(name).ok_or_else(|| format!("module `{name}` is not in modules.dep"))?;
         for d in ds {
             visit(&module_name(d), deps, order, seen)?;
         }
@@ -60,14 +54,8 @@ pub(crate) fn load_order(
 }
 
 /// Builds the initramfs (newc cpio, uncompressed: the kernel unpacks it fastest).
-pub(crate) fn build(
-    modules_dir: &Path,
-    wanted: &[String],
-    busybox: &[u8],
-    init: &str,
-) -> Result<Vec<u8>, String> {
-    let dep = fs::read_to_string(modules_dir.join("modules.dep"))
-        .map_err(|e| format!("modules.dep: {e}"))?;
+pub(crate) fn build(modules_dir: &Path, wanted: &[String], busybox: &[u8], init: &str) -> Result<Vec<u8>, String> {
+    let dep = fs::read_to_string(modules_dir.join("modules.dep")).map_err(|e| format!("modules.dep: {e}"))?;
     let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
     let order = load_order(&dep, &builtin, wanted)?;
     let mut files: Vec<(String, u32, Vec<u8>)> = Vec::new();
@@ -79,20 +67,13 @@ pub(crate) fn build(
     let mut names = Vec::new();
     for path in &order {
         // Modules were decompressed at build time; modules.dep may still name .ko.xz.
-        let plain = path
-            .trim_end_matches(".xz")
-            .trim_end_matches(".zst")
-            .to_string();
+        let plain = path.trim_end_matches(".xz").trim_end_matches(".zst").to_string();
         let data = fs::read(modules_dir.join(&plain)).map_err(|e| format!("{plain}: {e}"))?;
         let file = plain.rsplit('/').next().unwrap_or(&plain).to_string();
         files.push((format!("modules/{file}"), 0o100644, data));
         names.push(file);
     }
-    files.push((
-        "modules.order".into(),
-        0o100644,
-        (names.join("\n") + "\n").into_bytes(),
-    ));
+    files.push(("modules.order".into(), 0o100644, (names.join("\n") + "\n").into_bytes()));
     let mut out = Vec::new();
     for (ino, (name, mode, data)) in files.iter().enumerate() {
         let nlink = if mode & 0o040000 != 0 { 2 } else { 1 };
@@ -112,7 +93,8 @@ pub(crate) fn build(
 mod tests {
     use super::*;
 
-    const DEP: &str = "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\
+    const DEP: &str =
+        "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\
 kernel/drivers/block/virtio_blk.ko.xz:\n\
 kernel/fs/mbcache.ko.xz:\n\
 kernel/fs/jbd2/jbd2.ko.xz:\n\
@@ -121,32 +103,15 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
 
     #[test]
     fn dependencies_load_first_and_once() {
-        let wanted: Vec<String> = ["crc32c_generic", "ext4", "virtio_blk", "jbd2"]
-            .map(String::from)
-            .to_vec();
+        let wanted: Vec<String> = ["crc32c_generic", "ext4", "virtio_blk", "jbd2"].map(String::from).to_vec();
         let order = load_order(DEP, "", &wanted).unwrap();
         let names: Vec<_> = order.iter().map(|p| module_name(p)).collect();
-        assert_eq!(
-            names,
-            [
-                "crc32c_generic",
-                "crc16",
-                "mbcache",
-                "jbd2",
-                "ext4",
-                "virtio_blk"
-            ]
-        );
+        assert_eq!(names, ["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4", "virtio_blk"]);
     }
 
     #[test]
     fn builtin_modules_are_skipped_and_unknown_ones_named() {
-        let order = load_order(
-            DEP,
-            "kernel/drivers/block/virtio_blk.ko\n",
-            &["virtio-blk".to_string()],
-        )
-        .unwrap();
+        let order = load_order(DEP, "kernel/drivers/block/virtio_blk.ko\n", &["virtio-blk".to_string()]).unwrap();
         assert!(order.is_empty());
         let err = load_order(DEP, "", &["nosuch".to_string()]).unwrap_err();
         assert!(err.contains("nosuch"), "{err}");

@@ -23,7 +23,7 @@ const INITRAMFS_INIT: &str = include_str!("../../images/guest/initramfs-init");
 /// PID 1 of the guest: mounts, host name, modules, guest agent.
 const GUEST_INIT: &str = include_str!("../../images/guest/vlab-init");
 /// Bumped whenever the layout of a built image changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 3;
 
 /// What goes into an image, as written in `images/NAME.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,7 +102,9 @@ pub struct Image {
     pub key: String,
     /// Directory holding the files below.
     pub dir: PathBuf,
-    /// The guest kernel.
+    /// The guest kernel: the uncompressed `vmlinux` when the kernel supports
+    /// PVH entry (QEMU then skips the decompressor, which is slow under TCG),
+    /// else the `bzImage`.
     pub kernel: PathBuf,
     /// The initramfs.
     pub initramfs: PathBuf,
@@ -126,20 +128,10 @@ struct Manifest {
 impl Recipe {
     /// Reads a recipe file.
     pub fn load(path: &Path) -> Result<(Recipe, String), ImageError> {
-        let text = fs::read_to_string(path).map_err(|source| ImageError::ReadRecipe {
-            path: path.into(),
-            source,
-        })?;
-        let recipe: Recipe = toml::from_str(&text).map_err(|e| ImageError::BadRecipe {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        if recipe.name.is_empty()
-            || !recipe
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        let text = fs::read_to_string(path).map_err(|source| ImageError::ReadRecipe { path: path.into(), source })?;
+        let recipe: Recipe =
+            toml::from_str(&text).map_err(|e| ImageError::BadRecipe { path: path.into(), message: e.to_string() })?;
+        if recipe.name.is_empty() || !recipe.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ImageError::BadRecipe {
                 path: path.into(),
                 message: format!("name `{}` must be [A-Za-z0-9_-]+", recipe.name),
@@ -167,9 +159,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("vlab");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache").join("vlab")
 }
 
@@ -181,30 +171,25 @@ fn images_dir() -> PathBuf {
 pub fn cached(recipe_path: &Path) -> Result<Option<Image>, ImageError> {
     let (recipe, text) = Recipe::load(recipe_path)?;
     let key = Recipe::key(&text);
-    Ok(read_image(
-        &images_dir().join(format!("{}-{key}", recipe.name)),
-    ))
+    Ok(read_image(&images_dir().join(format!("{}-{key}", recipe.name))))
 }
 
 fn read_image(dir: &Path) -> Option<Image> {
-    let manifest: Manifest =
-        serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
     if manifest.format != FORMAT {
         return None;
     }
+    let vmlinux = dir.join("vmlinux");
     let image = Image {
         name: manifest.name,
         key: manifest.key,
         dir: dir.to_path_buf(),
-        kernel: dir.join("vmlinuz"),
+        kernel: if vmlinux.is_file() { vmlinux } else { dir.join("vmlinuz") },
         initramfs: dir.join("initramfs.cpio"),
         rootfs: dir.join("rootfs.ext4"),
         kernel_release: manifest.kernel_release,
     };
-    [&image.kernel, &image.initramfs, &image.rootfs]
-        .iter()
-        .all(|p| p.is_file())
-        .then_some(image)
+    [&image.kernel, &image.initramfs, &image.rootfs].iter().all(|p| p.is_file()).then_some(image)
 }
 
 /// An exclusive lock on a cache entry, released on drop.
@@ -212,18 +197,12 @@ struct CacheLock(File);
 
 impl CacheLock {
     fn acquire(path: &Path, progress: &Progress) -> Result<CacheLock, ImageError> {
-        let file = File::create(path).map_err(|source| ImageError::Cache {
-            path: path.into(),
-            source,
-        })?;
+        let file = File::create(path).map_err(|source| ImageError::Cache { path: path.into(), source })?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             progress.phase("waiting for another vlab that is building this image");
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(ImageError::Cache {
-                    path: path.into(),
-                    source: std::io::Error::last_os_error(),
-                });
+                return Err(ImageError::Cache { path: path.into(), source: std::io::Error::last_os_error() });
             }
         }
         Ok(CacheLock(file))
@@ -254,10 +233,7 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     let (recipe, text) = Recipe::load(recipe_path)?;
     let key = Recipe::key(&text);
     let root = images_dir();
-    fs::create_dir_all(&root).map_err(|source| ImageError::Cache {
-        path: root.clone(),
-        source,
-    })?;
+    fs::create_dir_all(&root).map_err(|source| ImageError::Cache { path: root.clone(), source })?;
     let final_dir = root.join(format!("{}-{key}", recipe.name));
     if let Some(image) = read_image(&final_dir) {
         return Ok(image);
@@ -267,93 +243,59 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
         return Ok(image);
     }
     let started = Instant::now();
-    let work = BuildDir(root.join(format!(
-        ".build-{}-{key}-{}",
-        recipe.name,
-        std::process::id()
-    )));
+    let work = BuildDir(root.join(format!(".build-{}-{key}-{}", recipe.name, std::process::id())));
     let _ = fs::remove_dir_all(&work.0);
-    fs::create_dir_all(&work.0).map_err(|source| ImageError::Cache {
-        path: work.0.clone(),
-        source,
-    })?;
+    fs::create_dir_all(&work.0).map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
     let rootdir = work.0.join("root");
 
-    progress.phase(&format!(
-        "mmdebstrap {} ({} packages)",
-        recipe.suite,
-        recipe.packages.len() + 1
-    ));
+    progress.phase(&format!("mmdebstrap {} ({} packages)", recipe.suite, recipe.packages.len() + 1));
     mmdebstrap(&recipe, &rootdir, progress)?;
 
     progress.phase("preparing kernel modules");
     let kernel_release = kernel_release(&rootdir)?;
     let modules_dir = rootdir.join("usr/lib/modules").join(&kernel_release);
     decompress_modules(&modules_dir)?;
-    run(
-        "depmod",
-        Command::new("chroot")
-            .arg(&rootdir)
-            .args(["depmod", "-a", &kernel_release]),
-    )?;
+    run("depmod", Command::new("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
     install_guest_files(&rootdir)?;
 
     progress.phase("writing initramfs");
     let busybox = fs::read(rootdir.join("bin/busybox")).map_err(|e| ImageError::Step {
         step: "initramfs".into(),
-        detail: format!(
-            "no /bin/busybox in the root ({e}): add busybox-static to the recipe's packages"
-        ),
+        detail: format!("no /bin/busybox in the root ({e}): add busybox-static to the recipe's packages"),
     })?;
-    let cpio = initramfs::build(
-        &modules_dir,
-        &recipe.initramfs_modules,
-        &busybox,
-        INITRAMFS_INIT,
-    )
-    .map_err(|e| ImageError::Step {
-        step: "initramfs".into(),
-        detail: e,
-    })?;
-    fs::write(work.0.join("initramfs.cpio"), cpio).map_err(|source| ImageError::Cache {
-        path: work.0.clone(),
-        source,
-    })?;
-    fs::copy(
-        rootdir
-            .join("boot")
-            .join(format!("vmlinuz-{kernel_release}")),
-        work.0.join("vmlinuz"),
-    )
-    .map_err(|source| ImageError::Cache {
-        path: rootdir.join("boot"),
-        source,
-    })?;
+    let cpio = initramfs::build(&modules_dir, &recipe.initramfs_modules, &busybox, INITRAMFS_INIT)
+        .map_err(|e| ImageError::Step { step: "initramfs".into(), detail: e })?;
+    fs::write(work.0.join("initramfs.cpio"), cpio)
+        .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    let bzimage_path = rootdir.join("boot").join(format!("vmlinuz-{kernel_release}"));
+    let bzimage = fs::read(&bzimage_path).map_err(|source| ImageError::Cache { path: bzimage_path.clone(), source })?;
+    fs::write(work.0.join("vmlinuz"), &bzimage).map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    let config = fs::read_to_string(rootdir.join("boot").join(format!("config-{kernel_release}"))).unwrap_or_default();
+    if config.lines().any(|l| l == "CONFIG_PVH=y") {
+        progress.phase("extracting vmlinux for PVH boot");
+        if let Some(vmlinux) = extract_vmlinux(&bzimage) {
+            fs::write(work.0.join("vmlinux"), vmlinux)
+                .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+        }
+    }
     // The distribution's initramfs and kernel copies are not booted.
-    for entry in fs::read_dir(rootdir.join("boot"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for entry in fs::read_dir(rootdir.join("boot")).into_iter().flatten().flatten() {
         let _ = fs::remove_file(entry.path());
     }
 
     progress.phase("writing ext4 root disk");
-    let size_mib = recipe
-        .disk_mib
-        .unwrap_or_else(|| dir_size(&rootdir) / (1 << 20) + 512);
+    let size_mib = recipe.disk_mib.unwrap_or_else(|| dir_size(&rootdir) / (1 << 20) + 512);
     run(
         "mke2fs",
         Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-L", "vlab-root", "-d"])
+            // No journal: every VM writes to a throwaway overlay, and the
+            // journal only slows the mount and every write under TCG.
+            .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-E", "lazy_itable_init=0", "-L", "vlab-root", "-d"])
             .arg(&rootdir)
             .arg(work.0.join("rootfs.ext4"))
             .arg(format!("{size_mib}M")),
     )?;
-    fs::remove_dir_all(&rootdir).map_err(|source| ImageError::Cache {
-        path: rootdir.clone(),
-        source,
-    })?;
+    fs::remove_dir_all(&rootdir).map_err(|source| ImageError::Cache { path: rootdir.clone(), source })?;
 
     let manifest = Manifest {
         format: FORMAT,
@@ -365,19 +307,12 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
         recipe,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-    fs::write(work.0.join("manifest.json"), json).map_err(|source| ImageError::Cache {
-        path: work.0.clone(),
-        source,
-    })?;
+    fs::write(work.0.join("manifest.json"), json)
+        .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
     let _ = fs::remove_dir_all(&final_dir);
-    fs::rename(&work.0, &final_dir).map_err(|source| ImageError::Cache {
-        path: final_dir.clone(),
-        source,
-    })?;
-    read_image(&final_dir).ok_or_else(|| ImageError::Step {
-        step: "finish".into(),
-        detail: "the built image is incomplete".into(),
-    })
+    fs::rename(&work.0, &final_dir).map_err(|source| ImageError::Cache { path: final_dir.clone(), source })?;
+    read_image(&final_dir)
+        .ok_or_else(|| ImageError::Step { step: "finish".into(), detail: "the built image is incomplete".into() })
 }
 
 fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<(), ImageError> {
@@ -403,13 +338,9 @@ fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<()
             detail: format!("cannot start mmdebstrap ({e}): run ci/setup"),
         })?;
     let stdout = child.stdout.take().expect("piped");
-    let out_thread =
-        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let out_thread = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let mut tail: Vec<String> = Vec::new();
-    for line in BufReader::new(child.stderr.take().expect("piped"))
-        .lines()
-        .map_while(Result::ok)
-    {
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines().map_while(Result::ok) {
         if let Some(msg) = line.strip_prefix("I: ") {
             progress.detail(msg);
         }
@@ -418,10 +349,7 @@ fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<()
             tail.remove(0);
         }
     }
-    let status = child.wait().map_err(|e| ImageError::Step {
-        step: "mmdebstrap".into(),
-        detail: e.to_string(),
-    })?;
+    let status = child.wait().map_err(|e| ImageError::Step { step: "mmdebstrap".into(), detail: e.to_string() })?;
     let _ = out_thread.join();
     if !status.success() {
         return Err(ImageError::Step {
@@ -435,10 +363,7 @@ fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<()
 fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
     let dir = rootdir.join("usr/lib/modules");
     let mut releases: Vec<String> = fs::read_dir(&dir)
-        .map_err(|source| ImageError::Cache {
-            path: dir.clone(),
-            source,
-        })?
+        .map_err(|source| ImageError::Cache { path: dir.clone(), source })?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|r| rootdir.join("boot").join(format!("vmlinuz-{r}")).is_file())
@@ -457,13 +382,7 @@ fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
     let mut zst = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)
-            .map_err(|source| ImageError::Cache {
-                path: d.clone(),
-                source,
-            })?
-            .flatten()
-        {
+        for entry in fs::read_dir(&d).map_err(|source| ImageError::Cache { path: d.clone(), source })?.flatten() {
             let p = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
@@ -483,12 +402,7 @@ fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
                     s.spawn(move || {
                         let mut cmd = Command::new(tool);
                         // Both delete the compressed file once decompressed.
-                        cmd.args(if tool == "xz" {
-                            ["-d", "-q", "-T1"]
-                        } else {
-                            ["-d", "-q", "--rm"]
-                        })
-                        .args(&chunk);
+                        cmd.args(if tool == "xz" { ["-d", "-q", "-T1"] } else { ["-d", "-q", "--rm"] }).args(&chunk);
                         run(tool, &mut cmd)
                     })
                 })
@@ -502,23 +416,53 @@ fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// The uncompressed kernel inside a bzImage: the first compressed stream
+/// (zstd, xz or gzip) that decompresses to an ELF file.
+fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    const FORMATS: [(&[u8], &str, &[&str]); 3] = [
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", &["-d", "-q", "-c"]),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz", &["-d", "-q", "-c"]),
+        (&[0x1f, 0x8b, 0x08], "gzip", &["-d", "-q", "-c"]),
+    ];
+    for (magic, tool, args) in FORMATS {
+        let mut from = 0;
+        while let Some(pos) = bzimage[from..].windows(magic.len()).position(|w| w == magic) {
+            let start = from + pos;
+            from = start + 1;
+            let Ok(mut child) = Command::new(tool)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                break;
+            };
+            let mut stdin = child.stdin.take().expect("piped");
+            let data = bzimage[start..].to_vec();
+            // The stream is followed by other data; the tool's complaint about it is expected.
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+            let out = child.wait_with_output().ok()?;
+            let _ = writer.join();
+            if out.stdout.starts_with(b"\x7fELF") {
+                return Some(out.stdout);
+            }
+        }
+    }
+    None
+}
+
 fn install_guest_files(rootdir: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let init = rootdir.join("sbin/vlab-init");
-    fs::write(&init, GUEST_INIT).map_err(|source| ImageError::Cache {
-        path: init.clone(),
-        source,
-    })?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|source| {
-        ImageError::Cache {
-            path: init.clone(),
-            source,
-        }
-    })?;
-    fs::write(rootdir.join("etc/hostname"), "vlab\n").map_err(|source| ImageError::Cache {
-        path: rootdir.join("etc"),
-        source,
-    })?;
+    fs::write(&init, GUEST_INIT).map_err(|source| ImageError::Cache { path: init.clone(), source })?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .map_err(|source| ImageError::Cache { path: init.clone(), source })?;
+    fs::write(rootdir.join("etc/hostname"), "vlab\n")
+        .map_err(|source| ImageError::Cache { path: rootdir.join("etc"), source })?;
     Ok(())
 }
 
@@ -540,23 +484,16 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn run(step: &str, cmd: &mut Command) -> Result<(), ImageError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ImageError::Step {
-            step: step.into(),
-            detail: format!("cannot start {:?}: {e}", cmd.get_program()),
-        })?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| ImageError::Step {
+        step: step.into(),
+        detail: format!("cannot start {:?}: {e}", cmd.get_program()),
+    })?;
     if out.status.success() {
         Ok(())
     } else {
         Err(ImageError::Step {
             step: step.into(),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
         })
     }
 }

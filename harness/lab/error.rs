@@ -72,10 +72,7 @@ pub(crate) struct Issue {
 
 impl Issue {
     pub fn new(path: Vec<Seg>, message: impl Into<String>) -> Issue {
-        Issue {
-            path,
-            message: message.into(),
-        }
+        Issue { path, message: message.into() }
     }
 }
 
@@ -111,9 +108,7 @@ fn span_of(text: &str, path: &[Seg]) -> Option<std::ops::Range<usize>> {
         let next = match seg {
             Seg::Key(k) => match item {
                 toml_edit::Item::Table(t) => t.get(k),
-                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
-                    t.get(k).map(|_| &item[*k])
-                }
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get(k).map(|_| &item[*k]),
                 _ => None,
             },
             Seg::Index(i) => match item {
@@ -140,22 +135,16 @@ fn span_of(text: &str, path: &[Seg]) -> Option<std::ops::Range<usize>> {
 /// The dotted path of the innermost key whose item contains byte `offset`.
 fn path_at(text: &str, offset: usize) -> Option<String> {
     fn walk(item: &toml_edit::Item, offset: usize, out: &mut String) {
-        let inside = |span: Option<std::ops::Range<usize>>| {
-            span.is_some_and(|s| s.start <= offset && offset <= s.end)
-        };
+        let inside = |span: Option<std::ops::Range<usize>>| span.is_some_and(|s| s.start <= offset && offset <= s.end);
         match item {
             toml_edit::Item::Table(t) => {
                 for (k, v) in t.iter() {
-                    let key_hit = t
-                        .key(k)
-                        .and_then(|key| key.span())
-                        .is_some_and(|s| s.start <= offset && offset <= s.end);
+                    let key_hit =
+                        t.key(k).and_then(|key| key.span()).is_some_and(|s| s.start <= offset && offset <= s.end);
                     if key_hit
                         || inside(v.span())
-                        || matches!(
-                            v,
-                            toml_edit::Item::Table(_) | toml_edit::Item::ArrayOfTables(_)
-                        ) && contains(v, offset)
+                        || matches!(v, toml_edit::Item::Table(_) | toml_edit::Item::ArrayOfTables(_))
+                            && contains(v, offset)
                     {
                         push_key(out, k);
                         walk(v, offset, out);
@@ -165,29 +154,17 @@ fn path_at(text: &str, offset: usize) -> Option<String> {
             }
             toml_edit::Item::ArrayOfTables(a) => {
                 for (i, t) in a.iter().enumerate() {
-                    if t.span()
-                        .is_some_and(|s| s.start <= offset && offset <= s.end)
-                        || table_contains(t, offset)
-                    {
+                    if t.span().is_some_and(|s| s.start <= offset && offset <= s.end) || table_contains(t, offset) {
                         out.push_str(&format!("[{i}]"));
-                        walk(
-                            &a.get(i)
-                                .map(|t| toml_edit::Item::Table(t.clone()))
-                                .unwrap_or_default(),
-                            offset,
-                            out,
-                        );
+                        walk(&a.get(i).map(|t| toml_edit::Item::Table(t.clone())).unwrap_or_default(), offset, out);
                         return;
                     }
                 }
             }
             toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
                 for (k, v) in t.iter() {
-                    if v.span()
-                        .is_some_and(|s| s.start <= offset && offset <= s.end)
-                        || t.key(k)
-                            .and_then(|key| key.span())
-                            .is_some_and(|s| s.start <= offset && offset <= s.end)
+                    if v.span().is_some_and(|s| s.start <= offset && offset <= s.end)
+                        || t.key(k).and_then(|key| key.span()).is_some_and(|s| s.start <= offset && offset <= s.end)
                     {
                         push_key(out, k);
                         return;
@@ -207,18 +184,13 @@ fn path_at(text: &str, offset: usize) -> Option<String> {
         match item {
             toml_edit::Item::Table(t) => table_contains(t, offset),
             toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| table_contains(t, offset)),
-            other => other
-                .span()
-                .is_some_and(|s| s.start <= offset && offset <= s.end),
+            other => other.span().is_some_and(|s| s.start <= offset && offset <= s.end),
         }
     }
     fn table_contains(t: &toml_edit::Table, offset: usize) -> bool {
-        t.span()
-            .is_some_and(|s| s.start <= offset && offset <= s.end)
+        t.span().is_some_and(|s| s.start <= offset && offset <= s.end)
             || t.iter().any(|(k, v)| {
-                t.key(k)
-                    .and_then(|key| key.span())
-                    .is_some_and(|s| s.start <= offset && offset <= s.end)
+                t.key(k).and_then(|key| key.span()).is_some_and(|s| s.start <= offset && offset <= s.end)
                     || contains(v, offset)
             })
     }
@@ -232,29 +204,14 @@ impl LabError {
     pub(crate) fn from_toml(path: &Path, text: &str, e: &toml::de::Error) -> LabError {
         let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         let message = e.message().trim().to_string();
-        let field = e
-            .span()
-            .and_then(|s| path_at(text, s.start))
-            .filter(|f| !f.is_empty());
-        LabError::Syntax {
-            location: Location {
-                file: path.to_path_buf(),
-                line,
-                column,
-            },
-            field,
-            message,
-        }
+        let field = e.span().and_then(|s| path_at(text, s.start)).filter(|f| !f.is_empty());
+        LabError::Syntax { location: Location { file: path.to_path_buf(), line, column }, field, message }
     }
 
     pub(crate) fn invalid(path: &Path, text: &str, issue: Issue) -> LabError {
         let (line, column) = span_of(text, &issue.path).map_or((1, 1), |s| line_col(text, s.start));
         LabError::Invalid {
-            location: Location {
-                file: path.to_path_buf(),
-                line,
-                column,
-            },
+            location: Location { file: path.to_path_buf(), line, column },
             field: dotted(&issue.path),
             message: issue.message,
         }
@@ -264,9 +221,7 @@ impl LabError {
     pub fn location(&self) -> Option<&Location> {
         match self {
             LabError::Read { .. } => None,
-            LabError::Syntax { location, .. } | LabError::Invalid { location, .. } => {
-                Some(location)
-            }
+            LabError::Syntax { location, .. } | LabError::Invalid { location, .. } => Some(location),
         }
     }
 }

@@ -67,18 +67,8 @@ impl Lab {
                             if d_on {
                                 parts.push(format!("direction={}", variant_name(&direction)));
                             }
-                            let name = if parts.is_empty() {
-                                "default".to_string()
-                            } else {
-                                parts.join(",")
-                            };
-                            let params = CaseParams {
-                                path,
-                                family,
-                                streams: stream_count,
-                                protocol,
-                                direction,
-                            };
+                            let name = if parts.is_empty() { "default".to_string() } else { parts.join(",") };
+                            let params = CaseParams { path, family, streams: stream_count, protocol, direction };
                             cases.push(Case { name, params });
                         }
                     }

@@ -82,10 +82,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            boot: Duration::from_secs(120),
-            command: Duration::from_secs(60),
-        }
+        Timeouts { boot: Duration::from_secs(120), command: Duration::from_secs(60) }
     }
 }
 
@@ -98,6 +95,9 @@ pub struct Vm {
     /// Virtual CPUs (default 2).
     #[serde(default = "default_cpus")]
     pub cpus: u32,
+    /// QEMU CPU model (`-cpu`); default `host` under KVM and `qemu64` under TCG.
+    #[serde(default)]
+    pub cpu_model: Option<String>,
     /// Guest memory in MiB (default 1024).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
@@ -135,10 +135,7 @@ pub struct Nic {
 
 impl Default for Nic {
     fn default() -> Self {
-        Nic {
-            model: NicModel::default(),
-            queues: default_queues(),
-        }
+        Nic { model: NicModel::default(), queues: default_queues() }
     }
 }
 
@@ -374,24 +371,17 @@ impl TryFrom<String> for Bitrate {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let mult = match unit.trim() {
             "" | "bit" | "bps" => 1.0,
             "K" | "Kbit" | "kbit" => 1e3,
             "M" | "Mbit" => 1e6,
             "G" | "Gbit" => 1e9,
-            other => {
-                return Err(format!(
-                    "bit rate `{s}`: unknown unit `{other}` (use bit, Kbit, Mbit or Gbit)"
-                ))
-            }
+            other => return Err(format!("bit rate `{s}`: unknown unit `{other}` (use bit, Kbit, Mbit or Gbit)")),
         };
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("bit rate `{s}` is not a number with a unit such as `500Mbit`"))?;
+        let value: f64 =
+            num.parse().map_err(|_| format!("bit rate `{s}` is not a number with a unit such as `500Mbit`"))?;
         Ok(Bitrate((value * mult).round() as u64))
     }
 }
@@ -431,10 +421,8 @@ pub fn variant_name<T: Serialize>(value: &T) -> String {
 impl Lab {
     /// Reads, parses and validates a lab file.
     pub fn load(path: &Path) -> Result<Lab, LabError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LabError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LabError::Read { path: path.to_path_buf(), source })?;
         Lab::parse(&text, path)
     }
 

@@ -10,8 +10,7 @@ fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// Checks everything serde cannot: names, ranges, references and addressing.
@@ -20,17 +19,11 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if !valid_name(&lab.name, 32) {
         return Err(Issue::new(
             vec![Key("name")],
-            format!(
-                "`{}` must be 1-32 of [a-z0-9-], starting with a letter",
-                lab.name
-            ),
+            format!("`{}` must be 1-32 of [a-z0-9-], starting with a letter", lab.name),
         ));
     }
     if lab.vms.is_empty() || lab.vms.len() > 8 {
-        return Err(Issue::new(
-            vec![Key("vm")],
-            format!("a lab has 1 to 8 VMs, this one has {}", lab.vms.len()),
-        ));
+        return Err(Issue::new(vec![Key("vm")], format!("a lab has 1 to 8 VMs, this one has {}", lab.vms.len())));
     }
     let mut vm_names = HashSet::new();
     let mut addresses: HashSet<IpAddr> = HashSet::new();
@@ -38,10 +31,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         if addresses.insert(a) {
             Ok(())
         } else {
-            Err(Issue::new(
-                path,
-                format!("address {a} is used twice in the lab"),
-            ))
+            Err(Issue::new(path, format!("address {a} is used twice in the lab")))
         }
     };
     for (i, vm) in lab.vms.iter().enumerate() {
@@ -49,29 +39,25 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         if !valid_name(&vm.name, 12) {
             return Err(Issue::new(
                 at("name"),
-                format!(
-                    "`{}` must be 1-12 of [a-z0-9-], starting with a letter",
-                    vm.name
-                ),
+                format!("`{}` must be 1-12 of [a-z0-9-], starting with a letter", vm.name),
             ));
         }
         if !vm_names.insert(vm.name.as_str()) {
-            return Err(Issue::new(
-                at("name"),
-                format!("VM name `{}` is used twice", vm.name),
-            ));
+            return Err(Issue::new(at("name"), format!("VM name `{}` is used twice", vm.name)));
         }
         if !(1..=16).contains(&vm.cpus) {
-            return Err(Issue::new(
-                at("cpus"),
-                format!("{} vCPUs: use 1 to 16", vm.cpus),
-            ));
+            return Err(Issue::new(at("cpus"), format!("{} vCPUs: use 1 to 16", vm.cpus)));
+        }
+        if let Some(model) = &vm.cpu_model {
+            if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,=+".contains(c)) {
+                return Err(Issue::new(
+                    at("cpu_model"),
+                    format!("`{model}` is not a QEMU CPU model (see `qemu-system-x86_64 -cpu help`)"),
+                ));
+            }
         }
         if !(256..=65536).contains(&vm.memory_mib) {
-            return Err(Issue::new(
-                at("memory_mib"),
-                format!("{} MiB: use 256 to 65536", vm.memory_mib),
-            ));
+            return Err(Issue::new(at("memory_mib"), format!("{} MiB: use 256 to 65536", vm.memory_mib)));
         }
         if !(1..=8).contains(&vm.nic.queues) {
             return Err(Issue::new(
@@ -82,53 +68,34 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         if vm.underlay.ipv4.is_none() && vm.underlay.ipv6.is_none() {
             return Err(Issue::new(
                 at("underlay"),
-                format!(
-                    "VM `{}` needs an underlay address (ipv4, ipv6 or both)",
-                    vm.name
-                ),
+                format!("VM `{}` needs an underlay address (ipv4, ipv6 or both)", vm.name),
             ));
         }
         if let Some(n) = vm.underlay.ipv4 {
-            dup_addr(
-                IpAddr::V4(n.addr()),
-                vec![Key("vm"), Index(i), Key("underlay"), Key("ipv4")],
-            )?;
+            dup_addr(IpAddr::V4(n.addr()), vec![Key("vm"), Index(i), Key("underlay"), Key("ipv4")])?;
         }
         if let Some(n) = vm.underlay.ipv6 {
-            dup_addr(
-                IpAddr::V6(n.addr()),
-                vec![Key("vm"), Index(i), Key("underlay"), Key("ipv6")],
-            )?;
+            dup_addr(IpAddr::V6(n.addr()), vec![Key("vm"), Index(i), Key("underlay"), Key("ipv6")])?;
         }
         let mut container_names = HashSet::new();
         for (j, c) in vm.containers.iter().enumerate() {
-            let cat =
-                |k: &'static str| vec![Key("vm"), Index(i), Key("container"), Index(j), Key(k)];
+            let cat = |k: &'static str| vec![Key("vm"), Index(i), Key("container"), Index(j), Key(k)];
             if !valid_name(&c.name, 10) {
                 return Err(Issue::new(
                     cat("name"),
-                    format!(
-                        "`{}` must be 1-10 of [a-z0-9-], starting with a letter",
-                        c.name
-                    ),
+                    format!("`{}` must be 1-10 of [a-z0-9-], starting with a letter", c.name),
                 ));
             }
             if !container_names.insert(c.name.as_str()) {
                 return Err(Issue::new(
                     cat("name"),
-                    format!(
-                        "container name `{}` is used twice on VM `{}`",
-                        c.name, vm.name
-                    ),
+                    format!("container name `{}` is used twice on VM `{}`", c.name, vm.name),
                 ));
             }
             if c.ipv4.is_none() && c.ipv6.is_none() {
                 return Err(Issue::new(
                     cat("name"),
-                    format!(
-                        "container `{}` needs an address (ipv4, ipv6 or both)",
-                        c.name
-                    ),
+                    format!("container `{}` needs an address (ipv4, ipv6 or both)", c.name),
                 ));
             }
             for (family, key) in [(Family::Ipv4, "ipv4"), (Family::Ipv6, "ipv6")] {
@@ -141,7 +108,10 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
                 };
                 let max = if family == Family::Ipv4 { 30 } else { 126 };
                 if prefix > max {
-                    return Err(Issue::new(cat(key), format!("/{prefix} leaves no room for the gateway: use a prefix of at most /{max}")));
+                    return Err(Issue::new(
+                        cat(key),
+                        format!("/{prefix} leaves no room for the gateway: use a prefix of at most /{max}"),
+                    ));
                 }
                 if addr == gw {
                     return Err(Issue::new(cat(key), format!("{addr} is the subnet's gateway (the guest-side veth takes the first address): pick another")));
@@ -155,48 +125,29 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         let path = vec![Key("workload"), Key(key)];
         let Some(vm) = lab.vm(&ep.vm) else {
             let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
-            return Err(Issue::new(
-                path,
-                format!("no VM `{}` in this lab (VMs: {})", ep.vm, names.join(", ")),
-            ));
+            return Err(Issue::new(path, format!("no VM `{}` in this lab (VMs: {})", ep.vm, names.join(", "))));
         };
         if let Some(c) = &ep.container {
             if !vm.containers.iter().any(|x| &x.name == c) {
                 let names: Vec<_> = vm.containers.iter().map(|x| x.name.as_str()).collect();
                 return Err(Issue::new(
                     path,
-                    format!(
-                        "VM `{}` has no container `{c}` (containers: {})",
-                        vm.name,
-                        names.join(", ")
-                    ),
+                    format!("VM `{}` has no container `{c}` (containers: {})", vm.name, names.join(", ")),
                 ));
             }
         }
     }
     if w.server == w.client {
-        return Err(Issue::new(
-            vec![Key("workload"), Key("client")],
-            "client and server are the same endpoint",
-        ));
+        return Err(Issue::new(vec![Key("workload"), Key("client")], "client and server are the same endpoint"));
     }
     if w.streams == 0 || w.streams > 128 {
-        return Err(Issue::new(
-            vec![Key("workload"), Key("streams")],
-            format!("{} streams: use 1 to 128", w.streams),
-        ));
+        return Err(Issue::new(vec![Key("workload"), Key("streams")], format!("{} streams: use 1 to 128", w.streams)));
     }
     if w.duration.as_secs_f64() < 1.0 || w.duration.as_secs() > 3600 {
-        return Err(Issue::new(
-            vec![Key("workload"), Key("duration")],
-            "use 1 s to 1 h",
-        ));
+        return Err(Issue::new(vec![Key("workload"), Key("duration")], "use 1 s to 1 h"));
     }
     if w.port == 0 {
-        return Err(Issue::new(
-            vec![Key("workload"), Key("port")],
-            "port 0 is not a port",
-        ));
+        return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
     let m = &lab.matrix;
     let axes: [(&'static str, Option<usize>); 5] = [
@@ -208,23 +159,11 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     ];
     for (key, len) in axes {
         if len == Some(0) {
-            return Err(Issue::new(
-                vec![Key("matrix"), Key(key)],
-                "an axis needs at least one value",
-            ));
+            return Err(Issue::new(vec![Key("matrix"), Key(key)], "an axis needs at least one value"));
         }
     }
-    if let Some((j, s)) = m
-        .streams
-        .iter()
-        .flatten()
-        .enumerate()
-        .find(|(_, s)| **s == 0 || **s > 128)
-    {
-        return Err(Issue::new(
-            vec![Key("matrix"), Key("streams"), Index(j)],
-            format!("{s} streams: use 1 to 128"),
-        ));
+    if let Some((j, s)) = m.streams.iter().flatten().enumerate().find(|(_, s)| **s == 0 || **s > 128) {
+        return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));
     }
     // Every case must have addresses of its family at both ends.
     for case in lab.cases() {
@@ -232,11 +171,9 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
             let vm = lab.vm(&ep.vm).expect("checked above");
             let has = match (case.params.path, &ep.container) {
                 (TrafficPath::Underlay, _) => vm.underlay.get(case.params.family).is_some(),
-                (TrafficPath::Container, Some(c)) => vm
-                    .containers
-                    .iter()
-                    .find(|x| &x.name == c)
-                    .is_some_and(|x| x.address(case.params.family).is_some()),
+                (TrafficPath::Container, Some(c)) => {
+                    vm.containers.iter().find(|x| &x.name == c).is_some_and(|x| x.address(case.params.family).is_some())
+                }
                 (TrafficPath::Container, None) => vm.underlay.get(case.params.family).is_some(),
             };
             if !has {
@@ -252,10 +189,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
             if case.params.path == TrafficPath::Container && ep.container.is_none() {
                 return Err(Issue::new(
                     vec![Key("workload"), Key(key)],
-                    format!(
-                        "case `{}` runs container to container but `{ep}` names no container",
-                        case.name
-                    ),
+                    format!("case `{}` runs container to container but `{ep}` names no container", case.name),
                 ));
             }
         }

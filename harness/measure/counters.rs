@@ -19,9 +19,7 @@ impl Counters {
     /// The shell command printing what [`Counters::parse`] reads, for `dev`
     /// (run in a container's namespace when `netns` is given).
     pub fn command(dev: &str, netns: Option<&str>) -> String {
-        let cat = format!(
-            "cd /sys/class/net/{dev}/statistics && cat rx_bytes tx_bytes rx_packets tx_packets"
-        );
+        let cat = format!("cd /sys/class/net/{dev}/statistics && cat rx_bytes tx_bytes rx_packets tx_packets");
         match netns {
             // sysfs shows the namespace of the process that mounted it: remount inside.
             Some(ns) => format!("ip netns exec {ns} sh -c '{cat}'"),
@@ -31,17 +29,11 @@ impl Counters {
 
     /// Parses the four numbers printed by [`Counters::command`].
     pub fn parse(text: &str) -> Option<Counters> {
-        let v: Vec<u64> = text
-            .split_whitespace()
-            .map(|s| s.parse().ok())
-            .collect::<Option<_>>()?;
+        let v: Vec<u64> = text.split_whitespace().map(|s| s.parse().ok()).collect::<Option<_>>()?;
         match v[..] {
-            [rx_bytes, tx_bytes, rx_packets, tx_packets] => Some(Counters {
-                rx_bytes,
-                tx_bytes,
-                rx_packets,
-                tx_packets,
-            }),
+            [rx_bytes, tx_bytes, rx_packets, tx_packets] => {
+                Some(Counters { rx_bytes, tx_bytes, rx_packets, tx_packets })
+            }
             _ => None,
         }
     }

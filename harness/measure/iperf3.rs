@@ -55,21 +55,14 @@ pub fn parse(json: &str) -> Result<Iperf3Result, Iperf3Error> {
         return Err(Iperf3Error::Reported(err.to_string()));
     }
     let end = v.get("end").ok_or(Iperf3Error::Missing("end"))?;
-    let udp = v
-        .pointer("/start/test_start/protocol")
-        .and_then(Value::as_str)
-        == Some("UDP");
+    let udp = v.pointer("/start/test_start/protocol").and_then(Value::as_str) == Some("UDP");
     let bidir = v.pointer("/start/test_start/bidir").and_then(Value::as_i64) == Some(1);
-    let cpu_client = num(end, &["cpu_utilization_percent", "host_total"]).ok_or(
-        Iperf3Error::Missing("end.cpu_utilization_percent.host_total"),
-    )?;
+    let cpu_client = num(end, &["cpu_utilization_percent", "host_total"])
+        .ok_or(Iperf3Error::Missing("end.cpu_utilization_percent.host_total"))?;
     let cpu_server = num(end, &["cpu_utilization_percent", "remote_total"]).unwrap_or(0.0);
     let (sent_keys, recv_keys): (&[&str], &[&str]) = match (udp, bidir) {
         (false, false) => (&["sum_sent"], &["sum_received"]),
-        (false, true) => (
-            &["sum_sent", "sum_sent_bidir_reverse"],
-            &["sum_received", "sum_received_bidir_reverse"],
-        ),
+        (false, true) => (&["sum_sent", "sum_sent_bidir_reverse"], &["sum_received", "sum_received_bidir_reverse"]),
         (true, false) => (&["sum"], &["sum"]),
         (true, true) => (&["sum", "sum_bidir_reverse"], &["sum", "sum_bidir_reverse"]),
     };
@@ -91,11 +84,9 @@ pub fn parse(json: &str) -> Result<Iperf3Result, Iperf3Error> {
         }
     }
     for key in recv_keys {
-        let s = end
-            .get(key)
-            .ok_or(Iperf3Error::Missing("end.sum_received"))?;
-        out.throughput_bps += num(s, &["bits_per_second"])
-            .ok_or(Iperf3Error::Missing("end.sum_received.bits_per_second"))?;
+        let s = end.get(key).ok_or(Iperf3Error::Missing("end.sum_received"))?;
+        out.throughput_bps +=
+            num(s, &["bits_per_second"]).ok_or(Iperf3Error::Missing("end.sum_received.bits_per_second"))?;
         out.seconds = out.seconds.max(num(s, &["seconds"]).unwrap_or(0.0));
         if udp {
             // Lost datagrams: the receiver-side view is in the UDP sum.
@@ -112,32 +103,17 @@ pub fn parse(json: &str) -> Result<Iperf3Result, Iperf3Error> {
 
 /// The server's command line (one test, then exit).
 pub fn server_argv(w: &Workload) -> Vec<String> {
-    ["iperf3", "-s", "-1", "-J", "-p", &w.port.to_string()]
-        .map(String::from)
-        .to_vec()
+    ["iperf3", "-s", "-1", "-J", "-p", &w.port.to_string()].map(String::from).to_vec()
 }
 
 /// The client's command line for one case against `server_addr`.
 pub fn client_argv(w: &Workload, params: &CaseParams, server_addr: &str) -> Vec<String> {
     let secs = w.duration.as_secs_f64();
-    let mut a: Vec<String> = [
-        "iperf3",
-        "-c",
-        server_addr,
-        "-p",
-        &w.port.to_string(),
-        "-J",
-        "--connect-timeout",
-        "5000",
-    ]
-    .map(String::from)
-    .to_vec();
-    a.extend([
-        "-t".into(),
-        format!("{secs}"),
-        "-P".into(),
-        params.streams.to_string(),
-    ]);
+    let mut a: Vec<String> =
+        ["iperf3", "-c", server_addr, "-p", &w.port.to_string(), "-J", "--connect-timeout", "5000"]
+            .map(String::from)
+            .to_vec();
+    a.extend(["-t".into(), format!("{secs}"), "-P".into(), params.streams.to_string()]);
     if params.protocol == Protocol::Udp {
         a.extend(["-u".into(), "-b".into(), w.udp_bitrate.0.to_string()]);
     }

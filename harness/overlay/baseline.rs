@@ -6,25 +6,15 @@ use crate::lab::{Lab, Vm};
 
 /// The commands for `vm`.
 pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
-    let mut cmds = vec![
-        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
-        "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
-    ];
+    let mut cmds =
+        vec!["sysctl -qw net.ipv4.ip_forward=1".to_string(), "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string()];
     for peer in lab.vms.iter().filter(|p| p.name != vm.name) {
         for c in &peer.containers {
             if let (Some(addr), Some(via)) = (c.ipv4, peer.underlay.ipv4) {
-                cmds.push(format!(
-                    "ip route add {}/32 via {}",
-                    addr.addr(),
-                    via.addr()
-                ));
+                cmds.push(format!("ip route add {}/32 via {}", addr.addr(), via.addr()));
             }
             if let (Some(addr), Some(via)) = (c.ipv6, peer.underlay.ipv6) {
-                cmds.push(format!(
-                    "ip -6 route add {}/128 via {}",
-                    addr.addr(),
-                    via.addr()
-                ));
+                cmds.push(format!("ip -6 route add {}/128 via {}", addr.addr(), via.addr()));
             }
         }
     }

@@ -26,9 +26,7 @@ pub enum KvmProbe {
 fn probe_ioctls() -> Result<(), String> {
     use kvm_ioctls::{Kvm, VcpuExit};
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
+    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
     const SIZE: usize = 0x1000;
     // SAFETY: an anonymous private mapping that we unmap below.
     let mem = unsafe {
@@ -55,30 +53,19 @@ fn probe_ioctls() -> Result<(), String> {
             flags: 0,
         };
         // SAFETY: the region stays mapped until after the VM is dropped.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION failed: {e}"))?;
-        let mut vcpu = vm
-            .create_vcpu(0)
-            .map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("KVM_SET_USER_MEMORY_REGION failed: {e}"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
+        let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
-        let mut regs = vcpu
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
+        vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
+        let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
         regs.rip = 0x1000;
         regs.rflags = 2;
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
+        vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
         match vcpu.run() {
             Ok(VcpuExit::Hlt) => Ok(()),
-            Ok(other) => Err(format!(
-                "the probe vCPU exited with {other:?} instead of HLT"
-            )),
+            Ok(other) => Err(format!("the probe vCPU exited with {other:?} instead of HLT")),
             Err(e) => Err(format!("KVM_RUN failed: {e}")),
         }
     })();
@@ -93,18 +80,8 @@ fn probe_ioctls() -> Result<(), String> {
 /// -no-reboot) with status 0 in a second or two.
 fn probe_qemu(qemu: &Path, kernel: &Path) -> Result<(), String> {
     let mut child = Command::new(qemu)
-        .args([
-            "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "none",
-        ])
+        .args(["-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "none"])
         .arg("-kernel")
         .arg(kernel)
         .args(["-append", "panic=-1 console=ttyS0"])
@@ -134,27 +111,16 @@ fn probe_qemu(qemu: &Path, kernel: &Path) -> Result<(), String> {
     let err = reader.join().unwrap_or_default();
     let first_error = err
         .lines()
-        .find(|l| {
-            l.contains("error")
-                || l.contains("Error")
-                || l.contains("failed")
-                || l.contains("Assertion")
-        })
+        .find(|l| l.contains("error") || l.contains("Error") || l.contains("failed") || l.contains("Assertion"))
         .unwrap_or_else(|| err.lines().next().unwrap_or(""))
         .trim()
         .to_string();
     match status {
         Some(s) if s.success() => Ok(()),
-        Some(s) => Err(format!(
-            "a guest kernel under -accel kvm died ({s}): {first_error}"
-        )),
+        Some(s) => Err(format!("a guest kernel under -accel kvm died ({s}): {first_error}")),
         None => Err(format!(
             "a guest kernel under -accel kvm did not finish within 30 s{}",
-            if first_error.is_empty() {
-                String::new()
-            } else {
-                format!(": {first_error}")
-            }
+            if first_error.is_empty() { String::new() } else { format!(": {first_error}") }
         )),
     }
 }
@@ -185,11 +151,7 @@ pub enum AccelChoice {
 
 /// Resolves the user's choice into an accelerator; `Err` when `kvm` was
 /// demanded and does not work.
-pub fn resolve(
-    choice: AccelChoice,
-    qemu: &Path,
-    kernel: &Path,
-) -> Result<(Accel, Option<String>), String> {
+pub fn resolve(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Result<(Accel, Option<String>), String> {
     match choice {
         AccelChoice::Tcg => Ok((Accel::Tcg, None)),
         AccelChoice::Kvm => match probe_kvm(qemu, Some(kernel)) {

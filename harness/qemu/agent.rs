@@ -97,17 +97,9 @@ impl Agent {
             attempt += 1;
             if let Ok(stream) = qapi::futures::QgaStreamTokio::open_uds(socket).await {
                 let (service, reader) = stream.spawn_tokio();
-                let sync_id = (std::process::id() as i32)
-                    .wrapping_mul(1000)
-                    .wrapping_add(attempt);
-                if let Ok(Ok(())) =
-                    timeout(Duration::from_millis(700), service.guest_sync(sync_id)).await
-                {
-                    return Ok(Ok(Agent {
-                        service,
-                        reader,
-                        poisoned: AtomicBool::new(false),
-                    }));
+                let sync_id = (std::process::id() as i32).wrapping_mul(1000).wrapping_add(attempt);
+                if let Ok(Ok(())) = timeout(Duration::from_millis(700), service.guest_sync(sync_id)).await {
+                    return Ok(Ok(Agent { service, reader, poisoned: AtomicBool::new(false) }));
                 }
                 reader.abort();
             }
@@ -149,9 +141,7 @@ impl Agent {
         let deadline = Instant::now() + limit;
         let mut pause = Duration::from_millis(20);
         loop {
-            let status = self
-                .call("guest-exec-status", qga::guest_exec_status { pid })
-                .await?;
+            let status = self.call("guest-exec-status", qga::guest_exec_status { pid }).await?;
             if status.exited {
                 let code = match (status.exitcode, status.signal) {
                     (Some(c), _) => c,
@@ -190,27 +180,11 @@ impl Agent {
 
     /// Reads a whole file from the guest.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
-        let handle = self
-            .call(
-                "guest-file-open",
-                qga::guest_file_open {
-                    path: path.into(),
-                    mode: Some("r".into()),
-                },
-            )
-            .await?;
+        let handle =
+            self.call("guest-file-open", qga::guest_file_open { path: path.into(), mode: Some("r".into()) }).await?;
         let mut data = Vec::new();
         let result = loop {
-            match self
-                .call(
-                    "guest-file-read",
-                    qga::guest_file_read {
-                        handle,
-                        count: Some(1 << 20),
-                    },
-                )
-                .await
-            {
+            match self.call("guest-file-read", qga::guest_file_read { handle, count: Some(1 << 20) }).await {
                 Ok(chunk) => {
                     data.extend_from_slice(&chunk.buf_b64);
                     if chunk.eof || chunk.count == 0 {
@@ -220,9 +194,7 @@ impl Agent {
                 Err(e) => break Err(e),
             }
         };
-        let _ = self
-            .call("guest-file-close", qga::guest_file_close { handle })
-            .await;
+        let _ = self.call("guest-file-close", qga::guest_file_close { handle }).await;
         result
     }
 }

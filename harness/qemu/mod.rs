@@ -26,11 +26,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// QEMU exited while it should be running.
-    #[error(
-        "QEMU of `{vm}` exited ({status}){}{}",
-        fmt_stderr(stderr),
-        fmt_tail(serial_tail)
-    )]
+    #[error("QEMU of `{vm}` exited ({status}){}{}", fmt_stderr(stderr), fmt_tail(serial_tail))]
     Exited {
         /// The VM.
         vm: String,
@@ -55,10 +51,7 @@ fn fmt_tail(s: &str) -> String {
     if s.trim().is_empty() {
         String::new()
     } else {
-        format!(
-            "\n--- serial console (last lines) ---\n{}\n---",
-            s.trim_end()
-        )
+        format!("\n--- serial console (last lines) ---\n{}\n---", s.trim_end())
     }
 }
 
@@ -67,27 +60,20 @@ pub fn find_qemu() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VLAB_QEMU") {
         return Ok(PathBuf::from(p));
     }
-    which::which("qemu-system-x86_64").map_err(|_| {
-        "qemu-system-x86_64 is not installed (run ci/setup, or set VLAB_QEMU)".to_string()
-    })
+    which::which("qemu-system-x86_64")
+        .map_err(|_| "qemu-system-x86_64 is not installed (run ci/setup, or set VLAB_QEMU)".to_string())
 }
 
 /// `qemu-system-x86_64 --version`, e.g. `10.0.2`.
 pub fn qemu_version(qemu: &Path) -> Option<String> {
     let out = Command::new(qemu).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .map(str::to_string)
+    text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_string)
 }
 
 /// qboot, the fastest firmware for direct kernel boot, when installed.
 pub fn find_firmware() -> Option<PathBuf> {
-    ["/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    ["/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"].iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// A running QEMU. Dropping it kills QEMU and reaps it.
@@ -102,25 +88,14 @@ impl QemuProcess {
     /// Starts QEMU for `spec` inside the network namespace at `netns` (a file
     /// under /run/netns), in process group `pgid` (0: a new group led by it).
     /// QEMU is killed if vlab dies (PR_SET_PDEATHSIG).
-    pub fn spawn(
-        qemu: &Path,
-        spec: &VmSpec,
-        netns: &Path,
-        pgid: i32,
-    ) -> Result<QemuProcess, VmError> {
-        let err = |source| VmError::Spawn {
-            vm: spec.name.clone(),
-            source,
-        };
+    pub fn spawn(qemu: &Path, spec: &VmSpec, netns: &Path, pgid: i32) -> Result<QemuProcess, VmError> {
+        let err = |source| VmError::Spawn { vm: spec.name.clone(), source };
         let ns = File::open(netns).map_err(err)?;
         let ns_fd = ns.as_raw_fd();
         let stderr_path = spec.run_dir.join("qemu.stderr");
         let stderr = File::create(&stderr_path).map_err(err)?;
         let mut cmd = Command::new(qemu);
-        cmd.args(qemu_args(spec))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args(qemu_args(spec)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -137,12 +112,7 @@ impl QemuProcess {
             });
         }
         let child = cmd.spawn().map_err(err)?;
-        Ok(QemuProcess {
-            name: spec.name.clone(),
-            child,
-            stderr_path,
-            serial_path: spec.serial_log(),
-        })
+        Ok(QemuProcess { name: spec.name.clone(), child, stderr_path, serial_path: spec.serial_log() })
     }
 
     /// QEMU's pid (the lab's process group leader when spawned with pgid 0).
@@ -155,10 +125,7 @@ impl QemuProcess {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.exited(status)),
-            Err(e) => Err(VmError::Spawn {
-                vm: self.name.clone(),
-                source: e,
-            }),
+            Err(e) => Err(VmError::Spawn { vm: self.name.clone(), source: e }),
         }
     }
 
@@ -208,10 +175,7 @@ impl Drop for QemuProcess {
 /// The last `lines` lines of a console log, without control characters.
 pub fn serial_tail(path: &Path, lines: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
-    let text: String = String::from_utf8_lossy(&bytes)
-        .chars()
-        .filter(|c| *c == '\n' || !c.is_control())
-        .collect();
+    let text: String = String::from_utf8_lossy(&bytes).chars().filter(|c| *c == '\n' || !c.is_control()).collect();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
