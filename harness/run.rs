@@ -176,10 +176,11 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
 
     progress.phase(&format!("booting {} VMs ({accel})", lab.vms.len()));
     let deadline = tokio::time::Instant::now() + lab.timeouts.boot;
+    let command_timeout = lab.timeouts.command;
     let connects = pending.iter_mut().map(|(_, spec, proc, _, _, t0)| {
         let socket = spec.agent_socket();
         async move {
-            let agent = Agent::connect(&socket, deadline, || proc.check_running()).await;
+            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_running()).await;
             (agent, t0.elapsed().as_secs_f64())
         }
     });
@@ -226,6 +227,32 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         return Err(e);
     }
 
+    let cases = match deploy_and_measure(lab, &mut rt, opts).await {
+        Ok(cases) => cases,
+        Err(e) => return Err(explain_vm_exit(&mut rt, e).await),
+    };
+    let vm_reports = rt.vms.iter().map(|v| v.report.clone()).collect();
+    drop(rt);
+    progress.finish();
+    Ok(Report {
+        lab: lab.name.clone(),
+        lab_file: lab.source.display().to_string(),
+        accel: accel.to_string(),
+        accel_notice: notice,
+        kernel: kernel_release,
+        qemu: qemu_version,
+        image: format!("{}-{}", image.name, image.key),
+        overlay: variant_name(&lab.overlay),
+        vms: vm_reports,
+        passed: cases.iter().all(|c| c.passed),
+        cases,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Guest setup (underlay, containers, overlay, setup commands), then every case.
+async fn deploy_and_measure(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) -> anyhow::Result<Vec<CaseReport>> {
+    let progress = &opts.progress;
     progress.phase("setting up containers and overlay");
     for vm in &lab.vms {
         let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
@@ -248,7 +275,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         }
         progress.phase(&format!("case {}", case.name));
-        let report = run_case(lab, &rt, &case, opts.artifacts.as_deref())
+        let report = run_case(lab, rt, &case, opts.artifacts.as_deref())
             .await
             .with_context(|| format!("case `{}`", case.name))?;
         cases.push(report);
@@ -259,23 +286,22 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     for vm in &mut rt.vms {
         vm.qemu.check_running()?;
     }
-    let vm_reports = rt.vms.iter().map(|v| v.report.clone()).collect();
-    drop(rt);
-    progress.finish();
-    Ok(Report {
-        lab: lab.name.clone(),
-        lab_file: lab.source.display().to_string(),
-        accel: accel.to_string(),
-        accel_notice: notice,
-        kernel: kernel_release,
-        qemu: qemu_version,
-        image: format!("{}-{}", image.name, image.key),
-        overlay: variant_name(&lab.overlay),
-        vms: vm_reports,
-        passed: cases.iter().all(|c| c.passed),
-        cases,
-        wall_s: started.elapsed().as_secs_f64(),
-    })
+    Ok(cases)
+}
+
+/// When a guest died (kernel panic, QEMU crash), that is the real story: put
+/// QEMU's status and the serial console first, with what was going on after.
+async fn explain_vm_exit(rt: &mut LabRuntime, err: anyhow::Error) -> anyhow::Error {
+    // QEMU closes the agent socket as it exits; give it a moment to finish.
+    for _ in 0..40 {
+        for vm in &mut rt.vms {
+            if let Err(exit) = vm.qemu.check_running() {
+                return anyhow::anyhow!("{exit}\n(while: {err:#})");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    err
 }
 
 /// Where an endpoint's traffic enters and leaves its VM.

@@ -67,6 +67,7 @@ pub struct Agent {
     service: Service,
     reader: tokio::task::JoinHandle<()>,
     poisoned: AtomicBool,
+    call_deadline: Duration,
 }
 
 impl Drop for Agent {
@@ -75,16 +76,15 @@ impl Drop for Agent {
     }
 }
 
-/// Longest time one agent round trip may take (TCG guests can be very busy).
-const CALL_DEADLINE: Duration = Duration::from_secs(30);
-
 impl Agent {
     /// Connects and retries `guest-sync` until it answers or `deadline` passes.
     /// `alive` is polled between attempts; when it returns an error (QEMU
-    /// exited) waiting stops at once with that error.
+    /// exited) waiting stops at once with that error. Later, each agent round
+    /// trip may take `call_deadline` (TCG guests can be very busy).
     pub async fn connect<E>(
         socket: &Path,
         deadline: Instant,
+        call_deadline: Duration,
         mut alive: impl FnMut() -> Result<(), E>,
     ) -> Result<Result<Agent, AgentError>, E> {
         let started = Instant::now();
@@ -99,7 +99,7 @@ impl Agent {
                 let (service, reader) = stream.spawn_tokio();
                 let sync_id = (std::process::id() as i32).wrapping_mul(1000).wrapping_add(attempt);
                 if let Ok(Ok(())) = timeout(Duration::from_millis(700), service.guest_sync(sync_id)).await {
-                    return Ok(Ok(Agent { service, reader, poisoned: AtomicBool::new(false) }));
+                    return Ok(Ok(Agent { service, reader, poisoned: AtomicBool::new(false), call_deadline }));
                 }
                 reader.abort();
             }
@@ -114,12 +114,12 @@ impl Agent {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(AgentError::Poisoned);
         }
-        match timeout(CALL_DEADLINE, self.service.execute(command)).await {
+        match timeout(self.call_deadline, self.service.execute(command)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(AgentError::Command(name.into(), e.to_string())),
             Err(_) => {
                 self.poisoned.store(true, Ordering::Relaxed);
-                Err(AgentError::Hung(name.into(), CALL_DEADLINE))
+                Err(AgentError::Hung(name.into(), self.call_deadline))
             }
         }
     }

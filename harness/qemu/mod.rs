@@ -172,10 +172,26 @@ impl Drop for QemuProcess {
     }
 }
 
-/// The last `lines` lines of a console log, without control characters.
+/// The end of a console log, without control characters. When the guest
+/// panicked or oopsed, the excerpt starts at the report's first line (the
+/// reason), not somewhere inside its stack trace.
 pub fn serial_tail(path: &Path, lines: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let text: String = String::from_utf8_lossy(&bytes).chars().filter(|c| *c == '\n' || !c.is_control()).collect();
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let tail_start = all.len().saturating_sub(lines);
+    let report = all.iter().rposition(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops:"));
+    match report {
+        Some(at) if at < tail_start => {
+            let head_end = (at + lines.saturating_sub(5)).min(all.len());
+            let mut out = all[at..head_end].join("\n");
+            if head_end < all.len() {
+                let rest = all.len().saturating_sub(4).max(head_end);
+                out.push_str("\n[...]\n");
+                out.push_str(&all[rest..].join("\n"));
+            }
+            out
+        }
+        _ => all[tail_start..].join("\n"),
+    }
 }

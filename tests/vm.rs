@@ -1,0 +1,256 @@
+//! VM tests: the `vlab` binary boots real QEMU guests under whatever
+//! acceleration this machine has. They never skip: without QEMU or an image
+//! they fail, and say why.
+//!
+//! They run one at a time (a lock): two labs at once would halve the CPU each
+//! gets and make the timing bounds meaningless. Each run gets its own TMPDIR so
+//! that leftovers (QEMU processes, run directories) can be found exactly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A `vlab` invocation with a private TMPDIR.
+struct Vlab {
+    tmp: tempfile::TempDir,
+}
+
+impl Vlab {
+    fn new() -> Vlab {
+        Vlab { tmp: tempfile::tempdir().unwrap() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let run_tmp = self.tmp.path().join("run");
+        std::fs::create_dir_all(&run_tmp).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlab"));
+        cmd.args(args).env("TMPDIR", &run_tmp).env_remove("XDG_RUNTIME_DIR").current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).stdin(Stdio::null()).output().expect("vlab runs");
+        eprintln!(
+            "--- vlab {} -> {:?}\n{}\n{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Asserts that the vlab process `pid` left no namespace, no QEMU and no
+    /// run directory behind.
+    fn assert_clean(&self, pid: u32) {
+        let prefix = format!("vlab-{pid}-");
+        let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(namespaces.is_empty(), "namespaces left behind: {namespaces:?}");
+        let qemus = processes_mentioning(&self.path("run"));
+        assert!(qemus.is_empty(), "processes left behind: {qemus:?}");
+        let left: Vec<_> = std::fs::read_dir(self.path("run")).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    }
+}
+
+/// Processes whose command line mentions `path` (QEMU's names its run directory).
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) {
+                found.push(format!("{}: {}", entry.file_name().to_string_lossy(), text));
+            }
+        }
+    }
+    found
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `args` and returns (exit code, stdout, stderr) plus the child's pid.
+fn run_with_pid(vlab: &Vlab, args: &[&str]) -> (Output, u32) {
+    let child = vlab.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "--- vlab {} -> {:?}\n{}\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, pid)
+}
+
+#[test]
+fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let json = vlab.path("report.json");
+    let artifacts = vlab.path("artifacts");
+    let (out, pid) = run_with_pid(
+        &vlab,
+        &["run", "labs/baseline.toml", "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "baseline lab failed:\n{}", stderr(&out));
+    vlab.assert_clean(pid);
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // Evidence kept: console logs and per-case raw iperf3 JSON.
+    for vm in ["host1", "host2"] {
+        let log = std::fs::read_to_string(artifacts.join(format!("serial-{vm}.log"))).unwrap();
+        assert!(log.contains("vlab-init: starting the guest agent"), "{vm} console: {log}");
+    }
+    for case in report["cases"].as_array().unwrap() {
+        let dir = artifacts.join(case["name"].as_str().unwrap());
+        let raw: Value = serde_json::from_slice(&std::fs::read(dir.join("iperf3-client.json")).unwrap()).unwrap();
+        assert!(raw["end"]["sum_received"]["bytes"].as_u64().unwrap() > 0);
+        assert!(dir.join("iperf3-server.json").is_file());
+    }
+
+    // Noisy numbers are asserted against bounds, then redacted.
+    let min_bps = 100e6;
+    insta::assert_json_snapshot!("baseline-report", report, {
+        ".wall_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 300.0, "wall time {v:?}"); "[seconds]" }),
+        ".vms[].boot_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 60.0, "boot time {v:?}"); "[seconds]" }),
+        ".cases[].throughput_bps" => insta::dynamic_redaction(move |v, _| { assert!(v.as_f64().unwrap() >= min_bps, "throughput {v:?}"); "[bit/s]" }),
+        ".cases[].retransmits" => "[count]",
+        ".cases[].cpu_client_percent" => "[percent]",
+        ".cases[].cpu_server_percent" => "[percent]",
+        ".cases[].checks[].detail" => "[evidence]",
+        ".accel" => "[accel]",
+        ".accel_notice" => "[accel notice]",
+        ".kernel" => "[kernel]",
+        ".qemu" => "[qemu]",
+        ".image" => "[image]",
+        ".vms[].vhost" => "[vhost]",
+    });
+}
+
+#[test]
+fn sigint_mid_run_tears_everything_down() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let mut child: Child =
+        vlab.command(&["run", "labs/baseline.toml"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    // Wait until the guests are booting: QEMU processes exist for this run.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while processes_mentioning(&vlab.path("run")).len() < 2 {
+        assert!(Instant::now() < deadline, "QEMU never started");
+        assert!(child.try_wait().unwrap().is_none(), "vlab exited before booting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(30), "teardown took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SIGINT"), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+}
+
+#[test]
+fn guest_kernel_panic_is_exit_125_with_the_console() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid) = run_with_pid(&vlab, &["run", "tests/labs/guest-panic.toml"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("QEMU of `host2` exited"), "{err}");
+    assert!(err.contains("Kernel panic"), "the console tail should show the panic: {err}");
+    assert!(err.contains("vlab doctor"), "the error says what to do: {err}");
+    vlab.assert_clean(pid);
+}
+
+#[test]
+fn hung_guest_is_exit_125() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let started = Instant::now();
+    let (out, pid) = run_with_pid(&vlab, &["run", "tests/labs/hung-guest.toml"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stopped answering"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(180), "gave up only after {:?}", started.elapsed());
+    vlab.assert_clean(pid);
+}
+
+#[test]
+fn missing_qemu_is_exit_125() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let out = vlab.command(&["run", "labs/baseline.toml"]).env("VLAB_QEMU", "/nonexistent/qemu-system-x86_64").output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent/qemu-system-x86_64"), "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_lab_is_exit_128_and_names_the_field() {
+    let vlab = Vlab::new();
+    let lab = vlab.path("broken.toml");
+    let text = std::fs::read_to_string(repo("labs/baseline.toml")).unwrap().replace("queues = 2 }", "queues = 0 }");
+    std::fs::write(&lab, text).unwrap();
+    let out = vlab.run(&["run", lab.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(128));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:12:", lab.display())), "{err}");
+    assert!(err.contains("vm[0].nic.queues"), "{err}");
+    let out = vlab.run(&["run", "labs/baseline.toml", "--accel", "warp"]);
+    assert_eq!(out.status.code(), Some(128), "bad arguments are not a bad kernel");
+}
+
+#[test]
+fn accel_kvm_either_works_or_says_why() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid) = run_with_pid(&vlab, &["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
+    match out.status.code() {
+        Some(0) => assert!(String::from_utf8_lossy(&out.stdout).contains("accel kvm")),
+        Some(125) => assert!(stderr(&out).contains("KVM cannot run guests here"), "{}", stderr(&out)),
+        other => panic!("exit {other:?}: {}", stderr(&out)),
+    }
+    vlab.assert_clean(pid);
+}
+
+#[test]
+fn image_build_is_a_cache_hit_the_second_time() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let out = vlab.run(&["image", "build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let started = Instant::now();
+    let out = vlab.run(&["image", "build"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(1), "cache hit took {:?}", started.elapsed());
+}
