@@ -12,6 +12,7 @@
 //! -> [`hostnet`] -> [`qemu`] -> [`guest`] + [`overlay`] -> [`measure`] ->
 //! checks -> [`report`].
 
+pub mod bench;
 pub mod doctor;
 pub mod guest;
 pub mod hostnet;

@@ -1,6 +1,6 @@
 //! The `vlab` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +39,24 @@ enum Cmd {
         /// Boot this kernel (bzImage) instead of the image's; see README for its config.
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// Run only the cases whose name contains this text.
+        #[arg(long = "case")]
+        case_filter: Option<String>,
+    },
+    /// Run a lab repeatedly and report median/min/max of boot time, wall time,
+    /// throughput per case, and container/underlay ratios within each run.
+    Bench {
+        /// The lab file.
+        lab: PathBuf,
+        /// How many runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Write the summary and every run's report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// CPU acceleration.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
         /// Run only the cases whose name contains this text.
         #[arg(long = "case")]
         case_filter: Option<String>,
@@ -82,20 +100,30 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter } => {
-                run(
-                    lab,
-                    json,
-                    RunOptions {
-                        accel,
-                        kernel,
-                        case_filter,
-                        artifacts,
-                        images_dir: vlab::images_dir(),
-                        progress: Progress::new("vlab"),
-                    },
-                )
-                .await
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter } => run(
+                lab,
+                json,
+                RunOptions {
+                    accel,
+                    kernel,
+                    case_filter,
+                    artifacts,
+                    images_dir: vlab::images_dir(),
+                    progress: Progress::new("vlab"),
+                },
+            )
+            .await
+            .unwrap_or_else(|code| code),
+            Cmd::Bench { lab, runs, json, accel, case_filter } => {
+                let opts = RunOptions {
+                    accel,
+                    kernel: None,
+                    case_filter,
+                    artifacts: None,
+                    images_dir: vlab::images_dir(),
+                    progress: Progress::new("bench"),
+                };
+                bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Doctor => vlab::doctor::doctor(),
@@ -109,70 +137,87 @@ fn main() -> ExitCode {
 const HINT_125: &str = "The lab could not run (exit 125). Run `vlab doctor` to check QEMU, KVM and the image cache; \
 run `ci/setup` as root to install what is missing; keep the evidence with --artifacts DIR and read the serial logs.";
 
-async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> u8 {
-    let lab = match Lab::load(&lab_path) {
-        Ok(lab) => lab,
-        Err(e) => {
-            eprintln!("vlab: invalid lab file: {e}");
-            return exit::INVALID_INPUT;
-        }
-    };
-    if let Some(kernel) = &opts.kernel {
-        if !kernel.is_file() {
-            eprintln!("vlab: --kernel {}: no such file", kernel.display());
-            return exit::INVALID_INPUT;
-        }
-    }
+fn load_lab(path: &Path) -> Result<Lab, u8> {
+    Lab::load(path).map_err(|e| {
+        eprintln!("vlab: invalid lab file: {e}");
+        exit::INVALID_INPUT
+    })
+}
+
+/// Runs `work` as a task and waits for it, SIGINT or SIGTERM. On a signal the
+/// task is aborted: dropping it tears the lab down (every resource has an
+/// owner), then vlab exits 130 or 143. Errors and panics print what to do and
+/// give 125.
+async fn supervised<T: Send + 'static>(
+    progress: &Progress,
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> Result<T, u8> {
     let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         eprintln!("vlab: cannot install signal handlers");
-        return exit::COULD_NOT_RUN;
+        return Err(exit::COULD_NOT_RUN);
     };
-    let progress = opts.progress.clone();
-    let mut task = tokio::spawn(async move { vlab::run::run(&lab, &opts).await });
-    let outcome = tokio::select! {
-        r = &mut task => r,
-        _ = sigint.recv() => return interrupted(task, &progress, "SIGINT", exit::INTERRUPTED).await,
-        _ = sigterm.recv() => return interrupted(task, &progress, "SIGTERM", exit::TERMINATED).await,
+    let mut task = tokio::spawn(work);
+    let (outcome, interrupted) = tokio::select! {
+        r = &mut task => (Some(r), None),
+        _ = sigint.recv() => (None, Some(("SIGINT", exit::INTERRUPTED))),
+        _ = sigterm.recv() => (None, Some(("SIGTERM", exit::TERMINATED))),
     };
+    if let Some((sig, code)) = interrupted {
+        task.abort();
+        let _ = task.await;
+        progress.finish();
+        eprintln!("vlab: {sig}: stopped; the VMs, namespace and temporary files were removed");
+        return Err(code);
+    }
     progress.finish();
-    match outcome {
-        Err(join) => {
-            eprintln!("vlab: internal error ({join}); the lab was torn down.\n{HINT_125}");
-            exit::COULD_NOT_RUN
-        }
+    match outcome.expect("set when not interrupted") {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
             eprintln!("vlab: {e:#}\n\n{HINT_125}");
-            exit::COULD_NOT_RUN
+            Err(exit::COULD_NOT_RUN)
         }
-        Ok(Ok(report)) => {
-            print!("{}", report.table());
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&report).expect("report serializes");
-                if let Err(e) = std::fs::write(&path, text + "\n") {
-                    eprintln!("vlab: cannot write {}: {e}", path.display());
-                    return exit::COULD_NOT_RUN;
-                }
-            }
-            if report.passed {
-                exit::PASSED
-            } else {
-                exit::CHECK_FAILED
-            }
+        Err(join) => {
+            eprintln!("vlab: internal error ({join}); the lab was torn down.\n{HINT_125}");
+            Err(exit::COULD_NOT_RUN)
         }
     }
 }
 
-async fn interrupted(
-    task: tokio::task::JoinHandle<anyhow::Result<vlab::report::Report>>,
-    progress: &Progress,
-    sig: &str,
-    code: u8,
-) -> u8 {
-    task.abort();
-    let _ = task.await;
-    progress.finish();
-    eprintln!("vlab: {sig}: stopped; the VMs, namespace and temporary files were removed");
-    code
+fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<(), u8> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value).expect("reports serialize") + "\n";
+    std::fs::write(path, text).map_err(|e| {
+        eprintln!("vlab: cannot write {}: {e}", path.display());
+        exit::COULD_NOT_RUN
+    })
+}
+
+async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
+    let lab = load_lab(&lab_path)?;
+    if let Some(kernel) = &opts.kernel {
+        if !kernel.is_file() {
+            eprintln!("vlab: --kernel {}: no such file", kernel.display());
+            return Err(exit::INVALID_INPUT);
+        }
+    }
+    let progress = opts.progress.clone();
+    let report = supervised(&progress, async move { vlab::run::run(&lab, &opts).await }).await?;
+    print!("{}", report.table());
+    write_json(json.as_deref(), &report)?;
+    Ok(if report.passed { exit::PASSED } else { exit::CHECK_FAILED })
+}
+
+async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
+    let lab = load_lab(&lab_path)?;
+    if runs == 0 {
+        eprintln!("vlab: --runs must be at least 1");
+        return Err(exit::INVALID_INPUT);
+    }
+    let progress = opts.progress.clone();
+    let (summary, reports) = supervised(&progress, async move { vlab::bench::bench(&lab, &opts, runs).await }).await?;
+    print!("{}", summary.table());
+    write_json(json.as_deref(), &serde_json::json!({ "summary": summary, "runs": reports }))?;
+    Ok(if summary.passed { exit::PASSED } else { exit::CHECK_FAILED })
 }
 
 async fn image_build(recipe: Option<PathBuf>) -> u8 {

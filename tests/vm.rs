@@ -159,8 +159,13 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
 fn sigint_mid_run_tears_everything_down() {
     let _one = lock();
     let vlab = Vlab::new();
-    let mut child: Child =
-        vlab.command(&["run", "labs/baseline.toml"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child: Child = vlab
+        .command(&["run", "labs/baseline.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     // Wait until the guests are booting: QEMU processes exist for this run.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -210,7 +215,11 @@ fn hung_guest_is_exit_125() {
 fn missing_qemu_is_exit_125() {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = vlab.command(&["run", "labs/baseline.toml"]).env("VLAB_QEMU", "/nonexistent/qemu-system-x86_64").output().unwrap();
+    let out = vlab
+        .command(&["run", "labs/baseline.toml"])
+        .env("VLAB_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("/nonexistent/qemu-system-x86_64"), "{}", stderr(&out));
 }
@@ -234,7 +243,8 @@ fn invalid_lab_is_exit_128_and_names_the_field() {
 fn accel_kvm_either_works_or_says_why() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid) = run_with_pid(&vlab, &["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
+    let (out, pid) =
+        run_with_pid(&vlab, &["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
     match out.status.code() {
         Some(0) => assert!(String::from_utf8_lossy(&out.stdout).contains("accel kvm")),
         Some(125) => assert!(stderr(&out).contains("KVM cannot run guests here"), "{}", stderr(&out)),
