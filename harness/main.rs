@@ -192,8 +192,24 @@ fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<(), 
     })
 }
 
+/// Host-dependent validation (QEMU version for igb): still an input error.
+fn check_host(lab: &Lab) -> Result<(), u8> {
+    let Some(major) = vlab::qemu::find_qemu()
+        .ok()
+        .and_then(|q| vlab::qemu::qemu_version(&q))
+        .and_then(|v| v.split('.').next().and_then(|m| m.parse::<u32>().ok()))
+    else {
+        return Ok(()); // no QEMU: the run itself says so (exit 125)
+    };
+    lab.check_host(major).map_err(|e| {
+        eprintln!("vlab: invalid lab file for this host: {e}");
+        exit::INVALID_INPUT
+    })
+}
+
 async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
+    check_host(&lab)?;
     if let Some(kernel) = &opts.kernel {
         if !kernel.is_file() {
             eprintln!("vlab: --kernel {}: no such file", kernel.display());
@@ -209,6 +225,7 @@ async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Resu
 
 async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
+    check_host(&lab)?;
     if runs == 0 {
         eprintln!("vlab: --runs must be at least 1");
         return Err(exit::INVALID_INPUT);

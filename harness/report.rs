@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::lab::CaseParams;
+use crate::measure::nic::InterfaceEvidence;
 
 /// One verdict computed from evidence read back from the guests.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,7 +34,7 @@ pub struct VmReport {
     pub cpus: u32,
     /// Memory.
     pub memory_mib: u32,
-    /// NIC model.
+    /// NIC (`virtio-q2`, `igb-sriov-vf2`, ...).
     pub nic: String,
     /// Combined channels the guest's underlay NIC reports (`ethtool -l`).
     pub channels: Option<u32>,
@@ -60,6 +61,8 @@ pub struct CaseReport {
     pub checks: Vec<Check>,
     /// All checks passed.
     pub passed: bool,
+    /// Evidence per interface: driver, channels, VFs, offloads, counters.
+    pub interfaces: Vec<InterfaceEvidence>,
 }
 
 /// The result of a run.
@@ -137,6 +140,13 @@ impl Report {
             ));
             for k in c.checks.iter().filter(|k| !k.passed) {
                 s.push_str(&format!("    {}: {}\n", k.name, k.detail));
+            }
+            for i in &c.interfaces {
+                let refused = i.refused();
+                if !refused.is_empty() {
+                    let at = i.container.as_ref().map_or(i.vm.clone(), |c| format!("{}/{c}", i.vm));
+                    s.push_str(&format!("    {at} {}: driver kept {}\n", i.dev, refused.join(" ")));
+                }
             }
         }
         let passed = self.cases.iter().filter(|c| c.passed).count();

@@ -1,5 +1,6 @@
-//! Orchestration of one lab run: image, acceleration, underlay, VMs, guest
-//! setup, then every case's workload, evidence and checks.
+//! Orchestration of one lab run: image, acceleration, then for each NIC
+//! configuration of the matrix: underlay, VMs, guest setup, and every case's
+//! workload, evidence and checks on that booted pair.
 //!
 //! Every host resource is owned by a value whose `Drop` releases it, so an
 //! error, a panic or a cancelled future (Ctrl-C) leaves nothing behind.
@@ -10,16 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::guest::{self, Guest};
+use crate::guest::{self, Attachment, Guest};
 use crate::hostnet::LabNet;
-use crate::image;
-use crate::lab::{variant_name, Case, Direction, Lab, TrafficPath};
+use crate::image::{self, Image};
+use crate::lab::{variant_name, Case, Direction, Lab, Nic, NicModel, TrafficPath};
 use crate::measure::counters::Counters;
 use crate::measure::iperf3;
+use crate::measure::nic::{self, InterfaceEvidence};
 use crate::overlay;
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::agent::Agent;
-use crate::qemu::{self, NicSpec, QemuProcess, VmSpec};
+use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmSpec};
 use crate::report::{fmt_bps, CaseReport, Check, Report, VmReport};
 use crate::ui::Progress;
 
@@ -40,11 +42,22 @@ pub struct RunOptions {
     pub progress: Progress,
 }
 
+/// What every boot of a run shares.
+struct Prepared {
+    qemu: PathBuf,
+    image: Image,
+    kernel: PathBuf,
+    accel: Accel,
+    vhost: bool,
+    firmware: Option<PathBuf>,
+}
+
 /// One booted VM and everything it owns, released in field order.
 struct BootedVm {
     guest: Guest,
     qemu: QemuProcess,
     report: VmReport,
+    nic: Nic,
     mac: String,
     _run_dir: tempfile::TempDir,
 }
@@ -54,16 +67,23 @@ struct LabRuntime {
     vms: Vec<BootedVm>,
     _net: LabNet,
     artifacts: Option<PathBuf>,
+    /// Distinguishes the serial logs of successive boots.
+    boot_label: String,
 }
 
 impl Drop for LabRuntime {
     fn drop(&mut self) {
         for vm in &mut self.vms {
             vm.qemu.stop();
-            if let Some(dir) = &self.artifacts {
-                let _ = std::fs::copy(vm.qemu.serial_path(), dir.join(format!("serial-{}.log", vm.report.name)));
-            }
+            keep_serial_log(self.artifacts.as_deref(), &vm.report.name, &self.boot_label, &vm.qemu);
         }
+    }
+}
+
+/// Copies a guest's console log into the artifacts (QEMU should have stopped).
+fn keep_serial_log(artifacts: Option<&Path>, vm: &str, boot_label: &str, qemu: &QemuProcess) {
+    if let Some(dir) = artifacts {
+        let _ = std::fs::copy(qemu.serial_path(), dir.join(format!("serial-{vm}{boot_label}.log")));
     }
 }
 
@@ -95,10 +115,16 @@ fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `Combined:` under "Current hardware settings" of `ethtool -l`.
-pub fn parse_channels(ethtool_l: &str) -> Option<u32> {
-    let current = ethtool_l.split("Current hardware settings").nth(1)?;
-    current.lines().find_map(|l| l.trim().strip_prefix("Combined:")).and_then(|v| v.trim().parse().ok())
+/// Consecutive cases that share a NIC configuration, and so a booted pair.
+fn boot_groups(cases: Vec<Case>) -> Vec<(Option<Nic>, Vec<Case>)> {
+    let mut groups: Vec<(Option<Nic>, Vec<Case>)> = Vec::new();
+    for case in cases {
+        match groups.last_mut() {
+            Some((nic, group)) if *nic == case.params.nic => group.push(case),
+            _ => groups.push((case.params.nic.clone(), vec![case])),
+        }
+    }
+    groups
 }
 
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
@@ -107,6 +133,16 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let progress = &opts.progress;
     let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
     let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
+    let cases: Vec<Case> =
+        lab.cases().into_iter().filter(|c| opts.case_filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
+    if cases.is_empty() {
+        bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
+    }
+    for nic in lab.vms.iter().map(|v| &v.nic).chain(cases.iter().filter_map(|c| c.params.nic.as_ref())) {
+        if let (NicModel::Vfio, Some(host)) = (nic.model, &nic.host) {
+            qemu::check_vfio(host).map_err(|why| anyhow::anyhow!("vfio NIC: {why}"))?;
+        }
+    }
 
     let recipe = lab.image_recipe(&opts.images_dir);
     progress.phase(&format!("image {}", recipe.display()));
@@ -133,51 +169,108 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(why) = &notice {
         eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)");
     }
-
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
+    let prepared = Prepared { qemu: qemu_bin, image, kernel, accel, vhost: vhost_usable(), firmware: qemu::find_firmware() };
+
+    let groups = boot_groups(cases);
+    let several = groups.len() > 1;
+    let mut vm_reports = Vec::new();
+    let mut case_reports = Vec::new();
+    for (nic, group) in groups {
+        let label = match (&nic, several) {
+            (Some(n), true) => format!("-{}", n.label()),
+            _ => String::new(),
+        };
+        let mut rt = boot(lab, &prepared, nic.as_ref(), opts, label).await?;
+        match deploy_and_measure(lab, &mut rt, &group, opts).await {
+            Ok(reports) => case_reports.extend(reports),
+            Err(e) => return Err(explain_vm_exit(&mut rt, e).await),
+        }
+        vm_reports.extend(rt.vms.iter().map(|v| v.report.clone()));
+    }
+    progress.finish();
+    Ok(Report {
+        lab: lab.name.clone(),
+        lab_file: lab.source.display().to_string(),
+        accel: accel.to_string(),
+        accel_notice: notice,
+        kernel: kernel_release,
+        qemu: qemu_version,
+        image: format!("{}-{}", prepared.image.name, prepared.image.key),
+        overlay: variant_name(&lab.overlay),
+        vms: vm_reports,
+        passed: case_reports.iter().all(|c| c.passed),
+        cases: case_reports,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates the underlay and boots every VM with its NIC (or `nic_override`)
+/// in parallel, until each guest agent answers.
+async fn boot(
+    lab: &Lab,
+    p: &Prepared,
+    nic_override: Option<&Nic>,
+    opts: &RunOptions,
+    boot_label: String,
+) -> anyhow::Result<LabRuntime> {
+    let progress = &opts.progress;
     progress.phase("creating the underlay");
     let mut net = LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
-    let vhost = vhost_usable();
-    let firmware = qemu::find_firmware();
-    let modules: Vec<String> = ["virtio_net".to_string()].into_iter().chain(overlay::modules(lab)).collect();
+    let nics: Vec<Nic> = lab.vms.iter().map(|vm| nic_override.unwrap_or(&vm.nic).clone()).collect();
+    let mut modules: Vec<String> = vec!["virtio_net".into()];
+    if nics.iter().any(|n| n.model == NicModel::IgbSriov) {
+        modules.extend(["igb".into(), "igbvf".into()]);
+    }
+    modules.extend(overlay::modules(lab));
 
     // Spawn every QEMU first so the guests boot in parallel.
     let mut pending = Vec::new();
     let mut pgid = 0;
-    for (i, vm) in lab.vms.iter().enumerate() {
+    for (i, (vm, nic)) in lab.vms.iter().zip(&nics).enumerate() {
         let tap = format!("t-{}", vm.name);
-        net.add_tap(&tap, vm.nic.queues)?;
+        let backend = match nic.model {
+            NicModel::Virtio => {
+                net.add_tap(&tap, nic.queues())?;
+                NicBackend::Virtio { tap, queues: nic.queues(), vhost: p.vhost }
+            }
+            NicModel::IgbSriov => {
+                net.add_tap(&tap, 1)?;
+                NicBackend::Igb { tap }
+            }
+            NicModel::Vfio => NicBackend::Vfio { host: nic.host.clone().unwrap_or_default() },
+        };
         let run_dir = tempfile::Builder::new().prefix("vlab-").tempdir_in(runtime_base())?;
         let disk = run_dir.path().join("root.qcow2");
-        create_overlay_disk(&image.rootfs, &disk)?;
+        create_overlay_disk(&p.image.rootfs, &disk)?;
         let mac = format!("52:54:00:4c:{:02x}:01", i + 1);
         let spec = VmSpec {
             name: vm.name.clone(),
-            accel,
+            accel: p.accel,
             cpu_model: vm.cpu_model.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
-            firmware: firmware.clone(),
-            kernel: kernel.clone(),
-            initramfs: image.initramfs.clone(),
+            firmware: p.firmware.clone(),
+            kernel: p.kernel.clone(),
+            initramfs: p.image.initramfs.clone(),
             disk,
             run_dir: run_dir.path().to_path_buf(),
             modules: modules.clone(),
-            nics: vec![NicSpec { id: "net0".into(), tap, mac: mac.clone(), queues: vm.nic.queues, vhost }],
+            nics: vec![NicSpec { id: "net0".into(), mac: mac.clone(), backend }],
         };
-        let proc = QemuProcess::spawn(&qemu_bin, &spec, &net.netns_path(), pgid)?;
+        let proc = QemuProcess::spawn(&p.qemu, &spec, &net.netns_path(), pgid)?;
         if pgid == 0 {
             pgid = proc.pid();
         }
-        pending.push((vm, spec, proc, run_dir, mac, Instant::now()));
+        pending.push((vm, nic.clone(), spec, proc, run_dir, mac, Instant::now()));
     }
 
-    progress.phase(&format!("booting {} VMs ({accel})", lab.vms.len()));
+    progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let deadline = tokio::time::Instant::now() + lab.timeouts.boot;
     let command_timeout = lab.timeouts.command;
-    let connects = pending.iter_mut().map(|(_, spec, proc, _, _, t0)| {
+    let connects = pending.iter_mut().map(|(_, _, spec, proc, _, _, t0)| {
         let socket = spec.agent_socket();
         async move {
             let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_running()).await;
@@ -187,7 +280,11 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let agents = futures::future::join_all(connects).await;
     let mut vms = Vec::new();
     let mut failure = None;
-    for ((vm, _spec, proc, run_dir, mac, _), (agent, boot_s)) in pending.into_iter().zip(agents) {
+    for ((vm, nic, _spec, mut proc, run_dir, mac, _), (agent, boot_s)) in pending.into_iter().zip(agents) {
+        if agent.as_ref().map_or(true, |a| a.is_err()) {
+            proc.stop();
+            keep_serial_log(opts.artifacts.as_deref(), &vm.name, &boot_label, &proc);
+        }
         let agent = match agent {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
@@ -210,83 +307,58 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
             boot_s,
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
-            nic: variant_name(&vm.nic.model),
+            nic: nic.label(),
             channels: None,
-            vhost,
+            vhost: nic.model == NicModel::Virtio && p.vhost,
         };
         vms.push(BootedVm {
             guest: Guest::new(&vm.name, agent, lab.timeouts.command),
             qemu: proc,
             report,
+            nic,
             mac,
             _run_dir: run_dir,
         });
     }
-    let mut rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone() };
-    if let Some(e) = failure {
-        return Err(e);
+    let rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone(), boot_label };
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(rt),
     }
-
-    let cases = match deploy_and_measure(lab, &mut rt, opts).await {
-        Ok(cases) => cases,
-        Err(e) => return Err(explain_vm_exit(&mut rt, e).await),
-    };
-    let vm_reports = rt.vms.iter().map(|v| v.report.clone()).collect();
-    drop(rt);
-    progress.finish();
-    Ok(Report {
-        lab: lab.name.clone(),
-        lab_file: lab.source.display().to_string(),
-        accel: accel.to_string(),
-        accel_notice: notice,
-        kernel: kernel_release,
-        qemu: qemu_version,
-        image: format!("{}-{}", image.name, image.key),
-        overlay: variant_name(&lab.overlay),
-        vms: vm_reports,
-        passed: cases.iter().all(|c| c.passed),
-        cases,
-        wall_s: started.elapsed().as_secs_f64(),
-    })
 }
 
-/// Guest setup (underlay, containers, overlay, setup commands), then every case.
-async fn deploy_and_measure(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) -> anyhow::Result<Vec<CaseReport>> {
+/// Guest setup (underlay, containers, overlay, setup commands), then `cases`.
+async fn deploy_and_measure(
+    lab: &Lab,
+    rt: &mut LabRuntime,
+    cases: &[Case],
+    opts: &RunOptions,
+) -> anyhow::Result<Vec<CaseReport>> {
     let progress = &opts.progress;
     progress.phase("setting up containers and overlay");
-    for vm in &lab.vms {
+    for (i, vm) in lab.vms.iter().enumerate() {
         let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
-        let mut script = guest::underlay_commands(vm, &booted.mac);
-        script.extend(guest::container_commands(vm));
-        script.extend(overlay::commands(lab, vm));
+        let attachment = Attachment::of(&booted.nic);
+        let mut script = guest::underlay_commands(vm, i, &booted.nic, &booted.mac);
+        script.extend(guest::container_commands(vm, attachment));
+        script.extend(overlay::commands(lab, vm, attachment));
         booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
-        let channels = booted.guest.run(&format!("ethtool -l {}", guest::UNDERLAY_DEV)).await?;
-        booted.report.channels = parse_channels(&channels.stdout_text());
+        let channels = booted.guest.run(&format!("ethtool -l {} 2>/dev/null; true", guest::UNDERLAY_DEV)).await?;
+        booted.report.channels = nic::parse_channels(&channels.stdout_text());
         for cmd in &vm.setup {
             booted.guest.run(cmd).await.with_context(|| format!("setup command of `{}` failed", vm.name))?;
         }
     }
-
-    let mut cases = Vec::new();
-    for case in lab.cases() {
-        if let Some(f) = &opts.case_filter {
-            if !case.name.contains(f.as_str()) {
-                continue;
-            }
-        }
+    let mut reports = Vec::new();
+    for case in cases {
         progress.phase(&format!("case {}", case.name));
-        let report = run_case(lab, rt, &case, opts.artifacts.as_deref())
-            .await
-            .with_context(|| format!("case `{}`", case.name))?;
-        cases.push(report);
-    }
-    if cases.is_empty() {
-        bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
+        let report = run_case(lab, rt, case, opts.artifacts.as_deref()).await.with_context(|| format!("case `{}`", case.name))?;
+        reports.push(report);
     }
     for vm in &mut rt.vms {
         vm.qemu.check_running()?;
     }
-    Ok(cases)
+    Ok(reports)
 }
 
 /// When a guest died (kernel panic, QEMU crash), that is the real story: put
@@ -307,7 +379,7 @@ async fn explain_vm_exit(rt: &mut LabRuntime, err: anyhow::Error) -> anyhow::Err
 /// Where an endpoint's traffic enters and leaves its VM.
 struct Side<'a> {
     vm: &'a BootedVm,
-    /// `ip netns exec NS` prefix for container endpoints.
+    /// The container, for container endpoints.
     netns: Option<String>,
     /// Address of the endpoint for the case's family and path.
     addr: String,
@@ -326,6 +398,22 @@ fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &crate::lab::Endpoint, case: &Cas
     Side { vm: rt.vm(&vm.name), netns, addr }
 }
 
+impl Side<'_> {
+    /// The interfaces whose evidence a case records: the underlay NIC, then
+    /// (container endpoints) the container's interface and, on veth, the
+    /// guest-side veth.
+    fn interfaces(&self) -> Vec<(Option<String>, String)> {
+        let mut v = vec![(None, guest::UNDERLAY_DEV.to_string())];
+        if let Some(c) = &self.netns {
+            v.push((Some(c.clone()), guest::CONTAINER_DEV.to_string()));
+            if Attachment::of(&self.vm.nic) == Attachment::Veth {
+                v.push((None, guest::host_veth(c)));
+            }
+        }
+        v
+    }
+}
+
 fn in_netns(netns: &Option<String>, argv: Vec<String>) -> Vec<String> {
     match netns {
         Some(ns) => ["ip", "netns", "exec", ns].into_iter().map(String::from).chain(argv).collect(),
@@ -333,9 +421,33 @@ fn in_netns(netns: &Option<String>, argv: Vec<String>) -> Vec<String> {
     }
 }
 
-async fn read_counters(g: &Guest, dev: &str) -> anyhow::Result<Counters> {
-    let out = g.run(&Counters::command(dev, None)).await?;
+async fn read_counters(g: &Guest, dev: &str, netns: Option<&str>) -> anyhow::Result<Counters> {
+    let out = g.run(&Counters::command(dev, netns)).await?;
     Counters::parse(&out.stdout_text()).with_context(|| format!("unreadable counters of {dev} on `{}`", g.name))
+}
+
+/// Applies the case's offloads to an interface and reads back its evidence
+/// (driver, channels, VFs, offload state, counters before the workload).
+async fn probe_interface(
+    g: &Guest,
+    netns: Option<&str>,
+    dev: &str,
+    requested: &[(&str, Option<bool>)],
+) -> anyhow::Result<InterfaceEvidence> {
+    let out = g.run(&nic::probe_script(dev, netns, requested)).await?;
+    let (driver, channels, vfs, offloads) = nic::parse_probe(&out.stdout_text(), requested);
+    let before = read_counters(g, dev, netns).await?;
+    Ok(InterfaceEvidence {
+        vm: g.name.clone(),
+        container: netns.map(str::to_string),
+        dev: dev.to_string(),
+        driver,
+        channels,
+        vfs,
+        offloads,
+        before,
+        after: before,
+    })
 }
 
 async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Path>) -> anyhow::Result<CaseReport> {
@@ -346,12 +458,12 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
     for vm in &rt.vms {
         vm.guest.try_run("pkill -x iperf3; true").await?;
     }
-    let veth = |s: &Side| s.netns.as_ref().map(|c| guest::host_veth(c));
-    let mut before = Vec::new();
+    let requested = case.params.offloads.requested();
+    // Evidence layout: server interfaces, then client interfaces.
+    let mut evidence = Vec::new();
     for s in [&server, &client] {
-        before.push(read_counters(&s.vm.guest, guest::UNDERLAY_DEV).await?);
-        if let Some(v) = veth(s) {
-            before.push(read_counters(&s.vm.guest, &v).await?);
+        for (ns, dev) in s.interfaces() {
+            evidence.push(probe_interface(&s.vm.guest, ns.as_deref(), &dev, &requested).await?);
         }
     }
 
@@ -379,14 +491,10 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
     let client_out = client.vm.guest.agent().exec(&client_refs, limit).await?;
     let server_out = server.vm.guest.agent().wait(server_pid, "iperf3 -s", Duration::from_secs(20)).await;
 
-    let mut after = Vec::new();
-    for s in [&server, &client] {
-        after.push(read_counters(&s.vm.guest, guest::UNDERLAY_DEV).await?);
-        if let Some(v) = veth(s) {
-            after.push(read_counters(&s.vm.guest, &v).await?);
-        }
+    for e in &mut evidence {
+        let g = if e.vm == server.vm.guest.name { &server.vm.guest } else { &client.vm.guest };
+        e.after = read_counters(g, &e.dev, e.container.as_deref()).await?;
     }
-    let delta: Vec<Counters> = after.iter().zip(&before).map(|(a, b)| a.since(b)).collect();
 
     if let Some(dir) = artifacts {
         let case_dir = dir.join(&case.name);
@@ -395,7 +503,7 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         if let Ok(s) = &server_out {
             std::fs::write(case_dir.join("iperf3-server.json"), &s.stdout)?;
         }
-        std::fs::write(case_dir.join("counters.json"), serde_json::to_vec_pretty(&delta)?)?;
+        std::fs::write(case_dir.join("interfaces.json"), serde_json::to_vec_pretty(&evidence)?)?;
     }
 
     let parsed = iperf3::parse(&client_out.stdout_text());
@@ -422,45 +530,7 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
             format!("{} against a minimum of {}", fmt_bps(throughput), fmt_bps(min.0 as f64)),
         ));
     }
-
-    // The counters prove which interfaces carried the payload. Index layout:
-    // server underlay, [server veth], client underlay, [client veth].
-    let has_veth = server.netns.is_some();
-    let (s_ul, c_ul) = (delta[0], delta[if has_veth { 2 } else { 1 }]);
-    let (into_server, into_client) = match case.params.direction {
-        Direction::Forward => (received, 0),
-        Direction::Reverse => (0, received),
-        Direction::Bidir => (received / 2, received / 2),
-    };
-    let ul_ok = s_ul.rx_bytes >= into_server
-        && c_ul.tx_bytes >= into_server
-        && c_ul.rx_bytes >= into_client
-        && s_ul.tx_bytes >= into_client;
-    checks.push(Check::new(
-        "underlay carried the payload",
-        received > 0 && ul_ok,
-        format!(
-            "server {} rx {} B / tx {} B, client rx {} B / tx {} B, payload {received} B",
-            guest::UNDERLAY_DEV,
-            s_ul.rx_bytes,
-            s_ul.tx_bytes,
-            c_ul.rx_bytes,
-            c_ul.tx_bytes
-        ),
-    ));
-    if has_veth {
-        let (s_v, c_v) = (delta[1], delta[3]);
-        // A container's sends arrive on the guest side of its veth (rx there).
-        let ok = s_v.tx_bytes >= into_server
-            && c_v.rx_bytes >= into_server
-            && c_v.tx_bytes >= into_client
-            && s_v.rx_bytes >= into_client;
-        checks.push(Check::new(
-            "container veths carried the payload",
-            received > 0 && ok,
-            format!("server veth tx {} B, client veth rx {} B, payload {received} B", s_v.tx_bytes, c_v.rx_bytes),
-        ));
-    }
+    checks.extend(path_checks(&server, &client, &evidence, case.params.direction, received));
     let passed = checks.iter().all(|c| c.passed);
     Ok(CaseReport {
         name: case.name.clone(),
@@ -471,5 +541,65 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         cpu_server_percent: result.as_ref().map_or(0.0, |r| r.cpu_server_percent),
         checks,
         passed,
+        interfaces: evidence,
     })
+}
+
+/// Which interfaces carried the payload, from their counters. Data flows into
+/// the server for `forward`, into the client for `reverse`, both ways for
+/// `bidir`; each interface on the way must have moved at least that much.
+fn path_checks(
+    server: &Side,
+    client: &Side,
+    evidence: &[InterfaceEvidence],
+    direction: Direction,
+    received: u64,
+) -> Vec<Check> {
+    let (into_server, into_client) = match direction {
+        Direction::Forward => (received, 0),
+        Direction::Reverse => (0, received),
+        Direction::Bidir => (received / 2, received / 2),
+    };
+    let find = |vm: &str, ns: Option<&str>, dev: &str| {
+        evidence.iter().find(|e| e.vm == vm && e.container.as_deref() == ns && e.dev == dev).map(|e| e.delta())
+    };
+    let (s_name, c_name) = (server.vm.guest.name.as_str(), client.vm.guest.name.as_str());
+    let mut checks = Vec::new();
+    // An interface faces the network: what flows into its host arrives as rx.
+    let moved = |d: Counters, inbound: u64, outbound: u64| d.rx_bytes >= inbound && d.tx_bytes >= outbound;
+    let describe = |d: Counters| format!("rx {} B / tx {} B", d.rx_bytes, d.tx_bytes);
+
+    let vf_attached = server.netns.is_some() && Attachment::of(&server.vm.nic) == Attachment::Vf;
+    if !vf_attached {
+        // On veth and on the underlay path, traffic crosses the VMs' underlay NICs.
+        if let (Some(s), Some(c)) = (find(s_name, None, guest::UNDERLAY_DEV), find(c_name, None, guest::UNDERLAY_DEV)) {
+            checks.push(Check::new(
+                "underlay carried the payload",
+                received > 0 && moved(s, into_server, into_client) && moved(c, into_client, into_server),
+                format!("server {}, client {}, payload {received} B", describe(s), describe(c)),
+            ));
+        }
+    }
+    if let (Some(sc), Some(cc)) = (&server.netns, &client.netns) {
+        let (s, c) = (
+            find(s_name, Some(sc), guest::CONTAINER_DEV).unwrap_or_default(),
+            find(c_name, Some(cc), guest::CONTAINER_DEV).unwrap_or_default(),
+        );
+        let name = if vf_attached { "container VFs carried the payload" } else { "container interfaces carried the payload" };
+        checks.push(Check::new(
+            name,
+            received > 0 && moved(s, into_server, into_client) && moved(c, into_client, into_server),
+            format!("server {sc}/eth0 {}, client {cc}/eth0 {}, payload {received} B", describe(s), describe(c)),
+        ));
+        if vf_attached {
+            let drivers: Vec<String> = evidence
+                .iter()
+                .filter(|e| e.container.is_some())
+                .map(|e| format!("{}/{}: {}", e.vm, e.container.as_deref().unwrap_or(""), e.driver.as_deref().unwrap_or("?")))
+                .collect();
+            let all_vf = evidence.iter().filter(|e| e.container.is_some()).all(|e| e.driver.as_deref() == Some("igbvf"));
+            checks.push(Check::new("containers own a VF (igbvf)", all_vf, drivers.join(", ")));
+        }
+    }
+    checks
 }

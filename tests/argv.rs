@@ -1,11 +1,12 @@
-//! The QEMU command line is a pure function of the VM spec: snapshot it.
+//! The QEMU command line is a pure function of the VM spec: snapshot it for
+//! every accelerator and NIC model.
 
 use std::path::PathBuf;
 
 use rstest::rstest;
-use vlab::qemu::{qemu_args, Accel, NicSpec, VmSpec};
+use vlab::qemu::{qemu_args, Accel, NicBackend, NicSpec, VmSpec};
 
-fn spec(accel: Accel, queues: u32, vhost: bool) -> VmSpec {
+fn spec(accel: Accel, backend: NicBackend) -> VmSpec {
     VmSpec {
         name: "host1".into(),
         accel,
@@ -13,34 +14,33 @@ fn spec(accel: Accel, queues: u32, vhost: bool) -> VmSpec {
         cpus: 2,
         memory_mib: 1024,
         firmware: Some(PathBuf::from("/usr/share/qemu/qboot.rom")),
-        kernel: PathBuf::from("/cache/images/base-0123/vmlinuz"),
+        kernel: PathBuf::from("/cache/images/base-0123/vmlinux"),
         initramfs: PathBuf::from("/cache/images/base-0123/initramfs.cpio"),
         disk: PathBuf::from("/run/vlab-x/root.qcow2"),
         run_dir: PathBuf::from("/run/vlab-x"),
         modules: vec!["virtio_net".into()],
-        nics: vec![NicSpec {
-            id: "net0".into(),
-            tap: "t-host1".into(),
-            mac: "52:54:00:4c:01:01".into(),
-            queues,
-            vhost,
-        }],
+        nics: vec![NicSpec { id: "net0".into(), mac: "52:54:00:4c:01:01".into(), backend }],
     }
 }
 
+fn virtio(queues: u32, vhost: bool) -> NicBackend {
+    NicBackend::Virtio { tap: "t-host1".into(), queues, vhost }
+}
+
 #[rstest]
-#[case::tcg_virtio_2_queues(spec(Accel::Tcg, 2, false))]
-#[case::kvm_virtio_4_queues_vhost(spec(Accel::Kvm, 4, true))]
-#[case::tcg_virtio_1_queue(spec(Accel::Tcg, 1, false))]
-fn qemu_argv(#[case] spec: VmSpec) {
-    let name = format!("{:?}-{}q-vhost-{}", spec.accel, spec.nics[0].queues, spec.nics[0].vhost).to_lowercase();
+#[case::tcg_virtio_2_queues("tcg-virtio-2q", spec(Accel::Tcg, virtio(2, false)))]
+#[case::kvm_virtio_4_queues_vhost("kvm-virtio-4q-vhost", spec(Accel::Kvm, virtio(4, true)))]
+#[case::tcg_virtio_1_queue("tcg-virtio-1q", spec(Accel::Tcg, virtio(1, false)))]
+#[case::tcg_igb_sriov("tcg-igb", spec(Accel::Tcg, NicBackend::Igb { tap: "t-host1".into() }))]
+#[case::kvm_vfio("kvm-vfio", spec(Accel::Kvm, NicBackend::Vfio { host: "0000:3b:02.0".into() }))]
+fn qemu_argv(#[case] name: &str, #[case] spec: VmSpec) {
     insta::assert_snapshot!(name, qemu_args(&spec).join("\n"));
 }
 
 #[test]
 fn vectors_follow_queues() {
     for queues in 1..=8 {
-        let args = qemu_args(&spec(Accel::Tcg, queues, false)).join(" ");
+        let args = qemu_args(&spec(Accel::Tcg, virtio(queues, false))).join(" ");
         assert!(args.contains(&format!("queues={queues},")), "{args}");
         assert!(args.contains(&format!("vectors={}", 2 * queues + 2)), "{args}");
     }

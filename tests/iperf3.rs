@@ -1,6 +1,6 @@
 //! iperf3 `-J` parsing against output of real iperf3 runs in vlab guests.
 
-use vlab::lab::{CaseParams, Direction, Family, Lab, Protocol, TrafficPath};
+use vlab::lab::{CaseParams, Direction, Family, Lab, Offloads, Protocol, TrafficPath};
 use vlab::measure::iperf3::{client_argv, parse, Iperf3Error};
 
 fn fixture(name: &str) -> String {
@@ -36,6 +36,8 @@ fn client_command_line_follows_the_case() {
         streams: 4,
         protocol: Protocol::Udp,
         direction: Direction::Reverse,
+        offloads: Offloads::default(),
+        nic: None,
     };
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
     assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 5000 -t 5 -P 4 -u -b 1000000000 -R");

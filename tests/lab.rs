@@ -105,3 +105,57 @@ fn unreadable_file_is_named() {
 fn bitrates_parse(#[case] text: &str, #[case] bps: u64) {
     assert_eq!(Bitrate::try_from(text.to_string()).unwrap(), Bitrate(bps));
 }
+
+const NIC_MATRIX: &str = include_str!("../labs/nic-matrix.toml");
+
+fn nic_edit(from: &str, to: &str) -> String {
+    assert!(NIC_MATRIX.contains(from), "fixture lacks {from:?}");
+    NIC_MATRIX.replacen(from, to, 1)
+}
+
+#[test]
+fn nic_matrix_groups_cases_by_nic() {
+    let lab = parse(NIC_MATRIX).unwrap();
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "nic=virtio-q1,offloads=on",
+            "nic=virtio-q1,offloads=off",
+            "nic=virtio-q4,offloads=on",
+            "nic=virtio-q4,offloads=off",
+            "nic=igb-sriov-vf2,offloads=on",
+            "nic=igb-sriov-vf2,offloads=off",
+        ]
+    );
+}
+
+#[rstest]
+#[case::vfs_on_virtio(nic_edit("{ model = \"virtio\", queues = 1 }", "{ model = \"virtio\", queues = 1, vfs = 2 }"), "vfs_on_virtio")]
+#[case::queues_on_igb(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 2, queues = 2 }"), "queues_on_igb")]
+#[case::too_many_vfs(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 8 }"), "too_many_vfs")]
+#[case::igb_without_vfs(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\" }"), "igb_without_vfs")]
+#[case::virtio_queues_zero(nic_edit("{ model = \"virtio\", queues = 4 }", "{ model = \"virtio\", queues = 0 }"), "virtio_queues_zero")]
+#[case::vfio_bad_address(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"vfio\", host = \"3b:02.0\" }"), "vfio_bad_address")]
+#[case::bad_offload_preset(nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", \"maybe\"]"), "bad_offload_preset")]
+#[case::unknown_offload(nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", { tso = false, checksum = true }]"), "unknown_offload")]
+fn invalid_nics_name_the_field(#[case] text: String, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+#[test]
+fn igb_needs_qemu_8() {
+    let lab = parse(NIC_MATRIX).unwrap();
+    lab.check_host(10).expect("QEMU 10 has igb");
+    let err = lab.check_host(7).unwrap_err();
+    insta::assert_snapshot!("igb_on_qemu_7", err.to_string());
+}
+
+#[test]
+fn offload_features_name_their_cases() {
+    let text = nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"default\", { tso = false, gro = true }]");
+    let lab = parse(&text).unwrap();
+    let names: Vec<String> = lab.cases().into_iter().take(2).map(|c| c.name).collect();
+    assert_eq!(names, ["nic=virtio-q1,offloads=default", "nic=virtio-q1,offloads=tso-off+gro-on"]);
+}

@@ -41,8 +41,11 @@ impl Vlab {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).stdin(Stdio::null()).output().expect("vlab runs");
+    /// Runs vlab to completion; returns its output and pid (for leftover checks).
+    fn run(&self, args: &[&str]) -> (Output, u32) {
+        let child = self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
         eprintln!(
             "--- vlab {} -> {:?}\n{}\n{}",
             args.join(" "),
@@ -50,7 +53,7 @@ impl Vlab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        out
+        (out, pid)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -95,29 +98,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs `args` and returns (exit code, stdout, stderr) plus the child's pid.
-fn run_with_pid(vlab: &Vlab, args: &[&str]) -> (Output, u32) {
-    let child = vlab.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "--- vlab {} -> {:?}\n{}\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, pid)
-}
-
 #[test]
 fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
     let _one = lock();
     let vlab = Vlab::new();
     let json = vlab.path("report.json");
     let artifacts = vlab.path("artifacts");
-    let (out, pid) = run_with_pid(
-        &vlab,
+    let (out, pid) = vlab.run(
         &["run", "labs/baseline.toml", "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(0), "baseline lab failed:\n{}", stderr(&out));
@@ -146,6 +133,8 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
         ".cases[].cpu_client_percent" => "[percent]",
         ".cases[].cpu_server_percent" => "[percent]",
         ".cases[].checks[].detail" => "[evidence]",
+        ".cases[].interfaces[].before" => "[counters]",
+        ".cases[].interfaces[].after" => "[counters]",
         ".accel" => "[accel]",
         ".accel_notice" => "[accel notice]",
         ".kernel" => "[kernel]",
@@ -190,7 +179,7 @@ fn sigint_mid_run_tears_everything_down() {
 fn guest_kernel_panic_is_exit_125_with_the_console() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid) = run_with_pid(&vlab, &["run", "tests/labs/guest-panic.toml"]);
+    let (out, pid) = vlab.run(&["run", "tests/labs/guest-panic.toml"]);
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("QEMU of `host2` exited"), "{err}");
@@ -204,7 +193,7 @@ fn hung_guest_is_exit_125() {
     let _one = lock();
     let vlab = Vlab::new();
     let started = Instant::now();
-    let (out, pid) = run_with_pid(&vlab, &["run", "tests/labs/hung-guest.toml"]);
+    let (out, pid) = vlab.run(&["run", "tests/labs/hung-guest.toml"]);
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("stopped answering"), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(180), "gave up only after {:?}", started.elapsed());
@@ -230,12 +219,12 @@ fn invalid_lab_is_exit_128_and_names_the_field() {
     let lab = vlab.path("broken.toml");
     let text = std::fs::read_to_string(repo("labs/baseline.toml")).unwrap().replace("queues = 2 }", "queues = 0 }");
     std::fs::write(&lab, text).unwrap();
-    let out = vlab.run(&["run", lab.to_str().unwrap()]);
+    let (out, _) = vlab.run(&["run", lab.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(128));
     let err = stderr(&out);
     assert!(err.contains(&format!("{}:12:", lab.display())), "{err}");
     assert!(err.contains("vm[0].nic.queues"), "{err}");
-    let out = vlab.run(&["run", "labs/baseline.toml", "--accel", "warp"]);
+    let (out, _) = vlab.run(&["run", "labs/baseline.toml", "--accel", "warp"]);
     assert_eq!(out.status.code(), Some(128), "bad arguments are not a bad kernel");
 }
 
@@ -244,7 +233,7 @@ fn accel_kvm_either_works_or_says_why() {
     let _one = lock();
     let vlab = Vlab::new();
     let (out, pid) =
-        run_with_pid(&vlab, &["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
+        vlab.run(&["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
     match out.status.code() {
         Some(0) => assert!(String::from_utf8_lossy(&out.stdout).contains("accel kvm")),
         Some(125) => assert!(stderr(&out).contains("KVM cannot run guests here"), "{}", stderr(&out)),
@@ -257,10 +246,10 @@ fn accel_kvm_either_works_or_says_why() {
 fn image_build_is_a_cache_hit_the_second_time() {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = vlab.run(&["image", "build"]);
+    let (out, _) = vlab.run(&["image", "build"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let started = Instant::now();
-    let out = vlab.run(&["image", "build"]);
+    let (out, _) = vlab.run(&["image", "build"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(1), "cache hit took {:?}", started.elapsed());
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::lab::{Family, Vm};
+use crate::lab::{Family, Nic, NicModel, Vm};
 use crate::qemu::agent::{Agent, AgentError, Output};
 
 /// Name of the underlay NIC inside every guest.
@@ -68,19 +68,63 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Brings up the underlay NIC: find it by MAC, rename it, enable all queue
-/// pairs, address it (`nodad`: duplicate detection only delays a closed lab).
-pub fn underlay_commands(vm: &Vm, mac: &str) -> Vec<String> {
+/// How containers attach to their VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// A veth pair whose guest side is the container's gateway.
+    Veth,
+    /// An SR-IOV virtual function moved into the container's namespace (as the
+    /// SR-IOV CNI does): the container sits directly on the underlay's L2.
+    Vf,
+}
+
+impl Attachment {
+    /// How containers attach behind this NIC.
+    pub fn of(nic: &Nic) -> Attachment {
+        match nic.model {
+            NicModel::IgbSriov => Attachment::Vf,
+            NicModel::Virtio | NicModel::Vfio => Attachment::Veth,
+        }
+    }
+}
+
+/// MAC of VF `index` of VM number `vm_index` (set from the PF, as SR-IOV CNI does).
+pub fn vf_mac(vm_index: usize, index: u32) -> String {
+    format!("52:54:00:4c:{:02x}:{:02x}", vm_index + 1, 0x10 + index)
+}
+
+/// Brings up the underlay NIC: wait for its driver, find it by MAC, rename
+/// it, enable all queue pairs, address it (`nodad`: duplicate detection only
+/// delays a closed lab). An SR-IOV PF then gets its VFs, MACs set from the PF
+/// before `igbvf` binds them.
+pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<String> {
     let mut cmds = vec![
-        // vlab-init loads the NIC driver while the agent starts: wait for it.
+        // vlab-init loads the NIC drivers while the agent starts: wait for them.
         "i=0; while [ ! -e /run/vlab-modules ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done".to_string(),
         "cat /run/vlab-modules >&2".to_string(),
-        format!("dev=$(grep -l '^{mac}$' /sys/class/net/*/address | cut -d/ -f5)"),
-        "test -n \"$dev\"".to_string(),
-        format!("ip link set \"$dev\" name {UNDERLAY_DEV}"),
     ];
-    if vm.nic.queues > 1 {
-        cmds.push(format!("ethtool -L {UNDERLAY_DEV} combined {}", vm.nic.queues));
+    match nic.model {
+        NicModel::Vfio => {
+            // A passed-through function keeps its own MAC: take the first NIC with a PCI device.
+            cmds.push("dev=$(for d in /sys/class/net/*; do [ -e $d/device ] && basename $d; done | head -n 1)".to_string())
+        }
+        _ => cmds.push(format!("dev=$(grep -l '^{mac}$' /sys/class/net/*/address | cut -d/ -f5)")),
+    }
+    cmds.push("test -n \"$dev\"".to_string());
+    cmds.push(format!("ip link set \"$dev\" name {UNDERLAY_DEV}"));
+    if nic.queues() > 1 {
+        cmds.push(format!("ethtool -L {UNDERLAY_DEV} combined {}", nic.queues()));
+    }
+    let pf = format!("/sys/class/net/{UNDERLAY_DEV}/device");
+    let vfs = if nic.model == NicModel::IgbSriov { nic.vfs.unwrap_or(0) } else { 0 };
+    if vfs > 0 {
+        // VFs are created while the PF is down (enabling them on a running PF
+        // resets it), with MACs set from the PF and no driver bound yet.
+        cmds.push(format!("echo 0 > {pf}/sriov_drivers_autoprobe"));
+        cmds.push(format!("echo {vfs} > {pf}/sriov_numvfs"));
+        for i in 0..vfs {
+            cmds.push(format!("ip link set {UNDERLAY_DEV} vf {i} mac {}", vf_mac(vm_index, i)));
+        }
     }
     if let Some(n) = vm.underlay.ipv4 {
         cmds.push(format!("ip addr add {n} dev {UNDERLAY_DEV}"));
@@ -89,33 +133,63 @@ pub fn underlay_commands(vm: &Vm, mac: &str) -> Vec<String> {
         cmds.push(format!("ip -6 addr add {n} dev {UNDERLAY_DEV} nodad"));
     }
     cmds.push(format!("ip link set {UNDERLAY_DEV} up"));
+    if vfs > 0 {
+        // igbvf gives up ("PF still in reset state") unless the PF has its link.
+        cmds.push(format!(
+            "i=0; while [ \"$(cat /sys/class/net/{UNDERLAY_DEV}/carrier)\" != 1 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done"
+        ));
+        cmds.push(format!("echo 1 > {pf}/sriov_drivers_autoprobe"));
+        for i in 0..vfs {
+            cmds.push(format!("basename $(readlink {pf}/virtfn{i}) > /sys/bus/pci/drivers_probe"));
+        }
+        for i in 0..vfs {
+            cmds.push(format!(
+                "i=0; while [ -z \"$(ls {pf}/virtfn{i}/net 2>/dev/null)\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ls {pf}/virtfn{i}/net"
+            ));
+        }
+    }
     cmds
 }
 
-/// Creates each container: a namespace, a veth pair whose guest side is the
-/// container's gateway, addresses and default routes.
-pub fn container_commands(vm: &Vm) -> Vec<String> {
+/// Creates each container: a namespace with either a veth pair (whose guest
+/// side is the gateway) or VF number `j` renamed `eth0`; addresses and routes.
+pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
     let mut cmds = Vec::new();
-    for c in &vm.containers {
-        let veth = host_veth(&c.name);
+    for (j, c) in vm.containers.iter().enumerate() {
         cmds.push(format!("ip netns add {}", c.name));
-        cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
         cmds.push(format!("ip -n {} link set lo up", c.name));
-        if let (Some(net), Some(gw)) = (c.ipv4, c.gateway(Family::Ipv4)) {
-            cmds.push(format!("ip addr add {gw}/{} dev {veth}", net.prefix_len()));
+        match attachment {
+            Attachment::Veth => {
+                let veth = host_veth(&c.name);
+                cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
+                if let (Some(net), Some(gw)) = (c.ipv4, c.gateway(Family::Ipv4)) {
+                    cmds.push(format!("ip addr add {gw}/{} dev {veth}", net.prefix_len()));
+                }
+                if let (Some(net), Some(gw)) = (c.ipv6, c.gateway(Family::Ipv6)) {
+                    cmds.push(format!("ip -6 addr add {gw}/{} dev {veth} nodad", net.prefix_len()));
+                }
+                cmds.push(format!("ip link set {veth} up"));
+            }
+            Attachment::Vf => {
+                cmds.push(format!("vf=$(ls /sys/class/net/{UNDERLAY_DEV}/device/virtfn{j}/net)"));
+                cmds.push(format!("ip link set \"$vf\" netns {}", c.name));
+                cmds.push(format!("ip -n {} link set \"$vf\" name {CONTAINER_DEV}", c.name));
+            }
+        }
+        if let Some(net) = c.ipv4 {
             cmds.push(format!("ip -n {} addr add {net} dev {CONTAINER_DEV}", c.name));
         }
-        if let (Some(net), Some(gw)) = (c.ipv6, c.gateway(Family::Ipv6)) {
-            cmds.push(format!("ip -6 addr add {gw}/{} dev {veth} nodad", net.prefix_len()));
+        if let Some(net) = c.ipv6 {
             cmds.push(format!("ip -n {} -6 addr add {net} dev {CONTAINER_DEV} nodad", c.name));
         }
-        cmds.push(format!("ip link set {veth} up"));
         cmds.push(format!("ip -n {} link set {CONTAINER_DEV} up", c.name));
-        if let Some(gw) = c.gateway(Family::Ipv4).filter(|_| c.ipv4.is_some()) {
-            cmds.push(format!("ip -n {} route add default via {gw}", c.name));
-        }
-        if let Some(gw) = c.gateway(Family::Ipv6).filter(|_| c.ipv6.is_some()) {
-            cmds.push(format!("ip -n {} -6 route add default via {gw}", c.name));
+        if attachment == Attachment::Veth {
+            if let Some(gw) = c.gateway(Family::Ipv4).filter(|_| c.ipv4.is_some()) {
+                cmds.push(format!("ip -n {} route add default via {gw}", c.name));
+            }
+            if let Some(gw) = c.gateway(Family::Ipv6).filter(|_| c.ipv6.is_some()) {
+                cmds.push(format!("ip -n {} -6 route add default via {gw}", c.name));
+            }
         }
     }
     cmds

@@ -51,7 +51,7 @@ fn default_kernel_package() -> String {
     "linux-image-amd64".into()
 }
 fn default_initramfs_modules() -> Vec<String> {
-    vec!["crc32c_generic".into(), "virtio_blk".into(), "ext4".into()]
+    ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_console", "ext4"].map(String::from).to_vec()
 }
 
 /// Errors of building or finding an image.

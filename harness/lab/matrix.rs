@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
-use super::{variant_name, Direction, Family, Lab, Protocol, TrafficPath};
+use super::{variant_name, Direction, Family, Lab, Nic, Offloads, Protocol, TrafficPath};
 
-/// The workload parameters of one case.
+/// The parameters of one case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CaseParams {
     /// Which addresses carry the traffic.
@@ -17,6 +17,11 @@ pub struct CaseParams {
     pub protocol: Protocol,
     /// Who sends.
     pub direction: Direction,
+    /// NIC offloads.
+    pub offloads: Offloads,
+    /// The NIC every VM gets in this case; `None` keeps each VM's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nic: Option<Nic>,
 }
 
 /// One combination of the matrix.
@@ -28,48 +33,57 @@ pub struct Case {
     pub params: CaseParams,
 }
 
-fn axis<T: Clone>(values: &Option<Vec<T>>, default: T) -> (bool, Vec<T>) {
+/// Values of one axis: the matrix's, or the workload's single value.
+fn axis<T: Clone>(values: &Option<Vec<T>>, default: T) -> Vec<(Option<T>, T)> {
     match values {
-        Some(v) => (true, v.clone()),
-        None => (false, vec![default]),
+        Some(v) => v.iter().map(|x| (Some(x.clone()), x.clone())).collect(),
+        None => vec![(None, default)],
     }
 }
 
 impl Lab {
-    /// Every case of the matrix, in a stable order (the first axis varies slowest).
+    /// Every case of the matrix, in a stable order: the first axis (`nic`) varies
+    /// slowest, so cases that share a booted VM pair are consecutive.
     pub fn cases(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
-        let (p_on, paths) = axis(&m.path, w.path);
-        let (f_on, families) = axis(&m.family, w.family);
-        let (s_on, streams) = axis(&m.streams, w.streams);
-        let (pr_on, protocols) = axis(&m.protocol, w.protocol);
-        let (d_on, directions) = axis(&m.direction, w.direction);
+        let nics: Vec<Option<Nic>> = match &m.nic {
+            Some(v) => v.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
         let mut cases = Vec::new();
-        for &path in &paths {
-            for &family in &families {
-                for &stream_count in &streams {
-                    for &protocol in &protocols {
-                        for &direction in &directions {
-                            let mut parts = Vec::new();
-                            if p_on {
-                                parts.push(format!("path={}", variant_name(&path)));
+        for nic in &nics {
+            for (p_axis, path) in axis(&m.path, w.path) {
+                for (f_axis, family) in axis(&m.family, w.family) {
+                    for (s_axis, streams) in axis(&m.streams, w.streams) {
+                        for (pr_axis, protocol) in axis(&m.protocol, w.protocol) {
+                            for (d_axis, direction) in axis(&m.direction, w.direction) {
+                                for (o_axis, offloads) in axis(&m.offloads, w.offloads.clone()) {
+                                    let parts: Vec<String> = [
+                                        nic.as_ref().map(|n| format!("nic={}", n.label())),
+                                        p_axis.map(|v| format!("path={}", variant_name(&v))),
+                                        f_axis.map(|v| format!("family={}", variant_name(&v))),
+                                        s_axis.map(|v| format!("streams={v}")),
+                                        pr_axis.map(|v| format!("protocol={}", variant_name(&v))),
+                                        d_axis.map(|v| format!("direction={}", variant_name(&v))),
+                                        o_axis.map(|v| format!("offloads={}", v.label())),
+                                    ]
+                                    .into_iter()
+                                    .flatten()
+                                    .collect();
+                                    let name = if parts.is_empty() { "default".to_string() } else { parts.join(",") };
+                                    let params = CaseParams {
+                                        path,
+                                        family,
+                                        streams,
+                                        protocol,
+                                        direction,
+                                        offloads: offloads.clone(),
+                                        nic: nic.clone(),
+                                    };
+                                    cases.push(Case { name, params });
+                                }
                             }
-                            if f_on {
-                                parts.push(format!("family={}", variant_name(&family)));
-                            }
-                            if s_on {
-                                parts.push(format!("streams={stream_count}"));
-                            }
-                            if pr_on {
-                                parts.push(format!("protocol={}", variant_name(&protocol)));
-                            }
-                            if d_on {
-                                parts.push(format!("direction={}", variant_name(&direction)));
-                            }
-                            let name = if parts.is_empty() { "default".to_string() } else { parts.join(",") };
-                            let params = CaseParams { path, family, streams: stream_count, protocol, direction };
-                            cases.push(Case { name, params });
                         }
                     }
                 }

@@ -52,6 +52,9 @@ pub struct Lab {
     /// Where the lab was read from (set by [`Lab::load`]).
     #[serde(skip)]
     pub source: PathBuf,
+    /// The file's text, to locate errors found after parsing.
+    #[serde(skip)]
+    source_text: String,
 }
 
 fn default_image() -> String {
@@ -122,34 +125,162 @@ fn default_memory_mib() -> u32 {
 }
 
 /// The underlay NIC of a VM.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
     /// NIC model (default `virtio`).
     #[serde(default)]
     pub model: NicModel,
-    /// Queue pairs of a virtio NIC (1..=8, default 2); the guest enables them all.
-    #[serde(default = "default_queues")]
-    pub queues: u32,
+    /// `virtio` only: queue pairs (1..=8, default 2); the guest enables them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u32>,
+    /// `igb-sriov` only: virtual functions to create (1..=7, default 1 per
+    /// container); each container gets one in its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfs: Option<u32>,
+    /// `vfio` only: the host PCI function to pass through (`0000:3b:02.0`),
+    /// bound to vfio-pci.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Default for Nic {
     fn default() -> Self {
-        Nic { model: NicModel::default(), queues: default_queues() }
+        Nic { model: NicModel::default(), queues: None, vfs: None, host: None }
     }
 }
 
-fn default_queues() -> u32 {
-    2
+impl Nic {
+    /// Queue pairs QEMU gives the NIC (virtio: as configured; others: 1).
+    pub fn queues(&self) -> u32 {
+        match self.model {
+            NicModel::Virtio => self.queues.unwrap_or(2),
+            _ => 1,
+        }
+    }
+
+    /// Short name used in case names: `virtio-q4`, `igb-sriov-vf2`, `vfio-0000:3b:02.0`.
+    pub fn label(&self) -> String {
+        match self.model {
+            NicModel::Virtio => format!("virtio-q{}", self.queues()),
+            NicModel::IgbSriov => format!("igb-sriov-vf{}", self.vfs.unwrap_or(0)),
+            NicModel::Vfio => format!("vfio-{}", self.host.as_deref().unwrap_or("?")),
+        }
+    }
 }
 
 /// NIC models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NicModel {
-    /// virtio-net over a multiqueue tap (`mq=on`, `vectors=2N+2`).
+    /// virtio-net over a (multiqueue) tap (`mq=on`, `vectors=2N+2`).
     #[default]
     Virtio,
+    /// QEMU's emulated Intel 82576 (`igb`, QEMU >= 8) on a PCIe root port; the
+    /// guest creates virtual functions and moves one into each container.
+    IgbSriov,
+    /// Passthrough of a host PCI function (a real SR-IOV VF on hardware labs).
+    Vfio,
+}
+
+/// NIC offload settings applied with `ethtool -K` to the underlay NIC and the
+/// containers' interfaces: `"default"` (leave the driver's), `"on"`, `"off"`, or
+/// a table of features, e.g. `{ tso = false, gro = true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Offloads {
+    /// All features at once.
+    Preset(OffloadPreset),
+    /// Feature by feature; absent ones keep the driver's setting.
+    Features(OffloadFeatures),
+}
+
+impl<'de> Deserialize<'de> for Offloads {
+    // By hand rather than `untagged`: a wrong preset or feature name gets
+    // serde's precise message (with the valid names), not "no variant matched".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Offloads;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"default\", \"on\", \"off\" or a table such as { tso = false }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Offloads, E> {
+                OffloadPreset::deserialize(serde::de::value::StrDeserializer::<E>::new(v)).map(Offloads::Preset)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Offloads, A::Error> {
+                OffloadFeatures::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Offloads::Features)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Default for Offloads {
+    fn default() -> Self {
+        Offloads::Preset(OffloadPreset::Default)
+    }
+}
+
+/// Offload presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffloadPreset {
+    /// Leave the driver's defaults.
+    Default,
+    /// Every feature on (the driver may refuse some).
+    On,
+    /// Every feature off.
+    Off,
+}
+
+/// Per-feature offload settings (`ethtool -K DEV FEATURE on|off`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffloadFeatures {
+    /// Transmit checksumming (`tx`).
+    pub tx: Option<bool>,
+    /// Receive checksumming (`rx`).
+    pub rx: Option<bool>,
+    /// TCP segmentation offload (`tso`).
+    pub tso: Option<bool>,
+    /// Generic segmentation offload (`gso`).
+    pub gso: Option<bool>,
+    /// Generic receive offload (`gro`).
+    pub gro: Option<bool>,
+    /// Large receive offload (`lro`).
+    pub lro: Option<bool>,
+}
+
+/// The `ethtool -K` feature names vlab controls, in display order.
+pub const OFFLOAD_FEATURES: [&str; 6] = ["tx", "rx", "tso", "gso", "gro", "lro"];
+
+impl Offloads {
+    /// The requested state of each feature (`None`: leave as is).
+    pub fn requested(&self) -> Vec<(&'static str, Option<bool>)> {
+        match self {
+            Offloads::Preset(OffloadPreset::Default) => OFFLOAD_FEATURES.iter().map(|f| (*f, None)).collect(),
+            Offloads::Preset(OffloadPreset::On) => OFFLOAD_FEATURES.iter().map(|f| (*f, Some(true))).collect(),
+            Offloads::Preset(OffloadPreset::Off) => OFFLOAD_FEATURES.iter().map(|f| (*f, Some(false))).collect(),
+            Offloads::Features(x) => {
+                let v = [x.tx, x.rx, x.tso, x.gso, x.gro, x.lro];
+                OFFLOAD_FEATURES.iter().zip(v).map(|(f, s)| (*f, s)).collect()
+            }
+        }
+    }
+
+    /// Short name used in case names: `on`, `off`, `default`, `tso-off+gro-on`.
+    pub fn label(&self) -> String {
+        match self {
+            Offloads::Preset(p) => variant_name(p),
+            Offloads::Features(_) => self
+                .requested()
+                .into_iter()
+                .filter_map(|(f, s)| s.map(|on| format!("{f}-{}", if on { "on" } else { "off" })))
+                .collect::<Vec<_>>()
+                .join("+"),
+        }
+    }
 }
 
 /// Addresses of one interface, with their prefix length.
@@ -277,6 +408,9 @@ pub struct Workload {
     /// Server port (default 5201).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// NIC offloads for every case (default: the drivers' defaults).
+    #[serde(default)]
+    pub offloads: Offloads,
 }
 
 fn default_duration() -> Duration {
@@ -352,6 +486,10 @@ pub struct Matrix {
     pub protocol: Option<Vec<Protocol>>,
     /// Values of `workload.direction`.
     pub direction: Option<Vec<Direction>>,
+    /// Values of `workload.offloads`.
+    pub offloads: Option<Vec<Offloads>>,
+    /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
+    pub nic: Option<Vec<Nic>>,
 }
 
 /// Bounds every case must meet.
@@ -430,10 +568,17 @@ impl Lab {
     pub fn parse(text: &str, path: &Path) -> Result<Lab, LabError> {
         let mut lab: Lab = toml::from_str(text).map_err(|e| LabError::from_toml(path, text, &e))?;
         lab.source = path.to_path_buf();
+        lab.source_text = text.to_string();
         if let Err(issue) = validate::validate(&lab) {
             return Err(LabError::invalid(path, text, issue));
         }
         Ok(lab)
+    }
+
+    /// Checks what depends on this host's QEMU (`major` version), e.g. that
+    /// igb-sriov NICs have QEMU 8.0 or later.
+    pub fn check_host(&self, qemu_major: u32) -> Result<(), LabError> {
+        validate::validate_host(self, qemu_major).map_err(|issue| LabError::invalid(&self.source, &self.source_text, issue))
     }
 
     /// The VM with this name.

@@ -4,13 +4,90 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::error::{Issue, Seg};
-use super::{Family, Lab, TrafficPath};
+use super::{Family, Lab, Nic, NicModel, TrafficPath};
 
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_pci_address(s: &str) -> bool {
+    // DDDD:BB:DD.F, hexadecimal.
+    let hex = |t: &str, n: usize| t.len() == n && t.chars().all(|c| c.is_ascii_hexdigit());
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts[..] {
+        [dom, bus, devfn] => match devfn.split_once('.') {
+            Some((dev, func)) => hex(dom, 4) && hex(bus, 2) && hex(dev, 2) && func.len() == 1 && func.chars().all(|c| ('0'..='7').contains(&c)),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// A NIC's fields must fit its model.
+fn validate_nic(nic: &Nic, at: Vec<Seg>, containers: usize) -> Result<(), Issue> {
+    let field = |k: &'static str| {
+        let mut p = at.clone();
+        p.push(Seg::Key(k));
+        p
+    };
+    let model = super::variant_name(&nic.model);
+    // Each optional field belongs to one model.
+    let owned: [(&'static str, bool, &str); 3] = [
+        ("queues", nic.queues.is_some(), "virtio"),
+        ("vfs", nic.vfs.is_some(), "igb-sriov"),
+        ("host", nic.host.is_some(), "vfio"),
+    ];
+    for (key, present, owner) in owned {
+        if present && owner != model {
+            return Err(Issue::new(field(key), format!("`{key}` is for {owner} NICs, not `{model}`")));
+        }
+    }
+    match nic.model {
+        NicModel::Virtio => {
+            let q = nic.queues();
+            if !(1..=8).contains(&q) {
+                return Err(Issue::new(field("queues"), format!("{q} queues: a virtio NIC has 1 to 8")));
+            }
+        }
+        NicModel::IgbSriov => {
+            let Some(vfs) = nic.vfs else {
+                return Err(Issue::new(at, "an igb-sriov NIC needs `vfs` (1 to 7): one per container"));
+            };
+            if !(1..=7).contains(&vfs) {
+                return Err(Issue::new(field("vfs"), format!("{vfs} VFs: Linux igb offers 1 to 7")));
+            }
+            if (vfs as usize) < containers {
+                return Err(Issue::new(
+                    field("vfs"),
+                    format!("{vfs} VFs for {containers} containers: each container needs its own VF"),
+                ));
+            }
+        }
+        NicModel::Vfio => match &nic.host {
+            None => return Err(Issue::new(at, "a vfio NIC needs `host`, the PCI address of the function to pass through")),
+            Some(h) if !is_pci_address(h) => {
+                return Err(Issue::new(field("host"), format!("`{h}` is not a PCI address like 0000:3b:02.0")))
+            }
+            Some(_) => {}
+        },
+    }
+    Ok(())
+}
+
+/// Checks what depends on this host's QEMU: the igb NIC needs QEMU 8.0 or later.
+pub(crate) fn validate_host(lab: &Lab, qemu_major: u32) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    let vm_nics = lab.vms.iter().enumerate().map(|(i, vm)| (vec![Key("vm"), Index(i), Key("nic"), Key("model")], &vm.nic));
+    let matrix_nics = lab.matrix.nic.iter().flatten().enumerate().map(|(j, n)| (vec![Key("matrix"), Key("nic"), Index(j), Key("model")], n));
+    for (path, nic) in vm_nics.chain(matrix_nics) {
+        if nic.model == NicModel::IgbSriov && qemu_major < 8 {
+            return Err(Issue::new(path, format!("igb-sriov needs QEMU 8.0 or later, this host has QEMU {qemu_major}: run ci/setup (Debian 12 takes QEMU from bookworm-backports)")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks everything serde cannot: names, ranges, references and addressing.
@@ -59,12 +136,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         if !(256..=65536).contains(&vm.memory_mib) {
             return Err(Issue::new(at("memory_mib"), format!("{} MiB: use 256 to 65536", vm.memory_mib)));
         }
-        if !(1..=8).contains(&vm.nic.queues) {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("nic"), Key("queues")],
-                format!("{} queues: a virtio NIC has 1 to 8", vm.nic.queues),
-            ));
-        }
+        validate_nic(&vm.nic, vec![Key("vm"), Index(i), Key("nic")], vm.containers.len())?;
         if vm.underlay.ipv4.is_none() && vm.underlay.ipv6.is_none() {
             return Err(Issue::new(
                 at("underlay"),
@@ -150,7 +222,9 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
     let m = &lab.matrix;
-    let axes: [(&'static str, Option<usize>); 5] = [
+    let axes: [(&'static str, Option<usize>); 7] = [
+        ("nic", m.nic.as_ref().map(Vec::len)),
+        ("offloads", m.offloads.as_ref().map(Vec::len)),
         ("path", m.path.as_ref().map(Vec::len)),
         ("family", m.family.as_ref().map(Vec::len)),
         ("streams", m.streams.as_ref().map(Vec::len)),
@@ -161,6 +235,10 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         if len == Some(0) {
             return Err(Issue::new(vec![Key("matrix"), Key(key)], "an axis needs at least one value"));
         }
+    }
+    let max_containers = lab.vms.iter().map(|v| v.containers.len()).max().unwrap_or(0);
+    for (j, nic) in m.nic.iter().flatten().enumerate() {
+        validate_nic(nic, vec![Key("matrix"), Key("nic"), Index(j)], max_containers)?;
     }
     if let Some((j, s)) = m.streams.iter().flatten().enumerate().find(|(_, s)| **s == 0 || **s > 128) {
         return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));

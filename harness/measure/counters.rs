@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// Byte and packet counters of one interface.
+/// Byte, packet, drop and error counters of one interface.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     /// Received bytes.
@@ -13,26 +13,36 @@ pub struct Counters {
     pub rx_packets: u64,
     /// Transmitted packets.
     pub tx_packets: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Transmitted packets dropped.
+    pub tx_dropped: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
 }
+
+const FIELDS: &str = "rx_bytes tx_bytes rx_packets tx_packets rx_dropped tx_dropped rx_errors tx_errors";
 
 impl Counters {
     /// The shell command printing what [`Counters::parse`] reads, for `dev`
-    /// (run in a container's namespace when `netns` is given).
+    /// (in a container's namespace when `netns` is given: `ip netns exec`
+    /// remounts /sys so that it shows that namespace's devices).
     pub fn command(dev: &str, netns: Option<&str>) -> String {
-        let cat = format!("cd /sys/class/net/{dev}/statistics && cat rx_bytes tx_bytes rx_packets tx_packets");
+        let cat = format!("cd /sys/class/net/{dev}/statistics && cat {FIELDS}");
         match netns {
-            // sysfs shows the namespace of the process that mounted it: remount inside.
             Some(ns) => format!("ip netns exec {ns} sh -c '{cat}'"),
             None => cat,
         }
     }
 
-    /// Parses the four numbers printed by [`Counters::command`].
+    /// Parses the numbers printed by [`Counters::command`].
     pub fn parse(text: &str) -> Option<Counters> {
         let v: Vec<u64> = text.split_whitespace().map(|s| s.parse().ok()).collect::<Option<_>>()?;
         match v[..] {
-            [rx_bytes, tx_bytes, rx_packets, tx_packets] => {
-                Some(Counters { rx_bytes, tx_bytes, rx_packets, tx_packets })
+            [rx_bytes, tx_bytes, rx_packets, tx_packets, rx_dropped, tx_dropped, rx_errors, tx_errors] => {
+                Some(Counters { rx_bytes, tx_bytes, rx_packets, tx_packets, rx_dropped, tx_dropped, rx_errors, tx_errors })
             }
             _ => None,
         }
@@ -45,6 +55,10 @@ impl Counters {
             tx_bytes: self.tx_bytes.saturating_sub(before.tx_bytes),
             rx_packets: self.rx_packets.saturating_sub(before.rx_packets),
             tx_packets: self.tx_packets.saturating_sub(before.tx_packets),
+            rx_dropped: self.rx_dropped.saturating_sub(before.rx_dropped),
+            tx_dropped: self.tx_dropped.saturating_sub(before.tx_dropped),
+            rx_errors: self.rx_errors.saturating_sub(before.rx_errors),
+            tx_errors: self.tx_errors.saturating_sub(before.tx_errors),
         }
     }
 }

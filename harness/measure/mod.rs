@@ -3,3 +3,4 @@
 
 pub mod counters;
 pub mod iperf3;
+pub mod nic;

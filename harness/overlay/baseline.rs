@@ -1,20 +1,43 @@
-//! The baseline overlay: no encapsulation, only routes. Each VM forwards, and
-//! routes every other VM's container addresses via that VM's underlay address:
-//! `ip route add 10.1.2.2/32 via 10.0.0.2` (and the same with `-6`).
+//! The baseline overlay: no encapsulation, only routes.
+//!
+//! Containers on veth pairs: each VM forwards and routes every other VM's
+//! container addresses via that VM's underlay address
+//! (`ip route add 10.1.2.2/32 via 10.0.0.2`, and the same with `-6`).
+//! Containers on SR-IOV VFs sit on the underlay's L2 themselves: each gets an
+//! on-link route to every other VM's containers
+//! (`ip -n c1 route add 10.1.2.2/32 dev eth0`).
 
+use crate::guest::{Attachment, CONTAINER_DEV};
 use crate::lab::{Lab, Vm};
 
 /// The commands for `vm`.
-pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
-    let mut cmds =
-        vec!["sysctl -qw net.ipv4.ip_forward=1".to_string(), "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string()];
+pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
+    let mut cmds = Vec::new();
+    if attachment == Attachment::Veth {
+        cmds.push("sysctl -qw net.ipv4.ip_forward=1".to_string());
+        cmds.push("sysctl -qw net.ipv6.conf.all.forwarding=1".to_string());
+    }
     for peer in lab.vms.iter().filter(|p| p.name != vm.name) {
         for c in &peer.containers {
-            if let (Some(addr), Some(via)) = (c.ipv4, peer.underlay.ipv4) {
-                cmds.push(format!("ip route add {}/32 via {}", addr.addr(), via.addr()));
-            }
-            if let (Some(addr), Some(via)) = (c.ipv6, peer.underlay.ipv6) {
-                cmds.push(format!("ip -6 route add {}/128 via {}", addr.addr(), via.addr()));
+            match attachment {
+                Attachment::Veth => {
+                    if let (Some(addr), Some(via)) = (c.ipv4, peer.underlay.ipv4) {
+                        cmds.push(format!("ip route add {}/32 via {}", addr.addr(), via.addr()));
+                    }
+                    if let (Some(addr), Some(via)) = (c.ipv6, peer.underlay.ipv6) {
+                        cmds.push(format!("ip -6 route add {}/128 via {}", addr.addr(), via.addr()));
+                    }
+                }
+                Attachment::Vf => {
+                    for own in &vm.containers {
+                        if let (Some(addr), Some(_)) = (c.ipv4, own.ipv4) {
+                            cmds.push(format!("ip -n {} route add {}/32 dev {CONTAINER_DEV}", own.name, addr.addr()));
+                        }
+                        if let (Some(addr), Some(_)) = (c.ipv6, own.ipv6) {
+                            cmds.push(format!("ip -n {} -6 route add {}/128 dev {CONTAINER_DEV}", own.name, addr.addr()));
+                        }
+                    }
+                }
             }
         }
     }

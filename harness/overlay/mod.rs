@@ -4,12 +4,14 @@
 
 pub mod baseline;
 
+use crate::guest::Attachment;
 use crate::lab::{Lab, Overlay, Vm};
 
-/// The commands that deploy the lab's overlay on `vm`.
-pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
+/// The commands that deploy the lab's overlay on `vm`, whose containers are
+/// attached as `attachment` says.
+pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
     match lab.overlay {
-        Overlay::Baseline => baseline::commands(lab, vm),
+        Overlay::Baseline => baseline::commands(lab, vm, attachment),
     }
 }
 

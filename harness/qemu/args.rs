@@ -30,19 +30,40 @@ impl std::fmt::Display for Accel {
 /// with `qemu64` than with `max`.
 pub const TCG_CPU: &str = "qemu64";
 
-/// A virtio-net NIC backed by a multiqueue tap in the lab namespace.
+/// How a NIC reaches the underlay.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "model")]
+pub enum NicBackend {
+    /// virtio-net on a tap in the lab namespace.
+    Virtio {
+        /// The tap's name.
+        tap: String,
+        /// Queue pairs.
+        queues: u32,
+        /// Use vhost-net for the data path.
+        vhost: bool,
+    },
+    /// QEMU's emulated igb (82576, SR-IOV capable) on a PCIe root port, on a tap.
+    Igb {
+        /// The tap's name.
+        tap: String,
+    },
+    /// A host PCI function passed through with VFIO.
+    Vfio {
+        /// Its PCI address.
+        host: String,
+    },
+}
+
+/// One NIC of a VM.
 #[derive(Debug, Clone, Serialize)]
 pub struct NicSpec {
     /// QEMU id of the netdev and the device's suffix.
     pub id: String,
-    /// The tap's name in the lab namespace.
-    pub tap: String,
-    /// Guest MAC address.
+    /// Guest MAC address (ignored by passthrough: the function has its own).
     pub mac: String,
-    /// Queue pairs.
-    pub queues: u32,
-    /// Use vhost-net for the data path.
-    pub vhost: bool,
+    /// The device and its backend.
+    pub backend: NicBackend,
 }
 
 /// Everything QEMU needs to boot one lab VM.
@@ -164,20 +185,48 @@ fn rng_args() -> Vec<String> {
     ]
 }
 
-/// `-netdev tap,...,queues=N` + `-device virtio-net-pci,mq=on,vectors=2N+2`.
+/// The arguments of one NIC:
+/// - virtio: `-netdev tap,...,queues=N` + `-device virtio-net-pci,mq=on,vectors=2N+2`;
+/// - igb: `-device pcie-root-port` + `-netdev tap` + `-device igb` behind the port
+///   (SR-IOV needs PCIe: the VFs appear as functions of the device);
+/// - vfio: `-device pcie-root-port` + `-device vfio-pci,host=ADDR` behind it.
 pub fn nic_args(nic: &NicSpec) -> Vec<String> {
-    let vhost = if nic.vhost { "on" } else { "off" };
-    vec![
-        "-netdev".into(),
-        format!("tap,id={},ifname={},script=no,downscript=no,queues={},vhost={vhost}", nic.id, nic.tap, nic.queues),
-        "-device".into(),
-        format!(
-            "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024",
-            nic.id,
-            nic.mac,
-            2 * nic.queues + 2
-        ),
-    ]
+    let port = format!("rp-{}", nic.id);
+    let root_port = |chassis: usize| {
+        vec!["-device".to_string(), format!("pcie-root-port,id={port},chassis={chassis},slot=0")]
+    };
+    let chassis = nic.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<usize>().unwrap_or(0) + 1;
+    match &nic.backend {
+        NicBackend::Virtio { tap, queues, vhost } => {
+            let vhost = if *vhost { "on" } else { "off" };
+            vec![
+                "-netdev".into(),
+                format!("tap,id={},ifname={tap},script=no,downscript=no,queues={queues},vhost={vhost}", nic.id),
+                "-device".into(),
+                format!(
+                    "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024",
+                    nic.id,
+                    nic.mac,
+                    2 * queues + 2
+                ),
+            ]
+        }
+        NicBackend::Igb { tap } => {
+            let mut a = root_port(chassis);
+            a.extend([
+                "-netdev".into(),
+                format!("tap,id={},ifname={tap},script=no,downscript=no", nic.id),
+                "-device".into(),
+                format!("igb,netdev={},mac={},bus={port}", nic.id, nic.mac),
+            ]);
+            a
+        }
+        NicBackend::Vfio { host } => {
+            let mut a = root_port(chassis);
+            a.extend(["-device".into(), format!("vfio-pci,host={host},bus={port}")]);
+            a
+        }
+    }
 }
 
 /// The full argv after the program name.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-pub use args::{nic_args, qemu_args, Accel, NicSpec, VmSpec};
+pub use args::{nic_args, qemu_args, Accel, NicBackend, NicSpec, VmSpec, TCG_CPU};
 
 /// Errors of the QEMU process.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,32 @@ pub fn qemu_version(qemu: &Path) -> Option<String> {
     let out = Command::new(qemu).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_string)
+}
+
+/// Checks that a host PCI function can be passed through: it exists and is
+/// bound to vfio-pci. The error says what to do.
+pub fn check_vfio(host: &str) -> Result<(), String> {
+    let dev = PathBuf::from("/sys/bus/pci/devices").join(host);
+    if !dev.exists() {
+        return Err(format!("PCI function {host} does not exist on this host (see `lspci -D`)"));
+    }
+    let driver = std::fs::read_link(dev.join("driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    match driver.as_deref() {
+        Some("vfio-pci") => {}
+        other => {
+            return Err(format!(
+                "PCI function {host} is bound to {}, not vfio-pci: `modprobe vfio-pci; echo {host} > /sys/bus/pci/devices/{host}/driver/unbind; \
+                 echo vfio-pci > /sys/bus/pci/devices/{host}/driver_override; echo {host} > /sys/bus/pci/drivers_probe`",
+                other.unwrap_or("no driver")
+            ))
+        }
+    }
+    let group = std::fs::read_link(dev.join("iommu_group")).map_err(|_| format!("PCI function {host} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on)"))?;
+    let group = group.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !PathBuf::from("/dev/vfio").join(&group).exists() {
+        return Err(format!("/dev/vfio/{group} is missing for PCI function {host}: load vfio-pci"));
+    }
+    Ok(())
 }
 
 /// qboot, the fastest firmware for direct kernel boot, when installed.
@@ -181,6 +207,11 @@ pub fn serial_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let tail_start = all.len().saturating_sub(lines);
     let report = all.iter().rposition(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops:"));
+    // What the guest's own scripts said just before is often the reason.
+    let report = report.map(|at| {
+        let from = at.saturating_sub(8);
+        (from..at).find(|&i| all[i].starts_with("vlab-")).unwrap_or(at)
+    });
     match report {
         Some(at) if at < tail_start => {
             let head_end = (at + lines.saturating_sub(5)).min(all.len());

@@ -1,0 +1,130 @@
+//! NIC evidence read from the guests: driver, channels, VFs and the offload
+//! state the driver really accepted (`ethtool -i/-l/-k`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::counters::Counters;
+
+/// The long `ethtool -k` name of each feature vlab controls.
+pub fn long_name(feature: &str) -> &'static str {
+    match feature {
+        "tx" => "tx-checksumming",
+        "rx" => "rx-checksumming",
+        "tso" => "tcp-segmentation-offload",
+        "gso" => "generic-segmentation-offload",
+        "gro" => "generic-receive-offload",
+        "lro" => "large-receive-offload",
+        _ => "",
+    }
+}
+
+/// One feature: what the lab asked for and what the driver reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OffloadState {
+    /// Requested state (`None`: left to the driver).
+    pub requested: Option<bool>,
+    /// State read back with `ethtool -k` (`None`: the driver does not list it).
+    pub actual: Option<bool>,
+    /// The driver cannot change it (`[fixed]`).
+    pub fixed: bool,
+}
+
+/// What one interface was and did during a case.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceEvidence {
+    /// The VM.
+    pub vm: String,
+    /// The container whose namespace holds it, if any.
+    pub container: Option<String>,
+    /// Interface name.
+    pub dev: String,
+    /// Driver (`ethtool -i`).
+    pub driver: Option<String>,
+    /// Combined channels in use (`ethtool -l`), when the driver has channels.
+    pub channels: Option<u32>,
+    /// Virtual functions enabled on it (`sriov_numvfs`), for SR-IOV PFs.
+    pub vfs: Option<u32>,
+    /// Offload features, requested and read back.
+    pub offloads: BTreeMap<String, OffloadState>,
+    /// Counters before the workload.
+    pub before: Counters,
+    /// Counters after the workload.
+    pub after: Counters,
+}
+
+impl InterfaceEvidence {
+    /// Counter deltas over the workload.
+    pub fn delta(&self) -> Counters {
+        self.after.since(&self.before)
+    }
+
+    /// Features whose read-back state differs from the request.
+    pub fn refused(&self) -> Vec<String> {
+        self.offloads
+            .iter()
+            .filter(|(_, s)| s.requested.is_some() && s.requested != s.actual)
+            .map(|(f, s)| format!("{f}={}{}", on_off(s.actual), if s.fixed { " [fixed]" } else { "" }))
+            .collect()
+    }
+}
+
+fn on_off(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "n/a",
+    }
+}
+
+/// `driver:` of `ethtool -i`.
+pub fn parse_driver(ethtool_i: &str) -> Option<String> {
+    ethtool_i.lines().find_map(|l| l.strip_prefix("driver:")).map(|d| d.trim().to_string()).filter(|d| !d.is_empty())
+}
+
+/// `Combined:` under "Current hardware settings" of `ethtool -l`.
+pub fn parse_channels(ethtool_l: &str) -> Option<u32> {
+    let current = ethtool_l.split("Current hardware settings").nth(1)?;
+    current.lines().find_map(|l| l.trim().strip_prefix("Combined:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// A feature's state in `ethtool -k` output: `(on, fixed)`.
+pub fn parse_feature(ethtool_k: &str, long: &str) -> Option<(bool, bool)> {
+    let line = ethtool_k.lines().find(|l| l.trim_start().starts_with(&format!("{long}:")))?;
+    let value = line.split_once(':')?.1.trim();
+    Some((value.starts_with("on"), value.contains("[fixed]")))
+}
+
+/// The shell script that applies `requested` to `dev` (each feature on its own,
+/// so one refused feature does not block the others) and prints
+/// `ethtool -i`, `-k`, `-l` and `sriov_numvfs`, separated by `=====` lines.
+pub fn probe_script(dev: &str, netns: Option<&str>, requested: &[(&str, Option<bool>)]) -> String {
+    let ns = netns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    let mut s = String::new();
+    for (feature, want) in requested {
+        if let Some(on) = want {
+            s.push_str(&format!("{ns}ethtool -K {dev} {feature} {} >/dev/null 2>&1 || true\n", if *on { "on" } else { "off" }));
+        }
+    }
+    s.push_str(&format!("{ns}ethtool -i {dev}; echo =====; {ns}ethtool -k {dev}; echo =====; {ns}ethtool -l {dev} 2>/dev/null || true; echo =====; "));
+    s.push_str(&format!("{ns}cat /sys/class/net/{dev}/device/sriov_numvfs 2>/dev/null || true\n"));
+    s
+}
+
+/// Parses [`probe_script`]'s output into the static part of the evidence.
+pub fn parse_probe(output: &str, requested: &[(&str, Option<bool>)]) -> (Option<String>, Option<u32>, Option<u32>, BTreeMap<String, OffloadState>) {
+    let parts: Vec<&str> = output.split("=====\n").collect();
+    let get = |i: usize| parts.get(i).copied().unwrap_or("");
+    let driver = parse_driver(get(0));
+    let offloads = requested
+        .iter()
+        .map(|(f, want)| {
+            let read = parse_feature(get(1), long_name(f));
+            (f.to_string(), OffloadState { requested: *want, actual: read.map(|r| r.0), fixed: read.is_some_and(|r| r.1) })
+        })
+        .collect();
+    let channels = parse_channels(get(2));
+    let vfs = get(3).trim().parse().ok().filter(|n| *n > 0);
+    (driver, channels, vfs, offloads)
+}
