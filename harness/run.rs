@@ -133,8 +133,11 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let progress = &opts.progress;
     let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
     let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
-    let cases: Vec<Case> =
-        lab.cases().into_iter().filter(|c| opts.case_filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
+    let cases: Vec<Case> = lab
+        .cases()
+        .into_iter()
+        .filter(|c| opts.case_filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+        .collect();
     if cases.is_empty() {
         bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
     }
@@ -172,7 +175,8 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
-    let prepared = Prepared { qemu: qemu_bin, image, kernel, accel, vhost: vhost_usable(), firmware: qemu::find_firmware() };
+    let prepared =
+        Prepared { qemu: qemu_bin, image, kernel, accel, vhost: vhost_usable(), firmware: qemu::find_firmware() };
 
     let groups = boot_groups(cases);
     let several = groups.len() > 1;
@@ -352,7 +356,9 @@ async fn deploy_and_measure(
     let mut reports = Vec::new();
     for case in cases {
         progress.phase(&format!("case {}", case.name));
-        let report = run_case(lab, rt, case, opts.artifacts.as_deref()).await.with_context(|| format!("case `{}`", case.name))?;
+        let report = run_case(lab, rt, case, opts.artifacts.as_deref())
+            .await
+            .with_context(|| format!("case `{}`", case.name))?;
         reports.push(report);
     }
     for vm in &mut rt.vms {
@@ -585,7 +591,8 @@ fn path_checks(
             find(s_name, Some(sc), guest::CONTAINER_DEV).unwrap_or_default(),
             find(c_name, Some(cc), guest::CONTAINER_DEV).unwrap_or_default(),
         );
-        let name = if vf_attached { "container VFs carried the payload" } else { "container interfaces carried the payload" };
+        let name =
+            if vf_attached { "container VFs carried the payload" } else { "container interfaces carried the payload" };
         checks.push(Check::new(
             name,
             received > 0 && moved(s, into_server, into_client) && moved(c, into_client, into_server),
@@ -595,9 +602,12 @@ fn path_checks(
             let drivers: Vec<String> = evidence
                 .iter()
                 .filter(|e| e.container.is_some())
-                .map(|e| format!("{}/{}: {}", e.vm, e.container.as_deref().unwrap_or(""), e.driver.as_deref().unwrap_or("?")))
+                .map(|e| {
+                    format!("{}/{}: {}", e.vm, e.container.as_deref().unwrap_or(""), e.driver.as_deref().unwrap_or("?"))
+                })
                 .collect();
-            let all_vf = evidence.iter().filter(|e| e.container.is_some()).all(|e| e.driver.as_deref() == Some("igbvf"));
+            let all_vf =
+                evidence.iter().filter(|e| e.container.is_some()).all(|e| e.driver.as_deref() == Some("igbvf"));
             checks.push(Check::new("containers own a VF (igbvf)", all_vf, drivers.join(", ")));
         }
     }

@@ -131,14 +131,35 @@ fn nic_matrix_groups_cases_by_nic() {
 }
 
 #[rstest]
-#[case::vfs_on_virtio(nic_edit("{ model = \"virtio\", queues = 1 }", "{ model = \"virtio\", queues = 1, vfs = 2 }"), "vfs_on_virtio")]
-#[case::queues_on_igb(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 2, queues = 2 }"), "queues_on_igb")]
-#[case::too_many_vfs(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 8 }"), "too_many_vfs")]
+#[case::vfs_on_virtio(
+    nic_edit("{ model = \"virtio\", queues = 1 }", "{ model = \"virtio\", queues = 1, vfs = 2 }"),
+    "vfs_on_virtio"
+)]
+#[case::queues_on_igb(
+    nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 2, queues = 2 }"),
+    "queues_on_igb"
+)]
+#[case::too_many_vfs(
+    nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 8 }"),
+    "too_many_vfs"
+)]
 #[case::igb_without_vfs(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\" }"), "igb_without_vfs")]
-#[case::virtio_queues_zero(nic_edit("{ model = \"virtio\", queues = 4 }", "{ model = \"virtio\", queues = 0 }"), "virtio_queues_zero")]
-#[case::vfio_bad_address(nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"vfio\", host = \"3b:02.0\" }"), "vfio_bad_address")]
-#[case::bad_offload_preset(nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", \"maybe\"]"), "bad_offload_preset")]
-#[case::unknown_offload(nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", { tso = false, checksum = true }]"), "unknown_offload")]
+#[case::virtio_queues_zero(
+    nic_edit("{ model = \"virtio\", queues = 4 }", "{ model = \"virtio\", queues = 0 }"),
+    "virtio_queues_zero"
+)]
+#[case::vfio_bad_address(
+    nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"vfio\", host = \"3b:02.0\" }"),
+    "vfio_bad_address"
+)]
+#[case::bad_offload_preset(
+    nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", \"maybe\"]"),
+    "bad_offload_preset"
+)]
+#[case::unknown_offload(
+    nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", { tso = false, checksum = true }]"),
+    "unknown_offload"
+)]
 fn invalid_nics_name_the_field(#[case] text: String, #[case] name: &str) {
     let err = parse(&text).expect_err("the lab must be rejected");
     insta::assert_snapshot!(name, err.to_string());

@@ -13,6 +13,31 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The redactions every lab report snapshot needs: noisy numbers are bounded
+/// first, then replaced; machine facts (accel, QEMU, kernel) are replaced.
+macro_rules! assert_report_snapshot {
+    ($name:expr, $report:expr, $min_bps:expr) => {{
+        let min_bps: f64 = $min_bps;
+        insta::assert_json_snapshot!($name, $report, {
+            ".wall_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 600.0, "wall time {v:?}"); "[seconds]" }),
+            ".vms[].boot_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 60.0, "boot time {v:?}"); "[seconds]" }),
+            ".cases[].throughput_bps" => insta::dynamic_redaction(move |v, _| { assert!(v.as_f64().unwrap() >= min_bps, "throughput {v:?}"); "[bit/s]" }),
+            ".cases[].retransmits" => "[count]",
+            ".cases[].cpu_client_percent" => "[percent]",
+            ".cases[].cpu_server_percent" => "[percent]",
+            ".cases[].checks[].detail" => "[evidence]",
+            ".cases[].interfaces[].before" => "[counters]",
+            ".cases[].interfaces[].after" => "[counters]",
+            ".accel" => "[accel]",
+            ".accel_notice" => "[accel notice]",
+            ".kernel" => "[kernel]",
+            ".qemu" => "[qemu]",
+            ".image" => "[image]",
+            ".vms[].vhost" => "[vhost]",
+        });
+    }};
+}
+
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -43,7 +68,8 @@ impl Vlab {
 
     /// Runs vlab to completion; returns its output and pid (for leftover checks).
     fn run(&self, args: &[&str]) -> (Output, u32) {
-        let child = self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child =
+            self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         eprintln!(
@@ -104,9 +130,14 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
     let vlab = Vlab::new();
     let json = vlab.path("report.json");
     let artifacts = vlab.path("artifacts");
-    let (out, pid) = vlab.run(
-        &["run", "labs/baseline.toml", "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()],
-    );
+    let (out, pid) = vlab.run(&[
+        "run",
+        "labs/baseline.toml",
+        "--json",
+        json.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "baseline lab failed:\n{}", stderr(&out));
     vlab.assert_clean(pid);
 
@@ -123,25 +154,34 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
         assert!(dir.join("iperf3-server.json").is_file());
     }
 
-    // Noisy numbers are asserted against bounds, then redacted.
-    let min_bps = 100e6;
-    insta::assert_json_snapshot!("baseline-report", report, {
-        ".wall_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 300.0, "wall time {v:?}"); "[seconds]" }),
-        ".vms[].boot_s" => insta::dynamic_redaction(|v, _| { assert!(v.as_f64().unwrap() < 60.0, "boot time {v:?}"); "[seconds]" }),
-        ".cases[].throughput_bps" => insta::dynamic_redaction(move |v, _| { assert!(v.as_f64().unwrap() >= min_bps, "throughput {v:?}"); "[bit/s]" }),
-        ".cases[].retransmits" => "[count]",
-        ".cases[].cpu_client_percent" => "[percent]",
-        ".cases[].cpu_server_percent" => "[percent]",
-        ".cases[].checks[].detail" => "[evidence]",
-        ".cases[].interfaces[].before" => "[counters]",
-        ".cases[].interfaces[].after" => "[counters]",
-        ".accel" => "[accel]",
-        ".accel_notice" => "[accel notice]",
-        ".kernel" => "[kernel]",
-        ".qemu" => "[qemu]",
-        ".image" => "[image]",
-        ".vms[].vhost" => "[vhost]",
-    });
+    assert_report_snapshot!("baseline-report", report, 100e6);
+}
+
+#[test]
+fn nic_matrix_virtio_cases_record_channels_and_offloads() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let json = vlab.path("report.json");
+    let (out, pid) = vlab.run(&["run", "labs/nic-matrix.toml", "--case", "virtio", "--json", json.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for case in report["cases"].as_array().unwrap() {
+        let queues = case["params"]["nic"]["queues"].as_u64().unwrap();
+        for i in case["interfaces"].as_array().unwrap() {
+            if i["dev"] == "underlay" {
+                assert_eq!(i["channels"].as_u64(), Some(queues), "{i}");
+                assert_eq!(i["driver"], "virtio_net");
+            }
+            // What the driver could change is what was asked for.
+            for (feature, state) in i["offloads"].as_object().unwrap() {
+                if state["fixed"] == false {
+                    assert_eq!(state["requested"], state["actual"], "{feature} on {}", i["dev"]);
+                }
+            }
+        }
+    }
+    assert_report_snapshot!("nic-matrix-virtio-report", report, 10e6);
 }
 
 #[test]
@@ -232,8 +272,7 @@ fn invalid_lab_is_exit_128_and_names_the_field() {
 fn accel_kvm_either_works_or_says_why() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid) =
-        vlab.run(&["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
+    let (out, pid) = vlab.run(&["run", "labs/baseline.toml", "--accel", "kvm", "--case", "path=underlay,family=ipv4"]);
     match out.status.code() {
         Some(0) => assert!(String::from_utf8_lossy(&out.stdout).contains("accel kvm")),
         Some(125) => assert!(stderr(&out).contains("KVM cannot run guests here"), "{}", stderr(&out)),

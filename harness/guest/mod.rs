@@ -106,7 +106,9 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<
     match nic.model {
         NicModel::Vfio => {
             // A passed-through function keeps its own MAC: take the first NIC with a PCI device.
-            cmds.push("dev=$(for d in /sys/class/net/*; do [ -e $d/device ] && basename $d; done | head -n 1)".to_string())
+            cmds.push(
+                "dev=$(for d in /sys/class/net/*; do [ -e $d/device ] && basename $d; done | head -n 1)".to_string(),
+            )
         }
         _ => cmds.push(format!("dev=$(grep -l '^{mac}$' /sys/class/net/*/address | cut -d/ -f5)")),
     }

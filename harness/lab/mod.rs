@@ -578,7 +578,8 @@ impl Lab {
     /// Checks what depends on this host's QEMU (`major` version), e.g. that
     /// igb-sriov NICs have QEMU 8.0 or later.
     pub fn check_host(&self, qemu_major: u32) -> Result<(), LabError> {
-        validate::validate_host(self, qemu_major).map_err(|issue| LabError::invalid(&self.source, &self.source_text, issue))
+        validate::validate_host(self, qemu_major)
+            .map_err(|issue| LabError::invalid(&self.source, &self.source_text, issue))
     }
 
     /// The VM with this name.

@@ -19,7 +19,13 @@ fn is_pci_address(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
     match parts[..] {
         [dom, bus, devfn] => match devfn.split_once('.') {
-            Some((dev, func)) => hex(dom, 4) && hex(bus, 2) && hex(dev, 2) && func.len() == 1 && func.chars().all(|c| ('0'..='7').contains(&c)),
+            Some((dev, func)) => {
+                hex(dom, 4)
+                    && hex(bus, 2)
+                    && hex(dev, 2)
+                    && func.len() == 1
+                    && func.chars().all(|c| ('0'..='7').contains(&c))
+            }
             None => false,
         },
         _ => false,
@@ -67,7 +73,9 @@ fn validate_nic(nic: &Nic, at: Vec<Seg>, containers: usize) -> Result<(), Issue>
             }
         }
         NicModel::Vfio => match &nic.host {
-            None => return Err(Issue::new(at, "a vfio NIC needs `host`, the PCI address of the function to pass through")),
+            None => {
+                return Err(Issue::new(at, "a vfio NIC needs `host`, the PCI address of the function to pass through"))
+            }
             Some(h) if !is_pci_address(h) => {
                 return Err(Issue::new(field("host"), format!("`{h}` is not a PCI address like 0000:3b:02.0")))
             }
@@ -80,8 +88,15 @@ fn validate_nic(nic: &Nic, at: Vec<Seg>, containers: usize) -> Result<(), Issue>
 /// Checks what depends on this host's QEMU: the igb NIC needs QEMU 8.0 or later.
 pub(crate) fn validate_host(lab: &Lab, qemu_major: u32) -> Result<(), Issue> {
     use Seg::{Index, Key};
-    let vm_nics = lab.vms.iter().enumerate().map(|(i, vm)| (vec![Key("vm"), Index(i), Key("nic"), Key("model")], &vm.nic));
-    let matrix_nics = lab.matrix.nic.iter().flatten().enumerate().map(|(j, n)| (vec![Key("matrix"), Key("nic"), Index(j), Key("model")], n));
+    let vm_nics =
+        lab.vms.iter().enumerate().map(|(i, vm)| (vec![Key("vm"), Index(i), Key("nic"), Key("model")], &vm.nic));
+    let matrix_nics = lab
+        .matrix
+        .nic
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, n)| (vec![Key("matrix"), Key("nic"), Index(j), Key("model")], n));
     for (path, nic) in vm_nics.chain(matrix_nics) {
         if nic.model == NicModel::IgbSriov && qemu_major < 8 {
             return Err(Issue::new(path, format!("igb-sriov needs QEMU 8.0 or later, this host has QEMU {qemu_major}: run ci/setup (Debian 12 takes QEMU from bookworm-backports)")));

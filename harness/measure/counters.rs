@@ -42,7 +42,16 @@ impl Counters {
         let v: Vec<u64> = text.split_whitespace().map(|s| s.parse().ok()).collect::<Option<_>>()?;
         match v[..] {
             [rx_bytes, tx_bytes, rx_packets, tx_packets, rx_dropped, tx_dropped, rx_errors, tx_errors] => {
-                Some(Counters { rx_bytes, tx_bytes, rx_packets, tx_packets, rx_dropped, tx_dropped, rx_errors, tx_errors })
+                Some(Counters {
+                    rx_bytes,
+                    tx_bytes,
+                    rx_packets,
+                    tx_packets,
+                    rx_dropped,
+                    tx_dropped,
+                    rx_errors,
+                    tx_errors,
+                })
             }
             _ => None,
         }

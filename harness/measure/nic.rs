@@ -104,7 +104,10 @@ pub fn probe_script(dev: &str, netns: Option<&str>, requested: &[(&str, Option<b
     let mut s = String::new();
     for (feature, want) in requested {
         if let Some(on) = want {
-            s.push_str(&format!("{ns}ethtool -K {dev} {feature} {} >/dev/null 2>&1 || true\n", if *on { "on" } else { "off" }));
+            s.push_str(&format!(
+                "{ns}ethtool -K {dev} {feature} {} >/dev/null 2>&1 || true\n",
+                if *on { "on" } else { "off" }
+            ));
         }
     }
     s.push_str(&format!("{ns}ethtool -i {dev}; echo =====; {ns}ethtool -k {dev}; echo =====; {ns}ethtool -l {dev} 2>/dev/null || true; echo =====; "));
@@ -113,7 +116,10 @@ pub fn probe_script(dev: &str, netns: Option<&str>, requested: &[(&str, Option<b
 }
 
 /// Parses [`probe_script`]'s output into the static part of the evidence.
-pub fn parse_probe(output: &str, requested: &[(&str, Option<bool>)]) -> (Option<String>, Option<u32>, Option<u32>, BTreeMap<String, OffloadState>) {
+pub fn parse_probe(
+    output: &str,
+    requested: &[(&str, Option<bool>)],
+) -> (Option<String>, Option<u32>, Option<u32>, BTreeMap<String, OffloadState>) {
     let parts: Vec<&str> = output.split("=====\n").collect();
     let get = |i: usize| parts.get(i).copied().unwrap_or("");
     let driver = parse_driver(get(0));
@@ -121,7 +127,10 @@ pub fn parse_probe(output: &str, requested: &[(&str, Option<bool>)]) -> (Option<
         .iter()
         .map(|(f, want)| {
             let read = parse_feature(get(1), long_name(f));
-            (f.to_string(), OffloadState { requested: *want, actual: read.map(|r| r.0), fixed: read.is_some_and(|r| r.1) })
+            (
+                f.to_string(),
+                OffloadState { requested: *want, actual: read.map(|r| r.0), fixed: read.is_some_and(|r| r.1) },
+            )
         })
         .collect();
     let channels = parse_channels(get(2));

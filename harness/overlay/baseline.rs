@@ -34,7 +34,11 @@ pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
                             cmds.push(format!("ip -n {} route add {}/32 dev {CONTAINER_DEV}", own.name, addr.addr()));
                         }
                         if let (Some(addr), Some(_)) = (c.ipv6, own.ipv6) {
-                            cmds.push(format!("ip -n {} -6 route add {}/128 dev {CONTAINER_DEV}", own.name, addr.addr()));
+                            cmds.push(format!(
+                                "ip -n {} -6 route add {}/128 dev {CONTAINER_DEV}",
+                                own.name,
+                                addr.addr()
+                            ));
                         }
                     }
                 }

@@ -192,9 +192,8 @@ fn rng_args() -> Vec<String> {
 /// - vfio: `-device pcie-root-port` + `-device vfio-pci,host=ADDR` behind it.
 pub fn nic_args(nic: &NicSpec) -> Vec<String> {
     let port = format!("rp-{}", nic.id);
-    let root_port = |chassis: usize| {
-        vec!["-device".to_string(), format!("pcie-root-port,id={port},chassis={chassis},slot=0")]
-    };
+    let root_port =
+        |chassis: usize| vec!["-device".to_string(), format!("pcie-root-port,id={port},chassis={chassis},slot=0")];
     let chassis = nic.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<usize>().unwrap_or(0) + 1;
     match &nic.backend {
         NicBackend::Virtio { tap, queues, vhost } => {

@@ -78,7 +78,9 @@ pub fn check_vfio(host: &str) -> Result<(), String> {
     if !dev.exists() {
         return Err(format!("PCI function {host} does not exist on this host (see `lspci -D`)"));
     }
-    let driver = std::fs::read_link(dev.join("driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let driver = std::fs::read_link(dev.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     match driver.as_deref() {
         Some("vfio-pci") => {}
         other => {
@@ -89,7 +91,9 @@ pub fn check_vfio(host: &str) -> Result<(), String> {
             ))
         }
     }
-    let group = std::fs::read_link(dev.join("iommu_group")).map_err(|_| format!("PCI function {host} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on)"))?;
+    let group = std::fs::read_link(dev.join("iommu_group")).map_err(|_| {
+        format!("PCI function {host} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on)")
+    })?;
     let group = group.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !PathBuf::from("/dev/vfio").join(&group).exists() {
         return Err(format!("/dev/vfio/{group} is missing for PCI function {host}: load vfio-pci"));
