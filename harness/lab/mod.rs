@@ -125,7 +125,7 @@ fn default_memory_mib() -> u32 {
 }
 
 /// The underlay NIC of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
     /// NIC model (default `virtio`).
@@ -142,12 +142,6 @@ pub struct Nic {
     /// bound to vfio-pci.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-}
-
-impl Default for Nic {
-    fn default() -> Self {
-        Nic { model: NicModel::default(), queues: None, vfs: None, host: None }
-    }
 }
 
 impl Nic {
