@@ -256,7 +256,9 @@ async fn boot(
             cpu_model: vm.cpu_model.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
-            firmware: p.firmware.clone(),
+            // qboot leaves the SR-IOV VF BARs behind a root port unassigned, so
+            // the VFs' registers read as nothing; SeaBIOS assigns them.
+            firmware: if nic.model == NicModel::Virtio { p.firmware.clone() } else { None },
             kernel: p.kernel.clone(),
             initramfs: p.image.initramfs.clone(),
             disk,
@@ -609,6 +611,15 @@ fn path_checks(
             let all_vf =
                 evidence.iter().filter(|e| e.container.is_some()).all(|e| e.driver.as_deref() == Some("igbvf"));
             checks.push(Check::new("containers own a VF (igbvf)", all_vf, drivers.join(", ")));
+            // The PF's own counters stay quiet: the payload went VF to wire.
+            let pf: Vec<Counters> =
+                [s_name, c_name].iter().filter_map(|vm| find(vm, None, guest::UNDERLAY_DEV)).collect();
+            let pf_bytes: u64 = pf.iter().map(|d| d.rx_bytes + d.tx_bytes).sum();
+            checks.push(Check::new(
+                "PF stack bypassed",
+                received > 0 && pf.len() == 2 && pf_bytes < received / 10,
+                format!("PFs moved {pf_bytes} B in all while the VFs carried {received} B"),
+            ));
         }
     }
     checks

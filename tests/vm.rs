@@ -158,20 +158,28 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn nic_matrix_virtio_cases_record_channels_and_offloads() {
+fn nic_matrix_records_channels_vfs_and_offloads() {
     let _one = lock();
     let vlab = Vlab::new();
     let json = vlab.path("report.json");
-    let (out, pid) = vlab.run(&["run", "labs/nic-matrix.toml", "--case", "virtio", "--json", json.to_str().unwrap()]);
+    let (out, pid) = vlab.run(&["run", "labs/nic-matrix.toml", "--json", json.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     vlab.assert_clean(pid);
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for case in report["cases"].as_array().unwrap() {
-        let queues = case["params"]["nic"]["queues"].as_u64().unwrap();
+        let nic = &case["params"]["nic"];
         for i in case["interfaces"].as_array().unwrap() {
-            if i["dev"] == "underlay" {
-                assert_eq!(i["channels"].as_u64(), Some(queues), "{i}");
-                assert_eq!(i["driver"], "virtio_net");
+            match (nic["model"].as_str(), i["dev"].as_str(), i["container"].is_null()) {
+                (Some("virtio"), Some("underlay"), true) => {
+                    assert_eq!(i["channels"], nic["queues"], "{i}");
+                    assert_eq!(i["driver"], "virtio_net");
+                }
+                (Some("igb-sriov"), Some("underlay"), true) => {
+                    assert_eq!(i["vfs"], nic["vfs"], "{i}");
+                    assert_eq!(i["driver"], "igb");
+                }
+                (Some("igb-sriov"), Some("eth0"), false) => assert_eq!(i["driver"], "igbvf"),
+                _ => {}
             }
             // What the driver could change is what was asked for.
             for (feature, state) in i["offloads"].as_object().unwrap() {
@@ -181,7 +189,7 @@ fn nic_matrix_virtio_cases_record_channels_and_offloads() {
             }
         }
     }
-    assert_report_snapshot!("nic-matrix-virtio-report", report, 10e6);
+    assert_report_snapshot!("nic-matrix-report", report, 10e6);
 }
 
 #[test]
