@@ -10,6 +10,11 @@ fn line(ok: bool, what: &str, detail: &str) -> bool {
     ok
 }
 
+/// A finding that limits vlab without stopping it.
+fn warn(what: &str, detail: &str) {
+    println!("warn {what:<14} {detail}");
+}
+
 /// Prints one line per prerequisite; returns 0 when labs can run, 125 otherwise.
 pub fn doctor() -> u8 {
     let mut ready = true;
@@ -45,7 +50,10 @@ pub fn doctor() -> u8 {
             line(true, "kvm", "usable: a guest kernel booted under -accel kvm")
         }
         (_, KvmProbe::Usable) => line(true, "kvm", "a vCPU runs; the full guest probe runs once the image is built"),
-        (_, KvmProbe::Unusable(why)) => line(false, "kvm", &format!("not usable, labs run under TCG: {why}")),
+        (_, KvmProbe::Unusable(why)) => {
+            warn("kvm", &format!("not usable, labs run under TCG: {why}"));
+            false
+        }
     };
     match &cached {
         Some(i) => line(
@@ -87,16 +95,12 @@ pub fn doctor() -> u8 {
         "vhost-net",
         if run::vhost_usable() { "usable" } else { "not available: virtio NICs use QEMU's userspace datapath" },
     );
-    let stale = hostnet::lab_namespaces();
-    line(
-        stale.is_empty(),
-        "leftovers",
-        &if stale.is_empty() {
-            "no lab namespaces present".into()
-        } else {
-            format!("lab namespaces present: {}", stale.join(" "))
-        },
-    );
+    let stale = hostnet::stale_namespaces();
+    if stale.is_empty() {
+        line(true, "leftovers", "no namespaces of dead vlab runs");
+    } else {
+        warn("leftovers", &format!("namespaces of dead vlab runs (the next run removes them): {}", stale.join(" ")));
+    }
     if ready {
         crate::exit::PASSED
     } else {

@@ -300,3 +300,17 @@ fn image_build_is_a_cache_hit_the_second_time() {
     assert_eq!(out.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(1), "cache hit took {:?}", started.elapsed());
 }
+
+#[test]
+fn vfio_nic_without_the_device_is_exit_125_and_says_what_to_do() {
+    let vlab = Vlab::new();
+    let lab = vlab.path("vfio.toml");
+    let text = std::fs::read_to_string(repo("labs/nic-matrix.toml"))
+        .unwrap()
+        .replace("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"vfio\", host = \"0000:ff:1f.7\" }");
+    std::fs::write(&lab, text).unwrap();
+    let (out, pid) = vlab.run(&["run", lab.to_str().unwrap(), "--case", "vfio"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("PCI function 0000:ff:1f.7 does not exist"), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+}

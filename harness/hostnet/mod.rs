@@ -114,10 +114,7 @@ pub fn remove_stale() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = owner_pid(&name) else {
             continue;
         };
         if !PathBuf::from(format!("/proc/{pid}")).exists() {
@@ -127,10 +124,19 @@ pub fn remove_stale() {
     }
 }
 
-/// Namespaces created by vlab that exist now (for tests and `vlab doctor`).
-pub fn lab_namespaces() -> Vec<String> {
+/// The pid of the vlab process that created a lab namespace.
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+/// Namespaces created by vlab processes that are gone (for `vlab doctor`).
+pub fn stale_namespaces() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
     };
-    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(PREFIX)).collect()
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| owner_pid(n).is_some_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists()))
+        .collect()
 }
