@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::lab::CaseParams;
+use crate::measure::capture::CaptureSummary;
 use crate::measure::nic::InterfaceEvidence;
 
 /// One verdict computed from evidence read back from the guests.
@@ -63,6 +64,8 @@ pub struct CaseReport {
     pub passed: bool,
     /// Evidence per interface: driver, channels, VFs, offloads, counters.
     pub interfaces: Vec<InterfaceEvidence>,
+    /// Summaries of the packet captures (empty without `[capture]`).
+    pub captures: Vec<CaptureSummary>,
 }
 
 /// The result of a run.

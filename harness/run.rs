@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use crate::guest::{self, Attachment, Guest};
 use crate::hostnet::LabNet;
 use crate::image::{self, Image};
+use crate::lab::CapturePoint;
 use crate::lab::{variant_name, Case, Direction, Lab, Nic, NicModel, TrafficPath};
+use crate::measure::capture::{self, CaptureSummary};
 use crate::measure::counters::Counters;
 use crate::measure::iperf3;
 use crate::measure::nic::{self, InterfaceEvidence};
@@ -475,6 +477,8 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         }
     }
 
+    let captures = start_captures(lab, [&server, &client]).await?;
+
     let server_argv = in_netns(&server.netns, iperf3::server_argv(w));
     let argv_refs: Vec<&str> = server_argv.iter().map(String::as_str).collect();
     let server_pid = server.vm.guest.agent().spawn(&argv_refs).await?;
@@ -504,9 +508,13 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         e.after = read_counters(g, &e.dev, e.container.as_deref()).await?;
     }
 
-    if let Some(dir) = artifacts {
-        let case_dir = dir.join(&case.name);
-        std::fs::create_dir_all(&case_dir)?;
+    let case_dir = artifacts.map(|dir| dir.join(&case.name));
+    if let Some(dir) = &case_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let capture_summaries = finish_captures(captures, w.port, case_dir.as_deref()).await?;
+
+    if let Some(case_dir) = &case_dir {
         std::fs::write(case_dir.join("iperf3-client.json"), &client_out.stdout)?;
         if let Ok(s) = &server_out {
             std::fs::write(case_dir.join("iperf3-server.json"), &s.stdout)?;
@@ -539,6 +547,24 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         ));
     }
     checks.extend(path_checks(&server, &client, &evidence, case.params.direction, received));
+    if !capture_summaries.is_empty() {
+        let seen: Vec<String> = capture_summaries
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: {} of {} packets",
+                    capture::file_name(&c.vm, c.container.as_deref(), &c.dev),
+                    c.workload,
+                    c.packets
+                )
+            })
+            .collect();
+        checks.push(Check::new(
+            "captures saw the workload",
+            capture_summaries.iter().all(|c| c.workload > 0),
+            seen.join(", "),
+        ));
+    }
     let passed = checks.iter().all(|c| c.passed);
     Ok(CaseReport {
         name: case.name.clone(),
@@ -550,7 +576,74 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         checks,
         passed,
         interfaces: evidence,
+        captures: capture_summaries,
     })
+}
+
+/// A running tcpdump in a guest.
+struct RunningCapture<'a> {
+    guest: &'a Guest,
+    pid: i64,
+    file: String,
+    summary: CaptureSummary,
+}
+
+/// Starts tcpdump on every capture point of both endpoints and waits until
+/// each has opened its interface (its file has the pcap header).
+async fn start_captures<'a>(lab: &Lab, sides: [&Side<'a>; 2]) -> anyhow::Result<Vec<RunningCapture<'a>>> {
+    let Some(spec) = &lab.capture else { return Ok(Vec::new()) };
+    let mut running = Vec::new();
+    for side in sides {
+        for point in &spec.points {
+            let (netns, dev) = match (point, &side.netns) {
+                (CapturePoint::Underlay, _) => (None, guest::UNDERLAY_DEV.to_string()),
+                (CapturePoint::Container, Some(c)) => (Some(c.clone()), guest::CONTAINER_DEV.to_string()),
+                (CapturePoint::Container, None) => continue,
+            };
+            let name = capture::file_name(&side.vm.guest.name, netns.as_deref(), &dev);
+            let file = format!("/tmp/vlab-{name}");
+            let argv =
+                in_netns(&netns, capture::tcpdump_argv(&dev, &file, spec.packets, spec.snaplen, lab.workload.port));
+            let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let pid = side.vm.guest.agent().spawn(&refs).await?;
+            let summary =
+                CaptureSummary { vm: side.vm.guest.name.clone(), container: netns, dev, ..Default::default() };
+            running.push(RunningCapture { guest: &side.vm.guest, pid, file, summary });
+        }
+    }
+    for c in &running {
+        // 24 bytes of pcap header once tcpdump listens.
+        let ready = format!("i=0; while [ \"$(stat -c %s {0} 2>/dev/null || echo 0)\" -lt 24 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; test -s {0}", c.file);
+        c.guest
+            .run(&ready)
+            .await
+            .with_context(|| format!("tcpdump on `{}` {} did not start", c.guest.name, c.summary.dev))?;
+    }
+    Ok(running)
+}
+
+/// Stops the captures, brings the files back (into the case's artifacts when
+/// kept) and summarises them.
+async fn finish_captures(
+    running: Vec<RunningCapture<'_>>,
+    port: u16,
+    case_dir: Option<&Path>,
+) -> anyhow::Result<Vec<CaptureSummary>> {
+    let mut out = Vec::new();
+    for mut c in running {
+        c.guest.try_run(&format!("kill -INT {} 2>/dev/null; true", c.pid)).await?;
+        c.guest.agent().wait(c.pid, "tcpdump", Duration::from_secs(20)).await?;
+        let bytes = c.guest.read_file(&c.file).await?;
+        c.guest.try_run(&format!("rm -f {}", c.file)).await?;
+        let name = capture::file_name(&c.summary.vm, c.summary.container.as_deref(), &c.summary.dev);
+        if let Some(dir) = case_dir {
+            std::fs::write(dir.join(&name), &bytes)?;
+        }
+        let parsed = capture::summarize(&bytes, port).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        c.summary = CaptureSummary { vm: c.summary.vm, container: c.summary.container, dev: c.summary.dev, ..parsed };
+        out.push(c.summary);
+    }
+    Ok(out)
 }
 
 /// Which interfaces carried the payload, from their counters. Data flows into

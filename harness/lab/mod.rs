@@ -49,6 +49,9 @@ pub struct Lab {
     /// Bounds that every case must meet.
     #[serde(default)]
     pub expect: Expect,
+    /// Packet captures taken during every case's workload.
+    #[serde(default)]
+    pub capture: Option<Capture>,
     /// Where the lab was read from (set by [`Lab::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -484,6 +487,39 @@ pub struct Matrix {
     pub offloads: Option<Vec<Offloads>>,
     /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
     pub nic: Option<Vec<Nic>>,
+}
+
+/// Packet captures (tcpdump in the guests) during each case's workload, kept
+/// as `<case>/<vm>-<interface>.pcap` under `--artifacts` and summarised.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Where: `underlay` (each endpoint VM's underlay NIC), `container` (each
+    /// endpoint container's `eth0`), or both.
+    pub points: Vec<CapturePoint>,
+    /// Packets kept per capture point (default 200).
+    #[serde(default = "default_capture_packets")]
+    pub packets: u32,
+    /// Bytes kept per packet (default 128: the headers).
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+}
+
+fn default_capture_packets() -> u32 {
+    200
+}
+fn default_snaplen() -> u32 {
+    128
+}
+
+/// A capture point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapturePoint {
+    /// The endpoint VM's underlay NIC.
+    Underlay,
+    /// The endpoint container's interface.
+    Container,
 }
 
 /// Bounds every case must meet.

@@ -236,6 +236,26 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if w.port == 0 {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
+    if let Some(c) = &lab.capture {
+        if c.points.is_empty() {
+            return Err(Issue::new(
+                vec![Key("capture"), Key("points")],
+                "name at least one point: underlay, container",
+            ));
+        }
+        if !(1..=100_000).contains(&c.packets) {
+            return Err(Issue::new(
+                vec![Key("capture"), Key("packets")],
+                format!("{} packets: use 1 to 100000", c.packets),
+            ));
+        }
+        if !(64..=65_535).contains(&c.snaplen) {
+            return Err(Issue::new(
+                vec![Key("capture"), Key("snaplen")],
+                format!("{} bytes: use 64 to 65535", c.snaplen),
+            ));
+        }
+    }
     let m = &lab.matrix;
     let axes: [(&'static str, Option<usize>); 7] = [
         ("nic", m.nic.as_ref().map(Vec::len)),

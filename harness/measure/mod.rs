@@ -1,6 +1,7 @@
 //! Measurements: workloads run in the guests, parsed into types, with the raw
 //! tool output kept as evidence.
 
+pub mod capture;
 pub mod counters;
 pub mod iperf3;
 pub mod nic;

@@ -1,0 +1,58 @@
+//! Capture summaries against pcaps taken by vlab in the baseline lab
+//! (tcpdump -s 128 in the guests), cross-checked with tshark.
+
+use std::process::Command;
+
+use vlab::measure::capture::{file_name, summarize, tcpdump_argv};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/pcap/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn truncated_tcp_captures_are_counted_per_layer() {
+    let v4 = summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), 5201).unwrap();
+    assert_eq!((v4.packets, v4.ipv4, v4.ipv6, v4.tcp, v4.udp, v4.workload), (200, 200, 0, 200, 0, 200));
+    let v6 = summarize(&fixture("baseline-ipv6-host2-c2-eth0.pcap"), 5201).unwrap();
+    assert_eq!((v6.packets, v6.ipv4, v6.ipv6, v6.tcp, v6.workload), (200, 0, 200, 200, 200));
+    // Another port: none of it is the workload.
+    assert_eq!(summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), 80).unwrap().workload, 0);
+}
+
+#[test]
+fn a_capture_cut_mid_packet_keeps_its_complete_packets() {
+    let full = fixture("baseline-ipv4-host1-underlay.pcap");
+    let cut = &full[..full.len() - 10];
+    assert_eq!(summarize(cut, 5201).unwrap().packets, 199);
+    assert!(summarize(b"not a pcap", 5201).is_err());
+}
+
+/// tshark is an independent decoder (ci/setup installs it): its counts must match.
+#[test]
+fn tshark_agrees() {
+    if std::env::var_os("CI").is_some() || which::which("tshark").is_ok() {
+        for (file, filter) in [
+            ("baseline-ipv4-host1-underlay.pcap", "ip && tcp.port == 5201"),
+            ("baseline-ipv6-host2-c2-eth0.pcap", "ipv6 && tcp.port == 5201"),
+        ] {
+            let path = format!("{}/tests/fixtures/pcap/{file}", env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new("tshark")
+                .args(["-r", &path, "-Y", filter])
+                .output()
+                .expect("tshark runs (ci/setup installs it)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let theirs = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+            assert_eq!(summarize(&fixture(file), 5201).unwrap().workload, theirs, "{file}");
+        }
+    }
+}
+
+#[test]
+fn capture_files_and_command_lines() {
+    assert_eq!(file_name("host1", None, "underlay"), "host1-underlay.pcap");
+    assert_eq!(file_name("host1", Some("c1"), "eth0"), "host1-c1-eth0.pcap");
+    assert_eq!(
+        tcpdump_argv("underlay", "/tmp/x.pcap", 200, 128, 5201).join(" "),
+        "tcpdump -i underlay -n -U -w /tmp/x.pcap -c 200 -s 128 port 5201"
+    );
+}
