@@ -144,6 +144,21 @@ fn load_lab(path: &Path) -> Result<Lab, u8> {
     })
 }
 
+/// A `--case` filter that matches nothing is a wrong argument, not a bad kernel.
+fn check_case_filter(lab: &Lab, filter: Option<&str>) -> Result<(), u8> {
+    let Some(f) = filter else { return Ok(()) };
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    if names.iter().any(|n| n.contains(f)) {
+        return Ok(());
+    }
+    eprintln!(
+        "vlab: --case {f:?} matches no case of {}; its cases are:\n  {}",
+        lab.source.display(),
+        names.join("\n  ")
+    );
+    Err(exit::INVALID_INPUT)
+}
+
 /// Runs `work` as a task and waits for it, SIGINT or SIGTERM. On a signal the
 /// task is aborted: dropping it tears the lab down (every resource has an
 /// owner), then vlab exits 130 or 143. Errors and panics print what to do and
@@ -210,6 +225,7 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
 async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
     check_host(&lab)?;
+    check_case_filter(&lab, opts.case_filter.as_deref())?;
     if let Some(kernel) = &opts.kernel {
         if !kernel.is_file() {
             eprintln!("vlab: --kernel {}: no such file", kernel.display());
@@ -226,6 +242,7 @@ async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Resu
 async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
     check_host(&lab)?;
+    check_case_filter(&lab, opts.case_filter.as_deref())?;
     if runs == 0 {
         eprintln!("vlab: --runs must be at least 1");
         return Err(exit::INVALID_INPUT);

@@ -274,6 +274,9 @@ fn invalid_lab_is_exit_128_and_names_the_field() {
     assert!(err.contains("vm[0].nic.queues"), "{err}");
     let (out, _) = vlab.run(&["run", "labs/baseline.toml", "--accel", "warp"]);
     assert_eq!(out.status.code(), Some(128), "bad arguments are not a bad kernel");
+    let (out, _) = vlab.run(&["run", "labs/baseline.toml", "--case", "family=ipv5"]);
+    assert_eq!(out.status.code(), Some(128), "a filter matching nothing is a bad argument");
+    assert!(stderr(&out).contains("path=container,family=ipv6"), "the error lists the cases: {}", stderr(&out));
 }
 
 #[test]
