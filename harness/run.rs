@@ -224,7 +224,7 @@ async fn boot(
 ) -> anyhow::Result<LabRuntime> {
     let progress = &opts.progress;
     progress.phase("creating the underlay");
-    let mut net = LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
+    let net = LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
     let nics: Vec<Nic> = lab.vms.iter().map(|vm| nic_override.unwrap_or(&vm.nic).clone()).collect();
     let mut modules: Vec<String> = vec!["virtio_net".into()];
     if nics.iter().any(|n| n.model == NicModel::IgbSriov) {

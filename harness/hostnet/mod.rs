@@ -41,7 +41,6 @@ fn ip(args: &[&str]) -> Result<String, NetError> {
 #[derive(Debug)]
 pub struct LabNet {
     name: String,
-    taps: Vec<String>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -52,7 +51,7 @@ impl LabNet {
         remove_stale();
         let name = format!("{PREFIX}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         ip(&["netns", "add", &name])?;
-        let net = LabNet { name, taps: Vec::new() };
+        let net = LabNet { name };
         net.ip(&["link", "set", "lo", "up"])?;
         net.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         net.ip(&["link", "set", BRIDGE, "up"])?;
@@ -78,24 +77,18 @@ impl LabNet {
     /// Adds a tap on the bridge: `ip tuntap add NAME mode tap [multi_queue]`.
     /// QEMU opens a single-queue tap without IFF_MULTI_QUEUE, and the kernel
     /// refuses the open when the flags differ, so the tap must match `queues`.
-    pub fn add_tap(&mut self, tap: &str, queues: u32) -> Result<(), NetError> {
+    pub fn add_tap(&self, tap: &str, queues: u32) -> Result<(), NetError> {
         let mut args = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
         if queues > 1 {
             args.push("multi_queue");
         }
         self.ip(&args)?;
-        self.taps.push(tap.to_string());
         // QEMU drains a tap in bursts; a deep queue keeps bursts from becoming drops
         // (and TCP retransmissions) when the receiving VM's I/O thread is busy.
         self.ip(&["link", "set", tap, "txqueuelen", "10000"])?;
         self.ip(&["link", "set", tap, "master", BRIDGE])?;
         self.ip(&["link", "set", tap, "up"])?;
         Ok(())
-    }
-
-    /// The taps created so far.
-    pub fn taps(&self) -> &[String] {
-        &self.taps
     }
 }
 
