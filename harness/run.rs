@@ -613,7 +613,8 @@ async fn start_captures<'a>(lab: &Lab, sides: [&Side<'a>; 2]) -> anyhow::Result<
     }
     for c in &running {
         // 24 bytes of pcap header once tcpdump listens.
-        let ready = format!("i=0; while [ \"$(stat -c %s {0} 2>/dev/null || echo 0)\" -lt 24 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; test -s {0}", c.file);
+        let header = format!("[ \"$(stat -c %s {} 2>/dev/null || echo 0)\" -ge 24 ]", c.file);
+        let ready = format!("{}; {header}", guest::wait_until(&header, 10));
         c.guest
             .run(&ready)
             .await

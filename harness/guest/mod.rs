@@ -68,6 +68,13 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A guest shell loop that waits until `condition` holds, checking every
+/// 100 ms for at most `seconds`; it does not fail by itself: the command after
+/// it (or the condition's own effects) says what was missing.
+pub fn wait_until(condition: &str, seconds: u32) -> String {
+    format!("i=0; until {condition} || [ $i -ge {} ]; do sleep 0.1; i=$((i+1)); done", seconds * 10)
+}
+
 /// How containers attach to their VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attachment {
@@ -100,7 +107,7 @@ pub fn vf_mac(vm_index: usize, index: u32) -> String {
 pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<String> {
     let mut cmds = vec![
         // vlab-init loads the NIC drivers while the agent starts: wait for them.
-        "i=0; while [ ! -e /run/vlab-modules ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done".to_string(),
+        wait_until("[ -e /run/vlab-modules ]", 30),
         "cat /run/vlab-modules >&2".to_string(),
     ];
     match nic.model {
@@ -137,17 +144,14 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<
     cmds.push(format!("ip link set {UNDERLAY_DEV} up"));
     if vfs > 0 {
         // igbvf gives up ("PF still in reset state") unless the PF has its link.
-        cmds.push(format!(
-            "i=0; while [ \"$(cat /sys/class/net/{UNDERLAY_DEV}/carrier)\" != 1 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done"
-        ));
+        cmds.push(wait_until(&format!("[ \"$(cat /sys/class/net/{UNDERLAY_DEV}/carrier)\" = 1 ]"), 20));
         cmds.push(format!("echo 1 > {pf}/sriov_drivers_autoprobe"));
         for i in 0..vfs {
             cmds.push(format!("basename $(readlink {pf}/virtfn{i}) > /sys/bus/pci/drivers_probe"));
         }
         for i in 0..vfs {
-            cmds.push(format!(
-                "i=0; while [ -z \"$(ls {pf}/virtfn{i}/net 2>/dev/null)\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ls {pf}/virtfn{i}/net"
-            ));
+            cmds.push(wait_until(&format!("[ -n \"$(ls {pf}/virtfn{i}/net 2>/dev/null)\" ]"), 10));
+            cmds.push(format!("ls {pf}/virtfn{i}/net"));
         }
     }
     cmds
