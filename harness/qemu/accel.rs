@@ -7,8 +7,9 @@
 //! `-accel kvm -cpu host` until it panics for want of a root disk.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::args::Accel;
@@ -149,16 +150,30 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// The probe of a QEMU and kernel, run once per process: `vlab bench` runs a
+/// lab many times, and KVM's fitness does not change between its runs.
+fn probe_once(qemu: &Path, kernel: &Path) -> KvmProbe {
+    static PROBES: Mutex<Vec<((PathBuf, PathBuf), KvmProbe)>> = Mutex::new(Vec::new());
+    let key = (qemu.to_path_buf(), kernel.to_path_buf());
+    let mut probes = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, known)) = probes.iter().find(|(k, _)| *k == key) {
+        return known.clone();
+    }
+    let result = probe_kvm(qemu, Some(kernel));
+    probes.push((key, result.clone()));
+    result
+}
+
 /// Resolves the user's choice into an accelerator; `Err` when `kvm` was
 /// demanded and does not work.
 pub fn resolve(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Result<(Accel, Option<String>), String> {
     match choice {
         AccelChoice::Tcg => Ok((Accel::Tcg, None)),
-        AccelChoice::Kvm => match probe_kvm(qemu, Some(kernel)) {
+        AccelChoice::Kvm => match probe_once(qemu, kernel) {
             KvmProbe::Usable => Ok((Accel::Kvm, None)),
             KvmProbe::Unusable(why) => Err(why),
         },
-        AccelChoice::Auto => match probe_kvm(qemu, Some(kernel)) {
+        AccelChoice::Auto => match probe_once(qemu, kernel) {
             KvmProbe::Usable => Ok((Accel::Kvm, None)),
             KvmProbe::Unusable(why) => Ok((Accel::Tcg, Some(why))),
         },
