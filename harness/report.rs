@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
 use crate::measure::nic::InterfaceEvidence;
+use crate::overlay::ila::IlaVerdict;
 
 /// One verdict computed from evidence read back from the guests.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,6 +67,9 @@ pub struct CaseReport {
     pub interfaces: Vec<InterfaceEvidence>,
     /// Summaries of the packet captures (empty without `[capture]`).
     pub captures: Vec<CaptureSummary>,
+    /// ILA verdicts (the `ila` overlay only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ila: Option<IlaVerdict>,
 }
 
 /// The result of a run.
@@ -152,8 +156,54 @@ impl Report {
                 }
             }
         }
+        s.push_str(&self.ila_table());
         let passed = self.cases.iter().filter(|c| c.passed).count();
         s.push_str(&format!("\n{} passed, {} failed ({:.1} s)\n", passed, self.cases.len() - passed, self.wall_s));
+        s
+    }
+
+    /// The ILA verdicts, one line per case, with the documented expectation in
+    /// brackets where the case deviates from it (empty for other overlays).
+    fn ila_table(&self) -> String {
+        let rows: Vec<(&str, &IlaVerdict)> =
+            self.cases.iter().filter_map(|c| c.ila.as_ref().map(|v| (c.name.as_str(), v))).collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
+        let mut s = format!(
+            "\nILA verdicts (documented expectation in [brackets] where it differs)\n{:<width$}  {:<9}  {:<11}  {:<20}  {:<10}  {}\n",
+            "case", "delivered", "translation", "wire checksums", "container", "csum errors"
+        );
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        for (name, v) in rows {
+            let e = &v.expected;
+            let delivered = match v.delivered == e.delivers {
+                true => yes(v.delivered).to_string(),
+                false => format!("{} [{}]", yes(v.delivered), yes(e.delivers)),
+            };
+            let expected_wire = crate::lab::variant_name(&e.wire_checksum);
+            let wire = match v.wire_checksums.as_str() {
+                w if w == expected_wire || w == "offloaded" || w == "unverified" => w.to_string(),
+                w => format!("{w} [{expected_wire}]"),
+            };
+            let wire = if v.wire.reverse_adjusted > 0 { format!("{wire} (reversed)") } else { wire };
+            let container = match (v.container.verified(), v.container.invalid) {
+                (0, _) if v.container.offloaded > 0 => "offloaded",
+                (0, _) => "unverified",
+                (_, 0) => "valid",
+                _ => "INVALID",
+            };
+            s.push_str(&format!(
+                "{:<width$}  {:<9}  {:<11}  {:<20}  {:<10}  {}\n",
+                name,
+                delivered,
+                if v.translation { "ok" } else { "WRONG" },
+                wire,
+                container,
+                v.csum_errors
+            ));
+        }
         s
     }
 }

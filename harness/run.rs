@@ -5,6 +5,8 @@
 //! Every host resource is owned by a value whose `Drop` releases it, so an
 //! error, a panic or a cancelled future (Ctrl-C) leaves nothing behind.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,12 +17,12 @@ use crate::guest::{self, Attachment, Guest};
 use crate::hostnet::LabNet;
 use crate::image::{self, Image};
 use crate::lab::CapturePoint;
-use crate::lab::{variant_name, Case, Direction, Lab, Nic, NicModel, TrafficPath};
-use crate::measure::capture::{self, CaptureSummary};
-use crate::measure::counters::Counters;
+use crate::lab::{variant_name, Case, Direction, Lab, Locator, Nic, NicModel, TrafficPath};
+use crate::measure::capture::{self, CaptureContext, CaptureSummary};
+use crate::measure::counters::{self, Counters};
 use crate::measure::iperf3;
 use crate::measure::nic::{self, InterfaceEvidence};
-use crate::overlay;
+use crate::overlay::{self, ila};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::agent::Agent;
 use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmSpec};
@@ -348,6 +350,7 @@ async fn deploy_and_measure(
         let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
         let attachment = Attachment::of(&booted.nic);
         let mut script = guest::underlay_commands(vm, i, &booted.nic, &booted.mac);
+        script.extend(guest::peer_routes(lab, vm));
         script.extend(guest::container_commands(vm, attachment));
         script.extend(overlay::commands(lab, vm, attachment));
         booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
@@ -464,9 +467,15 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
     let w = &lab.workload;
     let server = side(lab, rt, &w.server, case);
     let client = side(lab, rt, &w.client, case);
-    // A clean slate: no iperf3 left from an earlier case.
+    // A clean slate: no iperf3 left from an earlier case, and the overlay as this case wants it.
     for vm in &rt.vms {
         vm.guest.try_run("pkill -x iperf3; true").await?;
+    }
+    for vm in &lab.vms {
+        let cmds = overlay::case_commands(lab, vm, &case.params);
+        if !cmds.is_empty() {
+            rt.vm(&vm.name).guest.run(&cmds.join("\n")).await.context("configuring the overlay for the case")?;
+        }
     }
     let requested = case.params.offloads.requested();
     // Evidence layout: server interfaces, then client interfaces.
@@ -477,6 +486,20 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         }
     }
 
+    // Where each kernel log stands, to find what the case made the kernels say.
+    let mut dmesg_lines = Vec::new();
+    for vm in &rt.vms {
+        let out = vm.guest.run("dmesg | wc -l").await?;
+        dmesg_lines.push(out.stdout_text().trim().parse::<u64>().unwrap_or(0));
+    }
+    let receivers = match case.params.ila {
+        Some(_) => vec![&server, &client],
+        None => Vec::new(),
+    };
+    let mut csum_before = Vec::new();
+    for s in &receivers {
+        csum_before.push(read_csum_errors(s).await?);
+    }
     let captures = start_captures(lab, [&server, &client]).await?;
 
     let server_argv = in_netns(&server.netns, iperf3::server_argv(w));
@@ -512,7 +535,23 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
     if let Some(dir) = &case_dir {
         std::fs::create_dir_all(dir)?;
     }
-    let capture_summaries = finish_captures(captures, w.port, case_dir.as_deref()).await?;
+    let mut csum_errors = BTreeMap::new();
+    for (s, before) in receivers.iter().zip(&csum_before) {
+        for (name, after) in read_csum_errors(s).await? {
+            let delta = after.saturating_sub(before.get(&name).copied().unwrap_or(0));
+            csum_errors.insert(format!("{}:{name}", s.vm.guest.name), delta);
+        }
+    }
+    // ILA rewrites destinations: a checksum left for the NIC was summed for the SIR address.
+    let sir_by_locator: Vec<(Locator, Ipv6Addr)> =
+        lab.vms.iter().filter_map(|vm| Some((vm.locator?, vm.containers.first()?.ipv6?.addr()))).collect();
+    let original_dst = |dst: IpAddr| match dst {
+        IpAddr::V6(d) => {
+            sir_by_locator.iter().find(|(loc, _)| ila::locator_of(d) == *loc).map(|(_, sir)| IpAddr::V6(*sir))
+        }
+        IpAddr::V4(_) => None,
+    };
+    let capture_summaries = finish_captures(captures, w.port, &original_dst, case_dir.as_deref()).await?;
 
     if let Some(case_dir) = &case_dir {
         std::fs::write(case_dir.join("iperf3-client.json"), &client_out.stdout)?;
@@ -522,6 +561,21 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         std::fs::write(case_dir.join("interfaces.json"), serde_json::to_vec_pretty(&evidence)?)?;
     }
 
+    let mut kernel_says = Vec::new();
+    for (vm, from) in rt.vms.iter().zip(&dmesg_lines) {
+        let out = vm.guest.run(&format!("dmesg | tail -n +{}", from + 1)).await?;
+        let log = out.stdout_text();
+        if let (Some(dir), false) = (&case_dir, log.trim().is_empty()) {
+            std::fs::write(dir.join(format!("dmesg-{}.txt", vm.report.name)), &log)?;
+        }
+        let alarms: Vec<String> = log
+            .lines()
+            .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
+            .take(3)
+            .map(|l| format!("{}: {}", vm.report.name, l.trim()))
+            .collect();
+        kernel_says.extend(alarms);
+    }
     let parsed = iperf3::parse(&client_out.stdout_text());
     let mut checks = vec![Check::new(
         "iperf3 completed",
@@ -547,6 +601,15 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         ));
     }
     checks.extend(path_checks(&server, &client, &evidence, case.params.direction, received));
+    checks.push(Check::new(
+        "kernels logged no warning",
+        kernel_says.is_empty(),
+        if kernel_says.is_empty() {
+            "no WARNING/BUG/Oops in dmesg during the case".to_string()
+        } else {
+            kernel_says.join(" | ")
+        },
+    ));
     if !capture_summaries.is_empty() {
         let seen: Vec<String> = capture_summaries
             .iter()
@@ -565,6 +628,33 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
             seen.join(", "),
         ));
     }
+    let ila_verdict = case.params.ila.map(|ila_case| {
+        let sir_of = |s: &Side| s.netns.as_ref().and_then(|_| s.addr.parse::<Ipv6Addr>().ok());
+        let vm_of = |s: &Side| lab.vm(&s.vm.guest.name).expect("validated");
+        let (Some(s_sir), Some(c_sir)) = (sir_of(&server), sir_of(&client)) else {
+            return (Vec::new(), None);
+        };
+        let wire = |sir, s: &Side| ila::wire_address(sir, vm_of(s), ila_case.csum_mode).unwrap_or(sir);
+        let at = |point: bool| capture_summaries.iter().filter(|c| c.container.is_some() == point).collect::<Vec<_>>();
+        let evidence = ila::IlaEvidence {
+            case: ila_case,
+            sir: [s_sir, c_sir],
+            wire: [wire(s_sir, &server), wire(c_sir, &client)],
+            underlay: at(false),
+            container: at(true),
+            csum_errors: csum_errors.clone(),
+            delivered: received > 0 && client_out.success(),
+        };
+        let (checks, verdict) = ila::verdict(&evidence);
+        (checks, Some(verdict))
+    });
+    let ila_verdict = match ila_verdict {
+        Some((ila_checks, verdict)) => {
+            checks.extend(ila_checks);
+            verdict
+        }
+        None => None,
+    };
     let passed = checks.iter().all(|c| c.passed);
     Ok(CaseReport {
         name: case.name.clone(),
@@ -577,15 +667,27 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         passed,
         interfaces: evidence,
         captures: capture_summaries,
+        ila: ila_verdict,
     })
 }
+
+/// Kernel log lines that mean the kernel hit a bug or a warning.
+const KERNEL_ALARMS: [&str; 5] = ["WARNING:", "BUG:", "Oops", "general protection fault", "Call Trace:"];
 
 /// A running tcpdump in a guest.
 struct RunningCapture<'a> {
     guest: &'a Guest,
     pid: i64,
     file: String,
+    mtu: usize,
     summary: CaptureSummary,
+}
+
+/// The checksum error counters of an endpoint: the TCP stack where the
+/// workload ends and the underlay NIC's statistics.
+async fn read_csum_errors(side: &Side<'_>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let out = side.vm.guest.run(&counters::csum_errors_command(side.netns.as_deref(), guest::UNDERLAY_DEV)).await?;
+    Ok(counters::parse_named(&out.stdout_text()))
 }
 
 /// Starts tcpdump on every capture point of both endpoints and waits until
@@ -605,10 +707,12 @@ async fn start_captures<'a>(lab: &Lab, sides: [&Side<'a>; 2]) -> anyhow::Result<
             let argv =
                 in_netns(&netns, capture::tcpdump_argv(&dev, &file, spec.packets, spec.snaplen, lab.workload.port));
             let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let mtu_cmd = in_netns(&netns, vec!["cat".into(), format!("/sys/class/net/{dev}/mtu")]).join(" ");
+            let mtu = side.vm.guest.run(&mtu_cmd).await?.stdout_text().trim().parse().unwrap_or(1500);
             let pid = side.vm.guest.agent().spawn(&refs).await?;
             let summary =
                 CaptureSummary { vm: side.vm.guest.name.clone(), container: netns, dev, ..Default::default() };
-            running.push(RunningCapture { guest: &side.vm.guest, pid, file, summary });
+            running.push(RunningCapture { guest: &side.vm.guest, pid, file, mtu, summary });
         }
     }
     for c in &running {
@@ -628,6 +732,7 @@ async fn start_captures<'a>(lab: &Lab, sides: [&Side<'a>; 2]) -> anyhow::Result<
 async fn finish_captures(
     running: Vec<RunningCapture<'_>>,
     port: u16,
+    original_dst: &(dyn Fn(IpAddr) -> Option<IpAddr> + Sync),
     case_dir: Option<&Path>,
 ) -> anyhow::Result<Vec<CaptureSummary>> {
     let mut out = Vec::new();
@@ -640,7 +745,8 @@ async fn finish_captures(
         if let Some(dir) = case_dir {
             std::fs::write(dir.join(&name), &bytes)?;
         }
-        let parsed = capture::summarize(&bytes, port).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let ctx = CaptureContext { port, mtu: c.mtu, original_dst };
+        let parsed = capture::summarize(&bytes, &ctx).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         c.summary = CaptureSummary { vm: c.summary.vm, container: c.summary.container, dev: c.summary.dev, ..parsed };
         out.push(c.summary);
     }

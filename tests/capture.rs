@@ -3,7 +3,16 @@
 
 use std::process::Command;
 
-use vlab::measure::capture::{file_name, summarize, tcpdump_argv};
+use vlab::measure::capture::{checksum_verdicts, file_name, summarize, tcpdump_argv, CaptureContext};
+use vlab::measure::checksum::ChecksumStatus;
+
+fn plain(port: u16) -> CaptureContext<'static> {
+    CaptureContext::plain(port, 1500)
+}
+
+fn tshark_present() -> bool {
+    std::env::var_os("CI").is_some() || which::which("tshark").is_ok()
+}
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/fixtures/pcap/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -11,26 +20,26 @@ fn fixture(name: &str) -> Vec<u8> {
 
 #[test]
 fn truncated_tcp_captures_are_counted_per_layer() {
-    let v4 = summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), 5201).unwrap();
+    let v4 = summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), &plain(5201)).unwrap();
     assert_eq!((v4.packets, v4.ipv4, v4.ipv6, v4.tcp, v4.udp, v4.workload), (200, 200, 0, 200, 0, 200));
-    let v6 = summarize(&fixture("baseline-ipv6-host2-c2-eth0.pcap"), 5201).unwrap();
+    let v6 = summarize(&fixture("baseline-ipv6-host2-c2-eth0.pcap"), &plain(5201)).unwrap();
     assert_eq!((v6.packets, v6.ipv4, v6.ipv6, v6.tcp, v6.workload), (200, 0, 200, 200, 200));
     // Another port: none of it is the workload.
-    assert_eq!(summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), 80).unwrap().workload, 0);
+    assert_eq!(summarize(&fixture("baseline-ipv4-host1-underlay.pcap"), &plain(80)).unwrap().workload, 0);
 }
 
 #[test]
 fn a_capture_cut_mid_packet_keeps_its_complete_packets() {
     let full = fixture("baseline-ipv4-host1-underlay.pcap");
     let cut = &full[..full.len() - 10];
-    assert_eq!(summarize(cut, 5201).unwrap().packets, 199);
-    assert!(summarize(b"not a pcap", 5201).is_err());
+    assert_eq!(summarize(cut, &plain(5201)).unwrap().packets, 199);
+    assert!(summarize(b"not a pcap", &plain(5201)).is_err());
 }
 
 /// tshark is an independent decoder (ci/setup installs it): its counts must match.
 #[test]
 fn tshark_agrees() {
-    if std::env::var_os("CI").is_some() || which::which("tshark").is_ok() {
+    if tshark_present() {
         for (file, filter) in [
             ("baseline-ipv4-host1-underlay.pcap", "ip && tcp.port == 5201"),
             ("baseline-ipv6-host2-c2-eth0.pcap", "ipv6 && tcp.port == 5201"),
@@ -42,8 +51,66 @@ fn tshark_agrees() {
                 .expect("tshark runs (ci/setup installs it)");
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let theirs = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
-            assert_eq!(summarize(&fixture(file), 5201).unwrap().workload, theirs, "{file}");
+            assert_eq!(summarize(&fixture(file), &plain(5201)).unwrap().workload, theirs, "{file}");
         }
+    }
+}
+
+/// tshark's TCP checksum verdicts (`-o tcp.check_checksum:TRUE`, field
+/// `tcp.checksum.status`: 0 bad, 1 good, 2 unverified), frame by frame, on
+/// every pcap kept as a fixture. tshark cannot know that a checksum was left
+/// to the NIC or that a segment is a TSO/GRO aggregate: it calls those bad,
+/// so its bad count is vlab's invalid + offloaded + oversized.
+#[test]
+fn tshark_agrees_on_checksums() {
+    if !tshark_present() {
+        return;
+    }
+    let dir = format!("{}/tests/fixtures/pcap", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for path in files {
+        let out = Command::new("tshark")
+            .arg("-r")
+            .arg(&path)
+            .args([
+                "-o",
+                "tcp.check_checksum:TRUE",
+                "-Y",
+                "tcp",
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+                "-e",
+                "tcp.checksum.status",
+            ])
+            .output()
+            .expect("tshark runs (ci/setup installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs: Vec<(u64, u8)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut f = l.split('\t');
+                (f.next().unwrap().parse().unwrap(), f.next().unwrap().parse().unwrap())
+            })
+            .collect();
+        let ours = checksum_verdicts(&std::fs::read(&path).unwrap(), &plain(5201)).unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{path:?}: TCP segments");
+        for ((frame, verdict), (their_frame, status)) in ours.iter().zip(&theirs) {
+            assert_eq!(frame, their_frame);
+            let expected = match verdict {
+                ChecksumStatus::Valid => 1,
+                ChecksumStatus::Invalid | ChecksumStatus::Offloaded | ChecksumStatus::Oversized => 0,
+                ChecksumStatus::Truncated => 2,
+            };
+            assert_eq!(*status, expected, "{path:?} frame {frame}: vlab says {verdict:?}");
+        }
+        let bad = theirs.iter().filter(|(_, s)| *s == 0).count();
+        let invalid = ours.iter().filter(|(_, v)| *v == ChecksumStatus::Invalid).count();
+        let unjudged =
+            ours.iter().filter(|(_, v)| matches!(v, ChecksumStatus::Offloaded | ChecksumStatus::Oversized)).count();
+        assert_eq!(bad, invalid + unjudged, "{path:?}");
     }
 }
 

@@ -38,6 +38,7 @@ fn client_command_line_follows_the_case() {
         direction: Direction::Reverse,
         offloads: Offloads::default(),
         nic: None,
+        ila: None,
     };
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
     assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 5000 -t 5 -P 4 -u -b 1000000000 -R");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::lab::{Family, Nic, NicModel, Vm};
+use crate::lab::{Family, Lab, Nic, NicModel, Vm};
 use crate::qemu::agent::{Agent, AgentError, Output};
 
 /// Name of the underlay NIC inside every guest.
@@ -157,6 +157,26 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<
     cmds
 }
 
+/// On-link routes to the other VMs' underlay addresses that lie outside this
+/// VM's own underlay subnets (the study's hosts sit in different /64s of one
+/// routable network; here they share the lab's bridge).
+pub fn peer_routes(lab: &Lab, vm: &Vm) -> Vec<String> {
+    let mut cmds = Vec::new();
+    for peer in lab.vms.iter().filter(|p| p.name != vm.name) {
+        if let (Some(own), Some(p)) = (vm.underlay.ipv4, peer.underlay.ipv4) {
+            if !own.contains(&p.addr()) {
+                cmds.push(format!("ip route add {}/32 dev {UNDERLAY_DEV}", p.addr()));
+            }
+        }
+        if let (Some(own), Some(p)) = (vm.underlay.ipv6, peer.underlay.ipv6) {
+            if !own.contains(&p.addr()) {
+                cmds.push(format!("ip -6 route add {}/128 dev {UNDERLAY_DEV}", p.addr()));
+            }
+        }
+    }
+    cmds
+}
+
 /// Creates each container: a namespace with either a veth pair (whose guest
 /// side is the gateway) or VF number `j` renamed `eth0`; addresses and routes.
 pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
@@ -171,10 +191,19 @@ pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
                 if let (Some(net), Some(gw)) = (c.ipv4, c.gateway(Family::Ipv4)) {
                     cmds.push(format!("ip addr add {gw}/{} dev {veth}", net.prefix_len()));
                 }
-                if let (Some(net), Some(gw)) = (c.ipv6, c.gateway(Family::Ipv6)) {
-                    cmds.push(format!("ip -6 addr add {gw}/{} dev {veth} nodad", net.prefix_len()));
+                match (c.ipv6, c.gateway(Family::Ipv6)) {
+                    // A /128 container: link-local gateway, host route to the container.
+                    (Some(net), Some(gw)) if net.prefix_len() == 128 => {
+                        cmds.push(format!("ip -6 addr add {gw}/64 dev {veth} nodad"));
+                        cmds.push(format!("ip link set {veth} up"));
+                        cmds.push(format!("ip -6 route add {}/128 dev {veth}", net.addr()));
+                    }
+                    (Some(net), Some(gw)) => {
+                        cmds.push(format!("ip -6 addr add {gw}/{} dev {veth} nodad", net.prefix_len()));
+                        cmds.push(format!("ip link set {veth} up"));
+                    }
+                    _ => cmds.push(format!("ip link set {veth} up")),
                 }
-                cmds.push(format!("ip link set {veth} up"));
             }
             Attachment::Vf => {
                 cmds.push(format!("vf=$(ls /sys/class/net/{UNDERLAY_DEV}/device/virtfn{j}/net)"));
@@ -194,7 +223,7 @@ pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
                 cmds.push(format!("ip -n {} route add default via {gw}", c.name));
             }
             if let Some(gw) = c.gateway(Family::Ipv6).filter(|_| c.ipv6.is_some()) {
-                cmds.push(format!("ip -n {} -6 route add default via {gw}", c.name));
+                cmds.push(format!("ip -n {} -6 route add default via {gw} dev {CONTAINER_DEV}", c.name));
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{variant_name, Direction, Family, Lab, Nic, Offloads, Protocol, TrafficPath};
+use super::{variant_name, CsumMode, Direction, Family, IlaHook, Lab, Nic, Offloads, Overlay, Protocol, TrafficPath};
 
 /// The parameters of one case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,6 +22,18 @@ pub struct CaseParams {
     /// The NIC every VM gets in this case; `None` keeps each VM's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nic: Option<Nic>,
+    /// The `ila` overlay's translation settings; `None` for other overlays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ila: Option<IlaCase>,
+}
+
+/// What an `ila` case translates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IlaCase {
+    /// Checksum mode.
+    pub csum_mode: CsumMode,
+    /// Where the translations hook in.
+    pub hook: IlaHook,
 }
 
 /// One combination of the matrix.
@@ -33,12 +45,30 @@ pub struct Case {
     pub params: CaseParams,
 }
 
-/// Values of one axis: the matrix's, or the workload's single value.
-fn axis<T: Clone>(values: &Option<Vec<T>>, default: T) -> Vec<(Option<T>, T)> {
-    match values {
-        Some(v) => v.iter().map(|x| (Some(x.clone()), x.clone())).collect(),
-        None => vec![(None, default)],
+/// A case under construction: its name parts and parameters.
+type Partial = (Vec<String>, CaseParams);
+
+/// Multiplies the cases by one axis: with `values`, each case is repeated once
+/// per value (named `key=label`, `set` applies it); without, nothing changes.
+fn expand<T>(
+    cases: Vec<Partial>,
+    key: &str,
+    values: &Option<Vec<T>>,
+    label: impl Fn(&T) -> String,
+    set: impl Fn(&mut CaseParams, &T),
+) -> Vec<Partial> {
+    let Some(values) = values else { return cases };
+    let mut out = Vec::new();
+    for (parts, params) in cases {
+        for v in values {
+            let mut p = params.clone();
+            set(&mut p, v);
+            let mut n = parts.clone();
+            n.push(format!("{key}={}", label(v)));
+            out.push((n, p));
+        }
     }
+    out
 }
 
 impl Lab {
@@ -47,48 +77,44 @@ impl Lab {
     pub fn cases(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
-        let nics: Vec<Option<Nic>> = match &m.nic {
-            Some(v) => v.iter().cloned().map(Some).collect(),
-            None => vec![None],
+        let ila = (self.overlay == Overlay::Ila).then(|| {
+            let s = self.ila.clone().unwrap_or_default();
+            IlaCase { csum_mode: s.csum_mode, hook: s.hook }
+        });
+        let base = CaseParams {
+            path: w.path,
+            family: w.family,
+            streams: w.streams,
+            protocol: w.protocol,
+            direction: w.direction,
+            offloads: w.offloads.clone(),
+            nic: None,
+            ila,
         };
-        let mut cases = Vec::new();
-        for nic in &nics {
-            for (p_axis, path) in axis(&m.path, w.path) {
-                for (f_axis, family) in axis(&m.family, w.family) {
-                    for (s_axis, streams) in axis(&m.streams, w.streams) {
-                        for (pr_axis, protocol) in axis(&m.protocol, w.protocol) {
-                            for (d_axis, direction) in axis(&m.direction, w.direction) {
-                                for (o_axis, offloads) in axis(&m.offloads, w.offloads.clone()) {
-                                    let parts: Vec<String> = [
-                                        nic.as_ref().map(|n| format!("nic={}", n.label())),
-                                        p_axis.map(|v| format!("path={}", variant_name(&v))),
-                                        f_axis.map(|v| format!("family={}", variant_name(&v))),
-                                        s_axis.map(|v| format!("streams={v}")),
-                                        pr_axis.map(|v| format!("protocol={}", variant_name(&v))),
-                                        d_axis.map(|v| format!("direction={}", variant_name(&v))),
-                                        o_axis.map(|v| format!("offloads={}", v.label())),
-                                    ]
-                                    .into_iter()
-                                    .flatten()
-                                    .collect();
-                                    let name = if parts.is_empty() { "default".to_string() } else { parts.join(",") };
-                                    let params = CaseParams {
-                                        path,
-                                        family,
-                                        streams,
-                                        protocol,
-                                        direction,
-                                        offloads: offloads.clone(),
-                                        nic: nic.clone(),
-                                    };
-                                    cases.push(Case { name, params });
-                                }
-                            }
-                        }
-                    }
-                }
+        let mut cases = vec![(Vec::new(), base)];
+        cases = expand(cases, "nic", &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
+        cases = expand(cases, "csum-mode", &m.csum_mode, variant_name, |p, v| {
+            if let Some(i) = &mut p.ila {
+                i.csum_mode = *v;
             }
-        }
+        });
+        cases = expand(cases, "hook", &m.hook, variant_name, |p, v| {
+            if let Some(i) = &mut p.ila {
+                i.hook = *v;
+            }
+        });
+        cases = expand(cases, "path", &m.path, variant_name, |p, v| p.path = *v);
+        cases = expand(cases, "family", &m.family, variant_name, |p, v| p.family = *v);
+        cases = expand(cases, "streams", &m.streams, u32::to_string, |p, v| p.streams = *v);
+        cases = expand(cases, "protocol", &m.protocol, variant_name, |p, v| p.protocol = *v);
+        cases = expand(cases, "direction", &m.direction, variant_name, |p, v| p.direction = *v);
+        cases = expand(cases, "offloads", &m.offloads, Offloads::label, |p, v| p.offloads = v.clone());
         cases
+            .into_iter()
+            .map(|(parts, params)| Case {
+                name: if parts.is_empty() { "default".to_string() } else { parts.join(",") },
+                params,
+            })
+            .collect()
     }
 }

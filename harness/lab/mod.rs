@@ -18,7 +18,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use error::{LabError, Location};
-pub use matrix::{Case, CaseParams};
+pub use matrix::{Case, CaseParams, IlaCase};
 
 /// One experiment, as written in a lab file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,6 +52,9 @@ pub struct Lab {
     /// Packet captures taken during every case's workload.
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// Settings of the `ila` overlay.
+    #[serde(default)]
+    pub ila: Option<IlaSettings>,
     /// Where the lab was read from (set by [`Lab::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -72,6 +75,110 @@ pub enum Overlay {
     /// underlay address (`ip route add C/32 via PEER`).
     #[default]
     Baseline,
+    /// Identifier-locator addressing: containers keep SIR addresses; the
+    /// kernel's `ila` module rewrites the destination's upper 64 bits to the
+    /// peer VM's locator on the way out and back on the way in.
+    Ila,
+}
+
+/// The `[ila]` table: how the `ila` overlay translates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IlaSettings {
+    /// The SIR prefix the containers' addresses live in (a /64; default `dead:beef::/64`).
+    pub sir_prefix: Ipv6Net,
+    /// Checksum handling of the translation (default `no-action`, as in the study).
+    pub csum_mode: CsumMode,
+    /// How the identifier is interpreted (default `luid`).
+    pub ident_type: IdentType,
+    /// Where the translations hook in (default `route`).
+    pub hook: IlaHook,
+}
+
+impl Default for IlaSettings {
+    fn default() -> Self {
+        IlaSettings {
+            sir_prefix: "dead:beef::/64".parse().expect("valid prefix"),
+            csum_mode: CsumMode::NoAction,
+            ident_type: IdentType::Luid,
+            hook: IlaHook::Route,
+        }
+    }
+}
+
+/// ILA checksum modes (`csum-mode`), as the kernel names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CsumMode {
+    /// Leave the transport checksum alone: it is wrong on the wire and right
+    /// again once the receiver restores the SIR address.
+    #[default]
+    NoAction,
+    /// Rewrite the TCP/UDP/ICMPv6 checksum for the translated address.
+    AdjTransport,
+    /// Checksum-neutral mapping: compensate in the identifier's low 16 bits
+    /// and set its C-bit, so the receiver can undo it.
+    NeutralMap,
+    /// Checksum-neutral mapping without the C-bit.
+    NeutralMapAuto,
+}
+
+/// ILA identifier types (`ident-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentType {
+    /// Locally unique identifier: the whole 64 bits are the identifier.
+    #[default]
+    Luid,
+    /// Read the type from the identifier's top 3 bits (`001` = luid).
+    UseFormat,
+}
+
+/// Where ILA translations happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IlaHook {
+    /// Lightweight-tunnel routes both ways, translating on route output
+    /// (`hook-type output`).
+    #[default]
+    Route,
+    /// Lightweight-tunnel routes both ways, translating on route input
+    /// (`hook-type input`).
+    RouteInput,
+    /// A route (output hook) on the way out; the receive side translates
+    /// through the `ila_xlat` table (`ip ila add`, a netfilter PREROUTING hook).
+    Xlat,
+}
+
+/// A 64-bit ILA locator, written as four hexadecimal groups (`aaaa:0:0:0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Locator(pub u64);
+
+impl TryFrom<String> for Locator {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let groups: Vec<&str> = s.split(':').collect();
+        let valid = groups.len() == 4
+            && groups.iter().all(|g| (1..=4).contains(&g.len()) && g.chars().all(|c| c.is_ascii_hexdigit()));
+        if !valid {
+            return Err(format!("locator `{s}` must be four hexadecimal groups such as `aaaa:0:0:0`"));
+        }
+        Ok(Locator(groups.iter().fold(0u64, |acc, g| (acc << 16) | u64::from_str_radix(g, 16).unwrap_or(0))))
+    }
+}
+
+impl From<Locator> for String {
+    fn from(l: Locator) -> String {
+        l.to_string()
+    }
+}
+
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = |i: u32| (self.0 >> (48 - 16 * i)) & 0xffff;
+        write!(f, "{:x}:{:x}:{:x}:{:x}", g(0), g(1), g(2), g(3))
+    }
 }
 
 /// Deadlines for the phases of a run.
@@ -112,6 +219,9 @@ pub struct Vm {
     pub nic: Nic,
     /// Addresses of the underlay NIC (at least one family).
     pub underlay: Addresses,
+    /// `ila` overlay: this VM's locator (`aaaa:0:0:0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<Locator>,
     /// Containers hosted by this VM.
     #[serde(default, rename = "container")]
     pub containers: Vec<Container>,
@@ -302,7 +412,9 @@ impl Addresses {
 
 /// A container: a network namespace in the guest joined to it by a veth pair.
 /// The guest side of the veth takes the first address of each container subnet
-/// and is the container's default gateway.
+/// and is the container's default gateway; a container with a single IPv6
+/// address (`/128`) has the link-local gateway `fe80::1` instead, as routed
+/// CNIs do.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Container {
@@ -313,6 +425,9 @@ pub struct Container {
     /// IPv6 address and prefix; the subnet's first address is the gateway.
     pub ipv6: Option<Ipv6Net>,
 }
+
+/// The gateway of containers with a `/128` IPv6 address.
+pub const LINK_LOCAL_GATEWAY: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 impl Container {
     /// The container's address of the given family, if configured.
@@ -328,6 +443,9 @@ impl Container {
         match family {
             Family::Ipv4 => self.ipv4.and_then(|n| n.hosts().next()).map(IpAddr::V4),
             Family::Ipv6 => self.ipv6.map(|n| {
+                if n.prefix_len() == 128 {
+                    return IpAddr::V6(LINK_LOCAL_GATEWAY);
+                }
                 let base = u128::from(n.network());
                 IpAddr::V6((base + 1).into())
             }),
@@ -487,6 +605,10 @@ pub struct Matrix {
     pub offloads: Option<Vec<Offloads>>,
     /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
     pub nic: Option<Vec<Nic>>,
+    /// `ila` overlay: values of `ila.csum_mode`.
+    pub csum_mode: Option<Vec<CsumMode>>,
+    /// `ila` overlay: values of `ila.hook`.
+    pub hook: Option<Vec<IlaHook>>,
 }
 
 /// Packet captures (tcpdump in the guests) during each case's workload, kept

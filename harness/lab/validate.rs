@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::error::{Issue, Seg};
-use super::{Family, Lab, Nic, NicModel, TrafficPath};
+use super::{CapturePoint, CsumMode, Family, IdentType, Lab, Nic, NicModel, Overlay, TrafficPath};
 
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -194,10 +194,14 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
                     Family::Ipv6 => c.ipv6.map(|n| n.prefix_len()).unwrap_or(0) as u32,
                 };
                 let max = if family == Family::Ipv4 { 30 } else { 126 };
-                if prefix > max {
+                // A /128 container has the link-local gateway fe80::1.
+                if prefix > max && !(family == Family::Ipv6 && prefix == 128) {
                     return Err(Issue::new(
                         cat(key),
-                        format!("/{prefix} leaves no room for the gateway: use a prefix of at most /{max}"),
+                        format!(
+                            "/{prefix} leaves no room for the gateway: use a prefix of at most /{max}{}",
+                            if family == Family::Ipv6 { " (or /128 for a link-local gateway)" } else { "" }
+                        ),
                     ));
                 }
                 if addr == gw {
@@ -278,6 +282,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if let Some((j, s)) = m.streams.iter().flatten().enumerate().find(|(_, s)| **s == 0 || **s > 128) {
         return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));
     }
+    validate_ila(lab)?;
     // Every case must have addresses of its family at both ends.
     for case in lab.cases() {
         for (key, ep) in [("server", &w.server), ("client", &w.client)] {
@@ -312,6 +317,121 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
                 "client and server containers must be on different VMs to cross the overlay",
             ));
         }
+    }
+    Ok(())
+}
+
+/// The `ila` overlay's addressing: a /64 SIR prefix, one locator per VM, one
+/// /128 SIR address per container, IPv6 only; and no ILA settings elsewhere.
+fn validate_ila(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    if lab.overlay != Overlay::Ila {
+        if lab.ila.is_some() {
+            return Err(Issue::new(vec![Key("ila")], "`[ila]` is for `overlay = \"ila\"`"));
+        }
+        if let Some(i) = lab.vms.iter().position(|v| v.locator.is_some()) {
+            return Err(Issue::new(vec![Key("vm"), Index(i), Key("locator")], "`locator` is for `overlay = \"ila\"`"));
+        }
+        for (key, set) in [("csum_mode", lab.matrix.csum_mode.is_some()), ("hook", lab.matrix.hook.is_some())] {
+            if set {
+                return Err(Issue::new(
+                    vec![Key("matrix"), Key(key)],
+                    format!("`{key}` is an axis of the ila overlay"),
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let s = lab.ila.clone().unwrap_or_default();
+    if s.sir_prefix.prefix_len() != 64 {
+        return Err(Issue::new(
+            vec![Key("ila"), Key("sir_prefix")],
+            format!("{}: the SIR prefix is a /64 (the identifier is the low 64 bits)", s.sir_prefix),
+        ));
+    }
+    let points = lab.capture.as_ref().map(|c| c.points.clone()).unwrap_or_default();
+    if !(points.contains(&CapturePoint::Underlay) && points.contains(&CapturePoint::Container)) {
+        return Err(Issue::new(
+            vec![Key("capture"), Key("points")],
+            "the ila overlay is judged from captures: `[capture] points = [\"underlay\", \"container\"]` (snaplen 65535 to verify checksums)",
+        ));
+    }
+    let sir_loc = crate::overlay::ila::sir_locator(&s);
+    let modes: Vec<CsumMode> = lab.matrix.csum_mode.clone().unwrap_or_else(|| vec![s.csum_mode]);
+    for (key, len) in
+        [("csum_mode", lab.matrix.csum_mode.as_ref().map(Vec::len)), ("hook", lab.matrix.hook.as_ref().map(Vec::len))]
+    {
+        if len == Some(0) {
+            return Err(Issue::new(vec![Key("matrix"), Key(key)], "an axis needs at least one value"));
+        }
+    }
+    let mut locators = HashSet::new();
+    for (i, vm) in lab.vms.iter().enumerate() {
+        let at = |k: &'static str| vec![Key("vm"), Index(i), Key(k)];
+        let Some(loc) = vm.locator else {
+            return Err(Issue::new(
+                at("name"),
+                format!("VM `{}` needs a `locator` (such as \"aaaa:0:0:0\") for the ila overlay", vm.name),
+            ));
+        };
+        if loc == sir_loc {
+            return Err(Issue::new(at("locator"), format!("locator {loc} is the SIR prefix's: pick another")));
+        }
+        if !locators.insert(loc) {
+            return Err(Issue::new(at("locator"), format!("locator {loc} is used by two VMs")));
+        }
+        if vm.underlay.ipv6.is_none() {
+            return Err(Issue::new(at("underlay"), "the ila overlay runs over an IPv6 underlay: add `ipv6`"));
+        }
+        if vm.nic.model == NicModel::IgbSriov {
+            return Err(Issue::new(
+                vec![Key("vm"), Index(i), Key("nic"), Key("model")],
+                "ila translates in the VM's stack; containers on SR-IOV VFs bypass it: use virtio or vfio",
+            ));
+        }
+        if vm.containers.len() > 1 {
+            return Err(Issue::new(
+                vec![Key("vm"), Index(i), Key("container"), Index(1)],
+                "the ila overlay routes a VM's locator to one container: one container per VM",
+            ));
+        }
+        for (j, c) in vm.containers.iter().enumerate() {
+            let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key("ipv6")];
+            let Some(net) = c.ipv6 else {
+                return Err(Issue::new(
+                    vec![Key("vm"), Index(i), Key("container"), Index(j), Key("name")],
+                    format!("container `{}` needs an ipv6 SIR address for the ila overlay", c.name),
+                ));
+            };
+            if net.prefix_len() != 128 || !s.sir_prefix.contains(&net.addr()) {
+                return Err(Issue::new(
+                    path,
+                    format!("{net}: an ILA container has one SIR address, a /128 inside {}", s.sir_prefix),
+                ));
+            }
+            let ident = crate::overlay::ila::identifier_of(net.addr());
+            if s.ident_type == IdentType::UseFormat && ident >> 61 != 1 {
+                return Err(Issue::new(path, format!("identifier {:#018x}: with ident_type = \"use-format\" its top 3 bits must be 001 (luid), e.g. dead:beef::2000:0:0:1", ident)));
+            }
+            if modes.contains(&CsumMode::NeutralMap) && crate::overlay::ila::c_bit(net.addr()) {
+                return Err(Issue::new(path, "neutral-map sets the identifier's C-bit (0x1000 in its first group): a SIR identifier must have it clear"));
+            }
+        }
+    }
+    if let Some(j) = lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
+        return Err(Issue::new(
+            vec![Key("matrix"), Key("nic"), Index(j)],
+            "ila translates in the VM's stack; containers on SR-IOV VFs bypass it",
+        ));
+    }
+    let families = lab.matrix.family.clone().unwrap_or_else(|| vec![lab.workload.family]);
+    if families.contains(&Family::Ipv4) {
+        let path = if lab.matrix.family.is_some() {
+            vec![Key("matrix"), Key("family")]
+        } else {
+            vec![Key("workload"), Key("family")]
+        };
+        return Err(Issue::new(path, "ILA is IPv6 only: use family = \"ipv6\""));
     }
     Ok(())
 }

@@ -1,8 +1,18 @@
 //! Packet captures: tcpdump in the guests during the workload, the pcap
-//! brought back to the host and summarised in Rust (pcap-file + etherparse).
+//! brought back to the host and summarised in Rust (pcap-parser + etherparse):
+//! protocol counts, the address pairs of the workload's TCP segments, every
+//! segment's checksum verdict, and the first segments layer by layer.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
+
+use super::checksum::{self, ChecksumCounts, ChecksumStatus, Segment};
+
+/// Workload segments described layer by layer in a summary.
+pub const FIRST_SEGMENTS: usize = 4;
 
 /// What one capture holds, from its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -25,6 +35,70 @@ pub struct CaptureSummary {
     pub udp: u64,
     /// Packets from or to the workload's port.
     pub workload: u64,
+    /// Checksum verdicts of the workload's TCP segments.
+    pub checksums: ChecksumCounts,
+    /// Distinct address pairs of the workload's TCP segments.
+    pub flows: Vec<Flow>,
+    /// The first workload segments, layer by layer.
+    pub first: Vec<SegmentSummary>,
+}
+
+/// A source and destination address pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Flow {
+    /// Source.
+    pub src: IpAddr,
+    /// Destination.
+    pub dst: IpAddr,
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} > {}", self.src, self.dst)
+    }
+}
+
+/// One TCP segment of a capture, layer by layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SegmentSummary {
+    /// Frame number in the file (from 1, as tshark counts).
+    pub frame: u64,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// The IP header's next header / protocol.
+    pub next_header: String,
+    /// TCP flags (`S`, `SA`, `A`, `PA`, ...).
+    pub flags: String,
+    /// Checksum verdict.
+    pub checksum: ChecksumStatus,
+}
+
+/// What judging a capture's checksums needs to know about where it was taken.
+pub struct CaptureContext<'a> {
+    /// The workload's port.
+    pub port: u16,
+    /// The interface's MTU.
+    pub mtu: usize,
+    /// For a destination seen on the wire, the destination the sender's stack
+    /// computed the checksum for, if a translation changed it (ILA).
+    pub original_dst: &'a (dyn Fn(IpAddr) -> Option<IpAddr> + Sync),
+}
+
+impl CaptureContext<'_> {
+    /// A context without address translation.
+    pub fn plain(port: u16, mtu: usize) -> CaptureContext<'static> {
+        CaptureContext { port, mtu, original_dst: &|_| None }
+    }
+}
+
+fn tcp_flags(t: &etherparse::TcpSlice) -> String {
+    [(t.syn(), 'S'), (t.fin(), 'F'), (t.rst(), 'R'), (t.psh(), 'P'), (t.ack(), 'A')]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// The file name a capture gets under the artifacts: `<vm>-<interface>.pcap`
@@ -46,34 +120,108 @@ pub fn tcpdump_argv(dev: &str, file: &str, packets: u32, snaplen: u32, port: u16
     v
 }
 
-/// Summarises a pcap file (Ethernet link type) against the workload's port.
+/// The IP layer of a captured packet.
+struct IpView<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    /// Length of the IP packet as sent (header included).
+    ip_len: usize,
+    next: etherparse::IpNumber,
+    payload: &'a etherparse::LaxIpPayloadSlice<'a>,
+}
+
+fn ip_view<'a>(sliced: &'a LaxSlicedPacket<'a>) -> Option<IpView<'a>> {
+    match &sliced.net {
+        Some(LaxNetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            let (src, dst) = (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()));
+            Some(IpView { src, dst, ip_len: h.total_len() as usize, next: h.protocol(), payload: v4.payload() })
+        }
+        Some(LaxNetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            let (src, dst) = (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()));
+            let ip_len = 40 + h.payload_length() as usize;
+            Some(IpView { src, dst, ip_len, next: h.next_header(), payload: v6.payload() })
+        }
+        _ => None,
+    }
+}
+
+/// A segment's checksum verdict, and whether it was adjusted in reverse.
+fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool) {
+    let segment = Segment {
+        src: ip.src,
+        dst: ip.dst,
+        bytes: ip.payload.payload,
+        complete: !ip.payload.incomplete,
+        ip_len: ip.ip_len,
+    };
+    let original = (ctx.original_dst)(ip.dst);
+    let status = checksum::classify(&segment, original, ctx.mtu);
+    let judged = matches!(status, ChecksumStatus::Invalid | ChecksumStatus::Oversized);
+    (status, judged && original.is_some_and(|o| checksum::reverse_adjusted(&segment, o)))
+}
+
+/// Summarises a pcap file (Ethernet link type).
 /// A packet cut short by stopping tcpdump mid-write is not counted.
-pub fn summarize(pcap: &[u8], port: u16) -> Result<CaptureSummary, String> {
+pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, String> {
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
     let mut s = CaptureSummary::default();
-    for block in &capture.blocks {
+    let mut flows = BTreeSet::new();
+    for (i, block) in capture.blocks.iter().enumerate() {
         s.packets += 1;
-        // Lax: packets are cut at the snap length, so payloads are short.
+        // Lax: packets may be cut at the snap length.
         let Ok(sliced) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
-        match &sliced.net {
-            Some(LaxNetSlice::Ipv4(_)) => s.ipv4 += 1,
-            Some(LaxNetSlice::Ipv6(_)) => s.ipv6 += 1,
-            _ => {}
+        let Some(ip) = ip_view(&sliced) else { continue };
+        match ip.dst {
+            IpAddr::V4(_) => s.ipv4 += 1,
+            IpAddr::V6(_) => s.ipv6 += 1,
         }
-        let ports = match &sliced.transport {
+        let (ports, tcp) = match &sliced.transport {
             Some(TransportSlice::Tcp(t)) => {
                 s.tcp += 1;
-                Some((t.source_port(), t.destination_port()))
+                (Some((t.source_port(), t.destination_port())), Some(t))
             }
             Some(TransportSlice::Udp(u)) => {
                 s.udp += 1;
-                Some((u.source_port(), u.destination_port()))
+                (Some((u.source_port(), u.destination_port())), None)
             }
-            _ => None,
+            _ => (None, None),
         };
-        if ports.is_some_and(|(a, b)| a == port || b == port) {
-            s.workload += 1;
+        if !ports.is_some_and(|(a, b)| a == ctx.port || b == ctx.port) {
+            continue;
+        }
+        s.workload += 1;
+        let Some(tcp) = tcp else { continue };
+        let (status, reversed) = verdict(&ip, ctx);
+        s.checksums.add(status);
+        s.checksums.reverse_adjusted += u64::from(reversed);
+        flows.insert(Flow { src: ip.src, dst: ip.dst });
+        if s.first.len() < FIRST_SEGMENTS {
+            s.first.push(SegmentSummary {
+                frame: i as u64 + 1,
+                src: ip.src,
+                dst: ip.dst,
+                next_header: ip.next.keyword_str().unwrap_or("?").to_lowercase(),
+                flags: tcp_flags(tcp),
+                checksum: status,
+            });
         }
     }
+    s.flows = flows.into_iter().collect();
     Ok(s)
+}
+
+/// Every TCP segment's checksum verdict, by frame number (from 1), for
+/// comparison with another decoder.
+pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, ChecksumStatus)>, String> {
+    let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
+    let mut out = Vec::new();
+    for (i, block) in capture.blocks.iter().enumerate() {
+        let Ok(sliced) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
+        let Some(TransportSlice::Tcp(_)) = &sliced.transport else { continue };
+        let Some(ip) = ip_view(&sliced) else { continue };
+        out.push((i as u64 + 1, verdict(&ip, ctx).0));
+    }
+    Ok(out)
 }

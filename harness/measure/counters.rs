@@ -71,3 +71,31 @@ impl Counters {
         }
     }
 }
+
+/// The shell command printing a receiver's checksum error counters as
+/// `NAME VALUE` lines: the TCP stack's `InCsumErrors` (from `/proc/net/snmp`
+/// of `netns`, where the workload's TCP ends) and the checksum statistics the
+/// NIC driver of `dev` reports (`ethtool -S`; names vary by driver).
+pub fn csum_errors_command(netns: Option<&str>, dev: &str) -> String {
+    let snmp = "awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) k[i] = $i; h = 1 } \
+                else { for (i = 1; i <= NF; i++) if (k[i] == \"InCsumErrors\") print \"TcpInCsumErrors\", $i } }' \
+                /proc/net/snmp";
+    let snmp = match netns {
+        Some(ns) => format!("ip netns exec {ns} {snmp}"),
+        None => snmp.to_string(),
+    };
+    let nic = format!(
+        "ethtool -S {dev} 2>/dev/null | awk -F: 'tolower($1) ~ /csum|checksum/ {{ gsub(/ /, \"\", $1); print \"{dev}.\" $1, $2 }}'"
+    );
+    format!("{snmp}; {nic}")
+}
+
+/// Parses `NAME VALUE` lines; lines that do not fit are skipped.
+pub fn parse_named(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}

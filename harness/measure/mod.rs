@@ -2,6 +2,7 @@
 //! tool output kept as evidence.
 
 pub mod capture;
+pub mod checksum;
 pub mod counters;
 pub mod iperf3;
 pub mod nic;

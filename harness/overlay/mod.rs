@@ -3,15 +3,26 @@
 //! and snapshot-tested.
 
 pub mod baseline;
+pub mod ila;
 
 use crate::guest::Attachment;
-use crate::lab::{Lab, Overlay, Vm};
+use crate::lab::{CaseParams, Lab, Overlay, Vm};
 
 /// The commands that deploy the lab's overlay on `vm`, whose containers are
-/// attached as `attachment` says.
+/// attached as `attachment` says (once per boot).
 pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
     match lab.overlay {
         Overlay::Baseline => baseline::commands(lab, vm, attachment),
+        Overlay::Ila => ila::commands(),
+    }
+}
+
+/// The commands that set the overlay up for one case's parameters on `vm`,
+/// replacing the previous case's (empty when the overlay has no per-case state).
+pub fn case_commands(lab: &Lab, vm: &Vm, params: &CaseParams) -> Vec<String> {
+    match (lab.overlay, params.ila) {
+        (Overlay::Ila, Some(case)) => ila::case_commands(lab, vm, case),
+        _ => Vec::new(),
     }
 }
 
@@ -19,5 +30,6 @@ pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
 pub fn modules(lab: &Lab) -> Vec<String> {
     match lab.overlay {
         Overlay::Baseline => Vec::new(),
+        Overlay::Ila => vec!["ila".to_string()],
     }
 }

@@ -1,0 +1,239 @@
+//! The ILA overlay without VMs: lab validation, the translation and checksum
+//! arithmetic on bytes captured by vlab in the ILA matrix (Debian 6.12 kernel,
+//! virtio-net), and the rendered guest commands.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::Path;
+
+use rstest::rstest;
+use vlab::lab::{CsumMode, IlaCase, IlaHook, Lab, LabError, Locator};
+use vlab::measure::capture::{summarize, CaptureContext};
+use vlab::measure::checksum::{self, ChecksumStatus, Segment};
+use vlab::overlay::ila::{self, Direction};
+
+const ILA: &str = include_str!("../labs/ila.toml");
+const MATRIX: &str = include_str!("../labs/ila-matrix.toml");
+
+fn parse(text: &str) -> Result<Lab, LabError> {
+    Lab::parse(text, Path::new("ila.toml"))
+}
+
+fn addr(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn loc(s: &str) -> Locator {
+    Locator::try_from(s.to_string()).unwrap()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/pcap/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The IPv6 packets (Ethernet stripped) of a pcap, in order.
+fn ipv6_packets(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let (_, capture) = pcap_parser::parse_pcap(pcap).unwrap();
+    capture.blocks.iter().map(|b| b.data[14..].to_vec()).collect()
+}
+
+fn tcp_valid(packet: &[u8]) -> bool {
+    let src: [u8; 16] = packet[8..24].try_into().unwrap();
+    let dst: [u8; 16] = packet[24..40].try_into().unwrap();
+    checksum::tcp_checksum_valid(IpAddr::V6(src.into()), IpAddr::V6(dst.into()), &packet[40..])
+}
+
+#[test]
+fn the_matrix_is_four_modes_by_offloads_by_hook() {
+    let lab = parse(MATRIX).unwrap();
+    let cases = lab.cases();
+    assert_eq!(cases.len(), 16);
+    assert_eq!(cases[0].name, "csum-mode=no-action,hook=route,offloads=on");
+    assert_eq!(cases[15].name, "csum-mode=neutral-map-auto,hook=xlat,offloads=off");
+    assert_eq!(cases[15].params.ila, Some(IlaCase { csum_mode: CsumMode::NeutralMapAuto, hook: IlaHook::Xlat }));
+    let single = parse(ILA).unwrap().cases();
+    assert_eq!(single.len(), 1);
+    assert_eq!(single[0].params.ila, Some(IlaCase { csum_mode: CsumMode::NoAction, hook: IlaHook::Route }));
+}
+
+fn edit(from: &str, to: &str) -> String {
+    assert!(ILA.contains(from), "fixture lacks {from:?}");
+    ILA.replacen(from, to, 1)
+}
+
+#[rstest]
+#[case::missing_locator(edit("locator = \"bbbb:0:0:0\"\n", ""), "ila_missing_locator")]
+#[case::bad_locator(edit("locator = \"bbbb:0:0:0\"", "locator = \"bbbb::\""), "ila_bad_locator")]
+#[case::same_locator(edit("locator = \"bbbb:0:0:0\"", "locator = \"aaaa:0:0:0\""), "ila_same_locator")]
+#[case::sir_prefix_length(
+    edit("sir_prefix = \"dead:beef::/64\"", "sir_prefix = \"dead:beef::/48\""),
+    "ila_sir_prefix_length"
+)]
+#[case::container_outside_sir(
+    edit("ipv6 = \"dead:beef::2/128\"", "ipv6 = \"fd00:beef::2/128\""),
+    "ila_container_outside_sir"
+)]
+#[case::container_not_128(edit("ipv6 = \"dead:beef::2/128\"", "ipv6 = \"dead:beef::2/64\""), "ila_container_not_128")]
+#[case::ipv4_family(edit("family = \"ipv6\"", "family = \"ipv4\""), "ila_ipv4_family")]
+#[case::c_bit_set(
+    edit("csum_mode = \"no-action\"", "csum_mode = \"neutral-map\"").replace("dead:beef::2/128", "dead:beef::1000:0:0:2/128"),
+    "ila_c_bit_set"
+)]
+#[case::use_format_type(edit("ident_type = \"luid\"", "ident_type = \"use-format\""), "ila_use_format_type")]
+#[case::no_captures(edit("points = [\"underlay\", \"container\"]", "points = [\"underlay\"]"), "ila_no_captures")]
+#[case::unknown_mode(edit("csum_mode = \"no-action\"", "csum_mode = \"adjust\""), "ila_unknown_mode")]
+#[case::ila_table_elsewhere(
+    include_str!("../labs/baseline.toml").replacen("[workload]", "[ila]\nhook = \"xlat\"\n\n[workload]", 1),
+    "ila_table_elsewhere"
+)]
+fn invalid_ila_labs_name_the_field(#[case] text: String, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+#[test]
+fn use_format_identifiers_are_accepted_with_their_type_bits() {
+    let text = edit("ident_type = \"luid\"", "ident_type = \"use-format\"")
+        .replace("dead:beef::1/128", "dead:beef::2000:0:0:1/128")
+        .replace("dead:beef::2/128", "dead:beef::2000:0:0:2/128");
+    let lab = parse(&text).expect("formatted luid identifiers");
+    let cmds = ila::case_commands(&lab, &lab.vms[0], lab.cases()[0].params.ila.unwrap());
+    assert!(
+        cmds.iter().any(|c| c.starts_with("ip -6 route add aaaa::2000:0:0:0/67 encap ila dead:beef:0:0")),
+        "{cmds:#?}"
+    );
+}
+
+#[test]
+fn locators_read_and_print_as_four_groups() {
+    assert_eq!(loc("aaaa:0:0:0").0, 0xaaaa_0000_0000_0000);
+    assert_eq!(loc("2001:db8:2:0").to_string(), "2001:db8:2:0");
+    assert!(Locator::try_from("aaaa::".to_string()).is_err());
+    assert!(Locator::try_from("aaaa:0:0:0:0".to_string()).is_err());
+}
+
+/// The wire addresses the 6.12 kernel produced in the matrix run (read from the
+/// captures) are the ones vlab's model of each mode computes.
+#[rstest]
+#[case(CsumMode::NoAction, "dead:beef::1", "aaaa:0:0:0", "aaaa::1")]
+#[case(CsumMode::AdjTransport, "dead:beef::2", "bbbb:0:0:0", "bbbb::2")]
+#[case(CsumMode::NeutralMap, "dead:beef::1", "aaaa:0:0:0", "aaaa::1000:0:0:e2f3")]
+#[case(CsumMode::NeutralMap, "dead:beef::2", "bbbb:0:0:0", "bbbb::1000:0:0:d1e3")]
+#[case(CsumMode::NeutralMapAuto, "dead:beef::1", "aaaa:0:0:0", "aaaa::f2f3")]
+#[case(CsumMode::NeutralMapAuto, "dead:beef::2", "bbbb:0:0:0", "bbbb::e1e3")]
+fn translations_match_the_kernel(#[case] mode: CsumMode, #[case] sir: &str, #[case] to: &str, #[case] wire: &str) {
+    let out = ila::translate(addr(sir), loc(to), mode, Direction::SirToIla);
+    assert_eq!(out, addr(wire));
+    // And back: the receiver restores the SIR address.
+    assert_eq!(ila::translate(out, loc("dead:beef:0:0"), mode, Direction::IlaToSir), addr(sir));
+}
+
+#[rstest]
+#[case(CsumMode::NeutralMap)]
+#[case(CsumMode::NeutralMapAuto)]
+fn neutral_modes_keep_the_address_sum(#[case] mode: CsumMode) {
+    for sir in ["dead:beef::1", "dead:beef::ffff", "dead:beef::1:0", "dead:beef::abcd:0:0:7"] {
+        let wire = ila::translate(addr(sir), loc("2001:db8:2:0"), mode, Direction::SirToIla);
+        let sum = |a| checksum::fold(checksum::sum_v6(a));
+        assert!(checksum::same_sum(sum(wire), sum(addr(sir))), "{sir} -> {wire}");
+        assert_eq!(ila::c_bit(wire), mode == CsumMode::NeutralMap, "{wire}");
+    }
+}
+
+/// A segment captured inside a container (valid for its SIR addresses),
+/// translated as each mode specifies.
+#[rstest]
+#[case(CsumMode::NoAction, false)]
+#[case(CsumMode::AdjTransport, true)]
+#[case(CsumMode::NeutralMap, true)]
+#[case(CsumMode::NeutralMapAuto, true)]
+fn a_valid_segment_after_translation(#[case] mode: CsumMode, #[case] valid_after: bool) {
+    let packets = ipv6_packets(&fixture("ila-no-action-off-host1-c1-eth0.pcap"));
+    let data = packets.iter().find(|p| p.len() > 1000).expect("a data segment");
+    assert!(tcp_valid(data), "valid before the translation");
+    let translated = ila::translate_packet(data, loc("aaaa:0:0:0"), mode, Direction::SirToIla);
+    assert_eq!(&translated[24..32], &[0xaa, 0xaa, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(tcp_valid(&translated), valid_after, "{mode:?}");
+    // no-action: correct before translation, wrong after it, right again once reversed.
+    let back = ila::translate_packet(&translated, loc("dead:beef:0:0"), mode, Direction::IlaToSir);
+    assert!(mode == CsumMode::AdjTransport || tcp_valid(&back));
+}
+
+/// `original_dst` for the study's addressing.
+fn sir_of(dst: IpAddr) -> Option<IpAddr> {
+    match dst {
+        IpAddr::V6(d) if ila::locator_of(d) == loc("aaaa:0:0:0") => Some(IpAddr::V6(addr("dead:beef::1"))),
+        IpAddr::V6(d) if ila::locator_of(d) == loc("bbbb:0:0:0") => Some(IpAddr::V6(addr("dead:beef::2"))),
+        _ => None,
+    }
+}
+
+/// Checksum verdicts of captured ILA traffic, by capture.
+#[rstest]
+#[case::no_action_wire("ila-no-action-off-host1-underlay.pcap", 0, 12, 0, 0, 0)]
+#[case::no_action_container("ila-no-action-off-host1-c1-eth0.pcap", 12, 0, 0, 0, 0)]
+#[case::no_action_offloaded("ila-no-action-on-host2-underlay.pcap", 0, 0, 12, 0, 0)]
+#[case::adj_transport_reversed("ila-adj-transport-off-host2-underlay.pcap", 0, 12, 0, 0, 12)]
+#[case::adj_transport_partial_reversed("ila-adj-transport-on-host2-underlay.pcap", 0, 10, 0, 2, 12)]
+#[case::neutral_map("ila-neutral-map-off-host1-underlay.pcap", 12, 0, 0, 0, 0)]
+#[case::neutral_map_auto("ila-neutral-map-auto-off-host2-underlay.pcap", 12, 0, 0, 0, 0)]
+fn checksum_verdicts_of_ila_captures(
+    #[case] file: &str,
+    #[case] valid: u64,
+    #[case] invalid: u64,
+    #[case] offloaded: u64,
+    #[case] oversized: u64,
+    #[case] reversed: u64,
+) {
+    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of };
+    let s = summarize(&fixture(file), &ctx).unwrap();
+    let c = s.checksums;
+    assert_eq!(
+        (c.valid, c.invalid, c.offloaded, c.oversized, c.reverse_adjusted),
+        (valid, invalid, offloaded, oversized, reversed),
+        "{file}: {c}"
+    );
+}
+
+/// The first segments of a few captures, layer by layer.
+#[rstest]
+#[case::wire_no_action("ila-no-action-off-host1-underlay.pcap")]
+#[case::wire_neutral_map("ila-neutral-map-off-host1-underlay.pcap")]
+#[case::container_no_action("ila-no-action-off-host1-c1-eth0.pcap")]
+#[case::container_neutral_map_on_route_hook("ila-neutral-map-route-off-host1-c1-eth0.pcap")]
+fn first_segments_layer_by_layer(#[case] file: &str) {
+    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of };
+    let s = summarize(&fixture(file), &ctx).unwrap();
+    insta::assert_json_snapshot!(file.trim_end_matches(".pcap"), s.first);
+}
+
+#[test]
+fn an_incomplete_or_oversized_segment_is_not_called_invalid() {
+    let packets = ipv6_packets(&fixture("ila-neutral-map-off-host1-underlay.pcap"));
+    let p = packets.iter().find(|p| p.len() > 1000).unwrap();
+    let src: [u8; 16] = p[8..24].try_into().unwrap();
+    let dst: [u8; 16] = p[24..40].try_into().unwrap();
+    let (src, dst) = (IpAddr::V6(src.into()), IpAddr::V6(dst.into()));
+    let cut = Segment { src, dst, bytes: &p[40..100], complete: false, ip_len: p.len() };
+    assert_eq!(checksum::classify(&cut, None, 1500), ChecksumStatus::Truncated);
+    let mut broken = p[40..].to_vec();
+    broken[30] ^= 0xff;
+    let whole = Segment { src, dst, bytes: &broken, complete: true, ip_len: p.len() };
+    assert_eq!(checksum::classify(&whole, None, 1500), ChecksumStatus::Invalid);
+    let merged = Segment { ip_len: 3000, ..whole };
+    assert_eq!(checksum::classify(&merged, None, 1500), ChecksumStatus::Oversized);
+}
+
+#[test]
+fn guest_commands_for_each_hook() {
+    let lab = parse(MATRIX).unwrap();
+    let mut out = String::new();
+    for hook in [IlaHook::Route, IlaHook::RouteInput, IlaHook::Xlat] {
+        let case = IlaCase { csum_mode: CsumMode::NeutralMapAuto, hook };
+        for vm in &lab.vms {
+            out.push_str(&format!("# {} hook={hook:?}\n", vm.name));
+            out.push_str(&ila::case_commands(&lab, vm, case).join("\n"));
+            out.push('\n');
+        }
+    }
+    insta::assert_snapshot!("ila_commands", out);
+}
