@@ -172,7 +172,7 @@ impl Report {
         }
         let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
         let mut s = format!(
-            "\nILA verdicts (documented expectation in [brackets] where it differs)\n{:<width$}  {:<9}  {:<11}  {:<20}  {:<10}  {}\n",
+            "\nILA verdicts (documented expectation in [brackets] where it differs)\n{:<width$}  {:<9}  {:<11}  {:<26}  {:<10}  {}\n",
             "case", "delivered", "translation", "wire checksums", "container", "csum errors"
         );
         let yes = |b: bool| if b { "yes" } else { "no" };
@@ -195,7 +195,7 @@ impl Report {
                 _ => "INVALID",
             };
             s.push_str(&format!(
-                "{:<width$}  {:<9}  {:<11}  {:<20}  {:<10}  {}\n",
+                "{:<width$}  {:<9}  {:<11}  {:<26}  {:<10}  {}\n",
                 name,
                 delivered,
                 if v.translation { "ok" } else { "WRONG" },

@@ -515,7 +515,11 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
             break;
         }
         if Instant::now() >= ready_deadline {
-            bail!("iperf3 server on `{}` did not listen on port {} within 20 s", server.vm.guest.name, w.port);
+            let said = match server.vm.guest.agent().wait(server_pid, "iperf3 -s", Duration::from_secs(1)).await {
+                Ok(out) => format!(": {} {}", out.stdout_text().trim(), out.stderr_text().trim()),
+                Err(_) => String::new(),
+            };
+            bail!("iperf3 server on `{}` did not listen on port {} within 20 s{said}", server.vm.guest.name, w.port);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
