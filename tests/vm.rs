@@ -27,6 +27,7 @@ macro_rules! assert_report_snapshot {
             ".cases[].cpu_server_percent" => "[percent]",
             ".cases[].checks[].detail" => "[evidence]",
             ".cases[].interfaces[].before" => "[counters]",
+            ".cases[].captures[].checksums" => "[checksum counts]",
             ".cases[].interfaces[].after" => "[counters]",
             ".accel" => "[accel]",
             ".accel_notice" => "[accel notice]",
@@ -154,6 +155,13 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
         assert!(dir.join("iperf3-server.json").is_file());
     }
 
+    // How many segments were complete (ACKs) or cut at 128 bytes varies; none is invalid.
+    for cap in report["cases"].as_array().unwrap().iter().flat_map(|c| c["captures"].as_array().unwrap()) {
+        let c = &cap["checksums"];
+        assert_eq!(c["invalid"], 0, "{cap}");
+        let judged: u64 = ["valid", "offloaded", "oversized", "truncated"].iter().map(|k| c[k].as_u64().unwrap()).sum();
+        assert_eq!(judged, cap["tcp"].as_u64().unwrap(), "{cap}");
+    }
     assert_report_snapshot!("baseline-report", report, 100e6);
 }
 
