@@ -17,12 +17,13 @@ use crate::guest::{self, Attachment, Guest};
 use crate::hostnet::LabNet;
 use crate::image::{self, Image};
 use crate::lab::CapturePoint;
-use crate::lab::{variant_name, Case, Direction, Lab, Locator, Nic, NicModel, TrafficPath};
+use crate::lab::{variant_name, Case, Direction, IlaCase, Lab, Nic, NicModel, TrafficPath};
 use crate::measure::capture::{self, CaptureContext, CaptureSummary};
 use crate::measure::counters::{self, Counters};
 use crate::measure::iperf3;
 use crate::measure::nic::{self, InterfaceEvidence};
-use crate::overlay::{self, ila};
+use crate::overlay;
+use crate::overlay::ila::{self, IlaVerdict};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::agent::Agent;
 use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmSpec};
@@ -547,14 +548,8 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         }
     }
     // ILA rewrites destinations: a checksum left for the NIC was summed for the SIR address.
-    let sir_by_locator: Vec<(Locator, Ipv6Addr)> =
-        lab.vms.iter().filter_map(|vm| Some((vm.locator?, vm.containers.first()?.ipv6?.addr()))).collect();
-    let original_dst = |dst: IpAddr| match dst {
-        IpAddr::V6(d) => {
-            sir_by_locator.iter().find(|(loc, _)| ila::locator_of(d) == *loc).map(|(_, sir)| IpAddr::V6(*sir))
-        }
-        IpAddr::V4(_) => None,
-    };
+    let sirs = ila::sir_addresses(lab);
+    let original_dst = |dst: IpAddr| ila::original_destination(&sirs, dst);
     let capture_summaries = finish_captures(captures, w.port, &original_dst, case_dir.as_deref()).await?;
 
     if let Some(case_dir) = &case_dir {
@@ -565,21 +560,7 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         std::fs::write(case_dir.join("interfaces.json"), serde_json::to_vec_pretty(&evidence)?)?;
     }
 
-    let mut kernel_says = Vec::new();
-    for (vm, from) in rt.vms.iter().zip(&dmesg_lines) {
-        let out = vm.guest.run(&format!("dmesg | tail -n +{}", from + 1)).await?;
-        let log = out.stdout_text();
-        if let (Some(dir), false) = (&case_dir, log.trim().is_empty()) {
-            std::fs::write(dir.join(format!("dmesg-{}.txt", vm.report.name)), &log)?;
-        }
-        let alarms: Vec<String> = log
-            .lines()
-            .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
-            .take(3)
-            .map(|l| format!("{}: {}", vm.report.name, l.trim()))
-            .collect();
-        kernel_says.extend(alarms);
-    }
+    let kernel_says = kernel_alarms(rt, &dmesg_lines, case_dir.as_deref()).await?;
     let parsed = iperf3::parse(&client_out.stdout_text());
     let mut checks = vec![Check::new(
         "iperf3 completed",
@@ -632,28 +613,11 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
             seen.join(", "),
         ));
     }
-    let ila_verdict = case.params.ila.map(|ila_case| {
-        let sir_of = |s: &Side| s.netns.as_ref().and_then(|_| s.addr.parse::<Ipv6Addr>().ok());
-        let vm_of = |s: &Side| lab.vm(&s.vm.guest.name).expect("validated");
-        let (Some(s_sir), Some(c_sir)) = (sir_of(&server), sir_of(&client)) else {
-            return (Vec::new(), None);
-        };
-        let wire = |sir, s: &Side| ila::wire_address(sir, vm_of(s), ila_case.csum_mode).unwrap_or(sir);
-        let at = |point: bool| capture_summaries.iter().filter(|c| c.container.is_some() == point).collect::<Vec<_>>();
-        let evidence = ila::IlaEvidence {
-            case: ila_case,
-            sir: [s_sir, c_sir],
-            wire: [wire(s_sir, &server), wire(c_sir, &client)],
-            underlay: at(false),
-            container: at(true),
-            csum_errors: csum_errors.clone(),
-            delivered: received > 0 && client_out.success(),
-        };
-        let (checks, verdict) = ila::verdict(&evidence);
-        (checks, Some(verdict))
-    });
-    let ila_verdict = match ila_verdict {
-        Some((ila_checks, verdict)) => {
+    let ila_verdict = match case.params.ila {
+        Some(ila_case) => {
+            let delivered = received > 0 && client_out.success();
+            let (ila_checks, verdict) =
+                ila_verdict(lab, ila_case, [&server, &client], &capture_summaries, csum_errors, delivered);
             checks.extend(ila_checks);
             verdict
         }
@@ -673,6 +637,57 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         captures: capture_summaries,
         ila: ila_verdict,
     })
+}
+
+/// Judges an ILA case from its captures and counters (`sides`: server, client).
+fn ila_verdict(
+    lab: &Lab,
+    case: IlaCase,
+    sides: [&Side; 2],
+    captures: &[CaptureSummary],
+    csum_errors: BTreeMap<String, u64>,
+    delivered: bool,
+) -> (Vec<Check>, Option<IlaVerdict>) {
+    let sir = |s: &Side| s.netns.as_ref().and_then(|_| s.addr.parse::<Ipv6Addr>().ok());
+    let (Some(s_sir), Some(c_sir)) = (sir(sides[0]), sir(sides[1])) else {
+        // The underlay path: nothing is translated.
+        return (Vec::new(), None);
+    };
+    let wire = |addr, s: &Side| {
+        let vm = lab.vm(&s.vm.guest.name).expect("validated");
+        ila::wire_address(addr, vm, case.csum_mode).unwrap_or(addr)
+    };
+    let at = |container: bool| captures.iter().filter(|c| c.container.is_some() == container).collect::<Vec<_>>();
+    let evidence = ila::IlaEvidence {
+        case,
+        sir: [s_sir, c_sir],
+        wire: [wire(s_sir, sides[0]), wire(c_sir, sides[1])],
+        underlay: at(false),
+        container: at(true),
+        csum_errors,
+        delivered,
+    };
+    let (checks, verdict) = ila::verdict(&evidence);
+    (checks, Some(verdict))
+}
+
+/// What the guests' kernels logged since `from` (lines of `dmesg`, per VM)
+/// that means a warning or a bug; the new log is kept in `case_dir`.
+async fn kernel_alarms(rt: &LabRuntime, from: &[u64], case_dir: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let mut alarms = Vec::new();
+    for (vm, from) in rt.vms.iter().zip(from) {
+        let log = vm.guest.run(&format!("dmesg | tail -n +{}", from + 1)).await?.stdout_text();
+        if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
+            std::fs::write(dir.join(format!("dmesg-{}.txt", vm.report.name)), &log)?;
+        }
+        alarms.extend(
+            log.lines()
+                .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
+                .take(3)
+                .map(|l| format!("{}: {}", vm.report.name, l.trim())),
+        );
+    }
+    Ok(alarms)
 }
 
 /// Kernel log lines that mean the kernel hit a bug or a warning.

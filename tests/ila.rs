@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
+use std::sync::LazyLock;
 
 use rstest::rstest;
 use vlab::lab::{CsumMode, IlaCase, IlaHook, Lab, LabError, Locator};
@@ -158,13 +159,12 @@ fn a_valid_segment_after_translation(#[case] mode: CsumMode, #[case] valid_after
     assert!(mode == CsumMode::AdjTransport || tcp_valid(&back));
 }
 
+/// The study's locators and SIR addresses, from `labs/ila.toml`.
+static SIRS: LazyLock<Vec<(Locator, Ipv6Addr)>> = LazyLock::new(|| ila::sir_addresses(&parse(ILA).unwrap()));
+
 /// `original_dst` for the study's addressing.
 fn sir_of(dst: IpAddr) -> Option<IpAddr> {
-    match dst {
-        IpAddr::V6(d) if ila::locator_of(d) == loc("aaaa:0:0:0") => Some(IpAddr::V6(addr("dead:beef::1"))),
-        IpAddr::V6(d) if ila::locator_of(d) == loc("bbbb:0:0:0") => Some(IpAddr::V6(addr("dead:beef::2"))),
-        _ => None,
-    }
+    ila::original_destination(&SIRS, dst)
 }
 
 /// Checksum verdicts of captured ILA traffic, by capture.

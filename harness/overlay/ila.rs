@@ -132,6 +132,18 @@ pub fn wire_address(sir: Ipv6Addr, vm: &Vm, mode: CsumMode) -> Option<Ipv6Addr> 
     vm.locator.map(|loc| translate(sir, loc, mode, Direction::SirToIla))
 }
 
+/// Each VM's locator with the SIR address of its container.
+pub fn sir_addresses(lab: &Lab) -> Vec<(Locator, Ipv6Addr)> {
+    lab.vms.iter().filter_map(|vm| Some((vm.locator?, vm.containers.first()?.ipv6?.addr()))).collect()
+}
+
+/// The SIR destination behind an ILA destination seen on the wire (the one
+/// the sender's stack computed the checksum for), given [`sir_addresses`].
+pub fn original_destination(sirs: &[(Locator, Ipv6Addr)], dst: IpAddr) -> Option<IpAddr> {
+    let IpAddr::V6(d) = dst else { return None };
+    sirs.iter().find(|(loc, _)| locator_of(d) == *loc).map(|(_, sir)| IpAddr::V6(*sir))
+}
+
 fn ident_type_name(t: IdentType) -> String {
     variant_name(&t)
 }
