@@ -4,7 +4,9 @@ use serde::Serialize;
 
 use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
+use crate::measure::fdb::FdbEntry;
 use crate::measure::nic::InterfaceEvidence;
+use crate::overlay::evpn::ControlPlane;
 use crate::overlay::ila::IlaVerdict;
 
 /// One verdict computed from evidence read back from the guests.
@@ -70,6 +72,12 @@ pub struct CaseReport {
     /// ILA verdicts (the `ila` overlay only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ila: Option<IlaVerdict>,
+    /// Forwarding entries of the VXLAN devices after the workload (VXLAN overlays only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fdb: Vec<FdbEntry>,
+    /// The EVPN control plane after the workload (`vxlan-evpn` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evpn: Option<ControlPlane>,
 }
 
 /// The result of a run.
@@ -97,6 +105,10 @@ pub struct Report {
     pub cases: Vec<CaseReport>,
     /// Every case passed.
     pub passed: bool,
+    /// EVPN: seconds from the daemons' start to the first container ping that
+    /// got through (absent for other overlays and when it never did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence_s: Option<f64>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
 }
@@ -155,6 +167,11 @@ impl Report {
                     s.push_str(&format!("    {at} {}: driver kept {}\n", i.dev, refused.join(" ")));
                 }
             }
+        }
+        if let Some(t) = self.convergence_s {
+            s.push_str(&format!(
+                "\nEVPN converged {t:.1} s after the daemons started (first container ping through)\n"
+            ));
         }
         s.push_str(&self.ila_table());
         let passed = self.cases.iter().filter(|c| c.passed).count();

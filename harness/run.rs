@@ -17,13 +17,14 @@ use crate::guest::{self, Attachment, Guest};
 use crate::hostnet::LabNet;
 use crate::image::{self, Image};
 use crate::lab::CapturePoint;
-use crate::lab::{variant_name, Case, Direction, IlaCase, Lab, Nic, NicModel, TrafficPath};
+use crate::lab::{variant_name, Case, Direction, IlaCase, Lab, Nic, NicModel, Overlay, TrafficPath};
 use crate::measure::capture::{self, CaptureContext, CaptureSummary};
 use crate::measure::counters::{self, Counters};
+use crate::measure::fdb::{self, FdbEntry};
 use crate::measure::iperf3;
 use crate::measure::nic::{self, InterfaceEvidence};
-use crate::overlay;
 use crate::overlay::ila::{self, IlaVerdict};
+use crate::overlay::{self, evpn, vxlan};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::agent::Agent;
 use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmSpec};
@@ -74,6 +75,8 @@ struct LabRuntime {
     artifacts: Option<PathBuf>,
     /// Distinguishes the serial logs of successive boots.
     boot_label: String,
+    /// EVPN: seconds from the daemons' start to the first container ping that got through.
+    converged_s: Option<f64>,
 }
 
 impl Drop for LabRuntime {
@@ -187,6 +190,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let several = groups.len() > 1;
     let mut vm_reports = Vec::new();
     let mut case_reports = Vec::new();
+    let mut convergence_s = None;
     for (nic, group) in groups {
         let label = match (&nic, several) {
             (Some(n), true) => format!("-{}", n.label()),
@@ -198,6 +202,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
             Err(e) => return Err(explain_vm_exit(&mut rt, e).await),
         }
         vm_reports.extend(rt.vms.iter().map(|v| v.report.clone()));
+        convergence_s = convergence_s.or(rt.converged_s);
     }
     progress.finish();
     Ok(Report {
@@ -212,6 +217,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         vms: vm_reports,
         passed: case_reports.iter().all(|c| c.passed),
         cases: case_reports,
+        convergence_s,
         wall_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -331,7 +337,7 @@ async fn boot(
             _run_dir: run_dir,
         });
     }
-    let rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone(), boot_label };
+    let rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone(), boot_label, converged_s: None };
     match failure {
         Some(e) => Err(e),
         None => Ok(rt),
@@ -349,16 +355,27 @@ async fn deploy_and_measure(
     progress.phase("setting up containers and overlay");
     for (i, vm) in lab.vms.iter().enumerate() {
         let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
-        let attachment = Attachment::of(&booted.nic);
-        let mut script = guest::underlay_commands(vm, i, &booted.nic, &booted.mac);
-        script.extend(guest::peer_routes(lab, vm));
-        script.extend(guest::container_commands(vm, attachment));
-        script.extend(overlay::commands(lab, vm, attachment));
+        let script = guest::setup_script(lab, vm, i, &booted.nic, &booted.mac);
         booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
         let channels = booted.guest.run(&format!("ethtool -l {} 2>/dev/null; true", guest::UNDERLAY_DEV)).await?;
         booted.report.channels = nic::parse_channels(&channels.stdout_text());
+    }
+    if lab.overlay == Overlay::VxlanEvpn {
+        if let Some(dir) = &opts.artifacts {
+            let dir = dir.join("evpn");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("gobgpd.toml"), evpn::gobgp_config(lab))?;
+            for vm in &lab.vms {
+                std::fs::write(dir.join(format!("bgpd-{}.conf", vm.name)), evpn::frr_config(lab, vm))?;
+            }
+        }
+        progress.phase("waiting for the EVPN control plane");
+        rt.converged_s = converge(lab, rt).await?;
+    }
+    for vm in &lab.vms {
+        let guest = &rt.vm(&vm.name).guest;
         for cmd in &vm.setup {
-            booted.guest.run(cmd).await.with_context(|| format!("setup command of `{}` failed", vm.name))?;
+            guest.run(cmd).await.with_context(|| format!("setup command of `{}` failed", vm.name))?;
         }
     }
     let mut reports = Vec::new();
@@ -373,6 +390,28 @@ async fn deploy_and_measure(
         vm.qemu.check_running()?;
     }
     Ok(reports)
+}
+
+/// How long after the daemons started the workload's client container first
+/// reaches the server container (one ping a time, for at most 90 s); `None`
+/// when it never does.
+async fn converge(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<Option<f64>> {
+    let w = &lab.workload;
+    let (Some(c), Some(sc)) = (&w.client.container, &w.server.container) else { return Ok(None) };
+    let server = lab.vm(&w.server.vm).expect("validated");
+    let Some(target) = server.containers.iter().find(|x| &x.name == sc).and_then(|x| x.address(w.family)) else {
+        return Ok(None);
+    };
+    let guest = &rt.vm(&w.client.vm).guest;
+    let ping = format!("ip netns exec {c} ping -c 1 -W 1 -q {target} >/dev/null 2>&1");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        if guest.try_run(&ping).await?.success() {
+            return Ok(Some(started.elapsed().as_secs_f64()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(None)
 }
 
 /// When a guest died (kernel panic, QEMU crash), that is the real story: put
@@ -550,7 +589,8 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
     // ILA rewrites destinations: a checksum left for the NIC was summed for the SIR address.
     let sirs = ila::sir_addresses(lab);
     let original_dst = |dst: IpAddr| ila::original_destination(&sirs, dst);
-    let capture_summaries = finish_captures(captures, w.port, &original_dst, case_dir.as_deref()).await?;
+    let capture_summaries =
+        finish_captures(captures, w.port, &original_dst, overlay::vxlan_port(lab), case_dir.as_deref()).await?;
 
     if let Some(case_dir) = &case_dir {
         std::fs::write(case_dir.join("iperf3-client.json"), &client_out.stdout)?;
@@ -613,6 +653,35 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
             seen.join(", "),
         ));
     }
+    let fdb = read_fdb(lab, rt).await?;
+    let control_plane = match lab.overlay {
+        Overlay::VxlanEvpn => {
+            let outputs = read_control_plane(lab, rt, case_dir.as_deref()).await?;
+            let cp = evpn::control_plane(lab, &outputs);
+            checks.extend(evpn::verdict(lab, &cp));
+            Some(cp)
+        }
+        _ => None,
+    };
+    if let (Some(dir), false) = (&case_dir, fdb.is_empty()) {
+        std::fs::write(dir.join("fdb.json"), serde_json::to_vec_pretty(&fdb)?)?;
+    }
+    if let (Overlay::Vxlan | Overlay::VxlanEvpn, Some(_), Some(_)) = (lab.overlay, &server.netns, &client.netns) {
+        let settings = vxlan::settings(lab);
+        let vtep =
+            |s: &Side| lab.vm(&s.vm.guest.name).and_then(|vm| vm.underlay.get(settings.family)).expect("validated");
+        let addr = |s: &Side| s.addr.parse::<IpAddr>().expect("a container address");
+        let evidence = vxlan::VxlanEvidence {
+            vteps: [vtep(&server), vtep(&client)],
+            containers: [addr(&server), addr(&client)],
+            underlay: capture_summaries.iter().filter(|c| c.container.is_none()).collect(),
+            fdb: &fdb,
+            expected: vxlan::expected_entries(lab),
+            installed_as: if lab.overlay == Overlay::Vxlan { "permanent" } else { "extern_learn" },
+            settings,
+        };
+        checks.extend(vxlan::verdict(&evidence));
+    }
     let ila_verdict = match case.params.ila {
         Some(ila_case) => {
             let delivered = received > 0 && client_out.success();
@@ -636,7 +705,53 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         interfaces: evidence,
         captures: capture_summaries,
         ila: ila_verdict,
+        fdb,
+        evpn: control_plane,
     })
+}
+
+/// The EVPN control plane's own reports (raw JSON by artifact name), kept
+/// under `case_dir/evpn/` (nothing for other overlays).
+async fn read_control_plane(
+    lab: &Lab,
+    rt: &LabRuntime,
+    case_dir: Option<&Path>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if lab.overlay != Overlay::VxlanEvpn {
+        return Ok(out);
+    }
+    for vm in &lab.vms {
+        let guest = &rt.vm(&vm.name).guest;
+        for (name, cmd) in evpn::evidence_commands(lab, vm) {
+            let text = guest.try_run(&cmd).await?.stdout_text();
+            out.insert(name, text);
+        }
+    }
+    if let Some(dir) = case_dir {
+        let dir = dir.join("evpn");
+        std::fs::create_dir_all(&dir)?;
+        for (name, text) in &out {
+            std::fs::write(dir.join(name), text)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The forwarding entries of every VM's VXLAN device (none for other overlays).
+async fn read_fdb(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<Vec<FdbEntry>> {
+    if overlay::vxlan_port(lab).is_none() {
+        return Ok(Vec::new());
+    }
+    let dev = vxlan::device(vxlan::settings(lab).vni);
+    let mut entries = Vec::new();
+    for vm in &rt.vms {
+        let out = vm.guest.run(&fdb::command(&dev)).await?;
+        let parsed = fdb::parse(&vm.report.name, &out.stdout_text())
+            .with_context(|| format!("unreadable `bridge -j fdb show` on `{}`", vm.report.name))?;
+        entries.extend(parsed);
+    }
+    Ok(entries)
 }
 
 /// Judges an ILA case from its captures and counters (`sides`: server, client).
@@ -723,8 +838,12 @@ async fn start_captures<'a>(lab: &Lab, sides: [&Side<'a>; 2]) -> anyhow::Result<
             };
             let name = capture::file_name(&side.vm.guest.name, netns.as_deref(), &dev);
             let file = format!("/tmp/vlab-{name}");
-            let argv =
-                in_netns(&netns, capture::tcpdump_argv(&dev, &file, spec.packets, spec.snaplen, lab.workload.port));
+            // On the underlay an encapsulating overlay carries the workload inside its tunnel.
+            let filter = match (point, overlay::vxlan_port(lab)) {
+                (CapturePoint::Underlay, Some(port)) => format!("udp port {port}"),
+                _ => format!("port {}", lab.workload.port),
+            };
+            let argv = in_netns(&netns, capture::tcpdump_argv(&dev, &file, spec.packets, spec.snaplen, &filter));
             let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
             let mtu_cmd = in_netns(&netns, vec!["cat".into(), format!("/sys/class/net/{dev}/mtu")]).join(" ");
             let mtu = side.vm.guest.run(&mtu_cmd).await?.stdout_text().trim().parse().unwrap_or(1500);
@@ -752,6 +871,7 @@ async fn finish_captures(
     running: Vec<RunningCapture<'_>>,
     port: u16,
     original_dst: &(dyn Fn(IpAddr) -> Option<IpAddr> + Sync),
+    vxlan_port: Option<u16>,
     case_dir: Option<&Path>,
 ) -> anyhow::Result<Vec<CaptureSummary>> {
     let mut out = Vec::new();
@@ -764,7 +884,7 @@ async fn finish_captures(
         if let Some(dir) = case_dir {
             std::fs::write(dir.join(&name), &bytes)?;
         }
-        let ctx = CaptureContext { port, mtu: c.mtu, original_dst };
+        let ctx = CaptureContext { port, mtu: c.mtu, original_dst, vxlan_port };
         let parsed = capture::summarize(&bytes, &ctx).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         c.summary = CaptureSummary { vm: c.summary.vm, container: c.summary.container, dev: c.summary.dev, ..parsed };
         out.push(c.summary);

@@ -4,9 +4,8 @@
 use std::path::Path;
 
 use rstest::rstest;
-use vlab::guest::{container_commands, underlay_commands, Attachment};
+use vlab::guest::setup_script;
 use vlab::lab::Lab;
-use vlab::overlay;
 
 #[rstest]
 #[case::virtio("labs/baseline.toml", None, "virtio")]
@@ -16,11 +15,8 @@ fn rendered_guest_setup(#[case] lab_file: &str, #[case] matrix_nic: Option<usize
     let mut script = Vec::new();
     for (i, vm) in lab.vms.iter().enumerate() {
         let nic = matrix_nic.map_or(vm.nic.clone(), |j| lab.matrix.nic.as_ref().unwrap()[j].clone());
-        let attachment = Attachment::of(&nic);
         script.push(format!("# {}", vm.name));
-        script.extend(underlay_commands(vm, i, &nic, &format!("52:54:00:4c:{:02x}:01", i + 1)));
-        script.extend(container_commands(vm, attachment));
-        script.extend(overlay::commands(&lab, vm, attachment));
+        script.extend(setup_script(&lab, vm, i, &nic, &format!("52:54:00:4c:{:02x}:01", i + 1)));
     }
     insta::assert_snapshot!(name, script.join("\n"));
 }

@@ -184,7 +184,7 @@ fn checksum_verdicts_of_ila_captures(
     #[case] oversized: u64,
     #[case] reversed: u64,
 ) {
-    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of };
+    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of, vxlan_port: None };
     let s = summarize(&fixture(file), &ctx).unwrap();
     let c = s.checksums;
     assert_eq!(
@@ -201,7 +201,7 @@ fn checksum_verdicts_of_ila_captures(
 #[case::container_no_action("ila-no-action-off-host1-c1-eth0.pcap")]
 #[case::container_neutral_map_on_route_hook("ila-neutral-map-route-off-host1-c1-eth0.pcap")]
 fn first_segments_layer_by_layer(#[case] file: &str) {
-    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of };
+    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of, vxlan_port: None };
     let s = summarize(&fixture(file), &ctx).unwrap();
     insta::assert_json_snapshot!(file.trim_end_matches(".pcap"), s.first);
 }

@@ -390,3 +390,120 @@ fn ila_matrix_verdicts_from_captures() {
     }
     insta::assert_json_snapshot!("ila-matrix-verdicts", table);
 }
+
+/// What a VXLAN case shows that does not vary between runs: check verdicts,
+/// the encapsulation and first segments of each capture (frame numbers left
+/// out: ND and MLD chatter precede the workload by a varying count), and the
+/// forwarding entries that point at a VTEP.
+fn vxlan_evidence(case: &Value) -> Value {
+    let checks: Vec<Value> = case["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| serde_json::json!({"name": k["name"], "passed": k["passed"]}))
+        .collect();
+    let captures: Vec<Value> = case["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let first: Vec<Value> = c["first"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    p.as_object_mut().unwrap().remove("frame");
+                    p
+                })
+                .collect();
+            serde_json::json!({"vm": c["vm"], "container": c["container"], "vxlan": c["vxlan"].get("vnis").map(|_| serde_json::json!({"vnis": c["vxlan"]["vnis"], "tunnels": c["vxlan"]["tunnels"], "fragments": c["vxlan"]["fragments"]})), "flows": c["flows"], "first": first})
+        })
+        .collect();
+    let fdb: Vec<&Value> = case["fdb"].as_array().unwrap().iter().filter(|e| !e["dst"].is_null()).collect();
+    serde_json::json!({"checks": checks, "captures": captures, "fdb": fdb, "evpn": case["evpn"]})
+}
+
+#[test]
+fn vxlan_lab_encapsulates_with_static_entries() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid, json, _) = vlab.run_with_evidence("labs/vxlan.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let case = &report["cases"][0];
+    assert!(case["throughput_bps"].as_f64().unwrap() > 20e6);
+    insta::assert_json_snapshot!("vxlan-evidence", vxlan_evidence(case));
+}
+
+/// Another VNI, UDP port and addresses: what is on the wire and in the
+/// forwarding entries follows the lab file.
+#[test]
+fn vxlan_vni_port_and_addresses_follow_the_lab_file() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid, json, _) = vlab.run_with_evidence("tests/labs/vxlan-vni4242.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let case = &report["cases"][0];
+    for cap in case["captures"].as_array().unwrap().iter().filter(|c| c["container"].is_null()) {
+        assert_eq!(cap["vxlan"]["vnis"], serde_json::json!([4242]), "{cap}");
+        let tunnels: Vec<String> =
+            cap["vxlan"]["tunnels"].as_array().unwrap().iter().map(|t| t["src"].to_string()).collect();
+        assert_eq!(tunnels, ["\"10.20.0.1\"", "\"10.20.0.2\""], "{cap}");
+        assert!(cap["first"][0]["src"].as_str().unwrap().starts_with("172.16.5."), "{cap}");
+    }
+    let vtep_entries: Vec<(&str, &str)> =
+        case["fdb"].as_array().unwrap().iter().filter_map(|e| Some((e["mac"].as_str()?, e["dst"].as_str()?))).collect();
+    assert!(vtep_entries.contains(&("52:54:00:c0:02:01", "10.20.0.2")), "{vtep_entries:?}");
+    assert!(vtep_entries.contains(&("00:00:00:00:00:00", "10.20.0.1")), "{vtep_entries:?}");
+}
+
+/// FRR and the goBGP route server program the forwarding entries; the
+/// control plane's evidence is the snapshot.
+#[test]
+fn evpn_lab_learns_its_forwarding_entries_over_bgp() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid, json, artifacts) = vlab.run_with_evidence("labs/vxlan-evpn.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let converged = report["convergence_s"].as_f64().expect("converged");
+    assert!(converged < 60.0, "{converged}");
+    // The rendered configurations and the daemons' own reports are kept.
+    for f in [
+        "evpn/gobgpd.toml",
+        "evpn/bgpd-host1.conf",
+        "default/evpn/rs-neighbors.json",
+        "default/evpn/host2-evpn-mac.json",
+    ] {
+        assert!(artifacts.join(f).is_file(), "{f}");
+    }
+    insta::assert_json_snapshot!("evpn-evidence", vxlan_evidence(&report["cases"][0]));
+}
+
+/// Without the route server the case fails, naming what is missing, and
+/// does not hang.
+#[test]
+fn evpn_without_route_server_names_the_missing_routes() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let started = std::time::Instant::now();
+    let (out, pid, json, _) = vlab.run_with_evidence("tests/labs/evpn-rs-down.toml");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(started.elapsed().as_secs() < 240, "took {:?}", started.elapsed());
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let checks = report["cases"][0]["checks"].as_array().unwrap();
+    let routes = checks.iter().find(|k| k["name"].as_str().unwrap().starts_with("EVPN: route server holds")).unwrap();
+    assert_eq!(routes["passed"], false);
+    let detail = routes["detail"].as_str().unwrap();
+    assert!(detail.contains("type-2 VNI 100 MAC 52:54:00:c0:02:01 from host2"), "{detail}");
+    assert!(detail.contains("type-3 VNI 100 VTEP 11.0.0.1 from host1"), "{detail}");
+    let fdb = checks.iter().find(|k| k["name"].as_str().unwrap().starts_with("VXLAN: remote MACs")).unwrap();
+    assert_eq!(fdb["passed"], false);
+    assert!(fdb["detail"].as_str().unwrap().contains("host2: 52:54:00:c0:01:01 dst 11.0.0.1"), "{fdb}");
+}

@@ -177,14 +177,40 @@ pub fn peer_routes(lab: &Lab, vm: &Vm) -> Vec<String> {
     cmds
 }
 
-/// Creates each container: a namespace with either a veth pair (whose guest
-/// side is the gateway) or VF number `j` renamed `eth0`; addresses and routes.
-pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
+/// The whole setup of VM number `vm_index` with `nic` (MAC `mac`) after boot:
+/// underlay NIC, routes to peers, containers, overlay.
+pub fn setup_script(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<String> {
+    let attachment = Attachment::of(nic);
+    let mut script = underlay_commands(vm, vm_index, nic, mac);
+    script.extend(peer_routes(lab, vm));
+    script.extend(container_commands(vm, vm_index, attachment, crate::overlay::routes_containers(lab)));
+    script.extend(crate::overlay::commands(lab, vm, attachment));
+    script
+}
+
+/// MAC of container `j` of VM number `vm_index` on an L2 overlay (fixed, so
+/// that forwarding entries and captures can name it).
+pub fn container_mac(vm_index: usize, j: usize) -> String {
+    format!("52:54:00:c0:{:02x}:{:02x}", vm_index + 1, j + 1)
+}
+
+/// Creates each container: a namespace with either a veth pair or VF number
+/// `j` renamed `eth0`; addresses and routes. With `routed`, the guest side of
+/// the veth is the container's gateway; without (L2 overlays), it has no
+/// address, the container no default route, and `eth0` a fixed MAC: the
+/// overlay makes the veth a bridge port.
+pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, routed: bool) -> Vec<String> {
     let mut cmds = Vec::new();
     for (j, c) in vm.containers.iter().enumerate() {
         cmds.push(format!("ip netns add {}", c.name));
         cmds.push(format!("ip -n {} link set lo up", c.name));
         match attachment {
+            Attachment::Veth if !routed => {
+                let veth = host_veth(&c.name);
+                cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
+                cmds.push(format!("ip -n {} link set {CONTAINER_DEV} address {}", c.name, container_mac(vm_index, j)));
+                cmds.push(format!("ip link set {veth} up"));
+            }
             Attachment::Veth => {
                 let veth = host_veth(&c.name);
                 cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
@@ -218,7 +244,7 @@ pub fn container_commands(vm: &Vm, attachment: Attachment) -> Vec<String> {
             cmds.push(format!("ip -n {} -6 addr add {net} dev {CONTAINER_DEV} nodad", c.name));
         }
         cmds.push(format!("ip -n {} link set {CONTAINER_DEV} up", c.name));
-        if attachment == Attachment::Veth {
+        if attachment == Attachment::Veth && routed {
             if let Some(gw) = c.gateway(Family::Ipv4).filter(|_| c.ipv4.is_some()) {
                 cmds.push(format!("ip -n {} route add default via {gw}", c.name));
             }

@@ -55,6 +55,12 @@ pub struct Lab {
     /// Settings of the `ila` overlay.
     #[serde(default)]
     pub ila: Option<IlaSettings>,
+    /// Settings of the `vxlan` and `vxlan-evpn` overlays.
+    #[serde(default)]
+    pub vxlan: Option<VxlanSettings>,
+    /// Settings of the `vxlan-evpn` control plane.
+    #[serde(default)]
+    pub evpn: Option<EvpnSettings>,
     /// Where the lab was read from (set by [`Lab::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -79,6 +85,51 @@ pub enum Overlay {
     /// kernel's `ila` module rewrites the destination's upper 64 bits to the
     /// peer VM's locator on the way out and back on the way in.
     Ila,
+    /// One L2 segment over VXLAN: each VM bridges its containers with a VXLAN
+    /// device; remote VTEPs and MACs are static forwarding entries.
+    Vxlan,
+    /// The `vxlan` datapath without static entries: FRR (bgpd + zebra) on
+    /// each VM peers over MP-BGP l2vpn/evpn with a goBGP route server, and
+    /// zebra programs the forwarding entries from the routes it learns.
+    VxlanEvpn,
+}
+
+/// The `[evpn]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvpnSettings {
+    /// The AS of every BGP speaker (iBGP, default 65000).
+    pub asn: u32,
+    /// The VM that runs the route server (`gobgpd`, in a namespace of its
+    /// own); default: the first VM.
+    pub route_server: Option<String>,
+    /// The route server's address; its VM takes the other address of the
+    /// subnet (default `10.255.0.2/30`).
+    pub route_server_address: Ipv4Net,
+}
+
+impl Default for EvpnSettings {
+    fn default() -> Self {
+        EvpnSettings { asn: 65000, route_server: None, route_server_address: "10.255.0.2/30".parse().expect("valid") }
+    }
+}
+
+/// The `[vxlan]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VxlanSettings {
+    /// VXLAN network identifier (1..=16777215, default 100).
+    pub vni: u32,
+    /// UDP destination port (default 4789).
+    pub port: u16,
+    /// Address family of the VTEPs: the VMs' underlay addresses of this family (default ipv4).
+    pub family: Family,
+}
+
+impl Default for VxlanSettings {
+    fn default() -> Self {
+        VxlanSettings { vni: 100, port: 4789, family: Family::Ipv4 }
+    }
 }
 
 /// The `[ila]` table: how the `ila` overlay translates.

@@ -189,6 +189,11 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
                 let (Some(addr), Some(gw)) = (c.address(family), c.gateway(family)) else {
                     continue;
                 };
+                if !crate::overlay::routes_containers(lab) {
+                    // On an L2 overlay the guest-side veth has no address.
+                    dup_addr(addr, cat(key))?;
+                    continue;
+                }
                 let prefix = match family {
                     Family::Ipv4 => c.ipv4.map(|n| n.prefix_len()).unwrap_or(0) as u32,
                     Family::Ipv6 => c.ipv6.map(|n| n.prefix_len()).unwrap_or(0) as u32,
@@ -283,6 +288,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));
     }
     validate_ila(lab)?;
+    validate_vxlan(lab)?;
     // Every case must have addresses of its family at both ends.
     for case in lab.cases() {
         for (key, ep) in [("server", &w.server), ("client", &w.client)] {
@@ -432,6 +438,101 @@ fn validate_ila(lab: &Lab) -> Result<(), Issue> {
             vec![Key("workload"), Key("family")]
         };
         return Err(Issue::new(path, "ILA is IPv6 only: use family = \"ipv6\""));
+    }
+    Ok(())
+}
+
+/// The `vxlan` overlay: a VNI and port that exist, a VTEP address of the
+/// chosen family on every VM, containers in one subnet, no SR-IOV VFs.
+fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    if !matches!(lab.overlay, Overlay::Vxlan | Overlay::VxlanEvpn) {
+        if lab.vxlan.is_some() {
+            return Err(Issue::new(vec![Key("vxlan")], "`[vxlan]` is for `overlay = \"vxlan\"` or `\"vxlan-evpn\"`"));
+        }
+        if lab.evpn.is_some() {
+            return Err(Issue::new(vec![Key("evpn")], "`[evpn]` is for `overlay = \"vxlan-evpn\"`"));
+        }
+        return Ok(());
+    }
+    if lab.overlay == Overlay::Vxlan && lab.evpn.is_some() {
+        return Err(Issue::new(vec![Key("evpn")], "`[evpn]` is for `overlay = \"vxlan-evpn\"`"));
+    }
+    if lab.overlay == Overlay::VxlanEvpn {
+        let e = lab.evpn.clone().unwrap_or_default();
+        if let Some(rs) = &e.route_server {
+            if lab.vm(rs).is_none() {
+                let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
+                return Err(Issue::new(
+                    vec![Key("evpn"), Key("route_server")],
+                    format!("no VM `{rs}` (VMs: {})", names.join(", ")),
+                ));
+            }
+        }
+        if e.route_server_address.prefix_len() > 30 {
+            return Err(Issue::new(
+                vec![Key("evpn"), Key("route_server_address")],
+                format!("{}: the link to the route server needs a /30 or larger", e.route_server_address),
+            ));
+        }
+        if e.asn == 0 {
+            return Err(Issue::new(vec![Key("evpn"), Key("asn")], "AS 0 is reserved"));
+        }
+        if let Some(i) = lab.vms.iter().position(|v| v.underlay.ipv4.is_none()) {
+            return Err(Issue::new(
+                vec![Key("vm"), Index(i), Key("underlay")],
+                "BGP sessions to the route server run over IPv4: add an ipv4 underlay address",
+            ));
+        }
+    }
+    let s = lab.vxlan.clone().unwrap_or_default();
+    if !(1..=16_777_215).contains(&s.vni) {
+        return Err(Issue::new(vec![Key("vxlan"), Key("vni")], format!("VNI {}: use 1 to 16777215", s.vni)));
+    }
+    if s.port == 0 {
+        return Err(Issue::new(vec![Key("vxlan"), Key("port")], "port 0 is not a port"));
+    }
+    let family = super::variant_name(&s.family);
+    let mut subnets: Vec<(Family, String, Vec<Seg>)> = Vec::new();
+    for (i, vm) in lab.vms.iter().enumerate() {
+        if vm.underlay.get(s.family).is_none() {
+            return Err(Issue::new(
+                vec![Key("vm"), Index(i), Key("underlay")],
+                format!("the VTEP of `{}` needs an {family} underlay address (vxlan.family = \"{family}\")", vm.name),
+            ));
+        }
+        if vm.nic.model == NicModel::IgbSriov {
+            return Err(Issue::new(
+                vec![Key("vm"), Index(i), Key("nic"), Key("model")],
+                "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device: use virtio or vfio",
+            ));
+        }
+        for (j, c) in vm.containers.iter().enumerate() {
+            let nets = [
+                (Family::Ipv4, c.ipv4.map(|n| n.trunc().to_string()), "ipv4"),
+                (Family::Ipv6, c.ipv6.map(|n| n.trunc().to_string()), "ipv6"),
+            ];
+            for (f, net, key) in nets {
+                let Some(net) = net else { continue };
+                let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key(key)];
+                match subnets.iter().find(|(g, _, _)| *g == f) {
+                    Some((_, first, _)) if *first != net => {
+                        return Err(Issue::new(
+                            path,
+                            format!("{net}: the containers of a VXLAN segment share one subnet ({first})"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => subnets.push((f, net, path)),
+                }
+            }
+        }
+    }
+    if let Some(j) = lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
+        return Err(Issue::new(
+            vec![Key("matrix"), Key("nic"), Index(j)],
+            "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device",
+        ));
     }
     Ok(())
 }

@@ -41,6 +41,33 @@ pub struct CaptureSummary {
     pub flows: Vec<Flow>,
     /// The first workload segments, layer by layer.
     pub first: Vec<SegmentSummary>,
+    /// VXLAN packets (captures of an overlay's underlay only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanSummary>,
+}
+
+/// The VXLAN encapsulation seen in a capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VxlanSummary {
+    /// VXLAN packets.
+    pub packets: u64,
+    /// VNIs seen, in order of appearance.
+    pub vnis: Vec<u32>,
+    /// Outer (VTEP to VTEP) address pairs.
+    pub tunnels: Vec<Flow>,
+    /// Outer packets that were IP fragments.
+    pub fragments: u64,
+}
+
+/// The outer layer of an encapsulated segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Source VTEP.
+    pub src: IpAddr,
+    /// Destination VTEP.
+    pub dst: IpAddr,
 }
 
 /// A source and destination address pair.
@@ -63,6 +90,9 @@ impl std::fmt::Display for Flow {
 pub struct SegmentSummary {
     /// Frame number in the file (from 1, as tshark counts).
     pub frame: u64,
+    /// The VXLAN encapsulation around it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<Tunnel>,
     /// Source address.
     pub src: IpAddr,
     /// Destination address.
@@ -84,12 +114,14 @@ pub struct CaptureContext<'a> {
     /// For a destination seen on the wire, the destination the sender's stack
     /// computed the checksum for, if a translation changed it (ILA).
     pub original_dst: &'a (dyn Fn(IpAddr) -> Option<IpAddr> + Sync),
+    /// The UDP port of VXLAN packets to look into, if any.
+    pub vxlan_port: Option<u16>,
 }
 
 impl CaptureContext<'_> {
     /// A context without address translation.
     pub fn plain(port: u16, mtu: usize) -> CaptureContext<'static> {
-        CaptureContext { port, mtu, original_dst: &|_| None }
+        CaptureContext { port, mtu, original_dst: &|_| None, vxlan_port: None }
     }
 }
 
@@ -111,12 +143,12 @@ pub fn file_name(vm: &str, container: Option<&str>, dev: &str) -> String {
 }
 
 /// The tcpdump command line: at most `packets` packets of at most `snaplen`
-/// bytes to or from `port`, written unbuffered (`-U`) so the file is usable
-/// whenever tcpdump is stopped.
-pub fn tcpdump_argv(dev: &str, file: &str, packets: u32, snaplen: u32, port: u16) -> Vec<String> {
+/// bytes that match `filter` (a pcap filter such as `port 5201`), written
+/// unbuffered (`-U`) so the file is usable whenever tcpdump is stopped.
+pub fn tcpdump_argv(dev: &str, file: &str, packets: u32, snaplen: u32, filter: &str) -> Vec<String> {
     let args = ["tcpdump", "-i", dev, "-n", "-U", "-w", file, "-c", &packets.to_string(), "-s", &snaplen.to_string()];
     let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    v.extend(["port".to_string(), port.to_string()]);
+    v.extend(filter.split_whitespace().map(str::to_string));
     v
 }
 
@@ -147,6 +179,18 @@ fn ip_view<'a>(sliced: &'a LaxSlicedPacket<'a>) -> Option<IpView<'a>> {
     }
 }
 
+/// The VNI and inner frame of a VXLAN packet to `port` (RFC 7348: 8-byte
+/// header, I flag set, 24-bit VNI).
+fn vxlan_inner<'a>(outer: &LaxSlicedPacket<'a>, port: u16) -> Option<(u32, LaxSlicedPacket<'a>)> {
+    let Some(TransportSlice::Udp(u)) = &outer.transport else { return None };
+    let p = u.payload();
+    if u.destination_port() != port || p.len() < 8 || p[0] & 0x08 == 0 {
+        return None;
+    }
+    let vni = u32::from_be_bytes([0, p[4], p[5], p[6]]);
+    LaxSlicedPacket::from_ethernet(&p[8..]).ok().map(|inner| (vni, inner))
+}
+
 /// A segment's checksum verdict, and whether it was adjusted in reverse.
 fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool) {
     let segment = Segment {
@@ -171,12 +215,34 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
     for (i, block) in capture.blocks.iter().enumerate() {
         s.packets += 1;
         // Lax: packets may be cut at the snap length.
-        let Ok(sliced) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
-        let Some(ip) = ip_view(&sliced) else { continue };
-        match ip.dst {
+        let Ok(outer) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
+        let Some(outer_ip) = ip_view(&outer) else { continue };
+        match outer_ip.dst {
             IpAddr::V4(_) => s.ipv4 += 1,
             IpAddr::V6(_) => s.ipv6 += 1,
         }
+        // A VXLAN packet is judged by the frame it carries.
+        let encap = ctx.vxlan_port.and_then(|port| vxlan_inner(&outer, port));
+        if ctx.vxlan_port.is_some() && outer_ip.payload.fragmented {
+            s.vxlan.get_or_insert_with(VxlanSummary::default).fragments += 1;
+        }
+        if let Some((vni, _)) = &encap {
+            let v = s.vxlan.get_or_insert_with(VxlanSummary::default);
+            v.packets += 1;
+            if !v.vnis.contains(vni) {
+                v.vnis.push(*vni);
+            }
+            let tunnel = Flow { src: outer_ip.src, dst: outer_ip.dst };
+            if !v.tunnels.contains(&tunnel) {
+                v.tunnels.push(tunnel);
+                v.tunnels.sort();
+            }
+        }
+        let sliced = match &encap {
+            Some((_, inner)) => inner,
+            None => &outer,
+        };
+        let Some(ip) = ip_view(sliced) else { continue };
         let (ports, tcp) = match &sliced.transport {
             Some(TransportSlice::Tcp(t)) => {
                 s.tcp += 1;
@@ -200,6 +266,7 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
         if s.first.len() < FIRST_SEGMENTS {
             s.first.push(SegmentSummary {
                 frame: i as u64 + 1,
+                vxlan: encap.as_ref().map(|(vni, _)| Tunnel { vni: *vni, src: outer_ip.src, dst: outer_ip.dst }),
                 src: ip.src,
                 dst: ip.dst,
                 next_header: ip.next.keyword_str().unwrap_or("?").to_lowercase(),
@@ -218,9 +285,11 @@ pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, 
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
     let mut out = Vec::new();
     for (i, block) in capture.blocks.iter().enumerate() {
-        let Ok(sliced) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
+        let Ok(outer) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
+        let inner = ctx.vxlan_port.and_then(|port| vxlan_inner(&outer, port)).map(|(_, inner)| inner);
+        let sliced = inner.as_ref().unwrap_or(&outer);
         let Some(TransportSlice::Tcp(_)) = &sliced.transport else { continue };
-        let Some(ip) = ip_view(&sliced) else { continue };
+        let Some(ip) = ip_view(sliced) else { continue };
         out.push((i as u64 + 1, verdict(&ip, ctx).0));
     }
     Ok(out)

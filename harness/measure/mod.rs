@@ -4,5 +4,6 @@
 pub mod capture;
 pub mod checksum;
 pub mod counters;
+pub mod fdb;
 pub mod iperf3;
 pub mod nic;

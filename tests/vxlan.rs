@@ -1,0 +1,122 @@
+//! The VXLAN overlay without VMs: lab validation, rendered guest commands,
+//! forwarding entries and the verdict logic.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rstest::rstest;
+use vlab::guest::setup_script;
+use vlab::lab::{Family, Lab, LabError};
+use vlab::measure::fdb;
+use vlab::overlay::vxlan;
+
+const VXLAN: &str = include_str!("../labs/vxlan.toml");
+
+fn parse(text: &str) -> Result<Lab, LabError> {
+    Lab::parse(text, Path::new("vxlan.toml"))
+}
+
+fn edit(from: &str, to: &str) -> String {
+    assert!(VXLAN.contains(from), "fixture lacks {from:?}");
+    VXLAN.replacen(from, to, 1)
+}
+
+#[rstest]
+#[case::vni_zero(edit("vni = 100", "vni = 0"), "vxlan_vni_zero")]
+#[case::vni_too_big(edit("vni = 100", "vni = 16777216"), "vxlan_vni_too_big")]
+#[case::no_vtep_address(edit("family = \"ipv4\"", "family = \"ipv6\""), "vxlan_no_vtep_address")]
+#[case::two_subnets(edit("ipv4 = \"192.168.1.2/24\"", "ipv4 = \"192.168.2.2/24\""), "vxlan_two_subnets")]
+#[case::on_vfs(
+    edit("nic = { model = \"virtio\", queues = 2 }", "nic = { model = \"igb-sriov\", vfs = 1 }"),
+    "vxlan_on_vfs"
+)]
+#[case::table_elsewhere(
+    include_str!("../labs/baseline.toml").replacen("[workload]", "[vxlan]\nvni = 7\n\n[workload]", 1),
+    "vxlan_table_elsewhere"
+)]
+fn invalid_vxlan_labs_name_the_field(#[case] text: String, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+#[test]
+fn the_study_addresses_are_one_segment_without_gateways() {
+    // 192.168.1.1 would be a gateway on a routed overlay; on VXLAN it is a container.
+    let lab = parse(VXLAN).unwrap();
+    assert_eq!(lab.cases().len(), 1);
+}
+
+#[test]
+fn guest_setup_bridges_the_containers() {
+    let lab = parse(VXLAN).unwrap();
+    let mut script = Vec::new();
+    for (i, vm) in lab.vms.iter().enumerate() {
+        script.push(format!("# {}", vm.name));
+        script.extend(setup_script(&lab, vm, i, &vm.nic, &format!("52:54:00:4c:{:02x}:01", i + 1)));
+    }
+    insta::assert_snapshot!("vxlan_setup", script.join("\n"));
+}
+
+#[test]
+fn a_non_default_vni_and_addresses_change_the_commands() {
+    let text = edit("vni = 100", "vni = 4242")
+        .replace("11.0.0.1/24", "10.20.0.1/24")
+        .replace("12.0.0.1/24", "10.20.0.2/24")
+        .replace("192.168.1.", "172.16.5.");
+    let lab = parse(&text).unwrap();
+    let cmds = vxlan::commands(&lab, &lab.vms[0], true).join("\n");
+    assert!(cmds.contains("ip link add vx4242 type vxlan id 4242 dstport 4789 local 10.20.0.1"), "{cmds}");
+    assert!(cmds.contains("bridge fdb append 00:00:00:00:00:00 dev vx4242 dst 10.20.0.2 self permanent"), "{cmds}");
+    assert!(cmds.contains("bridge fdb add 52:54:00:c0:02:01 dev vx4242 dst 10.20.0.2 self permanent"), "{cmds}");
+}
+
+#[test]
+fn overhead_and_inner_mtu() {
+    assert_eq!(vxlan::overhead(Family::Ipv4), 50);
+    assert_eq!(vxlan::inner_mtu(Family::Ipv4), 1450);
+    assert_eq!(vxlan::overhead(Family::Ipv6), 70);
+    assert_eq!(vxlan::inner_mtu(Family::Ipv6), 1430);
+}
+
+/// `bridge -j fdb show dev vx100` on Debian 13's iproute2, with static entries.
+const FDB_JSON: &str = r#"[{"mac":"00:00:00:00:00:00","ifname":"vx100","dst":"12.0.0.1","flags":["self"],"state":"permanent"},{"mac":"52:54:00:c0:02:01","ifname":"vx100","dst":"12.0.0.1","flags":["self"],"state":"permanent"},{"mac":"6e:2a:91:0b:44:10","ifname":"vx100","vlan":1,"master":"br-vx","state":"permanent"}]"#;
+
+#[test]
+fn forwarding_entries_parse_and_are_checked() {
+    let entries = fdb::parse("host1", FDB_JSON).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[1].dst.as_deref(), Some("12.0.0.1"));
+    assert!(entries[2].flags.contains(&"master".to_string()));
+
+    let lab = parse(VXLAN).unwrap();
+    let host1: Vec<_> = vxlan::expected_entries(&lab).into_iter().filter(|(vm, _, _)| vm == "host1").collect();
+    let vtep: IpAddr = "12.0.0.1".parse().unwrap();
+    assert_eq!(
+        host1,
+        [
+            ("host1".to_string(), "00:00:00:00:00:00".to_string(), vtep),
+            ("host1".to_string(), "52:54:00:c0:02:01".to_string(), vtep)
+        ]
+    );
+    let check = |entries: &[fdb::FdbEntry], installed_as: &str| {
+        let e = vxlan::VxlanEvidence {
+            settings: vxlan::settings(&lab),
+            vteps: ["11.0.0.1".parse().unwrap(), vtep],
+            containers: ["192.168.1.1".parse().unwrap(), "192.168.1.2".parse().unwrap()],
+            underlay: Vec::new(),
+            fdb: entries,
+            expected: host1.clone(),
+            installed_as,
+        };
+        vxlan::verdict(&e).into_iter().next().unwrap()
+    };
+    assert!(check(&entries, "permanent").passed);
+    // Installed, but not by a control plane.
+    let c = check(&entries, "extern_learn");
+    assert!(!c.passed);
+    assert!(c.detail.contains("host1: 52:54:00:c0:02:01 dst 12.0.0.1"), "{}", c.detail);
+    assert!(!c.detail.contains("00:00:00:00:00:00"), "flood entries are permanent either way: {}", c.detail);
+    // A missing remote MAC is named.
+    let c = check(&entries[..1], "permanent");
+    assert!(!c.passed && c.detail.contains("52:54:00:c0:02:01"), "{}", c.detail);
+}
