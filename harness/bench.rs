@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::lab::{Lab, TrafficPath};
+use crate::lab::{Lab, Overlay, TrafficPath};
 use crate::report::Report;
 use crate::run::{run, RunOptions};
 
@@ -104,6 +104,14 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
             .collect();
         if !ratios.is_empty() {
             stats.push(Stats::of(format!("ratio {} / {}", case.name, base.name), "x", ratios));
+        }
+    }
+    // Overlays against the baseline overlay, each ratio taken within one run.
+    for case in cases.iter().filter(|c| c.params.overlay.is_some_and(|o| o != Overlay::Baseline)) {
+        let ratios: Vec<f64> =
+            reports.iter().filter_map(|r| r.cases.iter().find(|x| x.name == case.name)?.vs_baseline).collect();
+        if !ratios.is_empty() {
+            stats.push(Stats::of(format!("ratio {} / overlay=baseline", case.name), "x", ratios));
         }
     }
     Bench {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lab::CaseParams;
+use crate::lab::{CaseParams, Overlay};
 use crate::measure::capture::CaptureSummary;
 use crate::measure::fdb::FdbEntry;
 use crate::measure::nic::InterfaceEvidence;
@@ -78,6 +78,26 @@ pub struct CaseReport {
     /// The EVPN control plane after the workload (`vxlan-evpn` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evpn: Option<ControlPlane>,
+    /// Throughput over that of the same case with the baseline overlay in this
+    /// run (labs whose matrix compares overlays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_baseline: Option<f64>,
+}
+
+/// Sets each case's throughput ratio to its baseline-overlay sibling (the
+/// case that differs only in `overlay = baseline`), when the run has one.
+pub fn compare_with_baseline(cases: &mut [CaseReport]) {
+    let baselines: Vec<(CaseParams, f64)> = cases
+        .iter()
+        .filter(|c| c.params.overlay == Some(Overlay::Baseline))
+        .map(|c| (c.params.clone(), c.throughput_bps))
+        .collect();
+    for c in cases.iter_mut().filter(|c| c.params.overlay.is_some()) {
+        let sibling = CaseParams { overlay: Some(Overlay::Baseline), ..c.params.clone() };
+        if let Some((_, base)) = baselines.iter().find(|(p, b)| *p == sibling && *b > 0.0) {
+            c.vs_baseline = Some(c.throughput_bps / base);
+        }
+    }
 }
 
 /// The result of a run.
@@ -148,10 +168,14 @@ impl Report {
         ));
         for c in &self.cases {
             let failed: Vec<&str> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect();
+            let throughput = match c.vs_baseline {
+                Some(r) => format!("{} ({r:.2}x baseline)", fmt_bps(c.throughput_bps)),
+                None => fmt_bps(c.throughput_bps),
+            };
             s.push_str(&format!(
                 "{:<width$}  {:>13}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
-                fmt_bps(c.throughput_bps),
+                throughput,
                 c.retransmits.map_or("-".into(), |r| r.to_string()),
                 c.cpu_client_percent,
                 c.cpu_server_percent,

@@ -123,13 +123,17 @@ fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Consecutive cases that share a NIC configuration, and so a booted pair.
-fn boot_groups(cases: Vec<Case>) -> Vec<(Option<Nic>, Vec<Case>)> {
-    let mut groups: Vec<(Option<Nic>, Vec<Case>)> = Vec::new();
+/// What a booted pair is set up with: a NIC and an overlay (`None`: the lab's).
+type BootKey = (Option<Nic>, Option<Overlay>);
+
+/// Consecutive cases that share a NIC configuration and an overlay, and so a booted pair.
+fn boot_groups(cases: Vec<Case>) -> Vec<(BootKey, Vec<Case>)> {
+    let mut groups: Vec<(BootKey, Vec<Case>)> = Vec::new();
     for case in cases {
+        let key = (case.params.nic.clone(), case.params.overlay);
         match groups.last_mut() {
-            Some((nic, group)) if *nic == case.params.nic => group.push(case),
-            _ => groups.push((case.params.nic.clone(), vec![case])),
+            Some((k, group)) if *k == key => group.push(case),
+            _ => groups.push((key, vec![case])),
         }
     }
     groups
@@ -191,11 +195,18 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut vm_reports = Vec::new();
     let mut case_reports = Vec::new();
     let mut convergence_s = None;
-    for (nic, group) in groups {
-        let label = match (&nic, several) {
-            (Some(n), true) => format!("-{}", n.label()),
-            _ => String::new(),
-        };
+    for ((nic, overlay), group) in groups {
+        let mut label = String::new();
+        if several {
+            if let Some(n) = &nic {
+                label.push_str(&format!("-{}", n.label()));
+            }
+            if let Some(o) = overlay {
+                label.push_str(&format!("-{}", variant_name(&o)));
+            }
+        }
+        let group_lab = overlay.map(|o| lab.with_overlay(o));
+        let lab = group_lab.as_ref().unwrap_or(lab);
         let mut rt = boot(lab, &prepared, nic.as_ref(), opts, label).await?;
         match deploy_and_measure(lab, &mut rt, &group, opts).await {
             Ok(reports) => case_reports.extend(reports),
@@ -205,6 +216,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         convergence_s = convergence_s.or(rt.converged_s);
     }
     progress.finish();
+    crate::report::compare_with_baseline(&mut case_reports);
     Ok(Report {
         lab: lab.name.clone(),
         lab_file: lab.source.display().to_string(),
@@ -707,6 +719,7 @@ async fn run_case(lab: &Lab, rt: &LabRuntime, case: &Case, artifacts: Option<&Pa
         ila: ila_verdict,
         fdb,
         evpn: control_plane,
+        vs_baseline: None,
     })
 }
 

@@ -507,3 +507,25 @@ fn evpn_without_route_server_names_the_missing_routes() {
     assert_eq!(fdb["passed"], false);
     assert!(fdb["detail"].as_str().unwrap().contains("host2: 52:54:00:c0:01:01 dst 11.0.0.1"), "{fdb}");
 }
+
+/// baseline, vxlan and vxlan-evpn in one run: each passes, and each VXLAN
+/// case reports its throughput as a ratio to the baseline's of the same run.
+#[test]
+fn overlays_compare_against_the_baseline_in_one_run() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (out, pid, json, _) = vlab.run_with_evidence("labs/overlays.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
+    assert_eq!(report["vms"].as_array().unwrap().len(), 6, "one boot per overlay");
+    let base = cases[0]["throughput_bps"].as_f64().unwrap();
+    for c in &cases[1..] {
+        let ratio = c["vs_baseline"].as_f64().expect("a ratio to the baseline");
+        let expected = c["throughput_bps"].as_f64().unwrap() / base;
+        assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    }
+}

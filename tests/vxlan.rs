@@ -120,3 +120,25 @@ fn forwarding_entries_parse_and_are_checked() {
     let c = check(&entries[..1], "permanent");
     assert!(!c.passed && c.detail.contains("52:54:00:c0:02:01"), "{}", c.detail);
 }
+
+const OVERLAYS: &str = include_str!("../labs/overlays.toml");
+
+#[test]
+fn overlays_compare_in_one_run_one_boot_each() {
+    let lab = parse(OVERLAYS).unwrap();
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
+    // The baseline reaches a peer inside the container's own subnet through the gateway.
+    let baseline = lab.with_overlay(vlab::lab::Overlay::Baseline);
+    let script = setup_script(&baseline, &baseline.vms[1], 1, &baseline.vms[1].nic, "52:54:00:4c:02:01").join("\n");
+    assert!(script.contains("ip -n c2 route add 192.168.1.2/32 via 192.168.1.1"), "{script}");
+    assert!(script.contains("ip route add 192.168.1.2/32 via 11.0.0.1"), "{script}");
+}
+
+#[rstest]
+#[case::ila_in_axis(OVERLAYS.replace("overlay = [\"baseline\", \"vxlan\", \"vxlan-evpn\"]", "overlay = [\"baseline\", \"vxlan\", \"ila\"]"), "overlays_ila_in_axis")]
+#[case::variant_invalid(OVERLAYS.replace("ipv4 = \"192.168.1.3/24\"", "ipv4 = \"192.168.7.3/24\""), "overlays_variant_invalid")]
+fn invalid_overlay_axes(#[case] text: String, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}

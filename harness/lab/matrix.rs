@@ -22,6 +22,9 @@ pub struct CaseParams {
     /// The NIC every VM gets in this case; `None` keeps each VM's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nic: Option<Nic>,
+    /// The overlay of this case; `None` keeps the lab's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
     /// The `ila` overlay's translation settings; `None` for other overlays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ila: Option<IlaCase>,
@@ -72,8 +75,9 @@ fn expand<T>(
 }
 
 impl Lab {
-    /// Every case of the matrix, in a stable order: the first axis (`nic`) varies
-    /// slowest, so cases that share a booted VM pair are consecutive.
+    /// Every case of the matrix, in a stable order: the first axes (`nic`,
+    /// then `overlay`) vary slowest, so cases that share a booted VM pair are
+    /// consecutive.
     pub fn cases(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
@@ -89,10 +93,12 @@ impl Lab {
             direction: w.direction,
             offloads: w.offloads.clone(),
             nic: None,
+            overlay: None,
             ila,
         };
         let mut cases = vec![(Vec::new(), base)];
         cases = expand(cases, "nic", &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
+        cases = expand(cases, "overlay", &m.overlay, variant_name, |p, v| p.overlay = Some(*v));
         cases = expand(cases, "csum-mode", &m.csum_mode, variant_name, |p, v| {
             if let Some(i) = &mut p.ila {
                 i.csum_mode = *v;

@@ -74,7 +74,7 @@ fn default_image() -> String {
 }
 
 /// The overlay variant that connects containers across VMs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overlay {
     /// Plain routing: each VM routes the other VMs' container addresses via their
@@ -656,6 +656,9 @@ pub struct Matrix {
     pub offloads: Option<Vec<Offloads>>,
     /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
     pub nic: Option<Vec<Nic>>,
+    /// Overlays to compare in one run: each value replaces `overlay` (one
+    /// boot per value); `baseline`, `vxlan` and `vxlan-evpn` share addressing.
+    pub overlay: Option<Vec<Overlay>>,
     /// `ila` overlay: values of `ila.csum_mode`.
     pub csum_mode: Option<Vec<CsumMode>>,
     /// `ila` overlay: values of `ila.hook`.
@@ -783,6 +786,11 @@ impl Lab {
     pub fn check_host(&self, qemu_major: u32) -> Result<(), LabError> {
         validate::validate_host(self, qemu_major)
             .map_err(|issue| LabError::invalid(&self.source, &self.source_text, issue))
+    }
+
+    /// This lab with another overlay (a value of the `overlay` matrix axis).
+    pub fn with_overlay(&self, overlay: Overlay) -> Lab {
+        Lab { overlay, ..self.clone() }
     }
 
     /// The VM with this name.

@@ -289,6 +289,7 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     }
     validate_ila(lab)?;
     validate_vxlan(lab)?;
+    validate_overlay_axis(lab)?;
     // Every case must have addresses of its family at both ends.
     for case in lab.cases() {
         for (key, ep) in [("server", &w.server), ("client", &w.client)] {
@@ -446,7 +447,12 @@ fn validate_ila(lab: &Lab) -> Result<(), Issue> {
 /// chosen family on every VM, containers in one subnet, no SR-IOV VFs.
 fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
     use Seg::{Index, Key};
+    let compared = lab.matrix.overlay.clone().unwrap_or_default();
     if !matches!(lab.overlay, Overlay::Vxlan | Overlay::VxlanEvpn) {
+        if compared.iter().any(|o| matches!(o, Overlay::Vxlan | Overlay::VxlanEvpn)) {
+            // Checked with each compared overlay (validate_overlay_axis).
+            return Ok(());
+        }
         if lab.vxlan.is_some() {
             return Err(Issue::new(vec![Key("vxlan")], "`[vxlan]` is for `overlay = \"vxlan\"` or `\"vxlan-evpn\"`"));
         }
@@ -455,7 +461,7 @@ fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
         }
         return Ok(());
     }
-    if lab.overlay == Overlay::Vxlan && lab.evpn.is_some() {
+    if lab.overlay == Overlay::Vxlan && lab.evpn.is_some() && !compared.contains(&Overlay::VxlanEvpn) {
         return Err(Issue::new(vec![Key("evpn")], "`[evpn]` is for `overlay = \"vxlan-evpn\"`"));
     }
     if lab.overlay == Overlay::VxlanEvpn {
@@ -533,6 +539,38 @@ fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
             vec![Key("matrix"), Key("nic"), Index(j)],
             "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device",
         ));
+    }
+    Ok(())
+}
+
+/// The `overlay` axis compares overlays that share the lab's addressing
+/// (baseline, vxlan, vxlan-evpn); each must be valid with it.
+fn validate_overlay_axis(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    let Some(overlays) = &lab.matrix.overlay else { return Ok(()) };
+    if overlays.is_empty() {
+        return Err(Issue::new(vec![Key("matrix"), Key("overlay")], "an axis needs at least one value"));
+    }
+    for (j, o) in overlays.iter().enumerate() {
+        if *o == Overlay::Ila || lab.overlay == Overlay::Ila {
+            return Err(Issue::new(
+                vec![Key("matrix"), Key("overlay"), Index(j)],
+                "ila needs its own addressing (SIR addresses, locators): compare it in its own lab",
+            ));
+        }
+        let mut variant = lab.with_overlay(*o);
+        variant.matrix.overlay = None;
+        // The tables of the other compared overlays do not apply to this one.
+        if !matches!(o, Overlay::Vxlan | Overlay::VxlanEvpn) {
+            variant.vxlan = None;
+        }
+        if *o != Overlay::VxlanEvpn {
+            variant.evpn = None;
+        }
+        validate(&variant).map_err(|issue| {
+            let name = super::variant_name(o);
+            Issue::new(issue.path, format!("with overlay {name} (matrix.overlay[{j}]): {}", issue.message))
+        })?;
     }
     Ok(())
 }

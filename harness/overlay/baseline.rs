@@ -3,12 +3,14 @@
 //! Containers on veth pairs: each VM forwards and routes every other VM's
 //! container addresses via that VM's underlay address
 //! (`ip route add 10.1.2.2/32 via 10.0.0.2`, and the same with `-6`).
+//! A peer container inside a container's own subnet gets a host route via
+//! the gateway in that container.
 //! Containers on SR-IOV VFs sit on the underlay's L2 themselves: each gets an
 //! on-link route to every other VM's containers
 //! (`ip -n c1 route add 10.1.2.2/32 dev eth0`).
 
 use crate::guest::{Attachment, CONTAINER_DEV};
-use crate::lab::{Lab, Vm};
+use crate::lab::{Family, Lab, Vm};
 
 /// The commands for `vm`.
 pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
@@ -26,6 +28,20 @@ pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
                     }
                     if let (Some(addr), Some(via)) = (c.ipv6, peer.underlay.ipv6) {
                         cmds.push(format!("ip -6 route add {}/128 via {}", addr.addr(), via.addr()));
+                    }
+                    // A peer inside a container's own subnet (labs that compare
+                    // with L2 overlays) is reached through the gateway, not on-link.
+                    for own in &vm.containers {
+                        if let (Some(net), Some(addr), Some(gw)) = (own.ipv4, c.ipv4, own.gateway(Family::Ipv4)) {
+                            if net.contains(&addr.addr()) {
+                                cmds.push(format!("ip -n {} route add {}/32 via {gw}", own.name, addr.addr()));
+                            }
+                        }
+                        if let (Some(net), Some(addr), Some(gw)) = (own.ipv6, c.ipv6, own.gateway(Family::Ipv6)) {
+                            if net.prefix_len() < 128 && net.contains(&addr.addr()) {
+                                cmds.push(format!("ip -n {} -6 route add {}/128 via {gw}", own.name, addr.addr()));
+                            }
+                        }
                     }
                 }
                 Attachment::Vf => {
