@@ -38,6 +38,7 @@ fn client_command_line_follows_the_case() {
         direction: Direction::Reverse,
         offloads: Offloads::default(),
         nic: None,
+        overlay: None,
         ila: None,
     };
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
