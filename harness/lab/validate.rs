@@ -499,7 +499,7 @@ fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
         return Err(Issue::new(vec![Key("vxlan"), Key("port")], "port 0 is not a port"));
     }
     let family = super::variant_name(&s.family);
-    let mut subnets: Vec<(Family, String, Vec<Seg>)> = Vec::new();
+    let mut subnets: Vec<(Family, String)> = Vec::new();
     for (i, vm) in lab.vms.iter().enumerate() {
         if vm.underlay.get(s.family).is_none() {
             return Err(Issue::new(
@@ -521,15 +521,15 @@ fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
             for (f, net, key) in nets {
                 let Some(net) = net else { continue };
                 let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key(key)];
-                match subnets.iter().find(|(g, _, _)| *g == f) {
-                    Some((_, first, _)) if *first != net => {
+                match subnets.iter().find(|(g, _)| *g == f) {
+                    Some((_, first)) if *first != net => {
                         return Err(Issue::new(
                             path,
                             format!("{net}: the containers of a VXLAN segment share one subnet ({first})"),
                         ));
                     }
                     Some(_) => {}
-                    None => subnets.push((f, net, path)),
+                    None => subnets.push((f, net)),
                 }
             }
         }
