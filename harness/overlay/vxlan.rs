@@ -199,10 +199,11 @@ pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
         "VXLAN: no fragmentation",
         fragments == 0 && packets > 0,
         format!(
-            "{fragments} fragments in {packets} packets; inner MTU {} = {UNDERLAY_MTU} - {} bytes ({} header 20/40, UDP 8, VXLAN 8, inner Ethernet 14)",
+            "{fragments} fragments in {packets} packets; inner MTU {} = {UNDERLAY_MTU} - {} bytes (outer {} header {}, UDP 8, VXLAN 8, inner Ethernet 14)",
             inner_mtu(family),
             overhead(family),
-            crate::lab::variant_name(&family)
+            crate::lab::variant_name(&family),
+            overhead(family) - 30
         ),
     ));
     checks
