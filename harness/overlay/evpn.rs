@@ -159,11 +159,6 @@ pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
     cmds
 }
 
-/// Stops the route server (to see what the data plane does without it).
-pub fn stop_route_server() -> String {
-    "pkill -x gobgpd; true".to_string()
-}
-
 /// The control-plane evidence to read from `vm`, as (artifact name, command):
 /// FRR's view (BGP sessions, and zebra's MACs and VTEPs of the VNI) and, on
 /// the route server's VM, goBGP's (its neighbors and the EVPN routes each
