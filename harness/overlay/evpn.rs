@@ -8,8 +8,8 @@
 //! TCP port 179 with that VM's FRR; it reflects the type-2 (MAC/IP) and type-3
 //! (inclusive multicast) routes to every client, and zebra turns the routes it
 //! learns into the VXLAN device's forwarding entries. vlab renders the
-//! configurations from the lab file, starts and stops the daemons, and keeps
-//! the configurations as artifacts.
+//! configurations from the lab file and keeps them as artifacts, starts the
+//! daemons after the datapath is up, and they end with their VM.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
