@@ -133,6 +133,16 @@ pub struct Report {
     pub wall_s: f64,
 }
 
+/// Items joined by `, `, or `none`: for check details.
+pub fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|x| x.to_string()).collect();
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
 /// `2.81 Gbit/s`-style rendering.
 pub fn fmt_bps(bps: f64) -> String {
     match bps {

@@ -79,6 +79,12 @@ pub struct Flow {
     pub dst: IpAddr,
 }
 
+/// Whether `seen` holds exactly the `expected` pairs, each at least once.
+pub fn flows_are<'a>(seen: impl IntoIterator<Item = &'a Flow>, expected: &[Flow]) -> bool {
+    let seen: BTreeSet<&Flow> = seen.into_iter().collect();
+    !seen.is_empty() && seen.iter().all(|f| expected.contains(f)) && expected.iter().all(|f| seen.contains(f))
+}
+
 impl std::fmt::Display for Flow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} > {}", self.src, self.dst)

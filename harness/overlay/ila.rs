@@ -19,9 +19,9 @@ use serde::Serialize;
 
 use crate::guest::{host_veth, UNDERLAY_DEV};
 use crate::lab::{variant_name, CsumMode, IdentType, IlaCase, IlaHook, IlaSettings, Lab, Locator, Vm};
-use crate::measure::capture::{CaptureSummary, Flow};
+use crate::measure::capture::{flows_are, CaptureSummary, Flow};
 use crate::measure::checksum::{self, ChecksumCounts, ChecksumStatus};
-use crate::report::Check;
+use crate::report::{list, Check};
 
 /// Route protocol number that marks vlab's ILA routes, so that a case can
 /// replace them all (`ip -6 route flush proto 99`).
@@ -287,20 +287,6 @@ fn v6(a: IpAddr) -> Option<Ipv6Addr> {
     }
 }
 
-/// Whether `flows` are exactly the `expected` pairs, each seen at least once.
-fn flows_match(flows: &[Flow], expected: &[Flow]) -> bool {
-    !flows.is_empty() && flows.iter().all(|f| expected.contains(f)) && expected.iter().all(|e| flows.contains(e))
-}
-
-fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    let v: Vec<String> = items.into_iter().map(|x| x.to_string()).collect();
-    if v.is_empty() {
-        "none".to_string()
-    } else {
-        v.join(", ")
-    }
-}
-
 fn wire_checksums(c: &ChecksumCounts) -> &'static str {
     match (c.valid, c.invalid) {
         (0, 0) if c.offloaded > 0 => "offloaded",
@@ -325,7 +311,7 @@ pub fn verdict(e: &IlaEvidence) -> (Vec<Check>, IlaVerdict) {
     };
     let on_wire = flows(&e.underlay);
     let wire_expected = [Flow { src: c_sir, dst: s_wire }, Flow { src: s_sir, dst: c_wire }];
-    let wire_ok = flows_match(&on_wire, &wire_expected);
+    let wire_ok = flows_are(&on_wire, &wire_expected);
     checks.push(Check::new(
         "ILA: wire carries locator + identifier",
         wire_ok,
@@ -333,7 +319,7 @@ pub fn verdict(e: &IlaEvidence) -> (Vec<Check>, IlaVerdict) {
     ));
     let inside = flows(&e.container);
     let sir_expected = [Flow { src: c_sir, dst: s_sir }, Flow { src: s_sir, dst: c_sir }];
-    let sir_ok = flows_match(&inside, &sir_expected);
+    let sir_ok = flows_are(&inside, &sir_expected);
     checks.push(Check::new(
         "ILA: containers see SIR addresses",
         sir_ok,

@@ -12,9 +12,9 @@ use std::net::IpAddr;
 
 use crate::guest::{container_mac, host_veth, CONTAINER_DEV, UNDERLAY_DEV};
 use crate::lab::{Family, Lab, Vm, VxlanSettings};
-use crate::measure::capture::{CaptureSummary, Flow};
+use crate::measure::capture::{flows_are, CaptureSummary, Flow};
 use crate::measure::fdb::FdbEntry;
-use crate::report::Check;
+use crate::report::{list, Check};
 
 /// The bridge that joins a VM's containers and its VXLAN device.
 pub const BRIDGE: &str = "br-vx";
@@ -122,15 +122,6 @@ pub struct VxlanEvidence<'a> {
     pub installed_as: &'a str,
 }
 
-fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    let v: Vec<String> = items.into_iter().map(|x| x.to_string()).collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
-}
-
 /// Judges a VXLAN case from forwarding entries and captures.
 pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -178,11 +169,9 @@ pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
         }
         inner.extend(c.flows.iter().copied());
     }
-    let all = |seen: &BTreeSet<Flow>, want: &[Flow]| {
-        !seen.is_empty() && seen.iter().all(|f| want.contains(f)) && want.iter().all(|f| seen.contains(f))
-    };
-    let ok =
-        vnis.iter().eq([e.settings.vni].iter()) && all(&tunnels, &tunnels_expected) && all(&inner, &inner_expected);
+    let ok = vnis.iter().eq([e.settings.vni].iter())
+        && flows_are(&tunnels, &tunnels_expected)
+        && flows_are(&inner, &inner_expected);
     checks.push(Check::new(
         &format!("VXLAN: wire carries VNI {} between the VTEPs", e.settings.vni),
         ok,
