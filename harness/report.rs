@@ -44,6 +44,8 @@ pub struct VmReport {
     pub channels: Option<u32>,
     /// Whether vhost-net carries the NIC's data path.
     pub vhost: bool,
+    /// Boots of the pair this VM took: 2 when a guest stalled the first time.
+    pub boot_attempts: u32,
 }
 
 /// The result of one case.
@@ -161,9 +163,10 @@ impl Report {
         );
         for vm in &self.vms {
             s.push_str(&format!(
-                "  vm {:<8} boot {:>5.1} s  {} vCPU  {} MiB  nic {} channels {} vhost {}\n",
+                "  vm {:<8} boot {:>5.1} s{}  {} vCPU  {} MiB  nic {} channels {} vhost {}\n",
                 vm.name,
                 vm.boot_s,
+                if vm.boot_attempts > 1 { format!(" (attempt {})", vm.boot_attempts) } else { String::new() },
                 vm.cpus,
                 vm.memory_mib,
                 vm.nic,

@@ -27,7 +27,7 @@ use crate::overlay::ila::{self, IlaVerdict};
 use crate::overlay::{self, evpn, vxlan};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::agent::Agent;
-use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmSpec};
+use crate::qemu::{self, Accel, NicBackend, NicSpec, QemuProcess, VmError, VmSpec};
 use crate::report::{fmt_bps, CaseReport, Check, Report, VmReport};
 use crate::ui::Progress;
 
@@ -234,9 +234,45 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     })
 }
 
+/// How often a pair is booted when a guest stalls while booting.
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// [`boot_once`], again (after a notice) when a guest's kernel stalled while
+/// booting: under TCG a vCPU now and then stops getting its timer interrupt
+/// early in boot, and the next boot of the same kernel is fine. A kernel that
+/// stalls every time still fails the run (exit 125). The stalled console is
+/// kept as `serial-<vm>-stalled.log`; the report counts the attempts.
+async fn boot(
+    lab: &Lab,
+    p: &Prepared,
+    nic_override: Option<&Nic>,
+    opts: &RunOptions,
+    boot_label: String,
+) -> anyhow::Result<LabRuntime> {
+    let mut attempt = 1;
+    loop {
+        match boot_once(lab, p, nic_override, opts, boot_label.clone()).await {
+            Ok(mut rt) => {
+                rt.vms.iter_mut().for_each(|v| v.report.boot_attempts = attempt);
+                return Ok(rt);
+            }
+            Err(e) if attempt < BOOT_ATTEMPTS => {
+                let Some(VmError::Stalled { vm, .. }) = e.downcast_ref::<VmError>() else { return Err(e) };
+                eprintln!("vlab: `{vm}` stalled while booting (RCU stall on its console); booting the VMs again");
+                if let Some(dir) = &opts.artifacts {
+                    let log = |suffix: &str| dir.join(format!("serial-{vm}{boot_label}{suffix}.log"));
+                    let _ = std::fs::rename(log(""), log("-stalled"));
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates the underlay and boots every VM with its NIC (or `nic_override`)
 /// in parallel, until each guest agent answers.
-async fn boot(
+async fn boot_once(
     lab: &Lab,
     p: &Prepared,
     nic_override: Option<&Nic>,
@@ -302,7 +338,7 @@ async fn boot(
     let connects = pending.iter_mut().map(|(_, _, spec, proc, _, _, t0)| {
         let socket = spec.agent_socket();
         async move {
-            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_running()).await;
+            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_booting()).await;
             (agent, t0.elapsed().as_secs_f64())
         }
     });
@@ -339,6 +375,7 @@ async fn boot(
             nic: nic.label(),
             channels: None,
             vhost: nic.model == NicModel::Virtio && p.vhost,
+            boot_attempts: 1,
         };
         vms.push(BootedVm {
             guest: Guest::new(&vm.name, agent, lab.timeouts.command),

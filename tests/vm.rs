@@ -35,6 +35,7 @@ macro_rules! assert_report_snapshot {
             ".qemu" => "[qemu]",
             ".image" => "[image]",
             ".vms[].vhost" => "[vhost]",
+            ".vms[].boot_attempts" => insta::dynamic_redaction(|v, _| { assert!(v.as_u64().unwrap() <= 2, "boot attempts {v:?}"); "[attempts]" }),
         });
     }};
 }
@@ -254,6 +255,37 @@ fn hung_guest_is_exit_125() {
     assert!(stderr(&out).contains("stopped answering"), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(180), "gave up only after {:?}", started.elapsed());
     vlab.assert_clean(pid);
+}
+
+#[test]
+fn a_guest_that_stalls_while_booting_is_booted_again() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (json, artifacts) = (vlab.path("report.json"), vlab.path("artifacts"));
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let case = "path=container,family=ipv4";
+    let args = ["run", "labs/baseline.toml", "--case", case, "--json", json.to_str().unwrap()];
+    let child = vlab
+        .command(&[&args[..], &["--artifacts", artifacts.to_str().unwrap()]].concat())
+        .env("VLAB_QEMU", repo("tests/fixtures/qemu-stall-once"))
+        .env("VLAB_TEST_STATE", &state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`host2` stalled while booting"), "{}", stderr(&out));
+    vlab.assert_clean(pid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let attempts: Vec<_> = report["vms"].as_array().unwrap().iter().map(|v| v["boot_attempts"].as_u64()).collect();
+    assert_eq!(attempts, [Some(2), Some(2)], "both VMs of the pair booted again");
+    let stalled = std::fs::read_to_string(artifacts.join("serial-host2-stalled.log")).unwrap();
+    assert!(stalled.contains("rcu: INFO: rcu_preempt detected stalls"), "{stalled}");
+    let second = std::fs::read_to_string(artifacts.join("serial-host2.log")).unwrap();
+    assert!(second.contains("vlab-init: starting the guest agent"), "{second}");
 }
 
 #[test]

@@ -37,6 +37,15 @@ pub enum VmError {
         /// The end of the guest's serial console.
         serial_tail: String,
     },
+    /// The guest's kernel reported an RCU stall before its agent answered:
+    /// a vCPU stopped running or stopped getting its timer interrupts.
+    #[error("`{vm}` stalled while booting (its kernel reported an RCU stall){}", fmt_tail(serial_tail))]
+    Stalled {
+        /// The VM.
+        vm: String,
+        /// The end of the guest's serial console.
+        serial_tail: String,
+    },
 }
 
 fn fmt_stderr(s: &str) -> String {
@@ -53,6 +62,12 @@ fn fmt_tail(s: &str) -> String {
     } else {
         format!("\n--- serial console (last lines) ---\n{}\n---", s.trim_end())
     }
+}
+
+/// Whether a serial console shows an RCU stall report (`rcu: INFO: rcu_preempt
+/// detected stalls on CPUs/tasks`, `rcu: INFO: rcu_sched self-detected stall`).
+pub fn reports_rcu_stall(console: &str) -> bool {
+    console.lines().any(|l| l.contains("rcu: INFO: ") && l.contains("detected stall"))
 }
 
 /// The QEMU binary: `$VLAB_QEMU`, else `qemu-system-x86_64` on PATH.
@@ -157,6 +172,18 @@ impl QemuProcess {
             Ok(Some(status)) => Err(self.exited(status)),
             Err(e) => Err(VmError::Spawn { vm: self.name.clone(), source: e }),
         }
+    }
+
+    /// Like [`check_running`](Self::check_running), and `Err` once the guest's
+    /// kernel has reported an RCU stall: a boot that stalls rarely recovers
+    /// before the boot timeout, and reads as a hang.
+    pub fn check_booting(&mut self) -> Result<(), VmError> {
+        self.check_running()?;
+        let log = std::fs::read(&self.serial_path).unwrap_or_default();
+        if reports_rcu_stall(&String::from_utf8_lossy(&log)) {
+            return Err(VmError::Stalled { vm: self.name.clone(), serial_tail: self.serial_tail(25) });
+        }
+        Ok(())
     }
 
     fn exited(&self, status: ExitStatus) -> VmError {
