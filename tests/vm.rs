@@ -70,8 +70,11 @@ impl Vlab {
 
     /// Runs vlab to completion; returns its output and pid (for leftover checks).
     fn run(&self, args: &[&str]) -> (Output, u32) {
-        let child =
-            self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        Vlab::finish(self.command(args), args)
+    }
+
+    fn finish(mut cmd: Command, args: &[&str]) -> (Output, u32) {
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         eprintln!(
@@ -85,12 +88,25 @@ impl Vlab {
     }
 
     /// `vlab run LAB --json .. --artifacts ..` into the private directory;
-    /// returns the output, the pid, the JSON report's path and the artifacts'.
-    fn run_with_evidence(&self, lab: &str) -> (Output, u32, PathBuf, PathBuf) {
+    /// asserts an exit code in `codes` and that nothing was left behind.
+    /// Returns the report, the artifacts directory and the output.
+    fn run_lab(&self, lab: &str, codes: &[i32]) -> (Value, PathBuf, Output) {
+        self.run_lab_with(lab, &[], &[], codes)
+    }
+
+    /// [`run_lab`](Self::run_lab) with more arguments and environment variables.
+    fn run_lab_with(&self, lab: &str, more: &[&str], env: &[(&str, &Path)], codes: &[i32]) -> (Value, PathBuf, Output) {
         let (json, artifacts) = (self.path("report.json"), self.path("artifacts"));
-        let args = ["run", lab, "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()];
-        let (out, pid) = self.run(&args);
-        (out, pid, json, artifacts)
+        let mut args = vec!["run", lab, "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()];
+        args.extend_from_slice(more);
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied());
+        let (out, pid) = Vlab::finish(cmd, &args);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(codes.contains(&code), "{lab}: exit {code}, expected one of {codes:?}:\n{}", stderr(&out));
+        self.assert_clean(pid);
+        let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (report, artifacts, out)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -139,11 +155,7 @@ fn stderr(out: &Output) -> String {
 fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, artifacts) = vlab.run_with_evidence("labs/baseline.toml");
-    assert_eq!(out.status.code(), Some(0), "baseline lab failed:\n{}", stderr(&out));
-    vlab.assert_clean(pid);
-
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, artifacts, _) = vlab.run_lab("labs/baseline.toml", &[0]);
     // Evidence kept: console logs and per-case raw iperf3 JSON.
     for vm in ["host1", "host2"] {
         let log = std::fs::read_to_string(artifacts.join(format!("serial-{vm}.log"))).unwrap();
@@ -170,11 +182,7 @@ fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
 fn nic_matrix_records_channels_vfs_and_offloads() {
     let _one = lock();
     let vlab = Vlab::new();
-    let json = vlab.path("report.json");
-    let (out, pid) = vlab.run(&["run", "labs/nic-matrix.toml", "--json", json.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, _, _) = vlab.run_lab("labs/nic-matrix.toml", &[0]);
     for case in report["cases"].as_array().unwrap() {
         let nic = &case["params"]["nic"];
         for i in case["interfaces"].as_array().unwrap() {
@@ -261,25 +269,13 @@ fn hung_guest_is_exit_125() {
 fn a_guest_that_stalls_while_booting_is_booted_again() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (json, artifacts) = (vlab.path("report.json"), vlab.path("artifacts"));
     let state = vlab.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    let case = "path=container,family=ipv4";
-    let args = ["run", "labs/baseline.toml", "--case", case, "--json", json.to_str().unwrap()];
-    let child = vlab
-        .command(&[&args[..], &["--artifacts", artifacts.to_str().unwrap()]].concat())
-        .env("VLAB_QEMU", repo("tests/fixtures/qemu-stall-once"))
-        .env("VLAB_TEST_STATE", &state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let qemu = repo("tests/fixtures/qemu-stall-once");
+    let env = [("VLAB_QEMU", qemu.as_path()), ("VLAB_TEST_STATE", state.as_path())];
+    let case = ["--case", "path=container,family=ipv4"];
+    let (report, artifacts, out) = vlab.run_lab_with("labs/baseline.toml", &case, &env, &[0]);
     assert!(stderr(&out).contains("`host2` stalled while booting"), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let attempts: Vec<_> = report["vms"].as_array().unwrap().iter().map(|v| v["boot_attempts"].as_u64()).collect();
     assert_eq!(attempts, [Some(2), Some(2)], "both VMs of the pair booted again");
     let stalled = std::fs::read_to_string(artifacts.join("serial-host2-stalled.log")).unwrap();
@@ -366,11 +362,9 @@ fn vfio_nic_without_the_device_is_exit_125_and_says_what_to_do() {
 fn ila_matrix_verdicts_from_captures() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, artifacts) = vlab.run_with_evidence("labs/ila-matrix.toml");
-    vlab.assert_clean(pid);
+    // Exit 1 is a finding; the matrix must run to the end.
+    let (report, artifacts, out) = vlab.run_lab("labs/ila-matrix.toml", &[0, 1]);
     let code = out.status.code();
-    assert!(code == Some(0) || code == Some(1), "the matrix must run to the end:\n{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 24);
     assert_eq!(code == Some(0), cases.iter().all(|c| c["passed"] == true), "exit code follows the verdicts");
@@ -460,10 +454,7 @@ fn vxlan_evidence(case: &Value) -> Value {
 fn vxlan_lab_encapsulates_with_static_entries() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, _) = vlab.run_with_evidence("labs/vxlan.toml");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, _, _) = vlab.run_lab("labs/vxlan.toml", &[0]);
     let case = &report["cases"][0];
     assert!(case["throughput_bps"].as_f64().unwrap() > 20e6);
     insta::assert_json_snapshot!("vxlan-evidence", vxlan_evidence(case));
@@ -475,10 +466,7 @@ fn vxlan_lab_encapsulates_with_static_entries() {
 fn vxlan_vni_port_and_addresses_follow_the_lab_file() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, _) = vlab.run_with_evidence("tests/labs/vxlan-vni4242.toml");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, _, _) = vlab.run_lab("tests/labs/vxlan-vni4242.toml", &[0]);
     let case = &report["cases"][0];
     for cap in case["captures"].as_array().unwrap().iter().filter(|c| c["container"].is_null()) {
         assert_eq!(cap["vxlan"]["vnis"], serde_json::json!([4242]), "{cap}");
@@ -499,10 +487,7 @@ fn vxlan_vni_port_and_addresses_follow_the_lab_file() {
 fn evpn_lab_learns_its_forwarding_entries_over_bgp() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, artifacts) = vlab.run_with_evidence("labs/vxlan-evpn.toml");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, artifacts, _) = vlab.run_lab("labs/vxlan-evpn.toml", &[0]);
     let converged = report["convergence_s"].as_f64().expect("converged");
     assert!(converged < 60.0, "{converged}");
     // The rendered configurations and the daemons' own reports are kept.
@@ -524,11 +509,8 @@ fn evpn_without_route_server_names_the_missing_routes() {
     let _one = lock();
     let vlab = Vlab::new();
     let started = std::time::Instant::now();
-    let (out, pid, json, _) = vlab.run_with_evidence("tests/labs/evpn-rs-down.toml");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (report, _, _) = vlab.run_lab("tests/labs/evpn-rs-down.toml", &[1]);
     assert!(started.elapsed().as_secs() < 240, "took {:?}", started.elapsed());
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let checks = report["cases"][0]["checks"].as_array().unwrap();
     let routes = checks.iter().find(|k| k["name"].as_str().unwrap().starts_with("EVPN: route server holds")).unwrap();
     assert_eq!(routes["passed"], false);
@@ -546,10 +528,7 @@ fn evpn_without_route_server_names_the_missing_routes() {
 fn overlays_compare_against_the_baseline_in_one_run() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (out, pid, json, _) = vlab.run_with_evidence("labs/overlays.toml");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    vlab.assert_clean(pid);
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, _, _) = vlab.run_lab("labs/overlays.toml", &[0]);
     let cases = report["cases"].as_array().unwrap();
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
