@@ -181,8 +181,11 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         tokio::task::spawn_blocking(move || accel::resolve(choice, &q, &k)).await?
     }
     .map_err(|why| anyhow::anyhow!("--accel kvm was requested but KVM cannot run guests here: {why}"))?;
+    // Once per process: `vlab bench` runs the lab again and again with the
+    // same (cached) probe result.
+    static NOTICE: std::sync::Once = std::sync::Once::new();
     if let Some(why) = &notice {
-        eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)");
+        NOTICE.call_once(|| eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)"));
     }
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
