@@ -254,33 +254,33 @@ async fn boot(
 ) -> anyhow::Result<LabRuntime> {
     let mut attempt = 1;
     loop {
-        match boot_once(lab, p, nic_override, opts, boot_label.clone()).await {
-            Ok(mut rt) => {
-                rt.vms.iter_mut().for_each(|v| v.report.boot_attempts = attempt);
-                return Ok(rt);
-            }
-            Err(e) if attempt < BOOT_ATTEMPTS => {
-                let Some(VmError::Stalled { vm, .. }) = e.downcast_ref::<VmError>() else { return Err(e) };
+        let e = match boot_once(lab, p, nic_override, opts, boot_label.clone(), attempt).await {
+            Ok(rt) => return Ok(rt),
+            Err(e) => e,
+        };
+        match e.downcast_ref::<VmError>() {
+            Some(VmError::Stalled { vm, .. }) if attempt < BOOT_ATTEMPTS => {
                 eprintln!("vlab: `{vm}` stalled while booting (RCU stall on its console); booting the VMs again");
                 if let Some(dir) = &opts.artifacts {
                     let log = |suffix: &str| dir.join(format!("serial-{vm}{boot_label}{suffix}.log"));
                     let _ = std::fs::rename(log(""), log("-stalled"));
                 }
-                attempt += 1;
             }
-            Err(e) => return Err(e),
+            _ => return Err(e),
         }
+        attempt += 1;
     }
 }
 
 /// Creates the underlay and boots every VM with its NIC (or `nic_override`)
-/// in parallel, until each guest agent answers.
+/// in parallel, until each guest agent answers; `attempt` counts the boots.
 async fn boot_once(
     lab: &Lab,
     p: &Prepared,
     nic_override: Option<&Nic>,
     opts: &RunOptions,
     boot_label: String,
+    attempt: u32,
 ) -> anyhow::Result<LabRuntime> {
     let progress = &opts.progress;
     progress.phase("creating the underlay");
@@ -378,7 +378,7 @@ async fn boot_once(
             nic: nic.label(),
             channels: None,
             vhost: nic.model == NicModel::Virtio && p.vhost,
-            boot_attempts: 1,
+            boot_attempts: attempt,
         };
         vms.push(BootedVm {
             guest: Guest::new(&vm.name, agent, lab.timeouts.command),
