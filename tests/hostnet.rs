@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use vlab::hostnet::{BRIDGE, LabNet};
+use vlab::hostnet::{LabNet, BRIDGE};
 
 fn in_netns(netns: &str, cmd: &str) -> String {
     let out = Command::new("ip").args(["netns", "exec", netns, "sh", "-c", cmd]).output().unwrap();
