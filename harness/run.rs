@@ -240,9 +240,10 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
 /// How often a pair is booted when a guest stalls while booting.
 const BOOT_ATTEMPTS: u32 = 2;
 
-/// [`boot_once`], again (after a notice) when a guest's kernel stalled while
-/// booting: under TCG a vCPU now and then stops getting its timer interrupt
-/// early in boot, and the next boot of the same kernel is fine. A kernel that
+/// [`boot_once`], again (after a notice) when a guest stalled while booting
+/// (an RCU stall on its console, or no init after half the boot timeout):
+/// under TCG a vCPU now and then stops getting its timer interrupt early in
+/// boot, and the next boot of the same kernel is fine. A kernel that
 /// stalls every time still fails the run (exit 125). The stalled console is
 /// kept as `serial-<vm>-stalled.log`; the report counts the attempts.
 async fn boot(
@@ -259,8 +260,8 @@ async fn boot(
             Err(e) => e,
         };
         match e.downcast_ref::<VmError>() {
-            Some(VmError::Stalled { vm, .. }) if attempt < BOOT_ATTEMPTS => {
-                eprintln!("vlab: `{vm}` stalled while booting (RCU stall on its console); booting the VMs again");
+            Some(VmError::Stalled { vm, why, .. }) if attempt < BOOT_ATTEMPTS => {
+                eprintln!("vlab: `{vm}` stalled while booting ({why}); booting the VMs again");
                 if let Some(dir) = &opts.artifacts {
                     let log = |suffix: &str| dir.join(format!("serial-{vm}{boot_label}{suffix}.log"));
                     let _ = std::fs::rename(log(""), log("-stalled"));
@@ -337,11 +338,14 @@ async fn boot_once(
 
     progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let deadline = tokio::time::Instant::now() + lab.timeouts.boot;
+    // A guest boots to its init in ~10 s under TCG; one silent for half the
+    // boot timeout is stuck (see QemuProcess::check_booting).
+    let init_limit = lab.timeouts.boot / 2;
     let command_timeout = lab.timeouts.command;
     let connects = pending.iter_mut().map(|(_, _, spec, proc, _, _, t0)| {
         let socket = spec.agent_socket();
         async move {
-            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_booting()).await;
+            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_booting(init_limit)).await;
             (agent, t0.elapsed().as_secs_f64())
         }
     });

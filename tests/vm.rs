@@ -285,6 +285,30 @@ fn a_guest_that_stalls_while_booting_is_booted_again() {
 }
 
 #[test]
+fn a_guest_that_never_reaches_its_init_is_booted_again() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Half of a 50 s boot timeout: the silent boot is given up after 25 s.
+    let lab = vlab.path("baseline-50s.toml");
+    let text = std::fs::read_to_string(repo("labs/baseline.toml")).unwrap() + "\n[timeouts]\nboot = \"50s\"\n";
+    std::fs::write(&lab, text).unwrap();
+    let qemu = repo("tests/fixtures/qemu-silent-once");
+    let env = [("VLAB_QEMU", qemu.as_path()), ("VLAB_TEST_STATE", state.as_path())];
+    let case = ["--case", "path=container,family=ipv4"];
+    let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &case, &env, &[0]);
+    let err = stderr(&out);
+    assert!(err.contains("`host2` stalled while booting (its init had not started after 25 s)"), "{err}");
+    let attempts: Vec<_> = report["vms"].as_array().unwrap().iter().map(|v| v["boot_attempts"].as_u64()).collect();
+    assert_eq!(attempts, [Some(2), Some(2)], "both VMs of the pair booted again");
+    let silent = std::fs::read_to_string(artifacts.join("serial-host2-stalled.log")).unwrap();
+    assert!(!silent.contains(vlab::qemu::INIT_STARTED), "{silent}");
+    let second = std::fs::read_to_string(artifacts.join("serial-host2.log")).unwrap();
+    assert!(second.contains(vlab::qemu::INIT_STARTED), "{second}");
+}
+
+#[test]
 fn missing_qemu_is_exit_125() {
     let _one = lock();
     let vlab = Vlab::new();

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use args::{nic_args, qemu_args, Accel, NicBackend, NicSpec, VmSpec, TCG_CPU};
 
@@ -37,12 +37,15 @@ pub enum VmError {
         /// The end of the guest's serial console.
         serial_tail: String,
     },
-    /// The guest's kernel reported an RCU stall before its agent answered:
-    /// a vCPU stopped running or stopped getting its timer interrupts.
-    #[error("`{vm}` stalled while booting (its kernel reported an RCU stall){}", fmt_tail(serial_tail))]
+    /// The guest stopped making progress before its agent answered: its
+    /// kernel reported an RCU stall (a vCPU stopped running or stopped getting
+    /// its timer interrupts), or it never reached vlab's init.
+    #[error("`{vm}` stalled while booting ({why}){}", fmt_tail(serial_tail))]
     Stalled {
         /// The VM.
         vm: String,
+        /// What showed the stall.
+        why: String,
         /// The end of the guest's serial console.
         serial_tail: String,
     },
@@ -69,6 +72,10 @@ fn fmt_tail(s: &str) -> String {
 pub fn reports_rcu_stall(console: &str) -> bool {
     console.lines().any(|l| l.contains("rcu: INFO: ") && l.contains("detected stall"))
 }
+
+/// What `images/guest/vlab-init` prints as it starts the guest agent: the
+/// console's sign that the guest got through its kernel and initramfs.
+pub const INIT_STARTED: &str = "vlab-init: starting the guest agent";
 
 /// The QEMU binary: `$VLAB_QEMU`, else `qemu-system-x86_64` on PATH.
 pub fn find_qemu() -> Result<PathBuf, String> {
@@ -127,6 +134,7 @@ pub struct QemuProcess {
     child: Child,
     stderr_path: PathBuf,
     serial_path: PathBuf,
+    started: Instant,
 }
 
 impl QemuProcess {
@@ -157,7 +165,13 @@ impl QemuProcess {
             });
         }
         let child = cmd.spawn().map_err(err)?;
-        Ok(QemuProcess { name: spec.name.clone(), child, stderr_path, serial_path: spec.serial_log() })
+        Ok(QemuProcess {
+            name: spec.name.clone(),
+            child,
+            stderr_path,
+            serial_path: spec.serial_log(),
+            started: Instant::now(),
+        })
     }
 
     /// QEMU's pid (the lab's process group leader when spawned with pgid 0).
@@ -175,15 +189,22 @@ impl QemuProcess {
     }
 
     /// Like [`check_running`](Self::check_running), and `Err` once the guest's
-    /// kernel has reported an RCU stall: a boot that stalls rarely recovers
-    /// before the boot timeout, and reads as a hang.
-    pub fn check_booting(&mut self) -> Result<(), VmError> {
+    /// kernel has reported an RCU stall, or once `init_limit` has passed since
+    /// QEMU started without vlab's init on the console (a guest whose vCPUs all
+    /// wait for a timer interrupt that never comes says nothing at all). Such a
+    /// boot rarely recovers before the boot timeout, and reads as a hang.
+    pub fn check_booting(&mut self, init_limit: Duration) -> Result<(), VmError> {
         self.check_running()?;
         let log = std::fs::read(&self.serial_path).unwrap_or_default();
-        if reports_rcu_stall(&String::from_utf8_lossy(&log)) {
-            return Err(VmError::Stalled { vm: self.name.clone(), serial_tail: self.serial_tail(25) });
-        }
-        Ok(())
+        let console = String::from_utf8_lossy(&log);
+        let why = if reports_rcu_stall(&console) {
+            "its kernel reported an RCU stall".to_string()
+        } else if self.started.elapsed() > init_limit && !console.contains(INIT_STARTED) {
+            format!("its init had not started after {} s", init_limit.as_secs())
+        } else {
+            return Ok(());
+        };
+        Err(VmError::Stalled { vm: self.name.clone(), why, serial_tail: self.serial_tail(25) })
     }
 
     fn exited(&self, status: ExitStatus) -> VmError {
