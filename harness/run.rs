@@ -333,7 +333,7 @@ async fn boot_once(
         if pgid == 0 {
             pgid = proc.pid();
         }
-        pending.push((vm, nic.clone(), spec, proc, run_dir, mac, Instant::now()));
+        pending.push((vm, nic.clone(), spec, proc, run_dir, mac));
     }
 
     progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
@@ -342,17 +342,17 @@ async fn boot_once(
     // boot timeout is stuck (see QemuProcess::check_booting).
     let init_limit = lab.timeouts.boot / 2;
     let command_timeout = lab.timeouts.command;
-    let connects = pending.iter_mut().map(|(_, _, spec, proc, _, _, t0)| {
+    let connects = pending.iter_mut().map(|(_, _, spec, proc, _, _)| {
         let socket = spec.agent_socket();
         async move {
             let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_booting(init_limit)).await;
-            (agent, t0.elapsed().as_secs_f64())
+            (agent, proc.running_for().as_secs_f64())
         }
     });
     let agents = futures::future::join_all(connects).await;
     let mut vms = Vec::new();
     let mut failure = None;
-    for ((vm, nic, _spec, mut proc, run_dir, mac, _), (agent, boot_s)) in pending.into_iter().zip(agents) {
+    for ((vm, nic, _spec, mut proc, run_dir, mac), (agent, boot_s)) in pending.into_iter().zip(agents) {
         if agent.as_ref().map_or(true, |a| a.is_err()) {
             proc.stop();
             keep_serial_log(opts.artifacts.as_deref(), &vm.name, &boot_label, &proc);

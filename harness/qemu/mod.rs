@@ -174,6 +174,11 @@ impl QemuProcess {
         })
     }
 
+    /// Time since QEMU was started.
+    pub fn running_for(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// QEMU's pid (the lab's process group leader when spawned with pgid 0).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -199,7 +204,7 @@ impl QemuProcess {
         let console = String::from_utf8_lossy(&log);
         let why = if reports_rcu_stall(&console) {
             "its kernel reported an RCU stall".to_string()
-        } else if self.started.elapsed() > init_limit && !console.contains(INIT_STARTED) {
+        } else if self.running_for() > init_limit && !console.contains(INIT_STARTED) {
             format!("its init had not started after {} s", init_limit.as_secs())
         } else {
             return Ok(());
