@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use crate::lab::{Lab, Overlay, TrafficPath};
+use crate::lab::{Lab, TrafficPath};
+use crate::overlay::REFERENCE;
 use crate::report::Report;
 use crate::run::{run, RunOptions};
 
@@ -106,12 +107,12 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
             stats.push(Stats::of(format!("ratio {} / {}", case.name, base.name), "x", ratios));
         }
     }
-    // Overlays against the baseline overlay, each ratio taken within one run.
-    for case in cases.iter().filter(|c| c.params.overlay.is_some_and(|o| o != Overlay::Baseline)) {
+    // Overlays against the reference overlay, each ratio taken within one run.
+    for case in cases.iter().filter(|c| c.params.overlay.as_deref().is_some_and(|o| o != REFERENCE)) {
         let ratios: Vec<f64> =
             reports.iter().filter_map(|r| r.cases.iter().find(|x| x.name == case.name)?.vs_baseline).collect();
         if !ratios.is_empty() {
-            stats.push(Stats::of(format!("ratio {} / overlay=baseline", case.name), "x", ratios));
+            stats.push(Stats::of(format!("ratio {} / overlay={REFERENCE}", case.name), "x", ratios));
         }
     }
     Bench {

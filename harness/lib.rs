@@ -9,11 +9,17 @@
 //! typed checks and a [`report::Report`].
 //!
 //! Data flows one way, one module per arrow: lab file -> [`lab`] -> [`image`]
-//! -> [`hostnet`] -> [`qemu`] -> [`guest`] + [`overlay`] -> [`measure`] ->
-//! checks -> [`report`].
+//! -> [`hostnet`] -> [`qemu`] -> [`guest`] + [`overlay`] + [`filter`] ->
+//! [`measure`] -> checks -> [`report`].
+//!
+//! The datapath variants sit behind one interface ([`overlay::Overlay`],
+//! [`filter::Filter`]), one file or folder each; [`variants`] joins their
+//! registries to the lab loader, so that [`lab`] imports no variant and no
+//! module outside `overlay/` and `filter/` names one.
 
 pub mod bench;
 pub mod doctor;
+pub mod filter;
 pub mod guest;
 pub mod hostnet;
 pub mod image;
@@ -24,6 +30,9 @@ pub mod qemu;
 pub mod report;
 pub mod run;
 pub mod ui;
+pub mod variants;
+
+pub use variants::{load_lab, parse_lab};
 
 /// Exit codes, chosen for `git bisect run`.
 pub mod exit {

@@ -138,7 +138,7 @@ const HINT_125: &str = "The lab could not run (exit 125). Run `vlab doctor` to c
 run `ci/setup` as root to install what is missing; keep the evidence with --artifacts DIR and read the serial logs.";
 
 fn load_lab(path: &Path) -> Result<Lab, u8> {
-    Lab::load(path).map_err(|e| {
+    vlab::load_lab(path).map_err(|e| {
         eprintln!("vlab: invalid lab file: {e}");
         exit::INVALID_INPUT
     })

@@ -1,13 +1,14 @@
 //! The typed result of a run, its table and its JSON.
+//!
+//! What a datapath variant found in a case is its section of the case's
+//! report ([`Sections`]): typed by the variant, kept here as JSON, so that
+//! this module names no variant and every variant can import [`Check`].
 
 use serde::Serialize;
 
-use crate::lab::{CaseParams, Overlay};
+use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
-use crate::measure::fdb::FdbEntry;
 use crate::measure::nic::InterfaceEvidence;
-use crate::overlay::evpn::ControlPlane;
-use crate::overlay::ila::IlaVerdict;
 
 /// One verdict computed from evidence read back from the guests.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,31 +72,58 @@ pub struct CaseReport {
     pub interfaces: Vec<InterfaceEvidence>,
     /// Summaries of the packet captures (empty without `[capture]`).
     pub captures: Vec<CaptureSummary>,
-    /// ILA verdicts (the `ila` overlay only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ila: Option<IlaVerdict>,
-    /// Forwarding entries of the VXLAN devices after the workload (VXLAN overlays only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub fdb: Vec<FdbEntry>,
-    /// The EVPN control plane after the workload (`vxlan-evpn` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub evpn: Option<ControlPlane>,
+    /// What the case's overlay and filter found, each in its own terms.
+    pub variant: Sections,
     /// Throughput over that of the same case with the baseline overlay in this
     /// run (labs whose matrix compares overlays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
 }
 
-/// Sets each case's throughput ratio to its baseline-overlay sibling (the
-/// case that differs only in `overlay = baseline`), when the run has one.
-pub fn compare_with_baseline(cases: &mut [CaseReport]) {
+/// A variant's section of a case's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// The variant (`ila`, `none`, ...).
+    pub name: String,
+    /// Its evidence and verdicts, as the variant types them.
+    #[serde(flatten)]
+    pub evidence: serde_json::Value,
+}
+
+/// The sections of the case's overlay and filter (absent: nothing to report).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sections {
+    /// The overlay's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Section>,
+    /// The filter's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Section>,
+}
+
+/// How long an overlay took to carry traffic after its deploy, by its own
+/// readiness probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// The overlay.
+    pub overlay: String,
+    /// What was waited for.
+    pub what: String,
+    /// Seconds from the end of the deploy until the probe succeeded; `None`
+    /// when it never did within its limit.
+    pub seconds: Option<f64>,
+}
+
+/// Sets each case's throughput ratio to its sibling with the `reference`
+/// overlay (the case that differs only in its `overlay`), when the run has one.
+pub fn compare_with(cases: &mut [CaseReport], reference: &str) {
     let baselines: Vec<(CaseParams, f64)> = cases
         .iter()
-        .filter(|c| c.params.overlay == Some(Overlay::Baseline))
+        .filter(|c| c.params.overlay.as_deref() == Some(reference))
         .map(|c| (c.params.clone(), c.throughput_bps))
         .collect();
     for c in cases.iter_mut().filter(|c| c.params.overlay.is_some()) {
-        let sibling = CaseParams { overlay: Some(Overlay::Baseline), ..c.params.clone() };
+        let sibling = CaseParams { overlay: Some(reference.to_string()), ..c.params.clone() };
         if let Some((_, base)) = baselines.iter().find(|(p, b)| *p == sibling && *b > 0.0) {
             c.vs_baseline = Some(c.throughput_bps / base);
         }
@@ -121,18 +149,22 @@ pub struct Report {
     pub image: String,
     /// Overlay variant.
     pub overlay: String,
+    /// Filter variant.
+    pub filter: String,
     /// The VMs.
     pub vms: Vec<VmReport>,
     /// The cases run.
     pub cases: Vec<CaseReport>,
     /// Every case passed.
     pub passed: bool,
-    /// EVPN: seconds from the daemons' start to the first container ping that
-    /// got through (absent for other overlays and when it never did).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub convergence_s: Option<f64>,
+    /// Readiness of the overlays that have a probe, one per boot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ready: Vec<Readiness>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
+    /// The variants' own tables for people (see `overlay::Variant::summary`).
+    #[serde(skip)]
+    pub summaries: Vec<String>,
 }
 
 /// Items joined by `, `, or `none`: for check details.
@@ -158,8 +190,8 @@ impl Report {
     /// The human-readable table printed on stdout.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "lab {} ({}), overlay {}, kernel {}, QEMU {}, accel {}\n",
-            self.lab, self.lab_file, self.overlay, self.kernel, self.qemu, self.accel
+            "lab {} ({}), overlay {}, filter {}, kernel {}, QEMU {}, accel {}\n",
+            self.lab, self.lab_file, self.overlay, self.filter, self.kernel, self.qemu, self.accel
         );
         for vm in &self.vms {
             s.push_str(&format!(
@@ -205,59 +237,17 @@ impl Report {
                 }
             }
         }
-        if let Some(t) = self.convergence_s {
-            s.push_str(&format!(
-                "\nEVPN converged {t:.1} s after the daemons started (first container ping through)\n"
-            ));
+        for r in &self.ready {
+            match r.seconds {
+                Some(t) => s.push_str(&format!("\n{} ready {t:.1} s after its deploy ({})\n", r.overlay, r.what)),
+                None => s.push_str(&format!("\n{} never ready ({})\n", r.overlay, r.what)),
+            }
         }
-        s.push_str(&self.ila_table());
+        for summary in &self.summaries {
+            s.push_str(summary);
+        }
         let passed = self.cases.iter().filter(|c| c.passed).count();
         s.push_str(&format!("\n{} passed, {} failed ({:.1} s)\n", passed, self.cases.len() - passed, self.wall_s));
-        s
-    }
-
-    /// The ILA verdicts, one line per case, with the documented expectation in
-    /// brackets where the case deviates from it (empty for other overlays).
-    fn ila_table(&self) -> String {
-        let rows: Vec<(&str, &IlaVerdict)> =
-            self.cases.iter().filter_map(|c| c.ila.as_ref().map(|v| (c.name.as_str(), v))).collect();
-        if rows.is_empty() {
-            return String::new();
-        }
-        let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
-        let mut s = format!(
-            "\nILA verdicts (documented expectation in [brackets] where it differs)\n{:<width$}  {:<9}  {:<11}  {:<26}  {:<10}  {}\n",
-            "case", "delivered", "translation", "wire checksums", "container", "csum errors"
-        );
-        let yes = |b: bool| if b { "yes" } else { "no" };
-        for (name, v) in rows {
-            let e = &v.expected;
-            let delivered = match v.delivered == e.delivers {
-                true => yes(v.delivered).to_string(),
-                false => format!("{} [{}]", yes(v.delivered), yes(e.delivers)),
-            };
-            let expected_wire = crate::lab::variant_name(&e.wire_checksum);
-            let wire = match v.wire_checksums.as_str() {
-                w if w == expected_wire || w == "offloaded" || w == "unverified" => w.to_string(),
-                w => format!("{w} [{expected_wire}]"),
-            };
-            let wire = if v.wire.reverse_adjusted > 0 { format!("{wire} (reversed)") } else { wire };
-            let container = match (v.container.verified(), v.container.invalid) {
-                (0, _) if v.container.offloaded > 0 => "offloaded",
-                (0, _) => "unverified",
-                (_, 0) => "valid",
-                _ => "INVALID",
-            };
-            s.push_str(&format!(
-                "{:<width$}  {:<9}  {:<11}  {:<26}  {:<10}  {}\n",
-                name,
-                delivered,
-                if v.translation { "ok" } else { "WRONG" },
-                wire,
-                container,
-                v.csum_errors
-            ));
-        }
         s
     }
 }

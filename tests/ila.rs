@@ -7,16 +7,16 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use rstest::rstest;
-use vlab::lab::{CsumMode, IlaCase, IlaHook, Lab, LabError, Locator};
+use vlab::lab::{Lab, LabError};
 use vlab::measure::capture::{summarize, CaptureContext};
 use vlab::measure::checksum::{self, ChecksumStatus, Segment};
-use vlab::overlay::ila::{self, Direction};
+use vlab::overlay::ila::{self, CsumMode, Direction, IlaCase, IlaHook, Locator};
 
 const ILA: &str = include_str!("../labs/ila.toml");
 const MATRIX: &str = include_str!("../labs/ila-matrix.toml");
 
 fn parse(text: &str) -> Result<Lab, LabError> {
-    Lab::parse(text, Path::new("ila.toml"))
+    vlab::parse_lab(text, Path::new("ila.toml"))
 }
 
 fn addr(s: &str) -> Ipv6Addr {
@@ -50,10 +50,17 @@ fn the_matrix_is_four_modes_by_offloads_by_hook() {
     assert_eq!(cases.len(), 24);
     assert_eq!(cases[0].name, "csum-mode=no-action,hook=route,offloads=on");
     assert_eq!(cases[23].name, "csum-mode=neutral-map-auto,hook=xlat,offloads=off");
-    assert_eq!(cases[23].params.ila, Some(IlaCase { csum_mode: CsumMode::NeutralMapAuto, hook: IlaHook::Xlat }));
-    let single = parse(ILA).unwrap().cases();
+    assert_eq!(
+        ila::case_settings(&lab, &cases[23].params),
+        IlaCase { csum_mode: CsumMode::NeutralMapAuto, hook: IlaHook::Xlat }
+    );
+    let single_lab = parse(ILA).unwrap();
+    let single = single_lab.cases();
     assert_eq!(single.len(), 1);
-    assert_eq!(single[0].params.ila, Some(IlaCase { csum_mode: CsumMode::NoAction, hook: IlaHook::Route }));
+    assert_eq!(
+        ila::case_settings(&single_lab, &single[0].params),
+        IlaCase { csum_mode: CsumMode::NoAction, hook: IlaHook::Route }
+    );
 }
 
 fn edit(from: &str, to: &str) -> String {
@@ -97,7 +104,7 @@ fn use_format_identifiers_are_accepted_with_their_type_bits() {
         .replace("dead:beef::1/128", "dead:beef::2000:0:0:1/128")
         .replace("dead:beef::2/128", "dead:beef::2000:0:0:2/128");
     let lab = parse(&text).expect("formatted luid identifiers");
-    let cmds = ila::case_commands(&lab, &lab.vms[0], lab.cases()[0].params.ila.unwrap());
+    let cmds = ila::case_commands(&lab, &lab.vms[0], ila::case_settings(&lab, &lab.cases()[0].params));
     assert!(
         cmds.iter().any(|c| c.starts_with("ip -6 route add aaaa::2000:0:0:0/67 encap ila dead:beef:0:0")),
         "{cmds:#?}"

@@ -1,6 +1,6 @@
 //! iperf3 `-J` parsing against output of real iperf3 runs in vlab guests.
 
-use vlab::lab::{CaseParams, Direction, Family, Lab, Offloads, Protocol, TrafficPath};
+use vlab::lab::{CaseParams, Direction, Family, Offloads, Protocol, TrafficPath};
 use vlab::measure::iperf3::{client_argv, parse, Iperf3Error};
 
 fn fixture(name: &str) -> String {
@@ -29,7 +29,7 @@ fn reported_errors_are_errors() {
 
 #[test]
 fn client_command_line_follows_the_case() {
-    let lab = Lab::parse(include_str!("../labs/baseline.toml"), "baseline.toml".as_ref()).unwrap();
+    let lab = vlab::parse_lab(include_str!("../labs/baseline.toml"), "baseline.toml".as_ref()).unwrap();
     let params = CaseParams {
         path: TrafficPath::Container,
         family: Family::Ipv6,
@@ -39,7 +39,8 @@ fn client_command_line_follows_the_case() {
         offloads: Offloads::default(),
         nic: None,
         overlay: None,
-        ila: None,
+        filter: None,
+        variant: Default::default(),
     };
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
     assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 5000 -t 5 -P 4 -u -b 1000000000 -R");

@@ -9,7 +9,7 @@ use vlab::lab::{Bitrate, Lab, LabError};
 const BASELINE: &str = include_str!("../labs/baseline.toml");
 
 fn parse(text: &str) -> Result<Lab, LabError> {
-    Lab::parse(text, Path::new("lab.toml"))
+    vlab::parse_lab(text, Path::new("lab.toml"))
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn every_shipped_lab_is_valid() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/labs")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Lab::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            vlab::load_lab(&path).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 }
@@ -93,7 +93,7 @@ fn errors_point_at_the_offending_line() {
 
 #[test]
 fn unreadable_file_is_named() {
-    let err = Lab::load(Path::new("/nonexistent/lab.toml")).unwrap_err();
+    let err = vlab::load_lab(Path::new("/nonexistent/lab.toml")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/lab.toml"), "{err}");
 }
 

@@ -5,15 +5,15 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rstest::rstest;
-use vlab::guest::setup_script;
 use vlab::lab::{Family, Lab, LabError};
 use vlab::measure::fdb;
+use vlab::overlay::setup_script;
 use vlab::overlay::vxlan;
 
 const VXLAN: &str = include_str!("../labs/vxlan.toml");
 
 fn parse(text: &str) -> Result<Lab, LabError> {
-    Lab::parse(text, Path::new("vxlan.toml"))
+    vlab::parse_lab(text, Path::new("vxlan.toml"))
 }
 
 fn edit(from: &str, to: &str) -> String {
@@ -129,7 +129,7 @@ fn overlays_compare_in_one_run_one_boot_each() {
     let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
     // The baseline reaches a peer inside the container's own subnet through the gateway.
-    let baseline = lab.with_overlay(vlab::lab::Overlay::Baseline);
+    let baseline = lab.with_overlay("baseline");
     let script = setup_script(&baseline, &baseline.vms[1], 1, &baseline.vms[1].nic, "52:54:00:4c:02:01").join("\n");
     assert!(script.contains("ip -n c2 route add 192.168.1.2/32 via 192.168.1.1"), "{script}");
     assert!(script.contains("ip route add 192.168.1.2/32 via 11.0.0.1"), "{script}");

@@ -1,7 +1,10 @@
-//! Guests as container hosts: command execution and the rendering of the
-//! underlay NIC and container plumbing as reviewable shell commands.
+//! Guests as container hosts: command execution, files, polling, and the
+//! rendering of the underlay NIC and container plumbing as reviewable shell
+//! commands. The topology names (devices, MACs, [`Attachment`], [`Netns`])
+//! live here, where every variant can import them; this module imports no
+//! variant.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -60,6 +63,66 @@ impl Guest {
     /// Reads a file from the guest.
     pub async fn read_file(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         self.agent.read_file(path).await.with_context(|| format!("reading {path} on `{}`", self.name))
+    }
+
+    /// Writes a whole file in the guest (created or truncated), through the
+    /// agent: no shell quoting, any bytes.
+    pub async fn write_file(&self, path: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        self.agent.write_file(path, bytes).await.with_context(|| format!("writing {path} on `{}`", self.name))
+    }
+
+    /// Runs `script` until it exits 0 or `limit` passes, 100 ms apart at
+    /// first and up to 1 s apart later; returns how long it took, or `None`
+    /// when it never succeeded. The one host-side polling loop of guests.
+    pub async fn poll(&self, script: &str, limit: Duration) -> Result<Option<Duration>, AgentError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if self.agent.sh(script, self.command_timeout).await?.success() {
+                return Ok(Some(started.elapsed()));
+            }
+            if started.elapsed() + pause > limit {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A network namespace in a guest, by the name `ip netns` knows it under or
+/// by a path (Docker keeps its namespaces under `/var/run/docker/netns/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// `ip netns exec NAME ...`
+    Named(String),
+    /// `nsenter --net=PATH ...`
+    Path(String),
+}
+
+impl Netns {
+    /// The argv prefix that runs a command inside it.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        match self {
+            Netns::Named(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
+            Netns::Path(p) => vec!["nsenter".into(), format!("--net={p}")],
+        }
+    }
+
+    /// `argv` run inside `netns` (as is without one).
+    pub fn wrap(netns: Option<&Netns>, argv: Vec<String>) -> Vec<String> {
+        match netns {
+            Some(ns) => ns.exec_prefix().into_iter().chain(argv).collect(),
+            None => argv,
+        }
+    }
+
+    /// A short label for file names and reports: the name, or the path's last part.
+    pub fn label(&self) -> &str {
+        match self {
+            Netns::Named(n) => n,
+            Netns::Path(p) => p.rsplit('/').next().unwrap_or(p),
+        }
     }
 }
 
@@ -177,14 +240,13 @@ pub fn peer_routes(lab: &Lab, vm: &Vm) -> Vec<String> {
     cmds
 }
 
-/// The whole setup of VM number `vm_index` with `nic` (MAC `mac`) after boot:
-/// underlay NIC, routes to peers, containers, overlay.
-pub fn setup_script(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<String> {
-    let attachment = Attachment::of(nic);
+/// The setup of VM number `vm_index` with `nic` (MAC `mac`) after boot that
+/// every overlay shares: underlay NIC, routes to peers, containers (`routed`:
+/// their veth's guest side is their gateway).
+pub fn base_setup(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, routed: bool) -> Vec<String> {
     let mut script = underlay_commands(vm, vm_index, nic, mac);
     script.extend(peer_routes(lab, vm));
-    script.extend(container_commands(vm, vm_index, attachment, crate::overlay::routes_containers(lab)));
-    script.extend(crate::overlay::commands(lab, vm, attachment));
+    script.extend(container_commands(vm, vm_index, Attachment::of(nic), routed));
     script
 }
 

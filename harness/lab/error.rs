@@ -60,7 +60,19 @@ pub enum LabError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seg {
     Key(&'static str),
+    /// A key known only at run time (one a variant owns).
+    Name(String),
     Index(usize),
+}
+
+impl Seg {
+    fn key(&self) -> Option<&str> {
+        match self {
+            Seg::Key(k) => Some(k),
+            Seg::Name(k) => Some(k),
+            Seg::Index(_) => None,
+        }
+    }
 }
 
 /// A validation finding before it is located in the file.
@@ -79,14 +91,18 @@ impl Issue {
 fn dotted(path: &[Seg]) -> String {
     let mut s = String::new();
     for seg in path {
-        match seg {
-            Seg::Key(k) => {
+        match seg.key() {
+            Some(k) => {
                 if !s.is_empty() {
                     s.push('.');
                 }
                 s.push_str(k);
             }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            None => {
+                if let Seg::Index(i) = seg {
+                    s.push_str(&format!("[{i}]"));
+                }
+            }
         }
     }
     s
@@ -106,11 +122,14 @@ fn span_of(text: &str, path: &[Seg]) -> Option<std::ops::Range<usize>> {
     let mut best = None;
     for seg in path {
         let next = match seg {
-            Seg::Key(k) => match item {
-                toml_edit::Item::Table(t) => t.get(k),
-                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get(k).map(|_| &item[*k]),
-                _ => None,
-            },
+            Seg::Key(_) | Seg::Name(_) => {
+                let k = seg.key().unwrap_or_default();
+                match item {
+                    toml_edit::Item::Table(t) => t.get(k),
+                    toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get(k).map(|_| &item[k]),
+                    _ => None,
+                }
+            }
             Seg::Index(i) => match item {
                 toml_edit::Item::ArrayOfTables(a) => a.get(*i).map(|_| &item[*i]),
                 toml_edit::Item::Value(toml_edit::Value::Array(a)) => a.get(*i).map(|_| &item[*i]),
@@ -201,7 +220,7 @@ fn path_at(text: &str, offset: usize) -> Option<String> {
 }
 
 impl LabError {
-    pub(crate) fn from_toml(path: &Path, text: &str, e: &toml::de::Error) -> LabError {
+    pub fn from_toml(path: &Path, text: &str, e: &toml::de::Error) -> LabError {
         let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         let message = e.message().trim().to_string();
         let field = e.span().and_then(|s| path_at(text, s.start)).filter(|f| !f.is_empty());

@@ -1,8 +1,10 @@
 //! Expansion of the matrix into cases.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::{variant_name, CsumMode, Direction, Family, IlaHook, Lab, Nic, Offloads, Overlay, Protocol, TrafficPath};
+use super::{variant_name, Direction, Family, Lab, Nic, Offloads, Protocol, TrafficPath};
 
 /// The parameters of one case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,19 +26,25 @@ pub struct CaseParams {
     pub nic: Option<Nic>,
     /// The overlay of this case; `None` keeps the lab's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub overlay: Option<Overlay>,
-    /// The `ila` overlay's translation settings; `None` for other overlays.
+    pub overlay: Option<String>,
+    /// The filter of this case; `None` keeps the lab's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ila: Option<IlaCase>,
+    pub filter: Option<String>,
+    /// Values of the axes the case's variants add (`csum-mode` = `no-action`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub variant: BTreeMap<String, String>,
 }
 
-/// What an `ila` case translates with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct IlaCase {
-    /// Checksum mode.
-    pub csum_mode: CsumMode,
-    /// Where the translations hook in.
-    pub hook: IlaHook,
+impl CaseParams {
+    /// The overlay this case runs.
+    pub fn overlay<'a>(&'a self, lab: &'a Lab) -> &'a str {
+        self.overlay.as_deref().unwrap_or(&lab.overlay)
+    }
+
+    /// The filter this case runs.
+    pub fn filter<'a>(&'a self, lab: &'a Lab) -> &'a str {
+        self.filter.as_deref().unwrap_or(&lab.filter)
+    }
 }
 
 /// One combination of the matrix.
@@ -74,17 +82,36 @@ fn expand<T>(
     out
 }
 
+/// Multiplies the cases by the axes the variants add; an axis applies to the
+/// cases that run its owner (as overlay or filter).
+fn expand_variant_axes(lab: &Lab, mut cases: Vec<Partial>) -> Vec<Partial> {
+    for axis in &lab.variant_axes {
+        let mut out = Vec::new();
+        for (parts, params) in cases {
+            if params.overlay(lab) != axis.owner && params.filter(lab) != axis.owner {
+                out.push((parts, params));
+                continue;
+            }
+            for v in &axis.values {
+                let mut p = params.clone();
+                p.variant.insert(axis.key.clone(), v.clone());
+                let mut n = parts.clone();
+                n.push(format!("{}={v}", axis.key));
+                out.push((n, p));
+            }
+        }
+        cases = out;
+    }
+    cases
+}
+
 impl Lab {
     /// Every case of the matrix, in a stable order: the first axes (`nic`,
-    /// then `overlay`) vary slowest, so cases that share a booted VM pair are
-    /// consecutive.
+    /// `overlay`, then `filter`) vary slowest, so cases that share a booted
+    /// VM pair are consecutive; the variants' own axes come next.
     pub fn cases(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
-        let ila = (self.overlay == Overlay::Ila).then(|| {
-            let s = self.ila.clone().unwrap_or_default();
-            IlaCase { csum_mode: s.csum_mode, hook: s.hook }
-        });
         let base = CaseParams {
             path: w.path,
             family: w.family,
@@ -94,21 +121,14 @@ impl Lab {
             offloads: w.offloads.clone(),
             nic: None,
             overlay: None,
-            ila,
+            filter: None,
+            variant: BTreeMap::new(),
         };
         let mut cases = vec![(Vec::new(), base)];
         cases = expand(cases, "nic", &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
-        cases = expand(cases, "overlay", &m.overlay, variant_name, |p, v| p.overlay = Some(*v));
-        cases = expand(cases, "csum-mode", &m.csum_mode, variant_name, |p, v| {
-            if let Some(i) = &mut p.ila {
-                i.csum_mode = *v;
-            }
-        });
-        cases = expand(cases, "hook", &m.hook, variant_name, |p, v| {
-            if let Some(i) = &mut p.ila {
-                i.hook = *v;
-            }
-        });
+        cases = expand(cases, "overlay", &m.overlay, String::clone, |p, v| p.overlay = Some(v.clone()));
+        cases = expand(cases, "filter", &m.filter, String::clone, |p, v| p.filter = Some(v.clone()));
+        cases = expand_variant_axes(self, cases);
         cases = expand(cases, "path", &m.path, variant_name, |p, v| p.path = *v);
         cases = expand(cases, "family", &m.family, variant_name, |p, v| p.family = *v);
         cases = expand(cases, "streams", &m.streams, u32::to_string, |p, v| p.streams = *v);

@@ -5,10 +5,15 @@
 //! optional matrix of workload parameters; every combination of the matrix is a
 //! [`Case`]. Parsing rejects unknown keys; [`Lab::load`] then runs one
 //! validation pass whose errors name the file, line, column and field.
+//!
+//! The datapath variants are only names here: what they own in a lab file
+//! (tables, keys of a VM, matrix axes) is claimed and validated through
+//! [`Variants`], which the loader is given by the registry.
 
 mod error;
 mod matrix;
 mod validate;
+mod variants;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -17,12 +22,18 @@ use std::time::Duration;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use error::{Issue, Seg};
 pub use error::{LabError, Location};
-pub use matrix::{Case, CaseParams, IlaCase};
+pub use matrix::{Case, CaseParams};
+pub use variants::{Kind, LabKeys, Place, Variants};
 
 /// One experiment, as written in a lab file.
+///
+/// The datapath variants (overlay and filter) are named here, not modelled:
+/// each variant reads its own settings from the lab's document (its tables,
+/// its keys on a VM, its matrix axes) and validates them, through the
+/// [`Variants`] the loader is given. Unknown keys are refused either way.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Lab {
     /// Short name, used in reports and in host resource names.
     pub name: String,
@@ -32,9 +43,14 @@ pub struct Lab {
     /// Image recipe: a name under `images/` (`base` means `images/base.toml`) or a path.
     #[serde(default = "default_image")]
     pub image: String,
-    /// How containers on different VMs reach each other.
-    #[serde(default)]
-    pub overlay: Overlay,
+    /// How containers on different VMs reach each other: the name of an
+    /// overlay variant (default `baseline`, plain routing).
+    #[serde(default = "default_overlay")]
+    pub overlay: String,
+    /// What filters the containers' traffic where the overlay forwards it: the
+    /// name of a filter variant (default `none`).
+    #[serde(default = "default_filter")]
+    pub filter: String,
     /// Deadlines for the phases of a run.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -52,19 +68,14 @@ pub struct Lab {
     /// Packet captures taken during every case's workload.
     #[serde(default)]
     pub capture: Option<Capture>,
-    /// Settings of the `ila` overlay.
-    #[serde(default)]
-    pub ila: Option<IlaSettings>,
-    /// Settings of the `vxlan` and `vxlan-evpn` overlays.
-    #[serde(default)]
-    pub vxlan: Option<VxlanSettings>,
-    /// Settings of the `vxlan-evpn` control plane.
-    #[serde(default)]
-    pub evpn: Option<EvpnSettings>,
+    /// The matrix axes the variants add (set by the loader).
+    #[serde(skip)]
+    pub variant_axes: Vec<VariantAxis>,
     /// Where the lab was read from (set by [`Lab::load`]).
     #[serde(skip)]
     pub source: PathBuf,
-    /// The file's text, to locate errors found after parsing.
+    /// The file's text, to locate errors found after parsing and to read
+    /// the variants' settings from.
     #[serde(skip)]
     source_text: String,
 }
@@ -73,163 +84,16 @@ fn default_image() -> String {
     "base".into()
 }
 
-/// The overlay variant that connects containers across VMs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Overlay {
-    /// Plain routing: each VM routes the other VMs' container addresses via their
-    /// underlay address (`ip route add C/32 via PEER`).
-    #[default]
-    Baseline,
-    /// Identifier-locator addressing: containers keep SIR addresses; the
-    /// kernel's `ila` module rewrites the destination's upper 64 bits to the
-    /// peer VM's locator on the way out and back on the way in.
-    Ila,
-    /// One L2 segment over VXLAN: each VM bridges its containers with a VXLAN
-    /// device; remote VTEPs and MACs are static forwarding entries.
-    Vxlan,
-    /// The `vxlan` datapath without static entries: FRR (bgpd + zebra) on
-    /// each VM peers over MP-BGP l2vpn/evpn with a goBGP route server, and
-    /// zebra programs the forwarding entries from the routes it learns.
-    VxlanEvpn,
+/// The default overlay; the registry checks that it is registered.
+pub const DEFAULT_OVERLAY: &str = "baseline";
+/// The default filter; the registry checks that it is registered.
+pub const DEFAULT_FILTER: &str = "none";
+
+fn default_overlay() -> String {
+    DEFAULT_OVERLAY.into()
 }
-
-/// The `[evpn]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvpnSettings {
-    /// The AS of every BGP speaker (iBGP, default 65000).
-    pub asn: u32,
-    /// The VM that runs the route server (`gobgpd`, in a namespace of its
-    /// own); default: the first VM.
-    pub route_server: Option<String>,
-    /// The route server's address; its VM takes the other address of the
-    /// subnet (default `10.255.0.2/30`).
-    pub route_server_address: Ipv4Net,
-}
-
-impl Default for EvpnSettings {
-    fn default() -> Self {
-        EvpnSettings { asn: 65000, route_server: None, route_server_address: "10.255.0.2/30".parse().expect("valid") }
-    }
-}
-
-/// The `[vxlan]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VxlanSettings {
-    /// VXLAN network identifier (1..=16777215, default 100).
-    pub vni: u32,
-    /// UDP destination port (default 4789).
-    pub port: u16,
-    /// Address family of the VTEPs: the VMs' underlay addresses of this family (default ipv4).
-    pub family: Family,
-}
-
-impl Default for VxlanSettings {
-    fn default() -> Self {
-        VxlanSettings { vni: 100, port: 4789, family: Family::Ipv4 }
-    }
-}
-
-/// The `[ila]` table: how the `ila` overlay translates.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IlaSettings {
-    /// The SIR prefix the containers' addresses live in (a /64; default `dead:beef::/64`).
-    pub sir_prefix: Ipv6Net,
-    /// Checksum handling of the translation (default `no-action`, as in the study).
-    pub csum_mode: CsumMode,
-    /// How the identifier is interpreted (default `luid`).
-    pub ident_type: IdentType,
-    /// Where the translations hook in (default `route`).
-    pub hook: IlaHook,
-}
-
-impl Default for IlaSettings {
-    fn default() -> Self {
-        IlaSettings {
-            sir_prefix: "dead:beef::/64".parse().expect("valid prefix"),
-            csum_mode: CsumMode::NoAction,
-            ident_type: IdentType::Luid,
-            hook: IlaHook::Route,
-        }
-    }
-}
-
-/// ILA checksum modes (`csum-mode`), as the kernel names them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CsumMode {
-    /// Leave the transport checksum alone: it is wrong on the wire and right
-    /// again once the receiver restores the SIR address.
-    #[default]
-    NoAction,
-    /// Rewrite the TCP/UDP/ICMPv6 checksum for the translated address.
-    AdjTransport,
-    /// Checksum-neutral mapping: compensate in the identifier's low 16 bits
-    /// and set its C-bit, so the receiver can undo it.
-    NeutralMap,
-    /// Checksum-neutral mapping without the C-bit.
-    NeutralMapAuto,
-}
-
-/// ILA identifier types (`ident-type`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IdentType {
-    /// Locally unique identifier: the whole 64 bits are the identifier.
-    #[default]
-    Luid,
-    /// Read the type from the identifier's top 3 bits (`001` = luid).
-    UseFormat,
-}
-
-/// Where ILA translations happen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IlaHook {
-    /// Lightweight-tunnel routes both ways, translating on route output
-    /// (`hook-type output`).
-    #[default]
-    Route,
-    /// Lightweight-tunnel routes both ways, translating on route input
-    /// (`hook-type input`).
-    RouteInput,
-    /// A route (output hook) on the way out; the receive side translates
-    /// through the `ila_xlat` table (`ip ila add`, a netfilter PREROUTING hook).
-    Xlat,
-}
-
-/// A 64-bit ILA locator, written as four hexadecimal groups (`aaaa:0:0:0`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Locator(pub u64);
-
-impl TryFrom<String> for Locator {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        let groups: Vec<&str> = s.split(':').collect();
-        let valid = groups.len() == 4
-            && groups.iter().all(|g| (1..=4).contains(&g.len()) && g.chars().all(|c| c.is_ascii_hexdigit()));
-        if !valid {
-            return Err(format!("locator `{s}` must be four hexadecimal groups such as `aaaa:0:0:0`"));
-        }
-        Ok(Locator(groups.iter().fold(0u64, |acc, g| (acc << 16) | u64::from_str_radix(g, 16).unwrap_or(0))))
-    }
-}
-
-impl From<Locator> for String {
-    fn from(l: Locator) -> String {
-        l.to_string()
-    }
-}
-
-impl std::fmt::Display for Locator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let g = |i: u32| (self.0 >> (48 - 16 * i)) & 0xffff;
-        write!(f, "{:x}:{:x}:{:x}:{:x}", g(0), g(1), g(2), g(3))
-    }
+fn default_filter() -> String {
+    DEFAULT_FILTER.into()
 }
 
 /// Deadlines for the phases of a run.
@@ -250,9 +114,8 @@ impl Default for Timeouts {
     }
 }
 
-/// One VM of the lab.
+/// One VM of the lab. Variants may own more keys of a VM (`locator`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Host name of the guest; also names its containers' endpoints (`host1/c1`).
     pub name: String,
@@ -270,9 +133,6 @@ pub struct Vm {
     pub nic: Nic,
     /// Addresses of the underlay NIC (at least one family).
     pub underlay: Addresses,
-    /// `ila` overlay: this VM's locator (`aaaa:0:0:0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locator: Option<Locator>,
     /// Containers hosted by this VM.
     #[serde(default, rename = "container")]
     pub containers: Vec<Container>,
@@ -639,8 +499,8 @@ pub enum Family {
 }
 
 /// The axes of the matrix; an absent axis keeps the workload's value.
+/// Variants may add axes of their own (`csum_mode`, `hook`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Matrix {
     /// Values of `workload.path`.
     pub path: Option<Vec<TrafficPath>>,
@@ -657,12 +517,22 @@ pub struct Matrix {
     /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
     pub nic: Option<Vec<Nic>>,
     /// Overlays to compare in one run: each value replaces `overlay` (one
-    /// boot per value); `baseline`, `vxlan` and `vxlan-evpn` share addressing.
-    pub overlay: Option<Vec<Overlay>>,
-    /// `ila` overlay: values of `ila.csum_mode`.
-    pub csum_mode: Option<Vec<CsumMode>>,
-    /// `ila` overlay: values of `ila.hook`.
-    pub hook: Option<Vec<IlaHook>>,
+    /// boot per value); each must be valid with the lab's addressing.
+    pub overlay: Option<Vec<String>>,
+    /// Filters to compare: each value replaces `filter` (one boot per value).
+    pub filter: Option<Vec<String>>,
+}
+
+/// A matrix axis that a variant adds (`csum-mode` of the ila overlay): its
+/// values apply to the cases of that variant only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VariantAxis {
+    /// The variant that owns the axis.
+    pub owner: String,
+    /// The axis name in case names (`csum-mode`).
+    pub key: String,
+    /// The values, as written in lab files.
+    pub values: Vec<String>,
 }
 
 /// Packet captures (tcpdump in the guests) during each case's workload, kept
@@ -764,33 +634,72 @@ pub fn variant_name<T: Serialize>(value: &T) -> String {
 
 impl Lab {
     /// Reads, parses and validates a lab file.
-    pub fn load(path: &Path) -> Result<Lab, LabError> {
+    pub fn load(path: &Path, variants: &dyn Variants) -> Result<Lab, LabError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| LabError::Read { path: path.to_path_buf(), source })?;
-        Lab::parse(&text, path)
+        Lab::parse(&text, path, variants)
     }
 
     /// Parses and validates lab text; `path` is used in error messages only.
-    pub fn parse(text: &str, path: &Path) -> Result<Lab, LabError> {
-        let mut lab: Lab = toml::from_str(text).map_err(|e| LabError::from_toml(path, text, &e))?;
+    pub fn parse(text: &str, path: &Path, variants: &dyn Variants) -> Result<Lab, LabError> {
+        let mut ignored = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| LabError::from_toml(path, text, &e))?;
+        let mut lab: Lab = serde_ignored::deserialize(de, |p| ignored.push(validate::ignored_key(&p)))
+            .map_err(|e| LabError::from_toml(path, text, &e))?;
         lab.source = path.to_path_buf();
         lab.source_text = text.to_string();
-        if let Err(issue) = validate::validate(&lab) {
-            return Err(LabError::invalid(path, text, issue));
-        }
+        let located = |issue| LabError::invalid(path, text, issue);
+        validate::validate_names(&lab, variants).map_err(located)?;
+        validate::claimed(&lab, &ignored, variants).map_err(located)?;
+        validate::validate(&lab, variants).map_err(located)?;
+        variants.validate(&lab)?;
+        lab.variant_axes = variants.axes(&lab)?;
+        validate::validate_cases(&lab).map_err(located)?;
         Ok(lab)
     }
 
     /// Checks what depends on this host's QEMU (`major` version), e.g. that
     /// igb-sriov NICs have QEMU 8.0 or later.
     pub fn check_host(&self, qemu_major: u32) -> Result<(), LabError> {
-        validate::validate_host(self, qemu_major)
-            .map_err(|issue| LabError::invalid(&self.source, &self.source_text, issue))
+        validate::validate_host(self, qemu_major).map_err(|issue| self.invalid(issue))
+    }
+
+    /// A validation finding located in this lab's file.
+    pub(crate) fn invalid(&self, issue: Issue) -> LabError {
+        LabError::invalid(&self.source, &self.source_text, issue)
+    }
+
+    /// The part of the lab file a variant owns, read as `T` (a struct of the
+    /// tables, VM keys and matrix axes it owns; other keys are passed over).
+    /// Errors name the file, line, column and field like any other.
+    pub fn section<T: serde::de::DeserializeOwned>(&self) -> Result<T, LabError> {
+        toml::from_str(&self.source_text).map_err(|e| LabError::from_toml(&self.source, &self.source_text, &e))
     }
 
     /// This lab with another overlay (a value of the `overlay` matrix axis).
-    pub fn with_overlay(&self, overlay: Overlay) -> Lab {
-        Lab { overlay, ..self.clone() }
+    pub fn with_overlay(&self, overlay: &str) -> Lab {
+        Lab { overlay: overlay.to_string(), ..self.clone() }
+    }
+
+    /// This lab with another filter (a value of the `filter` matrix axis).
+    pub fn with_filter(&self, filter: &str) -> Lab {
+        Lab { filter: filter.to_string(), ..self.clone() }
+    }
+
+    /// The overlays this lab runs: the `overlay` axis, or its overlay.
+    pub fn overlays(&self) -> Vec<&str> {
+        match &self.matrix.overlay {
+            Some(v) => v.iter().map(String::as_str).collect(),
+            None => vec![self.overlay.as_str()],
+        }
+    }
+
+    /// The filters this lab runs: the `filter` axis, or its filter.
+    pub fn filters(&self) -> Vec<&str> {
+        match &self.matrix.filter {
+            Some(v) => v.iter().map(String::as_str).collect(),
+            None => vec![self.filter.as_str()],
+        }
     }
 
     /// The VM with this name.

@@ -1,10 +1,13 @@
 //! One validation pass over a parsed lab. Each finding names the field.
+//! What the variants own is claimed here (a key no variant owns is unknown,
+//! one owned by a variant the lab does not select is misplaced) and validated
+//! by the variants themselves.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::error::{Issue, Seg};
-use super::{CapturePoint, CsumMode, Family, IdentType, Lab, Nic, NicModel, Overlay, TrafficPath};
+use super::{Container, Family, Kind, Lab, Nic, NicModel, Place, TrafficPath, Variants, Vm};
 
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -105,9 +108,161 @@ pub(crate) fn validate_host(lab: &Lab, qemu_major: u32) -> Result<(), Issue> {
     Ok(())
 }
 
-/// Checks everything serde cannot: names, ranges, references and addressing.
-pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
+/// A key the generic model passed over: where it stands and its name.
+#[derive(Debug, Clone)]
+pub(crate) struct IgnoredKey {
+    /// Where (`None`: deeper than a variant may own keys).
+    place: Option<(Place, Option<usize>)>,
+    key: String,
+    path: Vec<Seg>,
+}
+
+/// Where a key that serde passed over stands in the document.
+pub(crate) fn ignored_key(path: &serde_ignored::Path) -> IgnoredKey {
+    use serde_ignored::Path as P;
+    fn segs(p: &serde_ignored::Path, out: &mut Vec<Seg>) {
+        match p {
+            P::Root => {}
+            P::Seq { parent, index } => {
+                segs(parent, out);
+                out.push(Seg::Index(*index));
+            }
+            P::Map { parent, key } => {
+                segs(parent, out);
+                out.push(Seg::Name(key.clone()));
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => segs(parent, out),
+        }
+    }
+    let mut segments = Vec::new();
+    segs(path, &mut segments);
+    let path = segments;
+    let key = match path.last() {
+        Some(Seg::Name(k)) => k.clone(),
+        _ => String::new(),
+    };
+    let place = match &path[..] {
+        [Seg::Name(_)] => Some((Place::Top, None)),
+        [Seg::Name(vm), Seg::Index(i), Seg::Name(_)] if vm == "vm" => Some((Place::Vm, Some(*i))),
+        [Seg::Name(m), Seg::Name(_)] if m == "matrix" => Some((Place::Matrix, None)),
+        _ => None,
+    };
+    IgnoredKey { place, key, path }
+}
+
+/// The keys of the generic model at each place where variants add keys.
+fn generic_keys(place: Place) -> &'static [&'static str] {
+    match place {
+        Place::Top => &[
+            "name",
+            "description",
+            "image",
+            "overlay",
+            "filter",
+            "timeouts",
+            "vm",
+            "workload",
+            "matrix",
+            "expect",
+            "capture",
+        ],
+        Place::Vm => &["name", "cpus", "cpu_model", "memory_mib", "nic", "underlay", "container", "setup"],
+        Place::Matrix => {
+            &["path", "family", "streams", "protocol", "direction", "offloads", "nic", "overlay", "filter"]
+        }
+    }
+}
+
+/// Every key the generic model passed over must belong to a variant the lab
+/// selects; a key nobody owns is unknown, as serde would say.
+pub(crate) fn claimed(lab: &Lab, ignored: &[IgnoredKey], variants: &dyn Variants) -> Result<(), Issue> {
+    for k in ignored {
+        let Some((place, _)) = k.place else {
+            return Err(Issue::new(k.path.clone(), format!("unknown field `{}`", k.key)));
+        };
+        let mut owners = Vec::new();
+        let mut selected = false;
+        for kind in [Kind::Overlay, Kind::Filter] {
+            let chosen = match kind {
+                Kind::Overlay => lab.overlays(),
+                Kind::Filter => lab.filters(),
+            };
+            for name in variants.names(kind) {
+                if variants.keys(kind, name).is_some_and(|keys| keys.at(place).contains(&k.key.as_str())) {
+                    owners.push((kind, name));
+                    selected |= chosen.contains(&name);
+                }
+            }
+        }
+        if selected {
+            continue;
+        }
+        let message = match (owners.first(), place) {
+            (None, _) => {
+                let mut known: Vec<&str> = generic_keys(place).to_vec();
+                for kind in [Kind::Overlay, Kind::Filter] {
+                    for name in variants.names(kind) {
+                        known.extend(variants.keys(kind, name).map(|keys| keys.at(place)).unwrap_or_default());
+                    }
+                }
+                known.dedup();
+                let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                format!("unknown field `{}`, expected one of {}", k.key, known.join(", "))
+            }
+            (Some(_), Place::Matrix) => {
+                let names: Vec<&str> = owners.iter().map(|(_, n)| *n).collect();
+                format!("`{}` is an axis of the {} {}", k.key, names.join(" or "), owners[0].0.key())
+            }
+            (Some(_), _) => {
+                let names: Vec<String> = owners.iter().map(|(_, n)| format!("\"{n}\"")).collect();
+                let shown = if place == Place::Top { format!("[{}]", k.key) } else { k.key.clone() };
+                format!("`{shown}` is for `{} = {}`", owners[0].0.key(), names.join("` or `"))
+            }
+        };
+        return Err(Issue::new(k.path.clone(), message));
+    }
+    Ok(())
+}
+
+/// The variant names the lab selects are registered ones, and those on an
+/// axis can be compared with each other.
+pub(crate) fn validate_names(lab: &Lab, variants: &dyn Variants) -> Result<(), Issue> {
     use Seg::{Index, Key};
+    for kind in [Kind::Overlay, Kind::Filter] {
+        let known = variants.names(kind);
+        let unknown = |name: &str| {
+            let names: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
+            format!("unknown variant `{name}`, expected one of {}", names.join(", "))
+        };
+        let (chosen, axis) = match kind {
+            Kind::Overlay => (&lab.overlay, &lab.matrix.overlay),
+            Kind::Filter => (&lab.filter, &lab.matrix.filter),
+        };
+        if !known.contains(&chosen.as_str()) {
+            return Err(Issue::new(vec![Key(kind.key())], unknown(chosen)));
+        }
+        if axis.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Issue::new(vec![Key("matrix"), Key(kind.key())], "an axis needs at least one value"));
+        }
+        for (j, name) in axis.iter().flatten().enumerate() {
+            if !known.contains(&name.as_str()) {
+                return Err(Issue::new(vec![Key("matrix"), Key(kind.key()), Index(j)], unknown(name)));
+            }
+        }
+        let Some(axis) = axis else { continue };
+        // A variant that cannot be compared may be neither on the axis nor the lab's own.
+        let chosen = std::iter::once(chosen).chain(axis);
+        if let Some(why) = chosen.filter_map(|n| variants.comparable(kind, n).err()).next() {
+            let j = axis.iter().position(|n| variants.comparable(kind, n).is_err()).unwrap_or(0);
+            return Err(Issue::new(vec![Key("matrix"), Key(kind.key()), Index(j)], why));
+        }
+    }
+    Ok(())
+}
+
+/// Checks everything serde cannot: names, ranges, references and addressing.
+pub(crate) fn validate(lab: &Lab, variants: &dyn Variants) -> Result<(), Issue> {
+    use Seg::Key;
     if !valid_name(&lab.name, 32) {
         return Err(Issue::new(
             vec![Key("name")],
@@ -117,6 +272,16 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if lab.vms.is_empty() || lab.vms.len() > 8 {
         return Err(Issue::new(vec![Key("vm")], format!("a lab has 1 to 8 VMs, this one has {}", lab.vms.len())));
     }
+    validate_vms(lab, variants)?;
+    validate_workload(lab)?;
+    validate_capture(lab)?;
+    validate_matrix(lab)
+}
+
+/// Names, sizes, NICs and addresses of every VM and its containers; no
+/// address is used twice.
+fn validate_vms(lab: &Lab, variants: &dyn Variants) -> Result<(), Issue> {
+    use Seg::{Index, Key};
     let mut vm_names = HashSet::new();
     let mut addresses: HashSet<IpAddr> = HashSet::new();
     let mut dup_addr = |a: IpAddr, path: Vec<Seg>| -> Result<(), Issue> {
@@ -127,37 +292,13 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         }
     };
     for (i, vm) in lab.vms.iter().enumerate() {
-        let at = |k: &'static str| vec![Key("vm"), Index(i), Key(k)];
-        if !valid_name(&vm.name, 12) {
-            return Err(Issue::new(
-                at("name"),
-                format!("`{}` must be 1-12 of [a-z0-9-], starting with a letter", vm.name),
-            ));
-        }
         if !vm_names.insert(vm.name.as_str()) {
-            return Err(Issue::new(at("name"), format!("VM name `{}` is used twice", vm.name)));
-        }
-        if !(1..=16).contains(&vm.cpus) {
-            return Err(Issue::new(at("cpus"), format!("{} vCPUs: use 1 to 16", vm.cpus)));
-        }
-        if let Some(model) = &vm.cpu_model {
-            if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,=+".contains(c)) {
-                return Err(Issue::new(
-                    at("cpu_model"),
-                    format!("`{model}` is not a QEMU CPU model (see `qemu-system-x86_64 -cpu help`)"),
-                ));
-            }
-        }
-        if !(256..=65536).contains(&vm.memory_mib) {
-            return Err(Issue::new(at("memory_mib"), format!("{} MiB: use 256 to 65536", vm.memory_mib)));
-        }
-        validate_nic(&vm.nic, vec![Key("vm"), Index(i), Key("nic")], vm.containers.len())?;
-        if vm.underlay.ipv4.is_none() && vm.underlay.ipv6.is_none() {
             return Err(Issue::new(
-                at("underlay"),
-                format!("VM `{}` needs an underlay address (ipv4, ipv6 or both)", vm.name),
+                vec![Key("vm"), Index(i), Key("name")],
+                format!("VM name `{}` is used twice", vm.name),
             ));
         }
+        validate_vm(vm, i)?;
         if let Some(n) = vm.underlay.ipv4 {
             dup_addr(IpAddr::V4(n.addr()), vec![Key("vm"), Index(i), Key("underlay"), Key("ipv4")])?;
         }
@@ -167,55 +308,118 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
         let mut container_names = HashSet::new();
         for (j, c) in vm.containers.iter().enumerate() {
             let cat = |k: &'static str| vec![Key("vm"), Index(i), Key("container"), Index(j), Key(k)];
-            if !valid_name(&c.name, 10) {
-                return Err(Issue::new(
-                    cat("name"),
-                    format!("`{}` must be 1-10 of [a-z0-9-], starting with a letter", c.name),
-                ));
-            }
             if !container_names.insert(c.name.as_str()) {
                 return Err(Issue::new(
                     cat("name"),
                     format!("container name `{}` is used twice on VM `{}`", c.name, vm.name),
                 ));
             }
-            if c.ipv4.is_none() && c.ipv6.is_none() {
-                return Err(Issue::new(
-                    cat("name"),
-                    format!("container `{}` needs an address (ipv4, ipv6 or both)", c.name),
-                ));
-            }
+            validate_container(lab, c, &cat, variants)?;
             for (family, key) in [(Family::Ipv4, "ipv4"), (Family::Ipv6, "ipv6")] {
-                let (Some(addr), Some(gw)) = (c.address(family), c.gateway(family)) else {
-                    continue;
-                };
-                if !crate::overlay::routes_containers(lab) {
-                    // On an L2 overlay the guest-side veth has no address.
+                if let Some(addr) = c.address(family) {
                     dup_addr(addr, cat(key))?;
-                    continue;
                 }
-                let prefix = match family {
-                    Family::Ipv4 => c.ipv4.map(|n| n.prefix_len()).unwrap_or(0) as u32,
-                    Family::Ipv6 => c.ipv6.map(|n| n.prefix_len()).unwrap_or(0) as u32,
-                };
-                let max = if family == Family::Ipv4 { 30 } else { 126 };
-                // A /128 container has the link-local gateway fe80::1.
-                if prefix > max && !(family == Family::Ipv6 && prefix == 128) {
-                    return Err(Issue::new(
-                        cat(key),
-                        format!(
-                            "/{prefix} leaves no room for the gateway: use a prefix of at most /{max}{}",
-                            if family == Family::Ipv6 { " (or /128 for a link-local gateway)" } else { "" }
-                        ),
-                    ));
-                }
-                if addr == gw {
-                    return Err(Issue::new(cat(key), format!("{addr} is the subnet's gateway (the guest-side veth takes the first address): pick another")));
-                }
-                dup_addr(addr, cat(key))?;
             }
         }
     }
+    Ok(())
+}
+
+/// One VM's own fields.
+fn validate_vm(vm: &Vm, i: usize) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    let at = |k: &'static str| vec![Key("vm"), Index(i), Key(k)];
+    if !valid_name(&vm.name, 12) {
+        return Err(Issue::new(at("name"), format!("`{}` must be 1-12 of [a-z0-9-], starting with a letter", vm.name)));
+    }
+    if !(1..=16).contains(&vm.cpus) {
+        return Err(Issue::new(at("cpus"), format!("{} vCPUs: use 1 to 16", vm.cpus)));
+    }
+    if let Some(model) = &vm.cpu_model {
+        if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,=+".contains(c)) {
+            return Err(Issue::new(
+                at("cpu_model"),
+                format!("`{model}` is not a QEMU CPU model (see `qemu-system-x86_64 -cpu help`)"),
+            ));
+        }
+    }
+    if !(256..=65536).contains(&vm.memory_mib) {
+        return Err(Issue::new(at("memory_mib"), format!("{} MiB: use 256 to 65536", vm.memory_mib)));
+    }
+    validate_nic(&vm.nic, vec![Key("vm"), Index(i), Key("nic")], vm.containers.len())?;
+    if vm.underlay.ipv4.is_none() && vm.underlay.ipv6.is_none() {
+        return Err(Issue::new(
+            at("underlay"),
+            format!("VM `{}` needs an underlay address (ipv4, ipv6 or both)", vm.name),
+        ));
+    }
+    Ok(())
+}
+
+/// A container's name and addresses; on an overlay that routes its
+/// containers, each subnet leaves room for the gateway (the guest-side veth),
+/// with every overlay the lab runs.
+fn validate_container(
+    lab: &Lab,
+    c: &Container,
+    cat: &dyn Fn(&'static str) -> Vec<Seg>,
+    variants: &dyn Variants,
+) -> Result<(), Issue> {
+    if !valid_name(&c.name, 10) {
+        return Err(Issue::new(cat("name"), format!("`{}` must be 1-10 of [a-z0-9-], starting with a letter", c.name)));
+    }
+    if c.ipv4.is_none() && c.ipv6.is_none() {
+        return Err(Issue::new(cat("name"), format!("container `{}` needs an address (ipv4, ipv6 or both)", c.name)));
+    }
+    for (j, overlay) in lab.overlays().into_iter().enumerate() {
+        if !variants.routes_containers(overlay) {
+            // On an L2 overlay the guest-side veth has no address.
+            continue;
+        }
+        gateway_room(c, cat).map_err(|issue| match &lab.matrix.overlay {
+            Some(_) => {
+                Issue::new(issue.path, format!("with overlay {overlay} (matrix.overlay[{j}]): {}", issue.message))
+            }
+            None => issue,
+        })?;
+    }
+    Ok(())
+}
+
+/// A routed container's subnet has room for its gateway, which is not its address.
+fn gateway_room(c: &Container, cat: &dyn Fn(&'static str) -> Vec<Seg>) -> Result<(), Issue> {
+    for (family, key) in [(Family::Ipv4, "ipv4"), (Family::Ipv6, "ipv6")] {
+        let (Some(addr), Some(gw)) = (c.address(family), c.gateway(family)) else {
+            continue;
+        };
+        let prefix = match family {
+            Family::Ipv4 => c.ipv4.map(|n| n.prefix_len()).unwrap_or(0) as u32,
+            Family::Ipv6 => c.ipv6.map(|n| n.prefix_len()).unwrap_or(0) as u32,
+        };
+        let max = if family == Family::Ipv4 { 30 } else { 126 };
+        // A /128 container has the link-local gateway fe80::1.
+        if prefix > max && !(family == Family::Ipv6 && prefix == 128) {
+            return Err(Issue::new(
+                cat(key),
+                format!(
+                    "/{prefix} leaves no room for the gateway: use a prefix of at most /{max}{}",
+                    if family == Family::Ipv6 { " (or /128 for a link-local gateway)" } else { "" }
+                ),
+            ));
+        }
+        if addr == gw {
+            return Err(Issue::new(
+                cat(key),
+                format!("{addr} is the subnet's gateway (the guest-side veth takes the first address): pick another"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Endpoints that exist and differ; streams, duration and port in range.
+fn validate_workload(lab: &Lab) -> Result<(), Issue> {
+    use Seg::Key;
     let w = &lab.workload;
     for (key, ep) in [("server", &w.server), ("client", &w.client)] {
         let path = vec![Key("workload"), Key(key)];
@@ -245,26 +449,31 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if w.port == 0 {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
-    if let Some(c) = &lab.capture {
-        if c.points.is_empty() {
-            return Err(Issue::new(
-                vec![Key("capture"), Key("points")],
-                "name at least one point: underlay, container",
-            ));
-        }
-        if !(1..=100_000).contains(&c.packets) {
-            return Err(Issue::new(
-                vec![Key("capture"), Key("packets")],
-                format!("{} packets: use 1 to 100000", c.packets),
-            ));
-        }
-        if !(64..=65_535).contains(&c.snaplen) {
-            return Err(Issue::new(
-                vec![Key("capture"), Key("snaplen")],
-                format!("{} bytes: use 64 to 65535", c.snaplen),
-            ));
-        }
+    Ok(())
+}
+
+/// Capture points, packet count and snap length.
+fn validate_capture(lab: &Lab) -> Result<(), Issue> {
+    use Seg::Key;
+    let Some(c) = &lab.capture else { return Ok(()) };
+    if c.points.is_empty() {
+        return Err(Issue::new(vec![Key("capture"), Key("points")], "name at least one point: underlay, container"));
     }
+    if !(1..=100_000).contains(&c.packets) {
+        return Err(Issue::new(
+            vec![Key("capture"), Key("packets")],
+            format!("{} packets: use 1 to 100000", c.packets),
+        ));
+    }
+    if !(64..=65_535).contains(&c.snaplen) {
+        return Err(Issue::new(vec![Key("capture"), Key("snaplen")], format!("{} bytes: use 64 to 65535", c.snaplen)));
+    }
+    Ok(())
+}
+
+/// No empty axis; the NICs and stream counts of the matrix are valid.
+fn validate_matrix(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key};
     let m = &lab.matrix;
     let axes: [(&'static str, Option<usize>); 7] = [
         ("nic", m.nic.as_ref().map(Vec::len)),
@@ -287,10 +496,14 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
     if let Some((j, s)) = m.streams.iter().flatten().enumerate().find(|(_, s)| **s == 0 || **s > 128) {
         return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));
     }
-    validate_ila(lab)?;
-    validate_vxlan(lab)?;
-    validate_overlay_axis(lab)?;
-    // Every case must have addresses of its family at both ends.
+    Ok(())
+}
+
+/// Every case must have addresses of its family at both ends, and a
+/// container case containers on two VMs.
+pub(crate) fn validate_cases(lab: &Lab) -> Result<(), Issue> {
+    use Seg::Key;
+    let w = &lab.workload;
     for case in lab.cases() {
         for (key, ep) in [("server", &w.server), ("client", &w.client)] {
             let vm = lab.vm(&ep.vm).expect("checked above");
@@ -324,253 +537,6 @@ pub(crate) fn validate(lab: &Lab) -> Result<(), Issue> {
                 "client and server containers must be on different VMs to cross the overlay",
             ));
         }
-    }
-    Ok(())
-}
-
-/// The `ila` overlay's addressing: a /64 SIR prefix, one locator per VM, one
-/// /128 SIR address per container, IPv6 only; and no ILA settings elsewhere.
-fn validate_ila(lab: &Lab) -> Result<(), Issue> {
-    use Seg::{Index, Key};
-    if lab.overlay != Overlay::Ila {
-        if lab.ila.is_some() {
-            return Err(Issue::new(vec![Key("ila")], "`[ila]` is for `overlay = \"ila\"`"));
-        }
-        if let Some(i) = lab.vms.iter().position(|v| v.locator.is_some()) {
-            return Err(Issue::new(vec![Key("vm"), Index(i), Key("locator")], "`locator` is for `overlay = \"ila\"`"));
-        }
-        for (key, set) in [("csum_mode", lab.matrix.csum_mode.is_some()), ("hook", lab.matrix.hook.is_some())] {
-            if set {
-                return Err(Issue::new(
-                    vec![Key("matrix"), Key(key)],
-                    format!("`{key}` is an axis of the ila overlay"),
-                ));
-            }
-        }
-        return Ok(());
-    }
-    let s = lab.ila.clone().unwrap_or_default();
-    if s.sir_prefix.prefix_len() != 64 {
-        return Err(Issue::new(
-            vec![Key("ila"), Key("sir_prefix")],
-            format!("{}: the SIR prefix is a /64 (the identifier is the low 64 bits)", s.sir_prefix),
-        ));
-    }
-    let points = lab.capture.as_ref().map(|c| c.points.clone()).unwrap_or_default();
-    if !(points.contains(&CapturePoint::Underlay) && points.contains(&CapturePoint::Container)) {
-        return Err(Issue::new(
-            vec![Key("capture"), Key("points")],
-            "the ila overlay is judged from captures: `[capture] points = [\"underlay\", \"container\"]` (snaplen 65535 to verify checksums)",
-        ));
-    }
-    let sir_loc = crate::overlay::ila::sir_locator(&s);
-    let modes: Vec<CsumMode> = lab.matrix.csum_mode.clone().unwrap_or_else(|| vec![s.csum_mode]);
-    for (key, len) in
-        [("csum_mode", lab.matrix.csum_mode.as_ref().map(Vec::len)), ("hook", lab.matrix.hook.as_ref().map(Vec::len))]
-    {
-        if len == Some(0) {
-            return Err(Issue::new(vec![Key("matrix"), Key(key)], "an axis needs at least one value"));
-        }
-    }
-    let mut locators = HashSet::new();
-    for (i, vm) in lab.vms.iter().enumerate() {
-        let at = |k: &'static str| vec![Key("vm"), Index(i), Key(k)];
-        let Some(loc) = vm.locator else {
-            return Err(Issue::new(
-                at("name"),
-                format!("VM `{}` needs a `locator` (such as \"aaaa:0:0:0\") for the ila overlay", vm.name),
-            ));
-        };
-        if loc == sir_loc {
-            return Err(Issue::new(at("locator"), format!("locator {loc} is the SIR prefix's: pick another")));
-        }
-        if !locators.insert(loc) {
-            return Err(Issue::new(at("locator"), format!("locator {loc} is used by two VMs")));
-        }
-        if vm.underlay.ipv6.is_none() {
-            return Err(Issue::new(at("underlay"), "the ila overlay runs over an IPv6 underlay: add `ipv6`"));
-        }
-        if vm.nic.model == NicModel::IgbSriov {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("nic"), Key("model")],
-                "ila translates in the VM's stack; containers on SR-IOV VFs bypass it: use virtio or vfio",
-            ));
-        }
-        if vm.containers.len() > 1 {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("container"), Index(1)],
-                "the ila overlay routes a VM's locator to one container: one container per VM",
-            ));
-        }
-        for (j, c) in vm.containers.iter().enumerate() {
-            let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key("ipv6")];
-            let Some(net) = c.ipv6 else {
-                return Err(Issue::new(
-                    vec![Key("vm"), Index(i), Key("container"), Index(j), Key("name")],
-                    format!("container `{}` needs an ipv6 SIR address for the ila overlay", c.name),
-                ));
-            };
-            if net.prefix_len() != 128 || !s.sir_prefix.contains(&net.addr()) {
-                return Err(Issue::new(
-                    path,
-                    format!("{net}: an ILA container has one SIR address, a /128 inside {}", s.sir_prefix),
-                ));
-            }
-            let ident = crate::overlay::ila::identifier_of(net.addr());
-            if s.ident_type == IdentType::UseFormat && ident >> 61 != 1 {
-                return Err(Issue::new(path, format!("identifier {:#018x}: with ident_type = \"use-format\" its top 3 bits must be 001 (luid), e.g. dead:beef::2000:0:0:1", ident)));
-            }
-            if modes.contains(&CsumMode::NeutralMap) && crate::overlay::ila::c_bit(net.addr()) {
-                return Err(Issue::new(path, "neutral-map sets the identifier's C-bit (0x1000 in its first group): a SIR identifier must have it clear"));
-            }
-        }
-    }
-    if let Some(j) = lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
-        return Err(Issue::new(
-            vec![Key("matrix"), Key("nic"), Index(j)],
-            "ila translates in the VM's stack; containers on SR-IOV VFs bypass it",
-        ));
-    }
-    let families = lab.matrix.family.clone().unwrap_or_else(|| vec![lab.workload.family]);
-    if families.contains(&Family::Ipv4) {
-        let path = if lab.matrix.family.is_some() {
-            vec![Key("matrix"), Key("family")]
-        } else {
-            vec![Key("workload"), Key("family")]
-        };
-        return Err(Issue::new(path, "ILA is IPv6 only: use family = \"ipv6\""));
-    }
-    Ok(())
-}
-
-/// The `vxlan` overlay: a VNI and port that exist, a VTEP address of the
-/// chosen family on every VM, containers in one subnet, no SR-IOV VFs.
-fn validate_vxlan(lab: &Lab) -> Result<(), Issue> {
-    use Seg::{Index, Key};
-    let compared = lab.matrix.overlay.clone().unwrap_or_default();
-    if !matches!(lab.overlay, Overlay::Vxlan | Overlay::VxlanEvpn) {
-        if compared.iter().any(|o| matches!(o, Overlay::Vxlan | Overlay::VxlanEvpn)) {
-            // Checked with each compared overlay (validate_overlay_axis).
-            return Ok(());
-        }
-        if lab.vxlan.is_some() {
-            return Err(Issue::new(vec![Key("vxlan")], "`[vxlan]` is for `overlay = \"vxlan\"` or `\"vxlan-evpn\"`"));
-        }
-        if lab.evpn.is_some() {
-            return Err(Issue::new(vec![Key("evpn")], "`[evpn]` is for `overlay = \"vxlan-evpn\"`"));
-        }
-        return Ok(());
-    }
-    if lab.overlay == Overlay::Vxlan && lab.evpn.is_some() && !compared.contains(&Overlay::VxlanEvpn) {
-        return Err(Issue::new(vec![Key("evpn")], "`[evpn]` is for `overlay = \"vxlan-evpn\"`"));
-    }
-    if lab.overlay == Overlay::VxlanEvpn {
-        let e = lab.evpn.clone().unwrap_or_default();
-        if let Some(rs) = &e.route_server {
-            if lab.vm(rs).is_none() {
-                let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
-                return Err(Issue::new(
-                    vec![Key("evpn"), Key("route_server")],
-                    format!("no VM `{rs}` (VMs: {})", names.join(", ")),
-                ));
-            }
-        }
-        if e.route_server_address.prefix_len() > 30 {
-            return Err(Issue::new(
-                vec![Key("evpn"), Key("route_server_address")],
-                format!("{}: the link to the route server needs a /30 or larger", e.route_server_address),
-            ));
-        }
-        if e.asn == 0 {
-            return Err(Issue::new(vec![Key("evpn"), Key("asn")], "AS 0 is reserved"));
-        }
-        if let Some(i) = lab.vms.iter().position(|v| v.underlay.ipv4.is_none()) {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("underlay")],
-                "BGP sessions to the route server run over IPv4: add an ipv4 underlay address",
-            ));
-        }
-    }
-    let s = lab.vxlan.clone().unwrap_or_default();
-    if !(1..=16_777_215).contains(&s.vni) {
-        return Err(Issue::new(vec![Key("vxlan"), Key("vni")], format!("VNI {}: use 1 to 16777215", s.vni)));
-    }
-    if s.port == 0 {
-        return Err(Issue::new(vec![Key("vxlan"), Key("port")], "port 0 is not a port"));
-    }
-    let family = super::variant_name(&s.family);
-    let mut subnets: Vec<(Family, String)> = Vec::new();
-    for (i, vm) in lab.vms.iter().enumerate() {
-        if vm.underlay.get(s.family).is_none() {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("underlay")],
-                format!("the VTEP of `{}` needs an {family} underlay address (vxlan.family = \"{family}\")", vm.name),
-            ));
-        }
-        if vm.nic.model == NicModel::IgbSriov {
-            return Err(Issue::new(
-                vec![Key("vm"), Index(i), Key("nic"), Key("model")],
-                "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device: use virtio or vfio",
-            ));
-        }
-        for (j, c) in vm.containers.iter().enumerate() {
-            let nets = [
-                (Family::Ipv4, c.ipv4.map(|n| n.trunc().to_string()), "ipv4"),
-                (Family::Ipv6, c.ipv6.map(|n| n.trunc().to_string()), "ipv6"),
-            ];
-            for (f, net, key) in nets {
-                let Some(net) = net else { continue };
-                let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key(key)];
-                match subnets.iter().find(|(g, _)| *g == f) {
-                    Some((_, first)) if *first != net => {
-                        return Err(Issue::new(
-                            path,
-                            format!("{net}: the containers of a VXLAN segment share one subnet ({first})"),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => subnets.push((f, net)),
-                }
-            }
-        }
-    }
-    if let Some(j) = lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
-        return Err(Issue::new(
-            vec![Key("matrix"), Key("nic"), Index(j)],
-            "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device",
-        ));
-    }
-    Ok(())
-}
-
-/// The `overlay` axis compares overlays that share the lab's addressing
-/// (baseline, vxlan, vxlan-evpn); each must be valid with it.
-fn validate_overlay_axis(lab: &Lab) -> Result<(), Issue> {
-    use Seg::{Index, Key};
-    let Some(overlays) = &lab.matrix.overlay else { return Ok(()) };
-    if overlays.is_empty() {
-        return Err(Issue::new(vec![Key("matrix"), Key("overlay")], "an axis needs at least one value"));
-    }
-    for (j, o) in overlays.iter().enumerate() {
-        if *o == Overlay::Ila || lab.overlay == Overlay::Ila {
-            return Err(Issue::new(
-                vec![Key("matrix"), Key("overlay"), Index(j)],
-                "ila needs its own addressing (SIR addresses, locators): compare it in its own lab",
-            ));
-        }
-        let mut variant = lab.with_overlay(*o);
-        variant.matrix.overlay = None;
-        // The tables of the other compared overlays do not apply to this one.
-        if !matches!(o, Overlay::Vxlan | Overlay::VxlanEvpn) {
-            variant.vxlan = None;
-        }
-        if *o != Overlay::VxlanEvpn {
-            variant.evpn = None;
-        }
-        validate(&variant).map_err(|issue| {
-            let name = super::variant_name(o);
-            Issue::new(issue.path, format!("with overlay {name} (matrix.overlay[{j}]): {}", issue.message))
-        })?;
     }
     Ok(())
 }

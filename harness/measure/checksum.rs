@@ -74,7 +74,7 @@ pub fn tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
 }
 
 /// The verdict on one captured TCP segment's checksum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChecksumStatus {
     /// Correct for the addresses in the captured header.
@@ -148,7 +148,7 @@ pub fn reverse_adjusted(seg: &Segment, original_dst: IpAddr) -> bool {
 }
 
 /// Segments per checksum verdict at one capture point.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChecksumCounts {
     /// Valid for the captured addresses.
     pub valid: u64,

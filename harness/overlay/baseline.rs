@@ -9,8 +9,32 @@
 //! on-link route to every other VM's containers
 //! (`ip -n c1 route add 10.1.2.2/32 dev eth0`).
 
+use super::{Containers, EnforcementPoint, Overlay, Step, Variant};
 use crate::guest::{Attachment, CONTAINER_DEV};
 use crate::lab::{Family, Lab, Vm};
+
+/// The `baseline` overlay.
+pub struct Baseline;
+
+impl Variant for Baseline {
+    fn name(&self) -> &'static str {
+        "baseline"
+    }
+}
+
+impl Overlay for Baseline {
+    fn containers(&self) -> Containers {
+        Containers::Routed
+    }
+
+    fn enforcement_points(&self, _lab: &Lab) -> Vec<EnforcementPoint> {
+        vec![EnforcementPoint::Forward]
+    }
+
+    fn deploy(&self, lab: &Lab, attachments: &[Attachment]) -> Vec<Step> {
+        lab.vms.iter().zip(attachments).map(|(vm, a)| Step::on(&vm.name, commands(lab, vm, *a))).collect()
+    }
+}
 
 /// The commands for `vm`.
 pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {

@@ -13,13 +13,154 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
-use serde::Serialize;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
-use crate::guest::container_mac;
-use crate::lab::{EvpnSettings, Lab, Vm};
-use crate::overlay::vxlan;
+use super::{vxlan, Verdict};
+use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, GuestFile, Overlay, Readiness, Step, Variant};
+use crate::guest::{container_mac, Attachment};
+use crate::lab::{Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::Check;
+
+/// The `[evpn]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvpnSettings {
+    /// The AS of every BGP speaker (iBGP, default 65000).
+    pub asn: u32,
+    /// The VM that runs the route server (`gobgpd`, in a namespace of its
+    /// own); default: the first VM.
+    pub route_server: Option<String>,
+    /// The route server's address; its VM takes the other address of the
+    /// subnet (default `10.255.0.2/30`).
+    pub route_server_address: Ipv4Net,
+}
+
+impl Default for EvpnSettings {
+    fn default() -> Self {
+        EvpnSettings { asn: 65000, route_server: None, route_server_address: "10.255.0.2/30".parse().expect("valid") }
+    }
+}
+
+/// What the EVPN overlay reads from a lab file besides `[vxlan]`.
+#[derive(Debug, Default, Deserialize)]
+struct Section {
+    #[serde(default)]
+    evpn: Option<EvpnSettings>,
+}
+
+/// Where its evidence and configurations go in the artifacts.
+const ARTIFACTS: &str = "evpn";
+
+/// The `vxlan-evpn` overlay.
+pub struct VxlanEvpn;
+
+impl Variant for VxlanEvpn {
+    fn name(&self) -> &'static str {
+        "vxlan-evpn"
+    }
+
+    fn lab_keys(&self) -> LabKeys {
+        LabKeys { tables: &["vxlan", "evpn"], ..LabKeys::default() }
+    }
+
+    fn validate(&self, lab: &Lab) -> Result<(), LabError> {
+        validate_control_plane(lab)?;
+        vxlan::validate_segment(lab)
+    }
+
+    fn modules(&self) -> &'static [&'static str] {
+        &["bridge", "vxlan"]
+    }
+
+    fn packages(&self) -> &'static [&'static str] {
+        &["frr", "gobgpd"]
+    }
+
+    fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let mut cmds = vxlan::fdb_commands(lab, vm);
+        cmds.extend(evidence_commands(lab, vm).into_iter().map(|(name, cmd)| (format!("{ARTIFACTS}/{name}"), cmd)));
+        cmds
+    }
+}
+
+impl Overlay for VxlanEvpn {
+    fn containers(&self) -> Containers {
+        Containers::Bridged
+    }
+
+    fn enforcement_points(&self, _lab: &Lab) -> Vec<EnforcementPoint> {
+        vec![EnforcementPoint::Bridge { name: vxlan::BRIDGE.to_string() }]
+    }
+
+    fn deploy(&self, lab: &Lab, _attachments: &[Attachment]) -> Vec<Step> {
+        lab.vms.iter().flat_map(|vm| steps(lab, vm)).collect()
+    }
+
+    /// The workload's client container reaches the server container (one
+    /// ping a time, for at most 90 s).
+    fn readiness(&self, lab: &Lab) -> Option<Readiness> {
+        let w = &lab.workload;
+        let (Some(c), Some(sc)) = (&w.client.container, &w.server.container) else { return None };
+        let server = lab.vm(&w.server.vm)?;
+        let target = server.containers.iter().find(|x| &x.name == sc).and_then(|x| x.address(w.family))?;
+        Some(Readiness {
+            what: "first container ping through".into(),
+            vm: w.client.vm.clone(),
+            command: format!("ip netns exec {c} ping -c 1 -W 1 -q {target} >/dev/null 2>&1"),
+            limit: Duration::from_secs(90),
+        })
+    }
+
+    fn capture_hints(&self, lab: &Lab) -> CaptureHints {
+        vxlan::capture_hints(lab)
+    }
+
+    fn verdict(&self, lab: &Lab, e: &CaseEvidence) -> Verdict {
+        let outputs: BTreeMap<String, String> = e
+            .outputs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{ARTIFACTS}/"))?.to_string(), v.clone())))
+            .collect();
+        let cp = control_plane(lab, &outputs);
+        let mut checks = verdict(lab, &cp);
+        let segment = vxlan::segment_verdict(lab, e, "extern_learn");
+        checks.extend(segment.checks);
+        let fdb = segment.section.map(|s| s["fdb"].clone()).unwrap_or_default();
+        Verdict { checks, section: Some(serde_json::json!({ "fdb": fdb, "control_plane": cp })) }
+    }
+}
+
+/// The route server's VM, link and AS; BGP runs over IPv4 underlay addresses.
+fn validate_control_plane(lab: &Lab) -> Result<(), LabError> {
+    use Seg::{Index, Key};
+    let e = lab.section::<Section>()?.evpn.unwrap_or_default();
+    let fail = |path, message: String| Err(lab.invalid(Issue::new(path, message)));
+    if let Some(rs) = &e.route_server {
+        if lab.vm(rs).is_none() {
+            let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
+            return fail(vec![Key("evpn"), Key("route_server")], format!("no VM `{rs}` (VMs: {})", names.join(", ")));
+        }
+    }
+    if e.route_server_address.prefix_len() > 30 {
+        return fail(
+            vec![Key("evpn"), Key("route_server_address")],
+            format!("{}: the link to the route server needs a /30 or larger", e.route_server_address),
+        );
+    }
+    if e.asn == 0 {
+        return fail(vec![Key("evpn"), Key("asn")], "AS 0 is reserved".into());
+    }
+    if let Some(i) = lab.vms.iter().position(|v| v.underlay.ipv4.is_none()) {
+        return fail(
+            vec![Key("vm"), Index(i), Key("underlay")],
+            "BGP sessions to the route server run over IPv4: add an ipv4 underlay address".into(),
+        );
+    }
+    Ok(())
+}
 
 /// The route server's namespace on its VM.
 pub const RS_NETNS: &str = "rs";
@@ -32,7 +173,7 @@ const FRR_BIN: &str = "/usr/lib/frr";
 
 /// The lab's EVPN settings (the defaults without an `[evpn]` table).
 pub fn settings(lab: &Lab) -> EvpnSettings {
-    lab.evpn.clone().unwrap_or_default()
+    lab.section::<Section>().ok().and_then(|s| s.evpn).unwrap_or_default()
 }
 
 /// The VM that runs the route server.
@@ -108,14 +249,10 @@ pub fn gobgp_config(lab: &Lab) -> String {
     out
 }
 
-/// A command that writes `text` to `path` in the guest.
-fn write_file(path: &str, text: &str) -> String {
-    format!("cat > {path} <<'VLAB_EOF'\n{text}VLAB_EOF")
-}
-
-/// Datapath, route server (on its VM) and FRR of `vm`: everything up to and
-/// including the daemons' start.
-pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
+/// Deploys `vm` in two steps: the datapath, the directories and (on its VM)
+/// the route server's namespace; then the configurations as files and the
+/// daemons (goBGP on the route server's VM, then zebra and bgpd).
+fn steps(lab: &Lab, vm: &Vm) -> Vec<Step> {
     let s = settings(lab);
     let vx = vxlan::device(vxlan::settings(lab).vni);
     let (rs, vm_side) = route_server_link(&s);
@@ -126,6 +263,13 @@ pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
     // FRR's daemons drop to the frr user (and its vty group) after start.
     cmds.push(format!("mkdir -p {CONFIG_DIR} /run/frr /var/log/frr"));
     cmds.push("chown frr:frr /run/frr /var/log/frr".to_string());
+    let file = |name: &str, text: String, artifact: Option<String>| GuestFile {
+        path: format!("{CONFIG_DIR}/{name}"),
+        text,
+        artifact: artifact.map(|a| format!("{ARTIFACTS}/{a}")),
+    };
+    let mut files = Vec::new();
+    let mut daemons = Vec::new();
     if vm.name == rs_vm.name {
         cmds.extend([
             "sysctl -qw net.ipv4.ip_forward=1".to_string(),
@@ -137,26 +281,23 @@ pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
             format!("ip -n {RS_NETNS} addr add {} dev eth0", s.route_server_address),
             format!("ip -n {RS_NETNS} link set eth0 up"),
             format!("ip -n {RS_NETNS} route add default via {vm_side}"),
-            write_file(&format!("{CONFIG_DIR}/gobgpd.toml"), &gobgp_config(lab)),
-            format!(
-                "setsid ip netns exec {RS_NETNS} gobgpd -t toml -f {CONFIG_DIR}/gobgpd.toml \
-                 </dev/null >/var/log/gobgpd.log 2>&1 &"
-            ),
         ]);
+        files.push(file("gobgpd.toml", gobgp_config(lab), Some("gobgpd.toml".into())));
+        daemons.push(format!(
+            "setsid ip netns exec {RS_NETNS} gobgpd -t toml -f {CONFIG_DIR}/gobgpd.toml \
+             </dev/null >/var/log/gobgpd.log 2>&1 &"
+        ));
     } else if let Some(via) = rs_vm.underlay.ipv4 {
         cmds.push(format!("ip route add {rs}/32 via {}", via.addr()));
     }
-    cmds.extend([
-        write_file(
-            &format!("{CONFIG_DIR}/zebra.conf"),
-            &format!("hostname {}\nlog file /var/log/frr/zebra.log\n", vm.name),
-        ),
-        write_file(&format!("{CONFIG_DIR}/bgpd.conf"), &frr_config(lab, vm)),
-        // Daemons keep no pipe of the guest agent's open (it waits for EOF).
+    files.push(file("zebra.conf", format!("hostname {}\nlog file /var/log/frr/zebra.log\n", vm.name), None));
+    files.push(file("bgpd.conf", frr_config(lab, vm), Some(format!("bgpd-{}.conf", vm.name))));
+    // Daemons keep no pipe of the guest agent's open (it waits for EOF).
+    daemons.extend([
         format!("{FRR_BIN}/zebra -d -f {CONFIG_DIR}/zebra.conf </dev/null >/var/log/frr/zebra.out 2>&1"),
         format!("{FRR_BIN}/bgpd -d -f {CONFIG_DIR}/bgpd.conf </dev/null >/var/log/frr/bgpd.out 2>&1"),
     ]);
-    cmds
+    vec![Step::on(&vm.name, cmds), Step { files, ..Step::on(&vm.name, daemons) }]
 }
 
 /// The control-plane evidence to read from `vm`, as (artifact name, command):
@@ -325,10 +466,12 @@ pub fn control_plane(lab: &Lab, outputs: &BTreeMap<String, String>) -> ControlPl
 /// each of its containers' MACs in the lab's VNI; zebra on each VM knows every
 /// remote container MAC behind the right VTEP.
 pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
-    let vni = vxlan::settings(lab).vni;
-    let (rs, _) = route_server_link(&settings(lab));
-    let mut checks = Vec::new();
+    vec![sessions_check(lab, cp), routes_check(lab, cp), zebra_check(lab, cp)]
+}
 
+/// Every VM's session with the route server is up at both ends.
+fn sessions_check(lab: &Lab, cp: &ControlPlane) -> Check {
+    let (rs, _) = route_server_link(&settings(lab));
     let mut down = Vec::new();
     for vm in &lab.vms {
         let ok = |speaker: &str, peer: &str| {
@@ -345,12 +488,17 @@ pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
     }
     let sessions: Vec<String> =
         cp.sessions.iter().map(|s| format!("{} - {}: {}", s.speaker, s.peer, s.state)).collect();
-    checks.push(Check::new(
+    Check::new(
         "EVPN: BGP sessions Established",
         down.is_empty(),
         if down.is_empty() { sessions.join(", ") } else { format!("not Established: {}", down.join(", ")) },
-    ));
+    )
+}
 
+/// The route server holds each VM's type-3 route and a type-2 route per
+/// container MAC, in the lab's VNI, with the VM's VTEP as next hop.
+fn routes_check(lab: &Lab, cp: &ControlPlane) -> Check {
+    let vni = vxlan::settings(lab).vni;
     let mut missing = Vec::new();
     for (i, vm) in lab.vms.iter().enumerate() {
         let Some(vtep) = vm.underlay.ipv4.map(|n| n.addr().to_string()) else { continue };
@@ -367,7 +515,7 @@ pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
             }
         }
     }
-    checks.push(Check::new(
+    Check::new(
         &format!("EVPN: route server holds every VTEP's routes for VNI {vni}"),
         missing.is_empty(),
         if missing.is_empty() {
@@ -380,8 +528,11 @@ pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
         } else {
             format!("missing: {}", missing.join("; "))
         },
-    ));
+    )
+}
 
+/// Zebra on each VM knows every remote container MAC behind the right VTEP.
+fn zebra_check(lab: &Lab, cp: &ControlPlane) -> Check {
     let mut unknown = Vec::new();
     for (want_vm, mac, vtep) in vxlan::expected_entries(lab).into_iter().filter(|(_, m, _)| m != vxlan::FLOOD_MAC) {
         let vtep = vtep.to_string();
@@ -391,7 +542,7 @@ pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
             unknown.push(format!("{want_vm}: {mac} behind {vtep}"));
         }
     }
-    checks.push(Check::new(
+    Check::new(
         "EVPN: zebra learned the remote MACs",
         unknown.is_empty(),
         if unknown.is_empty() {
@@ -405,6 +556,5 @@ pub fn verdict(lab: &Lab, cp: &ControlPlane) -> Vec<Check> {
         } else {
             format!("missing: {}", unknown.join("; "))
         },
-    ));
-    checks
+    )
 }

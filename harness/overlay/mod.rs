@@ -1,57 +1,157 @@
-//! Overlay variants: how containers on different VMs reach each other. Each
-//! variant renders the guest commands that build it, so they can be reviewed
-//! and snapshot-tested.
+//! Overlay variants: how containers on different VMs reach each other.
+//!
+//! Every overlay implements [`Overlay`] in a file (or folder) of its own and
+//! is registered by one line in [`OVERLAYS`]; nothing outside this folder
+//! names one. A variant owns all of itself: the lab keys it reads and their
+//! validation, the kernel modules and image packages it needs, how it
+//! attaches containers, its deploy plan, readiness probe, per-case setup,
+//! capture hints, the evidence it reads and its verdict with a report
+//! section. The trait is synchronous: variants render commands and judge
+//! evidence; the orchestration (`run`) executes and reads. `README.md` beside
+//! this file walks through adding one.
+//!
+//! The types a variant speaks in ([`Step`], [`CaseEvidence`], [`Verdict`],
+//! ...) are shared with the filters (the `filter` module), which implement the
+//! same [`Variant`] base.
 
 pub mod baseline;
 pub mod evpn;
 pub mod ila;
+mod plan;
 pub mod vxlan;
 
+pub use plan::{
+    CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Readiness, Step, Verdict,
+};
+
 use crate::guest::Attachment;
-use crate::lab::{CaseParams, Lab, Overlay, Vm};
+use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 
-/// The commands that deploy the lab's overlay on `vm`, whose containers are
-/// attached as `attachment` says (once per boot).
-pub fn commands(lab: &Lab, vm: &Vm, attachment: Attachment) -> Vec<String> {
-    match lab.overlay {
-        Overlay::Baseline => baseline::commands(lab, vm, attachment),
-        Overlay::Ila => ila::commands(),
-        Overlay::Vxlan => vxlan::commands(lab, vm, true),
-        Overlay::VxlanEvpn => evpn::commands(lab, vm),
+/// Every overlay, in the order errors list them; one line registers one.
+pub static OVERLAYS: &[&dyn Overlay] = &[&baseline::Baseline, &ila::Ila, &vxlan::Vxlan, &evpn::VxlanEvpn];
+
+/// The overlay whose throughput the others are compared with in one run.
+pub const REFERENCE: &str = "baseline";
+
+/// The overlay registered under `name`.
+pub fn find(name: &str) -> Option<&'static dyn Overlay> {
+    OVERLAYS.iter().copied().find(|o| o.name() == name)
+}
+
+/// The overlay of a validated lab or case (the name was checked at load).
+pub fn get(name: &str) -> &'static dyn Overlay {
+    find(name).unwrap_or_else(|| panic!("overlay `{name}` is not registered"))
+}
+
+/// What every datapath variant, overlay or filter, has: a name, the lab keys
+/// it owns and their validation, and what the image and kernel must give it.
+pub trait Variant: Sync {
+    /// The name lab files select it by (`overlay = "NAME"`).
+    fn name(&self) -> &'static str;
+
+    /// The keys of lab files it owns: its tables, keys of a VM, matrix axes.
+    fn lab_keys(&self) -> LabKeys {
+        LabKeys::default()
+    }
+
+    /// Validates its settings against `lab` (which selects it); errors name
+    /// the file, line, column and field ([`Lab::section`] reads typed
+    /// settings with such errors).
+    fn validate(&self, lab: &Lab) -> Result<(), LabError> {
+        let _ = lab;
+        Ok(())
+    }
+
+    /// The matrix axes it adds: (name in case names, values as written).
+    fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, LabError> {
+        let _ = lab;
+        Ok(Vec::new())
+    }
+
+    /// Kernel modules the guests load at boot for it.
+    fn modules(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Debian packages the image must have for it.
+    fn packages(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Commands that read its evidence from `vm` after a case, as (artifact
+    /// name, command); the outputs reach [`CaseEvidence::outputs`] under the
+    /// same names and are kept in the case's artifacts.
+    fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let _ = (lab, vm);
+        Vec::new()
+    }
+
+    /// A table for people, from the report sections its verdicts gave each
+    /// case (case name, section); `None` when it has nothing to add.
+    fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
+        let _ = sections;
+        None
     }
 }
 
-/// Whether the VMs route their containers' traffic (L3 overlays: the guest
-/// side of each veth is the gateway) or bridge it (L2 overlays).
-pub fn routes_containers(lab: &Lab) -> bool {
-    match lab.overlay {
-        Overlay::Baseline | Overlay::Ila => true,
-        Overlay::Vxlan | Overlay::VxlanEvpn => false,
+/// An overlay: how containers on different VMs reach each other.
+pub trait Overlay: Variant {
+    /// Whether it can share a lab with other overlays on the `overlay`
+    /// matrix axis; `Err` says why not.
+    fn comparable(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    /// How the VMs attach their containers.
+    fn containers(&self) -> Containers;
+
+    /// Where container traffic is forwarded in each VM: where a filter goes.
+    fn enforcement_points(&self, lab: &Lab) -> Vec<EnforcementPoint>;
+
+    /// The steps that deploy it on booted guests whose containers exist
+    /// (`attachments` follows `lab.vms`), in order; a step may use the output
+    /// of an earlier one.
+    fn deploy(&self, lab: &Lab, attachments: &[Attachment]) -> Vec<Step>;
+
+    /// What says the overlay carries traffic after deploy (a control plane
+    /// that converges), if anything.
+    fn readiness(&self, lab: &Lab) -> Option<Readiness> {
+        let _ = lab;
+        None
+    }
+
+    /// Commands that set it up on `vm` for one case, replacing the previous
+    /// case's state (empty when it has no per-case state).
+    fn case_setup(&self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
+        let _ = (lab, vm, case);
+        Vec::new()
+    }
+
+    /// How to capture and decode its traffic.
+    fn capture_hints(&self, lab: &Lab) -> CaptureHints {
+        let _ = lab;
+        CaptureHints::default()
+    }
+
+    /// Its checks and report section for one case.
+    fn verdict(&self, lab: &Lab, evidence: &CaseEvidence) -> Verdict {
+        let _ = (lab, evidence);
+        Verdict::default()
     }
 }
 
-/// The commands that set the overlay up for one case's parameters on `vm`,
-/// replacing the previous case's (empty when the overlay has no per-case state).
-pub fn case_commands(lab: &Lab, vm: &Vm, params: &CaseParams) -> Vec<String> {
-    match (lab.overlay, params.ila) {
-        (Overlay::Ila, Some(case)) => ila::case_commands(lab, vm, case),
-        _ => Vec::new(),
+/// The guest commands that set `vm` up (number `vm_index`, NIC `nic` with MAC
+/// `mac`): underlay, routes to peers, containers as the overlay attaches
+/// them, then the overlay's deploy steps on this VM (files shown as
+/// comments). For review and snapshots; runs execute the same parts.
+pub fn setup_script(lab: &Lab, vm: &Vm, vm_index: usize, nic: &crate::lab::Nic, mac: &str) -> Vec<String> {
+    let overlay = get(&lab.overlay);
+    let attachment = Attachment::of(nic);
+    let mut script = crate::guest::base_setup(lab, vm, vm_index, nic, mac, overlay.containers() == Containers::Routed);
+    let attachments: Vec<Attachment> = lab.vms.iter().map(|_| attachment).collect();
+    for step in overlay.deploy(lab, &attachments).into_iter().filter(|s| s.vm == vm.name) {
+        script.extend(step.files.iter().map(|f| format!("# file {}", f.path)));
+        script.extend(step.commands);
     }
-}
-
-/// The UDP port of the overlay's VXLAN tunnel, if it has one.
-pub fn vxlan_port(lab: &Lab) -> Option<u16> {
-    match lab.overlay {
-        Overlay::Vxlan | Overlay::VxlanEvpn => Some(vxlan::settings(lab).port),
-        Overlay::Baseline | Overlay::Ila => None,
-    }
-}
-
-/// Kernel modules the overlay needs in the guests (loaded at boot).
-pub fn modules(lab: &Lab) -> Vec<String> {
-    match lab.overlay {
-        Overlay::Baseline => Vec::new(),
-        Overlay::Ila => vec!["ila".to_string()],
-        Overlay::Vxlan | Overlay::VxlanEvpn => vec!["bridge".to_string(), "vxlan".to_string()],
-    }
+    script
 }

@@ -10,11 +10,199 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::guest::{container_mac, host_veth, CONTAINER_DEV, UNDERLAY_DEV};
-use crate::lab::{Family, Lab, Vm, VxlanSettings};
+use serde::{Deserialize, Serialize};
+
+use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
+use crate::guest::{container_mac, host_veth, Attachment, CONTAINER_DEV, UNDERLAY_DEV};
+use crate::lab::{Family, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
 use crate::measure::capture::{flows_are, CaptureSummary, Flow};
-use crate::measure::fdb::FdbEntry;
+use crate::measure::fdb::{self, FdbEntry};
 use crate::report::{list, Check};
+
+/// The `[vxlan]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VxlanSettings {
+    /// VXLAN network identifier (1..=16777215, default 100).
+    pub vni: u32,
+    /// UDP destination port (default 4789).
+    pub port: u16,
+    /// Address family of the VTEPs: the VMs' underlay addresses of this family (default ipv4).
+    pub family: Family,
+}
+
+impl Default for VxlanSettings {
+    fn default() -> Self {
+        VxlanSettings { vni: 100, port: 4789, family: Family::Ipv4 }
+    }
+}
+
+/// What the VXLAN overlays read from a lab file.
+#[derive(Debug, Default, Deserialize)]
+struct Section {
+    #[serde(default)]
+    vxlan: Option<VxlanSettings>,
+}
+
+/// The `vxlan` overlay: static forwarding entries.
+pub struct Vxlan;
+
+impl Variant for Vxlan {
+    fn name(&self) -> &'static str {
+        "vxlan"
+    }
+
+    fn lab_keys(&self) -> LabKeys {
+        LabKeys { tables: &["vxlan"], ..LabKeys::default() }
+    }
+
+    fn validate(&self, lab: &Lab) -> Result<(), LabError> {
+        validate_segment(lab)
+    }
+
+    fn modules(&self) -> &'static [&'static str] {
+        &["bridge", "vxlan"]
+    }
+
+    fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        fdb_commands(lab, vm)
+    }
+}
+
+impl Overlay for Vxlan {
+    fn containers(&self) -> Containers {
+        Containers::Bridged
+    }
+
+    fn enforcement_points(&self, _lab: &Lab) -> Vec<EnforcementPoint> {
+        vec![EnforcementPoint::Bridge { name: BRIDGE.to_string() }]
+    }
+
+    fn deploy(&self, lab: &Lab, _attachments: &[Attachment]) -> Vec<Step> {
+        lab.vms.iter().map(|vm| Step::on(&vm.name, commands(lab, vm, true))).collect()
+    }
+
+    fn capture_hints(&self, lab: &Lab) -> CaptureHints {
+        capture_hints(lab)
+    }
+
+    fn verdict(&self, lab: &Lab, e: &CaseEvidence) -> Verdict {
+        segment_verdict(lab, e, "permanent")
+    }
+}
+
+/// Tunnel traffic is captured and decapsulated on the lab's UDP port.
+pub fn capture_hints(lab: &Lab) -> CaptureHints {
+    let port = settings(lab).port;
+    CaptureHints { underlay_filter: Some(format!("udp port {port}")), vxlan_port: Some(port), ..Default::default() }
+}
+
+/// The forwarding entries of `vm`'s VXLAN device, as evidence.
+pub fn fdb_commands(lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+    vec![(format!("fdb-{}.json", vm.name), fdb::command(&device(settings(lab).vni)))]
+}
+
+/// The forwarding entries of every VM, from the evidence outputs (a VM whose
+/// output does not parse contributes none, and the checks say what is missing).
+pub fn fdb_entries(lab: &Lab, e: &CaseEvidence) -> Vec<FdbEntry> {
+    let mut entries = Vec::new();
+    for vm in &lab.vms {
+        if let Some(text) = e.outputs.get(&format!("fdb-{}.json", vm.name)) {
+            entries.extend(fdb::parse(&vm.name, text).unwrap_or_default());
+        }
+    }
+    entries
+}
+
+/// The checks of a VXLAN segment whose MAC entries were installed as
+/// `installed_as`, and the forwarding entries as the report section.
+pub fn segment_verdict(lab: &Lab, e: &CaseEvidence, installed_as: &str) -> Verdict {
+    let fdb = fdb_entries(lab, e);
+    let mut checks = Vec::new();
+    if e.container_to_container() {
+        let settings = settings(lab);
+        let vtep = |vm: &str| lab.vm(vm).and_then(|v| v.underlay.get(settings.family)).expect("validated");
+        let evidence = VxlanEvidence {
+            vteps: [vtep(&e.ends[0].vm), vtep(&e.ends[1].vm)],
+            containers: [e.ends[0].addr, e.ends[1].addr],
+            underlay: e.captures_at(true),
+            fdb: &fdb,
+            expected: expected_entries(lab),
+            installed_as,
+            settings,
+        };
+        checks = verdict(&evidence);
+    }
+    Verdict { checks, section: Some(serde_json::json!({ "fdb": fdb })) }
+}
+
+/// The segment of the VXLAN overlays: a VNI and port that exist, a VTEP
+/// address of the chosen family on every VM, containers in one subnet, no
+/// SR-IOV VFs.
+pub fn validate_segment(lab: &Lab) -> Result<(), LabError> {
+    use Seg::{Index, Key};
+    let s = lab.section::<Section>()?.vxlan.unwrap_or_default();
+    if !(1..=16_777_215).contains(&s.vni) {
+        return Err(
+            lab.invalid(Issue::new(vec![Key("vxlan"), Key("vni")], format!("VNI {}: use 1 to 16777215", s.vni)))
+        );
+    }
+    if s.port == 0 {
+        return Err(lab.invalid(Issue::new(vec![Key("vxlan"), Key("port")], "port 0 is not a port")));
+    }
+    let family = crate::lab::variant_name(&s.family);
+    for (i, vm) in lab.vms.iter().enumerate() {
+        if vm.underlay.get(s.family).is_none() {
+            return Err(lab.invalid(Issue::new(
+                vec![Key("vm"), Index(i), Key("underlay")],
+                format!("the VTEP of `{}` needs an {family} underlay address (vxlan.family = \"{family}\")", vm.name),
+            )));
+        }
+        if vm.nic.model == NicModel::IgbSriov {
+            return Err(lab.invalid(Issue::new(
+                vec![Key("vm"), Index(i), Key("nic"), Key("model")],
+                "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device: use virtio or vfio",
+            )));
+        }
+    }
+    one_subnet(lab).map_err(|issue| lab.invalid(issue))?;
+    if let Some(j) = lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
+        return Err(lab.invalid(Issue::new(
+            vec![Key("matrix"), Key("nic"), Index(j)],
+            "containers on SR-IOV VFs bypass the VM's bridge and VXLAN device",
+        )));
+    }
+    Ok(())
+}
+
+/// The containers of a segment share one subnet per family.
+fn one_subnet(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key};
+    let mut subnets: Vec<(Family, String)> = Vec::new();
+    for (i, vm) in lab.vms.iter().enumerate() {
+        for (j, c) in vm.containers.iter().enumerate() {
+            let nets = [
+                (Family::Ipv4, c.ipv4.map(|n| n.trunc().to_string()), "ipv4"),
+                (Family::Ipv6, c.ipv6.map(|n| n.trunc().to_string()), "ipv6"),
+            ];
+            for (f, net, key) in nets {
+                let Some(net) = net else { continue };
+                let path = vec![Key("vm"), Index(i), Key("container"), Index(j), Key(key)];
+                match subnets.iter().find(|(g, _)| *g == f) {
+                    Some((_, first)) if *first != net => {
+                        return Err(Issue::new(
+                            path,
+                            format!("{net}: the containers of a VXLAN segment share one subnet ({first})"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => subnets.push((f, net)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The bridge that joins a VM's containers and its VXLAN device.
 pub const BRIDGE: &str = "br-vx";
@@ -44,7 +232,7 @@ pub fn inner_mtu(family: Family) -> u32 {
 
 /// The lab's VXLAN settings (the defaults without a `[vxlan]` table).
 pub fn settings(lab: &Lab) -> VxlanSettings {
-    lab.vxlan.clone().unwrap_or_default()
+    lab.section::<Section>().ok().and_then(|s| s.vxlan).unwrap_or_default()
 }
 
 /// Bridge, VXLAN device and container ports of `vm`, with static forwarding

@@ -197,4 +197,30 @@ impl Agent {
         let _ = self.call("guest-file-close", qga::guest_file_close { handle }).await;
         result
     }
+
+    /// Writes a whole file in the guest (created or truncated), in chunks.
+    pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), AgentError> {
+        let handle =
+            self.call("guest-file-open", qga::guest_file_open { path: path.into(), mode: Some("w".into()) }).await?;
+        let mut result = Ok(());
+        for chunk in bytes.chunks(1 << 20) {
+            let write = qga::guest_file_write { handle, buf_b64: chunk.to_vec(), count: Some(chunk.len() as i64) };
+            match self.call("guest-file-write", write).await {
+                Ok(w) if w.count as usize == chunk.len() => {}
+                Ok(w) => {
+                    result = Err(AgentError::Command(
+                        "guest-file-write".into(),
+                        format!("wrote {} of {} bytes to {path}", w.count, chunk.len()),
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let closed = self.call("guest-file-close", qga::guest_file_close { handle }).await;
+        result.and(closed.map(|_| ()))
+    }
 }

@@ -1,0 +1,36 @@
+//! Filter variants: what filters the containers' traffic where the overlay
+//! forwards it (`filter = "NAME"`, and the `filter` matrix axis).
+//!
+//! A filter has the shape of an overlay ([`Variant`]: settings, validation,
+//! modules, packages, evidence) plus [`Filter`]: it is deployed at the
+//! enforcement points its case's overlay exposes (the VM's FORWARD path for
+//! routed overlays, the bridge for L2 overlays) and judges the case from the
+//! evidence it reads back (rule counters, rulesets). One file each, one line
+//! in [`FILTERS`] registers it.
+
+pub mod none;
+
+use crate::lab::Lab;
+use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
+
+/// Every filter, in the order errors list them; one line registers one.
+pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter];
+
+/// The filter registered under `name`.
+pub fn find(name: &str) -> Option<&'static dyn Filter> {
+    FILTERS.iter().copied().find(|f| f.name() == name)
+}
+
+/// The filter of a validated lab or case (the name was checked at load).
+pub fn get(name: &str) -> &'static dyn Filter {
+    find(name).unwrap_or_else(|| panic!("filter `{name}` is not registered"))
+}
+
+/// A filter on the containers' forwarding path.
+pub trait Filter: Variant {
+    /// The steps that deploy it at `points` on every VM, after the overlay.
+    fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step>;
+
+    /// Its checks and report section for one case.
+    fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], evidence: &CaseEvidence) -> Verdict;
+}

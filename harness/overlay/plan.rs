@@ -1,0 +1,166 @@
+//! The words variants and the orchestration share: deploy steps, readiness
+//! probes, capture hints, the evidence of a case and a verdict.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::lab::Case;
+use crate::measure::capture::CaptureSummary;
+use crate::report::Check;
+
+/// How an overlay attaches containers to their VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containers {
+    /// The guest side of each container's veth is the container's gateway:
+    /// the VM routes their traffic.
+    Routed,
+    /// The guest side of each veth has no address: the overlay makes it a
+    /// bridge port.
+    Bridged,
+}
+
+/// Where a VM forwards its containers' traffic: where a filter is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnforcementPoint {
+    /// The VM's IP forwarding path (netfilter's FORWARD hook).
+    Forward,
+    /// A bridge whose ports are the containers (netfilter's bridge family).
+    Bridge {
+        /// The bridge device.
+        name: String,
+    },
+}
+
+/// A file a deploy step writes into a guest (through the agent, not a heredoc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// The content.
+    pub text: String,
+    /// Where to keep a copy under the run's artifacts, if at all.
+    pub artifact: Option<String>,
+}
+
+/// One step of a deploy plan: files, then commands, on one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// The VM it runs on.
+    pub vm: String,
+    /// Files written first.
+    pub files: Vec<GuestFile>,
+    /// Shell commands run after (`set -e`).
+    pub commands: Vec<String>,
+    /// Keeps the commands' trimmed stdout under this name: later steps'
+    /// commands and files may say `{{NAME}}` to use it (a join token).
+    pub output: Option<String>,
+}
+
+impl Step {
+    /// Commands on `vm`.
+    pub fn on(vm: &str, commands: Vec<String>) -> Step {
+        Step { vm: vm.to_string(), commands, ..Step::default() }
+    }
+
+    /// This step with `text` substituted for each `{{NAME}}` of `outputs`.
+    pub fn with_outputs(&self, outputs: &BTreeMap<String, String>) -> Step {
+        let fill = |s: &str| outputs.iter().fold(s.to_string(), |acc, (k, v)| acc.replace(&format!("{{{{{k}}}}}"), v));
+        Step {
+            vm: self.vm.clone(),
+            files: self.files.iter().map(|f| GuestFile { text: fill(&f.text), ..f.clone() }).collect(),
+            commands: self.commands.iter().map(|c| fill(c)).collect(),
+            output: self.output.clone(),
+        }
+    }
+}
+
+/// A probe that says when an overlay carries traffic after deploy: the
+/// command is tried until it succeeds or `limit` passes; the time it took is
+/// reported, and a probe that never succeeds is not an error by itself (the
+/// case's checks say what is missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// What it waits for, for reports (`first container ping through`).
+    pub what: String,
+    /// The VM it runs on.
+    pub vm: String,
+    /// The command (exit 0: ready).
+    pub command: String,
+    /// How long to try.
+    pub limit: Duration,
+}
+
+/// How to capture and decode an overlay's traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureHints {
+    /// The tcpdump filter on the underlay when the workload travels inside
+    /// a tunnel (`udp port 4789`); `None`: the workload's port.
+    pub underlay_filter: Option<String>,
+    /// The UDP port of VXLAN packets to decapsulate.
+    pub vxlan_port: Option<u16>,
+    /// Destinations the overlay rewrites: a destination inside the prefix
+    /// carried the address before translation (the one its sender's
+    /// checksum covers).
+    pub translated: Vec<(IpNet, IpAddr)>,
+    /// Whether the receivers' checksum error counters are evidence.
+    pub checksum_counters: bool,
+}
+
+impl CaptureHints {
+    /// The destination a packet had before the overlay rewrote it, if it did.
+    pub fn original_destination(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.translated.iter().find(|(net, _)| net.contains(&dst)).map(|(_, addr)| *addr)
+    }
+}
+
+/// One end of a case's workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseEnd {
+    /// Its VM.
+    pub vm: String,
+    /// Its container, for container endpoints.
+    pub container: Option<String>,
+    /// Its address for the case's family and path.
+    pub addr: IpAddr,
+}
+
+/// What a case left behind, for the variants to judge.
+pub struct CaseEvidence<'a> {
+    /// The case.
+    pub case: &'a Case,
+    /// The server's and the client's end.
+    pub ends: [CaseEnd; 2],
+    /// Summaries of every capture.
+    pub captures: &'a [CaptureSummary],
+    /// Increase of each receiver checksum error counter (`vm:counter`) during
+    /// the workload, when the overlay's hints ask for them.
+    pub csum_errors: BTreeMap<String, u64>,
+    /// Whether the workload got through (iperf3 completed and moved payload).
+    pub delivered: bool,
+    /// Outputs of the variant's evidence commands, by artifact name.
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl CaseEvidence<'_> {
+    /// Whether both ends are containers (the overlay carried the case).
+    pub fn container_to_container(&self) -> bool {
+        self.ends.iter().all(|e| e.container.is_some())
+    }
+
+    /// The captures on the VMs' underlay NICs (`true`) or in containers (`false`).
+    pub fn captures_at(&self, underlay: bool) -> Vec<&CaptureSummary> {
+        self.captures.iter().filter(|c| c.container.is_none() == underlay).collect()
+    }
+}
+
+/// A variant's judgement of one case.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// Its checks.
+    pub checks: Vec<Check>,
+    /// Its section of the case's report (typed by the variant, kept as JSON).
+    pub section: Option<serde_json::Value>,
+}

@@ -1,0 +1,176 @@
+//! The checks every case gets, whatever its variants: the workload ran and
+//! moved payload (within the lab's bound), the interfaces on the way carried
+//! it, the captures saw it, and the guests' kernels logged no warning.
+
+use std::path::Path;
+
+use super::boot::LabRuntime;
+use super::case::Side;
+use crate::guest::{self, Attachment};
+use crate::lab::{Direction, Lab};
+use crate::measure::capture::{self, CaptureSummary};
+use crate::measure::counters::Counters;
+use crate::measure::iperf3::Iperf3Result;
+use crate::measure::nic::InterfaceEvidence;
+use crate::qemu::agent::Output;
+use crate::report::{fmt_bps, Check};
+
+/// iperf3 completed and its JSON parsed, payload arrived, and the throughput
+/// meets the lab's bound; returns the parsed result beside the checks.
+pub(super) fn workload_checks(lab: &Lab, client_out: &Output) -> (Vec<Check>, Option<Iperf3Result>) {
+    let parsed = crate::measure::iperf3::parse(&client_out.stdout_text());
+    let mut checks = vec![Check::new(
+        "iperf3 completed",
+        client_out.success() && parsed.is_ok(),
+        match &parsed {
+            Ok(_) => format!("client exit {}", client_out.code),
+            Err(e) => format!("client exit {}: {e} {}", client_out.code, client_out.stderr_text().trim()),
+        },
+    )];
+    let result = parsed.ok();
+    let received = result.as_ref().map_or(0, |r| r.received_bytes);
+    checks.push(Check::new(
+        "payload delivered",
+        received > 0,
+        format!("{received} bytes received in {:.1} s", result.as_ref().map_or(0.0, |r| r.seconds)),
+    ));
+    let throughput = result.as_ref().map_or(0.0, |r| r.throughput_bps);
+    if let Some(min) = lab.expect.min_throughput {
+        checks.push(Check::new(
+            "throughput bound",
+            throughput >= min.0 as f64,
+            format!("{} against a minimum of {}", fmt_bps(throughput), fmt_bps(min.0 as f64)),
+        ));
+    }
+    (checks, result)
+}
+
+/// The kernels logged nothing alarming during the case.
+pub(super) fn kernel_check(kernel_says: &[String]) -> Check {
+    Check::new(
+        "kernels logged no warning",
+        kernel_says.is_empty(),
+        if kernel_says.is_empty() {
+            "no WARNING/BUG/Oops in dmesg during the case".to_string()
+        } else {
+            kernel_says.join(" | ")
+        },
+    )
+}
+
+/// Every capture saw packets of the workload (no check without captures).
+pub(super) fn captures_check(summaries: &[CaptureSummary]) -> Option<Check> {
+    if summaries.is_empty() {
+        return None;
+    }
+    let seen: Vec<String> = summaries
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} of {} packets",
+                capture::file_name(&c.vm, c.container.as_deref(), &c.dev),
+                c.workload,
+                c.packets
+            )
+        })
+        .collect();
+    Some(Check::new("captures saw the workload", summaries.iter().all(|c| c.workload > 0), seen.join(", ")))
+}
+
+/// What the guests' kernels logged since `from` (lines of `dmesg`, per VM)
+/// that means a warning or a bug; the new log is kept in `case_dir`.
+pub(super) async fn kernel_alarms(
+    rt: &LabRuntime,
+    from: &[u64],
+    case_dir: Option<&Path>,
+) -> anyhow::Result<Vec<String>> {
+    let mut alarms = Vec::new();
+    for (vm, from) in rt.vms.iter().zip(from) {
+        let log = vm.guest.run(&format!("dmesg | tail -n +{}", from + 1)).await?.stdout_text();
+        if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
+            std::fs::write(dir.join(format!("dmesg-{}.txt", vm.report.name)), &log)?;
+        }
+        alarms.extend(
+            log.lines()
+                .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
+                .take(3)
+                .map(|l| format!("{}: {}", vm.report.name, l.trim())),
+        );
+    }
+    Ok(alarms)
+}
+
+/// Kernel log lines that mean the kernel hit a bug or a warning.
+const KERNEL_ALARMS: [&str; 5] = ["WARNING:", "BUG:", "Oops", "general protection fault", "Call Trace:"];
+
+/// Which interfaces carried the payload, from their counters. Data flows into
+/// the server for `forward`, into the client for `reverse`, both ways for
+/// `bidir`; each interface on the way must have moved at least that much.
+pub(super) fn path_checks(
+    server: &Side,
+    client: &Side,
+    evidence: &[InterfaceEvidence],
+    direction: Direction,
+    received: u64,
+) -> Vec<Check> {
+    let (into_server, into_client) = match direction {
+        Direction::Forward => (received, 0),
+        Direction::Reverse => (0, received),
+        Direction::Bidir => (received / 2, received / 2),
+    };
+    let find = |vm: &str, ns: Option<&str>, dev: &str| {
+        evidence.iter().find(|e| e.vm == vm && e.container.as_deref() == ns && e.dev == dev).map(|e| e.delta())
+    };
+    let (s_name, c_name) = (server.vm.guest.name.as_str(), client.vm.guest.name.as_str());
+    let mut checks = Vec::new();
+    // An interface faces the network: what flows into its host arrives as rx.
+    let moved = |d: Counters, inbound: u64, outbound: u64| d.rx_bytes >= inbound && d.tx_bytes >= outbound;
+    let describe = |d: Counters| format!("rx {} B / tx {} B", d.rx_bytes, d.tx_bytes);
+
+    let vf_attached = server.container.is_some() && Attachment::of(&server.vm.nic) == Attachment::Vf;
+    if !vf_attached {
+        // On veth and on the underlay path, traffic crosses the VMs' underlay NICs.
+        if let (Some(s), Some(c)) = (find(s_name, None, guest::UNDERLAY_DEV), find(c_name, None, guest::UNDERLAY_DEV)) {
+            checks.push(Check::new(
+                "underlay carried the payload",
+                received > 0 && moved(s, into_server, into_client) && moved(c, into_client, into_server),
+                format!("server {}, client {}, payload {received} B", describe(s), describe(c)),
+            ));
+        }
+    }
+    if let (Some(sc), Some(cc)) = (&server.container, &client.container) {
+        let (s, c) = (
+            find(s_name, Some(sc), guest::CONTAINER_DEV).unwrap_or_default(),
+            find(c_name, Some(cc), guest::CONTAINER_DEV).unwrap_or_default(),
+        );
+        let name =
+            if vf_attached { "container VFs carried the payload" } else { "container interfaces carried the payload" };
+        checks.push(Check::new(
+            name,
+            received > 0 && moved(s, into_server, into_client) && moved(c, into_client, into_server),
+            format!("server {sc}/eth0 {}, client {cc}/eth0 {}, payload {received} B", describe(s), describe(c)),
+        ));
+        if vf_attached {
+            let drivers: Vec<String> = evidence
+                .iter()
+                .filter(|e| e.container.is_some())
+                .map(|e| {
+                    format!("{}/{}: {}", e.vm, e.container.as_deref().unwrap_or(""), e.driver.as_deref().unwrap_or("?"))
+                })
+                .collect();
+            let all_vf =
+                evidence.iter().filter(|e| e.container.is_some()).all(|e| e.driver.as_deref() == Some("igbvf"));
+            checks.push(Check::new("containers own a VF (igbvf)", all_vf, drivers.join(", ")));
+            // The PF's own counters stay quiet: the payload went VF to wire.
+            let pf: Vec<Counters> =
+                [s_name, c_name].iter().filter_map(|vm| find(vm, None, guest::UNDERLAY_DEV)).collect();
+            let pf_bytes: u64 = pf.iter().map(|d| d.rx_bytes + d.tx_bytes).sum();
+            checks.push(Check::new(
+                "PF stack bypassed",
+                received > 0 && pf.len() == 2 && pf_bytes < received / 10,
+                format!("PFs moved {pf_bytes} B in all while the VFs carried {received} B"),
+            ));
+        }
+    }
+    checks
+}

@@ -1,0 +1,79 @@
+//! Setting booted guests up: what every overlay shares (underlay NIC, routes
+//! to peers, containers), then the overlay's and the filter's deploy plans,
+//! the overlay's readiness probe, and the lab's own setup commands.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+
+use super::boot::LabRuntime;
+use super::RunOptions;
+use crate::filter;
+use crate::guest::{self, Attachment, UNDERLAY_DEV};
+use crate::lab::Lab;
+use crate::measure::nic;
+use crate::overlay::{self, Containers, Step};
+use crate::report::Readiness;
+
+/// Deploys the lab on the booted guests; returns the overlay's readiness.
+pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) -> anyhow::Result<Vec<Readiness>> {
+    let o = overlay::get(&lab.overlay);
+    let f = filter::get(&lab.filter);
+    opts.progress.phase("setting up containers and overlay");
+    let routed = o.containers() == Containers::Routed;
+    for (i, vm) in lab.vms.iter().enumerate() {
+        let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
+        let script = guest::base_setup(lab, vm, i, &booted.nic, &booted.mac, routed);
+        booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
+        let channels = booted.guest.run(&format!("ethtool -l {UNDERLAY_DEV} 2>/dev/null; true")).await?;
+        booted.report.channels = nic::parse_channels(&channels.stdout_text());
+    }
+    let attachments: Vec<Attachment> = lab.vms.iter().map(|vm| Attachment::of(&rt.vm(&vm.name).nic)).collect();
+    let mut plan = o.deploy(lab, &attachments);
+    plan.extend(f.deploy(lab, &o.enforcement_points(lab)));
+    run_plan(rt, &plan, opts)
+        .await
+        .with_context(|| format!("deploying overlay {} and filter {}", o.name(), f.name()))?;
+    let mut ready = Vec::new();
+    if let Some(probe) = o.readiness(lab) {
+        opts.progress.phase(&format!("waiting for overlay {}: {}", o.name(), probe.what));
+        let took = rt.vm(&probe.vm).guest.poll(&probe.command, probe.limit).await?;
+        ready.push(Readiness { overlay: o.name().into(), what: probe.what, seconds: took.map(|d| d.as_secs_f64()) });
+    }
+    for vm in &lab.vms {
+        let guest = &rt.vm(&vm.name).guest;
+        for cmd in &vm.setup {
+            guest.run(cmd).await.with_context(|| format!("setup command of `{}` failed", vm.name))?;
+        }
+    }
+    Ok(ready)
+}
+
+/// Runs the steps in order: each writes its files, runs its commands, and
+/// keeps its output for the steps after it; files with an artifact name are
+/// kept under the run's artifacts too.
+async fn run_plan(rt: &LabRuntime, plan: &[Step], opts: &RunOptions) -> anyhow::Result<()> {
+    let mut outputs = BTreeMap::new();
+    for step in plan {
+        let step = step.with_outputs(&outputs);
+        let guest = &rt.vm(&step.vm).guest;
+        for file in &step.files {
+            guest.write_file(&file.path, file.text.as_bytes()).await?;
+            if let (Some(dir), Some(name)) = (&opts.artifacts, &file.artifact) {
+                let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, &file.text)?;
+            }
+        }
+        if step.commands.is_empty() {
+            continue;
+        }
+        let out = guest.run(&step.commands.join("\n")).await?;
+        if let Some(name) = &step.output {
+            outputs.insert(name.clone(), out.stdout_text().trim().to_string());
+        }
+    }
+    Ok(())
+}

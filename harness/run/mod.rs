@@ -1,0 +1,252 @@
+//! Orchestration of one lab run: image, acceleration, then for each boot
+//! group of the matrix (cases that share a NIC, an overlay and a filter):
+//! underlay and VMs ([`boot`]), guest setup and the variants' deploy plans
+//! ([`deploy`]), and every case ([`case`]: workload, captures, evidence,
+//! generic checks and the variants' verdicts) on that booted pair.
+//!
+//! This module names no variant: it asks the registries for the overlay and
+//! filter a group runs and executes what they render.
+//!
+//! Every host resource is owned by a value whose `Drop` releases it, so an
+//! error, a panic or a cancelled future (Ctrl-C) leaves nothing behind.
+
+mod boot;
+mod capture;
+mod case;
+mod checks;
+mod deploy;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::image::{self, Image};
+use crate::lab::{Case, Lab, Nic, NicModel};
+use crate::qemu::accel::{self, AccelChoice};
+use crate::qemu::{self, Accel};
+use crate::report::{CaseReport, Readiness, Report, VmReport};
+use crate::ui::Progress;
+use crate::{filter, overlay, variants};
+
+pub use boot::vhost_usable;
+
+/// How to run a lab.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Acceleration choice.
+    pub accel: AccelChoice,
+    /// A kernel to boot instead of the image's (for bisecting).
+    pub kernel: Option<PathBuf>,
+    /// Only cases whose name contains this.
+    pub case_filter: Option<String>,
+    /// Where to keep the evidence.
+    pub artifacts: Option<PathBuf>,
+    /// Directory of image recipes (`images/`).
+    pub images_dir: PathBuf,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+/// What every boot of a run shares.
+struct Prepared {
+    qemu: PathBuf,
+    image: Image,
+    kernel: PathBuf,
+    accel: Accel,
+    vhost: bool,
+    firmware: Option<PathBuf>,
+}
+
+/// What a booted pair is set up with: a NIC (`None`: each VM's own), an
+/// overlay and a filter (`None`: the lab's).
+type BootKey = (Option<Nic>, Option<String>, Option<String>);
+
+/// Consecutive cases that share a boot key, and so a booted pair.
+fn boot_groups(cases: Vec<Case>) -> Vec<(BootKey, Vec<Case>)> {
+    let mut groups: Vec<(BootKey, Vec<Case>)> = Vec::new();
+    for case in cases {
+        let key = (case.params.nic.clone(), case.params.overlay.clone(), case.params.filter.clone());
+        match groups.last_mut() {
+            Some((k, group)) if *k == key => group.push(case),
+            _ => groups.push((key, vec![case])),
+        }
+    }
+    groups
+}
+
+/// The cases `--case` selects.
+fn selected_cases(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Case>> {
+    let cases: Vec<Case> = lab
+        .cases()
+        .into_iter()
+        .filter(|c| opts.case_filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+        .collect();
+    if cases.is_empty() {
+        bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
+    }
+    for nic in lab.vms.iter().map(|v| &v.nic).chain(cases.iter().filter_map(|c| c.params.nic.as_ref())) {
+        if let (NicModel::Vfio, Some(host)) = (nic.model, &nic.host) {
+            qemu::check_vfio(host).map_err(|why| anyhow::anyhow!("vfio NIC: {why}"))?;
+        }
+    }
+    Ok(cases)
+}
+
+/// Builds (or finds) the image, checks it has what the lab's variants need,
+/// and probes the acceleration; returns the notice when KVM is not usable.
+async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Result<(Prepared, Option<String>)> {
+    let progress = &opts.progress;
+    let recipe = lab.image_recipe(&opts.images_dir);
+    progress.phase(&format!("image {}", recipe.display()));
+    let image = {
+        let (recipe, progress) = (recipe.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || image::build(&recipe, &progress)).await?
+    }
+    .with_context(|| format!("cannot build the image from {}", recipe.display()))?;
+    let (_, packages) = variants::needs(lab);
+    let (have, _) = image::Recipe::load(&recipe).with_context(|| format!("cannot read {}", recipe.display()))?;
+    let missing: Vec<&str> = packages.into_iter().filter(|p| !have.packages.iter().any(|h| h == p)).collect();
+    if !missing.is_empty() {
+        bail!("the image recipe {} lacks packages the lab's variants need: {}", recipe.display(), missing.join(", "));
+    }
+    let kernel = opts.kernel.clone().unwrap_or_else(|| image.kernel.clone());
+    if !kernel.is_file() {
+        bail!("kernel {} does not exist", kernel.display());
+    }
+    progress.phase("probing acceleration");
+    let (accel, notice) = {
+        let (q, k, choice) = (qemu_bin.clone(), kernel.clone(), opts.accel);
+        tokio::task::spawn_blocking(move || accel::resolve(choice, &q, &k)).await?
+    }
+    .map_err(|why| anyhow::anyhow!("--accel kvm was requested but KVM cannot run guests here: {why}"))?;
+    // Once per process: `vlab bench` runs the lab again and again with the
+    // same (cached) probe result.
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    if let Some(why) = &notice {
+        NOTICE.call_once(|| eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)"));
+    }
+    let prepared =
+        Prepared { qemu: qemu_bin, image, kernel, accel, vhost: vhost_usable(), firmware: qemu::find_firmware() };
+    Ok((prepared, notice))
+}
+
+/// What the boot groups of a run produced.
+#[derive(Default)]
+struct Results {
+    vms: Vec<VmReport>,
+    cases: Vec<CaseReport>,
+    ready: Vec<Readiness>,
+    /// The guest's `uname -r` (the first boot's).
+    kernel: Option<String>,
+}
+
+/// Runs a lab; check failures are in the report, errors mean the lab could not run.
+pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
+    let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
+    let cases = selected_cases(lab, opts)?;
+    let (prepared, notice) = prepare(lab, opts, qemu_bin).await?;
+    if let Some(dir) = &opts.artifacts {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
+    }
+    let groups = boot_groups(cases);
+    let several = groups.len() > 1;
+    let mut results = Results::default();
+    for ((nic, overlay, filter), group) in groups {
+        let mut label = String::new();
+        if several {
+            for part in [nic.as_ref().map(Nic::label), overlay.clone(), filter.clone()].into_iter().flatten() {
+                label.push_str(&format!("-{part}"));
+            }
+        }
+        let mut group_lab = lab.clone();
+        if let Some(o) = &overlay {
+            group_lab = group_lab.with_overlay(o);
+        }
+        if let Some(f) = &filter {
+            group_lab = group_lab.with_filter(f);
+        }
+        run_group(&group_lab, &prepared, nic.as_ref(), &group, opts, label, &mut results).await?;
+    }
+    opts.progress.finish();
+    crate::report::compare_with(&mut results.cases, overlay::REFERENCE);
+    Ok(Report {
+        lab: lab.name.clone(),
+        lab_file: lab.source.display().to_string(),
+        accel: prepared.accel.to_string(),
+        accel_notice: notice,
+        kernel: results.kernel.unwrap_or_else(|| prepared.image.kernel_release.clone()),
+        qemu: qemu_version,
+        image: format!("{}-{}", prepared.image.name, prepared.image.key),
+        overlay: lab.overlay.clone(),
+        filter: lab.filter.clone(),
+        vms: results.vms,
+        passed: results.cases.iter().all(|c| c.passed),
+        summaries: summaries(lab, &results.cases),
+        cases: results.cases,
+        ready: results.ready,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Boots the pair for one group, deploys, runs its cases and tears it down.
+async fn run_group(
+    lab: &Lab,
+    prepared: &Prepared,
+    nic: Option<&Nic>,
+    cases: &[Case],
+    opts: &RunOptions,
+    label: String,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let mut rt = boot::boot(lab, prepared, nic, opts, label).await?;
+    let outcome = async {
+        let ready = deploy::deploy(lab, &mut rt, opts).await?;
+        let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
+        let mut reports = Vec::new();
+        for case in cases {
+            opts.progress.phase(&format!("case {}", case.name));
+            let report = case::run_case(lab, &rt, case, opts.artifacts.as_deref())
+                .await
+                .with_context(|| format!("case `{}`", case.name))?;
+            reports.push(report);
+        }
+        for vm in &mut rt.vms {
+            vm.qemu.check_running()?;
+        }
+        anyhow::Ok((ready, kernel, reports))
+    }
+    .await;
+    let (ready, kernel, reports) = match outcome {
+        Ok(r) => r,
+        Err(e) => return Err(boot::explain_vm_exit(&mut rt, e).await),
+    };
+    results.kernel.get_or_insert(kernel);
+    results.ready.extend(ready);
+    results.cases.extend(reports);
+    results.vms.extend(rt.vms.iter().map(|v| v.report.clone()));
+    Ok(())
+}
+
+/// The tables the run's variants add for people, from their sections.
+fn summaries(lab: &Lab, cases: &[CaseReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    let overlays = lab.overlays().into_iter().map(|n| overlay::get(n) as &dyn overlay::Variant);
+    for v in overlays.chain(lab.filters().into_iter().map(|n| filter::get(n) as &dyn overlay::Variant)) {
+        let sections: Vec<(&str, &serde_json::Value)> = cases
+            .iter()
+            .flat_map(|c| {
+                [&c.variant.overlay, &c.variant.filter]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.name == v.name())
+                    .map(move |s| (c.name.as_str(), &s.evidence))
+            })
+            .collect();
+        out.extend(v.summary(&sections));
+    }
+    out
+}
