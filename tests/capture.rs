@@ -10,8 +10,10 @@ fn plain(port: u16) -> CaptureContext<'static> {
     CaptureContext::plain(port, 1500)
 }
 
-fn tshark_present() -> bool {
-    std::env::var_os("CI").is_some() || which::which("tshark").is_ok()
+/// tshark, the independent decoder these tests compare with: missing, the
+/// tests fail and say what to do, like every other missing prerequisite.
+fn tshark() -> std::path::PathBuf {
+    which::which("tshark").unwrap_or_else(|_| panic!("tshark is missing: run ci/setup (it installs tshark)"))
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -39,20 +41,15 @@ fn a_capture_cut_mid_packet_keeps_its_complete_packets() {
 /// tshark is an independent decoder (ci/setup installs it): its counts must match.
 #[test]
 fn tshark_agrees() {
-    if tshark_present() {
-        for (file, filter) in [
-            ("baseline-ipv4-host1-underlay.pcap", "ip && tcp.port == 5201"),
-            ("baseline-ipv6-host2-c2-eth0.pcap", "ipv6 && tcp.port == 5201"),
-        ] {
-            let path = format!("{}/tests/fixtures/pcap/{file}", env!("CARGO_MANIFEST_DIR"));
-            let out = Command::new("tshark")
-                .args(["-r", &path, "-Y", filter])
-                .output()
-                .expect("tshark runs (ci/setup installs it)");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let theirs = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
-            assert_eq!(summarize(&fixture(file), &plain(5201)).unwrap().workload, theirs, "{file}");
-        }
+    for (file, filter) in [
+        ("baseline-ipv4-host1-underlay.pcap", "ip && tcp.port == 5201"),
+        ("baseline-ipv6-host2-c2-eth0.pcap", "ipv6 && tcp.port == 5201"),
+    ] {
+        let path = format!("{}/tests/fixtures/pcap/{file}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(tshark()).args(["-r", &path, "-Y", filter]).output().expect("tshark runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+        assert_eq!(summarize(&fixture(file), &plain(5201)).unwrap().workload, theirs, "{file}");
     }
 }
 
@@ -63,14 +60,12 @@ fn tshark_agrees() {
 /// so its bad count is vlab's invalid + offloaded + oversized.
 #[test]
 fn tshark_agrees_on_checksums() {
-    if !tshark_present() {
-        return;
-    }
+    let tshark = tshark();
     let dir = format!("{}/tests/fixtures/pcap", env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for path in files {
-        let out = Command::new("tshark")
+        let out = Command::new(&tshark)
             .arg("-r")
             .arg(&path)
             .args([
@@ -86,7 +81,7 @@ fn tshark_agrees_on_checksums() {
                 "tcp.checksum.status",
             ])
             .output()
-            .expect("tshark runs (ci/setup installs it)");
+            .expect("tshark runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let theirs: Vec<(u64, u8)> = String::from_utf8_lossy(&out.stdout)
             .lines()
