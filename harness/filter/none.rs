@@ -97,7 +97,8 @@ pub struct ForwardChain {
 }
 
 impl ForwardChain {
-    fn filters(&self) -> bool {
+    /// Whether it filters: a drop policy or a rule that drops or rejects.
+    pub fn filters(&self) -> bool {
         self.policy != "accept" || self.dropping > 0
     }
 }
@@ -113,33 +114,57 @@ impl std::fmt::Display for ForwardChain {
 }
 
 /// The base chains on the `forward` hook of the given families in a JSON
-/// ruleset (`nft -j list ruleset`).
+/// ruleset (`nft -j list ruleset`), with how many of their rules drop.
 pub fn forward_chains(vm: &str, json: &str, families: &[&str]) -> Result<Vec<ForwardChain>, serde_json::Error> {
     let doc: serde_json::Value = serde_json::from_str(json)?;
     let items = doc["nftables"].as_array().cloned().unwrap_or_default();
-    let mut chains: Vec<ForwardChain> = items
+    let rules: Vec<&serde_json::Value> = items.iter().filter_map(|i| i.get("rule")).collect();
+    let chains = items
         .iter()
         .filter_map(|i| i.get("chain"))
         .filter(|c| c["hook"] == "forward" && families.iter().any(|f| c["family"] == *f))
-        .map(|c| ForwardChain {
-            vm: vm.to_string(),
-            family: c["family"].as_str().unwrap_or("?").to_string(),
-            chain: format!("{}/{}", c["table"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?")),
-            policy: c["policy"].as_str().unwrap_or("accept").to_string(),
-            rules: 0,
-            dropping: 0,
+        .map(|c| {
+            let (family, table, name) = (text(&c["family"]), text(&c["table"]), text(&c["name"]));
+            let own: Vec<&&serde_json::Value> = rules.iter().filter(|r| in_chain(r, family, table, name)).collect();
+            ForwardChain {
+                vm: vm.to_string(),
+                family: family.to_string(),
+                chain: format!("{table}/{name}"),
+                policy: c["policy"].as_str().unwrap_or("accept").to_string(),
+                rules: own.len(),
+                dropping: own.iter().filter(|r| drops(&rules, r, &mut Vec::new())).count(),
+            }
         })
         .collect();
-    for rule in items.iter().filter_map(|i| i.get("rule")) {
-        let at = format!("{}/{}", rule["table"].as_str().unwrap_or("?"), rule["chain"].as_str().unwrap_or("?"));
-        let family = rule["family"].as_str().unwrap_or("?");
-        if let Some(c) = chains.iter_mut().find(|c| c.chain == at && c.family == family) {
-            c.rules += 1;
-            let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
-            if exprs.iter().any(|x| x.get("drop").is_some() || x.get("reject").is_some()) {
-                c.dropping += 1;
-            }
-        }
-    }
     Ok(chains)
+}
+
+fn text(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+fn in_chain(rule: &serde_json::Value, family: &str, table: &str, chain: &str) -> bool {
+    text(&rule["family"]) == family && text(&rule["table"]) == table && text(&rule["chain"]) == chain
+}
+
+/// Whether a rule drops or rejects: a `drop` or `reject` verdict, an
+/// iptables-nft `DROP` or `REJECT` target (`xt`), or a jump or goto to a chain
+/// of its table with such a rule (`seen` stops loops).
+fn drops<'a>(rules: &[&'a serde_json::Value], rule: &'a serde_json::Value, seen: &mut Vec<String>) -> bool {
+    let (family, table) = (text(&rule["family"]), text(&rule["table"]));
+    rule["expr"].as_array().into_iter().flatten().any(|x| {
+        if x.get("drop").is_some() || x.get("reject").is_some() {
+            return true;
+        }
+        if x["xt"]["type"] == "target" && matches!(text(&x["xt"]["name"]), "DROP" | "REJECT") {
+            return true;
+        }
+        let target = x["jump"]["target"].as_str().or(x["goto"]["target"].as_str());
+        let Some(target) = target else { return false };
+        if seen.iter().any(|s| s == target) {
+            return false;
+        }
+        seen.push(target.to_string());
+        rules.iter().filter(|r| in_chain(r, family, table, target)).any(|r| drops(rules, r, seen))
+    })
 }
