@@ -17,9 +17,23 @@ fn warn(what: &str, detail: &str) {
 
 /// Prints one line per prerequisite; returns 0 when labs can run, 125 otherwise.
 pub fn doctor() -> u8 {
-    let mut ready = true;
     let qemu = qemu::find_qemu();
-    match &qemu {
+    let mut ready = check_qemu(&qemu);
+    let recipe = crate::images_dir().join("base.toml");
+    let cached = image::cached(&recipe).ok().flatten();
+    check_kvm(&qemu, cached.as_ref());
+    ready &= check_image(cached.as_ref());
+    ready &= check_host();
+    if ready {
+        crate::exit::PASSED
+    } else {
+        crate::exit::COULD_NOT_RUN
+    }
+}
+
+/// QEMU and its igb device.
+fn check_qemu(qemu: &Result<std::path::PathBuf, String>) -> bool {
+    match qemu {
         Ok(q) => {
             let version = qemu::qemu_version(q).unwrap_or_else(|| "unknown".into());
             let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
@@ -35,10 +49,13 @@ pub fn doctor() -> u8 {
                 if igb { "emulated igb (SR-IOV) available" } else { "no igb device: SR-IOV labs need QEMU >= 8" },
             );
         }
-        Err(e) => ready &= line(false, "qemu", e),
+        Err(e) => return line(false, "qemu", e),
     }
-    let recipe = crate::images_dir().join("base.toml");
-    let cached = image::cached(&recipe).ok().flatten();
+    true
+}
+
+/// KVM, probed by running guest code (a warning when unusable: TCG runs labs).
+fn check_kvm(qemu: &Result<std::path::PathBuf, String>, cached: Option<&image::Image>) {
     match (
         &qemu,
         probe_kvm(
@@ -55,7 +72,11 @@ pub fn doctor() -> u8 {
             false
         }
     };
-    match &cached {
+}
+
+/// The image cache, and mmdebstrap to fill it.
+fn check_image(cached: Option<&image::Image>) -> bool {
+    match cached {
         Some(i) => line(
             true,
             "image",
@@ -70,11 +91,16 @@ pub fn doctor() -> u8 {
             ),
         ),
     };
-    ready &= line(
+    line(
         which::which("mmdebstrap").is_ok() || cached.is_some(),
         "mmdebstrap",
         if which::which("mmdebstrap").is_ok() { "installed" } else { "missing: run ci/setup" },
-    );
+    )
+}
+
+/// Root, network namespaces, vhost-net and leftovers of dead runs.
+fn check_host() -> bool {
+    let mut ready = true;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     ready &= line(
@@ -101,9 +127,5 @@ pub fn doctor() -> u8 {
     } else {
         warn("leftovers", &format!("namespaces of dead vlab runs (the next run removes them): {}", stale.join(" ")));
     }
-    if ready {
-        crate::exit::PASSED
-    } else {
-        crate::exit::COULD_NOT_RUN
-    }
+    ready
 }
