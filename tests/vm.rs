@@ -19,15 +19,19 @@ use serde_json::Value;
 fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
     let vcpus: Vec<f64> = report["vms"].as_array().unwrap().iter().map(|v| v["cpus"].as_f64().unwrap()).collect();
     let max_cpu = 100.0 * vcpus.iter().cloned().fold(0.0, f64::max);
-    for vm in report["vms"].as_array().unwrap() {
-        let name = vm["name"].as_str().unwrap();
-        let stalled = std::fs::read_dir(artifacts).unwrap().flatten().any(|e| {
-            let f = e.file_name().to_string_lossy().into_owned();
-            f.starts_with(&format!("serial-{name}")) && f.ends_with("-stalled.log")
-        });
-        // A second boot happens only after a stall, whose console is kept.
-        assert_eq!(vm["boot_attempts"].as_u64().unwrap(), if stalled { 2 } else { 1 }, "{vm}");
-    }
+    // A pair is booted a second time only after one of its guests stalled,
+    // whose console is kept as serial-<vm>[-<group>]-stalled.log.
+    let stalled = std::fs::read_dir(artifacts)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-stalled.log"))
+        .count();
+    let attempts: Vec<u64> =
+        report["vms"].as_array().unwrap().iter().map(|v| v["boot_attempts"].as_u64().unwrap()).collect();
+    assert!(attempts.iter().all(|a| (1..=2).contains(a)), "{attempts:?}");
+    let again = attempts.iter().filter(|a| **a == 2).count();
+    assert_eq!(again > 0, stalled > 0, "{again} VMs booted twice, {stalled} stalled consoles kept");
+    assert!(stalled <= again / 2, "a stalled console for each pair booted again: {stalled} for {again} VMs");
     for case in report["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let raw: Value =
@@ -112,7 +116,6 @@ macro_rules! assert_report_snapshot {
             ".cases[].interfaces[].before" => "[counters]",
             ".cases[].captures[].checksums" => "[checksum counts]",
             ".cases[].interfaces[].after" => "[counters]",
-            ".cases[].variant.filter.forward_chains" => "[chains]",
             ".accel" => "[accel]",
             ".accel_notice" => "[accel notice]",
             ".kernel" => "[kernel]",
@@ -639,9 +642,12 @@ fn evpn_without_route_server_names_the_missing_routes() {
     let started = std::time::Instant::now();
     let (report, _, _) = vlab.run_lab("tests/labs/evpn-rs-down.toml", &[1]);
     assert!(started.elapsed().as_secs() < 240, "took {:?}", started.elapsed());
-    // The readiness probe gave up: no container ping ever got through.
+    // The control plane converged before host1's setup stopped the route
+    // server: what fails below is the withdrawal, not a control plane that
+    // never came up.
     assert_eq!(report["ready"][0]["overlay"], "vxlan-evpn");
-    assert!(report["ready"][0]["seconds"].is_null(), "{}", report["ready"]);
+    let converged = report["ready"][0]["seconds"].as_f64().expect("converged before the route server stopped");
+    assert!(converged < 60.0, "{converged}");
     let checks = report["cases"][0]["checks"].as_array().unwrap();
     let routes = checks.iter().find(|k| k["name"].as_str().unwrap().starts_with("EVPN: route server holds")).unwrap();
     assert_eq!(routes["passed"], false);
