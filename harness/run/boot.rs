@@ -242,20 +242,21 @@ async fn connect_agents(
     let mut vms = Vec::new();
     let mut failure = None;
     for (mut x, (agent, boot_s)) in pending.into_iter().zip(agents) {
-        let agent = match agent {
-            Ok(Ok(a)) => a,
-            failed => {
+        let why = match agent {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "`{}` did not boot: {e}\n--- serial console (last lines) ---\n{}",
+                x.vm.name,
+                x.proc.serial_tail(25)
+            )),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("`{}` did not boot", x.vm.name))),
+        };
+        let agent = match why {
+            Ok(a) => a,
+            Err(e) => {
                 x.proc.stop();
                 keep_serial_log(opts.artifacts.as_deref(), &x.vm.name, boot_label, &x.proc);
-                failure.get_or_insert_with(|| match failed {
-                    Ok(Err(e)) => anyhow::anyhow!(
-                        "`{}` did not boot: {e}\n--- serial console (last lines) ---\n{}",
-                        x.vm.name,
-                        x.proc.serial_tail(25)
-                    ),
-                    Err(e) => anyhow::Error::new(e).context(format!("`{}` did not boot", x.vm.name)),
-                    Ok(Ok(_)) => unreachable!("matched above"),
-                });
+                failure.get_or_insert(e);
                 continue;
             }
         };
