@@ -180,3 +180,37 @@ fn offload_features_name_their_cases() {
     let names: Vec<String> = lab.cases().into_iter().take(2).map(|c| c.name).collect();
     assert_eq!(names, ["nic=virtio-q1,offloads=default", "nic=virtio-q1,offloads=tso-off+gro-on"]);
 }
+
+/// Keys where variants may add their own (top level, a VM, the matrix) are
+/// refused when no variant owns them, and when their variant is not the lab's.
+#[rstest]
+#[case::unknown_top_level(edit("image = \"base\"", "image = \"base\"\ncolour = \"blue\""), "unknown_top_level")]
+#[case::unknown_vm_key(edit("name = \"host2\"", "name = \"host2\"\nspeed = 10"), "unknown_vm_key")]
+#[case::unknown_axis(
+    edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\", \"ipv6\"]\nthreads = [1, 2]"),
+    "unknown_axis"
+)]
+#[case::locator_elsewhere(edit("name = \"host2\"", "name = \"host2\"\nlocator = \"bbbb:0:0:0\""), "locator_elsewhere")]
+#[case::ila_axis_elsewhere(
+    edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\", \"ipv6\"]\ncsum_mode = [\"no-action\"]"),
+    "ila_axis_elsewhere"
+)]
+#[case::unknown_filter(edit("overlay = \"baseline\"", "overlay = \"baseline\"\nfilter = \"pf\""), "unknown_filter")]
+#[case::unknown_filter_in_axis(
+    edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\", \"ipv6\"]\nfilter = [\"none\", \"pf\"]"),
+    "unknown_filter_in_axis"
+)]
+fn keys_no_selected_variant_owns_are_refused(#[case] text: String, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+#[test]
+fn the_filter_axis_multiplies_the_cases() {
+    let lab = parse(&edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\"]\nfilter = [\"none\"]")).unwrap();
+    let cases = lab.cases();
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["filter=none,path=underlay,family=ipv4", "filter=none,path=container,family=ipv4"]);
+    assert_eq!(cases[0].params.filter(&lab), "none");
+    assert_eq!(parse(BASELINE).unwrap().filter, "none", "the default filter");
+}

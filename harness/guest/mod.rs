@@ -72,8 +72,9 @@ impl Guest {
     }
 
     /// Runs `script` until it exits 0 or `limit` passes, 100 ms apart at
-    /// first and up to 1 s apart later; returns how long it took, or `None`
-    /// when it never succeeded. The one host-side polling loop of guests.
+    /// first and up to 250 ms apart later (what it measures, a readiness time,
+    /// stays that precise); returns how long it took, or `None` when it never
+    /// succeeded. The one host-side polling loop of guests.
     pub async fn poll(&self, script: &str, limit: Duration) -> Result<Option<Duration>, AgentError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
@@ -85,7 +86,7 @@ impl Guest {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_secs(1));
+            pause = (pause * 3 / 2).min(Duration::from_millis(250));
         }
     }
 }
@@ -114,14 +115,6 @@ impl Netns {
         match netns {
             Some(ns) => ns.exec_prefix().into_iter().chain(argv).collect(),
             None => argv,
-        }
-    }
-
-    /// A short label for file names and reports: the name, or the path's last part.
-    pub fn label(&self) -> &str {
-        match self {
-            Netns::Named(n) => n,
-            Netns::Path(p) => p.rsplit('/').next().unwrap_or(p),
         }
     }
 }
