@@ -78,6 +78,15 @@ pub trait Variant: Sync {
         &[]
     }
 
+    /// Commands that read its evidence from `vm` before a case's workload,
+    /// as (artifact name, command): counters to compare with after. The
+    /// outputs reach [`CaseEvidence::before`] and the case's artifacts under
+    /// `before/`.
+    fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let _ = (lab, vm);
+        Vec::new()
+    }
+
     /// Commands that read its evidence from `vm` after a case, as (artifact
     /// name, command); the outputs reach [`CaseEvidence::outputs`] under the
     /// same names and are kept in the case's artifacts.

@@ -105,8 +105,6 @@ pub struct CaptureHints {
     /// carried the address before translation (the one its sender's
     /// checksum covers).
     pub translated: Vec<(IpNet, IpAddr)>,
-    /// Whether the receivers' checksum error counters are evidence.
-    pub checksum_counters: bool,
 }
 
 impl CaptureHints {
@@ -135,12 +133,11 @@ pub struct CaseEvidence<'a> {
     pub ends: [CaseEnd; 2],
     /// Summaries of every capture.
     pub captures: &'a [CaptureSummary],
-    /// Increase of each receiver checksum error counter (`vm:counter`) during
-    /// the workload, when the overlay's hints ask for them.
-    pub csum_errors: BTreeMap<String, u64>,
     /// Whether the workload got through (iperf3 completed and moved payload).
     pub delivered: bool,
-    /// Outputs of the variant's evidence commands, by artifact name.
+    /// Outputs of the variants' commands before the workload, by artifact name.
+    pub before: BTreeMap<String, String>,
+    /// Outputs of the variants' evidence commands after the case, by artifact name.
     pub outputs: BTreeMap<String, String>,
 }
 

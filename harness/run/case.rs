@@ -17,7 +17,7 @@ use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
 use crate::measure::capture::CaptureSummary;
-use crate::measure::counters::{self, Counters};
+use crate::measure::counters::Counters;
 use crate::measure::nic::{self, InterfaceEvidence};
 use crate::overlay::{self, CaseEnd, CaseEvidence, Overlay};
 use crate::report::{CaseReport, Check, Section, Sections};
@@ -100,18 +100,12 @@ async fn probe_interface(
     })
 }
 
-/// The checksum error counters of an endpoint: the TCP stack where the
-/// workload ends and the underlay NIC's statistics.
-async fn read_csum_errors(side: &Side<'_>) -> anyhow::Result<BTreeMap<String, u64>> {
-    let out = side.vm.guest.run(&counters::csum_errors_command(side.container.as_deref(), guest::UNDERLAY_DEV)).await?;
-    Ok(counters::parse_named(&out.stdout_text()))
-}
-
 /// What a case read before its workload, to compare with after.
 struct Before {
     interfaces: Vec<InterfaceEvidence>,
     dmesg_lines: Vec<u64>,
-    csum: Vec<BTreeMap<String, u64>>,
+    /// Outputs of the variants' commands, by artifact name.
+    variants: BTreeMap<String, String>,
 }
 
 /// A clean slate (no iperf3 left from an earlier case) and the overlay as
@@ -119,10 +113,10 @@ struct Before {
 async fn before_case(
     lab: &Lab,
     rt: &LabRuntime,
-    o: &dyn Overlay,
+    (o, f): (&dyn Overlay, &dyn Filter),
     case: &Case,
     sides: [&Side<'_>; 2],
-    checksum_counters: bool,
+    case_dir: Option<&Path>,
 ) -> anyhow::Result<Before> {
     for vm in &rt.vms {
         vm.guest.try_run("pkill -x iperf3; true").await?;
@@ -147,46 +141,39 @@ async fn before_case(
         let out = vm.guest.run("dmesg | wc -l").await?;
         dmesg_lines.push(out.stdout_text().trim().parse::<u64>().unwrap_or(0));
     }
-    let mut csum = Vec::new();
-    if checksum_counters {
-        for s in sides {
-            csum.push(read_csum_errors(s).await?);
-        }
-    }
-    Ok(Before { interfaces, dmesg_lines, csum })
+    let commands = lab
+        .vms
+        .iter()
+        .map(|vm| {
+            (vm.name.clone(), [o.evidence_before_commands(lab, vm), f.evidence_before_commands(lab, vm)].concat())
+        })
+        .collect();
+    let variants = read_outputs(rt, commands, case_dir.map(|d| d.join("before")).as_deref()).await?;
+    Ok(Before { interfaces, dmesg_lines, variants })
 }
 
-/// The counters after the workload, and each receiver checksum counter's increase.
-async fn after_case(before: &mut Before, sides: [&Side<'_>; 2]) -> anyhow::Result<BTreeMap<String, u64>> {
+/// The interface counters after the workload.
+async fn after_case(before: &mut Before, sides: [&Side<'_>; 2]) -> anyhow::Result<()> {
     for e in &mut before.interfaces {
         let s = sides.iter().find(|s| s.vm.guest.name == e.vm).expect("an endpoint's VM");
         e.after = read_counters(&s.vm.guest, &e.dev, e.container.as_deref()).await?;
     }
-    let mut csum_errors = BTreeMap::new();
-    for (s, before) in sides.iter().zip(&before.csum) {
-        for (name, after) in read_csum_errors(s).await? {
-            let delta = after.saturating_sub(before.get(&name).copied().unwrap_or(0));
-            csum_errors.insert(format!("{}:{name}", s.vm.guest.name), delta);
-        }
-    }
-    Ok(csum_errors)
+    Ok(())
 }
 
-/// Runs the overlay's and the filter's evidence commands on every VM; the
-/// outputs are kept under the case's artifacts by name.
-async fn variant_outputs(
-    lab: &Lab,
+/// Runs the variants' commands on each VM (VM, then (artifact name,
+/// command)); the outputs are kept under `dir` by name.
+async fn read_outputs(
     rt: &LabRuntime,
-    o: &dyn Overlay,
-    f: &dyn Filter,
-    case_dir: Option<&Path>,
+    commands: Vec<(String, Vec<(String, String)>)>,
+    dir: Option<&Path>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for vm in &lab.vms {
-        let guest = &rt.vm(&vm.name).guest;
-        for (name, cmd) in o.evidence_commands(lab, vm).into_iter().chain(f.evidence_commands(lab, vm)) {
+    for (vm, cmds) in commands {
+        let guest = &rt.vm(&vm).guest;
+        for (name, cmd) in cmds {
             let text = guest.try_run(&cmd).await?.stdout_text();
-            if let Some(dir) = case_dir {
+            if let Some(dir) = dir {
                 let path = dir.join(&name);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
@@ -225,20 +212,24 @@ pub(super) async fn run_case(
     let server = side(lab, rt, &lab.workload.server, case);
     let client = side(lab, rt, &lab.workload.client, case);
     let sides = [&server, &client];
-    let mut before = before_case(lab, rt, o, case, sides, hints.checksum_counters).await?;
-    let captures = capture::start(lab, &hints, sides).await?;
-    let run = workload::run(lab, case, &server, &client).await?;
-    let csum_errors = after_case(&mut before, sides).await?;
     let case_dir: Option<PathBuf> = artifacts.map(|dir| dir.join(&case.name));
     if let Some(dir) = &case_dir {
         std::fs::create_dir_all(dir)?;
     }
+    let mut before = before_case(lab, rt, (o, f), case, sides, case_dir.as_deref()).await?;
+    let captures = capture::start(lab, &hints, sides).await?;
+    let run = workload::run(lab, case, &server, &client).await?;
+    after_case(&mut before, sides).await?;
     let summaries = capture::finish(captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
     if let Some(dir) = &case_dir {
         keep_artifacts(dir, &run, &before.interfaces)?;
     }
     let kernel_says = checks::kernel_alarms(rt, &before.dmesg_lines, case_dir.as_deref()).await?;
-    let outputs = variant_outputs(lab, rt, o, f, case_dir.as_deref()).await?;
+    let commands = lab
+        .vms
+        .iter()
+        .map(|vm| (vm.name.clone(), [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat()));
+    let outputs = read_outputs(rt, commands.collect(), case_dir.as_deref()).await?;
 
     let (mut all, result) = checks::workload_checks(lab, &run.client);
     let received = result.as_ref().map_or(0, |r| r.received_bytes);
@@ -249,8 +240,8 @@ pub(super) async fn run_case(
         case,
         ends: [server.end(), client.end()],
         captures: &summaries,
-        csum_errors,
         delivered: received > 0 && run.client.success(),
+        before: before.variants,
         outputs,
     };
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));

@@ -30,6 +30,7 @@ pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict};
 use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
 use crate::guest::{host_veth, Attachment, UNDERLAY_DEV};
 use crate::lab::{variant_name, CapturePoint, CaseParams, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
+use crate::measure::counters;
 
 /// Route protocol number that marks vlab's ILA routes, so that a case can
 /// replace them all (`ip -6 route flush proto 99`).
@@ -68,6 +69,17 @@ impl Variant for Ila {
         &["ila"]
     }
 
+    fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        self.evidence_commands(lab, vm)
+    }
+
+    /// The receivers' checksum error counters: the TCP stack in the VM's
+    /// container, where the workload ends, and the underlay NIC's statistics.
+    fn evidence_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let container = vm.containers.first().map(|c| c.name.as_str());
+        vec![(verdict::csum_artifact(&vm.name), counters::csum_errors_command(container, UNDERLAY_DEV))]
+    }
+
     fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
         verdict::table(sections)
     }
@@ -95,7 +107,7 @@ impl Overlay for Ila {
     }
 
     /// Destinations inside a VM's locator were its container's SIR address
-    /// before translation; receivers' checksum error counters are evidence.
+    /// before translation.
     fn capture_hints(&self, lab: &Lab) -> CaptureHints {
         let translated = sir_addresses(lab)
             .into_iter()
@@ -104,7 +116,7 @@ impl Overlay for Ila {
                 (IpNet::V6(prefix), IpAddr::V6(sir))
             })
             .collect();
-        CaptureHints { translated, checksum_counters: true, ..CaptureHints::default() }
+        CaptureHints { translated, ..CaptureHints::default() }
     }
 
     fn verdict(&self, lab: &Lab, e: &CaseEvidence) -> Verdict {

@@ -11,6 +11,7 @@ use super::{c_bit, locator_of, CsumMode, IlaCase};
 use crate::lab::{variant_name, Lab};
 use crate::measure::capture::{flows_are, CaptureSummary, Flow};
 use crate::measure::checksum::{self, ChecksumCounts, ChecksumStatus};
+use crate::measure::counters;
 use crate::overlay::{CaseEnd, CaseEvidence, Verdict};
 use crate::report::{list, Check};
 
@@ -243,6 +244,25 @@ fn checksum_checks(
     checks
 }
 
+/// The artifact of a VM's checksum error counters.
+pub(super) fn csum_artifact(vm: &str) -> String {
+    format!("csum-errors-{vm}.txt")
+}
+
+/// How much each checksum error counter (`vm:counter`) of the two ends' VMs
+/// grew between the outputs before and after the workload.
+fn csum_errors(e: &CaseEvidence) -> BTreeMap<String, u64> {
+    let mut grew = BTreeMap::new();
+    for vm in e.ends.iter().map(|end| end.vm.as_str()) {
+        let read = |m: &BTreeMap<String, String>| counters::parse_named(m.get(&csum_artifact(vm)).map_or("", |t| t));
+        let before = read(&e.before);
+        for (name, after) in read(&e.outputs) {
+            grew.insert(format!("{vm}:{name}"), after.saturating_sub(before.get(&name).copied().unwrap_or(0)));
+        }
+    }
+    grew
+}
+
 /// Judges an ILA case from the orchestration's evidence: nothing for the
 /// underlay path (nothing is translated), else [`verdict`] with its section.
 pub(super) fn of_case(lab: &Lab, case: IlaCase, e: &CaseEvidence) -> Verdict {
@@ -263,7 +283,7 @@ pub(super) fn of_case(lab: &Lab, case: IlaCase, e: &CaseEvidence) -> Verdict {
         wire: [wire(s_sir, &e.ends[0]), wire(c_sir, &e.ends[1])],
         underlay: e.captures_at(true),
         container: e.captures_at(false),
-        csum_errors: e.csum_errors.clone(),
+        csum_errors: csum_errors(e),
         delivered: e.delivered,
     };
     let (checks, verdict) = verdict(&evidence);
