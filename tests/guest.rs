@@ -19,3 +19,19 @@ fn rendered_guest_setup(#[case] lab_file: &str, #[case] matrix_nic: Option<usize
     }
     insta::assert_snapshot!(name, script.join("\n"));
 }
+
+/// Routed and bridged containers are plumbed by vlab; managed ones (an
+/// overlay that creates its containers, as Docker does) are not.
+#[test]
+fn managed_containers_are_left_to_the_overlay() {
+    use vlab::guest::{base_setup, Containers};
+    let lab = vlab::load_lab(&Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/baseline.toml")).unwrap();
+    let vm = &lab.vms[0];
+    let script = |c| base_setup(&lab, vm, 0, &vm.nic, "52:54:00:4c:01:01", c).join("\n");
+    let (routed, bridged, managed) =
+        (script(Containers::Routed), script(Containers::Bridged), script(Containers::Managed));
+    assert!(routed.contains("ip netns add c1") && routed.contains("ip addr add 10.1.1.1/24 dev vc-c1"), "{routed}");
+    assert!(bridged.contains("ip netns add c1") && !bridged.contains("dev vc-c1\n"), "{bridged}");
+    assert!(!bridged.contains("ip addr add 10.1.1.1/24"), "a bridge port has no address: {bridged}");
+    assert!(!managed.contains("netns") && managed.contains("ip link set underlay up"), "{managed}");
+}

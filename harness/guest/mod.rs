@@ -233,13 +233,34 @@ pub fn peer_routes(lab: &Lab, vm: &Vm) -> Vec<String> {
     cmds
 }
 
+/// Who plumbs a VM's containers, and how: what an overlay says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containers {
+    /// vlab creates them; the guest side of each container's veth is the
+    /// container's gateway: the VM routes their traffic.
+    Routed,
+    /// vlab creates them; the guest side of each veth has no address: the
+    /// overlay makes it a bridge port.
+    Bridged,
+    /// The overlay creates them itself in its deploy plan (as Docker does),
+    /// each in a network namespace named after the container (`ip netns
+    /// attach NAME PID` for a process's namespace), with `eth0` and the lab's
+    /// addresses; vlab creates none.
+    Managed,
+}
+
 /// The setup of VM number `vm_index` with `nic` (MAC `mac`) after boot that
-/// every overlay shares: underlay NIC, routes to peers, containers (`routed`:
-/// their veth's guest side is their gateway).
-pub fn base_setup(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, routed: bool) -> Vec<String> {
+/// every overlay shares: underlay NIC, routes to peers, and the containers
+/// unless the overlay manages them.
+pub fn base_setup(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, containers: Containers) -> Vec<String> {
     let mut script = underlay_commands(vm, vm_index, nic, mac);
     script.extend(peer_routes(lab, vm));
-    script.extend(container_commands(vm, vm_index, Attachment::of(nic), routed));
+    let attachment = Attachment::of(nic);
+    match containers {
+        Containers::Routed => script.extend(container_commands(vm, vm_index, attachment, true)),
+        Containers::Bridged => script.extend(container_commands(vm, vm_index, attachment, false)),
+        Containers::Managed => {}
+    }
     script
 }
 

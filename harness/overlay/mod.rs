@@ -156,7 +156,7 @@ pub trait Overlay: Variant {
 pub fn setup_script(lab: &Lab, vm: &Vm, vm_index: usize, nic: &crate::lab::Nic, mac: &str) -> Vec<String> {
     let overlay = get(&lab.overlay);
     let attachment = Attachment::of(nic);
-    let mut script = crate::guest::base_setup(lab, vm, vm_index, nic, mac, overlay.containers() == Containers::Routed);
+    let mut script = crate::guest::base_setup(lab, vm, vm_index, nic, mac, overlay.containers());
     let attachments: Vec<Attachment> = lab.vms.iter().map(|_| attachment).collect();
     for step in overlay.deploy(lab, &attachments).into_iter().filter(|s| s.vm == vm.name) {
         script.extend(step.files.iter().map(|f| format!("# file {}", f.path)));

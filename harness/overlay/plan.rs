@@ -11,16 +11,7 @@ use crate::lab::Case;
 use crate::measure::capture::CaptureSummary;
 use crate::report::Check;
 
-/// How an overlay attaches containers to their VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Containers {
-    /// The guest side of each container's veth is the container's gateway:
-    /// the VM routes their traffic.
-    Routed,
-    /// The guest side of each veth has no address: the overlay makes it a
-    /// bridge port.
-    Bridged,
-}
+pub use crate::guest::Containers;
 
 /// Where a VM forwards its containers' traffic: where a filter is enforced.
 #[derive(Debug, Clone, PartialEq, Eq)]

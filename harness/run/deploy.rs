@@ -12,7 +12,7 @@ use crate::filter;
 use crate::guest::{self, Attachment, UNDERLAY_DEV};
 use crate::lab::Lab;
 use crate::measure::nic;
-use crate::overlay::{self, Containers, Step};
+use crate::overlay::{self, Step};
 use crate::report::Readiness;
 
 /// Deploys the lab on the booted guests; returns the overlay's readiness.
@@ -20,10 +20,9 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
     let o = overlay::get(&lab.overlay);
     let f = filter::get(&lab.filter);
     opts.progress.phase("setting up containers and overlay");
-    let routed = o.containers() == Containers::Routed;
     for (i, vm) in lab.vms.iter().enumerate() {
         let booted = rt.vms.iter_mut().find(|b| b.report.name == vm.name).expect("booted");
-        let script = guest::base_setup(lab, vm, i, &booted.nic, &booted.mac, routed);
+        let script = guest::base_setup(lab, vm, i, &booted.nic, &booted.mac, o.containers());
         booted.guest.run(&script.join("\n")).await.context("guest setup failed")?;
         let channels = booted.guest.run(&format!("ethtool -l {UNDERLAY_DEV} 2>/dev/null; true")).await?;
         booted.report.channels = nic::parse_channels(&channels.stdout_text());
