@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::qemu::accel::{probe_kvm, KvmProbe};
+use crate::qemu::accel::{self, probe_kvm, KvmProbe};
 use crate::{hostnet, image, qemu, run};
 
 fn line(ok: bool, what: &str, detail: &str) -> bool {
@@ -54,24 +54,36 @@ fn check_qemu(qemu: &Result<std::path::PathBuf, String>) -> bool {
     true
 }
 
-/// KVM, probed by running guest code (a warning when unusable: TCG runs labs).
+/// KVM, probed by running guest code (a warning when unusable: TCG runs
+/// labs); a verdict kept by an earlier probe on this host is shown as such.
 fn check_kvm(qemu: &Result<std::path::PathBuf, String>, cached: Option<&image::Image>) {
-    match (
-        &qemu,
-        probe_kvm(
-            qemu.as_ref().map(|q| q.as_path()).unwrap_or("qemu".as_ref()),
-            cached.as_ref().map(|i| i.kernel.as_path()),
-        ),
-    ) {
-        (_, KvmProbe::Usable) if cached.is_some() => {
-            line(true, "kvm", "usable: a guest kernel booted under -accel kvm")
-        }
-        (_, KvmProbe::Usable) => line(true, "kvm", "a vCPU runs; the full guest probe runs once the image is built"),
-        (_, KvmProbe::Unusable(why)) => {
-            warn("kvm", &format!("not usable, labs run under TCG: {why}"));
-            false
+    let qemu_path = qemu.as_ref().map(|q| q.as_path()).unwrap_or("qemu".as_ref());
+    let key = accel::ProbeKey::current(qemu_path);
+    let (probe, kept) = match accel::cached(&accel::cache_dir(), &key) {
+        Some(c) => (c.probe(), format!(" (kept from a probe {} s ago; --accel kvm probes again)", age(c.probed_at))),
+        None => {
+            let probe = probe_kvm(qemu_path, cached.map(|i| i.kernel.as_path()));
+            if cached.is_some() {
+                let _ = accel::store(&accel::cache_dir(), &key, &probe);
+            }
+            (probe, String::new())
         }
     };
+    match probe {
+        KvmProbe::Usable if cached.is_some() => {
+            line(true, "kvm", &format!("usable: a guest kernel booted under -accel kvm{kept}"));
+        }
+        KvmProbe::Usable => {
+            line(true, "kvm", "a vCPU runs; the full guest probe runs once the image is built");
+        }
+        KvmProbe::Unusable(why) => warn("kvm", &format!("not usable, labs run under TCG: {why}{kept}")),
+    }
+}
+
+/// Seconds since `when` (seconds since the epoch).
+fn age(when: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    now.saturating_sub(when)
 }
 
 /// The image cache, and mmdebstrap to fill it.
