@@ -296,20 +296,11 @@ fn nic_matrix_records_channels_vfs_and_offloads() {
     assert_report_snapshot!("nic-matrix-report", report, artifacts, 10e6);
 }
 
-#[test]
-fn sigint_mid_run_tears_everything_down() {
-    let _one = lock();
-    let vlab = Vlab::new();
-    // Phases are logged with VLAB_DEBUG; SIGINT goes in the middle of the first case.
-    let mut child: Child = vlab
-        .command(&["run", "labs/baseline.toml"])
-        .env("VLAB_DEBUG", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+/// A vlab run started with its phases logged (VLAB_DEBUG), once it has
+/// logged `phase`: its child, and a thread that gathers the rest of stderr.
+fn started_until_phase(mut cmd: Command, phase: &str) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child =
+        cmd.env("VLAB_DEBUG", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (lines, seen) = std::sync::mpsc::channel();
     let reader = std::io::BufReader::new(child.stderr.take().unwrap());
     let log = std::thread::spawn(move || {
@@ -321,7 +312,6 @@ fn sigint_mid_run_tears_everything_down() {
         }
         all
     });
-    let phase = "case path=underlay,family=ipv4";
     loop {
         match seen.recv_timeout(Duration::from_secs(300)) {
             Ok(line) if line.contains(phase) => break,
@@ -329,9 +319,14 @@ fn sigint_mid_run_tears_everything_down() {
             Err(e) => panic!("vlab never reached `{phase}`: {e}"),
         }
     }
-    assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run during the case");
+    (child, log)
+}
+
+/// Sends SIGINT to a started vlab; asserts it exits 130 within 30 s saying
+/// so, and returns what it said.
+fn interrupted(mut child: Child, log: std::thread::JoinHandle<String>) -> String {
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let started = Instant::now();
     let status = child.wait().unwrap();
     let err = log.join().unwrap();
@@ -339,6 +334,109 @@ fn sigint_mid_run_tears_everything_down() {
     assert!(started.elapsed() < Duration::from_secs(30), "teardown took {:?}", started.elapsed());
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("SIGINT"), "{err}");
+    err
+}
+
+#[test]
+fn sigint_mid_run_tears_everything_down() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    // SIGINT goes in the middle of the first case.
+    let (child, log) =
+        started_until_phase(vlab.command(&["run", "labs/baseline.toml"]), "case path=underlay,family=ipv4");
+    let pid = child.id();
+    assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run during the case");
+    interrupted(child, log);
+    vlab.assert_clean(pid);
+}
+
+/// A cache root of its own for `vlab`, sharing the images of the usual one
+/// (so that nothing is built again) but no KVM verdict.
+fn private_cache(vlab: &Vlab) -> PathBuf {
+    let images = vlab::image::cache_root().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let root = vlab.path("cache");
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(&images, root.join("images")).unwrap();
+    root
+}
+
+/// Whether this host runs a vCPU through the KVM ioctls: the probe's first
+/// step, before it starts QEMU under KVM.
+fn kvm_ioctls_work() -> bool {
+    vlab::qemu::accel::probe_kvm(Path::new("qemu-system-x86_64"), None) == vlab::qemu::accel::KvmProbe::Usable
+}
+
+/// A KVM that stops its guest while QEMU runs on (`KVM internal error`) is
+/// known as soon as QEMU says so, not at the probe's 30 s deadline; the
+/// verdict is kept, shown by `vlab doctor`, and taken by the next run without
+/// starting QEMU under KVM again.
+#[test]
+fn a_kvm_that_stops_its_guest_is_known_at_once_and_kept() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let cache = private_cache(&vlab);
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let qemu = repo("tests/fixtures/qemu-kvm-stops-guest");
+    let envs =
+        [("VLAB_QEMU", qemu.as_path()), ("VLAB_CACHE_DIR", cache.as_path()), ("VLAB_TEST_STATE", state.as_path())];
+    let (out, _) = vlab.run(&["image", "build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doctor = || {
+        let started = Instant::now();
+        let out = vlab.command(&["doctor"]).envs(envs).output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), started.elapsed())
+    };
+    let (said, took) = doctor();
+    let kvm_starts = || std::fs::read_to_string(state.join("kvm-starts")).unwrap_or_default().lines().count();
+    if kvm_ioctls_work() {
+        assert!(said.contains("KVM stopped the guest: KVM internal error. Suberror: 1"), "{said}");
+        assert_eq!(kvm_starts(), 1, "the probe started QEMU under KVM once");
+    } else {
+        // No vCPU at all: the probe stops at its first step, as quickly.
+        assert!(said.contains("warn kvm"), "{said}");
+    }
+    assert!(took < Duration::from_secs(10), "the probe took {took:?}: it waited for its deadline");
+    let kept: Vec<_> = std::fs::read_dir(cache.join("accel")).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1, "one verdict kept: {kept:?}");
+    let (said_again, took) = doctor();
+    assert!(said_again.contains("kept from a probe"), "{said_again}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let starts = kvm_starts();
+    let (report, _, out) =
+        vlab.run_lab_with("labs/baseline.toml", &["--case", "path=underlay,family=ipv4"], &envs, &[0]);
+    assert_eq!(report["accel"], "tcg");
+    assert!(stderr(&out).contains("KVM is not usable"), "{}", stderr(&out));
+    assert_eq!(kvm_starts(), starts, "the run took the kept verdict and started no QEMU under KVM");
+}
+
+/// SIGINT while the KVM probe's QEMU hangs leaves no QEMU behind.
+#[test]
+fn sigint_during_the_kvm_probe_leaves_no_qemu() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let cache = private_cache(&vlab);
+    let mut cmd = vlab.command(&["run", "labs/baseline.toml"]);
+    cmd.env("VLAB_QEMU", repo("tests/fixtures/qemu-kvm-hangs")).env("VLAB_CACHE_DIR", &cache);
+    let (child, log) = started_until_phase(cmd, "probing acceleration");
+    let pid = child.id();
+    if kvm_ioctls_work() {
+        // The probe boots the image's kernel, which lies under this cache root.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !processes_mentioning(&cache).iter().any(|p| p.contains("-accel tcg")) {
+            assert!(Instant::now() < deadline, "the probe's QEMU never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    interrupted(child, log);
+    // PR_SET_PDEATHSIG kills it as vlab exits; give the kernel a moment to reap it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&cache).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_mentioning(&cache);
+    assert!(left.is_empty(), "the probe's QEMU outlived vlab: {left:?}");
     vlab.assert_clean(pid);
 }
 
