@@ -219,6 +219,10 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
     lab.check_host(major).map_err(|e| {
         eprintln!("vlab: invalid lab file for this host: {e}");
         exit::INVALID_INPUT
+    })?;
+    vlab::variants::check_image(lab, &vlab::images_dir()).map_err(|e| {
+        eprintln!("vlab: invalid lab file: {e}");
+        exit::INVALID_INPUT
     })
 }
 

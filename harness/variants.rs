@@ -100,6 +100,25 @@ pub fn parse_lab(text: &str, path: &Path) -> Result<Lab, LabError> {
     Lab::parse(text, path, &Registry)
 }
 
+/// The image recipe the lab names must install every package its variants
+/// need (checked before anything boots; a recipe that cannot be read is
+/// left for the image build to report).
+pub fn check_image(lab: &Lab, images_dir: &Path) -> Result<(), LabError> {
+    let recipe = lab.image_recipe(images_dir);
+    let Ok((have, _)) = crate::image::Recipe::load(&recipe) else { return Ok(()) };
+    let (_, packages) = needs(lab);
+    let missing: Vec<&str> = packages.into_iter().filter(|p| !have.packages.iter().any(|h| h == p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "the image {} lacks packages the lab's overlay and filter need: {} (add them to its `packages`)",
+        recipe.display(),
+        missing.join(", ")
+    );
+    Err(lab.invalid(lab::Issue::new(vec![lab::Seg::Key("image")], message)))
+}
+
 /// The kernel modules and image packages a lab's variants need.
 pub fn needs(lab: &Lab) -> (Vec<&'static str>, Vec<&'static str>) {
     let mut modules = Vec::new();

@@ -142,3 +142,21 @@ fn invalid_overlay_axes(#[case] text: String, #[case] name: &str) {
     let err = parse(&text).expect_err("the lab must be rejected");
     insta::assert_snapshot!(name, err.to_string());
 }
+
+/// A lab whose image lacks what its overlay needs (FRR and goBGP for
+/// vxlan-evpn; the bookworm recipe has neither) is bad input, found before
+/// anything boots, naming the `image` field.
+#[test]
+fn an_image_without_the_overlays_packages_is_refused() {
+    let text = include_str!("../labs/vxlan-evpn.toml").replacen(
+        "name = \"vxlan-evpn\"",
+        "name = \"vxlan-evpn\"\nimage = \"bookworm\"",
+        1,
+    );
+    let lab = parse(&text).unwrap();
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    let err = vlab::variants::check_image(&lab, &images).unwrap_err().to_string();
+    assert!(err.starts_with("vxlan.toml:8:9: field `image`: "), "{err}");
+    assert!(err.contains("lacks packages the lab's overlay and filter need: frr, gobgpd"), "{err}");
+    vlab::variants::check_image(&parse(include_str!("../labs/vxlan-evpn.toml")).unwrap(), &images).unwrap();
+}

@@ -105,12 +105,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
         tokio::task::spawn_blocking(move || image::build(&recipe, &progress)).await?
     }
     .with_context(|| format!("cannot build the image from {}", recipe.display()))?;
-    let (_, packages) = variants::needs(lab);
-    let (have, _) = image::Recipe::load(&recipe).with_context(|| format!("cannot read {}", recipe.display()))?;
-    let missing: Vec<&str> = packages.into_iter().filter(|p| !have.packages.iter().any(|h| h == p)).collect();
-    if !missing.is_empty() {
-        bail!("the image recipe {} lacks packages the lab's variants need: {}", recipe.display(), missing.join(", "));
-    }
+    variants::check_image(lab, &opts.images_dir)?;
     let kernel = opts.kernel.clone().unwrap_or_else(|| image.kernel.clone());
     if !kernel.is_file() {
         bail!("kernel {} does not exist", kernel.display());
