@@ -42,6 +42,10 @@ enum Cmd {
         /// Run only the cases whose name contains this text.
         #[arg(long = "case")]
         case_filter: Option<String>,
+        /// Print where the time went: image, acceleration, each pair's boot
+        /// and deploy, and each case phase by phase (always in the JSON).
+        #[arg(long)]
+        timings: bool,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and container/underlay ratios within each run.
@@ -100,9 +104,10 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter } => run(
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings } => run(
                 lab,
                 json,
+                timings,
                 RunOptions {
                     accel,
                     kernel,
@@ -226,7 +231,7 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
     })
 }
 
-async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
+async fn run(lab_path: PathBuf, json: Option<PathBuf>, timings: bool, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
     check_host(&lab)?;
     check_case_filter(&lab, opts.case_filter.as_deref())?;
@@ -239,6 +244,9 @@ async fn run(lab_path: PathBuf, json: Option<PathBuf>, opts: RunOptions) -> Resu
     let progress = opts.progress.clone();
     let report = supervised(&progress, async move { vlab::run::run(&lab, &opts).await }).await?;
     print!("{}", report.table());
+    if timings {
+        print!("{}", report.timings_table());
+    }
     write_json(json.as_deref(), &report)?;
     Ok(if report.passed { exit::PASSED } else { exit::CHECK_FAILED })
 }

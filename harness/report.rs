@@ -74,10 +74,54 @@ pub struct CaseReport {
     pub captures: Vec<CaptureSummary>,
     /// What the case's overlay and filter found, each in its own terms.
     pub variant: Sections,
+    /// Where the case's time went.
+    pub timing: CaseTiming,
     /// Throughput over that of the same case with the baseline overlay in this
     /// run (labs whose matrix compares overlays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
+}
+
+/// Where a case's time went, phase by phase, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CaseTiming {
+    /// A clean slate, the overlay's per-case setup, offloads, interface
+    /// probes and everything read before the workload.
+    pub setup_s: f64,
+    /// Starting the captures until each listens.
+    pub captures_start_s: f64,
+    /// The iperf3 server's start, its client's run and the server's end.
+    pub workload_s: f64,
+    /// Counters after, stopping the captures, fetching and decoding the pcaps.
+    pub captures_stop_s: f64,
+    /// The kernel logs and the variants' evidence.
+    pub evidence_s: f64,
+    /// Every check and verdict.
+    pub verdict_s: f64,
+    /// The whole case.
+    pub total_s: f64,
+}
+
+/// Where a booted pair's time went, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BootTiming {
+    /// Underlay, QEMU starts, until every agent answered (retries included).
+    pub boot_s: f64,
+    /// Guest setup, the variants' deploy plans and readiness.
+    pub deploy_s: f64,
+    /// Its cases.
+    pub cases_s: f64,
+}
+
+/// Where a run's time went, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunTiming {
+    /// Finding (or building) the image.
+    pub image_s: f64,
+    /// Choosing the accelerator (the KVM probe, or its kept verdict).
+    pub probe_s: f64,
+    /// Each booted pair.
+    pub boots: Vec<BootTiming>,
 }
 
 /// A variant's section of a case's report.
@@ -162,9 +206,50 @@ pub struct Report {
     pub ready: Vec<Readiness>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
+    /// Where the run's time went (the cases' own breakdown is in each case).
+    pub timing: RunTiming,
     /// The variants' own tables for people (see `overlay::Variant::summary`).
     #[serde(skip)]
     pub summaries: Vec<String>,
+}
+
+impl Report {
+    /// The phases of the run and of each case, for people (`--timings`).
+    pub fn timings_table(&self) -> String {
+        let t = &self.timing;
+        let mut s = format!("\ntimings (s): image {:.2}, acceleration {:.2}", t.image_s, t.probe_s);
+        for (i, b) in t.boots.iter().enumerate() {
+            s.push_str(&format!(
+                "; pair {}: boot {:.2}, deploy {:.2}, cases {:.2}",
+                i + 1,
+                b.boot_s,
+                b.deploy_s,
+                b.cases_s
+            ));
+        }
+        s.push_str(&format!("; whole run {:.2}\n", self.wall_s));
+        let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+        s.push_str(&format!(
+            "{:<width$}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}  {:>7}  {:>8}\n",
+            "case", "setup", "cap.on", "workload", "cap.off", "evidence", "verdict", "total", "overhead"
+        ));
+        for c in &self.cases {
+            let k = &c.timing;
+            s.push_str(&format!(
+                "{:<width$}  {:>7.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>7.2}  {:>7.2}  {:>8.2}\n",
+                c.name,
+                k.setup_s,
+                k.captures_start_s,
+                k.workload_s,
+                k.captures_stop_s,
+                k.evidence_s,
+                k.verdict_s,
+                k.total_s,
+                k.total_s - k.workload_s
+            ));
+        }
+        s
+    }
 }
 
 /// Items joined by `, `, or `none`: for check details.

@@ -17,6 +17,7 @@ use serde_json::Value;
 /// evidence outside the report where there is some (the raw iperf3 JSON and
 /// console logs in `artifacts`), before the snapshot replaces them.
 fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
+    assert_run_timing(report);
     let vcpus: Vec<f64> = report["vms"].as_array().unwrap().iter().map(|v| v["cpus"].as_f64().unwrap()).collect();
     let max_cpu = 100.0 * vcpus.iter().cloned().fold(0.0, f64::max);
     // A pair is booted a second time only after one of its guests stalled,
@@ -42,6 +43,7 @@ fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
             assert!(cpu > 0.0 && cpu <= max_cpu, "{name}: {key} {cpu} outside (0, {max_cpu}]");
         }
         assert_counters(case, payload);
+        assert_case_timing(case, &raw);
         for c in case["captures"].as_array().unwrap() {
             let k = &c["checksums"];
             let judged: u64 = ["valid", "invalid", "offloaded", "oversized", "truncated"]
@@ -59,6 +61,35 @@ fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
             }
         }
     }
+}
+
+/// A case's phases add up to at most its total, and its workload phase
+/// lasted at least as long as iperf3 says it measured.
+fn assert_case_timing(case: &Value, raw_client: &Value) {
+    let name = case["name"].as_str().unwrap();
+    let t = &case["timing"];
+    let phases = ["setup_s", "captures_start_s", "workload_s", "captures_stop_s", "evidence_s", "verdict_s"];
+    let sum: f64 = phases.iter().map(|p| t[p].as_f64().unwrap()).sum();
+    assert!(phases.iter().all(|p| t[p].as_f64().unwrap() >= 0.0), "{name}: {t}");
+    assert!(sum <= t["total_s"].as_f64().unwrap() + 0.01, "{name}: phases {sum} s beyond the total: {t}");
+    let measured = raw_client["end"]["sum_received"]["seconds"].as_f64().unwrap();
+    assert!(t["workload_s"].as_f64().unwrap() >= measured, "{name}: workload phase shorter than iperf3's {measured} s");
+}
+
+/// The run's phases add up to at most its wall time, and its pairs' case
+/// phases hold the cases' totals.
+fn assert_run_timing(report: &Value) {
+    let t = &report["timing"];
+    let boots: Vec<&Value> = t["boots"].as_array().unwrap().iter().collect();
+    let per_boot: f64 = boots
+        .iter()
+        .map(|b| ["boot_s", "deploy_s", "cases_s"].iter().map(|k| b[k].as_f64().unwrap()).sum::<f64>())
+        .sum();
+    let run = t["image_s"].as_f64().unwrap() + t["probe_s"].as_f64().unwrap() + per_boot;
+    assert!(run <= report["wall_s"].as_f64().unwrap(), "phases {run} s beyond the wall time: {t}");
+    let cases: f64 = report["cases"].as_array().unwrap().iter().map(|c| c["timing"]["total_s"].as_f64().unwrap()).sum();
+    let in_pairs: f64 = boots.iter().map(|b| b["cases_s"].as_f64().unwrap()).sum();
+    assert!(cases <= in_pairs + 0.01, "cases {cases} s beyond their pairs' {in_pairs} s: {t}");
 }
 
 /// Interface counters only grow; the receiving endpoint's interface received
@@ -123,6 +154,8 @@ macro_rules! assert_report_snapshot {
             ".image" => "[image]",
             ".vms[].vhost" => "[vhost]",
             ".vms[].boot_attempts" => "[attempts]",
+            ".timing" => "[timing]",
+            ".cases[].timing" => "[timing]",
         });
     }};
 }

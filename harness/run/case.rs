@@ -20,7 +20,7 @@ use crate::measure::capture::CaptureSummary;
 use crate::measure::counters::Counters;
 use crate::measure::nic::{self, InterfaceEvidence};
 use crate::overlay::{self, CaseEnd, CaseEvidence, Overlay};
-use crate::report::{CaseReport, Check, Section, Sections};
+use crate::report::{CaseReport, CaseTiming, Check, Section, Sections};
 
 /// Where an endpoint's traffic enters and leaves its VM.
 pub(super) struct Side<'a> {
@@ -207,6 +207,7 @@ pub(super) async fn run_case(
     case: &Case,
     artifacts: Option<&Path>,
 ) -> anyhow::Result<CaseReport> {
+    let mut clock = Clock::start();
     let (o, f) = (overlay::get(&lab.overlay), filter::get(&lab.filter));
     let hints = o.capture_hints(lab);
     let server = side(lab, rt, &lab.workload.server, case);
@@ -217,19 +218,24 @@ pub(super) async fn run_case(
         std::fs::create_dir_all(dir)?;
     }
     let mut before = before_case(lab, rt, (o, f), case, sides, case_dir.as_deref()).await?;
+    let setup_s = clock.lap();
     let captures = capture::start(lab, &hints, sides).await?;
+    let captures_start_s = clock.lap();
     let run = workload::run(lab, case, &server, &client).await?;
+    let workload_s = clock.lap();
     after_case(&mut before, sides).await?;
     let summaries = capture::finish(captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
     if let Some(dir) = &case_dir {
         keep_artifacts(dir, &run, &before.interfaces)?;
     }
+    let captures_stop_s = clock.lap();
     let kernel_says = checks::kernel_alarms(rt, &before.dmesg_lines, case_dir.as_deref()).await?;
     let commands = lab
         .vms
         .iter()
         .map(|vm| (vm.name.clone(), [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat()));
     let outputs = read_outputs(rt, commands.collect(), case_dir.as_deref()).await?;
+    let evidence_s = clock.lap();
 
     let (mut all, result) = checks::workload_checks(lab, &run.client);
     let received = result.as_ref().map_or(0, |r| r.received_bytes);
@@ -247,14 +253,53 @@ pub(super) async fn run_case(
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);
     all.extend(fv.checks);
-    Ok(report(
+    let verdict_s = clock.lap();
+    let timing = CaseTiming {
+        setup_s,
+        captures_start_s,
+        workload_s,
+        captures_stop_s,
+        evidence_s,
+        verdict_s,
+        total_s: clock.total(),
+    };
+    let mut report = report(
         case,
         all,
         result,
         before.interfaces,
         summaries,
         Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) },
-    ))
+    );
+    report.timing = timing;
+    Ok(report)
+}
+
+/// Seconds since the start and since the last lap.
+pub(super) struct Clock {
+    started: std::time::Instant,
+    lap: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock started now.
+    pub fn start() -> Clock {
+        let now = std::time::Instant::now();
+        Clock { started: now, lap: now }
+    }
+
+    /// Seconds since the last lap (or the start); a new lap begins.
+    pub fn lap(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let s = (now - self.lap).as_secs_f64();
+        self.lap = now;
+        s
+    }
+
+    /// Seconds since the start.
+    pub fn total(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
 }
 
 fn report(
@@ -277,6 +322,7 @@ fn report(
         interfaces,
         captures,
         variant,
+        timing: CaseTiming::default(),
         vs_baseline: None,
     }
 }

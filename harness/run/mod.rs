@@ -26,7 +26,7 @@ use crate::image::{self, Image};
 use crate::lab::{Case, Lab, Nic, NicModel};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::{self, Accel};
-use crate::report::{CaseReport, Readiness, Report, VmReport};
+use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, VmReport};
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
 
@@ -57,6 +57,8 @@ struct Prepared {
     accel: Accel,
     vhost: bool,
     firmware: Option<PathBuf>,
+    /// Image and acceleration phases.
+    timing: RunTiming,
 }
 
 /// What a booted pair is set up with: a NIC (`None`: each VM's own), an
@@ -98,6 +100,7 @@ fn selected_cases(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Case>> {
 /// and probes the acceleration; returns the notice when KVM is not usable.
 async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Result<(Prepared, Option<String>)> {
     let progress = &opts.progress;
+    let mut clock = case::Clock::start();
     let recipe = lab.image_recipe(&opts.images_dir);
     progress.phase(&format!("image {}", recipe.display()));
     let image = {
@@ -110,6 +113,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     if !kernel.is_file() {
         bail!("kernel {} does not exist", kernel.display());
     }
+    let image_s = clock.lap();
     progress.phase("probing acceleration");
     let (accel, notice) = {
         let (q, k, choice) = (qemu_bin.clone(), kernel.clone(), opts.accel);
@@ -122,8 +126,16 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     if let Some(why) = &notice {
         NOTICE.call_once(|| eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)"));
     }
-    let prepared =
-        Prepared { qemu: qemu_bin, image, kernel, accel, vhost: vhost_usable(), firmware: qemu::find_firmware() };
+    let timing = RunTiming { image_s, probe_s: clock.lap(), boots: Vec::new() };
+    let prepared = Prepared {
+        qemu: qemu_bin,
+        image,
+        kernel,
+        accel,
+        vhost: vhost_usable(),
+        firmware: qemu::find_firmware(),
+        timing,
+    };
     Ok((prepared, notice))
 }
 
@@ -135,6 +147,7 @@ struct Results {
     ready: Vec<Readiness>,
     /// The guest's `uname -r` (the first boot's).
     kernel: Option<String>,
+    boots: Vec<BootTiming>,
 }
 
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
@@ -184,6 +197,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         cases: results.cases,
         ready: results.ready,
         wall_s: started.elapsed().as_secs_f64(),
+        timing: RunTiming { boots: results.boots, ..prepared.timing.clone() },
     })
 }
 
@@ -197,9 +211,13 @@ async fn run_group(
     label: String,
     results: &mut Results,
 ) -> anyhow::Result<()> {
+    let mut clock = case::Clock::start();
     let mut rt = boot::boot(lab, prepared, nic, opts, label).await?;
+    let boot_s = clock.lap();
+    let mut deploy_s = 0.0;
     let outcome = async {
         let ready = deploy::deploy(lab, &mut rt, opts).await?;
+        deploy_s = clock.lap();
         let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
         let mut reports = Vec::new();
         for case in cases {
@@ -219,6 +237,7 @@ async fn run_group(
         Ok(r) => r,
         Err(e) => return Err(boot::explain_vm_exit(&mut rt, e).await),
     };
+    results.boots.push(BootTiming { boot_s, deploy_s, cases_s: clock.lap() });
     results.kernel.get_or_insert(kernel);
     results.ready.extend(ready);
     results.cases.extend(reports);
