@@ -106,7 +106,7 @@ pub fn parse_lab(text: &str, path: &Path) -> Result<Lab, LabError> {
 pub fn check_image(lab: &Lab, images_dir: &Path) -> Result<(), LabError> {
     let recipe = lab.image_recipe(images_dir);
     let Ok((have, _)) = crate::image::Recipe::load(&recipe) else { return Ok(()) };
-    let (_, packages) = needs(lab);
+    let packages = packages(lab);
     let missing: Vec<&str> = packages.into_iter().filter(|p| !have.packages.iter().any(|h| h == p)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -119,18 +119,18 @@ pub fn check_image(lab: &Lab, images_dir: &Path) -> Result<(), LabError> {
     Err(lab.invalid(lab::Issue::new(vec![lab::Seg::Key("image")], message)))
 }
 
-/// The kernel modules and image packages a lab's variants need.
-pub fn needs(lab: &Lab) -> (Vec<&'static str>, Vec<&'static str>) {
-    let mut modules = Vec::new();
-    let mut packages = Vec::new();
+/// The image packages the lab's overlays and filters need, each once.
+pub fn packages(lab: &Lab) -> Vec<&'static str> {
+    let mut packages: Vec<&'static str> = Vec::new();
     let chosen = lab.overlays().into_iter().map(|n| overlay::get(n) as &dyn Variant);
     for v in chosen.chain(lab.filters().into_iter().map(|n| filter::get(n) as &dyn Variant)) {
-        modules.extend(v.modules());
-        packages.extend(v.packages());
+        for p in v.packages() {
+            if !packages.contains(p) {
+                packages.push(p);
+            }
+        }
     }
-    modules.dedup();
-    packages.dedup();
-    (modules, packages)
+    packages
 }
 
 #[cfg(test)]

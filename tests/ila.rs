@@ -11,6 +11,7 @@ use vlab::lab::{Lab, LabError};
 use vlab::measure::capture::{summarize, CaptureContext};
 use vlab::measure::checksum::{self, ChecksumStatus, Segment};
 use vlab::overlay::ila::{self, CsumMode, Direction, IlaCase, IlaHook, Locator};
+use vlab::overlay::{CaptureHints, Overlay};
 
 const ILA: &str = include_str!("../labs/ila.toml");
 const MATRIX: &str = include_str!("../labs/ila-matrix.toml");
@@ -166,12 +167,13 @@ fn a_valid_segment_after_translation(#[case] mode: CsumMode, #[case] valid_after
     assert!(tcp_valid(&back), "{mode:?}: valid again once reversed");
 }
 
-/// The study's locators and SIR addresses, from `labs/ila.toml`.
-static SIRS: LazyLock<Vec<(Locator, Ipv6Addr)>> = LazyLock::new(|| ila::sir_addresses(&parse(ILA).unwrap()));
+/// The overlay's capture hints for the study's locators and SIR addresses,
+/// from `labs/ila.toml`.
+static HINTS: LazyLock<CaptureHints> = LazyLock::new(|| ila::Ila.capture_hints(&parse(ILA).unwrap()));
 
 /// `original_dst` for the study's addressing.
 fn sir_of(dst: IpAddr) -> Option<IpAddr> {
-    ila::original_destination(&SIRS, dst)
+    HINTS.original_destination(dst)
 }
 
 /// Checksum verdicts of captured ILA traffic, by capture.

@@ -202,10 +202,13 @@ pub(crate) fn claimed(lab: &Lab, ignored: &[IgnoredKey], variants: &dyn Variants
                 let mut known: Vec<&str> = generic_keys(place).to_vec();
                 for kind in [Kind::Overlay, Kind::Filter] {
                     for name in variants.names(kind) {
-                        known.extend(variants.keys(kind, name).map(|keys| keys.at(place)).unwrap_or_default());
+                        for key in variants.keys(kind, name).map(|keys| keys.at(place)).unwrap_or_default() {
+                            if !known.contains(key) {
+                                known.push(key);
+                            }
+                        }
                     }
                 }
-                known.dedup();
                 let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
                 format!("unknown field `{}`, expected one of {}", k.key, known.join(", "))
             }

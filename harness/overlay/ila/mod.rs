@@ -171,13 +171,6 @@ pub fn sir_addresses(lab: &Lab) -> Vec<(Locator, Ipv6Addr)> {
         .collect()
 }
 
-/// The SIR destination behind an ILA destination seen on the wire (the one
-/// the sender's stack computed the checksum for), given [`sir_addresses`].
-pub fn original_destination(sirs: &[(Locator, Ipv6Addr)], dst: IpAddr) -> Option<IpAddr> {
-    let IpAddr::V6(d) = dst else { return None };
-    sirs.iter().find(|(loc, _)| locator_of(d) == *loc).map(|(_, sir)| IpAddr::V6(*sir))
-}
-
 /// Commands run once per boot: forwarding, and a clear error when the kernel
 /// has no ILA.
 pub fn commands() -> Vec<String> {
