@@ -35,3 +35,15 @@ fn managed_containers_are_left_to_the_overlay() {
     assert!(!bridged.contains("ip addr add 10.1.1.1/24"), "a bridge port has no address: {bridged}");
     assert!(!managed.contains("netns") && managed.contains("ip link set underlay up"), "{managed}");
 }
+
+/// A command enters a container by the name `ip netns` knows, or by a
+/// namespace file (Docker's `/var/run/docker/netns/...`) through nsenter.
+#[test]
+fn commands_enter_a_namespace_by_name_or_path() {
+    use vlab::guest::Netns;
+    let argv = || vec!["ss".to_string(), "-Hltn".to_string()];
+    assert_eq!(Netns::wrap(None, argv()), ["ss", "-Hltn"]);
+    assert_eq!(Netns::wrap(Some(&Netns::Named("c1".into())), argv()), ["ip", "netns", "exec", "c1", "ss", "-Hltn"]);
+    let docker = Netns::Path("/var/run/docker/netns/1-abc".into());
+    assert_eq!(Netns::wrap(Some(&docker), argv()), ["nsenter", "--net=/var/run/docker/netns/1-abc", "ss", "-Hltn"]);
+}

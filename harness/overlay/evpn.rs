@@ -126,9 +126,8 @@ impl Overlay for VxlanEvpn {
             .collect();
         let cp = control_plane(lab, &outputs);
         let mut checks = verdict(lab, &cp);
-        let segment = vxlan::segment_verdict(lab, e, "extern_learn");
-        checks.extend(segment.checks);
-        let fdb = segment.section.map(|s| s["fdb"].clone()).unwrap_or_default();
+        let (segment, fdb) = vxlan::segment_checks(lab, e, "extern_learn");
+        checks.extend(segment);
         Verdict { checks, section: Some(serde_json::json!({ "fdb": fdb, "control_plane": cp })) }
     }
 }

@@ -87,7 +87,8 @@ impl Overlay for Vxlan {
     }
 
     fn verdict(&self, lab: &Lab, e: &CaseEvidence) -> Verdict {
-        segment_verdict(lab, e, "permanent")
+        let (checks, fdb) = segment_checks(lab, e, "permanent");
+        Verdict { checks, section: Some(serde_json::json!({ "fdb": fdb })) }
     }
 }
 
@@ -115,8 +116,9 @@ pub fn fdb_entries(lab: &Lab, e: &CaseEvidence) -> Vec<FdbEntry> {
 }
 
 /// The checks of a VXLAN segment whose MAC entries were installed as
-/// `installed_as`, and the forwarding entries as the report section.
-pub fn segment_verdict(lab: &Lab, e: &CaseEvidence, installed_as: &str) -> Verdict {
+/// `installed_as` (none for the underlay path), and the forwarding entries
+/// they were judged on.
+pub fn segment_checks(lab: &Lab, e: &CaseEvidence, installed_as: &str) -> (Vec<Check>, Vec<FdbEntry>) {
     let fdb = fdb_entries(lab, e);
     let mut checks = Vec::new();
     if e.container_to_container() {
@@ -133,7 +135,7 @@ pub fn segment_verdict(lab: &Lab, e: &CaseEvidence, installed_as: &str) -> Verdi
         };
         checks = verdict(&evidence);
     }
-    Verdict { checks, section: Some(serde_json::json!({ "fdb": fdb })) }
+    (checks, fdb)
 }
 
 /// The segment of the VXLAN overlays: a VNI and port that exist, a VTEP

@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use super::boot::{BootedVm, LabRuntime};
 use super::workload::WorkloadOutput;
-use super::{capture, checks, workload};
+use super::{capture, checks, workload, Clock};
 use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
@@ -263,52 +263,23 @@ pub(super) async fn run_case(
         verdict_s,
         total_s: clock.total(),
     };
-    let mut report = report(
+    Ok(report(
         case,
         all,
         result,
-        before.interfaces,
-        summaries,
+        (before.interfaces, summaries),
         Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) },
-    );
-    report.timing = timing;
-    Ok(report)
-}
-
-/// Seconds since the start and since the last lap.
-pub(super) struct Clock {
-    started: std::time::Instant,
-    lap: std::time::Instant,
-}
-
-impl Clock {
-    /// A clock started now.
-    pub fn start() -> Clock {
-        let now = std::time::Instant::now();
-        Clock { started: now, lap: now }
-    }
-
-    /// Seconds since the last lap (or the start); a new lap begins.
-    pub fn lap(&mut self) -> f64 {
-        let now = std::time::Instant::now();
-        let s = (now - self.lap).as_secs_f64();
-        self.lap = now;
-        s
-    }
-
-    /// Seconds since the start.
-    pub fn total(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
-    }
+        timing,
+    ))
 }
 
 fn report(
     case: &Case,
     checks: Vec<Check>,
     result: Option<crate::measure::iperf3::Iperf3Result>,
-    interfaces: Vec<InterfaceEvidence>,
-    captures: Vec<CaptureSummary>,
+    (interfaces, captures): (Vec<InterfaceEvidence>, Vec<CaptureSummary>),
     variant: Sections,
+    timing: CaseTiming,
 ) -> CaseReport {
     CaseReport {
         name: case.name.clone(),
@@ -322,7 +293,7 @@ fn report(
         interfaces,
         captures,
         variant,
-        timing: CaseTiming::default(),
+        timing,
         vs_baseline: None,
     }
 }

@@ -61,6 +61,33 @@ struct Prepared {
     timing: RunTiming,
 }
 
+/// Seconds since the start and since the last lap: the phases of `timing`.
+struct Clock {
+    started: Instant,
+    lap: Instant,
+}
+
+impl Clock {
+    /// A clock started now.
+    fn start() -> Clock {
+        let now = Instant::now();
+        Clock { started: now, lap: now }
+    }
+
+    /// Seconds since the last lap (or the start); a new lap begins.
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let s = (now - self.lap).as_secs_f64();
+        self.lap = now;
+        s
+    }
+
+    /// Seconds since the start.
+    fn total(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// What a booted pair is set up with: a NIC (`None`: each VM's own), an
 /// overlay and a filter (`None`: the lab's).
 type BootKey = (Option<Nic>, Option<String>, Option<String>);
@@ -100,7 +127,7 @@ fn selected_cases(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Case>> {
 /// and probes the acceleration; returns the notice when KVM is not usable.
 async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Result<(Prepared, Option<String>)> {
     let progress = &opts.progress;
-    let mut clock = case::Clock::start();
+    let mut clock = Clock::start();
     let recipe = lab.image_recipe(&opts.images_dir);
     progress.phase(&format!("image {}", recipe.display()));
     let image = {
@@ -211,7 +238,7 @@ async fn run_group(
     label: String,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let mut clock = case::Clock::start();
+    let mut clock = Clock::start();
     let mut rt = boot::boot(lab, prepared, nic, opts, label).await?;
     let boot_s = clock.lap();
     let mut deploy_s = 0.0;
