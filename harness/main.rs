@@ -164,6 +164,29 @@ fn check_case_filter(lab: &Lab, filter: Option<&str>) -> Result<(), u8> {
     Err(exit::INVALID_INPUT)
 }
 
+/// Resolves with the first SIGINT or SIGTERM, its name and vlab's exit code
+/// for it; `None` when the handlers cannot be installed.
+fn first_signal() -> Option<impl std::future::Future<Output = (&'static str, u8)>> {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return None;
+    };
+    Some(async move {
+        tokio::select! {
+            _ = sigint.recv() => ("SIGINT", exit::INTERRUPTED),
+            _ = sigterm.recv() => ("SIGTERM", exit::TERMINATED),
+        }
+    })
+}
+
+/// Cancels the image builds in flight and waits (10 s at most) until their
+/// tools are gone and their work directories removed.
+async fn cancel_image_builds() {
+    let done = tokio::task::spawn_blocking(|| vlab::image::cancel_all(std::time::Duration::from_secs(10))).await;
+    if !matches!(done, Ok(true)) {
+        eprintln!("vlab: an image build did not stop within 10 s");
+    }
+}
+
 /// Runs `work` as a task and waits for it, SIGINT or SIGTERM. On a signal the
 /// task is aborted: dropping it tears the lab down (every resource has an
 /// owner), then vlab exits 130 or 143. Errors and panics print what to do and
@@ -172,19 +195,20 @@ async fn supervised<T: Send + 'static>(
     progress: &Progress,
     work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> Result<T, u8> {
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let Some(signalled) = first_signal() else {
         eprintln!("vlab: cannot install signal handlers");
         return Err(exit::COULD_NOT_RUN);
     };
     let mut task = tokio::spawn(work);
     let (outcome, interrupted) = tokio::select! {
         r = &mut task => (Some(r), None),
-        _ = sigint.recv() => (None, Some(("SIGINT", exit::INTERRUPTED))),
-        _ = sigterm.recv() => (None, Some(("SIGTERM", exit::TERMINATED))),
+        s = signalled => (None, Some(s)),
     };
     if let Some((sig, code)) = interrupted {
         task.abort();
         let _ = task.await;
+        // An image build runs on a thread of its own: stop it and its tools.
+        cancel_image_builds().await;
         progress.finish();
         eprintln!("vlab: {sig}: stopped; the VMs, namespace and temporary files were removed");
         return Err(code);
@@ -270,12 +294,23 @@ async fn image_build(recipe: Option<PathBuf>) -> u8 {
     let recipe = recipe.unwrap_or_else(|| vlab::images_dir().join("base.toml"));
     let started = std::time::Instant::now();
     let progress = Progress::new("image");
-    let result = tokio::task::spawn_blocking({
+    let Some(signalled) = first_signal() else {
+        eprintln!("vlab: cannot install signal handlers");
+        return exit::COULD_NOT_RUN;
+    };
+    let mut build = tokio::task::spawn_blocking({
         let (recipe, progress) = (recipe.clone(), progress.clone());
         move || vlab::image::build(&recipe, &progress)
-    })
-    .await
-    .expect("image build thread");
+    });
+    let result = tokio::select! {
+        r = &mut build => r.expect("image build thread"),
+        (sig, code) = signalled => {
+            cancel_image_builds().await;
+            progress.finish();
+            eprintln!("vlab: {sig}: image build stopped; its tools were killed and its work directory removed");
+            return code;
+        }
+    };
     progress.finish();
     match result {
         Ok(image) => {

@@ -383,6 +383,59 @@ fn sigint_mid_run_tears_everything_down() {
     vlab.assert_clean(pid);
 }
 
+/// Ctrl-C in the middle of a fresh image build, while mmdebstrap installs
+/// packages inside its chroot (with /proc, /sys and /dev mounted there),
+/// stops it within seconds: exit 130, no tool left running, nothing mounted,
+/// and nothing in the cache that a later run would take as an image.
+#[test]
+fn sigint_during_an_image_build_leaves_nothing() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let cache = vlab.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut cmd = vlab.command(&["image", "build"]);
+    cmd.env("VLAB_CACHE_DIR", &cache);
+    let (child, log) = started_until_phase(cmd, "installing remaining packages inside the chroot");
+    let mounted = mounts_below(&cache);
+    assert!(!mounted.is_empty(), "mmdebstrap has mounted nothing in its chroot yet");
+    assert!(!processes_below(&cache).is_empty(), "mmdebstrap is not running");
+    let started = Instant::now();
+    interrupted(child, log);
+    assert!(started.elapsed() < Duration::from_secs(3), "the build took {:?} to stop", started.elapsed());
+    assert_eq!(mounts_below(&cache), Vec::<String>::new(), "left mounted (was: {mounted:?})");
+    assert_eq!(processes_below(&cache), Vec::<String>::new(), "left running");
+    let left: Vec<String> = std::fs::read_dir(cache.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left in the image cache");
+}
+
+/// Mount points at or below `dir`.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy().into_owned();
+    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(String::from).collect()
+}
+
+/// Processes that mention `dir` on their command line or run inside it
+/// (their root or working directory is below it: apt and dpkg in a chroot).
+fn processes_below(dir: &Path) -> Vec<String> {
+    let mut found = processes_mentioning(dir);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let inside = ["root", "cwd"]
+            .iter()
+            .any(|l| std::fs::read_link(entry.path().join(l)).is_ok_and(|p| p.starts_with(dir)));
+        if inside {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{}: {}", entry.file_name().to_string_lossy(), String::from_utf8_lossy(&cmdline)));
+        }
+    }
+    found
+}
+
 /// A cache root of its own for `vlab`, sharing the images of the usual one
 /// (so that nothing is built again) but no KVM verdict.
 fn private_cache(vlab: &Vlab) -> PathBuf {

@@ -4,7 +4,10 @@
 //!
 //! VMs never write to the cached disk: each boots a qcow2 overlay on top of it.
 
+mod cancel;
 mod initramfs;
+
+pub use cancel::cancel_all;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -82,6 +85,9 @@ pub enum ImageError {
         /// Its output or error.
         detail: String,
     },
+    /// The build was cancelled (SIGINT or SIGTERM); nothing of it is left.
+    #[error("image build cancelled")]
+    Cancelled,
     /// File system trouble in the cache.
     #[error("image cache {}: {source}", path.display())]
     Cache {
@@ -221,9 +227,7 @@ struct BuildDir(PathBuf);
 
 impl Drop for BuildDir {
     fn drop(&mut self) {
-        if self.0.exists() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+        cancel::remove_work_dir(&self.0);
     }
 }
 
@@ -243,22 +247,25 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
         return Ok(image);
     }
     let started = Instant::now();
+    // Declared before the work directory, so that a cancel waits for its removal.
+    let active = cancel::Active::register();
     let work = BuildDir(root.join(format!(".build-{}-{key}-{}", recipe.name, std::process::id())));
-    let _ = fs::remove_dir_all(&work.0);
+    cancel::remove_work_dir(&work.0);
     fs::create_dir_all(&work.0).map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
     let rootdir = work.0.join("root");
 
     progress.phase(&format!("mmdebstrap {} ({} packages)", recipe.suite, recipe.packages.len() + 1));
-    mmdebstrap(&recipe, &rootdir, progress)?;
+    mmdebstrap(&active, &recipe, &rootdir, progress)?;
 
     progress.phase("preparing kernel modules");
     let kernel_release = kernel_release(&rootdir)?;
     let modules_dir = rootdir.join("usr/lib/modules").join(&kernel_release);
-    decompress_modules(&modules_dir)?;
-    run("depmod", Command::new("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
+    decompress_modules(&active, &modules_dir)?;
+    run(&active, "depmod", Command::new("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
     install_guest_files(&rootdir)?;
 
     progress.phase("writing initramfs");
+    active.check()?;
     let busybox = fs::read(rootdir.join("bin/busybox")).map_err(|e| ImageError::Step {
         step: "initramfs".into(),
         detail: format!("no /bin/busybox in the root ({e}): add busybox-static to the recipe's packages"),
@@ -273,7 +280,7 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     let config = fs::read_to_string(rootdir.join("boot").join(format!("config-{kernel_release}"))).unwrap_or_default();
     if config.lines().any(|l| l == "CONFIG_PVH=y") {
         progress.phase("extracting vmlinux for PVH boot");
-        if let Some(vmlinux) = extract_vmlinux(&bzimage) {
+        if let Some(vmlinux) = extract_vmlinux(&active, &bzimage) {
             fs::write(work.0.join("vmlinux"), vmlinux)
                 .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
         }
@@ -285,7 +292,9 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
 
     progress.phase("writing ext4 root disk");
     let size_mib = recipe.disk_mib.unwrap_or_else(|| dir_size(&rootdir) / (1 << 20) + 512);
+    active.check()?;
     run(
+        &active,
         "mke2fs",
         Command::new("mke2fs")
             // No journal: every VM writes to a throwaway overlay, and the
@@ -309,17 +318,18 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     fs::write(work.0.join("manifest.json"), json)
         .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    active.check()?;
     let _ = fs::remove_dir_all(&final_dir);
     fs::rename(&work.0, &final_dir).map_err(|source| ImageError::Cache { path: final_dir.clone(), source })?;
     read_image(&final_dir)
         .ok_or_else(|| ImageError::Step { step: "finish".into(), detail: "the built image is incomplete".into() })
 }
 
-fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<(), ImageError> {
+fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<(), ImageError> {
     let mut include = vec![recipe.kernel_package.clone()];
     include.extend(recipe.packages.iter().cloned());
-    let mut child = Command::new("mmdebstrap")
-        .args(["--variant=essential", "--mode=root"])
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args(["--variant=essential", "--mode=root"])
         .arg(format!("--include={}", include.join(",")))
         .args([
             "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -331,12 +341,8 @@ fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<()
         .arg(rootdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ImageError::Step {
-            step: "mmdebstrap".into(),
-            detail: format!("cannot start mmdebstrap ({e}): run ci/setup"),
-        })?;
+        .stderr(Stdio::piped());
+    let mut child = active.spawn("mmdebstrap", &mut cmd)?;
     let stdout = child.stdout.take().expect("piped");
     let out_thread = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let mut tail: Vec<String> = Vec::new();
@@ -350,7 +356,9 @@ fn mmdebstrap(recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<()
         }
     }
     let status = child.wait().map_err(|e| ImageError::Step { step: "mmdebstrap".into(), detail: e.to_string() })?;
+    active.reaped(&child);
     let _ = out_thread.join();
+    active.check()?;
     if !status.success() {
         return Err(ImageError::Step {
             step: "mmdebstrap".into(),
@@ -377,7 +385,7 @@ fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
 
 /// Debian ships modules xz- or zstd-compressed; busybox insmod and a fast boot
 /// want them plain, so they are decompressed once at build time.
-fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
+fn decompress_modules(active: &cancel::Active, dir: &Path) -> Result<(), ImageError> {
     let mut xz = Vec::new();
     let mut zst = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -403,7 +411,7 @@ fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
                         let mut cmd = Command::new(tool);
                         // Both delete the compressed file once decompressed.
                         cmd.args(if tool == "xz" { ["-d", "-q", "-T1"] } else { ["-d", "-q", "--rm"] }).args(&chunk);
-                        run(tool, &mut cmd)
+                        run(active, tool, &mut cmd)
                     })
                 })
                 .collect();
@@ -418,7 +426,7 @@ fn decompress_modules(dir: &Path) -> Result<(), ImageError> {
 
 /// The uncompressed kernel inside a bzImage: the first compressed stream
 /// (zstd, xz or gzip) that decompresses to an ELF file.
-fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
+fn extract_vmlinux(active: &cancel::Active, bzimage: &[u8]) -> Option<Vec<u8>> {
     use std::io::Write;
     const FORMATS: [(&[u8], &str, &[&str]); 3] = [
         (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", &["-d", "-q", "-c"]),
@@ -430,13 +438,9 @@ fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
         while let Some(pos) = bzimage[from..].windows(magic.len()).position(|w| w == magic) {
             let start = from + pos;
             from = start + 1;
-            let Ok(mut child) = Command::new(tool)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-            else {
+            let mut cmd = Command::new(tool);
+            cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+            let Ok(mut child) = active.spawn(tool, &mut cmd) else {
                 break;
             };
             let mut stdin = child.stdin.take().expect("piped");
@@ -445,7 +449,9 @@ fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
             let writer = std::thread::spawn(move || {
                 let _ = stdin.write_all(&data);
             });
+            let pgid = child.id();
             let out = child.wait_with_output().ok()?;
+            active.forget(pgid);
             let _ = writer.join();
             if out.stdout.starts_with(b"\x7fELF") {
                 return Some(out.stdout);
@@ -483,11 +489,13 @@ fn dir_size(dir: &Path) -> u64 {
     total
 }
 
-fn run(step: &str, cmd: &mut Command) -> Result<(), ImageError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| ImageError::Step {
-        step: step.into(),
-        detail: format!("cannot start {:?}: {e}", cmd.get_program()),
-    })?;
+fn run(active: &cancel::Active, step: &str, cmd: &mut Command) -> Result<(), ImageError> {
+    let child = active.spawn(step, cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))?;
+    let pgid = child.id();
+    let out = child.wait_with_output();
+    active.forget(pgid);
+    active.check()?;
+    let out = out.map_err(|e| ImageError::Step { step: step.into(), detail: e.to_string() })?;
     if out.status.success() {
         Ok(())
     } else {
