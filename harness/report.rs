@@ -88,13 +88,14 @@ pub struct CaseTiming {
     /// A clean slate, the overlay's per-case setup, offloads, interface
     /// probes and everything read before the workload.
     pub setup_s: f64,
-    /// Starting the captures until each listens.
+    /// Starting the captures and the iperf3 server until each listens.
     pub captures_start_s: f64,
-    /// The iperf3 server's start, its client's run and the server's end.
+    /// The client's run and the server's end.
     pub workload_s: f64,
-    /// Counters after, stopping the captures, fetching and decoding the pcaps.
+    /// Fetching and decoding the pcaps (stopped with the evidence).
     pub captures_stop_s: f64,
-    /// The kernel logs and the variants' evidence.
+    /// One batch per VM after the workload: captures stopped, counters, the
+    /// kernel log, the variants' evidence.
     pub evidence_s: f64,
     /// Every check and verdict.
     pub verdict_s: f64,

@@ -425,9 +425,8 @@ fn mounts_below(dir: &Path) -> Vec<String> {
 fn processes_below(dir: &Path) -> Vec<String> {
     let mut found = processes_mentioning(dir);
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let inside = ["root", "cwd"]
-            .iter()
-            .any(|l| std::fs::read_link(entry.path().join(l)).is_ok_and(|p| p.starts_with(dir)));
+        let inside =
+            ["root", "cwd"].iter().any(|l| std::fs::read_link(entry.path().join(l)).is_ok_and(|p| p.starts_with(dir)));
         if inside {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             found.push(format!("{}: {}", entry.file_name().to_string_lossy(), String::from_utf8_lossy(&cmdline)));

@@ -4,12 +4,16 @@
 //! live here, where every variant can import them; this module imports no
 //! variant.
 
+mod batch;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::lab::{Family, Lab, Nic, NicModel, Vm};
 use crate::qemu::agent::{Agent, AgentError, Output};
+
+pub use batch::{Batch, BatchOutput};
 
 /// Name of the underlay NIC inside every guest.
 pub const UNDERLAY_DEV: &str = "underlay";
@@ -110,6 +114,17 @@ impl Netns {
         }
     }
 
+    /// A shell script run inside `netns` (as is without one): the namespace
+    /// is entered once for the whole script.
+    pub fn script(netns: Option<&Netns>, script: &str) -> String {
+        match netns {
+            Some(ns) => shell_line(
+                &ns.exec_prefix().into_iter().chain(["sh".into(), "-c".into(), script.into()]).collect::<Vec<_>>(),
+            ),
+            None => script.to_string(),
+        }
+    }
+
     /// `argv` run inside `netns` (as is without one).
     pub fn wrap(netns: Option<&Netns>, argv: Vec<String>) -> Vec<String> {
         match netns {
@@ -117,6 +132,11 @@ impl Netns {
             None => argv,
         }
     }
+}
+
+/// `s` as one shell word.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -128,7 +148,20 @@ fn last_lines(text: &str, n: usize) -> String {
 /// 100 ms for at most `seconds`; it does not fail by itself: the command after
 /// it (or the condition's own effects) says what was missing.
 pub fn wait_until(condition: &str, seconds: u32) -> String {
-    format!("i=0; until {condition} || [ $i -ge {} ]; do sleep 0.1; i=$((i+1)); done", seconds * 10)
+    wait_until_every(condition, seconds, 100)
+}
+
+/// [`wait_until`], checking every `every_ms` milliseconds: what the host
+/// waits for is then known inside the same agent call, at most that late.
+pub fn wait_until_every(condition: &str, seconds: u32, every_ms: u32) -> String {
+    let tries = seconds * 1000 / every_ms.max(1);
+    let pause = f64::from(every_ms) / 1000.0;
+    format!("i=0; until {condition} || [ $i -ge {tries} ]; do sleep {pause}; i=$((i+1)); done")
+}
+
+/// An argv as one shell command line.
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 /// How containers attach to their VM.

@@ -96,33 +96,66 @@ pub fn parse_feature(ethtool_k: &str, long: &str) -> Option<(bool, bool)> {
     Some((value.starts_with("on"), value.contains("[fixed]")))
 }
 
-/// The shell script that applies `requested` to `dev` (each feature on its own,
-/// so one refused feature does not block the others) and prints
-/// `ethtool -i`, `-k`, `-l` and `sriov_numvfs`, separated by `=====` lines.
-pub fn probe_script(dev: &str, netns: Option<&str>, requested: &[(&str, Option<bool>)]) -> String {
-    let ns = netns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
-    let mut s = String::new();
-    for (feature, want) in requested {
-        if let Some(on) = want {
-            s.push_str(&format!(
-                "{ns}ethtool -K {dev} {feature} {} >/dev/null 2>&1 || true\n",
-                if *on { "on" } else { "off" }
-            ));
-        }
+/// The shell script that applies `requested` to `dev`: all features in one
+/// `ethtool -K`, and each on its own when the driver refuses that, so that
+/// one refused feature does not block the others. Empty when nothing is
+/// requested. It acts in the namespace it runs in.
+pub fn offload_script(dev: &str, requested: &[(&str, Option<bool>)]) -> String {
+    let wanted: Vec<String> = requested
+        .iter()
+        .filter_map(|(feature, want)| want.map(|on| format!("{feature} {}", if on { "on" } else { "off" })))
+        .collect();
+    if wanted.is_empty() {
+        return String::new();
     }
-    s.push_str(&format!("{ns}ethtool -i {dev}; echo =====; {ns}ethtool -k {dev}; echo =====; {ns}ethtool -l {dev} 2>/dev/null || true; echo =====; "));
-    s.push_str(&format!("{ns}cat /sys/class/net/{dev}/device/sriov_numvfs 2>/dev/null || true\n"));
+    let mut s = format!("ethtool -K {dev} {} >/dev/null 2>&1 || {{\n", wanted.join(" "));
+    for w in &wanted {
+        s.push_str(&format!("ethtool -K {dev} {w} >/dev/null 2>&1 || true\n"));
+    }
+    s.push('}');
     s
 }
 
-/// Parses [`probe_script`]'s output into the static part of the evidence.
-pub fn parse_probe(
-    output: &str,
-    requested: &[(&str, Option<bool>)],
-) -> (Option<String>, Option<u32>, Option<u32>, BTreeMap<String, OffloadState>) {
+/// The shell script that prints `ethtool -i`, `-k`, `-l`, `sriov_numvfs`,
+/// the MTU and the [`Counters`] of `dev`, separated by `=====` lines; with
+/// `fixed_known`, `-i` and `-l` (the driver and channels, which do not change
+/// while a VM runs) are left out. It reads the namespace it runs in.
+pub fn probe_script(dev: &str, fixed_known: bool) -> String {
+    let sys = format!("/sys/class/net/{dev}");
+    let (i, l) = if fixed_known {
+        (String::new(), String::new())
+    } else {
+        (format!("ethtool -i {dev}; "), format!("ethtool -l {dev} 2>/dev/null || true; "))
+    };
+    format!(
+        "{i}echo =====; ethtool -k {dev}; echo =====; {l}echo =====\n\
+         [ -e {sys}/device/sriov_numvfs ] && read -r n <{sys}/device/sriov_numvfs && echo \"$n\"; echo =====\n\
+         read -r m <{sys}/mtu && echo \"$m\"; echo =====\n{}\n",
+        Counters::command(dev)
+    )
+}
+
+/// What [`probe_script`] read of an interface.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// Driver (`ethtool -i`).
+    pub driver: Option<String>,
+    /// Combined channels (`ethtool -l`).
+    pub channels: Option<u32>,
+    /// VFs enabled, for SR-IOV PFs.
+    pub vfs: Option<u32>,
+    /// Offload features, requested and read back.
+    pub offloads: BTreeMap<String, OffloadState>,
+    /// The interface's MTU.
+    pub mtu: Option<usize>,
+    /// Its counters.
+    pub counters: Option<Counters>,
+}
+
+/// Parses [`probe_script`]'s output.
+pub fn parse_probe(output: &str, requested: &[(&str, Option<bool>)]) -> Probe {
     let parts: Vec<&str> = output.split("=====\n").collect();
     let get = |i: usize| parts.get(i).copied().unwrap_or("");
-    let driver = parse_driver(get(0));
     let offloads = requested
         .iter()
         .map(|(f, want)| {
@@ -133,7 +166,12 @@ pub fn parse_probe(
             )
         })
         .collect();
-    let channels = parse_channels(get(2));
-    let vfs = get(3).trim().parse().ok().filter(|n| *n > 0);
-    (driver, channels, vfs, offloads)
+    Probe {
+        driver: parse_driver(get(0)),
+        channels: parse_channels(get(2)),
+        vfs: get(3).trim().parse().ok().filter(|n| *n > 0),
+        offloads,
+        mtu: get(4).trim().parse().ok(),
+        counters: Counters::parse(get(5)),
+    }
 }

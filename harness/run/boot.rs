@@ -2,6 +2,7 @@
 //! copy-on-write disk, all in one process group, waiting for their agents;
 //! a pair whose guest stalls while booting is booted once more.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -27,9 +28,16 @@ pub(super) struct BootedVm {
     _run_dir: tempfile::TempDir,
 }
 
+/// An interface's driver and channels, by VM, container and device.
+pub(super) type FixedFacts = BTreeMap<(String, Option<String>, String), (Option<String>, Option<u32>)>;
+
 /// The running lab: VMs first, then the underlay they are attached to.
 pub(super) struct LabRuntime {
     pub vms: Vec<BootedVm>,
+    /// The driver and channels of each probed interface (VM, container,
+    /// device): they do not change while the VMs run, so only the first case
+    /// asks `ethtool -i` and `-l`.
+    pub fixed_facts: std::sync::Mutex<FixedFacts>,
     _net: LabNet,
     artifacts: Option<PathBuf>,
     /// Distinguishes the serial logs of successive boots.
@@ -132,7 +140,8 @@ async fn boot_once(
     let pending = spawn_vms(lab, p, &net, &nics)?;
     opts.progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let (vms, failure) = connect_agents(lab, p, pending, opts, &boot_label, attempt).await;
-    let rt = LabRuntime { vms, _net: net, artifacts: opts.artifacts.clone(), boot_label };
+    let rt =
+        LabRuntime { vms, fixed_facts: Default::default(), _net: net, artifacts: opts.artifacts.clone(), boot_label };
     match failure {
         Some(e) => Err(e),
         None => Ok(rt),
@@ -149,10 +158,13 @@ struct Pending<'a> {
     mac: String,
 }
 
-/// The kernel modules the guests load at boot: the NICs' drivers and what
-/// the lab's overlay and filter need.
+/// The kernel modules the guests load at boot: the NICs' drivers, the
+/// virtio RNG, and what the lab's overlay and filter need. Without the RNG
+/// the guest's random pool is not ready for seconds after boot, and the first
+/// read of /dev/urandom (iperf3 fills its buffers from it) waits for jitter
+/// entropy: under TCG that cost the first case of every run 2-3 s.
 fn boot_modules(lab: &Lab, nics: &[Nic]) -> Vec<String> {
-    let mut modules: Vec<String> = vec!["virtio_net".into()];
+    let mut modules: Vec<String> = vec!["virtio_net".into(), "virtio_rng".into()];
     if nics.iter().any(|n| n.model == NicModel::IgbSriov) {
         modules.extend(["igb".into(), "igbvf".into()]);
     }

@@ -14,7 +14,7 @@ use super::boot::{BootedVm, LabRuntime};
 use super::workload::WorkloadOutput;
 use super::{capture, checks, workload, Clock};
 use crate::filter::{self, Filter};
-use crate::guest::{self, Attachment, Guest, Netns};
+use crate::guest::{self, Attachment, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
 use crate::measure::capture::CaptureSummary;
 use crate::measure::counters::Counters;
@@ -71,126 +71,269 @@ impl Side<'_> {
     }
 }
 
-async fn read_counters(g: &Guest, dev: &str, netns: Option<&str>) -> anyhow::Result<Counters> {
-    let out = g.run(&Counters::command(dev, netns)).await?;
-    Counters::parse(&out.stdout_text()).with_context(|| format!("unreadable counters of {dev} on `{}`", g.name))
+/// An interface whose evidence a case records, and the names of its parts in
+/// its VM's batches.
+struct Iface<'a> {
+    guest: &'a Guest,
+    /// The container whose namespace holds it, and that namespace.
+    container: Option<(String, Netns)>,
+    dev: String,
+    index: usize,
 }
 
-/// Applies the case's offloads to an interface and reads back its evidence
-/// (driver, channels, VFs, offload state, counters before the workload).
-async fn probe_interface(
-    g: &Guest,
-    netns: Option<&str>,
-    dev: &str,
-    requested: &[(&str, Option<bool>)],
-) -> anyhow::Result<InterfaceEvidence> {
-    let out = g.run(&nic::probe_script(dev, netns, requested)).await?;
-    let (driver, channels, vfs, offloads) = nic::parse_probe(&out.stdout_text(), requested);
-    let before = read_counters(g, dev, netns).await?;
-    Ok(InterfaceEvidence {
-        vm: g.name.clone(),
-        container: netns.map(str::to_string),
-        dev: dev.to_string(),
-        driver,
-        channels,
-        vfs,
-        offloads,
-        before,
-        after: before,
-    })
+impl Iface<'_> {
+    fn netns(&self) -> Option<Netns> {
+        self.container.as_ref().map(|(_, ns)| ns.clone())
+    }
+    fn probe_part(&self) -> String {
+        format!("probe {}", self.index)
+    }
+    /// Its key among the runtime's fixed facts.
+    fn key(&self) -> (String, Option<String>, String) {
+        (self.guest.name.clone(), self.container.as_ref().map(|(c, _)| c.clone()), self.dev.clone())
+    }
+    fn counters_part(&self) -> String {
+        format!("counters {}", self.index)
+    }
 }
 
-/// What a case read before its workload, to compare with after.
-struct Before {
-    interfaces: Vec<InterfaceEvidence>,
-    dmesg_lines: Vec<u64>,
-    /// Outputs of the variants' commands, by artifact name.
-    variants: BTreeMap<String, String>,
+/// Evidence layout: server interfaces, then client interfaces.
+fn ifaces<'a>(sides: [&Side<'a>; 2]) -> Vec<Iface<'a>> {
+    let all = sides.into_iter().flat_map(|s| {
+        let netns = s.netns.clone();
+        s.interfaces().into_iter().map(move |(c, dev)| (&s.vm.guest, c.zip(netns.clone()), dev))
+    });
+    all.enumerate().map(|(index, (guest, container, dev))| Iface { guest, container, dev, index }).collect()
 }
 
-/// A clean slate (no iperf3 left from an earlier case) and the overlay as
-/// this case wants it; then the evidence before the workload.
-async fn before_case(
-    lab: &Lab,
-    rt: &LabRuntime,
-    (o, f): (&dyn Overlay, &dyn Filter),
-    case: &Case,
-    sides: [&Side<'_>; 2],
-    case_dir: Option<&Path>,
-) -> anyhow::Result<Before> {
-    for vm in &rt.vms {
-        vm.guest.try_run("pkill -x iperf3; true").await?;
-    }
-    for vm in &lab.vms {
-        let cmds = o.case_setup(lab, vm, &case.params);
-        if !cmds.is_empty() {
-            rt.vm(&vm.name).guest.run(&cmds.join("\n")).await.context("configuring the overlay for the case")?;
-        }
-    }
-    let requested = case.params.offloads.requested();
-    // Evidence layout: server interfaces, then client interfaces.
-    let mut interfaces = Vec::new();
-    for s in sides {
-        for (ns, dev) in s.interfaces() {
-            interfaces.push(probe_interface(&s.vm.guest, ns.as_deref(), &dev, &requested).await?);
-        }
-    }
-    // Where each kernel log stands, to find what the case made the kernels say.
-    let mut dmesg_lines = Vec::new();
-    for vm in &rt.vms {
-        let out = vm.guest.run("dmesg | wc -l").await?;
-        dmesg_lines.push(out.stdout_text().trim().parse::<u64>().unwrap_or(0));
-    }
-    let commands = lab
-        .vms
-        .iter()
-        .map(|vm| {
-            (vm.name.clone(), [o.evidence_before_commands(lab, vm), f.evidence_before_commands(lab, vm)].concat())
-        })
-        .collect();
-    let variants = read_outputs(rt, commands, case_dir.map(|d| d.join("before")).as_deref()).await?;
-    Ok(Before { interfaces, dmesg_lines, variants })
+fn evidence_part(name: &str) -> String {
+    format!("evidence {name}")
 }
 
-/// The interface counters after the workload.
-async fn after_case(before: &mut Before, sides: [&Side<'_>; 2]) -> anyhow::Result<()> {
-    for e in &mut before.interfaces {
-        let s = sides.iter().find(|s| s.vm.guest.name == e.vm).expect("an endpoint's VM");
-        e.after = read_counters(&s.vm.guest, &e.dev, e.container.as_deref()).await?;
+/// The variants' commands for `vm`, as parts of its batch.
+fn evidence_parts(batch: &mut Batch, commands: Vec<(String, String)>) -> Vec<String> {
+    let mut names = Vec::new();
+    for (name, cmd) in commands {
+        batch.report(evidence_part(&name), cmd);
+        names.push(name);
     }
-    Ok(())
+    names
 }
 
-/// Runs the variants' commands on each VM (VM, then (artifact name,
-/// command)); the outputs are kept under `dir` by name.
-async fn read_outputs(
-    rt: &LabRuntime,
-    commands: Vec<(String, Vec<(String, String)>)>,
+/// Each VM's batch output, by VM name.
+type ByVm<'a> = Vec<(&'a str, &'a BatchOutput)>;
+
+fn of<'a>(outputs: &ByVm<'a>, vm: &str) -> &'a BatchOutput {
+    outputs.iter().find(|(v, _)| *v == vm).map(|(_, o)| *o).expect("a batch per VM")
+}
+
+/// The variants' outputs from the VMs' batches, kept under `dir` by name.
+fn variant_outputs(
+    outputs: &ByVm,
+    names: &[(String, Vec<String>)],
     dir: Option<&Path>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for (vm, cmds) in commands {
-        let guest = &rt.vm(&vm).guest;
-        for (name, cmd) in cmds {
-            let text = guest.try_run(&cmd).await?.stdout_text();
+    for (vm, names) in names {
+        for name in names {
+            let text = of(outputs, vm).text(&evidence_part(name));
             if let Some(dir) = dir {
-                let path = dir.join(&name);
+                let path = dir.join(name);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
                 std::fs::write(path, &text)?;
             }
-            out.insert(name, text);
+            out.insert(name.clone(), text);
         }
     }
     Ok(out)
 }
 
+/// Runs one batch on every VM at once (`batch` makes each VM's).
+async fn on_every_vm(
+    rt: &LabRuntime,
+    mut batch: impl FnMut(&str) -> Batch,
+) -> anyhow::Result<Vec<(String, BatchOutput)>> {
+    let batches: Vec<Batch> = rt.vms.iter().map(|vm| batch(&vm.guest.name)).collect();
+    let outputs = futures::future::try_join_all(rt.vms.iter().zip(&batches).map(|(vm, b)| vm.guest.batch(b))).await?;
+    Ok(rt.vms.iter().map(|v| v.guest.name.clone()).zip(outputs).collect())
+}
+
+fn by_vm(outputs: &[(String, BatchOutput)]) -> ByVm<'_> {
+    outputs.iter().map(|(v, o)| (v.as_str(), o)).collect()
+}
+
+/// What a case read before its workload, to compare with after.
+struct Before<'a> {
+    interfaces: Vec<InterfaceEvidence>,
+    /// Each VM's uptime when the case began: its kernel log after it is new.
+    uptimes: BTreeMap<String, f64>,
+    /// Outputs of the variants' commands, by artifact name.
+    variants: BTreeMap<String, String>,
+    captures: Vec<capture::RunningCapture<'a>>,
+    server_pid: i64,
+    /// How long the slowest VM waited for its captures and server to listen
+    /// once the rest was done.
+    listen_s: f64,
+}
+
+/// Kills what an earlier case may have left running (shell builtins only).
+const CLEAN: &str = "for d in /proc/[0-9]*; do read -r c 2>/dev/null <$d/comm || continue; \
+    case $c in iperf3|tcpdump) kill -9 ${d#/proc/} 2>/dev/null;; esac; done; true";
+
+/// One batch per VM, all at once, before the workload: a clean slate; the
+/// captures and the iperf3 server started in the background; while they
+/// start, the overlay as this case wants it, the case's offloads, every
+/// interface probed (its namespace entered once), the uptime and the
+/// variants' evidence before; then the wait until all of them listen.
+async fn before_case<'a>(
+    lab: &Lab,
+    rt: &LabRuntime,
+    (o, f): (&dyn Overlay, &dyn Filter),
+    (case, server): (&Case, &Side<'_>),
+    (ifaces, planned): (&[Iface<'_>], Vec<capture::Planned<'a>>),
+    case_dir: Option<&Path>,
+) -> anyhow::Result<Before<'a>> {
+    let requested = case.params.offloads.requested();
+    let mut names = Vec::new();
+    let mut facts = rt.fixed_facts.lock().expect("facts").clone();
+    let outputs = on_every_vm(rt, |name| {
+        let vm = lab.vm(name).expect("a lab VM");
+        let mine = || ifaces.iter().filter(move |i| i.guest.name == name);
+        let is_server = name == server.vm.guest.name;
+        let mut b = Batch::new();
+        b.report("clean", CLEAN);
+        // First what takes long to start, so that it starts while the rest
+        // runs: nothing here moves the workload's packets before the client.
+        capture::start_part(&planned, name, &mut b);
+        if is_server {
+            workload::start_part(lab, server, &mut b);
+        }
+        let setup = o.case_setup(lab, vm, &case.params);
+        if !setup.is_empty() {
+            b.succeed("overlay case setup", setup.join("\n"));
+        }
+        for i in mine() {
+            let offloads = nic::offload_script(&i.dev, &requested);
+            if !offloads.is_empty() {
+                b.report(format!("offloads {}", i.index), Netns::script(i.netns().as_ref(), &offloads));
+            }
+        }
+        for i in mine() {
+            let known = facts.contains_key(&i.key());
+            b.succeed(i.probe_part(), Netns::script(i.netns().as_ref(), &nic::probe_script(&i.dev, known)));
+        }
+        b.report("uptime", "read -r up _ </proc/uptime; echo $up");
+        let cmds = [o.evidence_before_commands(lab, vm), f.evidence_before_commands(lab, vm)].concat();
+        names.push((name.to_string(), evidence_parts(&mut b, cmds)));
+        capture::listen_part(&planned, name, &mut b);
+        if is_server {
+            workload::listen_part(lab, server, &mut b);
+        }
+        b
+    })
+    .await
+    .context("before the case")?;
+    let outputs = by_vm(&outputs);
+    let mut interfaces = Vec::new();
+    let mut mtus = Vec::new();
+    for i in ifaces {
+        let probe = nic::parse_probe(&of(&outputs, &i.guest.name).text(&i.probe_part()), &requested);
+        let (driver, channels) = facts.entry(i.key()).or_insert((probe.driver, probe.channels)).clone();
+        let before =
+            probe.counters.with_context(|| format!("unreadable counters of {} on `{}`", i.dev, i.guest.name))?;
+        mtus.push(((i.guest.name.clone(), i.netns(), i.dev.clone()), probe.mtu));
+        interfaces.push(InterfaceEvidence {
+            vm: i.guest.name.clone(),
+            container: i.container.as_ref().map(|(c, _)| c.clone()),
+            dev: i.dev.clone(),
+            driver,
+            channels,
+            vfs: probe.vfs,
+            offloads: probe.offloads,
+            before,
+            after: before,
+        });
+    }
+    let mtu = |p: &capture::Planned| {
+        let (vm, netns, dev) = p.listens_on();
+        mtus.iter().find(|((v, n, d), _)| v == vm && n.as_ref() == netns && d == dev).and_then(|(_, m)| *m)
+    };
+    let captures = capture::running(planned, &outputs, mtu)?;
+    let server_pid =
+        workload::server_pid(of(&outputs, &server.vm.guest.name)).context("no pid for the iperf3 server")?;
+    let listen_s = outputs
+        .iter()
+        .map(|(_, o)| o.seconds(capture::LISTEN_PART) + o.seconds(workload::LISTEN_PART))
+        .fold(0.0, f64::max);
+    *rt.fixed_facts.lock().expect("facts") = facts;
+    let uptimes =
+        outputs.iter().map(|(vm, o)| (vm.to_string(), o.text("uptime").trim().parse().unwrap_or(0.0))).collect();
+    let variants = variant_outputs(&outputs, &names, case_dir.map(|d| d.join("before")).as_deref())?;
+    Ok(Before { interfaces, uptimes, variants, captures, server_pid, listen_s })
+}
+
+/// What a case read after its workload.
+struct After {
+    /// The server's JSON.
+    server: Option<Vec<u8>>,
+    /// Kernel log lines that mean trouble.
+    kernel_says: Vec<String>,
+    /// Outputs of the variants' commands, by artifact name.
+    variants: BTreeMap<String, String>,
+}
+
+/// One batch per VM, all at once: the captures stopped, the server's end,
+/// the counters after, what the kernel logged during the case, the variants'
+/// evidence.
+async fn after_case(
+    lab: &Lab,
+    rt: &LabRuntime,
+    (o, f): (&dyn Overlay, &dyn Filter),
+    (before, ifaces): (&mut Before<'_>, &[Iface<'_>]),
+    (server, client_ok): (&Side<'_>, bool),
+    case_dir: Option<&Path>,
+) -> anyhow::Result<After> {
+    let mut names = Vec::new();
+    let outputs = on_every_vm(rt, |name| {
+        let vm = lab.vm(name).expect("a lab VM");
+        let mut b = Batch::new();
+        capture::stop_part(&before.captures, name, &mut b);
+        if name == server.vm.guest.name {
+            workload::end_part(before.server_pid, client_ok, &mut b);
+        }
+        for i in ifaces.iter().filter(|i| i.guest.name == name) {
+            b.succeed(i.counters_part(), Netns::script(i.netns().as_ref(), &Counters::command(&i.dev)));
+        }
+        b.report("kernel log", "dmesg");
+        let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();
+        names.push((name.to_string(), evidence_parts(&mut b, cmds)));
+        b
+    })
+    .await
+    .context("after the case")?;
+    let outputs = by_vm(&outputs);
+    for (e, i) in before.interfaces.iter_mut().zip(ifaces) {
+        e.after = Counters::parse(&of(&outputs, &i.guest.name).text(&i.counters_part()))
+            .with_context(|| format!("unreadable counters of {} on `{}`", i.dev, i.guest.name))?;
+    }
+    let mut kernel_says = Vec::new();
+    for (vm, out) in &outputs {
+        let since = before.uptimes.get(*vm).copied().unwrap_or(0.0);
+        let log = checks::kernel_log_since(&out.text("kernel log"), since);
+        kernel_says.extend(checks::kernel_alarms(vm, &log, case_dir)?);
+    }
+    let server = workload::server_output(of(&outputs, &server.vm.guest.name));
+    let variants = variant_outputs(&outputs, &names, case_dir)?;
+    Ok(After { server, kernel_says, variants })
+}
+
 /// Keeps the workload's raw JSON and the interface evidence.
 fn keep_artifacts(dir: &Path, run: &WorkloadOutput, interfaces: &[InterfaceEvidence]) -> anyhow::Result<()> {
     std::fs::write(dir.join("iperf3-client.json"), &run.client.stdout)?;
-    if let Ok(s) = &run.server {
-        std::fs::write(dir.join("iperf3-server.json"), &s.stdout)?;
+    if let Some(s) = &run.server {
+        std::fs::write(dir.join("iperf3-server.json"), s)?;
     }
     std::fs::write(dir.join("interfaces.json"), serde_json::to_vec_pretty(interfaces)?)?;
     Ok(())
@@ -217,30 +360,30 @@ pub(super) async fn run_case(
     if let Some(dir) = &case_dir {
         std::fs::create_dir_all(dir)?;
     }
-    let mut before = before_case(lab, rt, (o, f), case, sides, case_dir.as_deref()).await?;
-    let setup_s = clock.lap();
-    let captures = capture::start(lab, &hints, sides).await?;
-    let captures_start_s = clock.lap();
-    let run = workload::run(lab, case, &server, &client).await?;
+    let planned = capture::plan(lab, &hints, sides);
+    let ifaces = ifaces(sides);
+    let mut before = before_case(lab, rt, (o, f), (case, &server), (&ifaces, planned), case_dir.as_deref()).await?;
+    // The batch's wait for the captures and the server is their start; the
+    // rest (setup, probes, evidence) ran while they started.
+    let captures_start_s = before.listen_s;
+    let setup_s = (clock.lap() - captures_start_s).max(0.0);
+    let client_out = workload::run_client(lab, case, &client, &server.addr).await?;
     let workload_s = clock.lap();
-    after_case(&mut before, sides).await?;
-    let summaries = capture::finish(captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
+    let after =
+        after_case(lab, rt, (o, f), (&mut before, &ifaces), (&server, client_out.success()), case_dir.as_deref())
+            .await?;
+    let evidence_s = clock.lap();
+    let summaries = capture::collect(before.captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
+    let run = WorkloadOutput { client: client_out, server: after.server };
     if let Some(dir) = &case_dir {
         keep_artifacts(dir, &run, &before.interfaces)?;
     }
     let captures_stop_s = clock.lap();
-    let kernel_says = checks::kernel_alarms(rt, &before.dmesg_lines, case_dir.as_deref()).await?;
-    let commands = lab
-        .vms
-        .iter()
-        .map(|vm| (vm.name.clone(), [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat()));
-    let outputs = read_outputs(rt, commands.collect(), case_dir.as_deref()).await?;
-    let evidence_s = clock.lap();
 
     let (mut all, result) = checks::workload_checks(lab, &run.client);
     let received = result.as_ref().map_or(0, |r| r.received_bytes);
     all.extend(checks::path_checks(&server, &client, &before.interfaces, case.params.direction, received));
-    all.push(checks::kernel_check(&kernel_says));
+    all.push(checks::kernel_check(&after.kernel_says));
     all.extend(checks::captures_check(&summaries));
     let evidence = CaseEvidence {
         case,
@@ -248,7 +391,7 @@ pub(super) async fn run_case(
         captures: &summaries,
         delivered: received > 0 && run.client.success(),
         before: before.variants,
-        outputs,
+        outputs: after.variants,
     };
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use super::boot::LabRuntime;
 use super::case::Side;
 use crate::guest::{self, Attachment};
 use crate::lab::{Direction, Lab};
@@ -77,27 +76,37 @@ pub(super) fn captures_check(summaries: &[CaptureSummary]) -> Option<Check> {
     Some(Check::new("captures saw the workload", summaries.iter().all(|c| c.workload > 0), seen.join(", ")))
 }
 
-/// What the guests' kernels logged since `from` (lines of `dmesg`, per VM)
-/// that means a warning or a bug; the new log is kept in `case_dir`.
-pub(super) async fn kernel_alarms(
-    rt: &LabRuntime,
-    from: &[u64],
-    case_dir: Option<&Path>,
-) -> anyhow::Result<Vec<String>> {
-    let mut alarms = Vec::new();
-    for (vm, from) in rt.vms.iter().zip(from) {
-        let log = vm.guest.run(&format!("dmesg | tail -n +{}", from + 1)).await?.stdout_text();
-        if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
-            std::fs::write(dir.join(format!("dmesg-{}.txt", vm.report.name)), &log)?;
+/// The lines of a `dmesg` that the kernel logged at or after `since` seconds
+/// of uptime (a line without a time stamp goes with the line before it).
+pub(super) fn kernel_log_since(dmesg: &str, since: f64) -> String {
+    let mut keep = false;
+    let mut out = String::new();
+    for line in dmesg.lines() {
+        let stamp =
+            line.strip_prefix('[').and_then(|r| r.split_once(']')).and_then(|(t, _)| t.trim().parse::<f64>().ok());
+        if let Some(t) = stamp {
+            keep = t >= since;
         }
-        alarms.extend(
-            log.lines()
-                .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
-                .take(3)
-                .map(|l| format!("{}: {}", vm.report.name, l.trim())),
-        );
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
-    Ok(alarms)
+    out
+}
+
+/// What the kernel of `vm` logged during a case (`log`) that means a warning
+/// or a bug; the log is kept in `case_dir`.
+pub(super) fn kernel_alarms(vm: &str, log: &str, case_dir: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
+        std::fs::write(dir.join(format!("dmesg-{vm}.txt")), log)?;
+    }
+    Ok(log
+        .lines()
+        .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
+        .take(3)
+        .map(|l| format!("{vm}: {}", l.trim()))
+        .collect())
 }
 
 /// Kernel log lines that mean the kernel hit a bug or a warning.
@@ -173,4 +182,19 @@ pub(super) fn path_checks(
         }
     }
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_log_of_a_case_starts_at_its_uptime() {
+        let dmesg = "[   10.000000] before\n[   12.500000] WARNING: during\n  continued\n[   13.000000] after\n";
+        assert_eq!(
+            kernel_log_since(dmesg, 12.49),
+            "[   12.500000] WARNING: during\n  continued\n[   13.000000] after\n"
+        );
+        assert_eq!(kernel_log_since(dmesg, 14.0), "");
+    }
 }

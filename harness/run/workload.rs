@@ -1,53 +1,92 @@
 //! The iperf3 lifecycle of one case: the server started in its endpoint
-//! (`-1`: one test, then it exits), waited for until it listens, the client
-//! run for the workload's duration, and the server's JSON collected.
+//! (`-1`: one test, then it exits) by a part of its VM's start batch, which
+//! returns once it listens; the client run for the workload's duration; the
+//! server's JSON read by a part of the evidence batch once it has exited.
 
-use std::time::Duration;
-
-use anyhow::bail;
-
-use super::case::Side;
-use crate::guest::Netns;
+use crate::guest::{self, Batch, BatchOutput, Netns};
 use crate::lab::{Case, Lab};
 use crate::measure::iperf3;
-use crate::qemu::agent::{AgentError, Output};
+use crate::qemu::agent::Output;
+
+use super::case::Side;
 
 /// What the two iperf3 processes left.
 pub(super) struct WorkloadOutput {
     /// The client's output (its JSON on stdout).
     pub client: Output,
-    /// The server's output, unless it could not be collected.
-    pub server: Result<Output, AgentError>,
+    /// The server's JSON, when it wrote one.
+    pub server: Option<Vec<u8>>,
 }
 
-/// How long the server may take to listen.
-const LISTEN_LIMIT: Duration = Duration::from_secs(20);
+/// How long the server may take to listen, in seconds.
+const LISTEN_LIMIT_S: u32 = 20;
+/// How long the server may take to end after its client, in seconds.
+const END_LIMIT_S: u32 = 20;
+/// Where the server writes its JSON and its complaints.
+const SERVER_OUT: &str = "/tmp/vlab-iperf3-server.json";
+const START_PART: &str = "start iperf3 server";
+/// The part that waits for the server to listen.
+pub(super) const LISTEN_PART: &str = "iperf3 server listens";
+const END_PART: &str = "iperf3 server";
 
-/// Runs the case's workload from `client` to `server`.
-pub(super) async fn run(
-    lab: &Lab,
-    case: &Case,
-    server: &Side<'_>,
-    client: &Side<'_>,
-) -> anyhow::Result<WorkloadOutput> {
+/// The part of the server VM's batch before a case that starts the server in
+/// the background (in its namespace) and prints its pid.
+pub(super) fn start_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
+    let argv = Netns::wrap(server.netns.as_ref(), iperf3::server_argv(&lab.workload));
+    batch.report(
+        START_PART,
+        format!("{} </dev/null >{SERVER_OUT} 2>{SERVER_OUT}.err &\necho $!", guest::shell_line(&argv)),
+    );
+}
+
+/// The part of the server VM's batch before a case that exits 0 once the
+/// server listens, or after 20 s with what the server said. The check reads
+/// the namespace's `/proc/net/tcp` and `tcp6` with shell builtins (a
+/// listening socket on the port: local port in hex, state `0A`) every 10 ms,
+/// inside the namespace, entered once.
+pub(super) fn listen_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
+    let port = format!("{:04X}", lab.workload.port);
+    let check = format!(
+        "listening() {{ for t in /proc/net/tcp /proc/net/tcp6; do while read -r _ l _ st _; do \
+         case \"$l:$st\" in *:{port}:0A) return 0;; esac; done <$t; done; return 1; }}\n"
+    );
+    let wait = format!("{check}{}; listening", guest::wait_until_every("listening", LISTEN_LIMIT_S, 10));
+    batch.succeed(
+        LISTEN_PART,
+        format!(
+            "{} || {{ cat {SERVER_OUT} {SERVER_OUT}.err >&2; exit 1; }}",
+            Netns::script(server.netns.as_ref(), &wait)
+        ),
+    );
+}
+
+/// The server's pid, from its VM's batch before the case.
+pub(super) fn server_pid(out: &BatchOutput) -> Option<i64> {
+    out.text(START_PART).lines().next().and_then(|l| l.trim().parse().ok())
+}
+
+/// The part of the server VM's evidence batch that waits (20 s at most) for
+/// the server to end and prints its JSON. When the client failed, the server
+/// may never have had its test: it is killed first.
+pub(super) fn end_part(pid: i64, client_ok: bool, batch: &mut Batch) {
+    let gone = format!("[ ! -e /proc/{pid} ] || [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null)\" = Z ]");
+    let kill = if client_ok { String::new() } else { format!("kill -9 {pid} 2>/dev/null\n") };
+    batch.report(
+        END_PART,
+        format!("{kill}{}\n{gone} && cat {SERVER_OUT}", guest::wait_until_every(&gone, END_LIMIT_S, 10)),
+    );
+}
+
+/// The server's JSON from the evidence batch.
+pub(super) fn server_output(out: &BatchOutput) -> Option<Vec<u8>> {
+    out.get(END_PART).filter(|o| o.success()).map(|o| o.stdout.clone())
+}
+
+/// Runs the case's client against the listening server at `server_addr`.
+pub(super) async fn run_client(lab: &Lab, case: &Case, client: &Side<'_>, server_addr: &str) -> anyhow::Result<Output> {
     let w = &lab.workload;
-    let server_argv = Netns::wrap(server.netns.as_ref(), iperf3::server_argv(w));
-    let argv_refs: Vec<&str> = server_argv.iter().map(String::as_str).collect();
-    let agent = server.vm.guest.agent();
-    let server_pid = agent.spawn(&argv_refs).await?;
-    let prefix = Netns::wrap(server.netns.as_ref(), Vec::new()).join(" ");
-    let listening = format!("{prefix} ss -Hltn sport = :{} | grep -q LISTEN", w.port);
-    if server.vm.guest.poll(&listening, LISTEN_LIMIT).await?.is_none() {
-        let said = match agent.wait(server_pid, "iperf3 -s", Duration::from_secs(1)).await {
-            Ok(out) => format!(": {} {}", out.stdout_text().trim(), out.stderr_text().trim()),
-            Err(_) => String::new(),
-        };
-        bail!("iperf3 server on `{}` did not listen on port {} within 20 s{said}", server.vm.guest.name, w.port);
-    }
-    let client_argv = Netns::wrap(client.netns.as_ref(), iperf3::client_argv(w, &case.params, &server.addr));
+    let client_argv = Netns::wrap(client.netns.as_ref(), iperf3::client_argv(w, &case.params, server_addr));
     let client_refs: Vec<&str> = client_argv.iter().map(String::as_str).collect();
     let limit = w.duration + lab.timeouts.command;
-    let client_out = client.vm.guest.agent().exec(&client_refs, limit).await?;
-    let server_out = agent.wait(server_pid, "iperf3 -s", Duration::from_secs(20)).await;
-    Ok(WorkloadOutput { client: client_out, server: server_out })
+    Ok(client.vm.guest.agent().exec_for(&client_refs, w.duration, limit).await?)
 }

@@ -1,0 +1,215 @@
+//! Several guest scripts in one agent call. Under TCG every `guest-exec`
+//! costs a round trip and a shell start, and every process the guest starts
+//! costs 5-15 ms; a case phase reads a dozen small things on each VM, so they
+//! go in one script per VM. Each part runs in a subshell of its own; its
+//! stdout and stderr are framed by markers that carry a token drawn for the
+//! batch (so that no output can fake one) and its exit code, printed by
+//! shell builtins only: a part costs nothing beyond its own commands.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+
+use super::{last_lines, Guest};
+use crate::qemu::agent::Output;
+
+/// What a part of a batch must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Must {
+    /// Its output is wanted whatever its exit code.
+    Report,
+    /// Exit 0 (run with `set -ex`); if it fails, the parts after it do not run
+    /// and the batch fails with its trace.
+    Succeed,
+}
+
+/// An ordered set of named scripts for one guest.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    parts: Vec<(String, String, Must)>,
+    token: String,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Batch { parts: Vec::new(), token: format!("@@vlab-{random:016x}") }
+    }
+}
+
+/// What each part of a batch printed, by name.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    parts: BTreeMap<String, Output>,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl BatchOutput {
+    /// A part's output (absent when the batch had no such part).
+    pub fn get(&self, name: &str) -> Option<&Output> {
+        self.parts.get(name)
+    }
+
+    /// A part's stdout as text ("" when absent).
+    pub fn text(&self, name: &str) -> String {
+        self.get(name).map(Output::stdout_text).unwrap_or_default()
+    }
+
+    /// How long a part ran, by the guest's clock (10 ms steps); 0 when absent.
+    pub fn seconds(&self, name: &str) -> f64 {
+        self.seconds.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Whether it has no part.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// A part whose output is read whatever its exit code.
+    pub fn report(&mut self, name: impl Into<String>, script: impl Into<String>) -> &mut Batch {
+        self.parts.push((name.into(), script.into(), Must::Report));
+        self
+    }
+
+    /// A part that must exit 0 (`set -ex`, traced); later parts run only if it does.
+    pub fn succeed(&mut self, name: impl Into<String>, script: impl Into<String>) -> &mut Batch {
+        self.parts.push((name.into(), script.into(), Must::Succeed));
+        self
+    }
+
+    /// The guest shell script: part `i` is framed on stdout by `TOKEN i` and
+    /// `\nTOKEN i CODE START END` (the guest's uptime around it), on stderr by
+    /// `TOKEN i` and `\nTOKEN i`; a part that had to succeed and did not ends
+    /// the script.
+    pub fn script(&self) -> String {
+        let t = &self.token;
+        let mut s = String::new();
+        for (i, (_, script, must)) in self.parts.iter().enumerate() {
+            let set = if *must == Must::Succeed { "set -ex\n" } else { "" };
+            s.push_str(&format!(
+                "printf '%s\\n' '{t} {i}'; printf '%s\\n' '{t} {i}' >&2; read -r t0 _ </proc/uptime\n\
+                 (\n{set}{script}\n) </dev/null\nc=$?; read -r t1 _ </proc/uptime\n\
+                 printf '\\n%s %s %s %s\\n' '{t} {i}' $c $t0 $t1; printf '\\n%s\\n' '{t} {i}' >&2\n"
+            ));
+            if *must == Must::Succeed {
+                s.push_str("[ $c = 0 ] || exit 0\n");
+            }
+        }
+        s
+    }
+
+    /// Splits the script's output back into the parts' outputs.
+    pub fn parse(&self, out: &Output) -> anyhow::Result<BatchOutput> {
+        let mut parts = BTreeMap::new();
+        let mut seconds = BTreeMap::new();
+        for (i, (name, _, _)) in self.parts.iter().enumerate() {
+            let mark = format!("{} {i}", self.token);
+            let Some((stdout, tail)) = framed(&out.stdout, &mark)? else { break };
+            let (stderr, _) = framed(&out.stderr, &mark)?.unwrap_or_default();
+            let fields: Vec<&str> = tail.split_whitespace().collect();
+            let code = fields
+                .first()
+                .and_then(|c| c.parse().ok())
+                .with_context(|| format!("batch part `{name}` has no exit code"))?;
+            if let [_, t0, t1] = fields[..] {
+                if let (Ok(t0), Ok(t1)) = (t0.parse::<f64>(), t1.parse::<f64>()) {
+                    tracing::debug!("batch part `{name}`: {:.2} s in the guest", t1 - t0);
+                    seconds.insert(name.clone(), t1 - t0);
+                }
+            }
+            parts.insert(name.clone(), Output { code, stdout, stderr });
+        }
+        Ok(BatchOutput { parts, seconds })
+    }
+    /// The first part that had to succeed and did not.
+    fn failure<'a>(&'a self, out: &'a BatchOutput) -> Option<(&'a str, &'a Output)> {
+        self.parts
+            .iter()
+            .filter(|(_, _, must)| *must == Must::Succeed)
+            .find_map(|(name, _, _)| out.get(name).filter(|o| !o.success()).map(|o| (name.as_str(), o)))
+    }
+}
+
+/// What lies between `MARK\n` and `\nMARK` in `stream`, and the rest of the
+/// closing line; `None` when the part never started.
+fn framed(stream: &[u8], mark: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+    let open = format!("{mark}\n");
+    let Some(start) = find(stream, open.as_bytes(), 0) else { return Ok(None) };
+    let body = start + open.len();
+    let close = format!("\n{mark}");
+    let end = find(stream, close.as_bytes(), body).with_context(|| format!("batch part `{mark}` has no end"))?;
+    let tail_start = end + close.len();
+    let line_end = find(stream, b"\n", tail_start).unwrap_or(stream.len());
+    let tail = String::from_utf8_lossy(&stream[tail_start..line_end]).into_owned();
+    Ok(Some((stream[body..end].to_vec(), tail)))
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+}
+
+impl Guest {
+    /// Runs a batch in one agent call; fails like [`Guest::run`] when a part
+    /// that had to succeed did not.
+    pub async fn batch(&self, batch: &Batch) -> anyhow::Result<BatchOutput> {
+        let out = self.try_run(&batch.script()).await.with_context(|| format!("on `{}`", self.name))?;
+        let parsed = batch.parse(&out).with_context(|| {
+            format!("on `{}`: unreadable batch output (exit {}): {}", self.name, out.code, out.stderr_text())
+        })?;
+        if let Some((name, o)) = batch.failure(&parsed) {
+            bail!(
+                "on `{}`: guest command ({name}) failed with exit code {}:\n{}",
+                self.name,
+                o.code,
+                last_lines(&o.stderr_text(), 40)
+            );
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script runs in a real shell here, as in the guest.
+    fn run_here(batch: &Batch) -> BatchOutput {
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(batch.script()).output().unwrap();
+        let code = out.status.code().unwrap().into();
+        batch.parse(&Output { code, stdout: out.stdout, stderr: out.stderr }).unwrap()
+    }
+
+    #[test]
+    fn parts_keep_their_bytes_streams_and_codes() {
+        let mut b = Batch::new();
+        b.report("a", "printf 'x\\n\\n'; echo err >&2; exit 3");
+        b.report("binary", "printf '\\000\\377@@vlab-0000000000000000 1 0\\n'");
+        b.succeed("ok", "true");
+        let out = run_here(&b);
+        assert_eq!(out.get("a").unwrap().stdout, b"x\n\n");
+        assert_eq!(out.get("a").unwrap().stderr, b"err\n");
+        assert_eq!(out.get("a").unwrap().code, 3);
+        assert_eq!(out.get("binary").unwrap().stdout, b"\0\xff@@vlab-0000000000000000 1 0\n");
+        assert!(b.failure(&out).is_none());
+    }
+
+    #[test]
+    fn a_failing_required_part_stops_the_rest() {
+        let mut b = Batch::new();
+        b.succeed("setup", "true\nfalse\necho never");
+        b.report("after", "echo after");
+        let out = run_here(&b);
+        let (name, o) = b.failure(&out).unwrap();
+        assert_eq!(name, "setup");
+        assert!(o.stderr_text().contains("+ false"), "{}", o.stderr_text());
+        assert!(out.get("after").is_none());
+    }
+}
