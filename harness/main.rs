@@ -46,6 +46,10 @@ enum Cmd {
         /// and deploy, and each case phase by phase (always in the JSON).
         #[arg(long)]
         timings: bool,
+        /// Boot every VM's kernel: neither load a saved VM state nor save one.
+        /// (A --kernel of your own always boots cold.)
+        #[arg(long)]
+        cold_boot: bool,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and container/underlay ratios within each run.
@@ -64,6 +68,9 @@ enum Cmd {
         /// Run only the cases whose name contains this text.
         #[arg(long = "case")]
         case_filter: Option<String>,
+        /// Boot every VM's kernel: neither load a saved VM state nor save one.
+        #[arg(long)]
+        cold_boot: bool,
     },
     /// Guest images.
     Image {
@@ -104,7 +111,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings } => run(
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot } => run(
                 lab,
                 json,
                 timings,
@@ -115,11 +122,12 @@ fn main() -> ExitCode {
                     artifacts,
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("vlab"),
+                    cold_boot,
                 },
             )
             .await
             .unwrap_or_else(|code| code),
-            Cmd::Bench { lab, runs, json, accel, case_filter } => {
+            Cmd::Bench { lab, runs, json, accel, case_filter, cold_boot } => {
                 let opts = RunOptions {
                     accel,
                     kernel: None,
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
                     artifacts: None,
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("bench"),
+                    cold_boot,
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }

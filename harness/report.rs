@@ -47,6 +47,20 @@ pub struct VmReport {
     pub vhost: bool,
     /// Boots of the pair this VM took: 2 when a guest stalled the first time.
     pub boot_attempts: u32,
+    /// How the VM started: booted, or restored from a saved state.
+    pub start: Start,
+    /// Seconds spent saving its state after a cold boot (then kept for later runs).
+    pub saved_s: Option<f64>,
+}
+
+/// How a VM started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// Booted its kernel.
+    Cold,
+    /// Loaded a state saved after an earlier boot.
+    Restored,
 }
 
 /// The result of one case.
@@ -281,10 +295,15 @@ impl Report {
         );
         for vm in &self.vms {
             s.push_str(&format!(
-                "  vm {:<8} boot {:>5.1} s{}  {} vCPU  {} MiB  nic {} channels {} vhost {}\n",
+                "  vm {:<8} {} {:>5.1} s{}{}  {} vCPU  {} MiB  nic {} channels {} vhost {}\n",
                 vm.name,
+                match vm.start {
+                    Start::Cold => "boot   ",
+                    Start::Restored => "restore",
+                },
                 vm.boot_s,
                 if vm.boot_attempts > 1 { format!(" (attempt {})", vm.boot_attempts) } else { String::new() },
+                vm.saved_s.map(|s| format!(" (+{s:.1} s saving its state)")).unwrap_or_default(),
                 vm.cpus,
                 vm.memory_mib,
                 vm.nic,

@@ -20,6 +20,8 @@ fn spec(accel: Accel, backend: NicBackend) -> VmSpec {
         run_dir: PathBuf::from("/run/vlab-x"),
         modules: vec!["virtio_net".into()],
         nics: vec![NicSpec { id: "net0".into(), mac: "52:54:00:4c:01:01".into(), backend }],
+        incoming: false,
+        vmgenid: false,
     }
 }
 

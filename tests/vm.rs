@@ -30,6 +30,14 @@ fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
     let attempts: Vec<u64> =
         report["vms"].as_array().unwrap().iter().map(|v| v["boot_attempts"].as_u64().unwrap()).collect();
     assert!(attempts.iter().all(|a| (1..=2).contains(a)), "{attempts:?}");
+    for vm in report["vms"].as_array().unwrap() {
+        match vm["start"].as_str().unwrap() {
+            // A restored VM was neither booted again nor saved.
+            "restored" => assert!(vm["boot_attempts"] == 1 && vm["saved_s"].is_null(), "{vm}"),
+            "cold" => assert!(vm["saved_s"].is_null() || vm["saved_s"].as_f64().unwrap() < 60.0, "{vm}"),
+            other => panic!("start {other}"),
+        }
+    }
     let again = attempts.iter().filter(|a| **a == 2).count();
     assert_eq!(again > 0, stalled > 0, "{again} VMs booted twice, {stalled} stalled consoles kept");
     assert!(stalled <= again / 2, "a stalled console for each pair booted again: {stalled} for {again} VMs");
@@ -154,6 +162,8 @@ macro_rules! assert_report_snapshot {
             ".image" => "[image]",
             ".vms[].vhost" => "[vhost]",
             ".vms[].boot_attempts" => "[attempts]",
+            ".vms[].start" => "[start]",
+            ".vms[].saved_s" => "[seconds]",
             ".timing" => "[timing]",
             ".cases[].timing" => "[timing]",
         });
@@ -433,6 +443,55 @@ fn processes_below(dir: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// SIGINT while both guests boot leaves nothing behind either.
+#[test]
+fn sigint_while_booting_tears_everything_down() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (child, log) =
+        started_until_phase(vlab.command(&["run", "labs/baseline.toml", "--cold-boot"]), "booting 2 VMs");
+    let pid = child.id();
+    interrupted(child, log);
+    vlab.assert_clean(pid);
+}
+
+/// A first run boots its VMs and saves their states; a second run loads
+/// them instead of booting (both agents answer within seconds), sets the
+/// guests' clocks, says so on their consoles, and its cases pass.
+#[test]
+fn a_second_run_restores_the_vms_the_first_one_saved() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let cache = private_cache(&vlab);
+    let env = [("VLAB_CACHE_DIR", cache.as_path())];
+    let args = ["--case", "path=underlay,family=ipv4"];
+    let (first, _, _) = vlab.run_lab_with("labs/baseline.toml", &args, &env, &[0]);
+    for vm in first["vms"].as_array().unwrap() {
+        assert_eq!(vm["start"], "cold", "{vm}");
+        assert!(vm["saved_s"].as_f64().is_some_and(|s| s < 30.0), "{vm}");
+    }
+    let (second, artifacts, _) = vlab.run_lab_with("labs/baseline.toml", &args, &env, &[0]);
+    assert_noisy_numbers(&second, &artifacts);
+    for vm in second["vms"].as_array().unwrap() {
+        assert_eq!(vm["start"], "restored", "{vm}");
+        assert!(vm["saved_s"].is_null(), "{vm}");
+        // 2.5 s is the target under TCG on an idle machine; a loaded CI host gets twice that.
+        assert!(vm["boot_s"].as_f64().unwrap() < 5.0, "{vm}");
+        let console =
+            std::fs::read_to_string(artifacts.join(format!("serial-{}.log", vm["name"].as_str().unwrap()))).unwrap();
+        assert!(console.contains("vlab: restored from a saved state"), "{console}");
+    }
+    // The guest's clock was set: iperf3 stamps its start with it.
+    let raw: Value = serde_json::from_slice(
+        &std::fs::read(artifacts.join("path=underlay,family=ipv4").join("iperf3-client.json")).unwrap(),
+    )
+    .unwrap();
+    let stamp = raw["start"]["timestamp"]["timesecs"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(stamp) < 120, "guest time {stamp}, host time {now}");
+    assert_eq!(second["passed"], true);
 }
 
 /// A cache root of its own for `vlab`, sharing the images of the usual one

@@ -93,6 +93,12 @@ pub struct VmSpec {
     pub modules: Vec<String>,
     /// NICs, in PCI order.
     pub nics: Vec<NicSpec>,
+    /// Wait for a saved state (`-incoming defer`) instead of booting.
+    pub incoming: bool,
+    /// A VM generation ID device, so that a guest restored from a saved state
+    /// reseeds its random pool (it needs SeaBIOS: qboot does not load the
+    /// ACPI table that describes it, and the guest then never starts).
+    pub vmgenid: bool,
 }
 
 impl VmSpec {
@@ -181,14 +187,20 @@ fn disk_args(spec: &VmSpec) -> Vec<String> {
     ]
 }
 
-fn rng_args() -> Vec<String> {
-    // Guests under TCG gather entropy slowly; tools that need random numbers would stall.
-    vec![
+fn rng_args(spec: &VmSpec) -> Vec<String> {
+    // Guests under TCG gather entropy slowly; tools that need random numbers
+    // would stall. The VM generation ID changes on every start, a restore from
+    // a saved state included, and Linux reseeds its random pool on it.
+    let mut a = vec![
         "-object".into(),
         "rng-random,id=rng0,filename=/dev/urandom".into(),
         "-device".into(),
         "virtio-rng-pci,rng=rng0".into(),
-    ]
+    ];
+    if spec.vmgenid {
+        a.extend(["-device".into(), "vmgenid,guid=auto".into()]);
+    }
+    a
 }
 
 /// The arguments of one NIC:
@@ -241,9 +253,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     a.extend(console_args(spec));
     a.extend(control_args(spec));
     a.extend(disk_args(spec));
-    a.extend(rng_args());
+    a.extend(rng_args(spec));
     for nic in &spec.nics {
         a.extend(nic_args(nic));
+    }
+    if spec.incoming {
+        a.extend(["-incoming".into(), "defer".into()]);
     }
     a
 }

@@ -3,6 +3,7 @@
 pub mod accel;
 pub mod agent;
 mod args;
+pub mod saved;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -14,8 +14,9 @@ use crate::guest::Guest;
 use crate::hostnet::LabNet;
 use crate::lab::{Lab, Nic, NicModel, Vm};
 use crate::qemu::agent::Agent;
+use crate::qemu::saved::{self, Qmp, Saved};
 use crate::qemu::{NicBackend, NicSpec, QemuProcess, VmError, VmSpec};
-use crate::report::VmReport;
+use crate::report::{Start, VmReport};
 use crate::{filter, overlay};
 
 /// One booted VM and everything it owns, released in field order.
@@ -25,6 +26,10 @@ pub(super) struct BootedVm {
     pub report: VmReport,
     pub nic: Nic,
     pub mac: String,
+    /// The key to save its state under, after a cold boot.
+    save_as: Option<String>,
+    qmp: PathBuf,
+    disk: PathBuf,
     _run_dir: tempfile::TempDir,
 }
 
@@ -105,11 +110,18 @@ pub(super) async fn boot(
     boot_label: String,
 ) -> anyhow::Result<LabRuntime> {
     let mut attempt = 1;
+    let mut restore_failed = false;
     loop {
         let e = match boot_once(lab, p, nic_override, opts, boot_label.clone(), attempt).await {
             Ok(rt) => return Ok(rt),
             Err(e) => e,
         };
+        if let (Some(RestoreFailed { vm, why }), false) = (e.downcast_ref::<RestoreFailed>(), restore_failed) {
+            // The state was discarded: the next attempt boots cold (and saves anew).
+            eprintln!("vlab: `{vm}` could not be restored from its saved state ({why}); booting it");
+            restore_failed = true;
+            continue;
+        }
         match e.downcast_ref::<VmError>() {
             Some(VmError::Stalled { vm, why, .. }) if attempt < BOOT_ATTEMPTS => {
                 eprintln!("vlab: `{vm}` stalled while booting ({why}); booting the VMs again");
@@ -140,12 +152,64 @@ async fn boot_once(
     let pending = spawn_vms(lab, p, &net, &nics)?;
     opts.progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let (vms, failure) = connect_agents(lab, p, pending, opts, &boot_label, attempt).await;
-    let rt =
+    let mut rt =
         LabRuntime { vms, fixed_facts: Default::default(), _net: net, artifacts: opts.artifacts.clone(), boot_label };
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(rt),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    opts.progress.phase("resuming restored VMs, saving booted ones");
+    let after = rt.vms.iter_mut().map(|vm| async move {
+        match vm.report.start {
+            Start::Restored => resume(&vm.guest).await,
+            Start::Cold => save(vm).await,
+        }
+    });
+    futures::future::try_join_all(after).await?;
+    Ok(rt)
+}
+
+/// Loads a saved state into a QEMU waiting for it.
+async fn restore_state(qmp: &Path, state: &Saved) -> anyhow::Result<()> {
+    Qmp::connect(qmp).await?.restore(state).await
+}
+
+/// What a restored guest needs: the host's time (it resumes at the time it
+/// was saved), fresh randomness mixed into its pool (besides the reseed on
+/// its new VM generation ID), and a line on its console saying so.
+async fn resume(guest: &Guest) -> anyhow::Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let seed: String = (0..4)
+        .map(|_| format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish()))
+        .collect();
+    let script = format!(
+        "date -s @{}.{:09} >/dev/null\necho {seed} >/dev/urandom\n\
+         echo \"vlab: restored from a saved state at $(date -u +%FT%TZ)\" >/dev/console",
+        now.as_secs(),
+        now.subsec_nanos()
+    );
+    guest.run(&script).await.context("resuming the restored guest")?;
+    Ok(())
+}
+
+/// Saves a cold-booted VM's state for later runs, once its modules are
+/// loaded (vlab-init says so with /run/vlab-modules).
+async fn save(vm: &mut BootedVm) -> anyhow::Result<()> {
+    let Some(key) = vm.save_as.take() else { return Ok(()) };
+    let started = std::time::Instant::now();
+    vm.guest.run(&crate::guest::wait_until_every("[ -e /run/vlab-modules ]", 30, 20)).await?;
+    let qmp = Qmp::connect(&vm.qmp).await?;
+    qmp.save(&key, &vm.disk).await.with_context(|| format!("saving the state of `{}`", vm.report.name))?;
+    vm.report.saved_s = Some(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A saved state that could not be loaded (it was discarded).
+#[derive(Debug, thiserror::Error)]
+#[error("`{vm}`: {why}")]
+struct RestoreFailed {
+    vm: String,
+    why: String,
 }
 
 /// A VM whose QEMU runs and whose agent has not answered yet.
@@ -156,6 +220,10 @@ struct Pending<'a> {
     proc: QemuProcess,
     run_dir: tempfile::TempDir,
     mac: String,
+    /// Its saved-state key, when it starts from or saves one.
+    key: Option<String>,
+    /// The state it loads instead of booting.
+    restore: Option<Saved>,
 }
 
 /// The kernel modules the guests load at boot: the NICs' drivers, the
@@ -199,29 +267,43 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
         };
         let run_dir = tempfile::Builder::new().prefix("vlab-").tempdir_in(runtime_base())?;
         let disk = run_dir.path().join("root.qcow2");
-        create_overlay_disk(&p.image.rootfs, &disk)?;
         let mac = format!("52:54:00:4c:{:02x}:01", i + 1);
-        let spec = VmSpec {
+        // Only virtio NICs are saved: a passed-through function cannot be, and
+        // the igb's SR-IOV state is not known to survive a restore.
+        let savable = p.saved_states && nic.model == NicModel::Virtio;
+        let mut spec = VmSpec {
             name: vm.name.clone(),
             accel: p.accel,
             cpu_model: vm.cpu_model.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
             // qboot leaves the SR-IOV VF BARs behind a root port unassigned, so
-            // the VFs' registers read as nothing; SeaBIOS assigns them.
-            firmware: if nic.model == NicModel::Virtio { p.firmware.clone() } else { None },
+            // the VFs' registers read as nothing; SeaBIOS assigns them. A VM
+            // that is saved or restored needs SeaBIOS too (see `vmgenid`).
+            firmware: if nic.model == NicModel::Virtio && !savable { p.firmware.clone() } else { None },
             kernel: p.kernel.clone(),
             initramfs: p.image.initramfs.clone(),
             disk,
             run_dir: run_dir.path().to_path_buf(),
             modules: modules.clone(),
             nics: vec![NicSpec { id: "net0".into(), mac: mac.clone(), backend }],
+            incoming: false,
+            vmgenid: savable,
         };
+        let key = savable.then(|| saved::key(&p.qemu, &spec, &p.image.rootfs));
+        let restore = key.as_deref().and_then(saved::find);
+        match &restore {
+            Some(state) => {
+                state.copy_disk(&spec.disk)?;
+                spec.incoming = true;
+            }
+            None => create_overlay_disk(&p.image.rootfs, &spec.disk)?,
+        }
         let proc = QemuProcess::spawn(&p.qemu, &spec, &net.netns_path(), pgid)?;
         if pgid == 0 {
             pgid = proc.pid();
         }
-        pending.push(Pending { vm, nic: nic.clone(), spec, proc, run_dir, mac });
+        pending.push(Pending { vm, nic: nic.clone(), spec, proc, run_dir, mac, key, restore });
     }
     Ok(pending)
 }
@@ -244,16 +326,34 @@ async fn connect_agents(
     let command_timeout = lab.timeouts.command;
     let connects = pending.iter_mut().map(|x| {
         let socket = x.spec.agent_socket();
-        let proc = &mut x.proc;
+        let (qmp, name) = (x.spec.qmp_socket(), x.vm.name.clone());
+        let (proc, restore) = (&mut x.proc, x.restore.clone());
         async move {
-            let agent = Agent::connect(&socket, deadline, command_timeout, || proc.check_booting(init_limit)).await;
-            (agent, proc.running_for().as_secs_f64())
+            if let Some(state) = &restore {
+                if let Err(e) = restore_state(&qmp, state).await {
+                    state.discard();
+                    let failed = RestoreFailed { vm: name, why: format!("{e:#}") };
+                    return (Err(anyhow::Error::new(failed)), proc.running_for().as_secs_f64());
+                }
+            }
+            let restored = restore.is_some();
+            let alive = || if restored { proc.check_running() } else { proc.check_booting(init_limit) };
+            let agent = Agent::connect(&socket, deadline, command_timeout, alive).await;
+            (Ok(agent), proc.running_for().as_secs_f64())
         }
     });
     let agents = futures::future::join_all(connects).await;
     let mut vms = Vec::new();
     let mut failure = None;
     for (mut x, (agent, boot_s)) in pending.into_iter().zip(agents) {
+        let agent = match agent {
+            Ok(a) => a,
+            Err(e) => {
+                x.proc.stop();
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
         let why = match agent {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => Err(anyhow::anyhow!(
@@ -281,6 +381,8 @@ async fn connect_agents(
             channels: None,
             vhost: x.nic.model == NicModel::Virtio && p.vhost,
             boot_attempts: attempt,
+            start: if x.restore.is_some() { Start::Restored } else { Start::Cold },
+            saved_s: None,
         };
         vms.push(BootedVm {
             guest: Guest::new(&x.vm.name, agent, lab.timeouts.command),
@@ -288,6 +390,9 @@ async fn connect_agents(
             report,
             nic: x.nic,
             mac: x.mac,
+            save_as: if x.restore.is_none() { x.key } else { None },
+            qmp: x.spec.qmp_socket(),
+            disk: x.spec.disk.clone(),
             _run_dir: x.run_dir,
         });
     }

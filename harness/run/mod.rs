@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub images_dir: PathBuf,
     /// Progress display.
     pub progress: Progress,
+    /// Always boot the kernel: neither load nor save a VM state.
+    pub cold_boot: bool,
 }
 
 /// What every boot of a run shares.
@@ -57,6 +59,10 @@ struct Prepared {
     accel: Accel,
     vhost: bool,
     firmware: Option<PathBuf>,
+    /// Whether VMs start from saved states (and save them): not for a
+    /// `--kernel` of the user's own (each bisect step is another kernel),
+    /// nor with `--cold-boot`.
+    saved_states: bool,
     /// Image and acceleration phases.
     timing: RunTiming,
 }
@@ -161,6 +167,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
         accel,
         vhost: vhost_usable(),
         firmware: qemu::find_firmware(),
+        saved_states: !opts.cold_boot && opts.kernel.is_none(),
         timing,
     };
     Ok((prepared, notice))
