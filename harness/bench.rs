@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::lab::{Lab, TrafficPath};
 use crate::overlay::REFERENCE;
-use crate::report::Report;
+use crate::report::{CaseTiming, Report};
 use crate::run::{run, RunOptions};
 
 /// Median, minimum and maximum of a series.
@@ -74,6 +74,7 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
         ),
         Stats::of("whole run".into(), "s", reports.iter().map(|r| r.wall_s).collect()),
     ];
+    stats.extend(phases(lab, reports));
     let cases = lab.cases();
     for case in &cases {
         let samples: Vec<f64> = reports
@@ -122,6 +123,48 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
         stats,
         passed: reports.iter().all(|r| r.passed),
     }
+}
+
+/// Where each run's time went: the fixed costs, each case phase summed over
+/// the run's cases, and what the cases cost beyond their workloads' duration
+/// (per case, and as the ratio of case time to workload time within a run).
+fn phases(lab: &Lab, reports: &[Report]) -> Vec<Stats> {
+    let series = |f: &dyn Fn(&Report) -> f64| reports.iter().map(f).collect::<Vec<f64>>();
+    let mut stats = vec![
+        Stats::of("phase: acceleration choice".into(), "s", series(&|r| r.timing.probe_s)),
+        Stats::of("phase: boots (all pairs)".into(), "s", series(&|r| r.timing.boots.iter().map(|b| b.boot_s).sum())),
+        Stats::of(
+            "phase: deploys (all pairs)".into(),
+            "s",
+            series(&|r| r.timing.boots.iter().map(|b| b.deploy_s).sum()),
+        ),
+    ];
+    let case_phases: [(&str, fn(&CaseTiming) -> f64); 6] = [
+        ("setup", |t| t.setup_s),
+        ("captures start", |t| t.captures_start_s),
+        ("workload", |t| t.workload_s),
+        ("evidence", |t| t.evidence_s),
+        ("captures stop", |t| t.captures_stop_s),
+        ("verdict", |t| t.verdict_s),
+    ];
+    for (name, get) in case_phases {
+        let sum = |r: &Report| r.cases.iter().map(|c| get(&c.timing)).sum();
+        stats.push(Stats::of(format!("phase: cases' {name} (all cases)"), "s", series(&sum)));
+    }
+    let duration = lab.workload.duration.as_secs_f64();
+    let total = |r: &Report| r.cases.iter().map(|c| c.timing.total_s).sum::<f64>();
+    let n = |r: &Report| r.cases.len().max(1) as f64;
+    stats.push(Stats::of(
+        "case overhead beyond the workload's duration (per case)".into(),
+        "s",
+        series(&|r| (total(r) - n(r) * duration) / n(r)),
+    ));
+    stats.push(Stats::of(
+        "case time / workload duration (within each run)".into(),
+        "x",
+        series(&|r| total(r) / (n(r) * duration)),
+    ));
+    stats
 }
 
 /// Runs the lab `runs` times; any run that cannot run ends the benchmark.
