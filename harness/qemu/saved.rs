@@ -1,5 +1,6 @@
 //! Saved VM states: a guest booted once (kernel, initramfs, modules loaded,
-//! agent up, tools read once) is saved with QEMU's migration to a file,
+//! agent up) is saved with QEMU's migration to a file (the plain stream: only
+//! the pages in use, written and read from start to end),
 //! beside a copy of its copy-on-write disk; later runs start QEMU with
 //! `-incoming defer` on a copy of that disk and load the state instead of
 //! booting. The cache key is everything that shapes the guest: QEMU's command
@@ -21,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::args::{qemu_args, VmSpec};
 
 /// Bumped whenever what a saved state holds changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A saved state in the cache.
 #[derive(Debug, Clone)]
@@ -42,6 +43,16 @@ impl Saved {
         std::fs::copy(self.disk(), disk)
             .with_context(|| format!("cannot copy the saved disk {}", self.disk().display()))?;
         Ok(())
+    }
+
+    /// Asks the host kernel to read the state ahead (it is read from start to
+    /// end): a state written long ago may no longer be in the page cache.
+    pub fn read_ahead(&self) {
+        use std::os::fd::AsRawFd;
+        if let Ok(f) = std::fs::File::open(self.state()) {
+            // SAFETY: advice on a descriptor we own.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        }
     }
 
     /// Forgets a state that could not be loaded.
@@ -175,12 +186,6 @@ impl Qmp {
         }
     }
 
-    async fn mapped_ram(&self) -> anyhow::Result<()> {
-        let cap = qmp::MigrationCapabilityStatus { capability: qmp::MigrationCapability::mapped_ram, state: true };
-        self.run("migrate-set-capabilities", qmp::migrate_set_capabilities { capabilities: vec![cap] }).await?;
-        Ok(())
-    }
-
     /// Waits until the migration in either direction has completed.
     async fn migration_done(&self) -> anyhow::Result<()> {
         loop {
@@ -204,7 +209,6 @@ impl Qmp {
         let tmp = tempfile::Builder::new().prefix(".saving-").tempdir_in(&root)?;
         self.run("stop", qmp::stop {}).await?;
         let saved = async {
-            self.mapped_ram().await?;
             let uri = format!("file:{}", tmp.path().join("state").display());
             self.run("migrate", qmp::migrate { uri: Some(uri), channels: None, detach: None, resume: None }).await?;
             self.migration_done().await?;
@@ -233,7 +237,6 @@ impl Qmp {
     /// Loads a saved state into a QEMU started with `-incoming defer`, and
     /// lets the guest run.
     pub async fn restore(&self, saved: &Saved) -> anyhow::Result<()> {
-        self.mapped_ram().await?;
         let uri = format!("file:{}", saved.state().display());
         self.run("migrate-incoming", qmp::migrate_incoming { uri: Some(uri), channels: None, exit_on_error: None })
             .await?;

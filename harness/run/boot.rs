@@ -294,6 +294,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
         let restore = key.as_deref().and_then(saved::find);
         match &restore {
             Some(state) => {
+                state.read_ahead();
                 state.copy_disk(&spec.disk)?;
                 spec.incoming = true;
             }
