@@ -125,6 +125,9 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
     }
 }
 
+/// A case phase's name and its seconds in a case's timing.
+type CasePhase = (&'static str, fn(&CaseTiming) -> f64);
+
 /// Where each run's time went: the fixed costs, each case phase summed over
 /// the run's cases, and what the cases cost beyond their workloads' duration
 /// (per case, and as the ratio of case time to workload time within a run).
@@ -139,7 +142,7 @@ fn phases(lab: &Lab, reports: &[Report]) -> Vec<Stats> {
             series(&|r| r.timing.boots.iter().map(|b| b.deploy_s).sum()),
         ),
     ];
-    let case_phases: [(&str, fn(&CaseTiming) -> f64); 6] = [
+    let case_phases: [CasePhase; 6] = [
         ("setup", |t| t.setup_s),
         ("captures start", |t| t.captures_start_s),
         ("workload", |t| t.workload_s),
