@@ -193,14 +193,18 @@ async fn resume(guest: &Guest) -> anyhow::Result<()> {
 }
 
 /// Saves a cold-booted VM's state for later runs, once its modules are
-/// loaded (vlab-init says so with /run/vlab-modules).
+/// loaded (vlab-init says so with /run/vlab-modules). A state that cannot be
+/// saved (a full disk, say) costs the next run a boot, not this run: vlab
+/// says so and goes on with the running VM.
 async fn save(vm: &mut BootedVm) -> anyhow::Result<()> {
     let Some(key) = vm.save_as.take() else { return Ok(()) };
     let started = std::time::Instant::now();
     vm.guest.run(&crate::guest::wait_until_every("[ -e /run/vlab-modules ]", 30, 20)).await?;
-    let qmp = Qmp::connect(&vm.qmp).await?;
-    qmp.save(&key, &vm.disk).await.with_context(|| format!("saving the state of `{}`", vm.report.name))?;
-    vm.report.saved_s = Some(started.elapsed().as_secs_f64());
+    let saved = async { Qmp::connect(&vm.qmp).await?.save(&key, &vm.disk).await }.await;
+    match saved {
+        Ok(_) => vm.report.saved_s = Some(started.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("vlab: could not save the state of `{}` ({e:#}); it boots again next time", vm.report.name),
+    }
     Ok(())
 }
 
