@@ -386,17 +386,24 @@ fn interrupted(mut child: Child, log: std::thread::JoinHandle<String>) -> String
     err
 }
 
-#[test]
-fn sigint_mid_run_tears_everything_down() {
+/// Starts `vlab ARGS`, checks `meanwhile` once it reaches `phase`, sends
+/// SIGINT, and asserts that it exits 130 leaving nothing behind.
+fn interrupted_at(args: &[&str], phase: &str, meanwhile: impl FnOnce(&Vlab)) {
     let _one = lock();
     let vlab = Vlab::new();
-    // SIGINT goes in the middle of the first case.
-    let (child, log) =
-        started_until_phase(vlab.command(&["run", "labs/baseline.toml"]), "case path=underlay,family=ipv4");
+    let (child, log) = started_until_phase(vlab.command(args), phase);
     let pid = child.id();
-    assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run during the case");
+    meanwhile(&vlab);
     interrupted(child, log);
     vlab.assert_clean(pid);
+}
+
+#[test]
+fn sigint_mid_run_tears_everything_down() {
+    // SIGINT goes in the middle of the first case.
+    interrupted_at(&["run", "labs/baseline.toml"], "case path=underlay,family=ipv4", |vlab| {
+        assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run during the case");
+    });
 }
 
 /// Ctrl-C in the middle of a fresh image build, while mmdebstrap installs
@@ -454,13 +461,7 @@ fn processes_below(dir: &Path) -> Vec<String> {
 /// SIGINT while both guests boot leaves nothing behind either.
 #[test]
 fn sigint_while_booting_tears_everything_down() {
-    let _one = lock();
-    let vlab = Vlab::new();
-    let (child, log) =
-        started_until_phase(vlab.command(&["run", "labs/baseline.toml", "--cold-boot"]), "booting 2 VMs");
-    let pid = child.id();
-    interrupted(child, log);
-    vlab.assert_clean(pid);
+    interrupted_at(&["run", "labs/baseline.toml", "--cold-boot"], "booting 2 VMs", |_| {});
 }
 
 /// A first run boots its VMs and saves their states; a second run loads

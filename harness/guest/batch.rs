@@ -32,9 +32,7 @@ pub struct Batch {
 
 impl Default for Batch {
     fn default() -> Batch {
-        use std::hash::{BuildHasher, Hasher};
-        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        Batch { parts: Vec::new(), token: format!("@@vlab-{random:016x}") }
+        Batch { parts: Vec::new(), token: format!("@@vlab-{}", super::random_hex()) }
     }
 }
 
@@ -66,11 +64,6 @@ impl Batch {
     /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
-    }
-
-    /// Whether it has no part.
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
     }
 
     /// A part whose output is read whatever its exit code.

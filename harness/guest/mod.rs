@@ -159,6 +159,20 @@ pub fn wait_until_every(condition: &str, seconds: u32, every_ms: u32) -> String 
     format!("i=0; until {condition} || [ $i -ge {tries} ]; do sleep {pause}; i=$((i+1)); done")
 }
 
+/// A guest condition that holds once process `pid` (a number or a shell
+/// expression such as `$p`) is gone: no longer there, or a zombie waiting
+/// to be reaped.
+pub fn process_gone(pid: &str) -> String {
+    format!("{{ [ ! -e /proc/{pid} ] || [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null)\" = Z ]; }}")
+}
+
+/// 64 random bits as 16 hex digits (std's per-instance hasher keys come
+/// from the OS's random source).
+pub fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish())
+}
+
 /// An argv as one shell command line.
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")

@@ -66,12 +66,7 @@ impl Active {
         Ok(child)
     }
 
-    /// Forgets a tool's process group once it was waited for.
-    pub fn reaped(&self, child: &Child) {
-        self.forget(child.id());
-    }
-
-    /// [`reaped`](Self::reaped) by process id.
+    /// Forgets a tool's process group (by its leader's pid) once it was waited for.
     pub fn forget(&self, pid: u32) {
         self.0.groups.lock().expect("groups").retain(|g| *g != pid as i32);
     }

@@ -356,7 +356,7 @@ fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress
         }
     }
     let status = child.wait().map_err(|e| ImageError::Step { step: "mmdebstrap".into(), detail: e.to_string() })?;
-    active.reaped(&child);
+    active.forget(child.id());
     let _ = out_thread.join();
     active.check()?;
     if !status.success() {

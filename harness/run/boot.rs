@@ -177,11 +177,8 @@ async fn restore_state(qmp: &Path, state: &Saved) -> anyhow::Result<()> {
 /// was saved), fresh randomness mixed into its pool (besides the reseed on
 /// its new VM generation ID), and a line on its console saying so.
 async fn resume(guest: &Guest) -> anyhow::Result<()> {
-    use std::hash::{BuildHasher, Hasher};
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let seed: String = (0..4)
-        .map(|_| format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish()))
-        .collect();
+    let seed: String = (0..4).map(|_| crate::guest::random_hex()).collect();
     let script = format!(
         "date -s @{}.{:09} >/dev/null\necho {seed} >/dev/urandom\n\
          echo \"vlab: restored from a saved state at $(date -u +%FT%TZ)\" >/dev/console",

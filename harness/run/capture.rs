@@ -147,10 +147,10 @@ pub(super) fn stop_part(running: &[RunningCapture], vm: &str, batch: &mut Batch)
         return;
     }
     let pids = pids.join(" ");
-    let gone = "[ ! -e /proc/$p ] || [ \"$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\" = Z ]";
+    let gone = guest::process_gone("$p");
     batch.report(
         "stop captures",
-        format!("kill -INT {pids} 2>/dev/null\nfor p in {pids}; do {}; done", guest::wait_until_every(gone, 10, 10)),
+        format!("kill -INT {pids} 2>/dev/null\nfor p in {pids}; do {}; done", guest::wait_until_every(&gone, 10, 10)),
     );
 }
 

@@ -69,7 +69,7 @@ pub(super) fn server_pid(out: &BatchOutput) -> Option<i64> {
 /// the server to end and prints its JSON. When the client failed, the server
 /// may never have had its test: it is killed first.
 pub(super) fn end_part(pid: i64, client_ok: bool, batch: &mut Batch) {
-    let gone = format!("[ ! -e /proc/{pid} ] || [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null)\" = Z ]");
+    let gone = guest::process_gone(&pid.to_string());
     let kill = if client_ok { String::new() } else { format!("kill -9 {pid} 2>/dev/null\n") };
     batch.report(
         END_PART,
