@@ -115,6 +115,6 @@ fn capture_files_and_command_lines() {
     assert_eq!(file_name("host1", Some("c1"), "eth0"), "host1-c1-eth0.pcap");
     assert_eq!(
         tcpdump_argv("underlay", "/tmp/x.pcap", 200, 128, "port 5201").join(" "),
-        "tcpdump -i underlay -n -U -w /tmp/x.pcap -c 200 -s 128 port 5201"
+        "tcpdump -i underlay -n -U -Z root -w /tmp/x.pcap -c 200 -s 128 port 5201"
     );
 }

@@ -43,7 +43,39 @@ fn commands_enter_a_namespace_by_name_or_path() {
     use vlab::guest::Netns;
     let argv = || vec!["ss".to_string(), "-Hltn".to_string()];
     assert_eq!(Netns::wrap(None, argv()), ["ss", "-Hltn"]);
-    assert_eq!(Netns::wrap(Some(&Netns::Named("c1".into())), argv()), ["ip", "netns", "exec", "c1", "ss", "-Hltn"]);
+    assert_eq!(
+        Netns::wrap(Some(&Netns::Named("c1".into())), argv()),
+        ["nsenter", "--net=/run/netns/c1", "ss", "-Hltn"]
+    );
     let docker = Netns::Path("/var/run/docker/netns/1-abc".into());
     assert_eq!(Netns::wrap(Some(&docker), argv()), ["nsenter", "--net=/var/run/docker/netns/1-abc", "ss", "-Hltn"]);
+}
+
+/// A process is gone once it is a zombie or reaped, not while it runs;
+/// read with shell builtins (the guest's `sh` is dash, as here).
+#[test]
+fn a_process_is_gone_once_a_zombie_or_reaped() {
+    let gone = vlab::guest::process_gone("$1");
+    let script = format!(
+        "gone() {{ {gone}; }}\nsleep 5 & r=$!\nsh -c 'exit 0' & z=$!\nsleep 0.3\n\
+         gone $r && echo running-gone; gone $z && echo zombie-gone; wait $z; gone $z && echo reaped-gone\n\
+         gone 999999999 && echo absent-gone; kill $r"
+    );
+    let out = std::process::Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "zombie-gone\nreaped-gone\nabsent-gone\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// `ip` commands become one `ip -batch` for what may find nothing and one
+/// for what must work.
+#[test]
+fn ip_commands_are_batched() {
+    let tidy = vec!["route flush proto 99".to_string()];
+    let apply = vec!["route add ::1/128 dev lo".to_string()];
+    assert_eq!(
+        vlab::guest::ip_batch("-6", &tidy, &apply).join("\n"),
+        "ip -6 -force -batch - 2>/dev/null <<'EOF' || true\nroute flush proto 99\nEOF\n\
+         ip -6 -batch - <<'EOF'\nroute add ::1/128 dev lo\nEOF"
+    );
+    assert!(vlab::guest::ip_batch("", &[], &[]).is_empty());
 }

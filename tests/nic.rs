@@ -67,8 +67,8 @@ fn probe_script_applies_the_features_together_or_each_on_its_own() {
 #[test]
 fn counters_command_reads_with_builtins_only() {
     let dir = tempfile::tempdir().unwrap();
-    let stats = dir.path().join("statistics");
-    std::fs::create_dir(&stats).unwrap();
+    let stats = dir.path().join("class/net/X/statistics");
+    std::fs::create_dir_all(&stats).unwrap();
     for (i, f) in
         ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped", "rx_errors", "tx_errors"]
             .iter()
@@ -76,7 +76,7 @@ fn counters_command_reads_with_builtins_only() {
     {
         std::fs::write(stats.join(f), format!("{}\n", i * 10)).unwrap();
     }
-    let cmd = Counters::command("X").replace("/sys/class/net/X", &dir.path().display().to_string());
+    let cmd = Counters::command(&dir.path().display().to_string(), "X");
     let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().unwrap();
     let c = Counters::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!((c.rx_bytes, c.tx_bytes, c.tx_errors), (0, 10, 70));
@@ -92,4 +92,22 @@ fn counters_parse_and_subtract() {
         (1000, 60, 10, 1, 1, 2)
     );
     assert!(Counters::parse("1 2 3").is_none());
+}
+
+/// The TCP checksum error counter is read from a `/proc/net/snmp` with
+/// shell builtins: names on one `Tcp:` line, values on the next.
+#[test]
+fn tcp_snmp_counters_are_read_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let snmp = dir.path().join("snmp");
+    std::fs::write(
+        &snmp,
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+         Tcp: RtoAlgorithm RtoMin InSegs InErrs InCsumErrors\nTcp: 1 200 5021 3 17\n\
+         Udp: InDatagrams InCsumErrors\nUdp: 9 4\n",
+    )
+    .unwrap();
+    let cmd = vlab::measure::counters::tcp_snmp_script(&snmp.display().to_string(), "InCsumErrors");
+    let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "TcpInCsumErrors 17\n");
 }

@@ -153,10 +153,17 @@ impl Guest {
     /// Runs a batch in one agent call; fails like [`Guest::run`] when a part
     /// that had to succeed did not.
     pub async fn batch(&self, batch: &Batch) -> anyhow::Result<BatchOutput> {
+        let started = std::time::Instant::now();
         let out = self.try_run(&batch.script()).await.with_context(|| format!("on `{}`", self.name))?;
         let parsed = batch.parse(&out).with_context(|| {
             format!("on `{}`: unreadable batch output (exit {}): {}", self.name, out.code, out.stderr_text())
         })?;
+        tracing::debug!(
+            "batch on `{}`: {:.2} s on the host, its parts {:.2} s in the guest",
+            self.name,
+            started.elapsed().as_secs_f64(),
+            parsed.seconds.values().sum::<f64>()
+        );
         if let Some((name, o)) = batch.failure(&parsed) {
             bail!(
                 "on `{}`: guest command ({name}) failed with exit code {}:\n{}",

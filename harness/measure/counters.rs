@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::guest::Netns;
+
 /// Byte, packet, drop and error counters of one interface.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
@@ -27,12 +29,11 @@ const FIELDS: &str = "rx_bytes tx_bytes rx_packets tx_packets rx_dropped tx_drop
 
 impl Counters {
     /// The shell command printing what [`Counters::parse`] reads, for `dev`
-    /// in the namespace it runs in (a container's is entered with
-    /// `ip netns exec`, which remounts /sys so that it shows that namespace's
-    /// devices). Shell builtins only: no process to start under TCG.
-    pub fn command(dev: &str) -> String {
+    /// under `sys` (a namespace's /sys, see [`crate::guest::Netns::paths`]).
+    /// Shell builtins only: no process to start under TCG.
+    pub fn command(sys: &str, dev: &str) -> String {
         format!(
-            "cd /sys/class/net/{dev}/statistics && for f in {FIELDS}; do read -r v <$f; printf '%s ' \"$v\"; done; echo"
+            "cd {sys}/class/net/{dev}/statistics && for f in {FIELDS}; do read -r v <$f; printf '%s ' \"$v\"; done; echo"
         )
     }
 
@@ -74,19 +75,26 @@ impl Counters {
 /// The shell command printing a receiver's checksum error counters as
 /// `NAME VALUE` lines: the TCP stack's `InCsumErrors` (from `/proc/net/snmp`
 /// of `netns`, where the workload's TCP ends) and the checksum statistics the
-/// NIC driver of `dev` reports (`ethtool -S`; names vary by driver).
-pub fn csum_errors_command(netns: Option<&str>, dev: &str) -> String {
-    let snmp = "awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) k[i] = $i; h = 1 } \
-                else { for (i = 1; i <= NF; i++) if (k[i] == \"InCsumErrors\") print \"TcpInCsumErrors\", $i } }' \
-                /proc/net/snmp";
-    let snmp = match netns {
-        Some(ns) => format!("ip netns exec {ns} {snmp}"),
-        None => snmp.to_string(),
-    };
+/// NIC driver of `dev` reports (`ethtool -S`; names vary by driver). Both are
+/// read with shell builtins, the namespace's without entering it.
+pub fn csum_errors_command(netns: Option<&Netns>, dev: &str) -> String {
+    let at = Netns::paths(netns);
+    let snmp = tcp_snmp_script(&format!("{}/snmp", at.proc_net), "InCsumErrors");
     let nic = format!(
-        "ethtool -S {dev} 2>/dev/null | awk -F: 'tolower($1) ~ /csum|checksum/ {{ gsub(/ /, \"\", $1); print \"{dev}.\" $1, $2 }}'"
+        "ethtool -S {dev} 2>/dev/null | while IFS=': ' read -r k v; do case $k in \
+         *[Cc][Ss][Uu][Mm]*|*[Cc][Hh][Ee][Cc][Kk][Ss][Uu][Mm]*) echo \"{dev}.$k $v\";; esac; done"
     );
-    format!("{snmp}; {nic}")
+    format!("{}{snmp}; {nic}", at.prelude)
+}
+
+/// Prints `Tcp<FIELD> VALUE` from a `/proc/net/snmp`-style `file` (a `Tcp:`
+/// line of names, then one of values), with shell builtins only.
+pub fn tcp_snmp_script(file: &str, field: &str) -> String {
+    format!(
+        "h=; while read -r k rest; do [ \"$k\" = Tcp: ] || continue; \
+         if [ -z \"$h\" ]; then h=$rest; else set -- $rest; \
+         for n in $h; do [ \"$n\" = {field} ] && echo \"Tcp{field} $1\"; shift; done; fi; done <{file}"
+    )
 }
 
 /// Parses `NAME VALUE` lines; lines that do not fit are skipped.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::counters::Counters;
+use crate::guest::Netns;
 
 /// The long `ethtool -k` name of each feature vlab controls.
 pub fn long_name(feature: &str) -> &'static str {
@@ -116,22 +117,29 @@ pub fn offload_script(dev: &str, requested: &[(&str, Option<bool>)]) -> String {
     s
 }
 
-/// The shell script that prints `ethtool -i`, `-k`, `-l`, `sriov_numvfs`,
+/// The shell script that applies `requested` to `dev` in `netns` (see
+/// [`offload_script`]), then prints `ethtool -i`, `-k`, `-l`, `sriov_numvfs`,
 /// the MTU and the [`Counters`] of `dev`, separated by `=====` lines; with
 /// `fixed_known`, `-i` and `-l` (the driver and channels, which do not change
-/// while a VM runs) are left out. It reads the namespace it runs in.
-pub fn probe_script(dev: &str, fixed_known: bool) -> String {
-    let sys = format!("/sys/class/net/{dev}");
+/// while a VM runs) are left out. The namespace is entered once, for ethtool;
+/// the rest is read from outside it with builtins.
+pub fn probe_script(netns: Option<&Netns>, dev: &str, fixed_known: bool, requested: &[(&str, Option<bool>)]) -> String {
+    let at = Netns::paths(netns);
+    let sys = format!("{}/class/net/{dev}", at.sys);
     let (i, l) = if fixed_known {
         (String::new(), String::new())
     } else {
         (format!("ethtool -i {dev}; "), format!("ethtool -l {dev} 2>/dev/null || true; "))
     };
+    let ethtool =
+        format!("{}\n{i}echo =====; ethtool -k {dev}; echo =====; {l}echo =====", offload_script(dev, requested));
     format!(
-        "{i}echo =====; ethtool -k {dev}; echo =====; {l}echo =====\n\
+        "{}{}\n\
          [ -e {sys}/device/sriov_numvfs ] && read -r n <{sys}/device/sriov_numvfs && echo \"$n\"; echo =====\n\
          read -r m <{sys}/mtu && echo \"$m\"; echo =====\n{}\n",
-        Counters::command(dev)
+        at.prelude,
+        Netns::script(netns, &ethtool),
+        Counters::command(&at.sys, dev)
     )
 }
 

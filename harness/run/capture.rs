@@ -91,15 +91,16 @@ pub(super) fn start_part(planned: &[Planned], vm: &str, batch: &mut Batch) {
 }
 
 /// The part of `vm`'s batch before a case that returns once each of its
-/// captures listens: its file has the 24 bytes of pcap header (checked every
-/// 10 ms, 10 s at most; then it fails with what tcpdump said).
+/// captures listens: its file is no longer empty (tcpdump writes the pcap
+/// header in one write once it listens; the file was emptied before it
+/// started), checked with a shell builtin every 10 ms, 10 s at most; then it
+/// fails with what tcpdump said.
 pub(super) fn listen_part(planned: &[Planned], vm: &str, batch: &mut Batch) {
     let mine: Vec<&Planned> = planned.iter().filter(|p| p.guest.name == vm).collect();
     if mine.is_empty() {
         return;
     }
-    let ready: Vec<String> =
-        mine.iter().map(|p| format!("[ \"$(stat -c %s {} 2>/dev/null || echo 0)\" -ge 24 ]", p.file)).collect();
+    let ready: Vec<String> = mine.iter().map(|p| format!("[ -s {} ]", p.file)).collect();
     let ready = ready.join(" && ");
     let errs: Vec<String> = mine.iter().map(|p| format!("{}.err", p.file)).collect();
     batch.succeed(

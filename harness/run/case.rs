@@ -215,14 +215,8 @@ async fn before_case<'a>(
             b.succeed("overlay case setup", setup.join("\n"));
         }
         for i in mine() {
-            let offloads = nic::offload_script(&i.dev, &requested);
-            if !offloads.is_empty() {
-                b.report(format!("offloads {}", i.index), Netns::script(i.netns().as_ref(), &offloads));
-            }
-        }
-        for i in mine() {
             let known = facts.contains_key(&i.key());
-            b.succeed(i.probe_part(), Netns::script(i.netns().as_ref(), &nic::probe_script(&i.dev, known)));
+            b.succeed(i.probe_part(), nic::probe_script(i.netns().as_ref(), &i.dev, known, &requested));
         }
         b.report("uptime", "read -r up _ </proc/uptime; echo $up");
         let cmds = [o.evidence_before_commands(lab, vm), f.evidence_before_commands(lab, vm)].concat();
@@ -304,7 +298,8 @@ async fn after_case(
             workload::end_part(before.server_pid, client_ok, &mut b);
         }
         for i in ifaces.iter().filter(|i| i.guest.name == name) {
-            b.succeed(i.counters_part(), Netns::script(i.netns().as_ref(), &Counters::command(&i.dev)));
+            let at = Netns::paths(i.netns().as_ref());
+            b.succeed(i.counters_part(), format!("{}{}", at.prelude, Counters::command(&at.sys, &i.dev)));
         }
         b.report("kernel log", "dmesg");
         let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::boot::LabRuntime;
 use super::RunOptions;
 use crate::filter;
-use crate::guest::{self, Attachment, Batch, UNDERLAY_DEV};
+use crate::guest::{self, Attachment, Batch, Netns, UNDERLAY_DEV};
 use crate::lab::Lab;
 use crate::measure::nic;
 use crate::overlay::{self, Step};
@@ -54,14 +54,19 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
     Ok(ready)
 }
 
-/// Runs once on every VM, both at once and output discarded, the tools each
-/// case starts and the variants' evidence commands: under TCG the first run
-/// of a program reads it from the virtual disk and translates its code, which
-/// would otherwise cost the first case up to a second more than the others.
+/// Starts the holder of every container's namespace (what cases read of a
+/// namespace comes through it, see [`Netns`]), then runs once on every VM,
+/// both at once and output discarded, the tools each case starts and the
+/// variants' evidence commands: under TCG the first run of a program reads it
+/// from the virtual disk and translates its code, which would otherwise cost
+/// the first case up to a second more than the others.
 async fn warm_up(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<()> {
     let (o, f) = (overlay::get(&lab.overlay), filter::get(&lab.filter));
     let warm = lab.vms.iter().map(|vm| {
         let mut b = Batch::new();
+        for c in &vm.containers {
+            b.succeed(format!("hold {}", c.name), Netns::Named(c.name.clone()).hold());
+        }
         b.report("tools", format!("iperf3 --version; tcpdump --version; ethtool -k {UNDERLAY_DEV}; dmesg | tail -n 1"));
         for (name, cmd) in [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat() {
             b.report(name, cmd);

@@ -41,23 +41,20 @@ pub(super) fn start_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
 
 /// The part of the server VM's batch before a case that exits 0 once the
 /// server listens, or after 20 s with what the server said. The check reads
-/// the namespace's `/proc/net/tcp` and `tcp6` with shell builtins (a
-/// listening socket on the port: local port in hex, state `0A`) every 10 ms,
-/// inside the namespace, entered once.
+/// the namespace's `/proc/net/tcp` and `tcp6` from outside it with shell
+/// builtins (a listening socket on the port: local port in hex, state `0A`)
+/// every 10 ms.
 pub(super) fn listen_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
     let port = format!("{:04X}", lab.workload.port);
+    let at = Netns::paths(server.netns.as_ref());
     let check = format!(
-        "listening() {{ for t in /proc/net/tcp /proc/net/tcp6; do while read -r _ l _ st _; do \
-         case \"$l:$st\" in *:{port}:0A) return 0;; esac; done <$t; done; return 1; }}\n"
+        "{}listening() {{ for t in {net}/tcp {net}/tcp6; do while read -r _ l _ st _; do \
+         case \"$l:$st\" in *:{port}:0A) return 0;; esac; done <$t; done; return 1; }}\n",
+        at.prelude,
+        net = at.proc_net
     );
     let wait = format!("{check}{}; listening", guest::wait_until_every("listening", LISTEN_LIMIT_S, 10));
-    batch.succeed(
-        LISTEN_PART,
-        format!(
-            "{} || {{ cat {SERVER_OUT} {SERVER_OUT}.err >&2; exit 1; }}",
-            Netns::script(server.netns.as_ref(), &wait)
-        ),
-    );
+    batch.succeed(LISTEN_PART, format!("{wait} || {{ cat {SERVER_OUT} {SERVER_OUT}.err >&2; exit 1; }}"));
 }
 
 /// The server's pid, from its VM's batch before the case.

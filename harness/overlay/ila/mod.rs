@@ -28,7 +28,7 @@ pub use settings::{CsumMode, IdentType, IlaCase, IlaHook, IlaSettings};
 pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict};
 
 use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
-use crate::guest::{host_veth, Attachment, UNDERLAY_DEV};
+use crate::guest::{self, host_veth, Attachment, Netns, UNDERLAY_DEV};
 use crate::lab::{variant_name, CapturePoint, CaseParams, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
 use crate::measure::counters;
 
@@ -76,8 +76,8 @@ impl Variant for Ila {
     /// The receivers' checksum error counters: the TCP stack in the VM's
     /// container, where the workload ends, and the underlay NIC's statistics.
     fn evidence_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        let container = vm.containers.first().map(|c| c.name.as_str());
-        vec![(verdict::csum_artifact(&vm.name), counters::csum_errors_command(container, UNDERLAY_DEV))]
+        let container = vm.containers.first().map(|c| Netns::Named(c.name.clone()));
+        vec![(verdict::csum_artifact(&vm.name), counters::csum_errors_command(container.as_ref(), UNDERLAY_DEV))]
     }
 
     fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
@@ -180,23 +180,32 @@ pub fn commands() -> Vec<String> {
     ]
 }
 
-/// Commands that (re)configure the translations of `vm` for one case: the
-/// previous case's routes and mappings go first.
+/// The script that (re)configures the translations of `vm` for one case:
+/// the previous case's routes and mappings go first (that may find nothing),
+/// then the case's are added (that must work); each as one `ip -batch`.
 pub fn case_commands(lab: &Lab, vm: &Vm, case: IlaCase) -> Vec<String> {
+    let (tidy, apply) = case_ip_commands(lab, vm, case);
+    guest::ip_batch("-6", &tidy, &apply)
+}
+
+/// The `ip -6` commands (without `ip -6`) of [`case_commands`]: those that remove
+/// the previous case's translations, and those that add this case's.
+fn case_ip_commands(lab: &Lab, vm: &Vm, case: IlaCase) -> (Vec<String>, Vec<String>) {
     let s = settings(lab);
     let sir_loc = sir_locator(&s);
     let mode = variant_name(&case.csum_mode);
     let ident = variant_name(&s.ident_type);
-    let mut cmds = vec![format!("ip -6 route flush proto {ROUTE_PROTO}")];
-    let Some(own_loc) = locator(lab, vm) else { return cmds };
-    cmds.push(format!("ip ila del loc_match {own_loc} dev {UNDERLAY_DEV} 2>/dev/null || true"));
+    let mut tidy = vec![format!("route flush proto {ROUTE_PROTO}")];
+    let mut cmds = Vec::new();
+    let Some(own_loc) = locator(lab, vm) else { return (tidy, cmds) };
+    tidy.push(format!("ila del loc_match {own_loc} dev {UNDERLAY_DEV}"));
     // Egress: SIR -> ILA for every container on the other VMs.
     let egress_hook = if case.hook == IlaHook::RouteInput { "input" } else { "output" };
     for (peer, loc) in lab.vms.iter().zip(locators(lab)).filter(|(p, _)| p.name != vm.name) {
         let (Some(loc), Some(via)) = (loc, peer.underlay.ipv6) else { continue };
         for c in peer.containers.iter().filter_map(|c| c.ipv6) {
             cmds.push(format!(
-                "ip -6 route add {}/128 encap ila {loc} csum-mode {mode} ident-type {ident} hook-type {egress_hook} via {} dev {UNDERLAY_DEV} proto {ROUTE_PROTO}",
+                "route add {}/128 encap ila {loc} csum-mode {mode} ident-type {ident} hook-type {egress_hook} via {} dev {UNDERLAY_DEV} proto {ROUTE_PROTO}",
                 c.addr(),
                 via.addr()
             ));
@@ -204,7 +213,7 @@ pub fn case_commands(lab: &Lab, vm: &Vm, case: IlaCase) -> Vec<String> {
     }
     // Ingress: ILA -> SIR for this VM's locator, towards its container.
     let Some((container, sir)) = vm.containers.iter().find_map(|c| c.ipv6.map(|n| (c, n.addr()))) else {
-        return cmds;
+        return (tidy, cmds);
     };
     match case.hook {
         IlaHook::Route | IlaHook::RouteInput => {
@@ -215,15 +224,15 @@ pub fn case_commands(lab: &Lab, vm: &Vm, case: IlaCase) -> Vec<String> {
             };
             let hook = if case.hook == IlaHook::RouteInput { "input" } else { "output" };
             cmds.push(format!(
-                "ip -6 route add {dst} encap ila {sir_loc} csum-mode {mode} ident-type {ident} hook-type {hook} via {sir} dev {} proto {ROUTE_PROTO}",
+                "route add {dst} encap ila {sir_loc} csum-mode {mode} ident-type {ident} hook-type {hook} via {sir} dev {} proto {ROUTE_PROTO}",
                 host_veth(&container.name)
             ));
         }
         IlaHook::Xlat => cmds.push(format!(
-            "ip ila add loc_match {own_loc} loc {sir_loc} csum-mode {mode} ident-type {ident} dev {UNDERLAY_DEV}"
+            "ila add loc_match {own_loc} loc {sir_loc} csum-mode {mode} ident-type {ident} dev {UNDERLAY_DEV}"
         )),
     }
-    cmds
+    (tidy, cmds)
 }
 
 /// The ila overlay's addressing: a /64 SIR prefix, captures on both sides,
