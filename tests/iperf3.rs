@@ -43,5 +43,5 @@ fn client_command_line_follows_the_case() {
         variant: Default::default(),
     };
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
-    assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 5000 -t 5 -P 4 -u -b 1000000000 -R");
+    assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 3000 -t 5 -P 4 -u -b 1000000000 -R");
 }
