@@ -138,7 +138,7 @@ impl Agent {
 
     /// Waits for a spawned command; kills it (and fails) after `limit`. Its
     /// status is asked 4 ms after it started, then less and less often (at
-    /// most 50 ms apart): a short command under TCG takes 15-80 ms, and every
+    /// most 20 ms apart): a short command under TCG takes 15-80 ms, and every
     /// millisecond waited past its end is a millisecond of every case.
     pub async fn wait(&self, pid: i64, what: &str, limit: Duration) -> Result<Output, AgentError> {
         let deadline = Instant::now() + limit;
@@ -165,7 +165,7 @@ impl Agent {
                 return Err(AgentError::CommandTimeout(what.into(), limit));
             }
             sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_millis(50));
+            pause = (pause * 3 / 2).min(Duration::from_millis(20));
         }
     }
 
