@@ -129,6 +129,12 @@ pub enum Netns {
 const HOLDERS: &str = "/run/vlab/netns";
 
 impl Netns {
+    /// The namespace of container `name`: vlab's containers and those an
+    /// overlay manages (`ip netns attach`) are named after the container.
+    pub fn container(name: &str) -> Netns {
+        Netns::Named(name.to_string())
+    }
+
     /// Its namespace file.
     pub fn file(&self) -> String {
         match self {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{vxlan, Verdict};
 use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, GuestFile, Overlay, Readiness, Step, Variant};
-use crate::guest::{container_mac, Attachment};
+use crate::guest::{container_mac, shell_line, Attachment, Netns};
 use crate::lab::{Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::Check;
 
@@ -109,7 +109,10 @@ impl Overlay for VxlanEvpn {
         Some(Readiness {
             what: "first container ping through".into(),
             vm: w.client.vm.clone(),
-            command: format!("ip netns exec {c} ping -c 1 -W 1 -q {target} >/dev/null 2>&1"),
+            command: format!(
+                "{} ping -c 1 -W 1 -q {target} >/dev/null 2>&1",
+                shell_line(&Netns::container(c).exec_prefix())
+            ),
             limit: Duration::from_secs(90),
         })
     }

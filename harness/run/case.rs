@@ -43,7 +43,7 @@ fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &Endpoint, case: &Case) -> Side<'
         }
         _ => (None, vm.underlay.get(family).expect("validated").to_string()),
     };
-    let netns = container.clone().map(Netns::Named);
+    let netns = container.as_deref().map(Netns::container);
     Side { vm: rt.vm(&vm.name), container, netns, addr }
 }
 

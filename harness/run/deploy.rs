@@ -65,7 +65,7 @@ async fn warm_up(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<()> {
     let warm = lab.vms.iter().map(|vm| {
         let mut b = Batch::new();
         for c in &vm.containers {
-            b.succeed(format!("hold {}", c.name), Netns::Named(c.name.clone()).hold());
+            b.succeed(format!("hold {}", c.name), Netns::container(&c.name).hold());
         }
         b.report("tools", format!("iperf3 --version; tcpdump --version; ethtool -k {UNDERLAY_DEV}; dmesg | tail -n 1"));
         for (name, cmd) in [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat() {

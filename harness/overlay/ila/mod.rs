@@ -76,7 +76,7 @@ impl Variant for Ila {
     /// The receivers' checksum error counters: the TCP stack in the VM's
     /// container, where the workload ends, and the underlay NIC's statistics.
     fn evidence_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        let container = vm.containers.first().map(|c| Netns::Named(c.name.clone()));
+        let container = vm.containers.first().map(|c| Netns::container(&c.name));
         vec![(verdict::csum_artifact(&vm.name), counters::csum_errors_command(container.as_ref(), UNDERLAY_DEV))]
     }
 
