@@ -1,9 +1,13 @@
 //! NIC evidence parsing against `ethtool` output captured in a vlab guest
 //! (virtio-net, 2 queue pairs, after `ethtool -K underlay gro off`).
 
+use std::collections::BTreeMap;
 use vlab::lab::{OffloadFeatures, OffloadPreset, Offloads};
 use vlab::measure::counters::Counters;
-use vlab::measure::nic::{offload_script, parse_channels, parse_driver, parse_feature, parse_probe};
+
+use vlab::measure::nic::{
+    offload_script, parse_channels, parse_driver, parse_feature, parse_probe, still_to_apply, OffloadState,
+};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/ethtool/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -110,4 +114,27 @@ fn tcp_snmp_counters_are_read_by_name() {
     let cmd = vlab::measure::counters::tcp_snmp_script(&snmp.display().to_string(), "InCsumErrors");
     let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "TcpInCsumErrors 17\n");
+}
+
+/// A case applies only the offloads that the previous probe did not read
+/// back as requested; a feature the driver cannot change is left alone.
+#[test]
+fn only_offloads_that_differ_are_applied_again() {
+    let on = Offloads::Preset(OffloadPreset::On).requested();
+    assert_eq!(still_to_apply(&on, None), on, "nothing read yet: everything");
+    let state = |actual: bool, fixed: bool| OffloadState { requested: Some(true), actual: Some(actual), fixed };
+    let mut last: BTreeMap<String, OffloadState> =
+        ["tx", "rx", "tso", "gso", "gro"].iter().map(|f| (f.to_string(), state(true, false))).collect();
+    last.insert("lro".into(), state(false, true));
+    assert!(still_to_apply(&on, Some(&last)).iter().all(|(_, want)| want.is_none()));
+    last.insert("gro".into(), state(false, false));
+    let apply = still_to_apply(&on, Some(&last));
+    assert_eq!(apply.iter().filter(|(_, want)| want.is_some()).collect::<Vec<_>>(), [&("gro", Some(true))]);
+    assert_eq!(offload_script("eth0", &apply).lines().next(), Some("ethtool -K eth0 gro on >/dev/null 2>&1 || {"));
+    let off = Offloads::Preset(OffloadPreset::Off).requested();
+    assert_eq!(
+        still_to_apply(&off, Some(&last)).iter().filter(|(_, want)| want.is_some()).count(),
+        4,
+        "gro is off already"
+    );
 }

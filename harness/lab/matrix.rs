@@ -56,14 +56,31 @@ pub struct Case {
     pub params: CaseParams,
 }
 
-/// A case under construction: its name parts and parameters.
-type Partial = (Vec<String>, CaseParams);
+/// A case under construction: its name parts (each with the place it takes
+/// in the name) and parameters.
+type Partial = (Vec<(Place, String)>, CaseParams);
+
+/// Where an axis's `key=value` stands in a case's name: names keep the order
+/// in which lab files list the axes, whatever order the cases run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Nic,
+    Overlay,
+    Filter,
+    Variant,
+    Path,
+    Family,
+    Streams,
+    Protocol,
+    Direction,
+    Offloads,
+}
 
 /// Multiplies the cases by one axis: with `values`, each case is repeated once
 /// per value (named `key=label`, `set` applies it); without, nothing changes.
 fn expand<T>(
     cases: Vec<Partial>,
-    key: &str,
+    (place, key): (Place, &str),
     values: &Option<Vec<T>>,
     label: impl Fn(&T) -> String,
     set: impl Fn(&mut CaseParams, &T),
@@ -75,7 +92,7 @@ fn expand<T>(
             let mut p = params.clone();
             set(&mut p, v);
             let mut n = parts.clone();
-            n.push(format!("{key}={}", label(v)));
+            n.push((place, format!("{key}={}", label(v))));
             out.push((n, p));
         }
     }
@@ -96,7 +113,7 @@ fn expand_variant_axes(lab: &Lab, mut cases: Vec<Partial>) -> Vec<Partial> {
                 let mut p = params.clone();
                 p.variant.insert(axis.key.clone(), v.clone());
                 let mut n = parts.clone();
-                n.push(format!("{}={v}", axis.key));
+                n.push((Place::Variant, format!("{}={v}", axis.key)));
                 out.push((n, p));
             }
         }
@@ -108,7 +125,11 @@ fn expand_variant_axes(lab: &Lab, mut cases: Vec<Partial>) -> Vec<Partial> {
 impl Lab {
     /// Every case of the matrix, in a stable order: the first axes (`nic`,
     /// `overlay`, then `filter`) vary slowest, so cases that share a booted
-    /// VM pair are consecutive; the variants' own axes come next.
+    /// VM pair are consecutive; `offloads` comes next (toggling offloads can
+    /// reset a NIC, as igb does, and a case whose offloads are the previous
+    /// case's only reads them back), then the variants' own axes and the
+    /// workload's. Names list the axes in the order lab files do, offloads
+    /// last.
     pub fn cases(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
@@ -125,21 +146,25 @@ impl Lab {
             variant: BTreeMap::new(),
         };
         let mut cases = vec![(Vec::new(), base)];
-        cases = expand(cases, "nic", &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
-        cases = expand(cases, "overlay", &m.overlay, String::clone, |p, v| p.overlay = Some(v.clone()));
-        cases = expand(cases, "filter", &m.filter, String::clone, |p, v| p.filter = Some(v.clone()));
+        cases = expand(cases, (Place::Nic, "nic"), &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
+        cases =
+            expand(cases, (Place::Overlay, "overlay"), &m.overlay, String::clone, |p, v| p.overlay = Some(v.clone()));
+        cases = expand(cases, (Place::Filter, "filter"), &m.filter, String::clone, |p, v| p.filter = Some(v.clone()));
+        cases =
+            expand(cases, (Place::Offloads, "offloads"), &m.offloads, Offloads::label, |p, v| p.offloads = v.clone());
         cases = expand_variant_axes(self, cases);
-        cases = expand(cases, "path", &m.path, variant_name, |p, v| p.path = *v);
-        cases = expand(cases, "family", &m.family, variant_name, |p, v| p.family = *v);
-        cases = expand(cases, "streams", &m.streams, u32::to_string, |p, v| p.streams = *v);
-        cases = expand(cases, "protocol", &m.protocol, variant_name, |p, v| p.protocol = *v);
-        cases = expand(cases, "direction", &m.direction, variant_name, |p, v| p.direction = *v);
-        cases = expand(cases, "offloads", &m.offloads, Offloads::label, |p, v| p.offloads = v.clone());
+        cases = expand(cases, (Place::Path, "path"), &m.path, variant_name, |p, v| p.path = *v);
+        cases = expand(cases, (Place::Family, "family"), &m.family, variant_name, |p, v| p.family = *v);
+        cases = expand(cases, (Place::Streams, "streams"), &m.streams, u32::to_string, |p, v| p.streams = *v);
+        cases = expand(cases, (Place::Protocol, "protocol"), &m.protocol, variant_name, |p, v| p.protocol = *v);
+        cases = expand(cases, (Place::Direction, "direction"), &m.direction, variant_name, |p, v| p.direction = *v);
         cases
             .into_iter()
-            .map(|(parts, params)| Case {
-                name: if parts.is_empty() { "default".to_string() } else { parts.join(",") },
-                params,
+            .map(|(mut parts, params)| {
+                // Stable: the variants' axes keep their order among themselves.
+                parts.sort_by_key(|(place, _)| *place);
+                let parts: Vec<String> = parts.into_iter().map(|(_, part)| part).collect();
+                Case { name: if parts.is_empty() { "default".to_string() } else { parts.join(",") }, params }
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use super::{Prepared, RunOptions};
 use crate::guest::Guest;
 use crate::hostnet::LabNet;
 use crate::lab::{Lab, Nic, NicModel, Vm};
+use crate::measure::nic::OffloadState;
 use crate::qemu::agent::Agent;
 use crate::qemu::saved::{self, Qmp, Saved};
 use crate::qemu::{NicBackend, NicSpec, QemuProcess, VmError, VmSpec};
@@ -33,16 +34,25 @@ pub(super) struct BootedVm {
     _run_dir: tempfile::TempDir,
 }
 
-/// An interface's driver and channels, by VM, container and device.
-pub(super) type FixedFacts = BTreeMap<(String, Option<String>, String), (Option<String>, Option<u32>)>;
+/// What the last probe of an interface found.
+#[derive(Debug, Clone)]
+pub(super) struct Probed {
+    /// Its driver and channels: they do not change while the VMs run, so
+    /// only the first case asks `ethtool -i` and `-l`.
+    pub driver: Option<String>,
+    pub channels: Option<u32>,
+    /// Its offloads as read back: a case applies only what differs.
+    pub offloads: BTreeMap<String, OffloadState>,
+}
+
+/// The last probe of each interface, by VM, container and device.
+pub(super) type Probes = BTreeMap<(String, Option<String>, String), Probed>;
 
 /// The running lab: VMs first, then the underlay they are attached to.
 pub(super) struct LabRuntime {
     pub vms: Vec<BootedVm>,
-    /// The driver and channels of each probed interface (VM, container,
-    /// device): they do not change while the VMs run, so only the first case
-    /// asks `ethtool -i` and `-l`.
-    pub fixed_facts: std::sync::Mutex<FixedFacts>,
+    /// What the last probe of each interface found.
+    pub probes: std::sync::Mutex<Probes>,
     _net: LabNet,
     artifacts: Option<PathBuf>,
     /// Distinguishes the serial logs of successive boots.
@@ -153,7 +163,7 @@ async fn boot_once(
     opts.progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let (vms, failure) = connect_agents(lab, p, pending, opts, &boot_label, attempt).await;
     let mut rt =
-        LabRuntime { vms, fixed_facts: Default::default(), _net: net, artifacts: opts.artifacts.clone(), boot_label };
+        LabRuntime { vms, probes: Default::default(), _net: net, artifacts: opts.artifacts.clone(), boot_label };
     if let Some(e) = failure {
         return Err(e);
     }

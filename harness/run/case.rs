@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::boot::{BootedVm, LabRuntime};
+use super::boot::{BootedVm, LabRuntime, Probed};
 use super::workload::WorkloadOutput;
 use super::{capture, checks, workload, Clock};
 use crate::filter::{self, Filter};
@@ -88,7 +88,7 @@ impl Iface<'_> {
     fn probe_part(&self) -> String {
         format!("probe {}", self.index)
     }
-    /// Its key among the runtime's fixed facts.
+    /// Its key among the runtime's probes.
     fn key(&self) -> (String, Option<String>, String) {
         (self.guest.name.clone(), self.container.as_ref().map(|(c, _)| c.clone()), self.dev.clone())
     }
@@ -197,7 +197,9 @@ async fn before_case<'a>(
 ) -> anyhow::Result<Before<'a>> {
     let requested = case.params.offloads.requested();
     let mut names = Vec::new();
-    let mut facts = rt.fixed_facts.lock().expect("facts").clone();
+    // Taken, and put back only once read: after a case that failed half-way
+    // its successor applies and reads everything again.
+    let mut probes = std::mem::take(&mut *rt.probes.lock().expect("probes"));
     let outputs = on_every_vm(rt, |name| {
         let vm = lab.vm(name).expect("a lab VM");
         let mine = || ifaces.iter().filter(move |i| i.guest.name == name);
@@ -215,8 +217,9 @@ async fn before_case<'a>(
             b.succeed("overlay case setup", setup.join("\n"));
         }
         for i in mine() {
-            let known = facts.contains_key(&i.key());
-            b.succeed(i.probe_part(), nic::probe_script(i.netns().as_ref(), &i.dev, known, &requested));
+            let last = probes.get(&i.key());
+            let apply = nic::still_to_apply(&requested, last.map(|p| &p.offloads));
+            b.succeed(i.probe_part(), nic::probe_script(i.netns().as_ref(), &i.dev, last.is_some(), &apply));
         }
         b.report("uptime", "read -r up _ </proc/uptime; echo $up");
         let cmds = [o.evidence_before_commands(lab, vm), f.evidence_before_commands(lab, vm)].concat();
@@ -234,7 +237,13 @@ async fn before_case<'a>(
     let mut mtus = Vec::new();
     for i in ifaces {
         let probe = nic::parse_probe(&of(&outputs, &i.guest.name).text(&i.probe_part()), &requested);
-        let (driver, channels) = facts.entry(i.key()).or_insert((probe.driver, probe.channels)).clone();
+        let known = probes.entry(i.key()).or_insert(Probed {
+            driver: probe.driver,
+            channels: probe.channels,
+            offloads: BTreeMap::new(),
+        });
+        known.offloads = probe.offloads.clone();
+        let (driver, channels) = (known.driver.clone(), known.channels);
         let before =
             probe.counters.with_context(|| format!("unreadable counters of {} on `{}`", i.dev, i.guest.name))?;
         mtus.push(((i.guest.name.clone(), i.netns(), i.dev.clone()), probe.mtu));
@@ -261,7 +270,7 @@ async fn before_case<'a>(
         .iter()
         .map(|(_, o)| o.seconds(capture::LISTEN_PART) + o.seconds(workload::LISTEN_PART))
         .fold(0.0, f64::max);
-    *rt.fixed_facts.lock().expect("facts") = facts;
+    *rt.probes.lock().expect("probes") = probes;
     let uptimes =
         outputs.iter().map(|(vm, o)| (vm.to_string(), o.text("uptime").trim().parse().unwrap_or(0.0))).collect();
     let variants = variant_outputs(&outputs, &names, case_dir.map(|d| d.join("before")).as_deref())?;
