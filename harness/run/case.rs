@@ -310,7 +310,7 @@ async fn after_case(
             let at = Netns::paths(i.netns().as_ref());
             b.succeed(i.counters_part(), format!("{}{}", at.prelude, Counters::command(&at.sys, &i.dev)));
         }
-        b.report("kernel log", "dmesg");
+        b.succeed("kernel log", checks::kernel_log_command());
         let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();
         names.push((name.to_string(), evidence_parts(&mut b, cmds)));
         b

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 
 use super::boot::LabRuntime;
-use super::RunOptions;
+use super::{checks, RunOptions};
 use crate::filter;
 use crate::guest::{self, Attachment, Batch, Netns, UNDERLAY_DEV};
 use crate::lab::Lab;
@@ -55,7 +55,8 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
 }
 
 /// Starts the holder of every container's namespace (what cases read of a
-/// namespace comes through it, see [`Netns`]), then runs once on every VM,
+/// namespace comes through it, see [`Netns`]) and the kernel log reader, then
+/// runs once on every VM,
 /// both at once and output discarded, the tools each case starts and the
 /// variants' evidence commands: under TCG the first run of a program reads it
 /// from the virtual disk and translates its code, which would otherwise cost
@@ -67,7 +68,8 @@ async fn warm_up(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<()> {
         for c in &vm.containers {
             b.succeed(format!("hold {}", c.name), Netns::container(&c.name).hold());
         }
-        b.report("tools", format!("iperf3 --version; tcpdump --version; ethtool -k {UNDERLAY_DEV}; dmesg | tail -n 1"));
+        b.succeed("kernel log reader", checks::kernel_log_reader());
+        b.report("tools", format!("iperf3 --version; tcpdump --version; ethtool -k {UNDERLAY_DEV}"));
         for (name, cmd) in [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat() {
             b.report(name, cmd);
         }
