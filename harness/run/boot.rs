@@ -53,6 +53,9 @@ pub(super) struct LabRuntime {
     pub vms: Vec<BootedVm>,
     /// What the last probe of each interface found.
     pub probes: std::sync::Mutex<Probes>,
+    /// The last case ended with its iperf3 and tcpdump processes gone: the
+    /// next one need not look for leftovers.
+    pub tidy: std::sync::atomic::AtomicBool,
     _net: LabNet,
     artifacts: Option<PathBuf>,
     /// Distinguishes the serial logs of successive boots.
@@ -162,8 +165,14 @@ async fn boot_once(
     let pending = spawn_vms(lab, p, &net, &nics)?;
     opts.progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
     let (vms, failure) = connect_agents(lab, p, pending, opts, &boot_label, attempt).await;
-    let mut rt =
-        LabRuntime { vms, probes: Default::default(), _net: net, artifacts: opts.artifacts.clone(), boot_label };
+    let mut rt = LabRuntime {
+        vms,
+        probes: Default::default(),
+        tidy: Default::default(),
+        _net: net,
+        artifacts: opts.artifacts.clone(),
+        boot_label,
+    };
     if let Some(e) = failure {
         return Err(e);
     }

@@ -140,8 +140,12 @@ pub(super) fn running<'a>(
     Ok(running)
 }
 
+/// The batch part that stops a VM's captures.
+pub(super) const STOP_PART: &str = "stop captures";
+
 /// Adds the stop of `vm`'s captures to its batch after the workload:
-/// SIGINT, then the wait until each tcpdump is gone.
+/// SIGINT, then the wait until each tcpdump is gone; the part fails if one
+/// is still there.
 pub(super) fn stop_part(running: &[RunningCapture], vm: &str, batch: &mut Batch) {
     let pids: Vec<String> = running.iter().filter(|c| c.plan.guest.name == vm).map(|c| c.pid.to_string()).collect();
     if pids.is_empty() {
@@ -150,8 +154,11 @@ pub(super) fn stop_part(running: &[RunningCapture], vm: &str, batch: &mut Batch)
     let pids = pids.join(" ");
     let gone = guest::process_gone("$p");
     batch.report(
-        "stop captures",
-        format!("kill -INT {pids} 2>/dev/null\nfor p in {pids}; do {}; done", guest::wait_until_every(&gone, 10, 10)),
+        STOP_PART,
+        format!(
+            "kill -INT {pids} 2>/dev/null\nfor p in {pids}; do {}; done\nfor p in {pids}; do {gone} || exit 1; done",
+            guest::wait_until_every(&gone, 10, 10)
+        ),
     );
 }
 
