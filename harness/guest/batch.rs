@@ -7,6 +7,7 @@
 //! shell builtins only: a part costs nothing beyond its own commands.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -153,8 +154,19 @@ impl Guest {
     /// Runs a batch in one agent call; fails like [`Guest::run`] when a part
     /// that had to succeed did not.
     pub async fn batch(&self, batch: &Batch) -> anyhow::Result<BatchOutput> {
+        self.batch_for(batch, Duration::ZERO).await
+    }
+
+    /// [`batch`](Self::batch) for a batch that runs a workload of `expected`
+    /// (it may take that much longer): its status is first asked after it,
+    /// so that the agent does not wake the guest while it measures.
+    pub async fn batch_for(&self, batch: &Batch, expected: Duration) -> anyhow::Result<BatchOutput> {
         let started = std::time::Instant::now();
-        let out = self.try_run(&batch.script()).await.with_context(|| format!("on `{}`", self.name))?;
+        let out = self
+            .agent()
+            .sh_for(&batch.script(), expected, self.command_timeout() + expected)
+            .await
+            .with_context(|| format!("on `{}`", self.name))?;
         let parsed = batch.parse(&out).with_context(|| {
             format!("on `{}`: unreadable batch output (exit {}): {}", self.name, out.code, out.stderr_text())
         })?;

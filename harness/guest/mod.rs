@@ -44,6 +44,11 @@ impl Guest {
         &self.agent
     }
 
+    /// How long any guest command may take (a workload gets its duration on top).
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// Runs a script and returns its output whatever its exit code.
     pub async fn try_run(&self, script: &str) -> Result<Output, AgentError> {
         self.agent.sh(script, self.command_timeout).await

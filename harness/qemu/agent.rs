@@ -180,14 +180,21 @@ impl Agent {
     /// does not wake the guest while it measures.
     pub async fn exec_for(&self, argv: &[&str], expected: Duration, limit: Duration) -> Result<Output, AgentError> {
         let pid = self.spawn(argv).await?;
-        sleep(expected.min(limit)).await;
+        if !expected.is_zero() {
+            sleep(expected.min(limit)).await;
+        }
         self.wait(pid, &argv.join(" "), limit.saturating_sub(expected)).await
     }
 
     /// Runs a shell script (`/bin/sh -c`) to completion within `limit`.
     pub async fn sh(&self, script: &str, limit: Duration) -> Result<Output, AgentError> {
-        let pid = self.spawn(&["/bin/sh", "-c", script]).await?;
-        self.wait(pid, script, limit).await
+        self.sh_for(script, Duration::ZERO, limit).await
+    }
+
+    /// [`sh`](Self::sh) for a script known to run at least `expected` (one
+    /// that runs a workload): see [`exec_for`](Self::exec_for).
+    pub async fn sh_for(&self, script: &str, expected: Duration, limit: Duration) -> Result<Output, AgentError> {
+        self.exec_for(&["/bin/sh", "-c", script], expected, limit).await
     }
 
     /// Reads a whole file from the guest.

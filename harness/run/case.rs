@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -21,6 +22,7 @@ use crate::measure::capture::CaptureSummary;
 use crate::measure::counters::Counters;
 use crate::measure::nic::{self, InterfaceEvidence};
 use crate::overlay::{self, CaseEnd, CaseEvidence, Overlay};
+use crate::qemu::agent::Output;
 use crate::report::{CaseReport, CaseTiming, Check, Section, Sections};
 
 /// Where an endpoint's traffic enters and leaves its VM.
@@ -292,36 +294,79 @@ struct After {
     variants: BTreeMap<String, String>,
 }
 
-/// One batch per VM, all at once: the captures stopped, the server's end,
-/// the counters after, what the kernel logged during the case, the variants'
-/// evidence.
-async fn after_case(
+/// The client's run and each VM's evidence after it, in the same agent call
+/// where the VM is an endpoint: the client's VM runs the client first; the
+/// server's VM sleeps through the workload, then waits for the server to
+/// end (killed when the client failed). Then each stops its captures and
+/// reads the counters after, what the kernel logged during the case and the
+/// variants' evidence; any other VM reads its own once the client is done.
+/// Returns the client's output, how long it ran, and the evidence.
+async fn workload_and_after(
     lab: &Lab,
     rt: &LabRuntime,
     (o, f): (&dyn Overlay, &dyn Filter),
     (before, ifaces): (&mut Before<'_>, &[Iface<'_>]),
-    (server, client_ok): (&Side<'_>, bool),
+    (case, server, client): (&Case, &Side<'_>, &Side<'_>),
     case_dir: Option<&Path>,
-) -> anyhow::Result<After> {
+) -> anyhow::Result<(Output, f64, After)> {
+    let (server_vm, client_vm) = (&server.vm.guest, &client.vm.guest);
+    let duration = lab.workload.duration;
     let mut names = Vec::new();
-    let outputs = on_every_vm(rt, |name| {
-        let vm = lab.vm(name).expect("a lab VM");
-        let mut b = Batch::new();
-        capture::stop_part(&before.captures, name, &mut b);
-        if name == server.vm.guest.name {
-            workload::end_part(before.server_pid, client_ok, &mut b);
+    let batches: Vec<(&str, Batch)> = rt
+        .vms
+        .iter()
+        .map(|booted| {
+            let name = booted.guest.name.as_str();
+            let vm = lab.vm(name).expect("a lab VM");
+            let mut b = Batch::new();
+            if name == client_vm.name {
+                workload::client_part(lab, case, client, &server.addr, &mut b);
+            }
+            if name == server_vm.name {
+                let asleep = if name == client_vm.name { Duration::ZERO } else { duration };
+                workload::end_part(before.server_pid, asleep, &mut b);
+            }
+            capture::stop_part(&before.captures, name, &mut b);
+            for i in ifaces.iter().filter(|i| i.guest.name == name) {
+                let at = Netns::paths(i.netns().as_ref());
+                b.succeed(i.counters_part(), format!("{}{}", at.prelude, Counters::command(&at.sys, &i.dev)));
+            }
+            b.succeed("kernel log", checks::kernel_log_command());
+            let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();
+            names.push((name.to_string(), evidence_parts(&mut b, cmds)));
+            (name, b)
+        })
+        .collect();
+    let batch = |name: &str| &batches.iter().find(|(n, _)| *n == name).expect("a batch per VM").1;
+    let on_client = async {
+        let out = client_vm.batch_for(batch(&client_vm.name), duration).await;
+        let ok = out.as_ref().ok().and_then(workload::client_output).is_some_and(|c| c.success());
+        if !ok && server_vm.name != client_vm.name {
+            workload::kill_server(server_vm, before.server_pid).await;
         }
-        for i in ifaces.iter().filter(|i| i.guest.name == name) {
-            let at = Netns::paths(i.netns().as_ref());
-            b.succeed(i.counters_part(), format!("{}{}", at.prelude, Counters::command(&at.sys, &i.dev)));
+        out
+    };
+    let on_server = async {
+        match server_vm.name != client_vm.name {
+            true => Some(server_vm.batch_for(batch(&server_vm.name), duration).await),
+            false => None,
         }
-        b.succeed("kernel log", checks::kernel_log_command());
-        let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();
-        names.push((name.to_string(), evidence_parts(&mut b, cmds)));
-        b
-    })
-    .await
-    .context("after the case")?;
+    };
+    let (on_client, on_server) = tokio::join!(on_client, on_server);
+    let mut outputs = vec![(client_vm.name.clone(), on_client.context("the workload")?)];
+    if let Some(out) = on_server {
+        outputs.push((server_vm.name.clone(), out.context("the workload's end")?));
+    }
+    let others = rt.vms.iter().filter(|v| v.guest.name != server_vm.name && v.guest.name != client_vm.name);
+    for (vm, out) in others.clone().zip(
+        futures::future::try_join_all(others.map(|v| v.guest.batch(batch(&v.guest.name))))
+            .await
+            .context("after the case")?,
+    ) {
+        outputs.push((vm.guest.name.clone(), out));
+    }
+    let client_out = workload::client_output(&outputs[0].1).context("the client's batch has no client output")?;
+    let workload_s = outputs[0].1.seconds(workload::CLIENT_PART);
     let outputs = by_vm(&outputs);
     for (e, i) in before.interfaces.iter_mut().zip(ifaces) {
         e.after = Counters::parse(&of(&outputs, &i.guest.name).text(&i.counters_part()))
@@ -334,12 +379,12 @@ async fn after_case(
         kernel_says.extend(checks::kernel_alarms(vm, &log, case_dir)?);
     }
     let server = workload::server_output(of(&outputs, &server.vm.guest.name));
-    // The client has exited (the agent said so); the server and the captures
+    // The client has exited (its part ended); the server and the captures
     // are gone if their parts say so.
     let stopped = outputs.iter().all(|(_, o)| o.get(capture::STOP_PART).is_none_or(|p| p.success()));
     rt.tidy.store(stopped && server.is_some(), Ordering::Relaxed);
     let variants = variant_outputs(&outputs, &names, case_dir)?;
-    Ok(After { server, kernel_says, variants })
+    Ok((client_out, workload_s, After { server, kernel_says, variants }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -380,12 +425,11 @@ pub(super) async fn run_case(
     // rest (setup, probes, evidence) ran while they started.
     let captures_start_s = before.listen_s;
     let setup_s = (clock.lap() - captures_start_s).max(0.0);
-    let client_out = workload::run_client(lab, case, &client, &server.addr).await?;
-    let workload_s = clock.lap();
-    let after =
-        after_case(lab, rt, (o, f), (&mut before, &ifaces), (&server, client_out.success()), case_dir.as_deref())
+    let (client_out, workload_s, after) =
+        workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), (case, &server, &client), case_dir.as_deref())
             .await?;
-    let evidence_s = clock.lap();
+    // The client ran first in its VM's evidence batch.
+    let evidence_s = (clock.lap() - workload_s).max(0.0);
     let summaries = capture::collect(before.captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
     let run = WorkloadOutput { client: client_out, server: after.server };
     if let Some(dir) = &case_dir {

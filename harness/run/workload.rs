@@ -1,9 +1,13 @@
 //! The iperf3 lifecycle of one case: the server started in its endpoint
 //! (`-1`: one test, then it exits) by a part of its VM's start batch, which
-//! returns once it listens; the client run for the workload's duration; the
-//! server's JSON read by a part of the evidence batch once it has exited.
+//! returns once it listens; the client run for the workload's duration by
+//! the first part of its VM's evidence batch, so that the evidence is read
+//! the moment it ends; the server's JSON read by a part of the server VM's
+//! evidence batch once the server has exited.
 
-use crate::guest::{self, Batch, BatchOutput, Netns};
+use std::time::Duration;
+
+use crate::guest::{self, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{Case, Lab};
 use crate::measure::iperf3;
 use crate::qemu::agent::Output;
@@ -28,6 +32,10 @@ const START_PART: &str = "start iperf3 server";
 /// The part that waits for the server to listen.
 pub(super) const LISTEN_PART: &str = "iperf3 server listens";
 const END_PART: &str = "iperf3 server";
+/// The part that runs the client.
+pub(super) const CLIENT_PART: &str = "iperf3 client";
+/// Where the client's exit code goes, for a server in the same VM.
+const CLIENT_RC: &str = "/tmp/vlab-iperf3-client.rc";
 
 /// The part of the server VM's batch before a case that starts the server in
 /// the background (in its namespace) and prints its pid.
@@ -35,7 +43,7 @@ pub(super) fn start_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
     let argv = Netns::wrap(server.netns.as_ref(), iperf3::server_argv(&lab.workload));
     batch.report(
         START_PART,
-        format!("{} </dev/null >{SERVER_OUT} 2>{SERVER_OUT}.err &\necho $!", guest::shell_line(&argv)),
+        format!("{} </dev/null >{SERVER_OUT} 2>{SERVER_OUT}.err &\necho $!\n: >{CLIENT_RC}", guest::shell_line(&argv)),
     );
 }
 
@@ -62,16 +70,27 @@ pub(super) fn server_pid(out: &BatchOutput) -> Option<i64> {
     out.text(START_PART).lines().next().and_then(|l| l.trim().parse().ok())
 }
 
-/// The part of the server VM's evidence batch that waits (20 s at most) for
-/// the server to end and prints its JSON. When the client failed, the server
-/// may never have had its test: it is killed first.
-pub(super) fn end_part(pid: i64, client_ok: bool, batch: &mut Batch) {
+/// The part of the server VM's evidence batch that waits for the server to
+/// end (`first`, the workload's duration, asleep: nothing wakes the guest
+/// while it measures; then 20 s at most) and prints its JSON. A server whose
+/// client failed may never have had its test: [`kill_server`] ends it, or,
+/// in the client's VM, this part when the client's exit code says so.
+pub(super) fn end_part(pid: i64, first: Duration, batch: &mut Batch) {
     let gone = guest::process_gone(&pid.to_string());
-    let kill = if client_ok { String::new() } else { format!("kill -9 {pid} 2>/dev/null\n") };
+    let sleep = if first.is_zero() { String::new() } else { format!("sleep {}\n", first.as_secs_f64()) };
     batch.report(
         END_PART,
-        format!("{kill}{}\n{gone} && cat {SERVER_OUT}", guest::wait_until_every(&gone, END_LIMIT_S, 10)),
+        format!(
+            "read -r rc 2>/dev/null <{CLIENT_RC}; [ -z \"$rc\" ] || [ \"$rc\" = 0 ] || kill -9 {pid} 2>/dev/null\n\
+             {sleep}{}\n{gone} && cat {SERVER_OUT}",
+            guest::wait_until_every(&gone, END_LIMIT_S, 10)
+        ),
     );
+}
+
+/// Ends the server of a client that failed (in another VM than the client).
+pub(super) async fn kill_server(guest: &Guest, pid: i64) {
+    let _ = guest.try_run(&format!("kill -9 {pid} 2>/dev/null; true")).await;
 }
 
 /// The server's JSON from the evidence batch.
@@ -79,11 +98,15 @@ pub(super) fn server_output(out: &BatchOutput) -> Option<Vec<u8>> {
     out.get(END_PART).filter(|o| o.success()).map(|o| o.stdout.clone())
 }
 
-/// Runs the case's client against the listening server at `server_addr`.
-pub(super) async fn run_client(lab: &Lab, case: &Case, client: &Side<'_>, server_addr: &str) -> anyhow::Result<Output> {
-    let w = &lab.workload;
-    let client_argv = Netns::wrap(client.netns.as_ref(), iperf3::client_argv(w, &case.params, server_addr));
-    let client_refs: Vec<&str> = client_argv.iter().map(String::as_str).collect();
-    let limit = w.duration + lab.timeouts.command;
-    Ok(client.vm.guest.agent().exec_for(&client_refs, w.duration, limit).await?)
+/// The first part of the client VM's evidence batch: the case's client
+/// against the listening server at `server_addr`; its exit code is kept for
+/// a server in the same VM.
+pub(super) fn client_part(lab: &Lab, case: &Case, client: &Side<'_>, server_addr: &str, batch: &mut Batch) {
+    let argv = Netns::wrap(client.netns.as_ref(), iperf3::client_argv(&lab.workload, &case.params, server_addr));
+    batch.report(CLIENT_PART, format!("{}\nrc=$?; echo $rc >{CLIENT_RC}; exit $rc", guest::shell_line(&argv)));
+}
+
+/// The client's output, from its VM's evidence batch.
+pub(super) fn client_output(out: &BatchOutput) -> Option<Output> {
+    out.get(CLIENT_PART).cloned()
 }
