@@ -66,16 +66,33 @@ fn a_process_is_gone_once_a_zombie_or_reaped() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
-/// `ip` commands become one `ip -batch` for what may find nothing and one
-/// for what must work.
+/// `ip` commands become one `ip -force -batch`: a line of what may find
+/// nothing to remove may fail, a line of what must work may not (checked in a
+/// real shell with a stand-in `ip`).
 #[test]
 fn ip_commands_are_batched() {
-    let tidy = vec!["route flush proto 99".to_string()];
-    let apply = vec!["route add ::1/128 dev lo".to_string()];
-    assert_eq!(
-        vlab::guest::ip_batch("-6", &tidy, &apply).join("\n"),
-        "ip -6 -force -batch - 2>/dev/null <<'EOF' || true\nroute flush proto 99\nEOF\n\
-         ip -6 -batch - <<'EOF'\nroute add ::1/128 dev lo\nEOF"
-    );
+    // A stand-in `ip` that fails every line saying FAIL, as `ip -force -batch` does.
+    let dir = tempfile::tempdir().unwrap();
+    let ip = dir.path().join("ip");
+    std::fs::write(
+        &ip,
+        "#!/bin/sh\nn=0; rc=0; while read -r l; do n=$((n+1)); case $l in *FAIL*) \
+         echo \"Error: $l\" >&2; echo \"Command failed -:$n\" >&2; rc=1;; esac; done; exit $rc\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = |tidy: &[&str], apply: &[&str]| {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let script = vlab::guest::ip_batch("-6", &strings(tidy), &strings(apply)).join("\n");
+        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap());
+        std::process::Command::new("/bin/sh").arg("-c").arg(&script).env("PATH", path).output().unwrap()
+    };
+    let out = run(&["ila del FAIL", "route flush"], &["route add a", "route add b"]);
+    assert!(out.status.success(), "a tidy line may fail: {out:?}");
+    let out = run(&["ila del FAIL"], &["route add a", "route add FAIL *"]);
+    assert!(!out.status.success(), "an applied line may not");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Error: route add FAIL *") && stderr.contains("Command failed -:3"), "{stderr}");
+    assert!(run(&[], &["route add a"]).status.success());
     assert!(vlab::guest::ip_batch("", &[], &[]).is_empty());
 }

@@ -252,23 +252,30 @@ pub fn random_hex() -> String {
     format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish())
 }
 
-/// `ip` commands (without the leading `ip`) as at most two `ip -batch`
-/// processes (a process costs 10-25 ms under TCG) with the global `options`
-/// (such as `-6`: a batch's lines cannot carry them): `tidy`, whose commands
-/// may find nothing to remove, then `apply`, which must all work (`ip` names
-/// the line that failed). Empty lists cost nothing.
+/// `ip` commands (without the leading `ip`) as one `ip -force -batch`
+/// process (a process costs 10-25 ms under TCG) with the global `options`
+/// (such as `-6`: a batch's lines cannot carry them): first `tidy`, whose
+/// commands may find nothing to remove, then `apply`, which must all work.
+/// `ip` goes on past a failing line and names it (`Command failed -:N`); the
+/// script fails, with `ip`'s complaints, when a line of `apply` did. Empty
+/// lists cost nothing.
 pub fn ip_batch(options: &str, tidy: &[String], apply: &[String]) -> Vec<String> {
-    let mut script = Vec::new();
-    let ip = if options.is_empty() { "ip".to_string() } else { format!("ip {options}") };
-    for (cmds, run) in
-        [(tidy, format!("{ip} -force -batch - 2>/dev/null <<'EOF' || true")), (apply, format!("{ip} -batch - <<'EOF'"))]
-    {
-        if !cmds.is_empty() {
-            script.push(run);
-            script.extend(cmds.iter().cloned());
-            script.push("EOF".to_string());
-        }
+    if tidy.is_empty() && apply.is_empty() {
+        return Vec::new();
     }
+    let ip = if options.is_empty() { "ip".to_string() } else { format!("ip {options}") };
+    let mut script = vec![format!("out=$({ip} -force -batch - 2>&1 <<'EOF'")];
+    script.extend(tidy.iter().chain(apply).cloned());
+    script.push("EOF".to_string());
+    script.push(")".to_string());
+    script.push(format!(
+        // Line by line (IFS is a newline), no globbing of what `ip` said.
+        "bad=; o=$IFS; IFS='\n'; set -f\n\
+         for l in $out; do case $l in 'Command failed -:'*) [ \"${{l#Command failed -:}}\" -le {} ] || bad=1;; esac; done\n\
+         set +f; IFS=$o",
+        tidy.len()
+    ));
+    script.push("[ -z \"$bad\" ] || { printf '%s\\n' \"$out\" >&2; exit 1; }".to_string());
     script
 }
 
