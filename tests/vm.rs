@@ -800,6 +800,15 @@ fn ila_matrix_verdicts_from_captures() {
 /// follows the SYN-ACK varies: the handshake's ACK or the first data may come
 /// first), and the forwarding entries that point at a VTEP.
 fn vxlan_evidence(case: &Value) -> Value {
+    let section = &case["variant"]["overlay"];
+    let fdb: Vec<&Value> = section["fdb"].as_array().unwrap().iter().filter(|e| !e["dst"].is_null()).collect();
+    let (checks, captures) = checks_and_captures(case);
+    serde_json::json!({"checks": checks, "captures": captures, "fdb": fdb, "evpn": section["control_plane"]})
+}
+
+/// A case's checks (name and verdict) and what its captures show of VXLAN
+/// and the first two workload segments.
+fn checks_and_captures(case: &Value) -> (Vec<Value>, Vec<Value>) {
     let checks: Vec<Value> = case["checks"]
         .as_array()
         .unwrap()
@@ -825,9 +834,7 @@ fn vxlan_evidence(case: &Value) -> Value {
             serde_json::json!({"vm": c["vm"], "container": c["container"], "vxlan": c["vxlan"].get("vnis").map(|_| serde_json::json!({"vnis": c["vxlan"]["vnis"], "tunnels": c["vxlan"]["tunnels"], "fragments": c["vxlan"]["fragments"]})), "flows": c["flows"], "first": first})
         })
         .collect();
-    let section = &case["variant"]["overlay"];
-    let fdb: Vec<&Value> = section["fdb"].as_array().unwrap().iter().filter(|e| !e["dst"].is_null()).collect();
-    serde_json::json!({"checks": checks, "captures": captures, "fdb": fdb, "evpn": section["control_plane"]})
+    (checks, captures)
 }
 
 #[test]
@@ -838,6 +845,50 @@ fn vxlan_lab_encapsulates_with_static_entries() {
     let case = &report["cases"][0];
     assert!(case["throughput_bps"].as_f64().unwrap() > 20e6);
     insta::assert_json_snapshot!("vxlan-evidence", vxlan_evidence(case));
+}
+
+/// Docker Swarm's overlay with real dockerd: both nodes Ready, the VNI on
+/// the wire is the one Docker chose, the workload crossed the overlay; the
+/// snapshot holds Docker's view with the network's id left out of device
+/// names, and each case's checks and captures.
+#[test]
+fn swarm_lab_carries_containers_over_dockers_overlay() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (report, artifacts, _) = vlab.run_lab("labs/swarm.toml", &[0]);
+    for case in report["cases"].as_array().unwrap() {
+        assert!(case["throughput_bps"].as_f64().unwrap() > 20e6, "{}", case["name"]);
+    }
+    for f in ["swarm/daemon.json", "streams=1/swarm/nodes.json", "streams=1/swarm/dockerd-host2.log"] {
+        assert!(artifacts.join(f).is_file(), "{f}");
+    }
+    let docker = &report["cases"][0]["variant"]["overlay"];
+    for (vm, daemon, kib) in docker["rss_kib"].as_array().unwrap().iter().map(|x| (&x[0], &x[1], &x[2])) {
+        let kib = kib.as_u64().unwrap_or(0);
+        assert!((1000..600_000).contains(&kib), "{vm} {daemon}: {kib} KiB");
+    }
+    let devices: Vec<Value> = docker["vxlan_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::json!({"vm": d[0], "vni": d[2], "mtu": d[3]}))
+        .collect();
+    let cases: Vec<Value> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let (checks, captures) = checks_and_captures(c);
+            serde_json::json!({"case": c["name"], "checks": checks, "captures": captures})
+        })
+        .collect();
+    insta::assert_json_snapshot!(
+        "swarm-evidence",
+        serde_json::json!({
+            "nodes": docker["nodes"], "vnis": docker["vnis"], "subnet": docker["subnet"],
+            "gateway": docker["gateway"], "vxlan_devices": devices, "bridges": docker["bridges"], "cases": cases,
+        })
+    );
 }
 
 /// Another VNI, UDP port and addresses: what is on the wire and in the

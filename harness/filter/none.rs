@@ -2,15 +2,17 @@
 //!
 //! It deploys nothing and proves it: after each case it reads every VM's
 //! netfilter ruleset (`nft -j list ruleset`, which also shows rules that
-//! `iptables-nft` installed) and checks that no base chain hooked where the
-//! overlay forwards container traffic (`forward` in the ip, ip6 and inet
-//! families for routed overlays, in the bridge family for L2 overlays) drops,
-//! rejects or has a drop policy. It is the reference the other filters are
-//! compared with.
+//! `iptables-nft` installed) in each namespace where the overlay forwards
+//! container traffic, and checks that no base chain hooked there (`forward`
+//! in the ip, ip6 and inet families for routed overlays, in the bridge family
+//! for L2 overlays, both in an overlay's own namespace with `br_netfilter`)
+//! drops, rejects or has a drop policy. It is the reference the other
+//! filters are compared with.
 
 use serde::Serialize;
 
 use super::Filter;
+use crate::guest::Netns;
 use crate::lab::{Lab, Vm};
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 use crate::report::{list, Check};
@@ -21,8 +23,23 @@ pub struct NoFilter;
 /// The ruleset command, and the artifact its output is kept as.
 const RULESET: &str = "nft -j list ruleset";
 
-fn artifact(vm: &str) -> String {
-    format!("ruleset-{vm}.json")
+/// The ruleset's artifact of `vm`'s namespace `netns` (its own without one).
+fn artifact(vm: &str, netns: Option<&Netns>) -> String {
+    match netns {
+        None => format!("ruleset-{vm}.json"),
+        Some(ns) => format!("ruleset-{vm}-{}.json", ns.label()),
+    }
+}
+
+/// The namespaces of the lab overlay's enforcement points, each once.
+fn namespaces(points: &[EnforcementPoint]) -> Vec<Option<Netns>> {
+    let mut all: Vec<Option<Netns>> = Vec::new();
+    for ns in points.iter().map(|p| p.netns().cloned()) {
+        if !all.contains(&ns) {
+            all.push(ns);
+        }
+    }
+    all
 }
 
 impl Variant for NoFilter {
@@ -34,8 +51,12 @@ impl Variant for NoFilter {
         &["nftables"]
     }
 
-    fn evidence_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        vec![(artifact(&vm.name), RULESET.to_string())]
+    fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
+        namespaces(&points)
+            .into_iter()
+            .map(|ns| (artifact(&vm.name, ns.as_ref()), Netns::script(ns.as_ref(), RULESET)))
+            .collect()
     }
 }
 
@@ -45,20 +66,26 @@ impl Filter for NoFilter {
     }
 
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        let families: Vec<&str> = points
-            .iter()
-            .flat_map(|p| match p {
-                EnforcementPoint::Forward => vec!["ip", "ip6", "inet"],
-                EnforcementPoint::Bridge { .. } => vec!["bridge"],
-            })
-            .collect();
         let mut chains = Vec::new();
         let mut unread = Vec::new();
-        for vm in &lab.vms {
-            match e.outputs.get(&artifact(&vm.name)).map(|t| forward_chains(&vm.name, t, &families)) {
-                Some(Ok(c)) => chains.extend(c),
-                _ => unread.push(vm.name.clone()),
+        let mut families = Vec::new();
+        for ns in namespaces(points) {
+            let fams: Vec<&str> = points
+                .iter()
+                .filter(|p| p.netns() == ns.as_ref())
+                .flat_map(|p| p.netfilter_families().iter().copied())
+                .collect();
+            for vm in &lab.vms {
+                let at = match &ns {
+                    None => vm.name.clone(),
+                    Some(n) => format!("{}/{}", vm.name, n.label()),
+                };
+                match e.outputs.get(&artifact(&vm.name, ns.as_ref())).map(|t| forward_chains(&at, t, &fams)) {
+                    Some(Ok(c)) => chains.extend(c),
+                    _ => unread.push(at),
+                }
             }
+            families.extend(fams.into_iter().filter(|f| !families.contains(f)).collect::<Vec<_>>());
         }
         let filtering: Vec<String> = chains.iter().filter(|c| c.filters()).map(ToString::to_string).collect();
         let check = Check::new(

@@ -140,6 +140,15 @@ impl Netns {
         Netns::Named(name.to_string())
     }
 
+    /// A short name for it, for reports and file names: the name, or the
+    /// file's last component.
+    pub fn label(&self) -> String {
+        match self {
+            Netns::Named(n) => n.clone(),
+            Netns::Path(p) => p.rsplit('/').next().unwrap_or(p).to_string(),
+        }
+    }
+
     /// Its namespace file.
     pub fn file(&self) -> String {
         match self {

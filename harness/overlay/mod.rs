@@ -18,6 +18,7 @@ pub mod baseline;
 pub mod evpn;
 pub mod ila;
 mod plan;
+pub mod swarm;
 pub mod vxlan;
 
 pub use plan::{
@@ -28,7 +29,8 @@ use crate::guest::Attachment;
 use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 
 /// Every overlay, in the order errors list them; one line registers one.
-pub static OVERLAYS: &[&dyn Overlay] = &[&baseline::Baseline, &ila::Ila, &vxlan::Vxlan, &evpn::VxlanEvpn];
+pub static OVERLAYS: &[&dyn Overlay] =
+    &[&baseline::Baseline, &ila::Ila, &vxlan::Vxlan, &evpn::VxlanEvpn, &swarm::Swarm];
 
 /// The overlay whose throughput the others are compared with in one run.
 pub const REFERENCE: &str = "baseline";

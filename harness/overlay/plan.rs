@@ -12,6 +12,7 @@ use crate::measure::capture::CaptureSummary;
 use crate::report::Check;
 
 pub use crate::guest::Containers;
+use crate::guest::Netns;
 
 /// Where a VM forwards its containers' traffic: where a filter is enforced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,35 @@ pub enum EnforcementPoint {
         /// The bridge device.
         name: String,
     },
+    /// A bridge in a namespace of the overlay's own (Docker's overlay
+    /// networks): netfilter's bridge family there, and with `br_netfilter`
+    /// the IP families' forward hooks of that namespace.
+    BridgeIn {
+        /// The namespace.
+        netns: Netns,
+        /// The bridge device.
+        name: String,
+    },
+}
+
+impl EnforcementPoint {
+    /// The namespace it is in (`None`: the VM's own).
+    pub fn netns(&self) -> Option<&Netns> {
+        match self {
+            EnforcementPoint::BridgeIn { netns, .. } => Some(netns),
+            EnforcementPoint::Forward | EnforcementPoint::Bridge { .. } => None,
+        }
+    }
+
+    /// The netfilter families whose `forward` hook sees the containers'
+    /// traffic there.
+    pub fn netfilter_families(&self) -> &'static [&'static str] {
+        match self {
+            EnforcementPoint::Forward => &["ip", "ip6", "inet"],
+            EnforcementPoint::Bridge { .. } => &["bridge"],
+            EnforcementPoint::BridgeIn { .. } => &["bridge", "ip", "ip6", "inet"],
+        }
+    }
 }
 
 /// A file a deploy step writes into a guest (through the agent, not a heredoc).

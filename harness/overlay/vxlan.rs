@@ -341,8 +341,20 @@ pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
         },
     ));
 
-    let [s_vtep, c_vtep] = e.vteps;
-    let [s_c, c_c] = e.containers;
+    checks.extend(wire_checks(&e.settings, e.vteps, e.containers, &e.underlay));
+    checks
+}
+
+/// What the underlay captures of a VXLAN case must show: the VNI of
+/// `settings` (and nothing else) on its UDP port between the two VTEPs
+/// (server's, client's), the two containers' flow inside, and no fragments.
+pub fn wire_checks(
+    settings: &VxlanSettings,
+    [s_vtep, c_vtep]: [IpAddr; 2],
+    [s_c, c_c]: [IpAddr; 2],
+    underlay: &[&CaptureSummary],
+) -> Vec<Check> {
+    let mut checks = Vec::new();
     let tunnels_expected = [Flow { src: c_vtep, dst: s_vtep }, Flow { src: s_vtep, dst: c_vtep }];
     let inner_expected = [Flow { src: c_c, dst: s_c }, Flow { src: s_c, dst: c_c }];
     let mut vnis = BTreeSet::new();
@@ -350,7 +362,7 @@ pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
     let mut inner = BTreeSet::new();
     let mut packets = 0;
     let mut fragments = 0;
-    for c in &e.underlay {
+    for c in underlay {
         if let Some(v) = &c.vxlan {
             vnis.extend(v.vnis.iter().copied());
             tunnels.extend(v.tunnels.iter().copied());
@@ -359,21 +371,21 @@ pub fn verdict(e: &VxlanEvidence) -> Vec<Check> {
         }
         inner.extend(c.flows.iter().copied());
     }
-    let ok = vnis.iter().eq([e.settings.vni].iter())
+    let ok = vnis.iter().eq([settings.vni].iter())
         && flows_are(&tunnels, &tunnels_expected)
         && flows_are(&inner, &inner_expected);
     checks.push(Check::new(
-        &format!("VXLAN: wire carries VNI {} between the VTEPs", e.settings.vni),
+        &format!("VXLAN: wire carries VNI {} between the VTEPs", settings.vni),
         ok,
         format!(
             "{packets} VXLAN packets to UDP {}; VNIs {}; tunnels {}; inner {}",
-            e.settings.port,
+            settings.port,
             list(&vnis),
             list(&tunnels),
             list(&inner)
         ),
     ));
-    let family = e.settings.family;
+    let family = settings.family;
     checks.push(Check::new(
         "VXLAN: no fragmentation",
         fragments == 0 && packets > 0,

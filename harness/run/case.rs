@@ -34,6 +34,9 @@ pub(super) struct Side<'a> {
     pub netns: Option<Netns>,
     /// Address of the endpoint for the case's family and path.
     pub addr: String,
+    /// Whether the container's veth has its other end in the VM's namespace
+    /// (vlab's veths, not an overlay's own).
+    pub host_veth: bool,
 }
 
 fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &Endpoint, case: &Case) -> Side<'a> {
@@ -47,7 +50,10 @@ fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &Endpoint, case: &Case) -> Side<'
         _ => (None, vm.underlay.get(family).expect("validated").to_string()),
     };
     let netns = container.as_deref().map(Netns::container);
-    Side { vm: rt.vm(&vm.name), container, netns, addr }
+    let booted = rt.vm(&vm.name);
+    let host_veth = Attachment::of(&booted.nic) == Attachment::Veth
+        && overlay::get(case.params.overlay(lab)).containers() != guest::Containers::Managed;
+    Side { vm: booted, container, netns, addr, host_veth }
 }
 
 impl Side<'_> {
@@ -58,7 +64,7 @@ impl Side<'_> {
         let mut v = vec![(None, guest::UNDERLAY_DEV.to_string())];
         if let Some(c) = &self.container {
             v.push((Some(c.clone()), guest::CONTAINER_DEV.to_string()));
-            if Attachment::of(&self.vm.nic) == Attachment::Veth {
+            if self.host_veth {
                 v.push((None, guest::host_veth(c)));
             }
         }
