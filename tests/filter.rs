@@ -48,3 +48,38 @@ fn a_jump_to_a_chain_that_drops_is_filtering() {
     assert!(chains[0].filters());
     assert!(forward_chains("host2", "not json", &ROUTED).is_err());
 }
+
+/// `iptables -v -S FORWARD` and `ip6tables -v -S FORWARD` as the `iptables`
+/// filter reads them in a vlab guest (Docker's overlay namespace, after a
+/// one-stream case): each line's counters, and which part of the policy it is.
+#[test]
+fn iptables_counters_and_policy_parts() {
+    use vlab::filter::iptables::{parse_counters, part_of, Part};
+    let text =
+        std::fs::read_to_string(format!("{}/tests/fixtures/iptables/overlay-after.txt", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    let rules = parse_counters(&text);
+    assert_eq!(rules.len(), 6, "{rules:?}");
+    let seen: Vec<(&str, Option<Part>, u64, u64)> =
+        rules.iter().map(|r| (r.tool.as_str(), part_of(&r.rule, 5201), r.packets, r.bytes)).collect();
+    assert_eq!(
+        seen[..3],
+        [
+            ("iptables", Some(Part::Policy), 0, 0),
+            ("iptables", Some(Part::Established), 6519, 141833399),
+            ("iptables", Some(Part::Port), 3, 180)
+        ]
+    );
+    assert_eq!(rules[1].rule, "-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT");
+    assert!(seen[3..].iter().all(|(tool, part, p, _)| *tool == "ip6tables" && part.is_some() && *p == 0));
+    // Another port's rule, another verdict or chain: not the policy's.
+    for other in [
+        "-A FORWARD -p tcp -m tcp --dport 5202 -j ACCEPT",
+        "-A FORWARD -p tcp -m tcp --dport 5201 -j DROP",
+        "-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT",
+        "-A FORWARD -m state --state NEW -j ACCEPT",
+        "-P FORWARD ACCEPT",
+    ] {
+        assert_eq!(part_of(other, 5201), None, "{other}");
+    }
+}

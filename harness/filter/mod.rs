@@ -8,13 +8,14 @@
 //! evidence it reads back (rule counters, rulesets). One file each, one line
 //! in [`FILTERS`] registers it.
 
+pub mod iptables;
 pub mod none;
 
 use crate::lab::Lab;
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// Every filter, in the order errors list them; one line registers one.
-pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter];
+pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter, &iptables::Iptables];
 
 /// The filter registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Filter> {

@@ -33,17 +33,19 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
         booted.report.channels = nic::parse_channels(&out.text("channels"));
     }
     let attachments: Vec<Attachment> = lab.vms.iter().map(|vm| Attachment::of(&rt.vm(&vm.name).nic)).collect();
-    let mut plan = o.deploy(lab, &attachments);
-    plan.extend(f.deploy(lab, &o.enforcement_points(lab)));
-    run_plan(rt, &plan, opts)
+    run_plan(rt, &o.deploy(lab, &attachments), opts)
         .await
-        .with_context(|| format!("deploying overlay {} and filter {}", o.name(), f.name()))?;
+        .with_context(|| format!("deploying overlay {}", o.name()))?;
+    // The overlay's readiness is its own (a filter may drop the probe's ping).
     let mut ready = Vec::new();
     if let Some(probe) = o.readiness(lab) {
         opts.progress.phase(&format!("waiting for overlay {}: {}", o.name(), probe.what));
         let took = rt.vm(&probe.vm).guest.poll(&probe.command, probe.limit).await?;
         ready.push(Readiness { overlay: o.name().into(), what: probe.what, seconds: took.map(|d| d.as_secs_f64()) });
     }
+    run_plan(rt, &f.deploy(lab, &o.enforcement_points(lab)), opts)
+        .await
+        .with_context(|| format!("deploying filter {} on overlay {}", f.name(), o.name()))?;
     for vm in &lab.vms {
         let guest = &rt.vm(&vm.name).guest;
         for cmd in &vm.setup {
