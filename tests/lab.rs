@@ -74,6 +74,11 @@ fn edit(from: &str, to: &str) -> String {
 #[case::bad_duration(edit("duration = \"5s\"", "duration = \"5 parsecs\""), "bad_duration")]
 #[case::bad_bitrate(edit("min_throughput = \"100Mbit\"", "min_throughput = \"fast\""), "bad_bitrate")]
 #[case::missing_family(edit("ipv6 = \"fd01:2::2/64\"", ""), "missing_family")]
+#[case::probe_on_workload_port(
+    edit("duration = \"5s\"", "duration = \"5s\"\nprobe_port = 5201"),
+    "probe_on_workload_port"
+)]
+#[case::port_out_of_range(edit("duration = \"5s\"", "duration = \"5s\"\nport = 70000"), "port_out_of_range")]
 fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &str) {
     let text =
         if name == "unknown_key" { BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1) } else { text };

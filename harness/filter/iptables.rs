@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::Filter;
 use crate::guest::Netns;
 use crate::lab::{Lab, Vm};
-use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
+use crate::overlay::{CaseEvidence, EnforcementPoint, ProbeOutcome, Step, Variant, Verdict};
 use crate::report::{list, Check};
 
 /// The `iptables` filter.
@@ -228,7 +228,7 @@ impl Filter for Iptables {
         let total = est_p + port_p + drop_p;
         let share = if total > 0 { est_p as f64 / total as f64 } else { 0.0 };
         let connections = u64::from(e.case.params.streams) + 1;
-        let checks = vec![
+        let mut checks = vec![
             Check::new(
                 "iptables: the policy is in place at every enforcement point",
                 missing.is_empty(),
@@ -249,10 +249,17 @@ impl Filter for Iptables {
                 format!("{port_p} packets for {connections} connections (control and streams) on every VM's path"),
             ),
         ];
+        if let Some(p) = e.probe {
+            checks.push(Check::new(
+                &format!("iptables: the policy drops a probe to TCP {}", p.port),
+                p.outcome == ProbeOutcome::TimedOut && drop_p > 0,
+                format!("{p}; the policy dropped {drop_p} packets"),
+            ));
+        }
         Verdict {
             checks,
             section: Some(serde_json::json!({
-                "rules": deltas, "established_share": (share * 1000.0).round() / 1000.0,
+                "rules": deltas, "established_share": (share * 1000.0).round() / 1000.0, "probe": e.probe,
                 "established_packets": est_p, "port_packets": port_p, "dropped_packets": drop_p,
             })),
         }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::Filter;
 use crate::guest::Netns;
 use crate::lab::{Lab, Vm};
-use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
+use crate::overlay::{CaseEvidence, EnforcementPoint, ProbeOutcome, Step, Variant, Verdict};
 use crate::report::{list, Check};
 
 /// The `none` filter.
@@ -102,7 +102,15 @@ impl Filter for NoFilter {
                 (true, false) => format!("filtering: {}", filtering.join("; ")),
             },
         );
-        Verdict { checks: vec![check], section: Some(serde_json::json!({ "forward_chains": chains })) }
+        let mut checks = vec![check];
+        if let Some(p) = e.probe {
+            checks.push(Check::new(
+                &format!("filter none: a probe to TCP {} reaches its listener", p.port),
+                p.outcome == ProbeOutcome::Connected,
+                p.to_string(),
+            ));
+        }
+        Verdict { checks, section: Some(serde_json::json!({ "forward_chains": chains, "probe": e.probe })) }
     }
 }
 

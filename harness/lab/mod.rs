@@ -434,6 +434,11 @@ pub struct Workload {
     /// Server port (default 5201).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// A second port that a listener in the server's endpoint opens during
+    /// each case; after the workload the client tries one TCP connection to
+    /// it, which a filter's policy should drop (none: no probe).
+    #[serde(default)]
+    pub probe_port: Option<u16>,
     /// NIC offloads for every case (default: the drivers' defaults).
     #[serde(default)]
     pub offloads: Offloads,

@@ -452,6 +452,14 @@ fn validate_workload(lab: &Lab) -> Result<(), Issue> {
     if w.port == 0 {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
+    if let Some(p) = w.probe_port {
+        if p == 0 || p == w.port {
+            return Err(Issue::new(
+                vec![Key("workload"), Key("probe_port")],
+                format!("{p}: the probe needs a port of its own, not 0 or the workload's {}", w.port),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -22,7 +22,8 @@ pub mod swarm;
 pub mod vxlan;
 
 pub use plan::{
-    CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Readiness, Step, Verdict,
+    CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeOutcome, Readiness, Step,
+    Verdict,
 };
 
 use crate::guest::Attachment;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 use crate::lab::Case;
 use crate::measure::capture::CaptureSummary;
@@ -160,6 +161,42 @@ pub struct CaseEvidence<'a> {
     pub before: BTreeMap<String, String>,
     /// Outputs of the variants' evidence commands after the case, by artifact name.
     pub outputs: BTreeMap<String, String>,
+    /// The client's connection attempt to the probe port after the workload,
+    /// when the lab asks for one.
+    pub probe: Option<Probe>,
+}
+
+/// What became of one TCP connection attempt from the client's endpoint to
+/// a listener on the server's probe port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    /// The port.
+    pub port: u16,
+    /// Its outcome.
+    pub outcome: ProbeOutcome,
+}
+
+/// How a probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeOutcome {
+    /// The listener accepted it.
+    Connected,
+    /// Something answered with a reset (or an ICMP error).
+    Refused,
+    /// Nothing answered within the probe's second.
+    TimedOut,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.outcome {
+            ProbeOutcome::Connected => "connected",
+            ProbeOutcome::Refused => "refused",
+            ProbeOutcome::TimedOut => "timed out (1 s)",
+        };
+        write!(f, "TCP {}: {what}", self.port)
+    }
 }
 
 impl CaseEvidence<'_> {

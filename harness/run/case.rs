@@ -182,6 +182,8 @@ struct Before<'a> {
     variants: BTreeMap<String, String>,
     captures: Vec<capture::RunningCapture<'a>>,
     server_pid: i64,
+    /// The probe's listener, when the lab has a probe port.
+    probe_pid: Option<i64>,
     /// How long the slowest VM waited for its captures and server to listen
     /// once the rest was done.
     listen_s: f64,
@@ -224,6 +226,7 @@ async fn before_case<'a>(
         capture::start_part(&planned, name, &mut b);
         if is_server {
             workload::start_part(lab, server, &mut b);
+            workload::probe_listener_part(lab, server, &mut b);
         }
         let setup = o.case_setup(lab, vm, &case.params);
         if !setup.is_empty() {
@@ -279,6 +282,10 @@ async fn before_case<'a>(
     let captures = capture::running(planned, &outputs, mtu)?;
     let server_pid =
         workload::server_pid(of(&outputs, &server.vm.guest.name)).context("no pid for the iperf3 server")?;
+    let probe_pid = workload::probe_listener_pid(of(&outputs, &server.vm.guest.name));
+    if lab.workload.probe_port.is_some() && probe_pid.is_none() {
+        anyhow::bail!("no pid for the probe's listener");
+    }
     let listen_s = outputs
         .iter()
         .map(|(_, o)| o.seconds(capture::LISTEN_PART) + o.seconds(workload::LISTEN_PART))
@@ -287,7 +294,7 @@ async fn before_case<'a>(
     let uptimes =
         outputs.iter().map(|(vm, o)| (vm.to_string(), o.text("uptime").trim().parse().unwrap_or(0.0))).collect();
     let variants = variant_outputs(&outputs, &names, case_dir.map(|d| d.join("before")).as_deref())?;
-    Ok(Before { interfaces, uptimes, variants, captures, server_pid, listen_s })
+    Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, listen_s })
 }
 
 /// What a case read after its workload.
@@ -298,6 +305,8 @@ struct After {
     kernel_says: Vec<String>,
     /// Outputs of the variants' commands, by artifact name.
     variants: BTreeMap<String, String>,
+    /// The probe's outcome.
+    probe: Option<overlay::Probe>,
 }
 
 /// The client's run and each VM's evidence after it, in the same agent call
@@ -327,6 +336,7 @@ async fn workload_and_after(
             let mut b = Batch::new();
             if name == client_vm.name {
                 workload::client_part(lab, case, client, &server.addr, &mut b);
+                workload::probe_part(lab, client, &server.addr, &mut b);
             }
             if name == server_vm.name {
                 let asleep = if name == client_vm.name { Duration::ZERO } else { duration };
@@ -348,7 +358,7 @@ async fn workload_and_after(
         let out = client_vm.batch_for(batch(&client_vm.name), duration).await;
         let ok = out.as_ref().ok().and_then(workload::client_output).is_some_and(|c| c.success());
         if !ok && server_vm.name != client_vm.name {
-            workload::kill_server(server_vm, before.server_pid).await;
+            workload::kill(server_vm, before.server_pid).await;
         }
         out
     };
@@ -359,6 +369,9 @@ async fn workload_and_after(
         }
     };
     let (on_client, on_server) = tokio::join!(on_client, on_server);
+    if let Some(pid) = before.probe_pid {
+        workload::kill(server_vm, pid).await;
+    }
     let mut outputs = vec![(client_vm.name.clone(), on_client.context("the workload")?)];
     if let Some(out) = on_server {
         outputs.push((server_vm.name.clone(), out.context("the workload's end")?));
@@ -372,6 +385,7 @@ async fn workload_and_after(
         outputs.push((vm.guest.name.clone(), out));
     }
     let client_out = workload::client_output(&outputs[0].1).context("the client's batch has no client output")?;
+    let probe = workload::probe_outcome(lab, &outputs[0].1);
     let workload_s = outputs[0].1.seconds(workload::CLIENT_PART);
     let outputs = by_vm(&outputs);
     for (e, i) in before.interfaces.iter_mut().zip(ifaces) {
@@ -390,7 +404,7 @@ async fn workload_and_after(
     let stopped = outputs.iter().all(|(_, o)| o.get(capture::STOP_PART).is_none_or(|p| p.success()));
     rt.tidy.store(stopped && server.is_some(), Ordering::Relaxed);
     let variants = variant_outputs(&outputs, &names, case_dir)?;
-    Ok((client_out, workload_s, After { server, kernel_says, variants }))
+    Ok((client_out, workload_s, After { server, kernel_says, variants, probe }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -455,6 +469,7 @@ pub(super) async fn run_case(
         delivered: received > 0 && run.client.success(),
         before: before.variants,
         outputs: after.variants,
+        probe: after.probe,
     };
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);

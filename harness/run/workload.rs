@@ -34,6 +34,9 @@ pub(super) const LISTEN_PART: &str = "iperf3 server listens";
 const END_PART: &str = "iperf3 server";
 /// The part that runs the client.
 pub(super) const CLIENT_PART: &str = "iperf3 client";
+/// The parts that start the probe's listener and try the probe.
+const PROBE_LISTENER_PART: &str = "start probe listener";
+const PROBE_PART: &str = "probe";
 /// Where the client's exit code goes, for a server in the same VM.
 const CLIENT_RC: &str = "/tmp/vlab-iperf3-client.rc";
 
@@ -65,6 +68,54 @@ pub(super) fn listen_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
     batch.succeed(LISTEN_PART, format!("{wait} || {{ cat {SERVER_OUT} {SERVER_OUT}.err >&2; exit 1; }}"));
 }
 
+/// The part of the server VM's batch before a case that starts a listener
+/// (an iperf3 server, one test) on the probe port in the server's namespace;
+/// the workload's listen wait covers it too.
+pub(super) fn probe_listener_part(lab: &Lab, server: &Side<'_>, batch: &mut Batch) {
+    let Some(port) = lab.workload.probe_port else { return };
+    let mut w = lab.workload.clone();
+    w.port = port;
+    let argv = Netns::wrap(server.netns.as_ref(), iperf3::server_argv(&w));
+    batch.report(PROBE_LISTENER_PART, format!("{} </dev/null >/dev/null 2>&1 &\necho $!", guest::shell_line(&argv)));
+}
+
+/// The probe listener's pid, from the server VM's batch before the case.
+pub(super) fn probe_listener_pid(out: &BatchOutput) -> Option<i64> {
+    out.text(PROBE_LISTENER_PART).lines().next().and_then(|l| l.trim().parse().ok())
+}
+
+/// The part of the client VM's evidence batch after the client: one TCP
+/// connection attempt from the client's namespace to the server's probe
+/// port (bash's `/dev/tcp`, one second at most); prints `connected`,
+/// `refused` or `timed-out`.
+pub(super) fn probe_part(lab: &Lab, client: &Side<'_>, server_addr: &str, batch: &mut Batch) {
+    let Some(port) = lab.workload.probe_port else { return };
+    let argv = Netns::wrap(
+        client.netns.as_ref(),
+        ["timeout", "1", "bash", "-c", &format!("exec 3<>/dev/tcp/{server_addr}/{port}")].map(String::from).to_vec(),
+    );
+    batch.report(
+        PROBE_PART,
+        format!(
+            "{} 2>/dev/null; case $? in 0) echo connected;; 124) echo timed-out;; *) echo refused;; esac",
+            guest::shell_line(&argv)
+        ),
+    );
+}
+
+/// The probe's outcome, from the client VM's evidence batch.
+pub(super) fn probe_outcome(lab: &Lab, out: &BatchOutput) -> Option<crate::overlay::Probe> {
+    use crate::overlay::ProbeOutcome;
+    let port = lab.workload.probe_port?;
+    let outcome = match out.text(PROBE_PART).trim() {
+        "connected" => ProbeOutcome::Connected,
+        "timed-out" => ProbeOutcome::TimedOut,
+        "refused" => ProbeOutcome::Refused,
+        _ => return None,
+    };
+    Some(crate::overlay::Probe { port, outcome })
+}
+
 /// The server's pid, from its VM's batch before the case.
 pub(super) fn server_pid(out: &BatchOutput) -> Option<i64> {
     out.text(START_PART).lines().next().and_then(|l| l.trim().parse().ok())
@@ -88,8 +139,9 @@ pub(super) fn end_part(pid: i64, first: Duration, batch: &mut Batch) {
     );
 }
 
-/// Ends the server of a client that failed (in another VM than the client).
-pub(super) async fn kill_server(guest: &Guest, pid: i64) {
+/// Ends the server of a client that failed (in another VM than the client),
+/// or the probe's listener once the probe is over.
+pub(super) async fn kill(guest: &Guest, pid: i64) {
     let _ = guest.try_run(&format!("kill -9 {pid} 2>/dev/null; true")).await;
 }
 
