@@ -89,17 +89,6 @@ fn install(point: &EnforcementPoint, port: u16) -> String {
     Netns::script(point.netns(), &s.join("\n"))
 }
 
-/// The namespaces of `points`, each once (`None`: the VM's own).
-fn namespaces(points: &[EnforcementPoint]) -> Vec<Option<Netns>> {
-    let mut all: Vec<Option<Netns>> = Vec::new();
-    for ns in points.iter().map(|p| p.netns().cloned()) {
-        if !all.contains(&ns) {
-            all.push(ns);
-        }
-    }
-    all
-}
-
 fn artifact(vm: &str, netns: Option<&Netns>) -> String {
     match netns {
         None => format!("iptables-{vm}.txt"),
@@ -110,7 +99,7 @@ fn artifact(vm: &str, netns: Option<&Netns>) -> String {
 /// What `-v -S FORWARD` of both tools prints at each of `vm`'s points.
 fn counters_commands(lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
     let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
-    namespaces(&points)
+    EnforcementPoint::namespaces(&points)
         .into_iter()
         .map(|ns| {
             let script = TOOLS.map(|t| format!("echo '# {t}'; {t} -w -v -S FORWARD")).join("\n");
@@ -198,7 +187,7 @@ impl Filter for Iptables {
         let port = lab.workload.port;
         let mut deltas = Vec::new();
         let mut missing = Vec::new();
-        for ns in namespaces(points) {
+        for ns in EnforcementPoint::namespaces(points) {
             for vm in &lab.vms {
                 let name = artifact(&vm.name, ns.as_ref());
                 let at = ns.as_ref().map_or(vm.name.clone(), |n| format!("{}/{}", vm.name, n.label()));

@@ -31,17 +31,6 @@ fn artifact(vm: &str, netns: Option<&Netns>) -> String {
     }
 }
 
-/// The namespaces of the lab overlay's enforcement points, each once.
-fn namespaces(points: &[EnforcementPoint]) -> Vec<Option<Netns>> {
-    let mut all: Vec<Option<Netns>> = Vec::new();
-    for ns in points.iter().map(|p| p.netns().cloned()) {
-        if !all.contains(&ns) {
-            all.push(ns);
-        }
-    }
-    all
-}
-
 impl Variant for NoFilter {
     fn name(&self) -> &'static str {
         "none"
@@ -53,7 +42,7 @@ impl Variant for NoFilter {
 
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
-        namespaces(&points)
+        EnforcementPoint::namespaces(&points)
             .into_iter()
             .map(|ns| (artifact(&vm.name, ns.as_ref()), Netns::script(ns.as_ref(), RULESET)))
             .collect()
@@ -69,7 +58,7 @@ impl Filter for NoFilter {
         let mut chains = Vec::new();
         let mut unread = Vec::new();
         let mut families = Vec::new();
-        for ns in namespaces(points) {
+        for ns in EnforcementPoint::namespaces(points) {
             let fams: Vec<&str> = points
                 .iter()
                 .filter(|p| p.netns() == ns.as_ref())

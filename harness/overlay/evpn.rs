@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{vxlan, Verdict};
 use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, GuestFile, Overlay, Readiness, Step, Variant};
-use crate::guest::{container_mac, shell_line, Attachment, Netns};
+use crate::guest::{container_mac, Attachment};
 use crate::lab::{Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::Check;
 
@@ -102,19 +102,7 @@ impl Overlay for VxlanEvpn {
     /// The workload's client container reaches the server container (one
     /// ping a time, for at most 90 s).
     fn readiness(&self, lab: &Lab) -> Option<Readiness> {
-        let w = &lab.workload;
-        let (Some(c), Some(sc)) = (&w.client.container, &w.server.container) else { return None };
-        let server = lab.vm(&w.server.vm)?;
-        let target = server.containers.iter().find(|x| &x.name == sc).and_then(|x| x.address(w.family))?;
-        Some(Readiness {
-            what: "first container ping through".into(),
-            vm: w.client.vm.clone(),
-            command: format!(
-                "{} ping -c 1 -W 1 -q {target} >/dev/null 2>&1",
-                shell_line(&Netns::container(c).exec_prefix())
-            ),
-            limit: Duration::from_secs(90),
-        })
+        Readiness::first_ping(lab, lab.workload.family, Duration::from_secs(90))
     }
 
     fn capture_hints(&self, lab: &Lab) -> CaptureHints {

@@ -45,6 +45,17 @@ impl EnforcementPoint {
         }
     }
 
+    /// The namespaces of `points`, each once (`None`: the VM's own).
+    pub fn namespaces(points: &[EnforcementPoint]) -> Vec<Option<Netns>> {
+        let mut all: Vec<Option<Netns>> = Vec::new();
+        for ns in points.iter().map(|p| p.netns().cloned()) {
+            if !all.contains(&ns) {
+                all.push(ns);
+            }
+        }
+        all
+    }
+
     /// The netfilter families whose `forward` hook sees the containers'
     /// traffic there.
     pub fn netfilter_families(&self) -> &'static [&'static str] {
@@ -113,6 +124,27 @@ pub struct Readiness {
     pub command: String,
     /// How long to try.
     pub limit: Duration,
+}
+
+impl Readiness {
+    /// The workload's client container pings the server container's address
+    /// of `family` (one ping a second), for at most `limit`; `None` unless
+    /// both ends are containers.
+    pub fn first_ping(lab: &crate::lab::Lab, family: crate::lab::Family, limit: Duration) -> Option<Readiness> {
+        let w = &lab.workload;
+        let (Some(c), Some(sc)) = (&w.client.container, &w.server.container) else { return None };
+        let server = lab.vm(&w.server.vm)?;
+        let target = server.containers.iter().find(|x| &x.name == sc).and_then(|x| x.address(family))?;
+        Some(Readiness {
+            what: "first container ping through".into(),
+            vm: w.client.vm.clone(),
+            command: format!(
+                "{} ping -c 1 -W 1 -q {target} >/dev/null 2>&1",
+                crate::guest::shell_line(&Netns::container(c).exec_prefix())
+            ),
+            limit,
+        })
+    }
 }
 
 /// How to capture and decode an overlay's traffic.

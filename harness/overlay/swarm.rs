@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{vxlan, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Readiness, Step, Variant};
 use super::{GuestFile, Verdict};
-use crate::guest::{shell_line, wait_until, Attachment, Netns, CONTAINER_DEV};
+use crate::guest::{wait_until, Attachment, Netns, CONTAINER_DEV};
 use crate::lab::{Family, Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::{list, Check};
 
@@ -132,19 +132,7 @@ impl Overlay for Swarm {
 
     /// The workload's client container reaches the server container.
     fn readiness(&self, lab: &Lab) -> Option<Readiness> {
-        let w = &lab.workload;
-        let (Some(c), Some(sc)) = (&w.client.container, &w.server.container) else { return None };
-        let server = lab.vm(&w.server.vm)?;
-        let target = server.containers.iter().find(|x| &x.name == sc).and_then(|x| x.address(Family::Ipv4))?;
-        Some(Readiness {
-            what: "first container ping through".into(),
-            vm: w.client.vm.clone(),
-            command: format!(
-                "{} ping -c 1 -W 1 -q {target} >/dev/null 2>&1",
-                shell_line(&Netns::container(c).exec_prefix())
-            ),
-            limit: Duration::from_secs(60),
-        })
+        Readiness::first_ping(lab, Family::Ipv4, Duration::from_secs(60))
     }
 
     fn capture_hints(&self, _lab: &Lab) -> CaptureHints {
