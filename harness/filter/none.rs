@@ -99,7 +99,11 @@ impl Filter for NoFilter {
                 p.to_string(),
             ));
         }
-        Verdict { checks, section: Some(serde_json::json!({ "forward_chains": chains, "probe": e.probe })) }
+        let mut section = serde_json::json!({ "forward_chains": chains });
+        if let Some(p) = e.probe {
+            section["probe"] = serde_json::json!(p);
+        }
+        Verdict { checks, section: Some(section) }
     }
 }
 
