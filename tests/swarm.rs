@@ -39,6 +39,7 @@ fn the_shipped_lab_is_a_two_node_swarm_on_one_subnet() {
 #[case::on_gateway(edit("ipv4 = \"10.0.9.3/24\"", "ipv4 = \"10.0.9.254/24\""), "swarm_on_gateway")]
 #[case::unknown_manager(edit("manager = \"host1\"", "manager = \"host9\""), "swarm_unknown_manager")]
 #[case::no_ipv4(edit("ipv4 = \"10.0.9.3/24\"", "ipv6 = \"fd09::3/64\""), "swarm_no_ipv4")]
+#[case::unknown_key(edit("network = \"vlab\"", "network = \"vlab\"\nencrypted = true"), "swarm_unknown_key")]
 fn invalid_swarm_labs_name_the_field(#[case] text: String, #[case] name: &str) {
     let err = parse(&text).expect_err("the lab must be rejected");
     insta::assert_snapshot!(name, err.to_string());

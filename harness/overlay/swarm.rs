@@ -85,7 +85,9 @@ impl Variant for Swarm {
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
-        validate(lab).map_err(|issue| lab.invalid(issue))
+        // The `[swarm]` table's own errors (an unknown key, a wrong type) name their field.
+        let s = lab.section::<Section>()?.swarm.unwrap_or_default();
+        validate(lab, &s).map_err(|issue| lab.invalid(issue))
     }
 
     fn modules(&self) -> &'static [&'static str] {
@@ -169,10 +171,8 @@ pub fn gateway(net: Ipv4Net) -> Ipv4Addr {
     net.hosts().last().unwrap_or(net.addr())
 }
 
-fn validate(lab: &Lab) -> Result<(), Issue> {
+fn validate(lab: &Lab, s: &SwarmSettings) -> Result<(), Issue> {
     use Seg::{Index, Key};
-    let s = lab.section::<Section>().map_err(|_| Issue::new(vec![Key("swarm")], "unreadable"))?.swarm;
-    let s = s.unwrap_or_default();
     if let Some(m) = &s.manager {
         if lab.vm(m).is_none() {
             let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
