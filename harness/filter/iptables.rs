@@ -90,10 +90,7 @@ fn install(point: &EnforcementPoint, port: u16) -> String {
 }
 
 fn artifact(vm: &str, netns: Option<&Netns>) -> String {
-    match netns {
-        None => format!("iptables-{vm}.txt"),
-        Some(ns) => format!("iptables-{vm}-{}.txt", ns.label()),
-    }
+    super::artifact("iptables", vm, netns, "txt")
 }
 
 /// What `-v -S FORWARD` of both tools prints at each of `vm`'s points.
@@ -190,7 +187,7 @@ impl Filter for Iptables {
         for ns in EnforcementPoint::namespaces(points) {
             for vm in &lab.vms {
                 let name = artifact(&vm.name, ns.as_ref());
-                let at = ns.as_ref().map_or(vm.name.clone(), |n| format!("{}/{}", vm.name, n.label()));
+                let at = super::place(&vm.name, ns.as_ref());
                 let before = parse_counters(e.before.get(&name).map_or("", String::as_str));
                 let after = parse_counters(e.outputs.get(&name).map_or("", String::as_str));
                 for tool in TOOLS {

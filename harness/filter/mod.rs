@@ -11,6 +11,7 @@
 pub mod iptables;
 pub mod none;
 
+use crate::guest::Netns;
 use crate::lab::Lab;
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
@@ -25,6 +26,18 @@ pub fn find(name: &str) -> Option<&'static dyn Filter> {
 /// The filter of a validated lab or case (the name was checked at load).
 pub fn get(name: &str) -> &'static dyn Filter {
     find(name).unwrap_or_else(|| panic!("filter `{name}` is not registered"))
+}
+
+/// Where on `vm` a filter reads: `VM`, or `VM/NAMESPACE` for a point in a
+/// namespace of its own (reports name chains and counters by it).
+pub fn place(vm: &str, netns: Option<&Netns>) -> String {
+    netns.map_or(vm.to_string(), |n| format!("{vm}/{}", n.label()))
+}
+
+/// The artifact of what a filter read at [`place`]: `STEM-VM.EXT`, or
+/// `STEM-VM-NAMESPACE.EXT`.
+pub fn artifact(stem: &str, vm: &str, netns: Option<&Netns>, ext: &str) -> String {
+    format!("{stem}-{}.{ext}", place(vm, netns).replace('/', "-"))
 }
 
 /// A filter on the containers' forwarding path.

@@ -25,10 +25,7 @@ const RULESET: &str = "nft -j list ruleset";
 
 /// The ruleset's artifact of `vm`'s namespace `netns` (its own without one).
 fn artifact(vm: &str, netns: Option<&Netns>) -> String {
-    match netns {
-        None => format!("ruleset-{vm}.json"),
-        Some(ns) => format!("ruleset-{vm}-{}.json", ns.label()),
-    }
+    super::artifact("ruleset", vm, netns, "json")
 }
 
 impl Variant for NoFilter {
@@ -65,10 +62,7 @@ impl Filter for NoFilter {
                 .flat_map(|p| p.netfilter_families().iter().copied())
                 .collect();
             for vm in &lab.vms {
-                let at = match &ns {
-                    None => vm.name.clone(),
-                    Some(n) => format!("{}/{}", vm.name, n.label()),
-                };
+                let at = super::place(&vm.name, ns.as_ref());
                 match e.outputs.get(&artifact(&vm.name, ns.as_ref())).map(|t| forward_chains(&at, t, &fams)) {
                     Some(Ok(c)) => chains.extend(c),
                     _ => unread.push(at),
