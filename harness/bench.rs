@@ -1,13 +1,15 @@
 //! `vlab bench`: a lab run repeatedly, with median/min/max of boot time, wall
 //! time and per-case throughput, and ratios between cases measured in the same
-//! run (container path over underlay path, same family and workload).
+//! run: container path over underlay path (same family and workload), each
+//! overlay over `baseline` and each filter over `none` (the case that differs
+//! only there).
 
 use serde::Serialize;
 
 use crate::lab::{Lab, TrafficPath};
-use crate::overlay::REFERENCE;
-use crate::report::{CaseTiming, Report};
+use crate::report::{CaseReport, CaseTiming, Report};
 use crate::run::{run, RunOptions};
+use crate::{filter, overlay};
 
 /// Median, minimum and maximum of a series.
 #[derive(Debug, Clone, Serialize)]
@@ -108,12 +110,20 @@ pub fn summarize(lab: &Lab, reports: &[Report]) -> Bench {
             stats.push(Stats::of(format!("ratio {} / {}", case.name, base.name), "x", ratios));
         }
     }
-    // Overlays against the reference overlay, each ratio taken within one run.
-    for case in cases.iter().filter(|c| c.params.overlay.as_deref().is_some_and(|o| o != REFERENCE)) {
-        let ratios: Vec<f64> =
-            reports.iter().filter_map(|r| r.cases.iter().find(|x| x.name == case.name)?.vs_baseline).collect();
-        if !ratios.is_empty() {
-            stats.push(Stats::of(format!("ratio {} / overlay={REFERENCE}", case.name), "x", ratios));
+    // Overlays against the reference overlay and filters against none,
+    // each ratio taken within one run (the references' own cases have none).
+    type Ratio = fn(&CaseReport) -> Option<f64>;
+    let versus: [(Ratio, String); 2] = [
+        (|c| c.vs_baseline, format!("overlay={}", overlay::REFERENCE)),
+        (|c| c.vs_no_filter, format!("filter={}", filter::REFERENCE)),
+    ];
+    for (ratio, against) in &versus {
+        for case in &cases {
+            let ratios: Vec<f64> =
+                reports.iter().filter_map(|r| ratio(r.cases.iter().find(|x| x.name == case.name)?)).collect();
+            if !ratios.is_empty() {
+                stats.push(Stats::of(format!("ratio {} / {against}", case.name), "x", ratios));
+            }
         }
     }
     Bench {

@@ -52,7 +52,8 @@ enum Cmd {
         cold_boot: bool,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
-    /// throughput per case, and container/underlay ratios within each run.
+    /// throughput per case, and ratios within each run (container/underlay,
+    /// overlay/baseline, filter/none).
     Bench {
         /// The lab file.
         lab: PathBuf,

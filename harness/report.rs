@@ -94,6 +94,26 @@ pub struct CaseReport {
     /// run (labs whose matrix compares overlays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
+    /// Throughput over that of the same case without a filter (filter
+    /// `none`) on the same booted pair in this run (labs whose matrix
+    /// compares filters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_no_filter: Option<f64>,
+}
+
+impl CaseReport {
+    /// Its throughput, with its ratios to the baseline overlay and to no
+    /// filter when the run has them: `2.04 Gbit/s (0.84x no filter)`.
+    pub fn throughput_text(&self) -> String {
+        let ratios: Vec<String> = [(self.vs_baseline, "baseline"), (self.vs_no_filter, "no filter")]
+            .into_iter()
+            .filter_map(|(r, of)| r.map(|r| format!("{r:.2}x {of}")))
+            .collect();
+        match ratios.is_empty() {
+            true => fmt_bps(self.throughput_bps),
+            false => format!("{} ({})", fmt_bps(self.throughput_bps), ratios.join(", ")),
+        }
+    }
 }
 
 /// Where a case's time went, phase by phase, in seconds.
@@ -173,18 +193,44 @@ pub struct Readiness {
     pub seconds: Option<f64>,
 }
 
+/// The matrix axis a comparison holds the rest of a case's parameters
+/// against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versus {
+    /// Against the reference overlay: [`CaseReport::vs_baseline`].
+    Overlay,
+    /// Against no filter: [`CaseReport::vs_no_filter`].
+    Filter,
+}
+
 /// Sets each case's throughput ratio to its sibling with the `reference`
-/// overlay (the case that differs only in its `overlay`), when the run has one.
-pub fn compare_with(cases: &mut [CaseReport], reference: &str) {
-    let baselines: Vec<(CaseParams, f64)> = cases
+/// value of the `axis` (the case that differs only there), when the run has
+/// one; the reference's own cases get none.
+pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
+    let value = |p: &CaseParams| match axis {
+        Versus::Overlay => p.overlay.clone(),
+        Versus::Filter => p.filter.clone(),
+    };
+    let sibling_of = |p: &CaseParams| {
+        let r = Some(reference.to_string());
+        match axis {
+            Versus::Overlay => CaseParams { overlay: r, ..p.clone() },
+            Versus::Filter => CaseParams { filter: r, ..p.clone() },
+        }
+    };
+    let references: Vec<(CaseParams, f64)> = cases
         .iter()
-        .filter(|c| c.params.overlay.as_deref() == Some(reference))
+        .filter(|c| value(&c.params).as_deref() == Some(reference))
         .map(|c| (c.params.clone(), c.throughput_bps))
         .collect();
-    for c in cases.iter_mut().filter(|c| c.params.overlay.is_some()) {
-        let sibling = CaseParams { overlay: Some(reference.to_string()), ..c.params.clone() };
-        if let Some((_, base)) = baselines.iter().find(|(p, b)| *p == sibling && *b > 0.0) {
-            c.vs_baseline = Some(c.throughput_bps / base);
+    for c in cases.iter_mut().filter(|c| value(&c.params).is_some_and(|v| v != reference)) {
+        let sibling = sibling_of(&c.params);
+        if let Some((_, base)) = references.iter().find(|(p, b)| *p == sibling && *b > 0.0) {
+            let ratio = Some(c.throughput_bps / base);
+            match axis {
+                Versus::Overlay => c.vs_baseline = ratio,
+                Versus::Filter => c.vs_no_filter = ratio,
+            }
         }
     }
 }
@@ -312,18 +358,16 @@ impl Report {
             ));
         }
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+        let throughputs: Vec<String> = self.cases.iter().map(CaseReport::throughput_text).collect();
+        let tp = throughputs.iter().map(String::len).max().unwrap_or(0).max(13);
         s.push_str(&format!(
-            "\n{:<width$}  {:>13}  {:>7}  {:>9}  result\n",
+            "\n{:<width$}  {:>tp$}  {:>7}  {:>9}  result\n",
             "case", "throughput", "retrans", "cpu c/s %"
         ));
-        for c in &self.cases {
+        for (c, throughput) in self.cases.iter().zip(throughputs) {
             let failed: Vec<&str> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect();
-            let throughput = match c.vs_baseline {
-                Some(r) => format!("{} ({r:.2}x baseline)", fmt_bps(c.throughput_bps)),
-                None => fmt_bps(c.throughput_bps),
-            };
             s.push_str(&format!(
-                "{:<width$}  {:>13}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
+                "{:<width$}  {:>tp$}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
                 throughput,
                 c.retransmits.map_or("-".into(), |r| r.to_string()),

@@ -73,6 +73,20 @@ impl lab::Variants for Registry {
                 v.validate(&switched).map_err(|e| if axis { with_axis_value(e, kind, name, j) } else { e })?;
             }
         }
+        // A filter that enforces needs the containers' traffic to cross the
+        // place the overlay offers it.
+        for f in lab.filters().into_iter().map(filter::get).filter(|f| f.enforces()) {
+            for o in lab.overlays() {
+                overlay::get(o).hosts_filters(&lab.with_overlay(o)).map_err(|e| match e {
+                    LabError::Invalid { location, field, message } => LabError::Invalid {
+                        location,
+                        field,
+                        message: format!("overlay {o} cannot host filter {}: {message}", f.name()),
+                    },
+                    other => other,
+                })?;
+            }
+        }
         Ok(())
     }
 

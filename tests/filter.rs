@@ -1,5 +1,6 @@
-//! The filters without VMs: the `none` filter's reading of real rulesets
-//! (`nft -j list ruleset` in vlab guests, Debian 13's nftables 1.1.3).
+//! The filters without VMs: how they read real rulesets and counters from
+//! vlab guests (Debian 13's nftables 1.1.3 and iptables-nft), and the scripts
+//! they deploy and remove.
 
 use vlab::filter::none::forward_chains;
 
@@ -54,7 +55,8 @@ fn a_jump_to_a_chain_that_drops_is_filtering() {
 /// one-stream case): each line's counters, and which part of the policy it is.
 #[test]
 fn iptables_counters_and_policy_parts() {
-    use vlab::filter::iptables::{parse_counters, part_of, Part};
+    use vlab::filter::iptables::{parse_counters, part_of};
+    use vlab::filter::policy::Part;
     let text =
         std::fs::read_to_string(format!("{}/tests/fixtures/iptables/overlay-after.txt", env!("CARGO_MANIFEST_DIR")))
             .unwrap();
@@ -82,4 +84,73 @@ fn iptables_counters_and_policy_parts() {
     ] {
         assert_eq!(part_of(other, 5201), None, "{other}");
     }
+}
+
+/// What the policy filters deploy and remove at each kind of point: the
+/// VM's forward hook (baseline) and a bridge in Docker's overlay namespace
+/// (swarm), where the bridge switches are saved, turned on and put back.
+#[test]
+fn policy_filters_deploy_and_remove_at_each_point() {
+    let mut plans = Vec::new();
+    for (file, overlay) in [("filters.toml", "baseline"), ("swarm.toml", "swarm")] {
+        let path = std::path::PathBuf::from(format!("{}/labs/{file}", env!("CARGO_MANIFEST_DIR")));
+        let lab = vlab::load_lab(&path).unwrap().with_overlay(overlay);
+        let points = vlab::overlay::get(overlay).enforcement_points(&lab);
+        for name in ["iptables", "nftables"] {
+            let f = vlab::filter::get(name);
+            let lab = lab.with_filter(name);
+            for (what, steps) in [("deploy", f.deploy(&lab, &points)), ("remove", f.remove(&lab, &points))] {
+                // Every VM gets the same scripts.
+                assert!(steps.iter().all(|s| s.commands == steps[0].commands), "{name} {what}");
+                assert_eq!(steps.len(), lab.vms.len());
+                plans.push(format!("## {overlay} {name} {what}\n{}", steps[0].commands.join("\n")));
+            }
+        }
+    }
+    insta::assert_snapshot!("policy_filter_plans", plans.join("\n\n"));
+}
+
+/// `nft -j list table inet vlab` as the `nftables` filter reads it in a vlab
+/// guest (the baseline overlay's host2, before and after a one-stream case):
+/// the chain's hook and policy, each part's counter found by its comment.
+#[test]
+fn nftables_table_counters_by_comment() {
+    use vlab::filter::nftables::parse_table;
+    use vlab::filter::policy::Part;
+    let before = parse_table(&fixture("vlab-table-before.json")).unwrap();
+    let after = parse_table(&fixture("vlab-table-after.json")).unwrap();
+    assert_eq!(after.chain, Some(("forward".to_string(), "drop".to_string())));
+    assert_eq!(before.differences(), Vec::<String>::new());
+    assert_eq!(after.differences(), Vec::<String>::new());
+    let counted = |t: &vlab::filter::nftables::Table, part| t.counter(part).map(|c| (c.packets, c.bytes));
+    assert_eq!(counted(&before, Part::Established), Some((0, 0)));
+    assert_eq!(counted(&after, Part::Established), Some((23927, 1136331436)));
+    assert_eq!(counted(&after, Part::Port), Some((2, 120)));
+    assert_eq!(counted(&after, Part::Policy), Some((1, 60)));
+}
+
+/// What another hand did to the table is a difference: a rule added in
+/// front, the policy turned to accept, the table gone.
+#[test]
+fn a_rewritten_nftables_table_differs() {
+    use vlab::filter::nftables::parse_table;
+    let after = fixture("vlab-table-after.json");
+    let accept = after.replace("\"policy\": \"drop\"", "\"policy\": \"accept\"");
+    assert_eq!(parse_table(&accept).unwrap().differences(), ["chain forward on hook forward with policy accept"]);
+    let extra = after.replace(
+        "{\"rule\": {\"family\": \"inet\", \"table\": \"vlab\", \"chain\": \"forward\", \"handle\": 2,",
+        "{\"rule\": {\"family\": \"inet\", \"table\": \"vlab\", \"chain\": \"forward\", \"handle\": 9, \
+         \"expr\": [{\"accept\": null}]}}, {\"rule\": {\"family\": \"inet\", \"table\": \"vlab\", \
+         \"chain\": \"forward\", \"handle\": 2,",
+    );
+    assert_ne!(extra, after, "the fixture changed");
+    let d = parse_table(&extra).unwrap().differences();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        d[0],
+        "rules [-:accept, established:accept, port:accept, policy:-] \
+         instead of [established:accept, port:accept, policy:-]"
+    );
+    let gone = parse_table(r#"{"nftables": [{"metainfo": {"version": "1.1.3"}}]}"#).unwrap();
+    assert_eq!(gone.differences()[0], "no chain forward");
 }

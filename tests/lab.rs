@@ -165,6 +165,14 @@ fn nic_matrix_groups_cases_by_nic() {
     nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", { tso = false, checksum = true }]"),
     "unknown_offload"
 )]
+#[case::filter_on_vfs(
+    nic_edit("offloads = [\"on\", \"off\"]", "offloads = [\"on\", \"off\"]\nfilter = [\"none\", \"nftables\"]"),
+    "filter_on_vfs"
+)]
+#[case::lab_filter_on_vfs(
+    nic_edit("overlay = \"baseline\"", "overlay = \"baseline\"\nfilter = \"iptables\""),
+    "lab_filter_on_vfs"
+)]
 fn invalid_nics_name_the_field(#[case] text: String, #[case] name: &str) {
     let err = parse(&text).expect_err("the lab must be rejected");
     insta::assert_snapshot!(name, err.to_string());

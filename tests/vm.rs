@@ -847,26 +847,35 @@ fn vxlan_lab_encapsulates_with_static_entries() {
     insta::assert_json_snapshot!("vxlan-evidence", vxlan_evidence(case));
 }
 
-/// Docker Swarm's overlay with real dockerd: both nodes Ready, the VNI on
-/// the wire is the one Docker chose, the workload crossed the overlay; the
-/// snapshot holds Docker's view with the network's id left out of device
-/// names, and each case's checks and captures.
+/// Docker Swarm's overlay with real dockerd, against the baseline overlay
+/// booted in the same run: both nodes Ready, the VNI on the wire is the one
+/// Docker chose, the workload crossed the overlay; every filter on both
+/// pairs. The snapshot holds Docker's view with the network's id left out of
+/// device names, and each case's checks and captures; each case's ratio to
+/// its baseline and no-filter siblings is checked against iperf3's own
+/// figures.
 #[test]
 fn swarm_lab_carries_containers_over_dockers_overlay() {
     let _one = lock();
     let vlab = Vlab::new();
     let (report, artifacts, _) = vlab.run_lab("labs/swarm.toml", &[0]);
-    for case in report["cases"].as_array().unwrap() {
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    assert_eq!(report["vms"].as_array().unwrap().len(), 4, "one pair per overlay, filters share it");
+    for case in cases {
         assert!(case["throughput_bps"].as_f64().unwrap() > 20e6, "{}", case["name"]);
     }
     for f in [
         "swarm/daemon.json",
-        "filter=none,streams=1/swarm/nodes.json",
-        "filter=iptables,streams=1/swarm/dockerd-host2.log",
+        "overlay=swarm,filter=none,streams=1/swarm/nodes.json",
+        "overlay=swarm,filter=iptables,streams=1/swarm/dockerd-host2.log",
+        "overlay=swarm,filter=nftables,streams=4/nftables-host1-vlab-overlay.json",
     ] {
         assert!(artifacts.join(f).is_file(), "{f}");
     }
-    let docker = &report["cases"][0]["variant"]["overlay"];
+    assert_ratios(cases, &artifacts);
+    let swarm: Vec<&Value> = cases.iter().filter(|c| c["params"]["overlay"] == "swarm").collect();
+    let docker = &swarm[0]["variant"]["overlay"];
     for (vm, daemon, kib) in docker["rss_kib"].as_array().unwrap().iter().map(|x| (&x[0], &x[1], &x[2])) {
         let kib = kib.as_u64().unwrap_or(0);
         assert!((1000..600_000).contains(&kib), "{vm} {daemon}: {kib} KiB");
@@ -877,9 +886,7 @@ fn swarm_lab_carries_containers_over_dockers_overlay() {
         .iter()
         .map(|d| serde_json::json!({"vm": d[0], "vni": d[2], "mtu": d[3]}))
         .collect();
-    let cases: Vec<Value> = report["cases"]
-        .as_array()
-        .unwrap()
+    let captures: Vec<Value> = swarm
         .iter()
         .map(|c| {
             let (_, captures) = checks_and_captures(c);
@@ -890,10 +897,35 @@ fn swarm_lab_carries_containers_over_dockers_overlay() {
         "swarm-evidence",
         serde_json::json!({
             "nodes": docker["nodes"], "vnis": docker["vnis"], "subnet": docker["subnet"],
-            "gateway": docker["gateway"], "vxlan_devices": devices, "bridges": docker["bridges"], "cases": cases,
-            "filters": filter_evidence(&report),
+            "gateway": docker["gateway"], "vxlan_devices": devices, "bridges": docker["bridges"],
+            "cases": captures, "filters": filter_evidence(&report),
         })
     );
+}
+
+/// Each case's `vs_baseline` and `vs_no_filter` equal the ratio of
+/// iperf3's own receiver figures (its JSON among the artifacts) to those of
+/// its sibling case, and the reference cases have none.
+fn assert_ratios(cases: &[Value], artifacts: &Path) {
+    let received = |case: &str| -> f64 {
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(artifacts.join(case).join("iperf3-client.json")).unwrap()).unwrap();
+        raw["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+    };
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        for (field, axis, reference) in [("vs_baseline", "overlay", "baseline"), ("vs_no_filter", "filter", "none")] {
+            let Some(own) = c["params"][axis].as_str() else { continue };
+            if own == reference {
+                assert!(c[field].is_null(), "{name}: {field} against itself");
+                continue;
+            }
+            let sibling = name.replace(&format!("{axis}={own}"), &format!("{axis}={reference}"));
+            let expected = received(name) / received(&sibling);
+            let ratio = c[field].as_f64().unwrap_or_else(|| panic!("{name}: no {field}"));
+            assert!((ratio - expected).abs() < 1e-6 * expected, "{name} {field}: {ratio} vs {expected}");
+        }
+    }
 }
 
 /// A filter's evidence, normalized: each case's checks, and for `iptables`
@@ -914,7 +946,7 @@ fn filter_evidence(report: &Value) -> Value {
                 .flatten()
                 .map(|r| serde_json::json!([r["at"], r["tool"], r["part"], r["packets"].as_u64().unwrap() > 0]))
                 .collect();
-            if f["name"] == "iptables" {
+            if f["name"] == "iptables" || f["name"] == "nftables" {
                 let connections = c["params"]["streams"].as_u64().unwrap() + 1;
                 let port = f["port_packets"].as_u64().unwrap();
                 assert!((connections..=20 * connections).contains(&port), "{}: {port} SYNs", c["name"]);
@@ -926,13 +958,17 @@ fn filter_evidence(report: &Value) -> Value {
     serde_json::json!(cases)
 }
 
-/// The study's iptables policy on the baseline overlay, and no filter, on
-/// pairs booted in the same run: the policy's rules take the traffic.
+/// The study's policy on the baseline overlay as iptables rules and as an
+/// nftables table, and no filter, one after the other on one booted pair:
+/// the policy's rules take the traffic, each removal leaves nothing behind
+/// (the next filter's checks would fail), ratios to `none` are iperf3's.
 #[test]
 fn filters_lab_counts_the_policy_rules() {
     let _one = lock();
     let vlab = Vlab::new();
-    let (report, _, _) = vlab.run_lab("labs/filters.toml", &[0]);
+    let (report, artifacts, _) = vlab.run_lab("labs/filters.toml", &[0]);
+    assert_eq!(report["vms"].as_array().unwrap().len(), 2, "one booted pair for every filter");
+    assert_ratios(report["cases"].as_array().unwrap(), &artifacts);
     insta::assert_json_snapshot!("filters-evidence", filter_evidence(&report));
 }
 
@@ -1022,15 +1058,5 @@ fn overlays_compare_against_the_baseline_in_one_run() {
     assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
     assert_eq!(report["vms"].as_array().unwrap().len(), 6, "one boot per overlay");
     // The ratio against iperf3's own JSON of both cases, not the report's throughput.
-    let received = |case: &str| {
-        let raw: Value =
-            serde_json::from_slice(&std::fs::read(artifacts.join(case).join("iperf3-client.json")).unwrap()).unwrap();
-        raw["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
-    };
-    let base = received("overlay=baseline");
-    for c in &cases[1..] {
-        let ratio = c["vs_baseline"].as_f64().expect("a ratio to the baseline");
-        let expected = received(c["name"].as_str().unwrap()) / base;
-        assert!((ratio - expected).abs() < 1e-6 * expected, "{}: {ratio} vs {expected}", c["name"]);
-    }
+    assert_ratios(cases, &artifacts);
 }

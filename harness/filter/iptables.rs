@@ -21,11 +21,11 @@
 
 use serde::Serialize;
 
+use super::policy::{self, Counter, Part, RuleDelta};
 use super::Filter;
 use crate::guest::Netns;
 use crate::lab::{Lab, Vm};
-use crate::overlay::{CaseEvidence, EnforcementPoint, ProbeOutcome, Step, Variant, Verdict};
-use crate::report::{list, Check};
+use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// The `iptables` filter.
 pub struct Iptables;
@@ -44,17 +44,6 @@ pub fn rules(port: u16) -> [String; 2] {
 /// Which of the policy's parts a line of `-S FORWARD` (counters left out)
 /// is, as `iptables` prints them back (`--state RELATED,ESTABLISHED`,
 /// `-p tcp -m tcp --dport PORT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Part {
-    /// `-P FORWARD DROP`.
-    Policy,
-    /// The ESTABLISHED,RELATED rule.
-    Established,
-    /// The workload port's rule.
-    Port,
-}
-
 pub fn part_of(rule: &str, port: u16) -> Option<Part> {
     let w: Vec<&str> = rule.split_whitespace().collect();
     let has = |s: &str| w.contains(&s);
@@ -74,19 +63,42 @@ pub fn part_of(rule: &str, port: u16) -> Option<Part> {
     (pair("-p", "tcp") && pair("--dport", &port.to_string())).then_some(Part::Port)
 }
 
-/// The script that installs the policy where `point` is.
-fn install(point: &EnforcementPoint, port: u16) -> String {
+/// What saves each chain's policy before the policy replaces it.
+fn save() -> Vec<String> {
+    TOOLS.iter().map(|t| format!("echo {}=$({t} -w -S FORWARD | sed -n 's/^-P FORWARD //p')", policy_var(t))).collect()
+}
+
+/// The policy for the workload's `port`, for both tools.
+fn install(port: u16) -> String {
     let mut s = Vec::new();
-    if matches!(point, EnforcementPoint::Bridge { .. } | EnforcementPoint::BridgeIn { .. }) {
-        s.push("sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1".to_string());
-    }
     for tool in TOOLS {
         s.push(format!("{tool} -w -P FORWARD DROP"));
         for rule in rules(port) {
             s.push(format!("{tool} -w {rule}"));
         }
     }
-    Netns::script(point.netns(), &s.join("\n"))
+    s.join("\n")
+}
+
+/// What takes the policy out again and puts the chains' policies back.
+fn remove(port: u16) -> String {
+    let mut s = Vec::new();
+    for tool in TOOLS {
+        for rule in rules(port) {
+            s.push(format!("{tool} -w {}", rule.replacen("-A ", "-D ", 1)));
+        }
+        s.push(format!("{tool} -w -P FORWARD ${}", policy_var(tool)));
+    }
+    s.join("\n")
+}
+
+/// The state file's variable that keeps `tool`'s FORWARD policy.
+fn policy_var(tool: &str) -> &'static str {
+    if tool == "iptables" {
+        "P4"
+    } else {
+        "P6"
+    }
 }
 
 fn artifact(vm: &str, netns: Option<&Netns>) -> String {
@@ -139,17 +151,6 @@ pub fn parse_counters(text: &str) -> Vec<RuleCounter> {
     out
 }
 
-/// A part of the policy's packets and bytes during a case, at one point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleDelta {
-    /// `VM` or `VM/NAMESPACE`.
-    pub at: String,
-    pub tool: String,
-    pub part: Part,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 impl Variant for Iptables {
     fn name(&self) -> &'static str {
         "iptables"
@@ -174,80 +175,35 @@ impl Variant for Iptables {
 
 impl Filter for Iptables {
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
-        lab.vms
-            .iter()
-            .map(|vm| Step::on(&vm.name, points.iter().map(|p| install(p, lab.workload.port)).collect()))
-            .collect()
+        policy::install("iptables", lab, points, &save(), &install(lab.workload.port))
+    }
+
+    fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        policy::remove("iptables", lab, points, &remove(lab.workload.port))
     }
 
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
         let port = lab.workload.port;
         let mut deltas = Vec::new();
         let mut missing = Vec::new();
-        for ns in EnforcementPoint::namespaces(points) {
-            for vm in &lab.vms {
-                let name = artifact(&vm.name, ns.as_ref());
-                let at = super::place(&vm.name, ns.as_ref());
-                let before = parse_counters(e.before.get(&name).map_or("", String::as_str));
-                let after = parse_counters(e.outputs.get(&name).map_or("", String::as_str));
-                for tool in TOOLS {
-                    for part in [Part::Policy, Part::Established, Part::Port] {
-                        let find = |v: &[RuleCounter]| {
-                            v.iter().find(|r| r.tool == tool && part_of(&r.rule, port) == Some(part)).cloned()
-                        };
-                        match (find(&before), find(&after)) {
-                            (Some(b), Some(a)) => deltas.push(RuleDelta {
-                                at: at.clone(),
-                                tool: tool.into(),
-                                part,
-                                packets: a.packets.saturating_sub(b.packets),
-                                bytes: a.bytes.saturating_sub(b.bytes),
-                            }),
-                            _ => missing.push(format!("{at} {tool} {part:?}")),
-                        }
+        for (vm, ns, at) in policy::places(lab, points) {
+            let name = artifact(vm, ns.as_ref());
+            let before = parse_counters(e.before.get(&name).map_or("", String::as_str));
+            let after = parse_counters(e.outputs.get(&name).map_or("", String::as_str));
+            for tool in TOOLS {
+                for part in Part::ALL {
+                    let find = |v: &[RuleCounter]| {
+                        v.iter()
+                            .find(|r| r.tool == tool && part_of(&r.rule, port) == Some(part))
+                            .map(|r| Counter { packets: r.packets, bytes: r.bytes })
+                    };
+                    match (find(&before), find(&after)) {
+                        (Some(b), Some(a)) => deltas.push(RuleDelta::between(&at, tool, part, b, a)),
+                        _ => missing.push(format!("{at} {tool} {part:?}")),
                     }
                 }
             }
         }
-        let sum = |part: Part| deltas.iter().filter(|d| d.part == part).map(|d| d.packets).sum::<u64>();
-        let (est_p, port_p, drop_p) = (sum(Part::Established), sum(Part::Port), sum(Part::Policy));
-        let total = est_p + port_p + drop_p;
-        let share = if total > 0 { est_p as f64 / total as f64 } else { 0.0 };
-        let connections = u64::from(e.case.params.streams) + 1;
-        let mut checks = vec![
-            Check::new(
-                "iptables: the policy is in place at every enforcement point",
-                missing.is_empty(),
-                if missing.is_empty() {
-                    format!("policy DROP and both rules for IPv4 and IPv6 at {} points", deltas.len() / 6)
-                } else {
-                    format!("missing: {}", list(&missing))
-                },
-            ),
-            Check::new(
-                "iptables: ESTABLISHED,RELATED takes the data",
-                e.delivered && est_p > 0 && share >= 0.9,
-                format!("{est_p} of {total} filtered packets ({:.1} %)", share * 100.0),
-            ),
-            Check::new(
-                &format!("iptables: the port rule matches the handshake (TCP {port})"),
-                e.delivered && port_p >= connections && port_p <= 20 * connections,
-                format!("{port_p} packets for {connections} connections (control and streams) on every VM's path"),
-            ),
-        ];
-        if let Some(p) = e.probe {
-            checks.push(Check::new(
-                &format!("iptables: the policy drops a probe to TCP {}", p.port),
-                p.outcome == ProbeOutcome::TimedOut && drop_p > 0,
-                format!("{p}; the policy dropped {drop_p} packets"),
-            ));
-        }
-        Verdict {
-            checks,
-            section: Some(serde_json::json!({
-                "rules": deltas, "established_share": (share * 1000.0).round() / 1000.0, "probe": e.probe,
-                "established_packets": est_p, "port_packets": port_p, "dropped_packets": drop_p,
-            })),
-        }
+        policy::judge("iptables", e, port, deltas, missing)
     }
 }

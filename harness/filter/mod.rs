@@ -9,14 +9,19 @@
 //! in [`FILTERS`] registers it.
 
 pub mod iptables;
+pub mod nftables;
 pub mod none;
+pub mod policy;
 
 use crate::guest::Netns;
 use crate::lab::Lab;
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// Every filter, in the order errors list them; one line registers one.
-pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter, &iptables::Iptables];
+pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter, &iptables::Iptables, &nftables::Nftables];
+
+/// The filter whose throughput the others are compared with in one run.
+pub const REFERENCE: &str = "none";
 
 /// The filter registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Filter> {
@@ -44,6 +49,17 @@ pub fn artifact(stem: &str, vm: &str, netns: Option<&Netns>, ext: &str) -> Strin
 pub trait Filter: Variant {
     /// The steps that deploy it at `points` on every VM, after the overlay.
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step>;
+
+    /// The steps that take it out of `points` again and put back what
+    /// [`Filter::deploy`] changed there, so that the next filter compared on
+    /// the same booted pair starts from the overlay alone.
+    fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step>;
+
+    /// Whether it enforces anything: a filter that does needs the
+    /// containers' traffic to cross the VMs' own stack.
+    fn enforces(&self) -> bool {
+        true
+    }
 
     /// Its checks and report section for one case.
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], evidence: &CaseEvidence) -> Verdict;

@@ -9,6 +9,8 @@
 //! drops, rejects or has a drop policy. It is the reference the other
 //! filters are compared with.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::Filter;
@@ -51,40 +53,16 @@ impl Filter for NoFilter {
         Vec::new()
     }
 
+    fn remove(&self, _lab: &Lab, _points: &[EnforcementPoint]) -> Vec<Step> {
+        Vec::new()
+    }
+
+    fn enforces(&self) -> bool {
+        false
+    }
+
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        let mut chains = Vec::new();
-        let mut unread = Vec::new();
-        let mut families = Vec::new();
-        for ns in EnforcementPoint::namespaces(points) {
-            let fams: Vec<&str> = points
-                .iter()
-                .filter(|p| p.netns() == ns.as_ref())
-                .flat_map(|p| p.netfilter_families().iter().copied())
-                .collect();
-            for vm in &lab.vms {
-                let at = super::place(&vm.name, ns.as_ref());
-                match e.outputs.get(&artifact(&vm.name, ns.as_ref())).map(|t| forward_chains(&at, t, &fams)) {
-                    Some(Ok(c)) => chains.extend(c),
-                    _ => unread.push(at),
-                }
-            }
-            families.extend(fams.into_iter().filter(|f| !families.contains(f)).collect::<Vec<_>>());
-        }
-        let filtering: Vec<String> = chains.iter().filter(|c| c.filters()).map(ToString::to_string).collect();
-        let check = Check::new(
-            "filter none: nothing filters the forwarding path",
-            unread.is_empty() && filtering.is_empty(),
-            match (unread.is_empty(), filtering.is_empty()) {
-                (false, _) => format!("no readable `{RULESET}` from {}", list(&unread)),
-                (true, true) => format!(
-                    "{} forward chains in families {} on {} VMs, none drops",
-                    chains.len(),
-                    list(&families),
-                    lab.vms.len()
-                ),
-                (true, false) => format!("filtering: {}", filtering.join("; ")),
-            },
-        );
+        let (check, chains) = unfiltered(lab, points, &e.outputs);
         let mut checks = vec![check];
         if let Some(p) = e.probe {
             checks.push(Check::new(
@@ -99,6 +77,50 @@ impl Filter for NoFilter {
         }
         Verdict { checks, section: Some(section) }
     }
+}
+
+/// Whether nothing filters at `points`, judged from the rulesets that
+/// [`NoFilter`]'s evidence commands read (`outputs`, by artifact name); also
+/// what proves that a filter removed from a pair left nothing behind.
+pub fn unfiltered(
+    lab: &Lab,
+    points: &[EnforcementPoint],
+    outputs: &BTreeMap<String, String>,
+) -> (Check, Vec<ForwardChain>) {
+    let mut chains = Vec::new();
+    let mut unread = Vec::new();
+    let mut families = Vec::new();
+    for ns in EnforcementPoint::namespaces(points) {
+        let fams: Vec<&str> = points
+            .iter()
+            .filter(|p| p.netns() == ns.as_ref())
+            .flat_map(|p| p.netfilter_families().iter().copied())
+            .collect();
+        for vm in &lab.vms {
+            let at = super::place(&vm.name, ns.as_ref());
+            match outputs.get(&artifact(&vm.name, ns.as_ref())).map(|t| forward_chains(&at, t, &fams)) {
+                Some(Ok(c)) => chains.extend(c),
+                _ => unread.push(at),
+            }
+        }
+        families.extend(fams.into_iter().filter(|f| !families.contains(f)).collect::<Vec<_>>());
+    }
+    let filtering: Vec<String> = chains.iter().filter(|c| c.filters()).map(ToString::to_string).collect();
+    let check = Check::new(
+        "filter none: nothing filters the forwarding path",
+        unread.is_empty() && filtering.is_empty(),
+        match (unread.is_empty(), filtering.is_empty()) {
+            (false, _) => format!("no readable `{RULESET}` from {}", list(&unread)),
+            (true, true) => format!(
+                "{} forward chains in families {} on {} VMs, none drops",
+                chains.len(),
+                list(&families),
+                lab.vms.len()
+            ),
+            (true, false) => format!("filtering: {}", filtering.join("; ")),
+        },
+    );
+    (check, chains)
 }
 
 /// A base chain on a forward hook, as the ruleset shows it.

@@ -9,9 +9,9 @@
 //! on-link route to every other VM's containers
 //! (`ip -n c1 route add 10.1.2.2/32 dev eth0`).
 
-use super::{Containers, EnforcementPoint, Overlay, Step, Variant};
+use super::{side_by_side, Containers, EnforcementPoint, Overlay, Step, Variant};
 use crate::guest::{Attachment, CONTAINER_DEV};
-use crate::lab::{Family, Lab, Vm};
+use crate::lab::{Family, Issue, Lab, LabError, NicModel, Seg, Vm};
 
 /// The `baseline` overlay.
 pub struct Baseline;
@@ -31,8 +31,23 @@ impl Overlay for Baseline {
         vec![EnforcementPoint::Forward]
     }
 
+    /// Containers on SR-IOV VFs reach the wire through the NIC's own switch:
+    /// no packet of theirs crosses a VM's FORWARD hook.
+    fn hosts_filters(&self, lab: &Lab) -> Result<(), LabError> {
+        use Seg::{Index, Key};
+        const WHY: &str = "its containers sit on SR-IOV VFs and reach the wire through the NIC's switch, \
+                           never through the VM's forwarding path";
+        if let Some(i) = lab.vms.iter().position(|vm| vm.nic.model == NicModel::IgbSriov) {
+            return Err(lab.invalid(Issue::new(vec![Key("vm"), Index(i), Key("nic"), Key("model")], WHY)));
+        }
+        match lab.matrix.nic.iter().flatten().position(|n| n.model == NicModel::IgbSriov) {
+            Some(j) => Err(lab.invalid(Issue::new(vec![Key("matrix"), Key("nic"), Index(j)], WHY))),
+            None => Ok(()),
+        }
+    }
+
     fn deploy(&self, lab: &Lab, attachments: &[Attachment]) -> Vec<Step> {
-        lab.vms.iter().zip(attachments).map(|(vm, a)| Step::on(&vm.name, commands(lab, vm, *a))).collect()
+        side_by_side(lab.vms.iter().zip(attachments).map(|(vm, a)| Step::on(&vm.name, commands(lab, vm, *a))))
     }
 }
 

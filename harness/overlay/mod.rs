@@ -22,8 +22,8 @@ pub mod swarm;
 pub mod vxlan;
 
 pub use plan::{
-    CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeOutcome, Readiness, Step,
-    Verdict,
+    side_by_side, CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeOutcome,
+    Readiness, Step, Verdict,
 };
 
 use crate::guest::Attachment;
@@ -119,6 +119,14 @@ pub trait Overlay: Variant {
 
     /// Where container traffic is forwarded in each VM: where a filter goes.
     fn enforcement_points(&self, lab: &Lab) -> Vec<EnforcementPoint>;
+
+    /// Whether a filter that enforces anything can sit at its enforcement
+    /// points in `lab`; `Err` names the field that keeps the containers'
+    /// traffic away from them, and says why.
+    fn hosts_filters(&self, lab: &Lab) -> Result<(), LabError> {
+        let _ = lab;
+        Ok(())
+    }
 
     /// The steps that deploy it on booted guests whose containers exist
     /// (`attachments` follows `lab.vms`), in order; a step may use the output

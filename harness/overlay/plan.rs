@@ -90,6 +90,15 @@ pub struct Step {
     /// Keeps the commands' trimmed stdout under this name: later steps'
     /// commands and files may say `{{NAME}}` to use it (a join token).
     pub output: Option<String>,
+    /// Runs at the same time as the step before it, which is on another VM,
+    /// instead of after it (see [`side_by_side`]).
+    pub together: bool,
+}
+
+/// `steps` (one per VM, each on another) run at the same time: each but the
+/// first runs [`Step::together`] with the one before it.
+pub fn side_by_side(steps: impl IntoIterator<Item = Step>) -> Vec<Step> {
+    steps.into_iter().enumerate().map(|(i, step)| Step { together: i > 0, ..step }).collect()
 }
 
 impl Step {
@@ -106,6 +115,7 @@ impl Step {
             files: self.files.iter().map(|f| GuestFile { text: fill(&f.text), ..f.clone() }).collect(),
             commands: self.commands.iter().map(|c| fill(c)).collect(),
             output: self.output.clone(),
+            together: self.together,
         }
     }
 }

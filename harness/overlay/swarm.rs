@@ -24,8 +24,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::{side_by_side, GuestFile, Verdict};
 use super::{vxlan, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Readiness, Step, Variant};
-use super::{GuestFile, Verdict};
 use crate::guest::{wait_until, Attachment, Netns, CONTAINER_DEV};
 use crate::lab::{Family, Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::{list, Check};
@@ -116,10 +116,6 @@ impl Variant for Swarm {
 }
 
 impl Overlay for Swarm {
-    fn comparable(&self) -> Result<(), &'static str> {
-        Err("swarm runs Docker and its own containers: compare it in its own lab")
-    }
-
     fn containers(&self) -> Containers {
         Containers::Managed
     }
@@ -248,17 +244,15 @@ fn deploy(lab: &Lab) -> Vec<Step> {
     let mgr = manager(lab);
     let mgr_addr = mgr.underlay.ipv4.expect("validated").addr();
     let net = subnet(lab).expect("validated");
-    let mut steps = Vec::new();
-    for vm in &lab.vms {
-        steps.push(Step {
-            files: vec![GuestFile {
-                path: "/etc/docker/daemon.json".into(),
-                text: daemon_config(),
-                artifact: Some(format!("{ARTIFACTS}/daemon.json")),
-            }],
-            ..Step::on(&vm.name, start_docker())
-        });
-    }
+    // The daemons start, and later the containers run, on every VM at once.
+    let mut steps = side_by_side(lab.vms.iter().map(|vm| Step {
+        files: vec![GuestFile {
+            path: "/etc/docker/daemon.json".into(),
+            text: daemon_config(),
+            artifact: Some(format!("{ARTIFACTS}/daemon.json")),
+        }],
+        ..Step::on(&vm.name, start_docker())
+    }));
     let addr = |vm: &Vm| vm.underlay.ipv4.expect("validated").addr();
     steps.push(Step {
         output: Some("SWARM_TOKEN".into()),
@@ -297,7 +291,7 @@ fn deploy(lab: &Lab) -> Vec<Step> {
             ),
         ],
     ));
-    for vm in &lab.vms {
+    let containers = lab.vms.iter().map(|vm| {
         let mut cmds = Vec::new();
         for c in &vm.containers {
             let ip = c.ipv4.expect("validated").addr();
@@ -323,8 +317,9 @@ fn deploy(lab: &Lab) -> Vec<Step> {
              mount --bind \"$ns\" /run/netns/{OVERLAY_NETNS}"
         ));
         cmds.push(format!("docker network inspect {} >{DIR}/network.json", s.network));
-        steps.push(Step::on(&vm.name, cmds));
-    }
+        Step::on(&vm.name, cmds)
+    });
+    steps.extend(side_by_side(containers));
     steps
 }
 

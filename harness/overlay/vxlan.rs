@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
+use super::{side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
 use crate::guest::{container_mac, host_veth, Attachment, CONTAINER_DEV, UNDERLAY_DEV};
 use crate::lab::{Family, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
 use crate::measure::capture::{flows_are, CaptureSummary, Flow};
@@ -79,7 +79,7 @@ impl Overlay for Vxlan {
     }
 
     fn deploy(&self, lab: &Lab, _attachments: &[Attachment]) -> Vec<Step> {
-        lab.vms.iter().map(|vm| Step::on(&vm.name, commands(lab, vm, true))).collect()
+        side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, commands(lab, vm, true))))
     }
 
     fn capture_hints(&self, lab: &Lab) -> CaptureHints {

@@ -516,5 +516,6 @@ fn report(
         variant,
         timing,
         vs_baseline: None,
+        vs_no_filter: None,
     }
 }

@@ -8,11 +8,14 @@ use anyhow::Context;
 
 use super::boot::LabRuntime;
 use super::{checks, RunOptions};
-use crate::filter;
+use crate::filter::{
+    self,
+    none::{self, NoFilter},
+};
 use crate::guest::{self, Attachment, Batch, Netns, UNDERLAY_DEV};
 use crate::lab::Lab;
 use crate::measure::nic;
-use crate::overlay::{self, Step};
+use crate::overlay::{self, Step, Variant};
 use crate::report::Readiness;
 
 /// Deploys the lab on the booted guests; returns the overlay's readiness.
@@ -56,6 +59,48 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
     Ok(ready)
 }
 
+/// Takes the filter `lab` runs out of the pair, proves that no forward chain
+/// filters any more (what the `none` filter checks), deploys `to` and warms
+/// its evidence commands up; the overlay and its containers stay.
+pub(super) async fn switch_filter(lab: &Lab, rt: &LabRuntime, to: &str, opts: &RunOptions) -> anyhow::Result<()> {
+    let o = overlay::get(&lab.overlay);
+    let points = o.enforcement_points(lab);
+    let (from, to) = (filter::get(&lab.filter), filter::get(to));
+    opts.progress.phase(&format!("switching filter {} to {}", from.name(), to.name()));
+    run_plan(rt, &from.remove(lab, &points), opts).await.with_context(|| format!("removing filter {}", from.name()))?;
+    let reads = lab.vms.iter().map(|vm| {
+        let mut b = Batch::new();
+        for (name, cmd) in NoFilter.evidence_commands(lab, vm) {
+            b.report(name, cmd);
+        }
+        async move { rt.vm(&vm.name).guest.batch(&b).await }
+    });
+    let mut rulesets = BTreeMap::new();
+    for (vm, out) in lab.vms.iter().zip(futures::future::try_join_all(reads).await?) {
+        for (name, _) in NoFilter.evidence_commands(lab, vm) {
+            let text = out.text(&name);
+            rulesets.insert(name, text);
+        }
+    }
+    let (check, _) = none::unfiltered(lab, &points, &rulesets);
+    if !check.passed {
+        anyhow::bail!("filter {} left the forwarding path filtering after its removal: {}", from.name(), check.detail);
+    }
+    let next = lab.with_filter(to.name());
+    run_plan(rt, &to.deploy(&next, &points), opts)
+        .await
+        .with_context(|| format!("deploying filter {} on overlay {}", to.name(), o.name()))?;
+    let warm = lab.vms.iter().map(|vm| {
+        let mut b = Batch::new();
+        for (name, cmd) in [to.evidence_before_commands(&next, vm), to.evidence_commands(&next, vm)].concat() {
+            b.report(name, cmd);
+        }
+        async move { rt.vm(&vm.name).guest.batch(&b).await }
+    });
+    futures::future::try_join_all(warm).await.context("warming the filter's evidence commands up")?;
+    Ok(())
+}
+
 /// Starts the holder of every container's namespace (what cases read of a
 /// namespace comes through it, see [`Netns`]) and the kernel log reader, then
 /// runs once on every VM,
@@ -83,29 +128,50 @@ async fn warm_up(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<()> {
 
 /// Runs the steps in order: each writes its files, runs its commands, and
 /// keeps its output for the steps after it; files with an artifact name are
-/// kept under the run's artifacts too.
+/// kept under the run's artifacts too. Steps marked [`Step::together`] run at
+/// the same time as the ones before them (each on its own VM).
 async fn run_plan(rt: &LabRuntime, plan: &[Step], opts: &RunOptions) -> anyhow::Result<()> {
     let mut outputs = BTreeMap::new();
-    for step in plan {
-        let step = step.with_outputs(&outputs);
-        let guest = &rt.vm(&step.vm).guest;
-        for file in &step.files {
-            guest.write_file(&file.path, file.text.as_bytes()).await?;
-            if let (Some(dir), Some(name)) = (&opts.artifacts, &file.artifact) {
-                let path = dir.join(name);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(&path, &file.text)?;
+    let mut rest = plan;
+    while let Some((first, _)) = rest.split_first() {
+        let mut vms = vec![first.vm.as_str()];
+        let mut n = 1;
+        while let Some(next) = rest.get(n).filter(|s| s.together && !vms.contains(&s.vm.as_str())) {
+            vms.push(&next.vm);
+            n += 1;
+        }
+        let (wave, after) = rest.split_at(n);
+        rest = after;
+        let filled: Vec<Step> = wave.iter().map(|s| s.with_outputs(&outputs)).collect();
+        let ran = futures::future::try_join_all(filled.iter().map(|step| run_step(rt, step, opts))).await?;
+        for (step, out) in filled.iter().zip(ran) {
+            if let (Some(name), Some(out)) = (&step.output, out) {
+                outputs.insert(name.clone(), out);
             }
-        }
-        if step.commands.is_empty() {
-            continue;
-        }
-        let out = guest.run(&step.commands.join("\n")).await?;
-        if let Some(name) = &step.output {
-            outputs.insert(name.clone(), out.stdout_text().trim().to_string());
         }
     }
     Ok(())
+}
+
+/// One step of [`run_plan`]: its trimmed stdout, when it ran commands.
+async fn run_step(rt: &LabRuntime, step: &Step, opts: &RunOptions) -> anyhow::Result<Option<String>> {
+    let guest = &rt.vm(&step.vm).guest;
+    for file in &step.files {
+        guest.write_file(&file.path, file.text.as_bytes()).await?;
+        if let (Some(dir), Some(name)) = (&opts.artifacts, &file.artifact) {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &file.text)?;
+        }
+    }
+    if step.commands.is_empty() {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let out = guest.run(&step.commands.join("\n")).await?;
+    let first = step.commands[0].lines().next().unwrap_or("");
+    tracing::debug!("deploy step on {}: {:.2} s ({first} ...)", step.vm, started.elapsed().as_secs_f64());
+    Ok(Some(out.stdout_text().trim().to_string()))
 }

@@ -26,7 +26,7 @@ use crate::image::{self, Image};
 use crate::lab::{Case, Lab, Nic, NicModel};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::{self, Accel};
-use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, VmReport};
+use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus, VmReport};
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
 
@@ -94,15 +94,16 @@ impl Clock {
     }
 }
 
-/// What a booted pair is set up with: a NIC (`None`: each VM's own), an
-/// overlay and a filter (`None`: the lab's).
-type BootKey = (Option<Nic>, Option<String>, Option<String>);
+/// What a booted pair is set up with: a NIC (`None`: each VM's own) and an
+/// overlay (`None`: the lab's). Filters are compared on the same pair: each
+/// is deployed before its first case and removed after its last.
+type BootKey = (Option<Nic>, Option<String>);
 
 /// Consecutive cases that share a boot key, and so a booted pair.
 fn boot_groups(cases: Vec<Case>) -> Vec<(BootKey, Vec<Case>)> {
     let mut groups: Vec<(BootKey, Vec<Case>)> = Vec::new();
     for case in cases {
-        let key = (case.params.nic.clone(), case.params.overlay.clone(), case.params.filter.clone());
+        let key = (case.params.nic.clone(), case.params.overlay.clone());
         match groups.last_mut() {
             Some((k, group)) if *k == key => group.push(case),
             _ => groups.push((key, vec![case])),
@@ -197,10 +198,10 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let groups = boot_groups(cases);
     let several = groups.len() > 1;
     let mut results = Results::default();
-    for ((nic, overlay, filter), group) in groups {
+    for ((nic, overlay), group) in groups {
         let mut label = String::new();
         if several {
-            for part in [nic.as_ref().map(Nic::label), overlay.clone(), filter.clone()].into_iter().flatten() {
+            for part in [nic.as_ref().map(Nic::label), overlay.clone()].into_iter().flatten() {
                 label.push_str(&format!("-{part}"));
             }
         }
@@ -208,13 +209,13 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         if let Some(o) = &overlay {
             group_lab = group_lab.with_overlay(o);
         }
-        if let Some(f) = &filter {
-            group_lab = group_lab.with_filter(f);
-        }
+        // The pair is deployed with its first case's filter.
+        group_lab = group_lab.with_filter(group[0].params.filter(&group_lab));
         run_group(&group_lab, &prepared, nic.as_ref(), &group, opts, label, &mut results).await?;
     }
     opts.progress.finish();
-    crate::report::compare_with(&mut results.cases, overlay::REFERENCE);
+    crate::report::compare_with(&mut results.cases, Versus::Overlay, overlay::REFERENCE);
+    crate::report::compare_with(&mut results.cases, Versus::Filter, filter::REFERENCE);
     Ok(Report {
         lab: lab.name.clone(),
         lab_file: lab.source.display().to_string(),
@@ -249,14 +250,24 @@ async fn run_group(
     let mut rt = boot::boot(lab, prepared, nic, opts, label).await?;
     let boot_s = clock.lap();
     let mut deploy_s = 0.0;
+    // Filters deployed after the first count as deploy time, not the cases'.
+    let mut switch_s = 0.0;
     let outcome = async {
         let ready = deploy::deploy(lab, &mut rt, opts).await?;
         deploy_s = clock.lap();
         let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
         let mut reports = Vec::new();
+        let mut case_lab = lab.clone();
         for case in cases {
+            let filter = case.params.filter(lab);
+            if filter != case_lab.filter {
+                let started = Instant::now();
+                deploy::switch_filter(&case_lab, &rt, filter, opts).await?;
+                case_lab = lab.with_filter(filter);
+                switch_s += started.elapsed().as_secs_f64();
+            }
             opts.progress.phase(&format!("case {}", case.name));
-            let report = case::run_case(lab, &rt, case, opts.artifacts.as_deref())
+            let report = case::run_case(&case_lab, &rt, case, opts.artifacts.as_deref())
                 .await
                 .with_context(|| format!("case `{}`", case.name))?;
             reports.push(report);
@@ -271,7 +282,7 @@ async fn run_group(
         Ok(r) => r,
         Err(e) => return Err(boot::explain_vm_exit(&mut rt, e).await),
     };
-    results.boots.push(BootTiming { boot_s, deploy_s, cases_s: clock.lap() });
+    results.boots.push(BootTiming { boot_s, deploy_s: deploy_s + switch_s, cases_s: clock.lap() - switch_s });
     results.kernel.get_or_insert(kernel);
     results.ready.extend(ready);
     results.cases.extend(reports);

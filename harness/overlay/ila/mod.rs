@@ -27,7 +27,7 @@ use settings::Section;
 pub use settings::{CsumMode, IdentType, IlaCase, IlaHook, IlaSettings};
 pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict};
 
-use super::{CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
+use super::{side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
 use crate::guest::{self, host_veth, Attachment, Netns, UNDERLAY_DEV};
 use crate::lab::{variant_name, CapturePoint, CaseParams, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
 use crate::measure::counters;
@@ -99,7 +99,7 @@ impl Overlay for Ila {
     }
 
     fn deploy(&self, lab: &Lab, _attachments: &[Attachment]) -> Vec<Step> {
-        lab.vms.iter().map(|vm| Step::on(&vm.name, commands())).collect()
+        side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, commands())))
     }
 
     fn case_setup(&self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
