@@ -142,10 +142,27 @@ pub struct CaseTiming {
 pub struct BootTiming {
     /// Underlay, QEMU starts, until every agent answered (retries included).
     pub boot_s: f64,
-    /// Guest setup, the variants' deploy plans and readiness.
+    /// Guest setup, the variants' deploy plans and readiness, the guests'
+    /// settling, and the filters deployed after the first.
     pub deploy_s: f64,
+    /// How long each guest took to settle after the deploy (see [`Settled`]).
+    pub settled: Vec<Settled>,
+    /// The warm-up: the pair's first case, once with a 1 s workload and
+    /// unreported, before the cases.
+    pub warm_up_s: f64,
     /// Its cases.
     pub cases_s: f64,
+}
+
+/// A guest's wait after the deploy until its vCPUs were idle (at least 90 %
+/// over half a second; 30 s at most), so that the first case does not pay for
+/// what the deploy left running (daemons that are still starting).
+#[derive(Debug, Clone, Serialize)]
+pub struct Settled {
+    pub vm: String,
+    pub seconds: f64,
+    /// Its idle share over the last half second.
+    pub idle_percent: u32,
 }
 
 /// Where a run's time went, in seconds.
@@ -280,11 +297,13 @@ impl Report {
         let t = &self.timing;
         let mut s = format!("\ntimings (s): image {:.2}, acceleration {:.2}", t.image_s, t.probe_s);
         for (i, b) in t.boots.iter().enumerate() {
+            let settle = b.settled.iter().map(|w| w.seconds).fold(0.0, f64::max);
             s.push_str(&format!(
-                "; pair {}: boot {:.2}, deploy {:.2}, cases {:.2}",
+                "; pair {}: boot {:.2}, deploy {:.2} (settling {settle:.2}), warm-up {:.2}, cases {:.2}",
                 i + 1,
                 b.boot_s,
                 b.deploy_s,
+                b.warm_up_s,
                 b.cases_s
             ));
         }

@@ -154,3 +154,52 @@ fn a_rewritten_nftables_table_differs() {
     let gone = parse_table(r#"{"nftables": [{"metainfo": {"version": "1.1.3"}}]}"#).unwrap();
     assert_eq!(gone.differences()[0], "no chain forward");
 }
+
+/// The checks of both policy filters come from the counters alone: rules
+/// that matched the workload pass, the same rules with counters that never
+/// moved (a policy that container traffic never crossed) fail.
+#[test]
+fn a_policy_that_never_sees_the_traffic_fails_its_checks() {
+    use std::collections::BTreeMap;
+    use vlab::overlay::{CaseEnd, CaseEvidence};
+    let path = std::path::PathBuf::from(format!("{}/labs/filters.toml", env!("CARGO_MANIFEST_DIR")));
+    let lab = vlab::load_lab(&path).unwrap();
+    let points = vlab::overlay::get("baseline").enforcement_points(&lab);
+    let iptables_after =
+        std::fs::read_to_string(format!("{}/tests/fixtures/iptables/overlay-after.txt", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    let iptables_before = iptables_after.replace("-c 6519 141833399", "-c 0 0").replace("-c 3 180", "-c 0 0");
+    let by_vm = |stem: &str, ext: &str, text: &str| -> BTreeMap<String, String> {
+        ["host1", "host2"].iter().map(|vm| (format!("{stem}-{vm}.{ext}"), text.to_string())).collect()
+    };
+    let end = |vm: &str| CaseEnd { vm: vm.into(), container: None, addr: "10.1.1.2".parse().unwrap() };
+    let cases = lab.cases();
+    let case = cases.iter().find(|c| c.name == "filter=iptables,streams=1").unwrap();
+    for (filter, ext, before, after) in [
+        ("iptables", "txt", iptables_before.as_str(), iptables_after.as_str()),
+        ("nftables", "json", &fixture("vlab-table-before.json"), &fixture("vlab-table-after.json")),
+    ] {
+        let verdict = |before: &str| {
+            let e = CaseEvidence {
+                case,
+                ends: [end("host1"), end("host2")],
+                captures: &[],
+                delivered: true,
+                before: by_vm(filter, ext, before),
+                outputs: by_vm(filter, ext, after),
+                probe: None,
+            };
+            let v = vlab::filter::get(filter).verdict(&lab.with_filter(filter), &points, &e);
+            v.checks.iter().map(|c| (c.name.split(": ").nth(1).unwrap().to_string(), c.passed)).collect::<Vec<_>>()
+        };
+        let names = [
+            "the policy is in place at every enforcement point",
+            "ESTABLISHED,RELATED takes the data",
+            "the port rule matches the handshake (TCP 5201)",
+        ];
+        let matched: Vec<(String, bool)> = names.iter().map(|n| (n.to_string(), true)).collect();
+        assert_eq!(verdict(before), matched, "{filter}");
+        let never: Vec<(String, bool)> = names.iter().enumerate().map(|(i, n)| (n.to_string(), i == 0)).collect();
+        assert_eq!(verdict(after), never, "{filter}: counters that never moved");
+    }
+}

@@ -218,6 +218,19 @@ fn keys_no_selected_variant_owns_are_refused(#[case] text: String, #[case] name:
     insta::assert_snapshot!(name, err.to_string());
 }
 
+/// Two cases of one name would share their artifacts and their place in
+/// comparisons: an axis that lists a value twice is refused.
+#[test]
+fn an_axis_value_twice_is_refused() {
+    let text = edit(
+        "family = [\"ipv4\", \"ipv6\"]",
+        "family = [\"ipv4\", \"ipv6\"]\nfilter = [\"none\", \"iptables\", \"none\"]",
+    );
+    insta::assert_snapshot!("filter_twice_in_axis", parse(&text).expect_err("refused").to_string());
+    let text = edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\", \"ipv4\"]");
+    assert!(parse(&text).expect_err("refused").to_string().contains("an axis lists a value twice"));
+}
+
 #[test]
 fn the_filter_axis_multiplies_the_cases() {
     let lab = parse(&edit("family = [\"ipv4\", \"ipv6\"]", "family = [\"ipv4\"]\nfilter = [\"none\"]")).unwrap();

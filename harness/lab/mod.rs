@@ -686,6 +686,16 @@ impl Lab {
         Lab { overlay: overlay.to_string(), ..self.clone() }
     }
 
+    /// This lab as a pair's warm-up runs it: with `filter`, a workload of
+    /// `duration`, no captures and no probe.
+    pub fn warm_up(&self, filter: &str, duration: std::time::Duration) -> Lab {
+        let mut lab = self.with_filter(filter);
+        lab.workload.duration = duration;
+        lab.workload.probe_port = None;
+        lab.capture = None;
+        lab
+    }
+
     /// This lab with another filter (a value of the `filter` matrix axis).
     pub fn with_filter(&self, filter: &str) -> Lab {
         Lab { filter: filter.to_string(), ..self.clone() }

@@ -515,7 +515,14 @@ fn validate_matrix(lab: &Lab) -> Result<(), Issue> {
 pub(crate) fn validate_cases(lab: &Lab) -> Result<(), Issue> {
     use Seg::Key;
     let w = &lab.workload;
+    let mut names = HashSet::new();
     for case in lab.cases() {
+        if !names.insert(case.name.clone()) {
+            return Err(Issue::new(
+                vec![Key("matrix")],
+                format!("two cases would be named `{}`: an axis lists a value twice", case.name),
+            ));
+        }
         for (key, ep) in [("server", &w.server), ("client", &w.client)] {
             let vm = lab.vm(&ep.vm).expect("checked above");
             let has = match (case.params.path, &ep.container) {

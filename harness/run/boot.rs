@@ -56,6 +56,10 @@ pub(super) struct LabRuntime {
     /// The last case ended with its iperf3 and tcpdump processes gone: the
     /// next one need not look for leftovers.
     pub tidy: std::sync::atomic::AtomicBool,
+    /// Where (each VM's uptime) the next case's kernel log window starts
+    /// instead of its own start: the warm-up's start, so that what the
+    /// kernel logged during the warm-up is judged with the first case.
+    pub kernel_log_from: std::sync::Mutex<Option<std::collections::BTreeMap<String, f64>>>,
     _net: LabNet,
     artifacts: Option<PathBuf>,
     /// Distinguishes the serial logs of successive boots.
@@ -169,6 +173,7 @@ async fn boot_once(
         vms,
         probes: Default::default(),
         tidy: Default::default(),
+        kernel_log_from: Default::default(),
         _net: net,
         artifacts: opts.artifacts.clone(),
         boot_label,

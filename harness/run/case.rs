@@ -422,11 +422,21 @@ fn section(name: &str, evidence: Option<serde_json::Value>) -> Option<Section> {
     evidence.map(|evidence| Section { name: name.to_string(), evidence })
 }
 
+/// Whether a case is measured or warms a freshly deployed pair up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Run {
+    Measured,
+    /// Its report is discarded; the next case's kernel log window starts
+    /// where its own did.
+    WarmUp,
+}
+
 pub(super) async fn run_case(
     lab: &Lab,
     rt: &LabRuntime,
     case: &Case,
     artifacts: Option<&Path>,
+    run: Run,
 ) -> anyhow::Result<CaseReport> {
     let mut clock = Clock::start();
     let (o, f) = (overlay::get(&lab.overlay), filter::get(&lab.filter));
@@ -441,6 +451,13 @@ pub(super) async fn run_case(
     let planned = capture::plan(lab, &hints, sides);
     let ifaces = ifaces(sides);
     let mut before = before_case(lab, rt, (o, f), (case, &server), (&ifaces, planned), case_dir.as_deref()).await?;
+    {
+        let mut from = rt.kernel_log_from.lock().expect("kernel log window");
+        match run {
+            Run::WarmUp => *from = Some(before.uptimes.clone()),
+            Run::Measured => before.uptimes = from.take().unwrap_or(before.uptimes),
+        }
+    }
     // The batch's wait for the captures and the server is their start; the
     // rest (setup, probes, evidence) ran while they started.
     let captures_start_s = before.listen_s;

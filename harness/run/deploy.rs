@@ -16,10 +16,15 @@ use crate::guest::{self, Attachment, Batch, Netns, UNDERLAY_DEV};
 use crate::lab::Lab;
 use crate::measure::nic;
 use crate::overlay::{self, Step, Variant};
-use crate::report::Readiness;
+use crate::report::{Readiness, Settled};
 
-/// Deploys the lab on the booted guests; returns the overlay's readiness.
-pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) -> anyhow::Result<Vec<Readiness>> {
+/// Deploys the lab on the booted guests; returns the overlay's readiness and
+/// how long each guest took to settle after it.
+pub(super) async fn deploy(
+    lab: &Lab,
+    rt: &mut LabRuntime,
+    opts: &RunOptions,
+) -> anyhow::Result<(Vec<Readiness>, Vec<Settled>)> {
     let o = overlay::get(&lab.overlay);
     let f = filter::get(&lab.filter);
     opts.progress.phase("setting up containers and overlay");
@@ -56,7 +61,8 @@ pub(super) async fn deploy(lab: &Lab, rt: &mut LabRuntime, opts: &RunOptions) ->
         }
     }
     warm_up(lab, rt).await?;
-    Ok(ready)
+    let settled = settle(lab, rt).await?;
+    Ok((ready, settled))
 }
 
 /// Takes the filter `lab` runs out of the pair, proves that no forward chain
@@ -124,6 +130,46 @@ async fn warm_up(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<()> {
     });
     futures::future::try_join_all(warm).await.context("warming the guests' tools up")?;
     Ok(())
+}
+
+/// How idle a guest must be before the first case (percent of its vCPU
+/// time over half a second), and how long vlab waits for that.
+const SETTLED_IDLE: u32 = 90;
+const SETTLE_LIMIT_S: u32 = 30;
+
+/// The script that waits until the guest's vCPUs are idle (at least
+/// [`SETTLED_IDLE`] % over half a second, from `/proc/stat`, with shell
+/// builtins) or [`SETTLE_LIMIT_S`] passed, and prints the last idle share and
+/// the seconds it waited.
+pub fn settle_script() -> String {
+    format!(
+        "cpu() {{ read -r _ u n s i w q sq st _ </proc/stat; total=$((u+n+s+i+w+q+sq+st)); idle=$((i+w)); }}\n\
+         centis() {{ read -r up _ </proc/uptime; c=${{up%.*}}${{up#*.}}; }}\n\
+         centis; start=$c; cpu; t0=$total; i0=$idle; pct=0\n\
+         while [ $((c-start)) -lt {limit}00 ]; do\n\
+         \tsleep 0.5; cpu; centis\n\
+         \tif [ $((total-t0)) -gt 0 ]; then pct=$(((idle-i0)*100/(total-t0))); else pct=100; fi\n\
+         \tt0=$total; i0=$idle\n\
+         \t[ $pct -lt {SETTLED_IDLE} ] || break\n\
+         done\n\
+         echo $pct $((c-start))",
+        limit = SETTLE_LIMIT_S
+    )
+}
+
+/// Waits until every guest is idle (daemons that a deploy started keep a
+/// guest busy for a while: the first case would pay for it); returns each
+/// VM's wait and idle share. A guest that stays busy is reported, not an
+/// error.
+pub(super) async fn settle(lab: &Lab, rt: &LabRuntime) -> anyhow::Result<Vec<Settled>> {
+    let waits = lab.vms.iter().map(|vm| async move {
+        let out = rt.vm(&vm.name).guest.run(&settle_script()).await?;
+        let text = out.stdout_text();
+        let mut words = text.split_whitespace().map(|w| w.parse::<u32>().unwrap_or(0));
+        let (idle, centis) = (words.next().unwrap_or(0), words.next().unwrap_or(0));
+        anyhow::Ok(Settled { vm: vm.name.clone(), seconds: f64::from(centis) / 100.0, idle_percent: idle })
+    });
+    futures::future::try_join_all(waits).await.context("waiting for the guests to settle")
 }
 
 /// Runs the steps in order: each writes its files, runs its commands, and
