@@ -151,6 +151,11 @@ fn phases(lab: &Lab, reports: &[Report]) -> Vec<Stats> {
             "s",
             series(&|r| r.timing.boots.iter().map(|b| b.deploy_s).sum()),
         ),
+        Stats::of(
+            "phase: warm-ups (all pairs)".into(),
+            "s",
+            series(&|r| r.timing.boots.iter().map(|b| b.warm_up_s).sum()),
+        ),
     ];
     let case_phases: [CasePhase; 6] = [
         ("setup", |t| t.setup_s),

@@ -160,6 +160,7 @@ pub struct BootTiming {
 #[derive(Debug, Clone, Serialize)]
 pub struct Settled {
     pub vm: String,
+    /// From the end of the deploy until it was idle (or the limit passed).
     pub seconds: f64,
     /// Its idle share over the last half second.
     pub idle_percent: u32,

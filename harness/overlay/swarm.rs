@@ -24,8 +24,10 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::{side_by_side, GuestFile, Verdict};
-use super::{vxlan, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Readiness, Step, Variant};
+use super::{
+    side_by_side, vxlan, CaptureHints, CaseEvidence, Containers, EnforcementPoint, GuestFile, Overlay, Readiness, Step,
+    Variant, Verdict,
+};
 use crate::guest::{wait_until, Attachment, Netns, CONTAINER_DEV};
 use crate::lab::{Family, Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::report::{list, Check};

@@ -141,7 +141,7 @@ const SETTLE_LIMIT_S: u32 = 30;
 /// [`SETTLED_IDLE`] % over half a second, from `/proc/stat`, with shell
 /// builtins) or [`SETTLE_LIMIT_S`] passed, and prints the last idle share and
 /// the seconds it waited.
-pub fn settle_script() -> String {
+fn settle_script() -> String {
     format!(
         "cpu() {{ read -r _ u n s i w q sq st _ </proc/stat; total=$((u+n+s+i+w+q+sq+st)); idle=$((i+w)); }}\n\
          centis() {{ read -r up _ </proc/uptime; c=${{up%.*}}${{up#*.}}; }}\n\

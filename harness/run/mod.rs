@@ -102,8 +102,9 @@ impl Clock {
 const WARM_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a booted pair is set up with: a NIC (`None`: each VM's own) and an
-/// overlay (`None`: the lab's). Filters are compared on the same pair: each
-/// is deployed before its first case and removed after its last.
+/// overlay (`None`: the lab's). Filters are compared on the same pair: they
+/// take turns, each deployed before its case and removed before another
+/// filter's.
 type BootKey = (Option<Nic>, Option<String>);
 
 /// Consecutive cases that share a boot key, and so a booted pair; in each,
