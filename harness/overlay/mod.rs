@@ -15,6 +15,7 @@
 //! same [`Variant`] base.
 
 pub mod baseline;
+pub mod cilium_style;
 pub mod evpn;
 pub mod ila;
 mod plan;
