@@ -13,7 +13,7 @@ use crate::filter::{
     none::{self, NoFilter},
 };
 use crate::guest::{self, Attachment, Batch, Netns, UNDERLAY_DEV};
-use crate::lab::Lab;
+use crate::lab::{Lab, Vm};
 use crate::measure::nic;
 use crate::overlay::{self, Step, Variant};
 use crate::report::{Readiness, Settled};
@@ -74,20 +74,7 @@ pub(super) async fn switch_filter(lab: &Lab, rt: &LabRuntime, to: &str, opts: &R
     let (from, to) = (filter::get(&lab.filter), filter::get(to));
     opts.progress.phase(&format!("switching filter {} to {}", from.name(), to.name()));
     run_plan(rt, &from.remove(lab, &points), opts).await.with_context(|| format!("removing filter {}", from.name()))?;
-    let reads = lab.vms.iter().map(|vm| {
-        let mut b = Batch::new();
-        for (name, cmd) in NoFilter.evidence_commands(lab, vm) {
-            b.report(name, cmd);
-        }
-        async move { rt.vm(&vm.name).guest.batch(&b).await }
-    });
-    let mut rulesets = BTreeMap::new();
-    for (vm, out) in lab.vms.iter().zip(futures::future::try_join_all(reads).await?) {
-        for (name, _) in NoFilter.evidence_commands(lab, vm) {
-            let text = out.text(&name);
-            rulesets.insert(name, text);
-        }
-    }
+    let rulesets = read_on_every_vm(lab, rt, |vm| NoFilter.evidence_commands(lab, vm)).await?;
     let (check, _) = none::unfiltered(lab, &points, &rulesets);
     if !check.passed {
         anyhow::bail!("filter {} left the forwarding path filtering after its removal: {}", from.name(), check.detail);
@@ -96,15 +83,33 @@ pub(super) async fn switch_filter(lab: &Lab, rt: &LabRuntime, to: &str, opts: &R
     run_plan(rt, &to.deploy(&next, &points), opts)
         .await
         .with_context(|| format!("deploying filter {} on overlay {}", to.name(), o.name()))?;
-    let warm = lab.vms.iter().map(|vm| {
+    read_on_every_vm(lab, rt, |vm| [to.evidence_before_commands(&next, vm), to.evidence_commands(&next, vm)].concat())
+        .await
+        .context("warming the filter's evidence commands up")?;
+    Ok(())
+}
+
+/// Runs each VM's `commands` (artifact name, command) in one batch, every VM
+/// at once, and returns their outputs by artifact name.
+async fn read_on_every_vm(
+    lab: &Lab,
+    rt: &LabRuntime,
+    commands: impl Fn(&Vm) -> Vec<(String, String)>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let commands: Vec<Vec<(String, String)>> = lab.vms.iter().map(&commands).collect();
+    let reads = lab.vms.iter().zip(&commands).map(|(vm, cmds)| {
         let mut b = Batch::new();
-        for (name, cmd) in [to.evidence_before_commands(&next, vm), to.evidence_commands(&next, vm)].concat() {
-            b.report(name, cmd);
+        for (name, cmd) in cmds {
+            b.report(name.clone(), cmd.clone());
         }
         async move { rt.vm(&vm.name).guest.batch(&b).await }
     });
-    futures::future::try_join_all(warm).await.context("warming the filter's evidence commands up")?;
-    Ok(())
+    let outputs = futures::future::try_join_all(reads).await?;
+    Ok(commands
+        .iter()
+        .zip(&outputs)
+        .flat_map(|(cmds, out)| cmds.iter().map(move |(name, _)| (name.clone(), out.text(name))))
+        .collect())
 }
 
 /// Starts the holder of every container's namespace (what cases read of a
