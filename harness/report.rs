@@ -283,6 +283,10 @@ pub struct Report {
     /// Readiness of the overlays that have a probe, one per boot.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ready: Vec<Readiness>,
+    /// Guest crashes that were the emulator's, not the kernel's, after which
+    /// the pair was booted again (see `qemu::stale_int3_oops`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emulator_faults: Vec<String>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
     /// Where the run's time went (the cases' own breakdown is in each case).
@@ -376,6 +380,9 @@ impl Report {
                 vm.channels.map_or("?".into(), |c| c.to_string()),
                 if vm.vhost { "on" } else { "off" }
             ));
+        }
+        for fault in &self.emulator_faults {
+            s.push_str(&format!("  booted again: {fault}\n"));
         }
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
         let throughputs: Vec<String> = self.cases.iter().map(CaseReport::throughput_text).collect();

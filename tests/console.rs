@@ -2,7 +2,7 @@
 //! slow one by what the kernel printed.
 
 use rstest::rstest;
-use vlab::qemu::reports_rcu_stall;
+use vlab::qemu::{reports_rcu_stall, stale_int3_oops};
 
 #[rstest]
 #[case::stall_seen_by_another_cpu("stall.log", true)]
@@ -11,4 +11,31 @@ use vlab::qemu::reports_rcu_stall;
 fn rcu_stalls_are_recognised(#[case] fixture: &str, #[case] stalled: bool) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/console").join(fixture);
     assert_eq!(reports_rcu_stall(&std::fs::read_to_string(path).unwrap()), stalled);
+}
+
+/// A vCPU that trapped on an `int3` no longer in memory (QEMU TCG running a
+/// stale translation of code the kernel was patching) is told apart from an
+/// `int3` that really is in the kernel's code.
+#[rstest]
+#[case::stale_translation("stale-int3.log", Some("Oops: int3 at kfree+0xa0/0x350"))]
+#[case::int3_in_memory("int3-in-memory.log", None)]
+#[case::no_oops("clean.log", None)]
+#[case::rcu_stall("stall.log", None)]
+fn stale_int3_oopses_are_recognised(#[case] fixture: &str, #[case] expected: Option<&str>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/console").join(fixture);
+    assert_eq!(stale_int3_oops(&std::fs::read_to_string(path).unwrap()).as_deref(), expected);
+}
+
+/// Older kernels print `int3: 0000 [#1]` without `Oops:`, with the CPU and
+/// hardware lines before RIP and the code bytes.
+#[test]
+fn stale_int3_in_the_older_format() {
+    let console = "\
+[    3.093098] int3: 0000 [#1] PREEMPT SMP NOPTI
+[    3.093098] CPU: 3 PID: 1 Comm: swapper/0 Not tainted 6.4.0 #8
+[    3.093098] Hardware name: QEMU Standard PC (Q35 + ICH9, 2009)
+[    3.093098] RIP: 0010:__mod_timer+0x1c3/0x370
+[    3.093098] Code: 00 00 41 bd ff ff ff ff 31 d2 4c 89 f6 4c 89 ff e8 f2 ef ff ff 41 89 c4 85 c0 75 09 83 e3 01 0f 85 54 ff ff ff 41 8b 4f 20 66 <90> f7 c1 00 00 10 00
+";
+    assert_eq!(stale_int3_oops(console).as_deref(), Some("Oops: int3 at __mod_timer+0x1c3/0x370"));
 }

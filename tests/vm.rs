@@ -659,6 +659,50 @@ fn a_guest_that_never_reaches_its_init_is_booted_again() {
     assert!(!silent.contains(vlab::qemu::INIT_STARTED), "{silent}");
 }
 
+/// Runs the baseline lab's first case with host2's first boot crashing two
+/// seconds after its init started, its console ending in `oops`
+/// (tests/fixtures/console); returns what `codes` allows.
+fn crashed_once(vlab: &Vlab, oops: &str, codes: &[i32]) -> Output {
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let qemu = repo("tests/fixtures/qemu-crash-once");
+    let args = ["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--cold-boot"];
+    let json = vlab.path("report.json");
+    let mut cmd = vlab.command(&[&args[..], &["--json", json.to_str().unwrap()]].concat());
+    cmd.env("VLAB_QEMU", &qemu).env("VLAB_TEST_STATE", &state).env("VLAB_TEST_OOPS", oops);
+    let (out, pid) = Vlab::finish(cmd, &args);
+    let code = out.status.code().unwrap_or(-1);
+    assert!(codes.contains(&code), "exit {code}, expected one of {codes:?}:\n{}", stderr(&out));
+    vlab.assert_clean(pid);
+    out
+}
+
+#[test]
+fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let out = crashed_once(&vlab, "stale-int3.log", &[0]);
+    let notice = "`host2` crashed on an emulator fault: Oops: int3 at kfree+0xa0/0x350";
+    assert!(stderr(&out).contains(notice), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&std::fs::read(vlab.path("report.json")).unwrap()).unwrap();
+    let faults = report["emulator_faults"].as_array().expect("the fault is in the report");
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert!(faults[0].as_str().unwrap().starts_with(notice), "{faults:?}");
+    assert_eq!(report["cases"].as_array().unwrap().len(), 1, "the case ran once, on the second pair");
+    assert_eq!(report["passed"], true);
+}
+
+/// An `int3` that is in the guest's memory is the kernel's: no second boot.
+#[test]
+fn a_guest_that_trips_on_an_int3_in_memory_fails_the_run() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let out = crashed_once(&vlab, "int3-in-memory.log", &[125]);
+    let err = stderr(&out);
+    assert!(err.contains("QEMU of `host2` exited") && err.contains("Oops: int3"), "{err}");
+    assert!(!err.contains("emulator fault"), "{err}");
+}
+
 #[test]
 fn missing_qemu_is_exit_125() {
     let _one = lock();

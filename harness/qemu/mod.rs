@@ -37,6 +37,9 @@ pub enum VmError {
         stderr: String,
         /// The end of the guest's serial console.
         serial_tail: String,
+        /// The guest oopsed on an `int3` that its memory no longer held: an
+        /// emulator fault (see [`stale_int3_oops`]).
+        stale_int3: Option<String>,
     },
     /// The guest stopped making progress before its agent answered: its
     /// kernel reported an RCU stall (a vCPU stopped running or stopped getting
@@ -50,6 +53,17 @@ pub enum VmError {
         /// The end of the guest's serial console.
         serial_tail: String,
     },
+}
+
+impl VmError {
+    /// The VM and its oops, when the guest oopsed on an `int3` that its memory
+    /// no longer held (see [`stale_int3_oops`]).
+    pub fn stale_int3(&self) -> Option<(&str, &str)> {
+        match self {
+            VmError::Exited { vm, stale_int3: Some(oops), .. } => Some((vm, oops)),
+            _ => None,
+        }
+    }
 }
 
 fn fmt_stderr(s: &str) -> String {
@@ -72,6 +86,39 @@ fn fmt_tail(s: &str) -> String {
 /// detected stalls on CPUs/tasks`, `rcu: INFO: rcu_sched self-detected stall`).
 pub fn reports_rcu_stall(console: &str) -> bool {
     console.lines().any(|l| l.contains("rcu: INFO: ") && l.contains("detected stall"))
+}
+
+/// The oops of a vCPU that trapped on an `int3` which guest memory no longer
+/// holds, as a one-line summary (`Oops: int3 at kfree+0xa0/0x350`).
+///
+/// The kernel patches its own code at run time (jump labels, static calls)
+/// by writing an `int3` over the site, then the new bytes, then removing the
+/// `int3`; a vCPU that meets the `int3` meanwhile is sent on by the patcher's
+/// trap handler. Under TCG another vCPU may still run a translation made while
+/// the `int3` was there after the patcher has finished: it traps with no patch
+/// in progress, and the kernel oopses. The code bytes the oops prints then show
+/// that the byte before the trapping address is not `cc` (in the study's runs,
+/// `66 <90>`: a 2-byte jump-label nop intact). An `int3` that is really in
+/// memory (`cc <..>`) is a kernel bug and not matched.
+pub fn stale_int3_oops(console: &str) -> Option<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !(line.contains("Oops: int3") || line.contains("] int3: 0000")) {
+            continue;
+        }
+        let following = &lines[i + 1..lines.len().min(i + 6)];
+        let code = following.iter().find_map(|l| l.split_once("Code: ").map(|(_, c)| c));
+        let Some(code) = code else { continue };
+        let bytes: Vec<&str> = code.split_whitespace().collect();
+        let Some(at) = bytes.iter().position(|b| b.starts_with('<')) else { continue };
+        if at == 0 || bytes[at - 1].eq_ignore_ascii_case("cc") {
+            continue;
+        }
+        let rip = following.iter().find_map(|l| l.split_once("RIP: ").map(|(_, r)| r.trim()));
+        let place = rip.and_then(|r| r.split_once(':').map(|(_, f)| f)).unwrap_or("an unknown place");
+        return Some(format!("Oops: int3 at {place}"));
+    }
+    None
 }
 
 /// What `images/guest/vlab-init` prints as it starts the guest agent: the
@@ -219,6 +266,9 @@ impl QemuProcess {
             status: status.to_string(),
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
             serial_tail: self.serial_tail(25),
+            stale_int3: stale_int3_oops(&String::from_utf8_lossy(
+                &std::fs::read(&self.serial_path).unwrap_or_default(),
+            )),
         }
     }
 

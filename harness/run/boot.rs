@@ -432,10 +432,19 @@ pub(super) async fn explain_vm_exit(rt: &mut LabRuntime, err: anyhow::Error) -> 
     for _ in 0..40 {
         for vm in &mut rt.vms {
             if let Err(exit) = vm.qemu.check_running() {
-                return anyhow::anyhow!("{exit}\n(while: {err:#})");
+                return GuestGone { exit, during: format!("{err:#}") }.into();
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     err
+}
+
+/// A guest's QEMU exited while the lab was using it.
+#[derive(Debug, thiserror::Error)]
+#[error("{exit}\n(while: {during})")]
+pub(super) struct GuestGone {
+    pub exit: VmError,
+    /// What vlab was doing.
+    during: String,
 }

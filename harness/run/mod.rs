@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use crate::image::{self, Image};
 use crate::lab::{Case, CaseParams, Lab, Nic, NicModel};
 use crate::qemu::accel::{self, AccelChoice};
-use crate::qemu::{self, Accel};
+use crate::qemu::{self, Accel, VmError};
 use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus, VmReport};
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
@@ -209,7 +209,15 @@ struct Results {
     /// The guest's `uname -r` (the first boot's).
     kernel: Option<String>,
     boots: Vec<BootTiming>,
+    /// Groups run again after an emulator fault, one line each.
+    emulator_faults: Vec<String>,
 }
+
+/// How often a group's pair is booted and deployed when a guest oopses on an
+/// `int3` that its memory no longer holds under TCG (see
+/// [`qemu::stale_int3_oops`]): an emulator fault, not the kernel's, and not
+/// repeatable. Elsewhere, and the second time, the crash fails the run.
+const GROUP_ATTEMPTS: u32 = 2;
 
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
 pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
@@ -237,7 +245,31 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         // The pair is deployed with its first case's filter.
         group_lab = group_lab.with_filter(group[0].params.filter(&group_lab));
-        run_group(&group_lab, &prepared, nic.as_ref(), &group, opts, label, &mut results).await?;
+        let mut attempt = 1;
+        loop {
+            let Err(e) =
+                run_group(&group_lab, &prepared, nic.as_ref(), &group, opts, label.clone(), &mut results).await
+            else {
+                break;
+            };
+            let exit = e.downcast_ref::<boot::GuestGone>().map(|g| &g.exit).or_else(|| e.downcast_ref::<VmError>());
+            match exit.and_then(VmError::stale_int3) {
+                Some((vm, oops)) if prepared.accel == Accel::Tcg && attempt < GROUP_ATTEMPTS => {
+                    let fault = format!(
+                        "`{vm}`{label} crashed on an emulator fault: {oops}, an int3 no longer in memory \
+                         (QEMU TCG ran a stale translation of code the kernel was patching)"
+                    );
+                    eprintln!("vlab: {fault}; booting the pair again");
+                    if let Some(dir) = &opts.artifacts {
+                        let log = |suffix: &str| dir.join(format!("serial-{vm}{label}{suffix}.log"));
+                        let _ = std::fs::rename(log(""), log("-stale-int3"));
+                    }
+                    results.emulator_faults.push(fault);
+                    attempt += 1;
+                }
+                _ => return Err(e),
+            }
+        }
     }
     opts.progress.finish();
     crate::report::compare_with(&mut results.cases, Versus::Overlay, overlay::REFERENCE);
@@ -257,6 +289,7 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         summaries: summaries(lab, &results.cases),
         cases: results.cases,
         ready: results.ready,
+        emulator_faults: results.emulator_faults,
         wall_s: started.elapsed().as_secs_f64(),
         timing: RunTiming { boots: results.boots, ..prepared.timing.clone() },
     })
