@@ -25,6 +25,13 @@ use crate::ui::Progress;
 const INITRAMFS_INIT: &str = include_str!("../../images/guest/initramfs-init");
 /// PID 1 of the guest: mounts, host name, modules, guest agent.
 const GUEST_INIT: &str = include_str!("../../images/guest/vlab-init");
+/// vlab's BPF programs (`bpf/NAME.c`), built into every image whose recipe
+/// installs `clang` and `libbpf-dev`: compiled by the image's own clang while
+/// the image is built, into [`BPF_DIR`]`/NAME.o` beside their source. A
+/// change to a program makes a new image, as a change to the recipe does.
+pub const BPF_PROGRAMS: &[(&str, &str)] = &[("cilium_style", include_str!("../../bpf/cilium_style.c"))];
+/// Where the guests have vlab's BPF programs and objects.
+pub const BPF_DIR: &str = "/usr/lib/vlab/bpf";
 /// Bumped whenever the layout of a built image changes.
 const FORMAT: u32 = 3;
 
@@ -153,6 +160,10 @@ impl Recipe {
         h.update(text.as_bytes());
         h.update(INITRAMFS_INIT.as_bytes());
         h.update(GUEST_INIT.as_bytes());
+        for (name, source) in BPF_PROGRAMS {
+            h.update(format!("\nbpf {name}\n"));
+            h.update(source.as_bytes());
+        }
         hex::encode(&h.finalize()[..8])
     }
 }
@@ -263,6 +274,10 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     decompress_modules(&active, &modules_dir)?;
     run(&active, "depmod", Command::new("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
     install_guest_files(&rootdir)?;
+    if recipe.packages.iter().any(|p| p == "clang") {
+        progress.phase("compiling vlab's BPF programs");
+        build_bpf(&active, &rootdir)?;
+    }
 
     progress.phase("writing initramfs");
     active.check()?;
@@ -469,6 +484,23 @@ fn install_guest_files(rootdir: &Path) -> Result<(), ImageError> {
         .map_err(|source| ImageError::Cache { path: init.clone(), source })?;
     fs::write(rootdir.join("etc/hostname"), "vlab\n")
         .map_err(|source| ImageError::Cache { path: rootdir.join("etc"), source })?;
+    Ok(())
+}
+
+/// Compiles [`BPF_PROGRAMS`] with the root's clang and libbpf headers.
+fn build_bpf(active: &cancel::Active, rootdir: &Path) -> Result<(), ImageError> {
+    let dir = rootdir.join(BPF_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&dir).map_err(|source| ImageError::Cache { path: dir.clone(), source })?;
+    for (name, source) in BPF_PROGRAMS {
+        let c = dir.join(format!("{name}.c"));
+        fs::write(&c, source).map_err(|source| ImageError::Cache { path: c.clone(), source })?;
+        let (c, o) = (format!("{BPF_DIR}/{name}.c"), format!("{BPF_DIR}/{name}.o"));
+        let mut clang = Command::new("chroot");
+        clang.arg(rootdir).args(["clang", "-O2", "-g", "-Wall", "-Werror", "--target=bpf"]);
+        // The BPF target has no multiarch directory of its own: asm/types.h.
+        clang.args(["-I/usr/include/x86_64-linux-gnu", "-c", &c, "-o", &o]);
+        run(active, &format!("clang bpf/{name}.c"), &mut clang)?;
+    }
     Ok(())
 }
 
