@@ -79,6 +79,19 @@ fn edit(from: &str, to: &str) -> String {
     "probe_on_workload_port"
 )]
 #[case::port_out_of_range(edit("duration = \"5s\"", "duration = \"5s\"\nport = 70000"), "port_out_of_range")]
+#[case::intruder_on_the_server_vm(
+    edit("duration = \"5s\"", "duration = \"5s\"\nintruder = \"host1/c1\""),
+    "intruder_on_the_server_vm"
+)]
+#[case::intruder_is_the_client(
+    edit("duration = \"5s\"", "duration = \"5s\"\nintruder = \"host2/c2\""),
+    "intruder_is_the_client"
+)]
+#[case::intruder_not_a_container(
+    edit("duration = \"5s\"", "duration = \"5s\"\nintruder = \"host2\""),
+    "intruder_not_a_container"
+)]
+#[case::intruder_missing(edit("duration = \"5s\"", "duration = \"5s\"\nintruder = \"host2/c9\""), "intruder_missing")]
 fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &str) {
     let text =
         if name == "unknown_key" { BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1) } else { text };

@@ -185,6 +185,25 @@ struct Vlab {
     tmp: tempfile::TempDir,
 }
 
+/// A failed test's evidence (reports, artifacts with pcaps and serial logs)
+/// outlives its temporary directory: it is copied to
+/// `target/tmp/vm-failures/<test>/`, for people and for CI to upload.
+impl Drop for Vlab {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let test = std::thread::current().name().unwrap_or("vm-test").replace("::", "-");
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-failures").join(test);
+        let _ = std::fs::remove_dir_all(&keep);
+        let _ = std::fs::create_dir_all(&keep);
+        let copied = Command::new("cp").arg("-a").arg(format!("{}/.", self.tmp.path().display())).arg(&keep).status();
+        if copied.is_ok_and(|s| s.success()) {
+            eprintln!("the test's reports and artifacts are kept in {}", keep.display());
+        }
+    }
+}
+
 impl Vlab {
     fn new() -> Vlab {
         Vlab { tmp: tempfile::tempdir().unwrap() }

@@ -439,6 +439,12 @@ pub struct Workload {
     /// it, which a filter's policy should drop (none: no probe).
     #[serde(default)]
     pub probe_port: Option<u16>,
+    /// A container (on another VM than the server's) that, after the
+    /// workload, tries one TCP connection to the server's workload port: a
+    /// policy that admits only the client's identity drops it (none: no such
+    /// attempt).
+    #[serde(default)]
+    pub intruder: Option<Endpoint>,
     /// NIC offloads for every case (default: the drivers' defaults).
     #[serde(default)]
     pub offloads: Offloads,
@@ -692,6 +698,7 @@ impl Lab {
         let mut lab = self.with_filter(filter);
         lab.workload.duration = duration;
         lab.workload.probe_port = None;
+        lab.workload.intruder = None;
         lab.capture = None;
         lab
     }

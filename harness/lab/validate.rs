@@ -424,7 +424,8 @@ fn gateway_room(c: &Container, cat: &dyn Fn(&'static str) -> Vec<Seg>) -> Result
 fn validate_workload(lab: &Lab) -> Result<(), Issue> {
     use Seg::Key;
     let w = &lab.workload;
-    for (key, ep) in [("server", &w.server), ("client", &w.client)] {
+    let intruder = w.intruder.iter().map(|ep| ("intruder", ep));
+    for (key, ep) in [("server", &w.server), ("client", &w.client)].into_iter().chain(intruder) {
         let path = vec![Key("workload"), Key(key)];
         let Some(vm) = lab.vm(&ep.vm) else {
             let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
@@ -442,6 +443,20 @@ fn validate_workload(lab: &Lab) -> Result<(), Issue> {
     }
     if w.server == w.client {
         return Err(Issue::new(vec![Key("workload"), Key("client")], "client and server are the same endpoint"));
+    }
+    if let Some(ep) = &w.intruder {
+        let why = if ep.container.is_none() {
+            Some("the intruder must be a container (`VM/CONTAINER`)")
+        } else if ep.vm == w.server.vm {
+            Some("the intruder must be on another VM than the server, so that its attempt crosses the overlay")
+        } else if *ep == w.client {
+            Some("the intruder must be another container than the client")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Issue::new(vec![Key("workload"), Key("intruder")], why));
+        }
     }
     if w.streams == 0 || w.streams > 128 {
         return Err(Issue::new(vec![Key("workload"), Key("streams")], format!("{} streams: use 1 to 128", w.streams)));

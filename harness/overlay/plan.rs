@@ -206,6 +206,9 @@ pub struct CaseEvidence<'a> {
     /// The client's connection attempt to the probe port after the workload,
     /// when the lab asks for one.
     pub probe: Option<Probe>,
+    /// The intruder's connection attempt to the workload's port after the
+    /// workload (container cases of labs that name an intruder).
+    pub intruder: Option<Probe>,
 }
 
 /// What became of one TCP connection attempt from the client's endpoint to

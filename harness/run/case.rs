@@ -56,6 +56,16 @@ fn side<'a>(lab: &Lab, rt: &'a LabRuntime, ep: &Endpoint, case: &Case) -> Side<'
     Side { vm: booted, container, netns, addr, host_veth }
 }
 
+/// The intruder of a container case, when the lab has one with an address
+/// of the case's family.
+fn intruder_side<'a>(lab: &Lab, rt: &'a LabRuntime, case: &Case) -> Option<Side<'a>> {
+    let ep = lab.workload.intruder.as_ref()?;
+    let vm = lab.vm(&ep.vm)?;
+    let container = vm.containers.iter().find(|c| Some(&c.name) == ep.container.as_ref())?;
+    container.address(case.params.family)?;
+    (case.params.path == TrafficPath::Container).then(|| side(lab, rt, ep, case))
+}
+
 impl Side<'_> {
     /// The interfaces whose evidence a case records: the underlay NIC, then
     /// (container endpoints) the container's interface and, on veth, the
@@ -307,25 +317,32 @@ struct After {
     variants: BTreeMap<String, String>,
     /// The probe's outcome.
     probe: Option<overlay::Probe>,
+    /// The intruder's attempt.
+    intruder: Option<overlay::Probe>,
 }
 
 /// The client's run and each VM's evidence after it, in the same agent call
-/// where the VM is an endpoint: the client's VM runs the client first; the
-/// server's VM sleeps through the workload, then waits for the server to
-/// end (killed when the client failed). Then each stops its captures and
-/// reads the counters after, what the kernel logged during the case and the
-/// variants' evidence; any other VM reads its own once the client is done.
+/// where the VM is an endpoint: the client's VM runs the client first, then
+/// the probes; the server's VM sleeps through the workload, then waits for
+/// the server to end (killed when the client failed). Then each stops its
+/// captures and reads the counters after and what the kernel logged during
+/// the case; any other VM (an intruder's first) does so once the client is
+/// done. The variants' evidence is read in the same batches, except on the
+/// server's VM (when it is not the client's), which reads its own last: a
+/// policy that drops at the receiving VM has then counted every probe.
 /// Returns the client's output, how long it ran, and the evidence.
 async fn workload_and_after(
     lab: &Lab,
     rt: &LabRuntime,
     (o, f): (&dyn Overlay, &dyn Filter),
     (before, ifaces): (&mut Before<'_>, &[Iface<'_>]),
-    (case, server, client): (&Case, &Side<'_>, &Side<'_>),
+    (case, server, client, intruder): (&Case, &Side<'_>, &Side<'_>, Option<&Side<'_>>),
     case_dir: Option<&Path>,
 ) -> anyhow::Result<(Output, f64, After)> {
     let (server_vm, client_vm) = (&server.vm.guest, &client.vm.guest);
     let duration = lab.workload.duration;
+    let late = server_vm.name != client_vm.name;
+    let mut late_batch = Batch::new();
     let mut names = Vec::new();
     let batches: Vec<(&str, Batch)> = rt
         .vms
@@ -338,6 +355,9 @@ async fn workload_and_after(
                 workload::client_part(lab, case, client, &server.addr, &mut b);
                 workload::probe_part(lab, client, &server.addr, &mut b);
             }
+            if let Some(i) = intruder.filter(|i| i.vm.guest.name == name) {
+                workload::intruder_part(lab, i, &server.addr, &mut b);
+            }
             if name == server_vm.name {
                 let asleep = if name == client_vm.name { Duration::ZERO } else { duration };
                 workload::end_part(before.server_pid, asleep, &mut b);
@@ -349,7 +369,8 @@ async fn workload_and_after(
             }
             b.succeed("kernel log", checks::kernel_log_command());
             let cmds = [o.evidence_commands(lab, vm), f.evidence_commands(lab, vm)].concat();
-            names.push((name.to_string(), evidence_parts(&mut b, cmds)));
+            let evidence_batch = if late && name == server_vm.name { &mut late_batch } else { &mut b };
+            names.push((name.to_string(), evidence_parts(evidence_batch, cmds)));
             (name, b)
         })
         .collect();
@@ -384,8 +405,16 @@ async fn workload_and_after(
     ) {
         outputs.push((vm.guest.name.clone(), out));
     }
+    let late_out = match late {
+        true => Some(server_vm.batch(&late_batch).await.context("the variants' evidence")?),
+        false => None,
+    };
     let client_out = workload::client_output(&outputs[0].1).context("the client's batch has no client output")?;
     let probe = workload::probe_outcome(lab, &outputs[0].1);
+    let intruder = intruder.and_then(|i| {
+        let out = outputs.iter().find(|(vm, _)| *vm == i.vm.guest.name)?;
+        workload::intruder_outcome(lab, &out.1)
+    });
     let workload_s = outputs[0].1.seconds(workload::CLIENT_PART);
     let outputs = by_vm(&outputs);
     for (e, i) in before.interfaces.iter_mut().zip(ifaces) {
@@ -403,8 +432,13 @@ async fn workload_and_after(
     // are gone if their parts say so.
     let stopped = outputs.iter().all(|(_, o)| o.get(capture::STOP_PART).is_none_or(|p| p.success()));
     rt.tidy.store(stopped && server.is_some(), Ordering::Relaxed);
-    let variants = variant_outputs(&outputs, &names, case_dir)?;
-    Ok((client_out, workload_s, After { server, kernel_says, variants, probe }))
+    let mut evidence = outputs.clone();
+    if let Some(out) = &late_out {
+        evidence.retain(|(vm, _)| *vm != server_vm.name);
+        evidence.push((server_vm.name.as_str(), out));
+    }
+    let variants = variant_outputs(&evidence, &names, case_dir)?;
+    Ok((client_out, workload_s, After { server, kernel_says, variants, probe, intruder }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -462,9 +496,10 @@ pub(super) async fn run_case(
     // rest (setup, probes, evidence) ran while they started.
     let captures_start_s = before.listen_s;
     let setup_s = (clock.lap() - captures_start_s).max(0.0);
+    let intruder = intruder_side(lab, rt, case);
+    let ends = (case, &server, &client, intruder.as_ref());
     let (client_out, workload_s, after) =
-        workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), (case, &server, &client), case_dir.as_deref())
-            .await?;
+        workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), ends, case_dir.as_deref()).await?;
     // The client ran first in its VM's evidence batch.
     let evidence_s = (clock.lap() - workload_s).max(0.0);
     let summaries = capture::collect(before.captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
@@ -487,6 +522,7 @@ pub(super) async fn run_case(
         before: before.variants,
         outputs: after.variants,
         probe: after.probe,
+        intruder: after.intruder,
     };
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);

@@ -37,6 +37,8 @@ pub(super) const CLIENT_PART: &str = "iperf3 client";
 /// The parts that start the probe's listener and try the probe.
 const PROBE_LISTENER_PART: &str = "start probe listener";
 const PROBE_PART: &str = "probe";
+/// The intruder's connection attempt in its VM's evidence batch.
+const INTRUDER_PART: &str = "intruder";
 /// Where the client's exit code goes, for a server in the same VM.
 const CLIENT_RC: &str = "/tmp/vlab-iperf3-client.rc";
 
@@ -90,12 +92,23 @@ pub(super) fn probe_listener_pid(out: &BatchOutput) -> Option<i64> {
 /// `refused` or `timed-out`.
 pub(super) fn probe_part(lab: &Lab, client: &Side<'_>, server_addr: &str, batch: &mut Batch) {
     let Some(port) = lab.workload.probe_port else { return };
+    connect_part(PROBE_PART, client, server_addr, port, batch);
+}
+
+/// The part of the intruder VM's evidence batch after the client's probe,
+/// when the lab has an intruder: one TCP connection attempt from it to the
+/// server's workload port, as [`probe_part`] makes.
+pub(super) fn intruder_part(lab: &Lab, intruder: &Side<'_>, server_addr: &str, batch: &mut Batch) {
+    connect_part(INTRUDER_PART, intruder, server_addr, lab.workload.port, batch);
+}
+
+fn connect_part(part: &str, from: &Side<'_>, addr: &str, port: u16, batch: &mut Batch) {
     let argv = Netns::wrap(
-        client.netns.as_ref(),
-        ["timeout", "1", "bash", "-c", &format!("exec 3<>/dev/tcp/{server_addr}/{port}")].map(String::from).to_vec(),
+        from.netns.as_ref(),
+        ["timeout", "1", "bash", "-c", &format!("exec 3<>/dev/tcp/{addr}/{port}")].map(String::from).to_vec(),
     );
     batch.report(
-        PROBE_PART,
+        part,
         format!(
             "{} 2>/dev/null; case $? in 0) echo connected;; 124) echo timed-out;; *) echo refused;; esac",
             guest::shell_line(&argv)
@@ -105,9 +118,17 @@ pub(super) fn probe_part(lab: &Lab, client: &Side<'_>, server_addr: &str, batch:
 
 /// The probe's outcome, from the client VM's evidence batch.
 pub(super) fn probe_outcome(lab: &Lab, out: &BatchOutput) -> Option<crate::overlay::Probe> {
+    connect_outcome(out, PROBE_PART, lab.workload.probe_port?)
+}
+
+/// The intruder's attempt, from its VM's evidence batch.
+pub(super) fn intruder_outcome(lab: &Lab, out: &BatchOutput) -> Option<crate::overlay::Probe> {
+    connect_outcome(out, INTRUDER_PART, lab.workload.port)
+}
+
+fn connect_outcome(out: &BatchOutput, part: &str, port: u16) -> Option<crate::overlay::Probe> {
     use crate::overlay::ProbeOutcome;
-    let port = lab.workload.probe_port?;
-    let outcome = match out.text(PROBE_PART).trim() {
+    let outcome = match out.text(part).trim() {
         "connected" => ProbeOutcome::Connected,
         "timed-out" => ProbeOutcome::TimedOut,
         "refused" => ProbeOutcome::Refused,
