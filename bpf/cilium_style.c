@@ -19,8 +19,9 @@
  * redirects to the endpoint's veth.
  *
  * Every verdict is counted in the metrics map (packets, bytes); each policy
- * entry counts the packets it admitted. The harness fills the maps (pinned
- * by name under /sys/fs/bpf/tc/globals) with bpftool and reads them back.
+ * entry counts the packets it admitted, and the denied map what the policy
+ * dropped, by the key it missed. The harness fills the maps (pinned by name
+ * under /sys/fs/bpf/tc/globals) with bpftool and reads them back.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -79,6 +80,7 @@ enum { CT_OUT = 1, CT_IN = 2 };
 /* The metrics map's slots. */
 enum {
 	M_TO_OVERLAY, /* sent into the tunnel */
+	M_REPLY_TO_OVERLAY, /* of them, replies of connections the policy admitted */
 	M_CT_REPLY, /* a reply to a connection a local endpoint opened */
 	M_CT_ESTABLISHED, /* more of a connection the policy admitted */
 	M_POLICY_ALLOWED, /* a new connection the policy admitted */
@@ -120,6 +122,15 @@ struct {
 	__type(value, struct counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vlab_policy SEC(".maps");
+
+/* What the policy dropped, by the key of its exact lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct policy_key);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vlab_denied SEC(".maps");
 
 /* The identities that have a policy (value unused): ingress to them is
  * denied unless an entry allows it. */
@@ -189,10 +200,22 @@ static __always_inline int flow_of(struct __sk_buff *skb, struct ct_key *k)
 	return 0;
 }
 
+/* The key of the other direction of `k`'s flow, tracked as `dir`. */
+static __always_inline void reverse(const struct ct_key *k, struct ct_key *r, __u8 dir)
+{
+	r->saddr = k->daddr;
+	r->daddr = k->saddr;
+	r->sport = k->dport;
+	r->dport = k->sport;
+	r->protocol = k->protocol;
+	r->dir = dir;
+	r->pad = 0;
+}
+
 SEC("from-container")
 int from_container(struct __sk_buff *skb)
 {
-	struct ct_key k;
+	struct ct_key k, admitted;
 	struct endpoint *src;
 	struct ipcache_entry *dst;
 	struct bpf_tunnel_key key = {};
@@ -206,10 +229,16 @@ int from_container(struct __sk_buff *skb)
 	vxlan = bpf_map_lookup_elem(&vlab_config, &first);
 	if (!src || !dst || !vxlan || !*vxlan)
 		return TC_ACT_OK; /* not to a remote endpoint: the stack's */
-	k.dir = CT_OUT;
-	if (!bpf_map_lookup_elem(&vlab_ct, &k))
-		bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
-	count(bpf_map_lookup_elem(&vlab_ct, &k), skb);
+	reverse(&k, &admitted, CT_IN);
+	if (bpf_map_lookup_elem(&vlab_ct, &admitted)) {
+		/* A reply of a connection the remote opened: no entry of ours. */
+		metric(M_REPLY_TO_OVERLAY, skb);
+	} else {
+		k.dir = CT_OUT;
+		if (!bpf_map_lookup_elem(&vlab_ct, &k))
+			bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
+		count(bpf_map_lookup_elem(&vlab_ct, &k), skb);
+	}
 	key.remote_ipv4 = dst->tunnel_endpoint;
 	key.tunnel_id = src->identity;
 	key.tunnel_ttl = 64;
@@ -262,13 +291,7 @@ int from_overlay(struct __sk_buff *skb)
 		metric(M_UNKNOWN_ENDPOINT, skb);
 		return TC_ACT_OK;
 	}
-	reply.saddr = k.daddr;
-	reply.daddr = k.saddr;
-	reply.sport = k.dport;
-	reply.dport = k.sport;
-	reply.protocol = k.protocol;
-	reply.dir = CT_OUT;
-	reply.pad = 0;
+	reverse(&k, &reply, CT_OUT);
 	k.dir = CT_IN;
 	if (bpf_map_lookup_elem(&vlab_ct, &reply)) {
 		metric(M_CT_REPLY, skb);
@@ -280,6 +303,14 @@ int from_overlay(struct __sk_buff *skb)
 	} else {
 		entry = policy_entry(ep->identity, (__u32)key.tunnel_id, k.protocol, k.dport);
 		if (!entry) {
+			struct policy_key d = { .endpoint = ep->identity,
+						.remote = (__u32)key.tunnel_id,
+						.protocol = k.protocol,
+						.dport = k.dport };
+
+			if (!bpf_map_lookup_elem(&vlab_denied, &d))
+				bpf_map_update_elem(&vlab_denied, &d, &zero, BPF_NOEXIST);
+			count(bpf_map_lookup_elem(&vlab_denied, &d), skb);
 			metric(M_POLICY_DENIED, skb);
 			return TC_ACT_SHOT;
 		}

@@ -73,18 +73,48 @@ impl lab::Variants for Registry {
                 v.validate(&switched).map_err(|e| if axis { with_axis_value(e, kind, name, j) } else { e })?;
             }
         }
-        // A filter that enforces needs the containers' traffic to cross the
-        // place the overlay offers it.
-        for f in lab.filters().into_iter().map(filter::get).filter(|f| f.enforces()) {
-            for o in lab.overlays() {
-                overlay::get(o).hosts_filters(&lab.with_overlay(o)).map_err(|e| match e {
-                    LabError::Invalid { location, field, message } => LabError::Invalid {
-                        location,
-                        field,
-                        message: format!("overlay {o} cannot host filter {}: {message}", f.name()),
-                    },
-                    other => other,
-                })?;
+        Ok(())
+    }
+
+    /// A filter that enforces needs the containers' traffic to cross the
+    /// place the overlay offers it, and to be able to act there.
+    fn validate_pairs(&self, lab: &Lab) -> Result<(), LabError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for case in lab.cases() {
+            let pair = (case.params.overlay(lab).to_string(), case.params.filter(lab).to_string());
+            if !pairs.contains(&pair) {
+                pairs.push(pair);
+            }
+        }
+        for (o, f) in pairs {
+            let (o, f) = (overlay::get(&o), filter::get(&f));
+            if !f.enforces() {
+                continue;
+            }
+            let switched = lab.with_overlay(o.name());
+            o.hosts_filters(&switched).map_err(|e| match e {
+                LabError::Invalid { location, field, message } => LabError::Invalid {
+                    location,
+                    field,
+                    message: format!("overlay {} cannot host filter {}: {message}", o.name(), f.name()),
+                },
+                other => other,
+            })?;
+            let points = o.enforcement_points(&switched);
+            if !points.iter().any(|p| f.acts_at(p)) {
+                let j = lab.filters().iter().position(|n| *n == f.name()).unwrap_or(0);
+                let field = match lab.matrix.filter.is_some() {
+                    true => vec![lab::Seg::Key("matrix"), lab::Seg::Key("filter"), lab::Seg::Index(j)],
+                    false => vec![lab::Seg::Key("filter")],
+                };
+                let message = format!(
+                    "filter {} cannot act where overlay {} handles the containers' traffic ({}): \
+                     choose another filter, or leave the pair out with `matrix.exclude`",
+                    f.name(),
+                    o.name(),
+                    points.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                return Err(lab.invalid(lab::Issue::new(field, message)));
             }
         }
         Ok(())

@@ -46,10 +46,25 @@ fn a_lab_without_matrix_has_one_default_case() {
     assert_eq!(cases[0].name, "default");
 }
 
+#[test]
+fn matrix_exclude_leaves_combinations_out() {
+    let text = edit(
+        "family = [\"ipv4\", \"ipv6\"]",
+        "family = [\"ipv4\", \"ipv6\"]\nexclude = [{ path = \"underlay\", family = \"ipv6\" }]",
+    );
+    let names: Vec<String> = parse(&text).unwrap().cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["path=underlay,family=ipv4", "path=container,family=ipv4", "path=container,family=ipv6"]);
+}
+
 /// Replaces `from` (which must occur) in the baseline lab.
 fn edit(from: &str, to: &str) -> String {
     assert!(BASELINE.contains(from), "fixture lacks {from:?}");
     BASELINE.replacen(from, to, 1)
+}
+
+/// The baseline lab with `matrix.exclude = [ENTRIES]`.
+fn exclude(entries: &str) -> String {
+    edit("family = [\"ipv4\", \"ipv6\"]", &format!("family = [\"ipv4\", \"ipv6\"]\nexclude = [{entries}]"))
 }
 
 #[rstest]
@@ -92,6 +107,10 @@ fn edit(from: &str, to: &str) -> String {
     "intruder_not_a_container"
 )]
 #[case::intruder_missing(edit("duration = \"5s\"", "duration = \"5s\"\nintruder = \"host2/c9\""), "intruder_missing")]
+#[case::exclude_unknown_axis(exclude("{ streams = 4 }"), "exclude_unknown_axis")]
+#[case::exclude_unknown_value(exclude("{ family = \"ipv5\" }"), "exclude_unknown_value")]
+#[case::exclude_everything(exclude("{ path = \"underlay\" }, { path = \"container\" }"), "exclude_everything")]
+#[case::exclude_empty_entry(exclude("{}"), "exclude_empty_entry")]
 fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &str) {
     let text =
         if name == "unknown_key" { BASELINE.replacen("[workload]\n", "[workload]\nthreads = 4\n", 1) } else { text };

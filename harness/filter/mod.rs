@@ -61,6 +61,13 @@ pub trait Filter: Variant {
         true
     }
 
+    /// Whether it can act at `point`: netfilter's filters where netfilter
+    /// sees the traffic (the default), a BPF policy where the overlay's
+    /// programs run.
+    fn acts_at(&self, point: &EnforcementPoint) -> bool {
+        !point.netfilter_families().is_empty()
+    }
+
     /// Its checks and report section for one case.
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], evidence: &CaseEvidence) -> Verdict;
 }

@@ -131,6 +131,13 @@ impl Lab {
     /// workload's. Names list the axes in the order lab files do, offloads
     /// last.
     pub fn cases(&self) -> Vec<Case> {
+        let mut cases = self.all_combinations();
+        cases.retain(|c| self.matrix.exclude.iter().all(|entry| !excludes(entry, &c.name)));
+        cases
+    }
+
+    /// Every combination of the matrix's axes, `exclude` not applied.
+    pub(crate) fn all_combinations(&self) -> Vec<Case> {
         let w = &self.workload;
         let m = &self.matrix;
         let base = CaseParams {
@@ -168,4 +175,10 @@ impl Lab {
             })
             .collect()
     }
+}
+
+/// Whether a case named `name` has every `axis=value` of `entry`.
+pub(crate) fn excludes(entry: &BTreeMap<String, super::AxisValue>, name: &str) -> bool {
+    let parts: Vec<&str> = name.split(',').collect();
+    entry.iter().all(|(axis, value)| parts.contains(&format!("{axis}={value}").as_str()))
 }

@@ -15,6 +15,7 @@ mod matrix;
 mod validate;
 mod variants;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -532,6 +533,28 @@ pub struct Matrix {
     pub overlay: Option<Vec<String>>,
     /// Filters to compare: each value replaces `filter` (one boot per value).
     pub filter: Option<Vec<String>>,
+    /// Combinations not to run: a case is left out when it has every
+    /// `axis = value` of an entry (values as case names write them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<BTreeMap<String, AxisValue>>,
+}
+
+/// A value of an axis in `matrix.exclude`: a string or a number, as the
+/// axis lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AxisValue {
+    Text(String),
+    Number(i64),
+}
+
+impl std::fmt::Display for AxisValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AxisValue::Text(t) => f.write_str(t),
+            AxisValue::Number(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// A matrix axis that a variant adds (`csum-mode` of the ila overlay): its
@@ -666,6 +689,7 @@ impl Lab {
         variants.validate(&lab)?;
         lab.variant_axes = variants.axes(&lab)?;
         validate::validate_cases(&lab).map_err(located)?;
+        variants.validate_pairs(&lab)?;
         Ok(lab)
     }
 

@@ -3,7 +3,7 @@
 //! one owned by a variant the lab does not select is misplaced) and validated
 //! by the variants themselves.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use super::error::{Issue, Seg};
@@ -168,7 +168,7 @@ fn generic_keys(place: Place) -> &'static [&'static str] {
         ],
         Place::Vm => &["name", "cpus", "cpu_model", "memory_mib", "nic", "underlay", "container", "setup"],
         Place::Matrix => {
-            &["path", "family", "streams", "protocol", "direction", "offloads", "nic", "overlay", "filter"]
+            &["path", "family", "streams", "protocol", "direction", "offloads", "nic", "overlay", "filter", "exclude"]
         }
     }
 }
@@ -525,10 +525,58 @@ fn validate_matrix(lab: &Lab) -> Result<(), Issue> {
     Ok(())
 }
 
+/// Each `matrix.exclude` entry names axes of the matrix with values they
+/// have, and leaves out at least one case; some case remains.
+fn validate_exclude(lab: &Lab) -> Result<(), Issue> {
+    use Seg::{Index, Key, Name};
+    if lab.matrix.exclude.is_empty() {
+        return Ok(());
+    }
+    let all = lab.all_combinations();
+    let mut axes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for case in &all {
+        for (axis, value) in case.name.split(',').filter_map(|p| p.split_once('=')) {
+            let values = axes.entry(axis).or_default();
+            if !values.contains(&value) {
+                values.push(value);
+            }
+        }
+    }
+    for (i, entry) in lab.matrix.exclude.iter().enumerate() {
+        let at = |rest: Vec<Seg>| [vec![Key("matrix"), Key("exclude"), Index(i)], rest].concat();
+        if entry.is_empty() {
+            return Err(Issue::new(at(vec![]), "an empty entry would leave out every case: name axes and values"));
+        }
+        for (axis, value) in entry {
+            let Some(values) = axes.get(axis.as_str()) else {
+                let known: Vec<&str> = axes.keys().copied().collect();
+                return Err(Issue::new(
+                    at(vec![Name(axis.clone())]),
+                    format!("`{axis}` is not an axis of this matrix (axes: {})", known.join(", ")),
+                ));
+            };
+            if !values.contains(&value.to_string().as_str()) {
+                return Err(Issue::new(
+                    at(vec![Name(axis.clone())]),
+                    format!("`{value}` is not a value of axis `{axis}` (values: {})", values.join(", ")),
+                ));
+            }
+        }
+        if !all.iter().any(|c| super::matrix::excludes(entry, &c.name)) {
+            return Err(Issue::new(at(vec![]), "no case has all of these values: the entry leaves out nothing"));
+        }
+    }
+    if lab.cases().is_empty() {
+        return Err(Issue::new(vec![Key("matrix"), Key("exclude")], "every case is excluded"));
+    }
+    Ok(())
+}
+
 /// Every case must have addresses of its family at both ends, and a
 /// container case containers on two VMs.
 pub(crate) fn validate_cases(lab: &Lab) -> Result<(), Issue> {
     use Seg::Key;
+    validate_exclude(lab)?;
     let w = &lab.workload;
     let mut names = HashSet::new();
     for case in lab.cases() {

@@ -74,4 +74,6 @@ pub trait Variants {
     fn validate(&self, lab: &Lab) -> Result<(), LabError>;
     /// The matrix axes the selected variants add, with their values.
     fn axes(&self, lab: &Lab) -> Result<Vec<VariantAxis>, LabError>;
+    /// Validates each overlay and filter that some case runs together.
+    fn validate_pairs(&self, lab: &Lab) -> Result<(), LabError>;
 }

@@ -34,6 +34,23 @@ pub enum EnforcementPoint {
         /// The bridge device.
         name: String,
     },
+    /// The overlay's BPF programs at a device's tc ingress hook (packets
+    /// they redirect pass no netfilter hook).
+    TcIngress {
+        /// The device.
+        device: String,
+    },
+}
+
+impl std::fmt::Display for EnforcementPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnforcementPoint::Forward => f.write_str("the VMs' forwarding path"),
+            EnforcementPoint::Bridge { name } => write!(f, "bridge {name}"),
+            EnforcementPoint::BridgeIn { netns, name } => write!(f, "bridge {name} in {}", netns.label()),
+            EnforcementPoint::TcIngress { device } => write!(f, "BPF programs at the tc ingress of {device}"),
+        }
+    }
 }
 
 impl EnforcementPoint {
@@ -41,7 +58,7 @@ impl EnforcementPoint {
     pub fn netns(&self) -> Option<&Netns> {
         match self {
             EnforcementPoint::BridgeIn { netns, .. } => Some(netns),
-            EnforcementPoint::Forward | EnforcementPoint::Bridge { .. } => None,
+            EnforcementPoint::Forward | EnforcementPoint::Bridge { .. } | EnforcementPoint::TcIngress { .. } => None,
         }
     }
 
@@ -63,6 +80,7 @@ impl EnforcementPoint {
             EnforcementPoint::Forward => &["ip", "ip6", "inet"],
             EnforcementPoint::Bridge { .. } => &["bridge"],
             EnforcementPoint::BridgeIn { .. } => &["bridge", "ip", "ip6", "inet"],
+            EnforcementPoint::TcIngress { .. } => &[],
         }
     }
 }
