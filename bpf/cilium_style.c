@@ -71,7 +71,7 @@ struct ct_key {
 	__u16 sport;
 	__u16 dport;
 	__u8 protocol;
-	__u8 dir; /* CT_OUT: a local endpoint opened it; CT_IN: admitted by policy */
+	__u8 dir; /* CT_OUT: a local endpoint opened it; CT_IN: a remote one did */
 	__u16 pad;
 };
 
@@ -82,10 +82,10 @@ enum {
 	M_TO_OVERLAY, /* sent into the tunnel */
 	M_REPLY_TO_OVERLAY, /* of them, replies of connections the policy admitted */
 	M_CT_REPLY, /* a reply to a connection a local endpoint opened */
-	M_CT_ESTABLISHED, /* more of a connection the policy admitted */
+	M_CT_ESTABLISHED, /* more of a connection a remote endpoint opened */
 	M_POLICY_ALLOWED, /* a new connection the policy admitted */
 	M_POLICY_DENIED, /* dropped: no policy entry */
-	M_NO_POLICY, /* to an endpoint without policy */
+	M_NO_POLICY, /* a new connection to an endpoint without policy */
 	M_UNKNOWN_ENDPOINT, /* from the tunnel to no local endpoint: left to the stack */
 	M_SLOTS,
 };
@@ -299,6 +299,8 @@ int from_overlay(struct __sk_buff *skb)
 		count(bpf_map_lookup_elem(&vlab_ct, &k), skb);
 		metric(M_CT_ESTABLISHED, skb);
 	} else if (!bpf_map_lookup_elem(&vlab_enforced, &ep->identity)) {
+		/* Tracked all the same: its replies are replies, not new flows. */
+		bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
 		metric(M_NO_POLICY, skb);
 	} else {
 		entry = policy_entry(ep->identity, (__u32)key.tunnel_id, k.protocol, k.dport);

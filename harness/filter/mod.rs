@@ -9,6 +9,7 @@
 //! in [`FILTERS`] registers it.
 
 pub mod iptables;
+pub mod l4_policy;
 pub mod nftables;
 pub mod none;
 pub mod policy;
@@ -18,7 +19,7 @@ use crate::lab::Lab;
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// Every filter, in the order errors list them; one line registers one.
-pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter, &iptables::Iptables, &nftables::Nftables];
+pub static FILTERS: &[&dyn Filter] = &[&none::NoFilter, &iptables::Iptables, &nftables::Nftables, &l4_policy::L4Policy];
 
 /// The filter whose throughput the others are compared with in one run.
 pub const REFERENCE: &str = "none";

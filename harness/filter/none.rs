@@ -40,11 +40,14 @@ impl Variant for NoFilter {
     }
 
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
-        EnforcementPoint::namespaces(&points)
+        let overlay = crate::overlay::get(&lab.overlay);
+        let points = overlay.enforcement_points(lab);
+        let mut cmds: Vec<(String, String)> = EnforcementPoint::namespaces(&netfilter_points(&points))
             .into_iter()
             .map(|ns| (artifact(&vm.name, ns.as_ref()), Netns::script(ns.as_ref(), RULESET)))
-            .collect()
+            .collect();
+        cmds.extend(overlay.policy_state_commands(lab, vm));
+        cmds
     }
 }
 
@@ -62,8 +65,7 @@ impl Filter for NoFilter {
     }
 
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        let (check, chains) = unfiltered(lab, points, &e.outputs);
-        let mut checks = vec![check];
+        let (mut checks, chains) = unfiltered(lab, points, &e.outputs);
         if let Some(p) = e.probe {
             checks.push(Check::new(
                 &format!("filter none: a probe to TCP {} reaches its listener", p.port),
@@ -71,18 +73,53 @@ impl Filter for NoFilter {
                 p.to_string(),
             ));
         }
+        // The server's one test is over: a reset says the attempt arrived.
+        if let Some(p) = e.intruder {
+            checks.push(Check::new(
+                &format!("filter none: the intruder's connection to TCP {} reaches the server", p.port),
+                p.outcome != ProbeOutcome::TimedOut,
+                p.to_string(),
+            ));
+        }
         let mut section = serde_json::json!({ "forward_chains": chains });
         if let Some(p) = e.probe {
             section["probe"] = serde_json::json!(p);
+        }
+        if let Some(p) = e.intruder {
+            section["intruder"] = serde_json::json!(p);
         }
         Verdict { checks, section: Some(section) }
     }
 }
 
-/// Whether nothing filters at `points`, judged from the rulesets that
-/// [`NoFilter`]'s evidence commands read (`outputs`, by artifact name); also
-/// what proves that a filter removed from a pair left nothing behind.
+/// The points where netfilter sees the containers' traffic.
+fn netfilter_points(points: &[EnforcementPoint]) -> Vec<EnforcementPoint> {
+    points.iter().filter(|p| !p.netfilter_families().is_empty()).cloned().collect()
+}
+
+/// Whether nothing filters at `points`, judged from what [`NoFilter`]'s
+/// evidence commands read (`outputs`, by artifact name): the rulesets where
+/// netfilter sees the traffic, and the policy state of an overlay with a
+/// policy stage of its own; also what proves that a filter removed from a
+/// pair left nothing behind.
 pub fn unfiltered(
+    lab: &Lab,
+    points: &[EnforcementPoint],
+    outputs: &BTreeMap<String, String>,
+) -> (Vec<Check>, Vec<ForwardChain>) {
+    let mut checks = Vec::new();
+    let netfilter = netfilter_points(points);
+    let mut chains = Vec::new();
+    if !netfilter.is_empty() {
+        let (check, found) = netfilter_unfiltered(lab, &netfilter, outputs);
+        checks.push(check);
+        chains = found;
+    }
+    checks.extend(crate::overlay::get(&lab.overlay).unpoliced(lab, outputs));
+    (checks, chains)
+}
+
+fn netfilter_unfiltered(
     lab: &Lab,
     points: &[EnforcementPoint],
     outputs: &BTreeMap<String, String>,

@@ -46,6 +46,13 @@ pub struct CaptureSummary {
     pub vxlan: Option<VxlanSummary>,
 }
 
+/// A VNI and an inner source address it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct VniSender {
+    pub vni: u32,
+    pub src: IpAddr,
+}
+
 /// The VXLAN encapsulation seen in a capture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VxlanSummary {
@@ -55,6 +62,9 @@ pub struct VxlanSummary {
     pub vnis: Vec<u32>,
     /// Outer (VTEP to VTEP) address pairs.
     pub tunnels: Vec<Flow>,
+    /// Each VNI with each inner source address it carried, sorted: which
+    /// sender's traffic went under which VNI.
+    pub senders: Vec<VniSender>,
     /// Outer packets that were IP fragments.
     pub fragments: u64,
 }
@@ -253,6 +263,12 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
             None => &outer,
         };
         let Some(ip) = ip_view(sliced) else { continue };
+        if let (Some((vni, _)), Some(v)) = (&encap, s.vxlan.as_mut()) {
+            let sender = VniSender { vni: *vni, src: ip.src };
+            if let Err(at) = v.senders.binary_search(&sender) {
+                v.senders.insert(at, sender);
+            }
+        }
         let (ports, tcp) = match &sliced.transport {
             Some(TransportSlice::Tcp(t)) => {
                 s.tcp += 1;

@@ -32,7 +32,7 @@ use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 
 /// Every overlay, in the order errors list them; one line registers one.
 pub static OVERLAYS: &[&dyn Overlay] =
-    &[&baseline::Baseline, &ila::Ila, &vxlan::Vxlan, &evpn::VxlanEvpn, &swarm::Swarm];
+    &[&baseline::Baseline, &ila::Ila, &vxlan::Vxlan, &evpn::VxlanEvpn, &swarm::Swarm, &cilium_style::CiliumStyle];
 
 /// The overlay whose throughput the others are compared with in one run.
 pub const REFERENCE: &str = "baseline";
@@ -158,6 +158,26 @@ pub trait Overlay: Variant {
     fn verdict(&self, lab: &Lab, evidence: &CaseEvidence) -> Verdict {
         let _ = (lab, evidence);
         Verdict::default()
+    }
+
+    /// For an overlay with a policy stage of its own (BPF programs that
+    /// consult a policy map): commands that read its state on `vm`, as
+    /// (artifact name, command). The `none` filter reads them after each
+    /// case, and a pair reads them after a filter was removed.
+    fn policy_state_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let _ = (lab, vm);
+        Vec::new()
+    }
+
+    /// Whether that state, read into `outputs` (by artifact name), enforces
+    /// nothing; `None` for an overlay without a policy stage.
+    fn unpoliced(
+        &self,
+        lab: &Lab,
+        outputs: &std::collections::BTreeMap<String, String>,
+    ) -> Option<crate::report::Check> {
+        let _ = (lab, outputs);
+        None
     }
 }
 

@@ -75,8 +75,8 @@ pub(super) async fn switch_filter(lab: &Lab, rt: &LabRuntime, to: &str, opts: &R
     opts.progress.phase(&format!("switching filter {} to {}", from.name(), to.name()));
     run_plan(rt, &from.remove(lab, &points), opts).await.with_context(|| format!("removing filter {}", from.name()))?;
     let rulesets = read_on_every_vm(lab, rt, |vm| NoFilter.evidence_commands(lab, vm)).await?;
-    let (check, _) = none::unfiltered(lab, &points, &rulesets);
-    if !check.passed {
+    let (checks, _) = none::unfiltered(lab, &points, &rulesets);
+    if let Some(check) = checks.iter().find(|c| !c.passed) {
         anyhow::bail!("filter {} left the forwarding path filtering after its removal: {}", from.name(), check.detail);
     }
     let next = lab.with_filter(to.name());

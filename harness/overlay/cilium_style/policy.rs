@@ -255,7 +255,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
 /// A label key as the lab writes it: Cilium's `any:` and `k8s:` sources
 /// select the same labels; other sources (`reserved:`, `cidr:`) are not
 /// supported.
-fn label_key(key: &str) -> Result<&str, String> {
+pub fn label_key(key: &str) -> Result<&str, String> {
     match key.split_once(':') {
         None => Ok(key),
         Some(("any" | "k8s", k)) => Ok(k),

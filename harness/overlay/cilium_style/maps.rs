@@ -1,0 +1,191 @@
+//! The maps of `bpf/cilium_style.c` as the harness writes and reads them:
+//! `bpftool map update` lines with the bytes of each key and value, and
+//! `bpftool -j map dump` parsed back (the raw bytes, so that no BTF is
+//! needed). Layouts follow the C structs on a little-endian guest.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::Entry;
+
+/// Where tc pins the maps of the programs it loads (`LIBBPF_PIN_BY_NAME`).
+pub const PIN_DIR: &str = "/sys/fs/bpf/tc/globals";
+
+/// The slots of the metrics map, in the order of the C enum.
+pub const METRICS: [&str; 8] = [
+    "to_overlay",
+    "reply_to_overlay",
+    "ct_reply",
+    "ct_established",
+    "policy_allowed",
+    "policy_denied",
+    "no_policy",
+    "unknown_endpoint",
+];
+
+/// A map's pinned path.
+pub fn pinned(map: &str) -> String {
+    format!("{PIN_DIR}/{map}")
+}
+
+/// `bytes` as bpftool's `hex` arguments.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// A `u32` as the guest stores it.
+pub fn le32(v: u32) -> String {
+    hex(&v.to_le_bytes())
+}
+
+/// An IPv4 address as the programs key it (network order, as in the header).
+pub fn ipv4_key(a: Ipv4Addr) -> String {
+    hex(&a.octets())
+}
+
+/// The key of a policy or denied entry (`struct policy_key`).
+pub fn policy_key(e: &Entry) -> String {
+    let mut b = Vec::with_capacity(12);
+    b.extend(e.endpoint.to_le_bytes());
+    b.extend(e.remote.to_le_bytes());
+    b.push(e.protocol.number());
+    b.push(0);
+    b.extend(e.port.to_le_bytes());
+    hex(&b)
+}
+
+/// A zeroed `struct counter`.
+pub fn zero_counter() -> String {
+    hex(&[0; 16])
+}
+
+/// `bpftool map update` of `map` (`any`: create or replace).
+pub fn update(map: &str, key: &str, value: &str) -> String {
+    format!("bpftool map update pinned {} key hex {key} value hex {value} any", pinned(map))
+}
+
+/// `bpftool map delete` of `map`, quiet when the key is not there.
+pub fn delete(map: &str, key: &str) -> String {
+    format!("bpftool map delete pinned {} key hex {key} 2>/dev/null || true", pinned(map))
+}
+
+/// The dump command of `map`, as evidence.
+pub fn dump(map: &str) -> String {
+    format!("bpftool -j map dump pinned {}", pinned(map))
+}
+
+/// Packets and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    fn from_bytes(b: &[u8]) -> Option<Counter> {
+        let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        Some(Counter { packets: u64_at(0)?, bytes: u64_at(8)? })
+    }
+
+    /// What was counted between `before` and `self`.
+    pub fn since(self, before: Counter) -> Counter {
+        Counter { packets: self.packets.saturating_sub(before.packets), bytes: self.bytes.saturating_sub(before.bytes) }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    key: Vec<String>,
+    value: Vec<String>,
+}
+
+/// A dumped entry's key and value bytes.
+type RawBytes = (Vec<u8>, Vec<u8>);
+
+fn raw(text: &str) -> Result<Vec<RawBytes>, String> {
+    let entries: Vec<RawEntry> = serde_json::from_str(text).map_err(|e| format!("not a bpftool dump: {e}"))?;
+    let bytes = |v: &[String]| -> Result<Vec<u8>, String> {
+        v.iter()
+            .map(|s| u8::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| format!("not a byte: {s}")))
+            .collect()
+    };
+    entries.iter().map(|e| Ok((bytes(&e.key)?, bytes(&e.value)?))).collect()
+}
+
+/// The metrics map's dump, by slot name.
+pub fn parse_metrics(text: &str) -> Result<BTreeMap<&'static str, Counter>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in raw(text)? {
+        let slot = u32::from_le_bytes(k.get(..4).and_then(|b| b.try_into().ok()).ok_or("short key")?) as usize;
+        let counter = Counter::from_bytes(&v).ok_or("short value")?;
+        if let Some(name) = METRICS.get(slot) {
+            out.insert(*name, counter);
+        }
+    }
+    Ok(out)
+}
+
+/// A policy or denied map's dump: each key with its counter.
+pub fn parse_policy(text: &str) -> Result<BTreeMap<Entry, Counter>, String> {
+    use super::policy::Protocol;
+    let mut out = BTreeMap::new();
+    for (k, v) in raw(text)? {
+        if k.len() != 12 {
+            return Err(format!("a policy key has 12 bytes, not {}", k.len()));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(k[i..i + 4].try_into().expect("4 bytes"));
+        let protocol = match k[8] {
+            0 => Protocol::Any,
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            p => return Err(format!("protocol {p} in a policy key")),
+        };
+        let port = u16::from_le_bytes([k[10], k[11]]);
+        let entry = Entry { endpoint: u32_at(0), remote: u32_at(4), protocol, port };
+        out.insert(entry, Counter::from_bytes(&v).ok_or("short value")?);
+    }
+    Ok(out)
+}
+
+/// The identities in the enforced map's dump.
+pub fn parse_enforced(text: &str) -> Result<Vec<u32>, String> {
+    let mut out: Vec<u32> = raw(text)?
+        .into_iter()
+        .filter_map(|(k, _)| k.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::cilium_style::policy::Protocol;
+
+    /// The metric names follow the C enum, slot by slot.
+    #[test]
+    fn metrics_follow_the_programs_enum() {
+        let source = crate::image::BPF_PROGRAMS.iter().find(|(n, _)| *n == "cilium_style").expect("the program").1;
+        let body = source.split("/* The metrics map's slots. */").nth(1).expect("the enum");
+        let body = &body[..body.find("M_SLOTS").expect("its end")];
+        let slots: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("M_"))
+            .map(|l| l.split([',', ' ']).next().unwrap().to_lowercase())
+            .collect();
+        assert_eq!(slots, METRICS);
+    }
+
+    #[test]
+    fn policy_keys_round_trip() {
+        let e = Entry { endpoint: 258, remote: 256, protocol: Protocol::Tcp, port: 5201 };
+        let key = policy_key(&e);
+        assert_eq!(key, "02 01 00 00 00 01 00 00 06 00 51 14");
+        let bytes: Vec<String> = key.split(' ').map(|b| format!("0x{b}")).collect();
+        let dump = serde_json::json!([{ "key": bytes, "value": ["0x03","0","0","0","0","0","0","0","0x40","0","0","0","0","0","0","0"] }]);
+        let parsed = parse_policy(&dump.to_string()).unwrap();
+        assert_eq!(parsed[&e], Counter { packets: 3, bytes: 64 });
+    }
+}
