@@ -166,6 +166,16 @@ static __always_inline void count(struct counter *c, struct __sk_buff *skb)
 	}
 }
 
+/* Counts the packet in `map`'s entry `key`, which it adds when missing. */
+static __always_inline void count_key(void *map, const void *key, struct __sk_buff *skb)
+{
+	struct counter zero = {};
+
+	if (!bpf_map_lookup_elem(map, key))
+		bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
+	count(bpf_map_lookup_elem(map, key), skb);
+}
+
 static __always_inline void metric(__u32 slot, struct __sk_buff *skb)
 {
 	count(bpf_map_lookup_elem(&vlab_metrics, &slot), skb);
@@ -219,7 +229,6 @@ int from_container(struct __sk_buff *skb)
 	struct endpoint *src;
 	struct ipcache_entry *dst;
 	struct bpf_tunnel_key key = {};
-	struct counter zero = {};
 	__u32 first = 0, *vxlan;
 
 	if (flow_of(skb, &k) < 0)
@@ -235,9 +244,7 @@ int from_container(struct __sk_buff *skb)
 		metric(M_REPLY_TO_OVERLAY, skb);
 	} else {
 		k.dir = CT_OUT;
-		if (!bpf_map_lookup_elem(&vlab_ct, &k))
-			bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
-		count(bpf_map_lookup_elem(&vlab_ct, &k), skb);
+		count_key(&vlab_ct, &k, skb);
 	}
 	key.remote_ipv4 = dst->tunnel_endpoint;
 	key.tunnel_id = src->identity;
@@ -310,9 +317,7 @@ int from_overlay(struct __sk_buff *skb)
 						.protocol = k.protocol,
 						.dport = k.dport };
 
-			if (!bpf_map_lookup_elem(&vlab_denied, &d))
-				bpf_map_update_elem(&vlab_denied, &d, &zero, BPF_NOEXIST);
-			count(bpf_map_lookup_elem(&vlab_denied, &d), skb);
+			count_key(&vlab_denied, &d, skb);
 			metric(M_POLICY_DENIED, skb);
 			return TC_ACT_SHOT;
 		}

@@ -22,6 +22,11 @@ fn edit(from: &str, to: &str) -> String {
     LAB.replacen(from, to, 1)
 }
 
+/// The lab with the policy file `tests/fixtures/cilium/NAME`.
+fn policy(name: &str) -> String {
+    edit("policy = \"cilium-style/policy.json\"", &format!("policy = \"../tests/fixtures/cilium/{name}\""))
+}
+
 #[test]
 fn the_lab_runs_both_filters_on_cilium_style_and_none_on_the_baseline() {
     let names: Vec<String> = parse(LAB).unwrap().cases().into_iter().map(|c| c.name).collect();
@@ -72,6 +77,10 @@ fn deploy_commands() {
     edit("policy = \"cilium-style/policy.json\"", "policy = \"cilium-style/nonexistent.json\""),
     "cilium_policy_file_missing"
 )]
+#[case::policy_not_json(policy("truncated.json"), "cilium_policy_not_json")]
+#[case::policy_port_out_of_range(policy("port-out-of-range.json"), "cilium_policy_port_out_of_range")]
+#[case::policy_unsupported_feature(policy("egress.json"), "cilium_policy_unsupported_feature")]
+#[case::source_missing(edit("port = 8472", "port = 8472\nsource = \"my-datapath.c\""), "cilium_source_missing")]
 #[case::policy_selects_nobody(
     edit("c1 = { id = \"service1\" }", "c1 = { id = \"service9\" }"),
     "cilium_policy_selects_nobody"

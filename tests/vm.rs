@@ -217,6 +217,18 @@ impl Vlab {
         cmd
     }
 
+    /// `vlab ARGS` with `env`, to completion; asserts an exit code in `codes`
+    /// and that nothing was left behind; returns the output.
+    fn run_expecting(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)], codes: &[i32]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let (out, pid) = Vlab::finish(cmd, args);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(codes.contains(&code), "exit {code}, expected one of {codes:?}:\n{}", stderr(&out));
+        self.assert_clean(pid);
+        out
+    }
+
     /// Runs vlab to completion; returns its output and pid (for leftover checks).
     fn run(&self, args: &[&str]) -> (Output, u32) {
         Vlab::finish(self.command(args), args)
@@ -685,15 +697,51 @@ fn crashed_once(vlab: &Vlab, oops: &str, codes: &[i32]) -> Output {
     let state = vlab.path("state");
     std::fs::create_dir_all(&state).unwrap();
     let qemu = repo("tests/fixtures/qemu-crash-once");
-    let args = ["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--cold-boot"];
     let json = vlab.path("report.json");
-    let mut cmd = vlab.command(&[&args[..], &["--json", json.to_str().unwrap()]].concat());
-    cmd.env("VLAB_QEMU", &qemu).env("VLAB_TEST_STATE", &state).env("VLAB_TEST_OOPS", oops);
-    let (out, pid) = Vlab::finish(cmd, &args);
-    let code = out.status.code().unwrap_or(-1);
-    assert!(codes.contains(&code), "exit {code}, expected one of {codes:?}:\n{}", stderr(&out));
-    vlab.assert_clean(pid);
-    out
+    let args = ["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--cold-boot"];
+    let env =
+        [("VLAB_QEMU", qemu.as_os_str()), ("VLAB_TEST_STATE", state.as_os_str()), ("VLAB_TEST_OOPS", oops.as_ref())];
+    vlab.run_expecting(&[&args[..], &["--json", json.to_str().unwrap()]].concat(), &env, codes)
+}
+
+/// A program of the lab's own that the verifier refuses (it reads the packet
+/// without checking its length) ends the run with exit 125, the verifier's
+/// whole log kept as an artifact.
+#[test]
+fn a_program_the_verifier_refuses_is_exit_125_with_its_log() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let source = vlab.path("refused.c");
+    std::fs::write(
+        &source,
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n\
+         SEC(\"from-overlay\") int from_overlay(struct __sk_buff *skb)\n\
+         { return ((char *)(long)skb->data)[20]; }\n\
+         SEC(\"from-container\") int from_container(struct __sk_buff *skb) { return 0; }\n\
+         char _license[] SEC(\"license\") = \"GPL\";\n",
+    )
+    .unwrap();
+    let lab = vlab.path("refused.toml");
+    let policy = repo("labs/cilium-style/policy.json");
+    let text = std::fs::read_to_string(repo("labs/cilium-style.toml"))
+        .unwrap()
+        .replace("port = 8472", &format!("port = 8472\nsource = \"{}\"", source.display()))
+        .replace("policy = \"cilium-style/policy.json\"", &format!("policy = \"{}\"", policy.display()));
+    std::fs::write(&lab, text).unwrap();
+    let artifacts = vlab.path("artifacts");
+    let args = ["run", lab.to_str().unwrap(), "--case", "overlay=cilium-style,filter=none,streams=1"];
+    let out = vlab.run_expecting(&[&args[..], &["--artifacts", artifacts.to_str().unwrap()]].concat(), &[], &[125]);
+    let err = stderr(&out);
+    assert!(err.contains("deploying overlay cilium-style") && err.contains("-failed.log"), "{err}");
+    let logs: Vec<String> = std::fs::read_dir(&artifacts)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("deploy-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(!logs.is_empty(), "no deploy log among the artifacts");
+    assert!(logs.iter().all(|l| l.contains("invalid access to packet")), "{logs:?}");
+    assert!(artifacts.join("cilium-style/source.c").is_file(), "the program is kept with the evidence");
 }
 
 #[test]

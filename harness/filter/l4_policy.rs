@@ -100,21 +100,20 @@ impl Variant for L4Policy {
 
 impl Filter for L4Policy {
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
-        let Ok(c) = compiled(lab).map_err(|e| debug_assert!(false, "validated: {e}")) else { return Vec::new() };
-        let mut cmds: Vec<String> = c
-            .entries
-            .iter()
-            .map(|e| maps::update("vlab_policy", &maps::policy_key(e), &maps::zero_counter()))
-            .collect();
-        cmds.extend(c.enforced.iter().map(|id| maps::update("vlab_enforced", &maps::le32(*id), &maps::le32(1))));
+        let cmds = compiled(lab).map(|c| {
+            let zero = maps::zero_counter();
+            let entries = c.entries.iter().map(|e| maps::update("vlab_policy", &maps::policy_key(e), &zero));
+            let enforced = c.enforced.iter().map(|id| maps::update("vlab_enforced", &maps::le32(*id), &maps::le32(1)));
+            entries.chain(enforced).collect()
+        });
         on_every_vm(lab, points, cmds)
     }
 
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
-        let Ok(c) = compiled(lab) else { return Vec::new() };
-        let mut cmds: Vec<String> =
-            c.entries.iter().map(|e| maps::delete("vlab_policy", &maps::policy_key(e))).collect();
-        cmds.extend(c.enforced.iter().map(|id| maps::delete("vlab_enforced", &maps::le32(*id))));
+        let cmds = compiled(lab).map(|c| {
+            let entries = c.entries.iter().map(|e| maps::delete("vlab_policy", &maps::policy_key(e)));
+            entries.chain(c.enforced.iter().map(|id| maps::delete("vlab_enforced", &maps::le32(*id)))).collect()
+        });
         on_every_vm(lab, points, cmds)
     }
 
@@ -123,17 +122,24 @@ impl Filter for L4Policy {
     }
 
     fn verdict(&self, lab: &Lab, _points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        let Ok(c) = compiled(lab) else { return Verdict::default() };
-        let (checks, section) = verdict(lab, &c, e);
-        Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
+        match compiled(lab) {
+            Ok(c) => {
+                let (checks, section) = verdict(lab, &c, e);
+                Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
+            }
+            Err(m) => Verdict { checks: vec![Check::new("l4-policy: the policy compiles", false, m)], section: None },
+        }
     }
 }
 
-/// `cmds` on every VM at once, where the overlay's programs run.
-fn on_every_vm(lab: &Lab, points: &[EnforcementPoint], cmds: Vec<String>) -> Vec<Step> {
+/// `cmds` on every VM at once, where the overlay's programs run; a policy
+/// that no longer compiles (its file changed since the lab was read) fails
+/// the step with the reason.
+fn on_every_vm(lab: &Lab, points: &[EnforcementPoint], cmds: Result<Vec<String>, String>) -> Vec<Step> {
     if !points.iter().any(|p| L4Policy.acts_at(p)) {
         return Vec::new();
     }
+    let cmds = cmds.unwrap_or_else(|m| vec![format!("echo {} >&2; exit 1", crate::guest::quote(&m))]);
     side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, cmds.clone())))
 }
 

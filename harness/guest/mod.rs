@@ -56,11 +56,23 @@ impl Guest {
 
     /// Runs a script (`set -e`, traced) and fails with its stderr unless it exits 0.
     pub async fn run(&self, script: &str) -> anyhow::Result<Output> {
+        self.run_or_keep(script, |_| None).await
+    }
+
+    /// [`run`](Self::run); when the script fails, `keep` gets its whole
+    /// output first (the error shows the last 40 lines of stderr) and may
+    /// say where it kept it, which the error then adds.
+    pub async fn run_or_keep(
+        &self,
+        script: &str,
+        keep: impl FnOnce(&Output) -> Option<String>,
+    ) -> anyhow::Result<Output> {
         let traced = format!("set -ex\n{script}");
         let out = self.agent.sh(&traced, self.command_timeout).await.with_context(|| format!("on `{}`", self.name))?;
         if !out.success() {
+            let kept = keep(&out).map(|k| format!("\n(the whole output: {k})")).unwrap_or_default();
             bail!(
-                "on `{}`: guest command failed with exit code {}:\n{}",
+                "on `{}`: guest command failed with exit code {}:\n{}{kept}",
                 self.name,
                 out.code,
                 last_lines(&out.stderr_text(), 40)

@@ -65,6 +65,16 @@ pub(super) async fn deploy(
     Ok((ready, settled))
 }
 
+/// Keeps the whole output of a deploy step that failed on `vm` (a BPF
+/// verifier's log runs to hundreds of lines) as `deploy-<vm>-failed.log`
+/// under the artifacts; returns its path.
+fn keep_failed_step(vm: &str, out: &crate::qemu::agent::Output, opts: &RunOptions) -> Option<String> {
+    let path = opts.artifacts.as_ref()?.join(format!("deploy-{vm}-failed.log"));
+    let text = format!("--- stdout\n{}\n--- stderr\n{}", out.stdout_text(), out.stderr_text());
+    std::fs::write(&path, text).ok()?;
+    Some(path.display().to_string())
+}
+
 /// Takes the filter `lab` runs out of the pair, proves that no forward chain
 /// filters any more (what the `none` filter checks), deploys `to` and warms
 /// its evidence commands up; the overlay and its containers stay.
@@ -221,7 +231,7 @@ async fn run_step(rt: &LabRuntime, step: &Step, opts: &RunOptions) -> anyhow::Re
         return Ok(None);
     }
     let started = std::time::Instant::now();
-    let out = guest.run(&step.commands.join("\n")).await?;
+    let out = guest.run_or_keep(&step.commands.join("\n"), |out| keep_failed_step(&step.vm, out, opts)).await?;
     let first = step.commands[0].lines().next().unwrap_or("");
     tracing::debug!("deploy step on {}: {:.2} s ({first} ...)", step.vm, started.elapsed().as_secs_f64());
     Ok(Some(out.stdout_text().trim().to_string()))

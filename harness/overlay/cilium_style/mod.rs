@@ -21,10 +21,13 @@ pub mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
+use super::{
+    side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, GuestFile, Overlay, Step, Variant, Verdict,
+};
 use crate::guest::{host_veth, Attachment, CONTAINER_DEV};
 use crate::lab::{Family, Issue, Lab, LabError, LabKeys, NicModel, Seg, TrafficPath, Vm};
 use crate::report::{list, Check};
@@ -52,12 +55,28 @@ pub struct Settings {
     /// Labels of containers, by container name (`c1 = { id = "service1" }`);
     /// a container not listed has the label `container=NAME`.
     pub labels: BTreeMap<String, Labels>,
+    /// A version of `bpf/cilium_style.c` of one's own (relative to the lab
+    /// file), compiled in each guest by the image's clang at deploy instead
+    /// of the image's object: for trying a change without a new image.
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { port: 8472, labels: BTreeMap::new() }
+        Settings { port: 8472, labels: BTreeMap::new(), source: None }
     }
+}
+
+/// Where a lab's own source goes in the guests, and its object.
+const CUSTOM_SOURCE: &str = "/tmp/vlab-cilium-style.c";
+const CUSTOM_OBJECT: &str = "/tmp/vlab-cilium-style.o";
+
+/// The lab's own program source, if it gives one: its text, or why it
+/// cannot be read.
+fn custom_source(lab: &Lab) -> Option<Result<String, String>> {
+    let path = settings(lab).source?;
+    let path = lab.source.parent().map_or(path.clone(), |dir| dir.join(&path));
+    Some(std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display())))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +124,9 @@ impl Variant for CiliumStyle {
         let s = lab.section::<Section>()?.cilium_style.unwrap_or_default();
         if s.port == 0 {
             return Err(lab.invalid(Issue::new(vec![Key("cilium_style"), Key("port")], "port 0 is not a port")));
+        }
+        if let Some(Err(m)) = custom_source(lab) {
+            return Err(lab.invalid(Issue::new(vec![Key("cilium_style"), Key("source")], m)));
         }
         let names: Vec<&str> = lab.vms.iter().flat_map(|v| v.containers.iter().map(|c| c.name.as_str())).collect();
         for (name, labels) in &s.labels {
@@ -225,7 +247,14 @@ impl Overlay for CiliumStyle {
     }
 
     fn deploy(&self, lab: &Lab, _attachments: &[Attachment]) -> Vec<Step> {
-        side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, commands(lab, vm))))
+        let files = match custom_source(lab) {
+            Some(Ok(text)) => {
+                let artifact = Some("cilium-style/source.c".to_string());
+                vec![GuestFile { path: CUSTOM_SOURCE.into(), text, artifact }]
+            }
+            _ => Vec::new(),
+        };
+        side_by_side(lab.vms.iter().map(|vm| Step { files: files.clone(), ..Step::on(&vm.name, commands(lab, vm)) }))
     }
 
     fn capture_hints(&self, lab: &Lab) -> CaptureHints {
@@ -271,17 +300,27 @@ impl Overlay for CiliumStyle {
 pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
     let s = settings(lab);
     let ids = identities(lab);
-    let obj = object();
+    let mut cmds = Vec::new();
+    let obj = match custom_source(lab) {
+        None => object(),
+        Some(Ok(_)) => {
+            cmds.push(format!(
+                "clang -O2 -g -Wall --target=bpf -I/usr/include/x86_64-linux-gnu -c {CUSTOM_SOURCE} -o {CUSTOM_OBJECT}"
+            ));
+            CUSTOM_OBJECT.to_string()
+        }
+        Some(Err(m)) => return vec![format!("echo {} >&2; exit 1", crate::guest::quote(&m))],
+    };
     let attach = |dev: &str, section: &str| {
         // tc prints the verifier's log when a program is refused.
         format!("tc qdisc add dev {dev} clsact\ntc filter add dev {dev} ingress bpf da obj {obj} sec {section}")
     };
-    let mut cmds = vec![
+    cmds.extend([
         "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf".to_string(),
         format!("ip link add {DEVICE} type vxlan external dstport {}", s.port),
         format!("ip link set {DEVICE} up"),
         attach(DEVICE, "from-overlay"),
-    ];
+    ]);
     for c in &vm.containers {
         let veth = host_veth(&c.name);
         cmds.push(format!("ip link set {veth} mtu {INNER_MTU}"));
