@@ -18,6 +18,7 @@
 //! module outside `overlay/` and `filter/` names one.
 
 pub mod bench;
+pub mod compare;
 pub mod doctor;
 pub mod filter;
 pub mod guest;
@@ -29,6 +30,7 @@ pub mod overlay;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod stats;
 pub mod ui;
 pub mod variants;
 

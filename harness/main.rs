@@ -50,6 +50,12 @@ enum Cmd {
         /// (A --kernel of your own always boots cold.)
         #[arg(long)]
         cold_boot: bool,
+        /// Run every case this many times: the pairs take turns, each running
+        /// all its cases once per round (A B C A B C ...); the report gives
+        /// each case's samples, median and 95 % interval, and each ratio
+        /// taken round by round.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -72,6 +78,23 @@ enum Cmd {
         /// Boot every VM's kernel: neither load a saved VM state nor save one.
         #[arg(long)]
         cold_boot: bool,
+    },
+    /// Compare two reports of the same lab (A the reference, B the candidate:
+    /// two kernels, two builds) case by case: B's throughput over A's with
+    /// its 95 % interval. Exit 1 when some case is significantly slower in B
+    /// beyond the tolerance, 0 otherwise, 128 when the reports cannot be
+    /// compared (not the same lab or cases).
+    Compare {
+        /// The reference report (`vlab run --json`).
+        a: PathBuf,
+        /// The report to judge against it.
+        b: PathBuf,
+        /// Changes within this fraction (0.05: 5 %) do not count.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
+        /// Write the comparison as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Guest images.
     Image {
@@ -112,7 +135,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot } => run(
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot, repeat } => run(
                 lab,
                 json,
                 timings,
@@ -124,6 +147,7 @@ fn main() -> ExitCode {
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("vlab"),
                     cold_boot,
+                    repeat,
                 },
             )
             .await
@@ -137,9 +161,11 @@ fn main() -> ExitCode {
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("bench"),
                     cold_boot,
+                    repeat: 1,
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }
+            Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Doctor => vlab::doctor::doctor(),
         }
@@ -298,6 +324,29 @@ async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunO
     print!("{}", summary.table());
     write_json(json.as_deref(), &serde_json::json!({ "summary": summary, "runs": reports }))?;
     Ok(if summary.passed { exit::PASSED } else { exit::CHECK_FAILED })
+}
+
+fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {
+    if !(0.0..1.0).contains(&tolerance) {
+        eprintln!("vlab: --tolerance {tolerance}: use a fraction from 0 to below 1 (0.05 is 5 %)");
+        return exit::INVALID_INPUT;
+    }
+    let comparison = match vlab::compare::compare_files(a, b, tolerance) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vlab: {e}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    print!("{}", comparison.table());
+    if let Err(code) = write_json(json, &comparison) {
+        return code;
+    }
+    if comparison.regressed {
+        exit::CHECK_FAILED
+    } else {
+        exit::PASSED
+    }
 }
 
 async fn image_build(recipe: Option<PathBuf>) -> u8 {

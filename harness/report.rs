@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
 use crate::measure::nic::InterfaceEvidence;
+use crate::stats::Summary;
 
 /// One verdict computed from evidence read back from the guests.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,19 +100,96 @@ pub struct CaseReport {
     /// compares filters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_no_filter: Option<f64>,
+    /// With `--repeat`: the receiver throughput of every repetition, its
+    /// median (also `throughput_bps`) and the geometric mean's interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Summary>,
+    /// With `--repeat`: `vs_baseline` of every repetition (each against its
+    /// sibling in the same round) and their interval; `vs_baseline` is their
+    /// geometric mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_baseline_summary: Option<Summary>,
+    /// The same for `vs_no_filter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_no_filter_summary: Option<Summary>,
+    /// With `--repeat`: each repetition's outcome (the evidence above is
+    /// the first's; later ones keep theirs under `repeat-N/` in the artifacts).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repetitions: Vec<Repetition>,
+}
+
+/// One repetition of a case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repetition {
+    pub throughput_bps: f64,
+    pub passed: bool,
+    /// The names of its checks that failed.
+    pub failed_checks: Vec<String>,
+}
+
+/// The reports of a run's rounds (each with every case, in the same order)
+/// as one report per case: with one round, that round's; with several, the
+/// first round's evidence with every repetition's throughput summarised,
+/// the ratios taken round by round, and passed only when every repetition
+/// passed.
+pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> {
+    if rounds.len() <= 1 {
+        return rounds.pop().unwrap_or_default();
+    }
+    let first = rounds[0].clone();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let all: Vec<&CaseReport> = rounds.iter().map(|r| &r[i]).collect();
+            let samples: Vec<f64> = all.iter().map(|r| r.throughput_bps).collect();
+            c.throughput = crate::stats::summarize(&samples);
+            c.throughput_bps = crate::stats::median(&samples);
+            let ratios = |get: fn(&CaseReport) -> Option<f64>| -> Option<Summary> {
+                let rs: Option<Vec<f64>> = all.iter().map(|r| get(r)).collect();
+                crate::stats::summarize(&rs?)
+            };
+            c.vs_baseline_summary = ratios(|r| r.vs_baseline);
+            c.vs_no_filter_summary = ratios(|r| r.vs_no_filter);
+            c.vs_baseline = c.vs_baseline_summary.as_ref().map(|s| s.mean).or(c.vs_baseline);
+            c.vs_no_filter = c.vs_no_filter_summary.as_ref().map(|s| s.mean).or(c.vs_no_filter);
+            c.repetitions = all
+                .iter()
+                .map(|r| Repetition {
+                    throughput_bps: r.throughput_bps,
+                    passed: r.passed,
+                    failed_checks: r.checks.iter().filter(|k| !k.passed).map(|k| k.name.clone()).collect(),
+                })
+                .collect();
+            c.passed = all.iter().all(|r| r.passed);
+            c
+        })
+        .collect()
 }
 
 impl CaseReport {
     /// Its throughput, with its ratios to the baseline overlay and to no
     /// filter when the run has them: `2.04 Gbit/s (0.84x no filter)`.
+    /// With repetitions, the median and the ratios' geometric means each
+    /// with its 95 % interval: `2.04 [1.90-2.20] Gbit/s (0.84x [0.80-0.90] no filter)`.
     pub fn throughput_text(&self) -> String {
-        let ratios: Vec<String> = [(self.vs_baseline, "baseline"), (self.vs_no_filter, "no filter")]
-            .into_iter()
-            .filter_map(|(r, of)| r.map(|r| format!("{r:.2}x {of}")))
-            .collect();
+        let interval = |s: &Option<Summary>| {
+            s.as_ref().and_then(|s| s.interval).map_or(String::new(), |i| format!(" [{:.2}-{:.2}]", i.low, i.high))
+        };
+        let ratios: Vec<String> = [
+            (self.vs_baseline, &self.vs_baseline_summary, "baseline"),
+            (self.vs_no_filter, &self.vs_no_filter_summary, "no filter"),
+        ]
+        .into_iter()
+        .filter_map(|(r, s, of)| r.map(|r| format!("{r:.2}x{} {of}", interval(s))))
+        .collect();
+        let bps = match self.throughput.as_ref().and_then(|t| t.interval) {
+            Some(i) => fmt_bps_within(self.throughput_bps, i.low, i.high),
+            None => fmt_bps(self.throughput_bps),
+        };
         match ratios.is_empty() {
-            true => fmt_bps(self.throughput_bps),
-            false => format!("{} ({})", fmt_bps(self.throughput_bps), ratios.join(", ")),
+            true => bps,
+            false => format!("{bps} ({})", ratios.join(", ")),
         }
     }
 }
@@ -283,6 +361,9 @@ pub struct Report {
     /// Readiness of the overlays that have a probe, one per boot.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ready: Vec<Readiness>,
+    /// How often each case ran (`--repeat`, rounds over every pair).
+    #[serde(skip_serializing_if = "is_one")]
+    pub repeat: u32,
     /// Guest crashes that were the emulator's, not the kernel's, after which
     /// the pair was booted again (see `qemu::stale_int3_oops`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -349,11 +430,23 @@ pub fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String 
 
 /// `2.81 Gbit/s`-style rendering.
 pub fn fmt_bps(bps: f64) -> String {
+    let (scale, decimals, unit) = bps_unit(bps);
+    format!("{:.decimals$} {unit}", bps / scale)
+}
+
+/// The scale, decimals and unit `bps` is shown in.
+fn bps_unit(bps: f64) -> (f64, usize, &'static str) {
     match bps {
-        b if b >= 1e9 => format!("{:.2} Gbit/s", b / 1e9),
-        b if b >= 1e6 => format!("{:.1} Mbit/s", b / 1e6),
-        b => format!("{:.0} kbit/s", b / 1e3),
+        b if b >= 1e9 => (1e9, 2, "Gbit/s"),
+        b if b >= 1e6 => (1e6, 1, "Mbit/s"),
+        _ => (1e3, 0, "kbit/s"),
     }
+}
+
+/// `bps` with an interval in its unit: `2.68 [2.28-3.45] Gbit/s`.
+fn fmt_bps_within(bps: f64, low: f64, high: f64) -> String {
+    let (scale, d, unit) = bps_unit(bps);
+    format!("{:.d$} [{:.d$}-{:.d$}] {unit}", bps / scale, low / scale, high / scale)
 }
 
 impl Report {
@@ -426,4 +519,8 @@ impl Report {
         s.push_str(&format!("\n{} passed, {} failed ({:.1} s)\n", passed, self.cases.len() - passed, self.wall_s));
         s
     }
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }

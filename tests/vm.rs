@@ -312,6 +312,10 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn baseline_lab_passes_reports_and_leaves_nothing_behind() {
     let _one = lock();
@@ -1060,6 +1064,56 @@ fn cilium_style_lab_enforces_its_l4_policy_by_identity() {
         })
         .collect();
     insta::assert_json_snapshot!("cilium-style-evidence", evidence);
+}
+
+/// `--repeat 2` over two pairs (baseline and vxlan): the pairs take turns
+/// (the idle one paused), every case runs twice, the report gives both
+/// samples, their median and interval, and the ratio to the baseline taken
+/// round by round, each equal to iperf3's own figures of that round.
+#[test]
+fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let lab = vlab.path("repeat.toml");
+    let text = std::fs::read_to_string(repo("labs/overlays.toml"))
+        .unwrap()
+        .replace("overlay = [\"baseline\", \"vxlan\", \"vxlan-evpn\"]", "overlay = [\"baseline\", \"vxlan\"]")
+        .replace("[evpn]\nroute_server = \"host1\"\n", "")
+        .replace("duration = \"5s\"", "duration = \"2s\"");
+    std::fs::write(&lab, text).unwrap();
+    let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &["--repeat", "2"], &[], &[0]);
+    assert_eq!(report["repeat"], 2);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    let received = |dir: &Path, case: &str| -> f64 {
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(case).join("iperf3-client.json")).unwrap()).unwrap();
+        raw["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+    };
+    let rounds = [artifacts.clone(), artifacts.join("repeat-2")];
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let samples: Vec<f64> =
+            c["throughput"]["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(samples.len(), 2, "{name}");
+        for (sample, dir) in samples.iter().zip(&rounds) {
+            let own = received(dir, name);
+            assert!((sample - own).abs() < 1e-6 * own, "{name}: {sample} vs {own}");
+        }
+        let interval = &c["throughput"]["interval"];
+        assert!(interval["low"].as_f64().unwrap() <= interval["high"].as_f64().unwrap(), "{name}");
+        assert_eq!(c["repetitions"].as_array().unwrap().len(), 2, "{name}");
+        if c["params"]["overlay"] == "vxlan" {
+            let ratios: Vec<f64> =
+                c["vs_baseline_summary"]["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            for (ratio, dir) in ratios.iter().zip(&rounds) {
+                let expected = received(dir, name) / received(dir, "overlay=baseline");
+                assert!((ratio - expected).abs() < 1e-6 * expected, "round ratio {ratio} vs {expected}");
+            }
+        }
+    }
+    // The table shows each median with its interval, and the ratio with its own.
+    assert!(stdout(&out).contains("x ["), "{}", stdout(&out));
 }
 
 /// Each case's `vs_baseline` and `vs_no_filter` equal the ratio of

@@ -186,6 +186,16 @@ impl Qmp {
         }
     }
 
+    /// Stops the VM's vCPUs.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.run("stop", qmp::stop {}).await.map(|_| ())
+    }
+
+    /// Lets the VM's vCPUs run again.
+    pub async fn cont(&self) -> anyhow::Result<()> {
+        self.run("cont", qmp::cont {}).await.map(|_| ())
+    }
+
     /// Waits until the migration in either direction has completed.
     async fn migration_done(&self) -> anyhow::Result<()> {
         loop {

@@ -86,6 +86,23 @@ impl LabRuntime {
     pub fn vm(&self, name: &str) -> &BootedVm {
         self.vms.iter().find(|v| v.report.name == name).expect("validated VM name")
     }
+
+    /// Stops every VM's vCPUs (QMP `stop`): a paused pair takes no CPU from
+    /// the pair being measured, and its guests' clocks stand still.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        for vm in &self.vms {
+            Qmp::connect(&vm.qmp).await?.stop().await.with_context(|| format!("pausing `{}`", vm.report.name))?;
+        }
+        Ok(())
+    }
+
+    /// Lets every VM run again (QMP `cont`).
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        for vm in &self.vms {
+            Qmp::connect(&vm.qmp).await?.cont().await.with_context(|| format!("resuming `{}`", vm.report.name))?;
+        }
+        Ok(())
+    }
 }
 
 fn runtime_base() -> PathBuf {

@@ -570,5 +570,9 @@ fn report(
         timing,
         vs_baseline: None,
         vs_no_filter: None,
+        throughput: None,
+        vs_baseline_summary: None,
+        vs_no_filter_summary: None,
+        repetitions: Vec::new(),
     }
 }

@@ -26,7 +26,7 @@ use crate::image::{self, Image};
 use crate::lab::{Case, CaseParams, Lab, Nic, NicModel};
 use crate::qemu::accel::{self, AccelChoice};
 use crate::qemu::{self, Accel, VmError};
-use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus, VmReport};
+use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus};
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
 
@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Always boot the kernel: neither load nor save a VM state.
     pub cold_boot: bool,
+    /// How often each case runs (rounds over all pairs, interleaved).
+    pub repeat: u32,
 }
 
 /// What every boot of a run shares.
@@ -200,26 +202,172 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     Ok((prepared, notice))
 }
 
-/// What the boot groups of a run produced.
-#[derive(Default)]
-struct Results {
-    vms: Vec<VmReport>,
-    cases: Vec<CaseReport>,
-    ready: Vec<Readiness>,
-    /// The guest's `uname -r` (the first boot's).
-    kernel: Option<String>,
-    boots: Vec<BootTiming>,
-    /// Groups run again after an emulator fault, one line each.
-    emulator_faults: Vec<String>,
+/// How often a pair is booted and deployed, or its round of cases run, when
+/// a guest oopses on an `int3` that its memory no longer holds under TCG
+/// (see [`qemu::stale_int3_oops`]): an emulator fault, not the kernel's, and
+/// not repeatable. Elsewhere, and the second time, the crash fails the run.
+const PAIR_ATTEMPTS: u32 = 2;
+
+/// A boot group: the cases that share a booted pair, and how it is set up.
+struct Group {
+    /// The lab with the group's overlay, and its first case's filter (the
+    /// one the pair is deployed with).
+    lab: Lab,
+    nic: Option<Nic>,
+    cases: Vec<Case>,
+    /// Distinguishes its serial logs from other pairs' (empty with one).
+    label: String,
 }
 
-/// How often a group's pair is booted and deployed when a guest oopses on an
-/// `int3` that its memory no longer holds under TCG (see
-/// [`qemu::stale_int3_oops`]): an emulator fault, not the kernel's, and not
-/// repeatable. Elsewhere, and the second time, the crash fails the run.
-const GROUP_ATTEMPTS: u32 = 2;
+/// A group's pair, booted and deployed, and what it has measured.
+struct Pair {
+    rt: boot::LabRuntime,
+    /// The lab as its last case left it (the filter deployed now).
+    case_lab: Lab,
+    timing: BootTiming,
+    ready: Vec<Readiness>,
+    /// The guest's `uname -r`.
+    kernel: String,
+}
+
+/// The boot groups of `cases`, each with its lab and label.
+fn groups(lab: &Lab, cases: Vec<Case>) -> Vec<Group> {
+    let groups = boot_groups(cases);
+    let several = groups.len() > 1;
+    groups
+        .into_iter()
+        .map(|((nic, overlay), cases)| {
+            let mut label = String::new();
+            if several {
+                for part in [nic.as_ref().map(Nic::label), overlay.clone()].into_iter().flatten() {
+                    label.push_str(&format!("-{part}"));
+                }
+            }
+            let group_lab = overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
+            let group_lab = group_lab.with_filter(cases[0].params.filter(&group_lab));
+            Group { lab: group_lab, nic, cases, label }
+        })
+        .collect()
+}
+
+/// The emulator fault that `e` reports, as a line for people, when it is one
+/// that a new pair gets past (see [`PAIR_ATTEMPTS`]).
+fn emulator_fault(e: &anyhow::Error, prepared: &Prepared, label: &str) -> Option<(String, String)> {
+    let exit = e.downcast_ref::<boot::GuestGone>().map(|g| &g.exit).or_else(|| e.downcast_ref::<VmError>());
+    let (vm, oops) = exit.and_then(VmError::stale_int3)?;
+    (prepared.accel == Accel::Tcg).then(|| {
+        let line = format!(
+            "`{vm}`{label} crashed on an emulator fault: {oops}, an int3 no longer in memory \
+             (QEMU TCG ran a stale translation of code the kernel was patching)"
+        );
+        (vm.to_string(), line)
+    })
+}
+
+/// Notes an emulator fault: a notice, the crashed console kept aside.
+fn note_fault(vm: &str, line: String, group: &Group, opts: &RunOptions, faults: &mut Vec<String>) {
+    eprintln!("vlab: {line}; booting the pair again");
+    if let Some(dir) = &opts.artifacts {
+        let log = |suffix: &str| dir.join(format!("serial-{vm}{}{suffix}.log", group.label));
+        let _ = std::fs::rename(log(""), log("-stale-int3"));
+    }
+    faults.push(line);
+}
+
+/// [`start_pair`], once more after an emulator fault.
+async fn start_pair_again(
+    group: &Group,
+    prepared: &Prepared,
+    opts: &RunOptions,
+    faults: &mut Vec<String>,
+) -> anyhow::Result<Pair> {
+    let mut attempt = 1;
+    loop {
+        match start_pair(group, prepared, opts).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) => match emulator_fault(&e, prepared, &group.label) {
+                Some((vm, line)) if attempt < PAIR_ATTEMPTS => note_fault(&vm, line, group, opts, faults),
+                _ => return Err(e),
+            },
+        }
+        attempt += 1;
+    }
+}
+
+/// Boots a group's pair, deploys it and warms it up with its first case.
+async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> anyhow::Result<Pair> {
+    let lab = &group.lab;
+    let mut clock = Clock::start();
+    let mut rt = boot::boot(lab, prepared, group.nic.as_ref(), opts, group.label.clone()).await?;
+    let boot_s = clock.lap();
+    let (mut deploy_s, mut warm_up_s) = (0.0, 0.0);
+    let started = async {
+        let (ready, settled) = deploy::deploy(lab, &mut rt, opts).await?;
+        deploy_s = clock.lap();
+        let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
+        let first = &group.cases[0];
+        opts.progress.phase(&format!("warming up with case {} ({WARM_UP:?})", first.name));
+        let warm_lab = lab.warm_up(first.params.filter(lab), WARM_UP);
+        case::run_case(&warm_lab, &rt, first, None, case::Run::WarmUp)
+            .await
+            .with_context(|| format!("warming up with case `{}`", first.name))?;
+        warm_up_s = clock.lap();
+        anyhow::Ok((ready, settled, kernel))
+    }
+    .await;
+    let (ready, settled, kernel) = match started {
+        Ok(r) => r,
+        Err(e) => return Err(boot::explain_vm_exit(&mut rt, e).await),
+    };
+    let timing = BootTiming { boot_s, deploy_s, settled, warm_up_s, cases_s: 0.0 };
+    Ok(Pair { rt, case_lab: lab.clone(), timing, ready, kernel })
+}
+
+/// Runs a group's cases once on its pair (round `round`, from 1), switching
+/// filters between cases as they need; returns their reports.
+async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32) -> anyhow::Result<Vec<CaseReport>> {
+    let artifacts = match round {
+        1 => opts.artifacts.clone(),
+        r => opts.artifacts.as_ref().map(|d| d.join(format!("repeat-{r}"))),
+    };
+    let outcome = async {
+        let mut reports = Vec::new();
+        for case in &group.cases {
+            let filter = case.params.filter(&group.lab);
+            if filter != pair.case_lab.filter {
+                let started = Instant::now();
+                deploy::switch_filter(&pair.case_lab, &pair.rt, filter, opts).await?;
+                pair.case_lab = group.lab.with_filter(filter);
+                pair.timing.deploy_s += started.elapsed().as_secs_f64();
+            }
+            let shown = if opts.repeat > 1 { format!(" (repetition {round}/{})", opts.repeat) } else { String::new() };
+            opts.progress.phase(&format!("case {}{shown}", case.name));
+            let started = Instant::now();
+            let report = case::run_case(&pair.case_lab, &pair.rt, case, artifacts.as_deref(), case::Run::Measured)
+                .await
+                .with_context(|| format!("case `{}`", case.name))?;
+            pair.timing.cases_s += started.elapsed().as_secs_f64();
+            reports.push(report);
+        }
+        for vm in &mut pair.rt.vms {
+            vm.qemu.check_running()?;
+        }
+        anyhow::Ok(reports)
+    }
+    .await;
+    match outcome {
+        Ok(reports) => Ok(reports),
+        Err(e) => Err(boot::explain_vm_exit(&mut pair.rt, e).await),
+    }
+}
 
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
+///
+/// Every group's pair is booted, deployed and warmed up first; then the
+/// groups take turns, each running all its cases once per round, for
+/// `--repeat` rounds (A B C A B C ...), so that the drift of a shared machine
+/// hits every variant alike. With several pairs, those not running are
+/// paused (their vCPUs stopped), so that they take no CPU from the measured one.
 pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     let started = Instant::now();
     let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
@@ -229,140 +377,76 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
-    let groups = boot_groups(cases);
-    let several = groups.len() > 1;
-    let mut results = Results::default();
-    for ((nic, overlay), group) in groups {
-        let mut label = String::new();
-        if several {
-            for part in [nic.as_ref().map(Nic::label), overlay.clone()].into_iter().flatten() {
-                label.push_str(&format!("-{part}"));
-            }
+    let groups = groups(lab, cases);
+    let pausing = groups.len() > 1;
+    let mut faults = Vec::new();
+    let mut pairs = Vec::new();
+    for group in &groups {
+        let pair = start_pair_again(group, &prepared, opts, &mut faults).await?;
+        if pausing {
+            pair.rt.pause().await?;
         }
-        let mut group_lab = lab.clone();
-        if let Some(o) = &overlay {
-            group_lab = group_lab.with_overlay(o);
-        }
-        // The pair is deployed with its first case's filter.
-        group_lab = group_lab.with_filter(group[0].params.filter(&group_lab));
-        let mut attempt = 1;
-        loop {
-            let Err(e) =
-                run_group(&group_lab, &prepared, nic.as_ref(), &group, opts, label.clone(), &mut results).await
-            else {
-                break;
-            };
-            let exit = e.downcast_ref::<boot::GuestGone>().map(|g| &g.exit).or_else(|| e.downcast_ref::<VmError>());
-            match exit.and_then(VmError::stale_int3) {
-                Some((vm, oops)) if prepared.accel == Accel::Tcg && attempt < GROUP_ATTEMPTS => {
-                    let fault = format!(
-                        "`{vm}`{label} crashed on an emulator fault: {oops}, an int3 no longer in memory \
-                         (QEMU TCG ran a stale translation of code the kernel was patching)"
-                    );
-                    eprintln!("vlab: {fault}; booting the pair again");
-                    if let Some(dir) = &opts.artifacts {
-                        let log = |suffix: &str| dir.join(format!("serial-{vm}{label}{suffix}.log"));
-                        let _ = std::fs::rename(log(""), log("-stale-int3"));
-                    }
-                    results.emulator_faults.push(fault);
-                    attempt += 1;
+        pairs.push(pair);
+    }
+    // rounds[r][g]: group g's reports in round r.
+    let mut rounds: Vec<Vec<Vec<CaseReport>>> = Vec::new();
+    for round in 1..=opts.repeat.max(1) {
+        let mut this_round = Vec::new();
+        for (group, pair) in groups.iter().zip(pairs.iter_mut()) {
+            let mut attempt = 1;
+            let reports = loop {
+                if pausing {
+                    pair.rt.resume().await?;
                 }
-                _ => return Err(e),
+                match run_round(group, pair, opts, round).await {
+                    Ok(reports) => break reports,
+                    Err(e) => match emulator_fault(&e, &prepared, &group.label) {
+                        Some((vm, line)) if attempt < PAIR_ATTEMPTS => {
+                            note_fault(&vm, line, group, opts, &mut faults);
+                            let timing = pair.timing.clone();
+                            *pair = start_pair_again(group, &prepared, opts, &mut faults).await?;
+                            pair.timing = timing;
+                            attempt += 1;
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            };
+            if pausing {
+                pair.rt.pause().await?;
             }
+            this_round.push(reports);
         }
+        rounds.push(this_round);
     }
     opts.progress.finish();
-    crate::report::compare_with(&mut results.cases, Versus::Overlay, overlay::REFERENCE);
-    crate::report::compare_with(&mut results.cases, Versus::Filter, filter::REFERENCE);
+    let mut per_round: Vec<Vec<CaseReport>> = rounds.into_iter().map(|r| r.into_iter().flatten().collect()).collect();
+    for cases in &mut per_round {
+        crate::report::compare_with(cases, Versus::Overlay, overlay::REFERENCE);
+        crate::report::compare_with(cases, Versus::Filter, filter::REFERENCE);
+    }
+    let cases = crate::report::combine_repetitions(per_round);
+    let kernel = pairs.first().map_or_else(|| prepared.image.kernel_release.clone(), |p| p.kernel.clone());
     Ok(Report {
         lab: lab.name.clone(),
         lab_file: lab.source.display().to_string(),
         accel: prepared.accel.to_string(),
         accel_notice: notice,
-        kernel: results.kernel.unwrap_or_else(|| prepared.image.kernel_release.clone()),
+        kernel,
         qemu: qemu_version,
         image: format!("{}-{}", prepared.image.name, prepared.image.key),
         overlay: lab.overlay.clone(),
         filter: lab.filter.clone(),
-        vms: results.vms,
-        passed: results.cases.iter().all(|c| c.passed),
-        summaries: summaries(lab, &results.cases),
-        cases: results.cases,
-        ready: results.ready,
-        emulator_faults: results.emulator_faults,
+        repeat: opts.repeat.max(1),
+        vms: pairs.iter().flat_map(|p| p.rt.vms.iter().map(|v| v.report.clone())).collect(),
+        passed: cases.iter().all(|c| c.passed),
+        summaries: summaries(lab, &cases),
+        cases,
+        ready: pairs.iter().flat_map(|p| p.ready.clone()).collect(),
+        emulator_faults: faults,
         wall_s: started.elapsed().as_secs_f64(),
-        timing: RunTiming { boots: results.boots, ..prepared.timing.clone() },
+        timing: RunTiming { boots: pairs.iter().map(|p| p.timing.clone()).collect(), ..prepared.timing.clone() },
     })
-}
-
-/// Boots the pair for one group, deploys, runs its cases and tears it down.
-async fn run_group(
-    lab: &Lab,
-    prepared: &Prepared,
-    nic: Option<&Nic>,
-    cases: &[Case],
-    opts: &RunOptions,
-    label: String,
-    results: &mut Results,
-) -> anyhow::Result<()> {
-    let mut clock = Clock::start();
-    let mut rt = boot::boot(lab, prepared, nic, opts, label).await?;
-    let boot_s = clock.lap();
-    let mut deploy_s = 0.0;
-    // Filters deployed after the first count as deploy time, not the cases'.
-    let mut switch_s = 0.0;
-    let mut warm_up_s = 0.0;
-    let outcome = async {
-        let (ready, settled) = deploy::deploy(lab, &mut rt, opts).await?;
-        deploy_s = clock.lap();
-        let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
-        if let Some(first) = cases.first() {
-            opts.progress.phase(&format!("warming up with case {} ({WARM_UP:?})", first.name));
-            let started = Instant::now();
-            let warm_lab = lab.warm_up(first.params.filter(lab), WARM_UP);
-            case::run_case(&warm_lab, &rt, first, None, case::Run::WarmUp)
-                .await
-                .with_context(|| format!("warming up with case `{}`", first.name))?;
-            warm_up_s = started.elapsed().as_secs_f64();
-        }
-        let mut reports = Vec::new();
-        let mut case_lab = lab.clone();
-        for case in cases {
-            let filter = case.params.filter(lab);
-            if filter != case_lab.filter {
-                let started = Instant::now();
-                deploy::switch_filter(&case_lab, &rt, filter, opts).await?;
-                case_lab = lab.with_filter(filter);
-                switch_s += started.elapsed().as_secs_f64();
-            }
-            opts.progress.phase(&format!("case {}", case.name));
-            let report = case::run_case(&case_lab, &rt, case, opts.artifacts.as_deref(), case::Run::Measured)
-                .await
-                .with_context(|| format!("case `{}`", case.name))?;
-            reports.push(report);
-        }
-        for vm in &mut rt.vms {
-            vm.qemu.check_running()?;
-        }
-        anyhow::Ok((ready, settled, kernel, reports))
-    }
-    .await;
-    let (ready, settled, kernel, reports) = match outcome {
-        Ok(r) => r,
-        Err(e) => return Err(boot::explain_vm_exit(&mut rt, e).await),
-    };
-    results.boots.push(BootTiming {
-        boot_s,
-        deploy_s: deploy_s + switch_s,
-        settled,
-        warm_up_s,
-        cases_s: clock.lap() - switch_s - warm_up_s,
-    });
-    results.kernel.get_or_insert(kernel);
-    results.ready.extend(ready);
-    results.cases.extend(reports);
-    results.vms.extend(rt.vms.iter().map(|v| v.report.clone()));
-    Ok(())
 }
 
 /// The tables the run's variants add for people, from their sections.

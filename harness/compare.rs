@@ -1,0 +1,193 @@
+//! `vlab compare A.json B.json`: two reports of the same lab (two kernels,
+//! two builds), case by case: the ratio of B's throughput to A's with its
+//! 95 % interval, and whether B is slower, faster or not significantly
+//! different beyond a tolerance.
+//!
+//! A report's samples are its repetitions (`throughput.samples` of a run
+//! with `--repeat`), else its one figure. The two reports are independent
+//! runs, so the interval is Welch's on the logs (see [`crate::stats`]); with
+//! one sample on either side there is none, and the verdict is inconclusive.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{self, Change, Interval};
+
+/// What vlab reads of a report.
+#[derive(Debug, Deserialize)]
+struct ReportFile {
+    lab: String,
+    #[serde(default)]
+    kernel: String,
+    cases: Vec<CaseFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CaseFile {
+    name: String,
+    throughput_bps: f64,
+    #[serde(default)]
+    throughput: Option<SamplesFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SamplesFile {
+    samples: Vec<f64>,
+}
+
+impl CaseFile {
+    fn samples(&self) -> Vec<f64> {
+        self.throughput.as_ref().map_or_else(|| vec![self.throughput_bps], |t| t.samples.clone())
+    }
+}
+
+/// Why two reports cannot be compared (exit 128).
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a vlab report: {message}")]
+    NotAReport { path: String, message: String },
+    #[error("the reports do not describe the same lab: {0}")]
+    NotTheSameLab(String),
+}
+
+/// One case of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseComparison {
+    pub name: String,
+    /// A's and B's samples, bit/s.
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+    /// B's geometric mean over A's.
+    pub ratio: f64,
+    pub interval: Option<Interval>,
+    pub change: Change,
+}
+
+/// The comparison of two reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub lab: String,
+    pub a: String,
+    pub b: String,
+    /// Changes within this fraction do not count.
+    pub tolerance: f64,
+    pub cases: Vec<CaseComparison>,
+    /// Some case is significantly slower in B beyond the tolerance.
+    pub regressed: bool,
+}
+
+fn read(path: &Path) -> Result<ReportFile, CompareError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read { path: shown.clone(), source })?;
+    serde_json::from_str(&text).map_err(|e| CompareError::NotAReport { path: shown, message: e.to_string() })
+}
+
+/// Compares the reports at `a` and `b` (the reference first).
+pub fn compare_files(a: &Path, b: &Path, tolerance: f64) -> Result<Comparison, CompareError> {
+    let (ra, rb) = (read(a)?, read(b)?);
+    let label = |path: &Path, r: &ReportFile| format!("{} (kernel {})", path.display(), r.kernel);
+    compare(&ra, &rb, tolerance, (label(a, &ra), label(b, &rb)))
+}
+
+fn compare(
+    a: &ReportFile,
+    b: &ReportFile,
+    tolerance: f64,
+    names: (String, String),
+) -> Result<Comparison, CompareError> {
+    if a.lab != b.lab {
+        return Err(CompareError::NotTheSameLab(format!("lab `{}` against lab `{}`", a.lab, b.lab)));
+    }
+    let (na, nb): (BTreeSet<&str>, BTreeSet<&str>) =
+        (a.cases.iter().map(|c| c.name.as_str()).collect(), b.cases.iter().map(|c| c.name.as_str()).collect());
+    if na != nb {
+        let only = |x: &BTreeSet<&str>, y: &BTreeSet<&str>| x.difference(y).copied().collect::<Vec<_>>().join(", ");
+        return Err(CompareError::NotTheSameLab(format!(
+            "cases only in A: [{}]; only in B: [{}]",
+            only(&na, &nb),
+            only(&nb, &na)
+        )));
+    }
+    let mut cases = Vec::new();
+    for ca in &a.cases {
+        let cb = b.cases.iter().find(|c| c.name == ca.name).expect("same names");
+        let (sa, sb) = (ca.samples(), cb.samples());
+        let (ratio, interval, change) = match stats::unpaired_ratio(&sa, &sb) {
+            Some((ratio, interval)) => (ratio, interval, stats::judge(ratio, interval, tolerance)),
+            // A failed workload (0 bit/s) on either side: no ratio to judge.
+            None => (f64::NAN, None, Change::Inconclusive),
+        };
+        cases.push(CaseComparison { name: ca.name.clone(), a: sa, b: sb, ratio, interval, change });
+    }
+    let regressed = cases.iter().any(|c| c.change == Change::Slower);
+    Ok(Comparison { lab: a.lab.clone(), a: names.0, b: names.1, tolerance, cases, regressed })
+}
+
+impl Comparison {
+    /// The comparison for people.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "lab {}: B = {}\n        against A = {}\n(ratio of B to A, 95 % interval; changes within {:.0} % do not count)\n\n",
+            self.lab,
+            self.b,
+            self.a,
+            self.tolerance * 100.0
+        );
+        let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+        s.push_str(&format!(
+            "{:<width$}  {:>3}/{:<3}  {:>6}  {:>15}  verdict\n",
+            "case", "nA", "nB", "ratio", "interval"
+        ));
+        for c in &self.cases {
+            let interval = c.interval.map_or("-".to_string(), |i| format!("[{:.2}, {:.2}]", i.low, i.high));
+            let verdict = match c.change {
+                Change::Slower => "SLOWER",
+                Change::Faster => "faster",
+                Change::NoSignificantChange => "no significant change",
+                Change::Inconclusive => "inconclusive (a side has one sample or none)",
+            };
+            s.push_str(&format!(
+                "{:<width$}  {:>3}/{:<3}  {:>5.2}x  {:>15}  {verdict}\n",
+                c.name,
+                c.a.len(),
+                c.b.len(),
+                c.ratio,
+                interval
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(lab: &str, cases: &[(&str, &[f64])]) -> ReportFile {
+        let cases = cases
+            .iter()
+            .map(|(name, samples)| CaseFile {
+                name: name.to_string(),
+                throughput_bps: stats::median(samples),
+                throughput: Some(SamplesFile { samples: samples.to_vec() }),
+            })
+            .collect();
+        ReportFile { lab: lab.into(), kernel: "k".into(), cases }
+    }
+
+    #[test]
+    fn other_labs_and_other_cases_are_not_compared() {
+        let a = report("x", &[("c1", &[1.0])]);
+        let names = || ("A".to_string(), "B".to_string());
+        assert!(matches!(
+            compare(&a, &report("y", &[("c1", &[1.0])]), 0.05, names()),
+            Err(CompareError::NotTheSameLab(_))
+        ));
+        let err = compare(&a, &report("x", &[("c2", &[1.0])]), 0.05, names()).unwrap_err();
+        assert_eq!(err.to_string(), "the reports do not describe the same lab: cases only in A: [c1]; only in B: [c2]");
+    }
+}

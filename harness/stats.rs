@@ -1,0 +1,147 @@
+//! Statistics of repeated measurements: throughput is a ratio scale whose
+//! noise on a shared machine is multiplicative, so samples are summarised on
+//! the log scale: the geometric mean with a Student-t interval, and ratios of
+//! paired samples (two variants measured in the same repetition) the same
+//! way. With one sample there is no interval, and nothing is claimed.
+
+use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+/// The confidence level of every interval vlab reports.
+pub const CONFIDENCE: f64 = 0.95;
+
+/// A 95 % confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Interval {
+    /// Whether it holds `x`.
+    pub fn contains(&self, x: f64) -> bool {
+        self.low <= x && x <= self.high
+    }
+}
+
+/// Repeated measurements of one quantity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The samples, in the order they were taken.
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The geometric mean.
+    pub mean: f64,
+    /// The geometric mean's 95 % interval (Student t on the logs); `None`
+    /// with fewer than two samples.
+    pub interval: Option<Interval>,
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The two-sided 95 % quantile of Student's t with `df` degrees of freedom.
+fn t_quantile(df: f64) -> f64 {
+    StudentsT::new(0.0, 1.0, df).expect("df > 0").inverse_cdf(1.0 - (1.0 - CONFIDENCE) / 2.0)
+}
+
+/// Mean and sample variance.
+fn mean_var(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var)
+}
+
+/// Summarises positive samples (throughputs, ratios); `None` when there are
+/// none or one is not positive.
+pub fn summarize(samples: &[f64]) -> Option<Summary> {
+    if samples.is_empty() || samples.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+        return None;
+    }
+    let logs: Vec<f64> = samples.iter().map(|x| x.ln()).collect();
+    let (m, var) = mean_var(&logs);
+    let interval = (samples.len() > 1).then(|| {
+        let half = t_quantile(samples.len() as f64 - 1.0) * (var / samples.len() as f64).sqrt();
+        Interval { low: (m - half).exp(), high: (m + half).exp() }
+    });
+    Some(Summary {
+        samples: samples.to_vec(),
+        median: median(samples),
+        min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+        max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        mean: m.exp(),
+        interval,
+    })
+}
+
+/// The ratio of paired samples (`a[i]` and `b[i]` measured in the same
+/// repetition): a summary of `a[i] / b[i]`.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<Summary> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    summarize(&ratios)
+}
+
+/// The ratio of two independent sets of samples (`b` over `a`, say two
+/// runs on two kernels): the ratio of their geometric means, with Welch's
+/// interval on the logs; `None` without samples on either side, no
+/// interval with fewer than two on either.
+pub fn unpaired_ratio(a: &[f64], b: &[f64]) -> Option<(f64, Option<Interval>)> {
+    let (sa, sb) = (summarize(a)?, summarize(b)?);
+    let ratio = sb.mean / sa.mean;
+    if a.len() < 2 || b.len() < 2 {
+        return Some((ratio, None));
+    }
+    let la: Vec<f64> = a.iter().map(|x| x.ln()).collect();
+    let lb: Vec<f64> = b.iter().map(|x| x.ln()).collect();
+    let ((_, va), (_, vb)) = (mean_var(&la), mean_var(&lb));
+    let (qa, qb) = (va / a.len() as f64, vb / b.len() as f64);
+    let se = (qa + qb).sqrt();
+    if se == 0.0 {
+        return Some((ratio, Some(Interval { low: ratio, high: ratio })));
+    }
+    // Welch-Satterthwaite degrees of freedom.
+    let df = (qa + qb).powi(2) / (qa.powi(2) / (a.len() as f64 - 1.0) + qb.powi(2) / (b.len() as f64 - 1.0));
+    let half = t_quantile(df) * se;
+    Some((ratio, Some(Interval { low: ratio * (-half).exp(), high: ratio * half.exp() })))
+}
+
+/// What a ratio of B to A says, against a tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// Significantly below 1 (the interval excludes 1) by more than the tolerance.
+    Slower,
+    /// Significantly above 1 by more than the tolerance.
+    Faster,
+    /// The interval holds 1, or the change is within the tolerance.
+    NoSignificantChange,
+    /// No interval (fewer than two samples on a side): nothing can be said.
+    Inconclusive,
+}
+
+/// Judges `ratio` (B over A) with its interval against `tolerance` (0.05:
+/// changes within 5 % do not count).
+pub fn judge(ratio: f64, interval: Option<Interval>, tolerance: f64) -> Change {
+    let Some(i) = interval else { return Change::Inconclusive };
+    if i.high < 1.0 && ratio < 1.0 - tolerance {
+        Change::Slower
+    } else if i.low > 1.0 && ratio > 1.0 + tolerance {
+        Change::Faster
+    } else {
+        Change::NoSignificantChange
+    }
+}

@@ -1,0 +1,98 @@
+//! `vlab compare`: two reports of one lab, case by case; exit 1 on a
+//! significant regression beyond the tolerance, 0 on a gain or noise, 128
+//! when the reports are not of the same lab.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+
+/// A report file of lab `lab` whose cases have these repeated samples (Mbit/s).
+fn report(dir: &Path, name: &str, lab: &str, cases: &[(&str, &[f64])]) -> PathBuf {
+    let cases: Vec<_> = cases
+        .iter()
+        .map(|(case, samples)| {
+            let bps: Vec<f64> = samples.iter().map(|m| m * 1e6).collect();
+            json!({ "name": case, "throughput_bps": bps[0], "throughput": { "samples": bps } })
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, json!({ "lab": lab, "kernel": "6.12", "cases": cases }).to_string()).unwrap();
+    path
+}
+
+fn compare(a: &Path, b: &Path, more: &[&str]) -> (i32, String, serde_json::Value) {
+    let out_json = a.with_file_name("comparison.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_vlab"))
+        .arg("compare")
+        .args([a, b])
+        .args(["--json", out_json.to_str().unwrap()])
+        .args(more)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let value = std::fs::read(&out_json).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    (out.status.code().unwrap_or(-1), text, value)
+}
+
+const A: &[f64] = &[1000.0, 1100.0, 900.0, 1050.0];
+
+#[test]
+fn a_clear_regression_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = report(dir.path(), "a.json", "baseline", &[("c", A), ("d", A)]);
+    let b = report(
+        dir.path(),
+        "b.json",
+        "baseline",
+        &[("c", &[500.0, 560.0, 450.0, 520.0]), ("d", &[990.0, 1120.0, 880.0, 1040.0])],
+    );
+    let (code, text, value) = compare(&a, &b, &[]);
+    assert_eq!(code, 1, "{text}");
+    let changes: Vec<_> = value["cases"].as_array().unwrap().iter().map(|c| c["change"].clone()).collect();
+    assert_eq!(changes, [json!("slower"), json!("no-significant-change")], "{text}");
+    assert!(text.contains("SLOWER"), "{text}");
+}
+
+#[test]
+fn a_clear_gain_and_noise_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = report(dir.path(), "a.json", "baseline", &[("gain", A), ("noise", A)]);
+    let b = report(
+        dir.path(),
+        "b.json",
+        "baseline",
+        &[("gain", &[1500.0, 1600.0, 1400.0, 1620.0]), ("noise", &[950.0, 1200.0, 850.0, 1040.0])],
+    );
+    let (code, text, value) = compare(&a, &b, &[]);
+    assert_eq!(code, 0, "{text}");
+    let changes: Vec<_> = value["cases"].as_array().unwrap().iter().map(|c| c["change"].clone()).collect();
+    assert_eq!(changes, [json!("faster"), json!("no-significant-change")], "{text}");
+}
+
+#[test]
+fn single_runs_are_inconclusive_not_regressions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = report(dir.path(), "a.json", "baseline", &[("c", &[1000.0])]);
+    let b = report(dir.path(), "b.json", "baseline", &[("c", &[400.0])]);
+    let (code, text, value) = compare(&a, &b, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(value["cases"][0]["change"], "inconclusive", "{text}");
+}
+
+#[test]
+fn reports_of_other_labs_or_cases_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = report(dir.path(), "a.json", "baseline", &[("c", A)]);
+    let other_lab = report(dir.path(), "b.json", "vxlan", &[("c", A)]);
+    let (code, text, _) = compare(&a, &other_lab, &[]);
+    assert_eq!(code, 128, "{text}");
+    assert!(text.contains("not describe the same lab: lab `baseline` against lab `vxlan`"), "{text}");
+    let other_cases = report(dir.path(), "c.json", "baseline", &[("c", A), ("e", A)]);
+    assert_eq!(compare(&a, &other_cases, &[]).0, 128);
+    std::fs::write(dir.path().join("junk.json"), "[]").unwrap();
+    let (code, text, _) = compare(&a, &dir.path().join("junk.json"), &[]);
+    assert_eq!(code, 128, "{text}");
+    assert!(text.contains("is not a vlab report"), "{text}");
+    assert_eq!(compare(&a, &a, &["--tolerance", "2"]).0, 128);
+}
