@@ -56,6 +56,9 @@ enum Cmd {
         /// taken round by round.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         repeat: u32,
+        /// Write the report as Markdown (a CI job summary) to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -135,10 +138,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot, repeat } => run(
+            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot, repeat, markdown } => run(
                 lab,
-                json,
-                timings,
+                Outputs { json, markdown, timings },
                 RunOptions {
                     accel,
                     kernel,
@@ -291,7 +293,14 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
     })
 }
 
-async fn run(lab_path: PathBuf, json: Option<PathBuf>, timings: bool, opts: RunOptions) -> Result<u8, u8> {
+/// Where a run's report goes besides the table on stdout.
+struct Outputs {
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+    timings: bool,
+}
+
+async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
     check_host(&lab)?;
     check_case_filter(&lab, opts.case_filter.as_deref())?;
@@ -304,10 +313,16 @@ async fn run(lab_path: PathBuf, json: Option<PathBuf>, timings: bool, opts: RunO
     let progress = opts.progress.clone();
     let report = supervised(&progress, async move { vlab::run::run(&lab, &opts).await }).await?;
     print!("{}", report.table());
-    if timings {
+    if out.timings {
         print!("{}", report.timings_table());
     }
-    write_json(json.as_deref(), &report)?;
+    write_json(out.json.as_deref(), &report)?;
+    if let Some(path) = &out.markdown {
+        std::fs::write(path, report.markdown()).map_err(|e| {
+            eprintln!("vlab: cannot write {}: {e}", path.display());
+            exit::COULD_NOT_RUN
+        })?;
+    }
     Ok(if report.passed { exit::PASSED } else { exit::CHECK_FAILED })
 }
 

@@ -498,6 +498,9 @@ impl Report {
             for k in c.checks.iter().filter(|k| !k.passed) {
                 s.push_str(&format!("    {}: {}\n", k.name, k.detail));
             }
+            for (n, r) in c.repetitions.iter().enumerate().skip(1).filter(|(_, r)| !r.passed) {
+                s.push_str(&format!("    repetition {} failed: {}\n", n + 1, r.failed_checks.join(", ")));
+            }
             for i in &c.interfaces {
                 let refused = i.refused();
                 if !refused.is_empty() {
@@ -517,6 +520,49 @@ impl Report {
         }
         let passed = self.cases.iter().filter(|c| c.passed).count();
         s.push_str(&format!("\n{} passed, {} failed ({:.1} s)\n", passed, self.cases.len() - passed, self.wall_s));
+        s
+    }
+}
+
+impl Report {
+    /// The run as Markdown, for CI job summaries: a line on what ran where,
+    /// one table row per case (throughput, ratios, result) and the checks
+    /// that failed.
+    pub fn markdown(&self) -> String {
+        let passed = self.cases.iter().filter(|c| c.passed).count();
+        let mut s = format!(
+            "## vlab lab `{}`: {passed} of {} cases passed\n\nkernel {}, QEMU {}, accel {}{}, {:.0} s\n\n",
+            self.lab,
+            self.cases.len(),
+            self.kernel,
+            self.qemu,
+            self.accel,
+            if self.repeat > 1 {
+                format!(", {} repetitions (median [95 % interval])", self.repeat)
+            } else {
+                String::new()
+            },
+            self.wall_s
+        );
+        s.push_str("| case | throughput | result |\n| --- | --- | --- |\n");
+        for c in &self.cases {
+            let result = if c.passed { "pass".to_string() } else { "**FAIL**".to_string() };
+            s.push_str(&format!("| `{}` | {} | {result} |\n", c.name, c.throughput_text()));
+        }
+        let failed: Vec<&CaseReport> = self.cases.iter().filter(|c| !c.passed).collect();
+        if !failed.is_empty() {
+            s.push_str("\nFailed checks:\n\n");
+            for c in failed {
+                let mut names: Vec<String> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.clone()).collect();
+                for (n, r) in c.repetitions.iter().enumerate().skip(1).filter(|(_, r)| !r.passed) {
+                    names.push(format!("repetition {}: {}", n + 1, r.failed_checks.join(", ")));
+                }
+                s.push_str(&format!("- `{}`: {}\n", c.name, names.join("; ")));
+            }
+        }
+        for fault in &self.emulator_faults {
+            s.push_str(&format!("\nBooted again: {fault}\n"));
+        }
         s
     }
 }

@@ -1081,7 +1081,12 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
         .replace("[evpn]\nroute_server = \"host1\"\n", "")
         .replace("duration = \"5s\"", "duration = \"2s\"");
     std::fs::write(&lab, text).unwrap();
-    let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &["--repeat", "2"], &[], &[0]);
+    let markdown = vlab.path("summary.md");
+    let more = ["--repeat", "2", "--markdown", markdown.to_str().unwrap()];
+    let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &more, &[], &[0]);
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(md.contains("2 of 2 cases passed") && md.contains("2 repetitions"), "{md}");
+    assert!(md.contains("| `overlay=vxlan` |") && md.contains("x [") && md.contains("baseline) | pass |"), "{md}");
     assert_eq!(report["repeat"], 2);
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
