@@ -4,9 +4,11 @@
 //! different beyond a tolerance.
 //!
 //! A report's samples are its repetitions (`throughput.samples` of a run
-//! with `--repeat`), else its one figure. The two reports are independent
-//! runs, so the interval is Welch's on the logs (see [`crate::stats`]); with
-//! one sample on either side there is none, and the verdict is inconclusive.
+//! with `--repeat`), else its one figure. Two report files are independent
+//! runs, so the interval is Welch's on the logs (see [`crate::stats`]); the
+//! reports of one run that compared kernels are paired by round
+//! ([`compare_paired`]). With one sample on either side there is no
+//! interval, and the verdict is inconclusive.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -125,6 +127,39 @@ fn compare(
     }
     let regressed = cases.iter().any(|c| c.change == Change::Slower);
     Ok(Comparison { lab: a.lab.clone(), a: names.0, b: names.1, tolerance, cases, regressed })
+}
+
+/// The samples of a case of a report of this run.
+fn samples_of(c: &crate::report::CaseReport) -> Vec<f64> {
+    c.throughput.as_ref().map_or_else(|| vec![c.throughput_bps], |t| t.samples.clone())
+}
+
+/// Two reports of one run that compared kernels side by side (`vlab run
+/// --kernel A --kernel B`): their pairs took turns round by round, so each
+/// case's ratio is taken within each round (paired) and summarised.
+pub fn compare_paired(a: &crate::report::Report, b: &crate::report::Report, tolerance: f64) -> Comparison {
+    let cases: Vec<CaseComparison> = a
+        .cases
+        .iter()
+        .zip(&b.cases)
+        .map(|(ca, cb)| {
+            let (sa, sb) = (samples_of(ca), samples_of(cb));
+            let (ratio, interval, change) = match stats::paired_ratio(&sb, &sa) {
+                Some(r) => (r.mean, r.interval, stats::judge(r.mean, r.interval, tolerance)),
+                None => (f64::NAN, None, Change::Inconclusive),
+            };
+            CaseComparison { name: ca.name.clone(), a: sa, b: sb, ratio, interval, change }
+        })
+        .collect();
+    let regressed = cases.iter().any(|c| c.change == Change::Slower);
+    Comparison {
+        lab: a.lab.clone(),
+        a: format!("kernel {}", a.kernel),
+        b: format!("kernel {}", b.kernel),
+        tolerance,
+        cases,
+        regressed,
+    }
 }
 
 impl Comparison {

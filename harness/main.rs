@@ -36,9 +36,15 @@ enum Cmd {
         /// CPU acceleration: auto probes KVM by running a guest and falls back to TCG.
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
-        /// Boot this kernel (bzImage) instead of the image's; see README for its config.
-        #[arg(long)]
-        kernel: Option<PathBuf>,
+        /// Boot this kernel (bzImage) instead of the image's; see README for its
+        /// config. Given twice or more, each kernel gets its own pairs, the
+        /// kernels take turns in every round, and each later kernel is
+        /// compared with the first (exit 1 when one is significantly slower).
+        #[arg(long = "kernel")]
+        kernels: Vec<PathBuf>,
+        /// With several kernels: changes within this fraction do not count.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
         /// Run only the cases whose name contains this text.
         #[arg(long = "case")]
         case_filter: Option<String>,
@@ -138,12 +144,24 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run { lab, json, artifacts, accel, kernel, case_filter, timings, cold_boot, repeat, markdown } => run(
+            Cmd::Run {
                 lab,
-                Outputs { json, markdown, timings },
+                json,
+                artifacts,
+                accel,
+                kernels,
+                tolerance,
+                case_filter,
+                timings,
+                cold_boot,
+                repeat,
+                markdown,
+            } => run(
+                lab,
+                Outputs { json, markdown, timings, tolerance },
                 RunOptions {
                     accel,
-                    kernel,
+                    kernels,
                     case_filter,
                     artifacts,
                     images_dir: vlab::images_dir(),
@@ -157,7 +175,7 @@ fn main() -> ExitCode {
             Cmd::Bench { lab, runs, json, accel, case_filter, cold_boot } => {
                 let opts = RunOptions {
                     accel,
-                    kernel: None,
+                    kernels: Vec::new(),
                     case_filter,
                     artifacts: None,
                     images_dir: vlab::images_dir(),
@@ -298,32 +316,52 @@ struct Outputs {
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
     timings: bool,
+    /// Of the comparison of kernels.
+    tolerance: f64,
 }
 
 async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
     let lab = load_lab(&lab_path)?;
     check_host(&lab)?;
     check_case_filter(&lab, opts.case_filter.as_deref())?;
-    if let Some(kernel) = &opts.kernel {
+    for kernel in &opts.kernels {
         if !kernel.is_file() {
             eprintln!("vlab: --kernel {}: no such file", kernel.display());
             return Err(exit::INVALID_INPUT);
         }
     }
-    let progress = opts.progress.clone();
-    let report = supervised(&progress, async move { vlab::run::run(&lab, &opts).await }).await?;
-    print!("{}", report.table());
-    if out.timings {
-        print!("{}", report.timings_table());
+    if !(0.0..1.0).contains(&out.tolerance) {
+        eprintln!("vlab: --tolerance {}: use a fraction from 0 to below 1 (0.05 is 5 %)", out.tolerance);
+        return Err(exit::INVALID_INPUT);
     }
-    write_json(out.json.as_deref(), &report)?;
+    let progress = opts.progress.clone();
+    let reports = supervised(&progress, async move { vlab::run::run_kernels(&lab, &opts).await }).await?;
+    let mut markdown = String::new();
+    for report in &reports {
+        print!("{}", report.table());
+        if out.timings {
+            print!("{}", report.timings_table());
+        }
+        markdown.push_str(&report.markdown());
+    }
+    let comparisons: Vec<_> =
+        reports.iter().skip(1).map(|b| vlab::compare::compare_paired(&reports[0], b, out.tolerance)).collect();
+    for c in &comparisons {
+        print!("\n{}", c.table());
+        markdown.push_str(&format!("\n```\n{}```\n", c.table()));
+    }
+    match reports.len() {
+        1 => write_json(out.json.as_deref(), &reports[0])?,
+        _ => write_json(out.json.as_deref(), &serde_json::json!({ "reports": reports, "comparisons": comparisons }))?,
+    }
     if let Some(path) = &out.markdown {
-        std::fs::write(path, report.markdown()).map_err(|e| {
+        std::fs::write(path, markdown).map_err(|e| {
             eprintln!("vlab: cannot write {}: {e}", path.display());
             exit::COULD_NOT_RUN
         })?;
     }
-    Ok(if report.passed { exit::PASSED } else { exit::CHECK_FAILED })
+    let good = reports.iter().all(|r| r.passed) && !comparisons.iter().any(|c| c.regressed);
+    Ok(if good { exit::PASSED } else { exit::CHECK_FAILED })
 }
 
 async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {

@@ -1121,6 +1121,52 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
     assert!(stdout(&out).contains("x ["), "{}", stdout(&out));
 }
 
+/// Two kernels compared in one run (here the image's kernel twice, an A/A
+/// comparison): each gets its own pair, the pairs take turns every round,
+/// each kernel gets its report, and the comparison pairs B's samples with
+/// A's of the same round; the same kernel is no significant change.
+#[test]
+fn two_kernels_take_turns_and_are_compared_round_by_round() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
+    let kernel = image.kernel.to_str().unwrap().to_string();
+    let (json, artifacts) = (vlab.path("kernels.json"), vlab.path("artifacts"));
+    let args = [
+        "run",
+        "labs/baseline.toml",
+        "--case",
+        "path=container,family=ipv4",
+        "--repeat",
+        "2",
+        "--kernel",
+        &kernel,
+        "--kernel",
+        &kernel,
+        "--json",
+        json.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ];
+    let out = vlab.run_expecting(&args, &[], &[0]);
+    let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let reports = value["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in reports {
+        assert_eq!(r["cases"][0]["throughput"]["samples"].as_array().unwrap().len(), 2);
+        assert_eq!(r["vms"].as_array().unwrap().len(), 2, "a pair per kernel");
+    }
+    let c = &value["comparisons"][0]["cases"][0];
+    let (a, b) = (&reports[0]["cases"][0]["throughput"]["samples"], &reports[1]["cases"][0]["throughput"]["samples"]);
+    assert_eq!((&c["a"], &c["b"]), (a, b), "the comparison reads each kernel's samples");
+    assert_eq!(c["change"], "no-significant-change", "{}", stdout(&out));
+    for vm in ["host1", "host2"] {
+        for k in [1, 2] {
+            assert!(artifacts.join(format!("serial-{vm}-kernel{k}.log")).is_file(), "{vm} kernel {k}");
+        }
+    }
+}
+
 /// Each case's `vs_baseline` and `vs_no_filter` equal the ratio of
 /// iperf3's own receiver figures (its JSON among the artifacts) to those of
 /// its sibling case, and the reference cases, and cases whose sibling the

@@ -37,8 +37,10 @@ pub use boot::vhost_usable;
 pub struct RunOptions {
     /// Acceleration choice.
     pub accel: AccelChoice,
-    /// A kernel to boot instead of the image's (for bisecting).
-    pub kernel: Option<PathBuf>,
+    /// Kernels to boot instead of the image's (bisecting: one; comparing
+    /// kernels: each gets its own pairs, which take turns with the others'
+    /// in every round); empty: the image's.
+    pub kernels: Vec<PathBuf>,
     /// Only cases whose name contains this.
     pub case_filter: Option<String>,
     /// Where to keep the evidence.
@@ -53,7 +55,8 @@ pub struct RunOptions {
     pub repeat: u32,
 }
 
-/// What every boot of a run shares.
+/// What every boot of a run shares (one per kernel).
+#[derive(Clone)]
 struct Prepared {
     qemu: PathBuf,
     image: Image,
@@ -171,9 +174,11 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     }
     .with_context(|| format!("cannot build the image from {}", recipe.display()))?;
     variants::check_image(lab, &opts.images_dir)?;
-    let kernel = opts.kernel.clone().unwrap_or_else(|| image.kernel.clone());
-    if !kernel.is_file() {
-        bail!("kernel {} does not exist", kernel.display());
+    let kernel = opts.kernels.first().cloned().unwrap_or_else(|| image.kernel.clone());
+    for k in opts.kernels.iter().chain([&kernel]) {
+        if !k.is_file() {
+            bail!("kernel {} does not exist", k.display());
+        }
     }
     let image_s = clock.lap();
     progress.phase("probing acceleration");
@@ -196,7 +201,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
         accel,
         vhost: vhost_usable(),
         firmware: qemu::find_firmware(),
-        saved_states: !opts.cold_boot && opts.kernel.is_none(),
+        saved_states: !opts.cold_boot && opts.kernels.is_empty(),
         timing,
     };
     Ok((prepared, notice))
@@ -209,6 +214,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
 const PAIR_ATTEMPTS: u32 = 2;
 
 /// A boot group: the cases that share a booted pair, and how it is set up.
+#[derive(Clone)]
 struct Group {
     /// The lab with the group's overlay, and its first case's filter (the
     /// one the pair is deployed with).
@@ -369,6 +375,13 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
 /// hits every variant alike. With several pairs, those not running are
 /// paused (their vCPUs stopped), so that they take no CPU from the measured one.
 pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
+    Ok(run_kernels(lab, opts).await?.remove(0))
+}
+
+/// [`run`] with each of `opts.kernels` (or the image's kernel): every group
+/// gets a pair per kernel, the kernels' pairs of a group run one after the
+/// other in each round, and each kernel gets its report (in the order given).
+pub async fn run_kernels(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Report>> {
     let started = Instant::now();
     let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
     let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
@@ -377,22 +390,39 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
+    // One preparation per kernel: the first is the one probed.
+    let mut kernels = vec![prepared.clone()];
+    for k in opts.kernels.iter().skip(1) {
+        kernels.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+    }
+    // (kernel, group) in the order they take turns.
     let groups = groups(lab, cases);
-    let pausing = groups.len() > 1;
+    let mut slots: Vec<(usize, Group)> = Vec::new();
+    for group in groups {
+        for k in 0..kernels.len() {
+            let mut g = group.clone();
+            if kernels.len() > 1 {
+                g.label.push_str(&format!("-kernel{}", k + 1));
+            }
+            slots.push((k, g));
+        }
+    }
+    let pausing = slots.len() > 1;
     let mut faults = Vec::new();
     let mut pairs = Vec::new();
-    for group in &groups {
-        let pair = start_pair_again(group, &prepared, opts, &mut faults).await?;
+    for (k, group) in &slots {
+        let pair = start_pair_again(group, &kernels[*k], opts, &mut faults).await?;
         if pausing {
             pair.rt.pause().await?;
         }
         pairs.push(pair);
     }
-    // rounds[r][g]: group g's reports in round r.
+    // rounds[r][s]: slot s's reports in round r.
     let mut rounds: Vec<Vec<Vec<CaseReport>>> = Vec::new();
     for round in 1..=opts.repeat.max(1) {
         let mut this_round = Vec::new();
-        for (group, pair) in groups.iter().zip(pairs.iter_mut()) {
+        for ((k, group), pair) in slots.iter().zip(pairs.iter_mut()) {
+            let prepared = &kernels[*k];
             let mut attempt = 1;
             let reports = loop {
                 if pausing {
@@ -400,11 +430,11 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
                 }
                 match run_round(group, pair, opts, round).await {
                     Ok(reports) => break reports,
-                    Err(e) => match emulator_fault(&e, &prepared, &group.label) {
+                    Err(e) => match emulator_fault(&e, prepared, &group.label) {
                         Some((vm, line)) if attempt < PAIR_ATTEMPTS => {
                             note_fault(&vm, line, group, opts, &mut faults);
                             let timing = pair.timing.clone();
-                            *pair = start_pair_again(group, &prepared, opts, &mut faults).await?;
+                            *pair = start_pair_again(group, prepared, opts, &mut faults).await?;
                             pair.timing = timing;
                             attempt += 1;
                         }
@@ -420,33 +450,40 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
         rounds.push(this_round);
     }
     opts.progress.finish();
-    let mut per_round: Vec<Vec<CaseReport>> = rounds.into_iter().map(|r| r.into_iter().flatten().collect()).collect();
-    for cases in &mut per_round {
-        crate::report::compare_with(cases, Versus::Overlay, overlay::REFERENCE);
-        crate::report::compare_with(cases, Versus::Filter, filter::REFERENCE);
+    let mut reports = Vec::new();
+    for (k, prepared) in kernels.iter().enumerate() {
+        let mine: Vec<usize> = (0..slots.len()).filter(|s| slots[*s].0 == k).collect();
+        let mut per_round: Vec<Vec<CaseReport>> =
+            rounds.iter().map(|r| mine.iter().flat_map(|s| r[*s].clone()).collect()).collect();
+        for cases in &mut per_round {
+            crate::report::compare_with(cases, Versus::Overlay, overlay::REFERENCE);
+            crate::report::compare_with(cases, Versus::Filter, filter::REFERENCE);
+        }
+        let cases = crate::report::combine_repetitions(per_round);
+        let own: Vec<&Pair> = mine.iter().map(|s| &pairs[*s]).collect();
+        let kernel = own.first().map_or_else(|| prepared.image.kernel_release.clone(), |p| p.kernel.clone());
+        reports.push(Report {
+            lab: lab.name.clone(),
+            lab_file: lab.source.display().to_string(),
+            accel: prepared.accel.to_string(),
+            accel_notice: notice.clone(),
+            kernel,
+            qemu: qemu_version.clone(),
+            image: format!("{}-{}", prepared.image.name, prepared.image.key),
+            overlay: lab.overlay.clone(),
+            filter: lab.filter.clone(),
+            repeat: opts.repeat.max(1),
+            vms: own.iter().flat_map(|p| p.rt.vms.iter().map(|v| v.report.clone())).collect(),
+            passed: cases.iter().all(|c| c.passed),
+            summaries: summaries(lab, &cases),
+            cases,
+            ready: own.iter().flat_map(|p| p.ready.clone()).collect(),
+            emulator_faults: faults.clone(),
+            wall_s: started.elapsed().as_secs_f64(),
+            timing: RunTiming { boots: own.iter().map(|p| p.timing.clone()).collect(), ..prepared.timing.clone() },
+        });
     }
-    let cases = crate::report::combine_repetitions(per_round);
-    let kernel = pairs.first().map_or_else(|| prepared.image.kernel_release.clone(), |p| p.kernel.clone());
-    Ok(Report {
-        lab: lab.name.clone(),
-        lab_file: lab.source.display().to_string(),
-        accel: prepared.accel.to_string(),
-        accel_notice: notice,
-        kernel,
-        qemu: qemu_version,
-        image: format!("{}-{}", prepared.image.name, prepared.image.key),
-        overlay: lab.overlay.clone(),
-        filter: lab.filter.clone(),
-        repeat: opts.repeat.max(1),
-        vms: pairs.iter().flat_map(|p| p.rt.vms.iter().map(|v| v.report.clone())).collect(),
-        passed: cases.iter().all(|c| c.passed),
-        summaries: summaries(lab, &cases),
-        cases,
-        ready: pairs.iter().flat_map(|p| p.ready.clone()).collect(),
-        emulator_faults: faults,
-        wall_s: started.elapsed().as_secs_f64(),
-        timing: RunTiming { boots: pairs.iter().map(|p| p.timing.clone()).collect(), ..prepared.timing.clone() },
-    })
+    Ok(reports)
 }
 
 /// The tables the run's variants add for people, from their sections.
