@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod filter;
 pub mod guest;
 pub mod hostnet;
+pub mod html;
 pub mod image;
 pub mod lab;
 pub mod measure;

@@ -65,6 +65,11 @@ enum Cmd {
         /// Write the report as Markdown (a CI job summary) to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Write the report as one self-contained HTML page (a chart of the
+        /// cases' throughput with their intervals, the table, links to the
+        /// artifacts) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -156,9 +161,10 @@ fn main() -> ExitCode {
                 cold_boot,
                 repeat,
                 markdown,
+                html,
             } => run(
                 lab,
-                Outputs { json, markdown, timings, tolerance },
+                Outputs { json, markdown, html, timings, tolerance },
                 RunOptions {
                     accel,
                     kernels,
@@ -315,6 +321,7 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
 struct Outputs {
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
+    html: Option<PathBuf>,
     timings: bool,
     /// Of the comparison of kernels.
     tolerance: f64,
@@ -335,6 +342,7 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
         return Err(exit::INVALID_INPUT);
     }
     let progress = opts.progress.clone();
+    let artifacts = opts.artifacts.clone();
     let reports = supervised(&progress, async move { vlab::run::run_kernels(&lab, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
@@ -354,8 +362,12 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
         1 => write_json(out.json.as_deref(), &reports[0])?,
         _ => write_json(out.json.as_deref(), &serde_json::json!({ "reports": reports, "comparisons": comparisons }))?,
     }
-    if let Some(path) = &out.markdown {
-        std::fs::write(path, markdown).map_err(|e| {
+    let page = out.html.as_ref().map(|path| {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        (path, vlab::html::page(&reports, &comparisons, artifacts.as_deref(), &dir))
+    });
+    for (path, text) in [out.markdown.as_ref().map(|p| (p, markdown)), page].into_iter().flatten() {
+        std::fs::write(path, text).map_err(|e| {
             eprintln!("vlab: cannot write {}: {e}", path.display());
             exit::COULD_NOT_RUN
         })?;

@@ -1081,9 +1081,10 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
         .replace("[evpn]\nroute_server = \"host1\"\n", "")
         .replace("duration = \"5s\"", "duration = \"2s\"");
     std::fs::write(&lab, text).unwrap();
-    let markdown = vlab.path("summary.md");
-    let more = ["--repeat", "2", "--markdown", markdown.to_str().unwrap()];
+    let (markdown, html) = (vlab.path("summary.md"), vlab.path("report.html"));
+    let more = ["--repeat", "2", "--markdown", markdown.to_str().unwrap(), "--html", html.to_str().unwrap()];
     let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &more, &[], &[0]);
+    assert_page_renders(&vlab, &html, 2);
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("2 of 2 cases passed") && md.contains("2 repetitions"), "{md}");
     assert!(md.contains("| `overlay=vxlan` |") && md.contains("x [") && md.contains("baseline) | pass |"), "{md}");
@@ -1165,6 +1166,32 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
             assert!(artifacts.join(format!("serial-{vm}-kernel{k}.log")).is_file(), "{vm} kernel {k}");
         }
     }
+}
+
+/// Opens the HTML report in headless Chromium (Debian's, as `ci/setup`
+/// installs it) and checks what it rendered: the chart, one bar per case
+/// (the baseline's grey, the others blue), one whisker each, and a page that
+/// names nothing to fetch (its policy forbids fetching anyway).
+fn assert_page_renders(vlab: &Vlab, page: &Path, cases: usize) {
+    let html = std::fs::read_to_string(page).unwrap();
+    for attr in ["src=\"", "href=\"http", "url("] {
+        assert!(!html.contains(attr), "the page refers to something outside it: {attr}");
+    }
+    assert!(html.contains("Content-Security-Policy") && html.contains("default-src 'none'"));
+    let profile = vlab.path("chromium-profile");
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (ci/setup installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<svg") && dom.contains("Gbit/s"), "chromium rendered no chart: {}", stderr(&out));
+    let bars = dom.matches("fill=\"#4682B4\"").count() + dom.matches("fill=\"#A0A0A0\"").count();
+    assert_eq!(bars, cases, "one bar per case");
+    assert_eq!(dom.matches("fill=\"#A0A0A0\"").count(), 1, "the baseline's bar is marked");
+    assert!(dom.matches("stroke-width=\"2\"").count() >= 3 * cases, "a whisker per case");
 }
 
 /// Each case's `vs_baseline` and `vs_no_filter` equal the ratio of

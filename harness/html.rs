@@ -1,0 +1,215 @@
+//! `--html FILE`: a run as one self-contained page for people: per report
+//! (one per kernel) a chart like the study's figure (each case's median
+//! throughput as a bar, its 95 % interval as a whisker, the baseline's cases
+//! in grey), the table of cases with their ratios and verdicts, links to the
+//! artifacts, and the comparison of kernels when there is one. The chart is
+//! SVG drawn with plotters; the page loads nothing from anywhere (its
+//! Content-Security-Policy forbids it) and reads without network access.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::compare::Comparison;
+use crate::report::Report;
+use crate::stats::Change;
+
+/// One bar of the chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    /// The case.
+    pub label: String,
+    /// Median throughput, bit/s.
+    pub median: f64,
+    /// The whisker: the 95 % interval, else min and max, else the median.
+    pub low: f64,
+    pub high: f64,
+    /// A case of the reference overlay (`baseline`).
+    pub baseline: bool,
+}
+
+/// The fill of a case's bar and of a baseline case's bar.
+pub const BAR_FILL: RGBColor = RGBColor(70, 130, 180);
+pub const BASELINE_FILL: RGBColor = RGBColor(160, 160, 160);
+
+/// The bars of a report's cases.
+pub fn bars(report: &Report) -> Vec<Bar> {
+    report
+        .cases
+        .iter()
+        .map(|c| {
+            let (low, high) = match &c.throughput {
+                Some(s) => s.interval.map_or((s.min, s.max), |i| (i.low, i.high)),
+                None => (c.throughput_bps, c.throughput_bps),
+            };
+            let overlay = c.params.overlay.as_deref().unwrap_or(&report.overlay);
+            Bar {
+                label: c.name.clone(),
+                median: c.throughput_bps,
+                low,
+                high,
+                baseline: overlay == crate::overlay::REFERENCE,
+            }
+        })
+        .collect()
+}
+
+/// The chart of `bars` as SVG: bars numbered from 1 (the table below the
+/// chart names them), Gbit/s on the y axis.
+pub fn chart(title: &str, bars: &[Bar]) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let width = (120 + 70 * bars.len() as u32).max(480);
+        let root = SVGBackend::with_string(&mut svg, (width, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let top = bars.iter().map(|b| b.high.max(b.median)).fold(0.0, f64::max) / 1e9 * 1.15;
+        let n = bars.len() as u32;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d((1u32..n).into_segmented(), 0f64..top.max(0.01))
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc("Gbit/s")
+            .x_desc("case")
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => i.to_string(),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let gbit = |b: f64| b / 1e9;
+        for (baseline, fill) in [(true, BASELINE_FILL), (false, BAR_FILL)] {
+            let data = bars.iter().enumerate().filter(|(_, b)| b.baseline == baseline);
+            chart
+                .draw_series(
+                    Histogram::vertical(&chart)
+                        .style(fill.filled())
+                        .margin(12)
+                        .data(data.map(|(i, b)| (i as u32 + 1, gbit(b.median)))),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, b)| {
+                let x = SegmentValue::CenterOf(i as u32 + 1);
+                ErrorBar::new_vertical(x, gbit(b.low), gbit(b.median), gbit(b.high), BLACK.stroke_width(2), 10)
+            }))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The page: every report (one per kernel), the comparisons of kernels, and
+/// links into `artifacts` (relative to the page's directory when inside it).
+pub fn page(reports: &[Report], comparisons: &[Comparison], artifacts: Option<&Path>, page_dir: &Path) -> String {
+    let mut body = String::new();
+    for r in reports {
+        let passed = r.cases.iter().filter(|c| c.passed).count();
+        body.push_str(&format!(
+            "<h2>lab <code>{}</code>, kernel {}</h2>\n<p>{} of {} cases passed; QEMU {}, accel {}{}; {:.0} s.</p>\n",
+            escape(&r.lab),
+            escape(&r.kernel),
+            passed,
+            r.cases.len(),
+            escape(&r.qemu),
+            escape(&r.accel),
+            if r.repeat > 1 {
+                format!(", {} repetitions: bars are medians, whiskers 95 % intervals", r.repeat)
+            } else {
+                String::new()
+            },
+            r.wall_s
+        ));
+        let bars = bars(r);
+        match chart(&format!("{} (kernel {})", r.lab, r.kernel), &bars) {
+            Ok(svg) => body.push_str(&format!("<figure class=\"chart\">{svg}</figure>\n")),
+            Err(e) => body.push_str(&format!("<p>no chart: {}</p>\n", escape(&e))),
+        }
+        body.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>result</th><th>evidence</th></tr>\n");
+        for (i, c) in r.cases.iter().enumerate() {
+            let failed: Vec<String> = c.checks.iter().filter(|k| !k.passed).map(|k| escape(&k.name)).collect();
+            let result = if c.passed { "pass".to_string() } else { format!("<b>FAIL</b>: {}", failed.join(", ")) };
+            let evidence = artifacts.map_or(String::new(), |dir| {
+                let dir = dir.join(&c.name);
+                let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
+                format!("<a href=\"{}\">artifacts</a>", escape(&href))
+            });
+            body.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{evidence}</td></tr>\n",
+                i + 1,
+                escape(&c.name),
+                escape(&c.throughput_text())
+            ));
+        }
+        body.push_str("</table>\n");
+    }
+    for c in comparisons {
+        body.push_str(&format!("<h2>{} against {}</h2>\n<table>\n", escape(&c.b), escape(&c.a)));
+        body.push_str("<tr><th>case</th><th>ratio</th><th>95 % interval</th><th>verdict</th></tr>\n");
+        for case in &c.cases {
+            let interval = case.interval.map_or("-".to_string(), |i| format!("{:.2}-{:.2}", i.low, i.high));
+            let verdict = match case.change {
+                Change::Slower => "<b>slower</b>",
+                Change::Faster => "faster",
+                Change::NoSignificantChange => "no significant change",
+                Change::Inconclusive => "inconclusive",
+            };
+            body.push_str(&format!(
+                "<tr><td><code>{}</code></td><td>{:.2}x</td><td>{interval}</td><td>{verdict}</td></tr>\n",
+                escape(&case.name),
+                case.ratio
+            ));
+        }
+        body.push_str("</table>\n");
+    }
+    let title = reports.first().map_or("vlab".to_string(), |r| format!("vlab: {}", r.lab));
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n\
+         <title>{}</title>\n<style>\n\
+         body {{ font-family: sans-serif; margin: 2em; }}\n\
+         table {{ border-collapse: collapse; margin: 1em 0; }}\n\
+         td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}\n\
+         figure.chart {{ margin: 1em 0; }}\n\
+         </style>\n</head>\n<body>\n<h1>{}</h1>\n{body}<p>Receiver throughput as iperf3 measured it in the guests. \
+         Compare variants within one run, never figures across machines or days.</p>\n</body>\n</html>\n",
+        escape(&title),
+        escape(&title),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(label: &str, median: f64, interval: (f64, f64), baseline: bool) -> Bar {
+        Bar { label: label.into(), median, low: interval.0, high: interval.1, baseline }
+    }
+
+    /// One bar per case in its colour (the baseline's grey), one whisker each.
+    #[test]
+    fn the_chart_has_a_bar_and_a_whisker_per_case() {
+        let bars = [
+            bar("overlay=baseline", 2.0e9, (1.8e9, 2.3e9), true),
+            bar("overlay=vxlan", 0.4e9, (0.3e9, 0.5e9), false),
+            bar("overlay=swarm", 0.3e9, (0.25e9, 0.35e9), false),
+        ];
+        let svg = chart("overlays", &bars).unwrap();
+        let fill = |c: RGBColor| format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        assert_eq!(svg.matches(&fill(BAR_FILL)).count(), 2, "{svg}");
+        assert_eq!(svg.matches(&fill(BASELINE_FILL)).count(), 1, "{svg}");
+        // A whisker is a vertical line and two caps, in black, 2 px wide.
+        assert!(svg.matches("stroke-width=\"2\"").count() >= 3 * bars.len(), "{svg}");
+        assert!(svg.contains("Gbit/s"));
+    }
+}
