@@ -111,8 +111,17 @@ fn escape(s: &str) -> String {
 
 /// The page: every report (one per kernel), the comparisons of kernels, and
 /// links into `artifacts` (relative to the page's directory when inside it).
-pub fn page(reports: &[Report], comparisons: &[Comparison], artifacts: Option<&Path>, page_dir: &Path) -> String {
+/// `title` heads it (a study's name, else the lab's).
+pub fn page(
+    title: &str,
+    reports: &[Report],
+    comparisons: &[Comparison],
+    artifacts: Option<&Path>,
+    page_dir: &Path,
+) -> String {
     let mut body = String::new();
+    // A study keeps each lab's evidence in a directory of its own.
+    let study = reports.iter().any(|r| r.lab != reports[0].lab);
     for r in reports {
         let passed = r.cases.iter().filter(|c| c.passed).count();
         body.push_str(&format!(
@@ -140,7 +149,7 @@ pub fn page(reports: &[Report], comparisons: &[Comparison], artifacts: Option<&P
             let failed: Vec<String> = c.checks.iter().filter(|k| !k.passed).map(|k| escape(&k.name)).collect();
             let result = if c.passed { "pass".to_string() } else { format!("<b>FAIL</b>: {}", failed.join(", ")) };
             let evidence = artifacts.map_or(String::new(), |dir| {
-                let dir = dir.join(&c.name);
+                let dir = if study { dir.join(&r.lab) } else { dir.to_path_buf() }.join(&c.name);
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
                 format!("<a href=\"{}\">artifacts</a>", escape(&href))
             });
@@ -172,7 +181,7 @@ pub fn page(reports: &[Report], comparisons: &[Comparison], artifacts: Option<&P
         }
         body.push_str("</table>\n");
     }
-    let title = reports.first().map_or("vlab".to_string(), |r| format!("vlab: {}", r.lab));
+    let title = format!("vlab: {title}");
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n\

@@ -32,6 +32,7 @@ pub mod qemu;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod study;
 pub mod ui;
 pub mod variants;
 

@@ -327,10 +327,45 @@ struct Outputs {
     tolerance: f64,
 }
 
+/// What `vlab run` was given: a lab, or a study of several.
+enum Runs {
+    Lab(Box<Lab>),
+    Study(vlab::study::Study),
+}
+
+/// Reads a lab file or a study file (one that lists `[[lab]]` tables).
+fn load_runs(path: &Path) -> Result<Runs, u8> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    if !vlab::study::is_study(&text) {
+        return load_lab(path).map(|l| Runs::Lab(Box::new(l)));
+    }
+    vlab::study::load(path).map(Runs::Study).map_err(|e| {
+        eprintln!("vlab: invalid study: {e}");
+        exit::INVALID_INPUT
+    })
+}
+
 async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
-    let lab = load_lab(&lab_path)?;
-    check_host(&lab)?;
-    check_case_filter(&lab, opts.case_filter.as_deref())?;
+    let runs = load_runs(&lab_path)?;
+    let (title, mut labs): (String, Vec<(Lab, Vec<vlab::lab::Case>)>) = match runs {
+        Runs::Lab(lab) => {
+            check_case_filter(&lab, opts.case_filter.as_deref())?;
+            let cases = lab.cases();
+            (lab.name.clone(), vec![(*lab, cases)])
+        }
+        Runs::Study(study) => (format!("study {}", study.name), study.labs),
+    };
+    for (lab, cases) in &mut labs {
+        check_host(lab)?;
+        if let Some(f) = opts.case_filter.as_deref() {
+            cases.retain(|c| c.name.contains(f));
+        }
+    }
+    labs.retain(|(_, cases)| !cases.is_empty());
+    if labs.is_empty() {
+        eprintln!("vlab: --case {:?} matches no case of the study", opts.case_filter.as_deref().unwrap_or(""));
+        return Err(exit::INVALID_INPUT);
+    }
     for kernel in &opts.kernels {
         if !kernel.is_file() {
             eprintln!("vlab: --kernel {}: no such file", kernel.display());
@@ -343,7 +378,7 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
     }
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
-    let reports = supervised(&progress, async move { vlab::run::run_kernels(&lab, &opts).await }).await?;
+    let reports = supervised(&progress, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
         print!("{}", report.table());
@@ -352,8 +387,15 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
         }
         markdown.push_str(&report.markdown());
     }
-    let comparisons: Vec<_> =
-        reports.iter().skip(1).map(|b| vlab::compare::compare_paired(&reports[0], b, out.tolerance)).collect();
+    // Each lab's later kernels against its first.
+    let comparisons: Vec<_> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            let a = reports.iter().find(|a| a.lab == b.lab)?;
+            (!std::ptr::eq(a, &reports[i])).then(|| vlab::compare::compare_paired(a, b, out.tolerance))
+        })
+        .collect();
     for c in &comparisons {
         print!("\n{}", c.table());
         markdown.push_str(&format!("\n```\n{}```\n", c.table()));
@@ -364,7 +406,7 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
     }
     let page = out.html.as_ref().map(|path| {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        (path, vlab::html::page(&reports, &comparisons, artifacts.as_deref(), &dir))
+        (path, vlab::html::page(&title, &reports, &comparisons, artifacts.as_deref(), &dir))
     });
     for (path, text) in [out.markdown.as_ref().map(|p| (p, markdown)), page].into_iter().flatten() {
         std::fs::write(path, text).map_err(|e| {

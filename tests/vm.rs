@@ -1084,7 +1084,7 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
     let (markdown, html) = (vlab.path("summary.md"), vlab.path("report.html"));
     let more = ["--repeat", "2", "--markdown", markdown.to_str().unwrap(), "--html", html.to_str().unwrap()];
     let (report, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &more, &[], &[0]);
-    assert_page_renders(&vlab, &html, 2);
+    assert_page_renders(&vlab, &html, 2, 1);
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("2 of 2 cases passed") && md.contains("2 repetitions"), "{md}");
     assert!(md.contains("| `overlay=vxlan` |") && md.contains("x [") && md.contains("baseline) | pass |"), "{md}");
@@ -1168,11 +1168,62 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
     }
 }
 
+/// The study, shortened (one repetition, 2 s cases): the pairs of all its
+/// labs take turns, every case passes, each lab keeps its evidence apart,
+/// the page has a chart per lab; the verdicts are snapshotted.
+#[test]
+fn the_study_runs_every_variant_side_by_side() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let study = tempfile::Builder::new().prefix(".vm-study-").suffix(".toml").tempfile_in(repo("labs")).unwrap();
+    let text =
+        std::fs::read_to_string(repo("labs/study.toml")).unwrap().replace("duration = \"5s\"", "duration = \"2s\"");
+    std::fs::write(study.path(), text).unwrap();
+    let (json, html, artifacts) = (vlab.path("study.json"), vlab.path("study.html"), vlab.path("artifacts"));
+    let args = [
+        "run",
+        study.path().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ];
+    vlab.run_expecting(&args, &[], &[0]);
+    let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let reports = value["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 7, "a report per lab");
+    let mut cases = 0;
+    let verdicts: Vec<Value> = reports
+        .iter()
+        .map(|r| {
+            let lab = r["lab"].as_str().unwrap();
+            let first = r["cases"][0]["name"].as_str().unwrap();
+            assert!(artifacts.join(lab).join(first).join("iperf3-client.json").is_file(), "{lab}/{first}");
+            let list: Vec<Value> = r["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    cases += 1;
+                    serde_json::json!({"case": c["name"], "checks": checks_and_captures(c).0})
+                })
+                .collect();
+            serde_json::json!({"lab": lab, "cases": list})
+        })
+        .collect();
+    assert_eq!(cases, 17);
+    // Grey: the baseline's cases (filters' two, nic-matrix's one).
+    assert_page_renders(&vlab, &html, cases, 3);
+    insta::assert_json_snapshot!("study-verdicts", verdicts);
+}
+
 /// Opens the HTML report in headless Chromium (Debian's, as `ci/setup`
 /// installs it) and checks what it rendered: the chart, one bar per case
 /// (the baseline's grey, the others blue), one whisker each, and a page that
 /// names nothing to fetch (its policy forbids fetching anyway).
-fn assert_page_renders(vlab: &Vlab, page: &Path, cases: usize) {
+fn assert_page_renders(vlab: &Vlab, page: &Path, cases: usize, baseline_cases: usize) {
     let html = std::fs::read_to_string(page).unwrap();
     for attr in ["src=\"", "href=\"http", "url("] {
         assert!(!html.contains(attr), "the page refers to something outside it: {attr}");
@@ -1190,7 +1241,7 @@ fn assert_page_renders(vlab: &Vlab, page: &Path, cases: usize) {
     assert!(dom.contains("<svg") && dom.contains("Gbit/s"), "chromium rendered no chart: {}", stderr(&out));
     let bars = dom.matches("fill=\"#4682B4\"").count() + dom.matches("fill=\"#A0A0A0\"").count();
     assert_eq!(bars, cases, "one bar per case");
-    assert_eq!(dom.matches("fill=\"#A0A0A0\"").count(), 1, "the baseline's bar is marked");
+    assert_eq!(dom.matches("fill=\"#A0A0A0\"").count(), baseline_cases, "the baseline's bars are marked");
     assert!(dom.matches("stroke-width=\"2\"").count() >= 3 * cases, "a whisker per case");
 }
 

@@ -153,12 +153,18 @@ fn selected_cases(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Case>> {
     if cases.is_empty() {
         bail!("no case matches --case {:?}", opts.case_filter.as_deref().unwrap_or(""));
     }
+    Ok(cases)
+}
+
+/// The host functions that vfio NICs of `lab` and its `cases` pass through
+/// must be there and bound to vfio-pci.
+fn check_vfio_nics(lab: &Lab, cases: &[Case]) -> anyhow::Result<()> {
     for nic in lab.vms.iter().map(|v| &v.nic).chain(cases.iter().filter_map(|c| c.params.nic.as_ref())) {
         if let (NicModel::Vfio, Some(host)) = (nic.model, &nic.host) {
             qemu::check_vfio(host).map_err(|why| anyhow::anyhow!("vfio NIC: {why}"))?;
         }
     }
-    Ok(cases)
+    Ok(())
 }
 
 /// Builds (or finds) the image, checks it has what the lab's variants need,
@@ -223,6 +229,8 @@ struct Group {
     cases: Vec<Case>,
     /// Distinguishes its serial logs from other pairs' (empty with one).
     label: String,
+    /// Where its cases keep their evidence (a directory per lab in a study).
+    artifacts: Option<PathBuf>,
 }
 
 /// A group's pair, booted and deployed, and what it has measured.
@@ -251,7 +259,7 @@ fn groups(lab: &Lab, cases: Vec<Case>) -> Vec<Group> {
             }
             let group_lab = overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
             let group_lab = group_lab.with_filter(cases[0].params.filter(&group_lab));
-            Group { lab: group_lab, nic, cases, label }
+            Group { lab: group_lab, nic, cases, label, artifacts: None }
         })
         .collect()
 }
@@ -333,8 +341,8 @@ async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> an
 /// filters between cases as they need; returns their reports.
 async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32) -> anyhow::Result<Vec<CaseReport>> {
     let artifacts = match round {
-        1 => opts.artifacts.clone(),
-        r => opts.artifacts.as_ref().map(|d| d.join(format!("repeat-{r}"))),
+        1 => group.artifacts.clone(),
+        r => group.artifacts.as_ref().map(|d| d.join(format!("repeat-{r}"))),
     };
     let outcome = async {
         let mut reports = Vec::new();
@@ -382,36 +390,57 @@ pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
 /// gets a pair per kernel, the kernels' pairs of a group run one after the
 /// other in each round, and each kernel gets its report (in the order given).
 pub async fn run_kernels(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Report>> {
+    let cases = selected_cases(lab, opts)?;
+    run_labs(&[(lab.clone(), cases)], opts).await
+}
+
+/// Several labs in one run (a study), each with the cases to run: all their
+/// pairs take turns in every round. Returns a report per lab and kernel,
+/// lab by lab.
+pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::Result<Vec<Report>> {
     let started = Instant::now();
     let qemu_bin = qemu::find_qemu().map_err(anyhow::Error::msg)?;
     let qemu_version = qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
-    let cases = selected_cases(lab, opts)?;
-    let (prepared, notice) = prepare(lab, opts, qemu_bin).await?;
     if let Some(dir) = &opts.artifacts {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     }
-    // One preparation per kernel: the first is the one probed.
-    let mut kernels = vec![prepared.clone()];
-    for k in opts.kernels.iter().skip(1) {
-        kernels.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+    // (lab, kernel) preparations: the image and the probe are cached after
+    // the first; each kernel but the first is booted as given.
+    let mut kernels: Vec<Vec<Prepared>> = Vec::new();
+    let mut notice = None;
+    for (lab, cases) in labs {
+        check_vfio_nics(lab, cases)?;
+        let (prepared, n) = prepare(lab, opts, qemu_bin.clone()).await?;
+        notice = notice.or(n);
+        let mut mine = vec![prepared.clone()];
+        for k in opts.kernels.iter().skip(1) {
+            mine.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+        }
+        kernels.push(mine);
     }
-    // (kernel, group) in the order they take turns.
-    let groups = groups(lab, cases);
-    let mut slots: Vec<(usize, Group)> = Vec::new();
-    for group in groups {
-        for k in 0..kernels.len() {
-            let mut g = group.clone();
-            if kernels.len() > 1 {
-                g.label.push_str(&format!("-kernel{}", k + 1));
+    // (lab, kernel, group) in the order they take turns.
+    let mut slots: Vec<(usize, usize, Group)> = Vec::new();
+    for (l, (lab, cases)) in labs.iter().enumerate() {
+        for group in groups(lab, cases.clone()) {
+            for k in 0..kernels[l].len() {
+                let mut g = group.clone();
+                g.artifacts = opts.artifacts.clone();
+                if labs.len() > 1 {
+                    g.label = format!("-{}{}", lab.name, g.label);
+                    g.artifacts = opts.artifacts.as_ref().map(|d| d.join(&lab.name));
+                }
+                if kernels[l].len() > 1 {
+                    g.label.push_str(&format!("-kernel{}", k + 1));
+                }
+                slots.push((l, k, g));
             }
-            slots.push((k, g));
         }
     }
     let pausing = slots.len() > 1;
     let mut faults = Vec::new();
     let mut pairs = Vec::new();
-    for (k, group) in &slots {
-        let pair = start_pair_again(group, &kernels[*k], opts, &mut faults).await?;
+    for (l, k, group) in &slots {
+        let pair = start_pair_again(group, &kernels[*l][*k], opts, &mut faults).await?;
         if pausing {
             pair.rt.pause().await?;
         }
@@ -421,8 +450,8 @@ pub async fn run_kernels(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Rep
     let mut rounds: Vec<Vec<Vec<CaseReport>>> = Vec::new();
     for round in 1..=opts.repeat.max(1) {
         let mut this_round = Vec::new();
-        for ((k, group), pair) in slots.iter().zip(pairs.iter_mut()) {
-            let prepared = &kernels[*k];
+        for ((l, k, group), pair) in slots.iter().zip(pairs.iter_mut()) {
+            let prepared = &kernels[*l][*k];
             let mut attempt = 1;
             let reports = loop {
                 if pausing {
@@ -451,8 +480,11 @@ pub async fn run_kernels(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Vec<Rep
     }
     opts.progress.finish();
     let mut reports = Vec::new();
-    for (k, prepared) in kernels.iter().enumerate() {
-        let mine: Vec<usize> = (0..slots.len()).filter(|s| slots[*s].0 == k).collect();
+    for ((l, k), prepared) in
+        kernels.iter().enumerate().flat_map(|(l, ks)| ks.iter().enumerate().map(move |(k, p)| ((l, k), p)))
+    {
+        let lab = &labs[l].0;
+        let mine: Vec<usize> = (0..slots.len()).filter(|s| (slots[*s].0, slots[*s].1) == (l, k)).collect();
         let mut per_round: Vec<Vec<CaseReport>> =
             rounds.iter().map(|r| mine.iter().flat_map(|s| r[*s].clone()).collect()).collect();
         for cases in &mut per_round {
