@@ -180,10 +180,8 @@ impl Comparison {
         for c in &self.cases {
             let interval = c.interval.map_or("-".to_string(), |i| format!("[{:.2}, {:.2}]", i.low, i.high));
             let verdict = match c.change {
-                Change::Slower => "SLOWER",
-                Change::Faster => "faster",
-                Change::NoSignificantChange => "no significant change",
-                Change::Inconclusive => "inconclusive (a side has one sample or none)",
+                Change::Slower => "SLOWER".to_string(),
+                other => other.describe().to_string(),
             };
             s.push_str(&format!(
                 "{:<width$}  {:>3}/{:<3}  {:>5.2}x  {:>15}  {verdict}\n",

@@ -168,10 +168,8 @@ pub fn page(
         for case in &c.cases {
             let interval = case.interval.map_or("-".to_string(), |i| format!("{:.2}-{:.2}", i.low, i.high));
             let verdict = match case.change {
-                Change::Slower => "<b>slower</b>",
-                Change::Faster => "faster",
-                Change::NoSignificantChange => "no significant change",
-                Change::Inconclusive => "inconclusive",
+                Change::Slower => format!("<b>{}</b>", Change::Slower.describe()),
+                other => other.describe().to_string(),
             };
             body.push_str(&format!(
                 "<tr><td><code>{}</code></td><td>{:.2}x</td><td>{interval}</td><td>{verdict}</td></tr>\n",

@@ -133,6 +133,18 @@ pub enum Change {
     Inconclusive,
 }
 
+impl Change {
+    /// The verdict in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Change::Slower => "slower",
+            Change::Faster => "faster",
+            Change::NoSignificantChange => "no significant change",
+            Change::Inconclusive => "inconclusive (a side has one sample or none)",
+        }
+    }
+}
+
 /// Judges `ratio` (B over A) with its interval against `tolerance` (0.05:
 /// changes within 5 % do not count).
 pub fn judge(ratio: f64, interval: Option<Interval>, tolerance: f64) -> Change {

@@ -37,36 +37,32 @@ fn compare(a: &Path, b: &Path, more: &[&str]) -> (i32, String, serde_json::Value
 
 const A: &[f64] = &[1000.0, 1100.0, 900.0, 1050.0];
 
+/// Compares A (every case at `A`) with B's cases; the exit code, the output
+/// and each case's verdict.
+fn verdicts(b_cases: &[(&str, &[f64])]) -> (i32, String, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let a_cases: Vec<(&str, &[f64])> = b_cases.iter().map(|(name, _)| (*name, A)).collect();
+    let a = report(dir.path(), "a.json", "baseline", &a_cases);
+    let b = report(dir.path(), "b.json", "baseline", b_cases);
+    let (code, text, value) = compare(&a, &b, &[]);
+    let changes = value["cases"].as_array().unwrap().iter().map(|c| c["change"].clone()).collect();
+    (code, text, changes)
+}
+
 #[test]
 fn a_clear_regression_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = report(dir.path(), "a.json", "baseline", &[("c", A), ("d", A)]);
-    let b = report(
-        dir.path(),
-        "b.json",
-        "baseline",
-        &[("c", &[500.0, 560.0, 450.0, 520.0]), ("d", &[990.0, 1120.0, 880.0, 1040.0])],
-    );
-    let (code, text, value) = compare(&a, &b, &[]);
+    let (code, text, changes) =
+        verdicts(&[("c", &[500.0, 560.0, 450.0, 520.0]), ("d", &[990.0, 1120.0, 880.0, 1040.0])]);
     assert_eq!(code, 1, "{text}");
-    let changes: Vec<_> = value["cases"].as_array().unwrap().iter().map(|c| c["change"].clone()).collect();
     assert_eq!(changes, [json!("slower"), json!("no-significant-change")], "{text}");
     assert!(text.contains("SLOWER"), "{text}");
 }
 
 #[test]
 fn a_clear_gain_and_noise_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = report(dir.path(), "a.json", "baseline", &[("gain", A), ("noise", A)]);
-    let b = report(
-        dir.path(),
-        "b.json",
-        "baseline",
-        &[("gain", &[1500.0, 1600.0, 1400.0, 1620.0]), ("noise", &[950.0, 1200.0, 850.0, 1040.0])],
-    );
-    let (code, text, value) = compare(&a, &b, &[]);
+    let (code, text, changes) =
+        verdicts(&[("gain", &[1500.0, 1600.0, 1400.0, 1620.0]), ("noise", &[950.0, 1200.0, 850.0, 1040.0])]);
     assert_eq!(code, 0, "{text}");
-    let changes: Vec<_> = value["cases"].as_array().unwrap().iter().map(|c| c["change"].clone()).collect();
     assert_eq!(changes, [json!("faster"), json!("no-significant-change")], "{text}");
 }
 
