@@ -697,15 +697,21 @@ fn a_guest_that_never_reaches_its_init_is_booted_again() {
 /// Runs the baseline lab's first case with host2's first boot crashing two
 /// seconds after its init started, its console ending in `oops`
 /// (tests/fixtures/console); returns what `codes` allows.
-fn crashed_once(vlab: &Vlab, oops: &str, codes: &[i32]) -> Output {
+fn crashed_once(vlab: &Vlab, oops: &str, after_s: u32, codes: &[i32]) -> Output {
     let state = vlab.path("state");
     std::fs::create_dir_all(&state).unwrap();
     let qemu = repo("tests/fixtures/qemu-crash-once");
-    let json = vlab.path("report.json");
+    let (json, artifacts) = (vlab.path("report.json"), vlab.path("artifacts"));
     let args = ["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--cold-boot"];
-    let env =
-        [("VLAB_QEMU", qemu.as_os_str()), ("VLAB_TEST_STATE", state.as_os_str()), ("VLAB_TEST_OOPS", oops.as_ref())];
-    vlab.run_expecting(&[&args[..], &["--json", json.to_str().unwrap()]].concat(), &env, codes)
+    let after = after_s.to_string();
+    let env = [
+        ("VLAB_QEMU", qemu.as_os_str()),
+        ("VLAB_TEST_STATE", state.as_os_str()),
+        ("VLAB_TEST_OOPS", oops.as_ref()),
+        ("VLAB_TEST_CRASH_AFTER", after.as_ref()),
+    ];
+    let more = ["--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()];
+    vlab.run_expecting(&[&args[..], &more].concat(), &env, codes)
 }
 
 /// A program of the lab's own that the verifier refuses (it reads the packet
@@ -748,11 +754,17 @@ fn a_program_the_verifier_refuses_is_exit_125_with_its_log() {
     assert!(artifacts.join("cilium-style/source.c").is_file(), "the program is kept with the evidence");
 }
 
-#[test]
-fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again() {
+/// Two seconds after its init starts the guest is still being deployed;
+/// nine seconds after, its pair is running the case.
+#[rstest::rstest]
+#[case::while_deploying(2)]
+#[case::during_the_case(9)]
+fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again(#[case] after_s: u32) {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = crashed_once(&vlab, "stale-int3.log", &[0]);
+    let out = crashed_once(&vlab, "stale-int3.log", after_s, &[0]);
+    let kept = std::fs::read_to_string(vlab.path("artifacts").join("serial-host2-stale-int3.log")).unwrap();
+    assert!(kept.contains("Oops: int3"), "the crashed console is kept aside: {kept}");
     let notice = "`host2` crashed on an emulator fault: Oops: int3 at kfree+0xa0/0x350";
     assert!(stderr(&out).contains(notice), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&std::fs::read(vlab.path("report.json")).unwrap()).unwrap();
@@ -768,7 +780,7 @@ fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again() {
 fn a_guest_that_trips_on_an_int3_in_memory_fails_the_run() {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = crashed_once(&vlab, "int3-in-memory.log", &[125]);
+    let out = crashed_once(&vlab, "int3-in-memory.log", 2, &[125]);
     let err = stderr(&out);
     assert!(err.contains("QEMU of `host2` exited") && err.contains("Oops: int3"), "{err}");
     assert!(!err.contains("emulator fault"), "{err}");

@@ -68,10 +68,7 @@ pub(super) struct LabRuntime {
 
 impl Drop for LabRuntime {
     fn drop(&mut self) {
-        for vm in &mut self.vms {
-            vm.qemu.stop();
-            keep_serial_log(self.artifacts.as_deref(), &vm.report.name, &self.boot_label, &vm.qemu);
-        }
+        self.stop();
     }
 }
 
@@ -85,6 +82,16 @@ fn keep_serial_log(artifacts: Option<&Path>, vm: &str, boot_label: &str, qemu: &
 impl LabRuntime {
     pub fn vm(&self, name: &str) -> &BootedVm {
         self.vms.iter().find(|v| v.report.name == name).expect("validated VM name")
+    }
+
+    /// Stops every QEMU and keeps the guests' consoles among the artifacts
+    /// (what dropping it does; a pair replaced after a crash does it first,
+    /// so that the crashed console can be kept aside).
+    pub fn stop(&mut self) {
+        for vm in &mut self.vms {
+            vm.qemu.stop();
+            keep_serial_log(self.artifacts.as_deref(), &vm.report.name, &self.boot_label, &vm.qemu);
+        }
     }
 
     /// Stops every VM's vCPUs (QMP `stop`): a paused pair takes no CPU from

@@ -461,6 +461,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
                     Ok(reports) => break reports,
                     Err(e) => match emulator_fault(&e, prepared, &group.label) {
                         Some((vm, line)) if attempt < PAIR_ATTEMPTS => {
+                            pair.rt.stop();
                             note_fault(&vm, line, group, opts, &mut faults);
                             let timing = pair.timing.clone();
                             *pair = start_pair_again(group, prepared, opts, &mut faults).await?;
