@@ -146,7 +146,7 @@ pub fn page(
         }
         body.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>result</th><th>evidence</th></tr>\n");
         for (i, c) in r.cases.iter().enumerate() {
-            let failed: Vec<String> = c.checks.iter().filter(|k| !k.passed).map(|k| escape(&k.name)).collect();
+            let failed: Vec<String> = c.failed_checks().into_iter().map(escape).collect();
             let result = if c.passed { "pass".to_string() } else { format!("<b>FAIL</b>: {}", failed.join(", ")) };
             let evidence = artifacts.map_or(String::new(), |dir| {
                 let dir = if study { dir.join(&r.lab) } else { dir.to_path_buf() }.join(&c.name);

@@ -158,7 +158,7 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
                 .map(|r| Repetition {
                     throughput_bps: r.throughput_bps,
                     passed: r.passed,
-                    failed_checks: r.checks.iter().filter(|k| !k.passed).map(|k| k.name.clone()).collect(),
+                    failed_checks: r.failed_checks().into_iter().map(String::from).collect(),
                 })
                 .collect();
             c.passed = all.iter().all(|r| r.passed);
@@ -168,6 +168,11 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
 }
 
 impl CaseReport {
+    /// The names of its checks that failed.
+    pub fn failed_checks(&self) -> Vec<&str> {
+        self.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect()
+    }
+
     /// Its throughput, with its ratios to the baseline overlay and to no
     /// filter when the run has them: `2.04 Gbit/s (0.84x no filter)`.
     /// With repetitions, the median and the ratios' geometric means each
@@ -485,7 +490,7 @@ impl Report {
             "case", "throughput", "retrans", "cpu c/s %"
         ));
         for (c, throughput) in self.cases.iter().zip(throughputs) {
-            let failed: Vec<&str> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect();
+            let failed = c.failed_checks();
             s.push_str(&format!(
                 "{:<width$}  {:>tp$}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
@@ -553,7 +558,7 @@ impl Report {
         if !failed.is_empty() {
             s.push_str("\nFailed checks:\n\n");
             for c in failed {
-                let mut names: Vec<String> = c.checks.iter().filter(|k| !k.passed).map(|k| k.name.clone()).collect();
+                let mut names: Vec<String> = c.failed_checks().into_iter().map(String::from).collect();
                 for (n, r) in c.repetitions.iter().enumerate().skip(1).filter(|(_, r)| !r.passed) {
                     names.push(format!("repetition {}: {}", n + 1, r.failed_checks.join(", ")));
                 }

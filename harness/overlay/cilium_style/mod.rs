@@ -454,10 +454,16 @@ fn verdict(lab: &Lab, ids: &BTreeMap<String, u32>, e: &CaseEvidence) -> (Vec<Che
     // The client opens every connection: what the server sends back is
     // tracked as replies on both VMs.
     let (server_vm, client_vm) = (&e.ends[0].vm, &e.ends[1].vm);
-    let sent = metric(e, client_vm, "to_overlay");
-    let replies = metric(e, client_vm, "ct_reply");
-    let (back, back_replies) = (metric(e, server_vm, "to_overlay"), metric(e, server_vm, "reply_to_overlay"));
-    let established = metric(e, server_vm, "ct_established");
+    let metrics: Vec<VmMetrics> =
+        lab.vms.iter().map(|vm| VmMetrics { vm: vm.name.clone(), metrics: metrics_of(e, &vm.name) }).collect();
+    let packets = |vm: &str, name: &str| {
+        let of_vm = metrics.iter().find(|m| m.vm == vm);
+        of_vm.and_then(|m| m.metrics.get(name)).map_or(0, |c| c.packets)
+    };
+    let sent = packets(client_vm, "to_overlay");
+    let replies = packets(client_vm, "ct_reply");
+    let (back, back_replies) = (packets(server_vm, "to_overlay"), packets(server_vm, "reply_to_overlay"));
+    let established = packets(server_vm, "ct_established");
     checks.push(Check::new(
         "cilium-style: the programs carried the flow, tracked both ways",
         sent > 0 && established > 0 && back > 0 && back_replies > 0 && replies > 0,
@@ -468,7 +474,5 @@ fn verdict(lab: &Lab, ids: &BTreeMap<String, u32>, e: &CaseEvidence) -> (Vec<Che
         ),
     ));
     let enforced = enforced_on(lab, &e.outputs, |vm| artifact("vlab_enforced", vm));
-    let metrics =
-        lab.vms.iter().map(|vm| VmMetrics { vm: vm.name.clone(), metrics: metrics_of(e, &vm.name) }).collect();
     (checks, CiliumSection { identities: ids.clone(), vnis, enforced, metrics })
 }
