@@ -1137,7 +1137,10 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
 /// Two kernels compared in one run (here the image's kernel twice, an A/A
 /// comparison): each gets its own pair, the pairs take turns every round,
 /// each kernel gets its report, and the comparison pairs B's samples with
-/// A's of the same round; the same kernel is no significant change.
+/// A's of the same round. Two pairs of one kernel may differ for good under
+/// TCG (one CI run measured 1.16x [1.04, 1.28] from two rounds), so the A/A
+/// verdict is judged with a 30 % tolerance: what the test holds is that the
+/// ratio is the paired one and the same kernel is not judged a change.
 #[test]
 fn two_kernels_take_turns_and_are_compared_round_by_round() {
     let _one = lock();
@@ -1156,6 +1159,8 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
         &kernel,
         "--kernel",
         &kernel,
+        "--tolerance",
+        "0.3",
         "--json",
         json.to_str().unwrap(),
         "--artifacts",
@@ -1172,6 +1177,11 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
     let c = &value["comparisons"][0]["cases"][0];
     let (a, b) = (&reports[0]["cases"][0]["throughput"]["samples"], &reports[1]["cases"][0]["throughput"]["samples"]);
     assert_eq!((&c["a"], &c["b"]), (a, b), "the comparison reads each kernel's samples");
+    let sample = |v: &Value, i: usize| v[i].as_f64().unwrap();
+    let paired = (sample(b, 0) / sample(a, 0) * sample(b, 1) / sample(a, 1)).sqrt();
+    let ratio = c["ratio"].as_f64().unwrap();
+    assert!((ratio - paired).abs() < 1e-9 * paired, "{ratio} is the geometric mean of the rounds' ratios, {paired}");
+    assert_eq!(value["comparisons"][0]["tolerance"], 0.3);
     assert_eq!(c["change"], "no-significant-change", "{}", stdout(&out));
     for vm in ["host1", "host2"] {
         for k in [1, 2] {

@@ -337,16 +337,18 @@ async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> an
     Ok(Pair { rt, case_lab: lab.clone(), timing, ready, kernel })
 }
 
-/// Runs a group's cases once on its pair (round `round`, from 1), switching
-/// filters between cases as they need; returns their reports.
+/// Runs a group's cases once on its pair (round `round`, from 1, in the
+/// round's [`turns`]), switching filters between cases as they need; returns
+/// their reports in the group's order.
 async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32) -> anyhow::Result<Vec<CaseReport>> {
     let artifacts = match round {
         1 => group.artifacts.clone(),
         r => group.artifacts.as_ref().map(|d| d.join(format!("repeat-{r}"))),
     };
     let outcome = async {
-        let mut reports = Vec::new();
-        for case in &group.cases {
+        let mut reports = vec![None; group.cases.len()];
+        for c in turns(group.cases.len(), round) {
+            let case = &group.cases[c];
             let filter = case.params.filter(&group.lab);
             if filter != pair.case_lab.filter {
                 let started = Instant::now();
@@ -361,12 +363,12 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
                 .await
                 .with_context(|| format!("case `{}`", case.name))?;
             pair.timing.cases_s += started.elapsed().as_secs_f64();
-            reports.push(report);
+            reports[c] = Some(report);
         }
         for vm in &mut pair.rt.vms {
             vm.qemu.check_running()?;
         }
-        anyhow::Ok(reports)
+        anyhow::Ok(reports.into_iter().flatten().collect())
     }
     .await;
     match outcome {
@@ -375,12 +377,24 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
     }
 }
 
+/// The order in which `n` slots take their turns in round `round` (from 1):
+/// forwards in odd rounds, backwards in even ones (A B C, C B A, A B C ...),
+/// so that neither a slot's place in a round nor a drift of the machine
+/// during a round favours one slot over another in paired comparisons.
+fn turns(n: usize, round: u32) -> Vec<usize> {
+    if round % 2 == 1 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
 /// Runs a lab; check failures are in the report, errors mean the lab could not run.
 ///
 /// Every group's pair is booted, deployed and warmed up first; then the
 /// groups take turns, each running all its cases once per round, for
-/// `--repeat` rounds (A B C A B C ...), so that the drift of a shared machine
-/// hits every variant alike. With several pairs, those not running are
+/// `--repeat` rounds (A B C, C B A, A B C ..., the cases in a pair likewise),
+/// so that the drift of a shared machine hits every variant alike. With several pairs, those not running are
 /// paused (their vCPUs stopped), so that they take no CPU from the measured one.
 pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     Ok(run_kernels(lab, opts).await?.remove(0))
@@ -449,8 +463,9 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
     // rounds[r][s]: slot s's reports in round r.
     let mut rounds: Vec<Vec<Vec<CaseReport>>> = Vec::new();
     for round in 1..=opts.repeat.max(1) {
-        let mut this_round = Vec::new();
-        for ((l, k, group), pair) in slots.iter().zip(pairs.iter_mut()) {
+        let mut this_round = vec![Vec::new(); slots.len()];
+        for s in turns(slots.len(), round) {
+            let ((l, k, group), pair) = (&slots[s], &mut pairs[s]);
             let prepared = &kernels[*l][*k];
             let mut attempt = 1;
             let reports = loop {
@@ -475,7 +490,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
             if pausing {
                 pair.rt.pause().await?;
             }
-            this_round.push(reports);
+            this_round[s] = reports;
         }
         rounds.push(this_round);
     }
@@ -542,6 +557,17 @@ fn summaries(lab: &Lab, cases: &[CaseReport]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Odd rounds run forwards, even ones backwards: over two rounds every
+    /// slot has been first and last once.
+    #[test]
+    fn rounds_alternate_their_order() {
+        assert_eq!(turns(3, 1), [0, 1, 2]);
+        assert_eq!(turns(3, 2), [2, 1, 0]);
+        assert_eq!(turns(3, 3), [0, 1, 2]);
+        assert_eq!(turns(1, 2), [0]);
+        assert!(turns(0, 1).is_empty());
+    }
 
     /// The swarm lab: one pair per overlay, and in each, every filter's case
     /// right after its `none` sibling.
