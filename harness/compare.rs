@@ -130,10 +130,6 @@ fn compare(
 }
 
 /// The samples of a case of a report of this run.
-fn samples_of(c: &crate::report::CaseReport) -> Vec<f64> {
-    c.throughput.as_ref().map_or_else(|| vec![c.throughput_bps], |t| t.samples.clone())
-}
-
 /// Two reports of one run that compared kernels side by side (`vlab run
 /// --kernel A --kernel B`): their pairs took turns round by round, so each
 /// case's ratio is taken within each round (paired) and summarised.
@@ -143,7 +139,7 @@ pub fn compare_paired(a: &crate::report::Report, b: &crate::report::Report, tole
         .iter()
         .zip(&b.cases)
         .map(|(ca, cb)| {
-            let (sa, sb) = (samples_of(ca), samples_of(cb));
+            let (sa, sb) = (ca.samples(), cb.samples());
             let (ratio, interval, change) = match stats::paired_ratio(&sb, &sa) {
                 Some(r) => (r.mean, r.interval, stats::judge(r.mean, r.interval, tolerance)),
                 None => (f64::NAN, None, Change::Inconclusive),

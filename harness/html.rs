@@ -11,6 +11,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::compare::Comparison;
+use crate::findings::{per_kernel, StudyOutcome, Verdict};
 use crate::report::Report;
 use crate::stats::Change;
 
@@ -105,6 +106,69 @@ pub fn chart(title: &str, bars: &[Bar]) -> Result<String, String> {
     Ok(svg)
 }
 
+/// A chart in its figure, or why there is none.
+fn figure(title: &str, bars: &[Bar]) -> String {
+    match chart(title, bars) {
+        Ok(svg) => format!("<figure class=\"chart\">{svg}</figure>\n"),
+        Err(e) => format!("<p>no chart: {}</p>\n", escape(&e)),
+    }
+}
+
+/// A study's chart (a bar per case of every lab, numbered as in the table
+/// under it), each case against the baseline, and the findings.
+fn study_section(outcome: &StudyOutcome, reports: &[&Report]) -> String {
+    let mut bars_all = Vec::new();
+    let mut rows = String::new();
+    for r in reports {
+        for (c, mut bar) in r.cases.iter().zip(bars(r)) {
+            bar.baseline = r.lab == outcome.baseline;
+            bar.label = format!("{}/{}", r.lab, c.name);
+            let ratio = outcome
+                .ratio_cells()
+                .find(|(v, _)| v.case.lab == r.lab && v.case.case == c.name)
+                .map_or("-".to_string(), |(_, cell)| cell);
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>\n",
+                bars_all.len() + 1,
+                escape(&bar.label),
+                escape(&c.throughput_text()),
+                escape(&ratio)
+            ));
+            bars_all.push(bar);
+        }
+    }
+    let mut s = format!(
+        "<h2>study <code>{}</code>, kernel {}</h2>\n<p>{}; bars are medians, whiskers 95 % intervals; \
+         grey: the baseline lab <code>{}</code>. Ratios are each case over the baseline's case with as many \
+         streams, paired by round.</p>\n",
+        escape(&outcome.study),
+        escape(&outcome.kernel),
+        if outcome.repeat == 1 { "one round".to_string() } else { format!("{} rounds", outcome.repeat) },
+        escape(&outcome.baseline)
+    );
+    s.push_str(&figure(&format!("{} (kernel {})", outcome.study, outcome.kernel), &bars_all));
+    s.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>over the baseline</th></tr>\n");
+    s.push_str(&rows);
+    s.push_str("</table>\n");
+    if !outcome.findings.is_empty() {
+        s.push_str("<h3>Findings</h3>\n<table>\n<tr><th>claim</th><th>verdict</th><th>evidence</th></tr>\n");
+        for f in &outcome.findings {
+            let verdict = match f.verdict {
+                Verdict::DoesNotHold => format!("<b>{}</b>", f.verdict.describe()),
+                v => v.describe().to_string(),
+            };
+            let evidence: Vec<String> = f.evidence.iter().map(|l| escape(l)).collect();
+            s.push_str(&format!(
+                "<tr><td>{}</td><td>{verdict}</td><td>{}</td></tr>\n",
+                escape(&f.finding.claim),
+                evidence.join("<br>")
+            ));
+        }
+        s.push_str("</table>\n");
+    }
+    s
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -112,16 +176,24 @@ fn escape(s: &str) -> String {
 /// The page: every report (one per kernel), the comparisons of kernels, and
 /// links into `artifacts` (relative to the page's directory when inside it).
 /// `title` heads it (a study's name, else the lab's).
+///
+/// A study's page opens, per kernel, with one chart of every case of every
+/// lab (the baseline lab's in grey), its cases set against the baseline and
+/// its findings; the labs' tables follow, without charts of their own.
 pub fn page(
     title: &str,
     reports: &[Report],
     comparisons: &[Comparison],
+    studies: &[StudyOutcome],
     artifacts: Option<&Path>,
     page_dir: &Path,
 ) -> String {
     let mut body = String::new();
     // A study keeps each lab's evidence in a directory of its own.
     let study = reports.iter().any(|r| r.lab != reports[0].lab);
+    for (outcome, own) in studies.iter().zip(per_kernel(reports, studies.len())) {
+        body.push_str(&study_section(outcome, &own));
+    }
     for r in reports {
         let passed = r.cases.iter().filter(|c| c.passed).count();
         body.push_str(&format!(
@@ -139,10 +211,8 @@ pub fn page(
             },
             r.wall_s
         ));
-        let bars = bars(r);
-        match chart(&format!("{} (kernel {})", r.lab, r.kernel), &bars) {
-            Ok(svg) => body.push_str(&format!("<figure class=\"chart\">{svg}</figure>\n")),
-            Err(e) => body.push_str(&format!("<p>no chart: {}</p>\n", escape(&e))),
+        if studies.is_empty() {
+            body.push_str(&figure(&format!("{} (kernel {})", r.lab, r.kernel), &bars(r)));
         }
         body.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>result</th><th>evidence</th></tr>\n");
         for (i, c) in r.cases.iter().enumerate() {

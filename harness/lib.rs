@@ -21,6 +21,7 @@ pub mod bench;
 pub mod compare;
 pub mod doctor;
 pub mod filter;
+pub mod findings;
 pub mod guest;
 pub mod hostnet;
 pub mod html;

@@ -60,8 +60,9 @@ enum Cmd {
         /// all its cases once per round (A B C A B C ...); the report gives
         /// each case's samples, median and 95 % interval, and each ratio
         /// taken round by round.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-        repeat: u32,
+        /// (Default: 1 for a lab, the study's `repeat` for a study, else 3.)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: Option<u32>,
         /// Write the report as Markdown (a CI job summary) to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
@@ -173,7 +174,7 @@ fn main() -> ExitCode {
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("vlab"),
                     cold_boot,
-                    repeat,
+                    repeat: repeat.unwrap_or(0),
                 },
             )
             .await
@@ -345,15 +346,30 @@ fn load_runs(path: &Path) -> Result<Runs, u8> {
     })
 }
 
-async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
+/// What a study claims, kept while its labs run.
+struct StudyClaims {
+    name: String,
+    baseline: String,
+    findings: Vec<vlab::study::Finding>,
+}
+
+/// Runs a lab or a study; `opts.repeat` 0 means its default.
+async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8, u8> {
     let runs = load_runs(&lab_path)?;
-    let (title, mut labs): (String, Vec<(Lab, Vec<vlab::lab::Case>)>) = match runs {
+    let (title, mut labs, claims) = match runs {
         Runs::Lab(lab) => {
             check_case_filter(&lab, opts.case_filter.as_deref())?;
             let cases = lab.cases();
-            (lab.name.clone(), vec![(*lab, cases)])
+            opts.repeat = opts.repeat.max(1);
+            (lab.name.clone(), vec![(*lab, cases)], None)
         }
-        Runs::Study(study) => (format!("study {}", study.name), study.labs),
+        Runs::Study(study) => {
+            if opts.repeat == 0 {
+                opts.repeat = study.repeat;
+            }
+            let claims = StudyClaims { name: study.name.clone(), baseline: study.baseline, findings: study.findings };
+            (format!("study {}", study.name), study.labs, Some(claims))
+        }
     };
     for (lab, cases) in &mut labs {
         check_host(lab)?;
@@ -378,6 +394,7 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
     }
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
+    let kernels = opts.kernels.len().max(1);
     let reports = supervised(&progress, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
@@ -400,13 +417,27 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
         print!("\n{}", c.table());
         markdown.push_str(&format!("\n```\n{}```\n", c.table()));
     }
-    match reports.len() {
-        1 => write_json(out.json.as_deref(), &reports[0])?,
-        _ => write_json(out.json.as_deref(), &serde_json::json!({ "reports": reports, "comparisons": comparisons }))?,
+    // A study's cases against its baseline, and its findings, per kernel.
+    let studies: Vec<vlab::findings::StudyOutcome> = claims.as_ref().map_or_else(Vec::new, |c| {
+        vlab::findings::per_kernel(&reports, kernels)
+            .iter()
+            .map(|rs| vlab::findings::evaluate(&c.name, &c.baseline, &c.findings, rs))
+            .collect()
+    });
+    for s in &studies {
+        print!("\n{}", s.table());
+        markdown.push_str(&format!("\n{}", s.markdown()));
+    }
+    match (reports.len(), claims.is_some()) {
+        (1, false) => write_json(out.json.as_deref(), &reports[0])?,
+        _ => write_json(
+            out.json.as_deref(),
+            &serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies }),
+        )?,
     }
     let page = out.html.as_ref().map(|path| {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        (path, vlab::html::page(&title, &reports, &comparisons, artifacts.as_deref(), &dir))
+        (path, vlab::html::page(&title, &reports, &comparisons, &studies, artifacts.as_deref(), &dir))
     });
     for (path, text) in [out.markdown.as_ref().map(|p| (p, markdown)), page].into_iter().flatten() {
         std::fs::write(path, text).map_err(|e| {
@@ -414,7 +445,9 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
             exit::COULD_NOT_RUN
         })?;
     }
-    let good = reports.iter().all(|r| r.passed) && !comparisons.iter().any(|c| c.regressed);
+    let good = reports.iter().all(|r| r.passed)
+        && !comparisons.iter().any(|c| c.regressed)
+        && !studies.iter().any(|s| s.failed());
     Ok(if good { exit::PASSED } else { exit::CHECK_FAILED })
 }
 

@@ -168,6 +168,12 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
 }
 
 impl CaseReport {
+    /// Its throughput samples, one per repetition in round order (its one
+    /// figure without `--repeat`), bit/s.
+    pub fn samples(&self) -> Vec<f64> {
+        self.throughput.as_ref().map_or_else(|| vec![self.throughput_bps], |t| t.samples.clone())
+    }
+
     /// The names of its checks that failed.
     pub fn failed_checks(&self) -> Vec<&str> {
         self.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect()

@@ -3,19 +3,26 @@
 //! filters); every lab boots its own pairs, and all pairs of all labs take
 //! turns in every round of `--repeat`, so that the variants of different labs
 //! (different addressing, different overlays) are measured side by side.
+//! Every case is set against the study's baseline lab, paired by round, and
+//! the study's claims are judged from the run (see [`crate::findings`]).
 //!
 //! ```toml
 //! name = "study"
 //! duration = "5s"              # optional: every lab's workload duration
+//! repeat = 3                   # optional: rounds without --repeat (default 3)
+//! baseline = "filters"         # optional: the lab the others are set against (the first)
 //! [[lab]]
 //! file = "baseline.toml"       # relative to the study file
 //! cases = ["path=container,family=ipv4"]   # optional: cases whose name contains one
+//! [[finding]]                  # a claim: one of delivers, keeps (+ of, at_least), order
+//! claim = "Plain routing delivers"
+//! delivers = ["baseline/path=container,family=ipv4"]   # LAB/CASE: a case's name, or a part naming one
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::{Case, Issue, Lab, LabError, Seg};
 
@@ -27,7 +34,13 @@ struct StudyFile {
     description: String,
     #[serde(default, with = "humantime_serde::option")]
     duration: Option<Duration>,
+    #[serde(default)]
+    repeat: Option<u32>,
+    #[serde(default)]
+    baseline: Option<String>,
     lab: Vec<StudyLab>,
+    #[serde(default)]
+    finding: Vec<FindingFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,12 +51,70 @@ struct StudyLab {
     cases: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingFile {
+    claim: String,
+    #[serde(default)]
+    delivers: Option<Vec<String>>,
+    #[serde(default)]
+    keeps: Option<String>,
+    #[serde(default)]
+    of: Option<String>,
+    #[serde(default)]
+    at_least: Option<f64>,
+    #[serde(default)]
+    order: Option<Vec<Vec<String>>>,
+}
+
+/// A case of a study: its lab's name and its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseRef {
+    pub lab: String,
+    pub case: String,
+}
+
+impl std::fmt::Display for CaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.lab, self.case)
+    }
+}
+
+/// What a finding claims, in terms the run can judge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Claim {
+    /// Every case moves data in every repetition.
+    Delivers { cases: Vec<CaseRef> },
+    /// `case` keeps at least `at_least` of `of`'s throughput (their ratio,
+    /// paired by round, with its 95 % interval).
+    Keeps { case: CaseRef, of: CaseRef, at_least: f64 },
+    /// Every case of a tier is slower than every case of the tier above it.
+    Order { tiers: Vec<Vec<CaseRef>> },
+}
+
+/// One of the study's findings: the claim in words, and what it means.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub claim: String,
+    #[serde(flatten)]
+    pub kind: Claim,
+}
+
 /// A loaded study: its labs, each with the cases it runs.
 pub struct Study {
     pub name: String,
     pub description: String,
     pub labs: Vec<(Lab, Vec<Case>)>,
+    /// Rounds when `--repeat` is not given.
+    pub repeat: u32,
+    /// The lab every other lab's cases are set against.
+    pub baseline: String,
+    pub findings: Vec<Finding>,
 }
+
+/// Rounds of a study without `repeat` or `--repeat`: enough for an interval.
+pub const DEFAULT_REPEAT: u32 = 3;
 
 /// Whether `text` is a study (it lists `[[lab]]` tables) rather than a lab.
 pub fn is_study(text: &str) -> bool {
@@ -98,5 +169,92 @@ pub fn load(path: &Path) -> Result<Study, LabError> {
         }
         labs.push((lab, cases));
     }
-    Ok(Study { name: file.name, description: file.description, labs })
+    let repeat = file.repeat.unwrap_or(DEFAULT_REPEAT);
+    if !(1..=100).contains(&repeat) {
+        return Err(invalid(vec![Seg::Key("repeat")], format!("{repeat} rounds: use 1 to 100")));
+    }
+    let names: Vec<&str> = labs.iter().map(|(l, _)| l.name.as_str()).collect();
+    let baseline = file.baseline.clone().unwrap_or_else(|| names[0].to_string());
+    if !names.contains(&baseline.as_str()) {
+        let message = format!("no lab `{baseline}` in the study (its labs: {})", names.join(", "));
+        return Err(invalid(vec![Seg::Key("baseline")], message));
+    }
+    let mut findings = Vec::new();
+    for (i, f) in file.finding.iter().enumerate() {
+        let at = |more: &[Seg]| [vec![Seg::Key("finding"), Seg::Index(i)], more.to_vec()].concat();
+        let resolve = |name: &str, segs: Vec<Seg>| case_ref(&labs, name).map_err(|m| invalid(at(&segs), m));
+        let kind = match (&f.delivers, &f.keeps, &f.order) {
+            (Some(cases), None, None) if !cases.is_empty() => Claim::Delivers {
+                cases: cases
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| resolve(c, vec![Seg::Key("delivers"), Seg::Index(j)]))
+                    .collect::<Result<_, _>>()?,
+            },
+            (None, Some(case), None) => {
+                let case = resolve(case, vec![Seg::Key("keeps")])?;
+                let Some(of) = &f.of else {
+                    return Err(invalid(
+                        at(&[Seg::Key("of")]),
+                        "`keeps` needs `of`: the case it is set against".into(),
+                    ));
+                };
+                let of = resolve(of, vec![Seg::Key("of")])?;
+                let at_least = match f.at_least {
+                    Some(x) if x > 0.0 && x.is_finite() => x,
+                    Some(x) => return Err(invalid(at(&[Seg::Key("at_least")]), format!("{x}: use a ratio above 0"))),
+                    None => {
+                        let message = "`keeps` needs `at_least`: the lowest ratio the claim allows (0.9: 10 % less)";
+                        return Err(invalid(at(&[Seg::Key("at_least")]), message.into()));
+                    }
+                };
+                Claim::Keeps { case, of, at_least }
+            }
+            (None, None, Some(tiers)) if tiers.len() >= 2 && tiers.iter().all(|t| !t.is_empty()) => Claim::Order {
+                tiers: tiers
+                    .iter()
+                    .enumerate()
+                    .map(|(j, tier)| {
+                        tier.iter()
+                            .enumerate()
+                            .map(|(k, c)| resolve(c, vec![Seg::Key("order"), Seg::Index(j), Seg::Index(k)]))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            _ => {
+                let message = "a finding claims one of: `delivers` (a list of cases), `keeps` (a case, with `of` \
+                               and `at_least`), `order` (two or more tiers of cases, fastest first)";
+                return Err(invalid(at(&[]), message.into()));
+            }
+        };
+        if f.keeps.is_none() && (f.of.is_some() || f.at_least.is_some()) {
+            let key = if f.of.is_some() { "of" } else { "at_least" };
+            return Err(invalid(at(&[Seg::Key(key)]), format!("`{key}` belongs to a `keeps` claim")));
+        }
+        findings.push(Finding { claim: f.claim.clone(), kind });
+    }
+    Ok(Study { name: file.name, description: file.description, labs, repeat, baseline, findings })
+}
+
+/// Resolves `LAB/CASE` against the cases the study runs: CASE is a case's
+/// name, or a part of exactly one case's name.
+fn case_ref(labs: &[(Lab, Vec<Case>)], text: &str) -> Result<CaseRef, String> {
+    let Some((lab, case)) = text.split_once('/') else {
+        return Err(format!("`{text}`: name a case as LAB/CASE (`filters/filter=none,streams=1`)"));
+    };
+    let Some((_, cases)) = labs.iter().find(|(l, _)| l.name == lab) else {
+        let names: Vec<&str> = labs.iter().map(|(l, _)| l.name.as_str()).collect();
+        return Err(format!("`{text}`: no lab `{lab}` in the study (its labs: {})", names.join(", ")));
+    };
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    let hits: Vec<&str> = match names.iter().find(|n| **n == case) {
+        Some(exact) => vec![exact],
+        None => names.iter().copied().filter(|n| n.contains(case)).collect(),
+    };
+    match hits[..] {
+        [one] => Ok(CaseRef { lab: lab.to_string(), case: one.to_string() }),
+        [] => Err(format!("`{text}`: no case of `{lab}` that the study runs matches (they are: {})", names.join(", "))),
+        _ => Err(format!("`{text}` matches several cases of `{lab}` ({}): name one", hits.join(", "))),
+    }
 }

@@ -1190,9 +1190,11 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
     }
 }
 
-/// The study, shortened (one repetition, 2 s cases): the pairs of all its
-/// labs take turns, every case passes, each lab keeps its evidence apart,
-/// the page has a chart per lab; the verdicts are snapshotted.
+/// The study, shortened (one repetition instead of its three, 2 s cases):
+/// the pairs of all its labs take turns, every case passes, each lab keeps
+/// its evidence apart, the page has the study's chart with a bar per case;
+/// the verdicts are snapshotted, and the findings: from one round, every
+/// ILA mode delivers and every ratio claim is inconclusive.
 #[test]
 fn the_study_runs_every_variant_side_by_side() {
     let _one = lock();
@@ -1211,11 +1213,32 @@ fn the_study_runs_every_variant_side_by_side() {
         html.to_str().unwrap(),
         "--artifacts",
         artifacts.to_str().unwrap(),
+        "--repeat",
+        "1",
     ];
-    vlab.run_expecting(&args, &[], &[0]);
+    let out = vlab.run_expecting(&args, &[], &[0]);
     let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let reports = value["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 7, "a report per lab");
+    let outcome = &value["studies"][0];
+    assert!(stdout(&out).contains("findings\nholds: Every ILA checksum mode delivers"), "{}", stdout(&out));
+    let findings: Vec<Value> = outcome["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| serde_json::json!({"claim": f["claim"], "kind": f["kind"], "verdict": f["verdict"], "evidence": f["evidence"].as_array().unwrap().len()}))
+        .collect();
+    let against: Vec<Value> = outcome["vs_baseline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let ratio = v["ratio"]["mean"].as_f64().unwrap();
+            assert!(ratio > 0.0 && v["ratio"]["interval"].is_null(), "one round: a ratio without an interval");
+            serde_json::json!({"case": v["case"], "against": v["against"]["case"]})
+        })
+        .collect();
+    insta::assert_json_snapshot!("study-findings", serde_json::json!({"findings": findings, "vs_baseline": against}));
     let mut cases = 0;
     let verdicts: Vec<Value> = reports
         .iter()
@@ -1236,8 +1259,11 @@ fn the_study_runs_every_variant_side_by_side() {
         })
         .collect();
     assert_eq!(cases, 17);
-    // Grey: the baseline's cases (filters' two, nic-matrix's one).
-    assert_page_renders(&vlab, &html, cases, 3);
+    // One chart, a bar per case; grey: the baseline lab's (filters' two).
+    assert_page_renders(&vlab, &html, cases, 2);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg").count(), 1, "the study's chart only");
+    assert!(page.contains("<h3>Findings</h3>") && page.contains("inconclusive"), "the findings are on the page");
     insta::assert_json_snapshot!("study-verdicts", verdicts);
 }
 

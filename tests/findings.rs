@@ -1,0 +1,145 @@
+//! The study's findings judged from synthetic measurements of the shipped
+//! study's cases: claims that the figures support hold, those they
+//! contradict do not, and those they cannot decide (one round, an interval
+//! across the bound, a case not run) are inconclusive; each case is set
+//! against the baseline's case with as many streams, paired by round.
+
+use std::path::Path;
+
+use vlab::findings::{judge, Measured, StudyOutcome, Verdict};
+use vlab::study::{load, CaseRef};
+
+/// Every case of the shipped study, with three rounds of samples from
+/// `samples(lab, case)`.
+fn judged(samples: impl Fn(&str, &str) -> Option<Vec<f64>>) -> StudyOutcome {
+    let study = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/study.toml")).unwrap();
+    let cases: Vec<Measured> = study
+        .labs
+        .iter()
+        .flat_map(|(lab, cases)| cases.iter().map(move |c| (lab, c)))
+        .filter_map(|(lab, c)| {
+            Some(Measured {
+                case: CaseRef { lab: lab.name.clone(), case: c.name.clone() },
+                streams: c.params.streams,
+                samples: samples(&lab.name, &c.name)?,
+                failed_checks: Vec::new(),
+            })
+        })
+        .collect();
+    judge(&study.name, &study.baseline, &study.findings, &cases, "6.12", 3)
+}
+
+/// Samples as the study expects them: routing 2 Gbit/s, ILA 1.5, the
+/// overlays near 0.4, the filters within 5 % of none, each round drifting
+/// alike (so that the paired ratios are tight).
+fn as_expected(lab: &str, case: &str) -> Option<Vec<f64>> {
+    let base = match (lab, case) {
+        ("filters", c) if c.contains("streams=4") => 2.4,
+        ("filters", _) => 2.0,
+        ("ila-matrix", c) if c.contains("offloads=off") => 0.25,
+        ("ila-matrix", _) => 1.5,
+        ("vxlan", _) => 0.46,
+        ("vxlan-evpn", _) => 0.38,
+        (_, c) if c.contains("filter=iptables") || c.contains("filter=l4-policy") => 0.38,
+        ("nic-matrix", _) => 0.6,
+        _ => 0.4,
+    };
+    Some([1.0, 1.1, 0.9].iter().map(|drift| base * drift * 1e9).collect())
+}
+
+fn verdicts(o: &StudyOutcome) -> Vec<Verdict> {
+    o.findings.iter().map(|f| f.verdict).collect()
+}
+
+#[test]
+fn the_studys_claims_hold_on_figures_that_support_them() {
+    let o = judged(as_expected);
+    assert_eq!(verdicts(&o), [Verdict::Holds; 4], "{}", o.table());
+    assert!(!o.failed());
+    // vxlan over routing: 0.46/2.0 in every round.
+    let vxlan = o.vs_baseline.iter().find(|v| v.case.lab == "vxlan").unwrap();
+    assert_eq!(vxlan.against.case, "filter=none,streams=1");
+    let r = vxlan.ratio.as_ref().unwrap();
+    assert!((r.mean - 0.23).abs() < 1e-9 && r.samples.len() == 3, "{r:?}");
+    let i = r.interval.unwrap();
+    assert!((i.low - 0.23).abs() < 1e-9 && (i.high - 0.23).abs() < 1e-9, "{i:?}");
+    // Four streams against four streams.
+    let four = o.vs_baseline.iter().find(|v| v.case.case == "overlay=swarm,filter=none,streams=4").unwrap();
+    assert_eq!(four.against.case, "filter=none,streams=4");
+    assert!(o.vs_baseline.iter().all(|v| v.case.lab != "filters"), "the baseline is not set against itself");
+    assert_eq!(o.vs_baseline.len(), 15);
+    let table = o.table();
+    assert!(
+        table.contains("holds: Every ILA checksum mode delivers") && table.contains("0.23x [0.23, 0.23]"),
+        "{table}"
+    );
+    assert!(o.markdown().contains("### Findings"));
+}
+
+#[test]
+fn a_mode_that_delivers_nothing_in_a_round_breaks_the_delivery_claim() {
+    let o = judged(|lab, case| {
+        let mut s = as_expected(lab, case)?;
+        if case == "csum-mode=no-action,hook=route,offloads=on" {
+            s[1] = 0.0;
+        }
+        Some(s)
+    });
+    assert_eq!(o.findings[0].verdict, Verdict::DoesNotHold);
+    assert!(o.failed());
+    let line = &o.findings[0].evidence[0];
+    assert!(line.contains("offloads=on: delivered in 2 of 3 repetitions"), "{line}");
+    // A datapath that moved nothing has no place in the order.
+    assert_eq!(o.findings[3].verdict, Verdict::Inconclusive);
+    assert!(o.findings[3].evidence[0].contains("delivered nothing"), "{:?}", o.findings[3].evidence);
+}
+
+#[test]
+fn a_case_that_did_not_run_leaves_its_claims_inconclusive() {
+    let o = judged(|lab, case| if lab == "swarm" { None } else { as_expected(lab, case) });
+    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Holds, Verdict::Inconclusive]);
+    assert!(o.findings[1].evidence[0].ends_with("not run"), "{:?}", o.findings[1].evidence);
+    assert!(!o.failed(), "inconclusive is not a failure");
+}
+
+/// iptables at `cost` of none's throughput, round by round.
+fn iptables_at(cost: [f64; 3]) -> StudyOutcome {
+    judged(move |lab, case| {
+        let mut s = as_expected(lab, case)?;
+        if case == "overlay=swarm,filter=iptables,streams=1" {
+            let none = as_expected(lab, "overlay=swarm,filter=none,streams=1")?;
+            s = none.iter().zip(cost).map(|(n, c)| n * c).collect();
+        }
+        Some(s)
+    })
+}
+
+#[test]
+fn a_filter_costs_little_only_when_its_whole_interval_is_above_the_bound() {
+    // Tight around 0.95: holds.
+    assert_eq!(iptables_at([0.95, 0.96, 0.94]).findings[1].verdict, Verdict::Holds);
+    // Tight around 0.6: wholly below 0.8, does not hold.
+    let slow = iptables_at([0.6, 0.61, 0.59]);
+    assert_eq!(slow.findings[1].verdict, Verdict::DoesNotHold);
+    assert!(slow.findings[1].evidence[0].contains("0.60x ["), "{:?}", slow.findings[1].evidence);
+    // Around 1 but wide (0.6 to 1.3): the interval holds 1 and 0.8, so it cannot tell.
+    assert_eq!(iptables_at([0.6, 1.3, 1.0]).findings[1].verdict, Verdict::Inconclusive);
+}
+
+#[test]
+fn one_round_supports_no_ratio_claim() {
+    let o = judged(|lab, case| Some(vec![as_expected(lab, case)?[0]]));
+    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive]);
+    assert!(o.findings[1].evidence[0].contains("no interval"), "{:?}", o.findings[1].evidence);
+}
+
+#[test]
+fn an_overlay_faster_than_routing_breaks_the_order() {
+    let o = judged(|lab, case| {
+        let s = as_expected(lab, case)?;
+        Some(if lab == "vxlan" { s.iter().map(|x| x * 4.0).collect() } else { s })
+    });
+    assert_eq!(o.findings[3].verdict, Verdict::DoesNotHold);
+    let line = o.findings[3].evidence.iter().find(|l| l.starts_with("vxlan/default over ila-matrix")).unwrap();
+    assert!(line.contains("1.23x [1.23, 1.23]"), "{line}");
+}
