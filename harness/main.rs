@@ -42,6 +42,21 @@ enum Cmd {
         /// compared with the first (exit 1 when one is significantly slower).
         #[arg(long = "kernel")]
         kernels: Vec<PathBuf>,
+        /// Append these to every guest's kernel command line (a boot
+        /// parameter under bisection, `module_blacklist=...`).
+        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+        kernel_cmdline: Option<String>,
+        /// Install this kernel tree's modules into every VM's copy-on-write
+        /// root disk (DIR is the INSTALL_MOD_PATH of `make modules_install`),
+        /// for a --kernel that is not fully built in.
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+        /// What a guest kernel that panics, oopses, hangs, never reaches
+        /// init or refuses a step of the lab makes of the run: `skip` (exit
+        /// 125, as other trouble that keeps the lab from running) or `bad`
+        /// (exit 1: testing a kernel, that is a regression).
+        #[arg(long, value_enum, default_value_t = OnCrash::Skip)]
+        on_crash: OnCrash,
         /// With several kernels: changes within this fraction do not count.
         #[arg(long, default_value_t = 0.05)]
         tolerance: f64,
@@ -156,6 +171,9 @@ fn main() -> ExitCode {
                 artifacts,
                 accel,
                 kernels,
+                kernel_cmdline,
+                modules,
+                on_crash,
                 tolerance,
                 case_filter,
                 timings,
@@ -165,10 +183,13 @@ fn main() -> ExitCode {
                 html,
             } => run(
                 lab,
-                Outputs { json, markdown, html, timings, tolerance },
+                Outputs { json, markdown, html, timings, tolerance, on_crash },
                 RunOptions {
                     accel,
                     kernels,
+                    kernel_cmdline: kernel_cmdline
+                        .map_or_else(Vec::new, |a| a.split_whitespace().map(String::from).collect()),
+                    modules,
                     case_filter,
                     artifacts,
                     images_dir: vlab::images_dir(),
@@ -183,6 +204,8 @@ fn main() -> ExitCode {
                 let opts = RunOptions {
                     accel,
                     kernels: Vec::new(),
+                    kernel_cmdline: Vec::new(),
+                    modules: None,
                     case_filter,
                     artifacts: None,
                     images_dir: vlab::images_dir(),
@@ -200,6 +223,15 @@ fn main() -> ExitCode {
     // Leave at once: teardown has run, and a blocking image build thread must
     // not hold the exit (its children die with us through PDEATHSIG).
     std::process::exit(code.into());
+}
+
+/// What a guest kernel crash makes of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnCrash {
+    /// Exit 125: the lab could not run.
+    Skip,
+    /// Exit 1: the kernel under test is bad.
+    Bad,
 }
 
 const HINT_125: &str = "The lab could not run (exit 125). Run `vlab doctor` to check QEMU, KVM and the image cache; \
@@ -254,8 +286,11 @@ async fn cancel_image_builds() {
 /// task is aborted: dropping it tears the lab down (every resource has an
 /// owner), then vlab exits 130 or 143. Errors and panics print what to do and
 /// give 125.
+/// Runs `work` until it ends or a signal comes; its failure is exit 125,
+/// or 1 when it was the guest kernel's and `on_crash` says that is bad.
 async fn supervised<T: Send + 'static>(
     progress: &Progress,
+    on_crash: OnCrash,
     work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> Result<T, u8> {
     let Some(signalled) = first_signal() else {
@@ -280,8 +315,23 @@ async fn supervised<T: Send + 'static>(
     match outcome.expect("set when not interrupted") {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
-            eprintln!("vlab: {e:#}\n\n{HINT_125}");
-            Err(exit::COULD_NOT_RUN)
+            match (vlab::run::guest_failure(&e), on_crash) {
+                (Some(why), OnCrash::Bad) => {
+                    eprintln!("vlab: {e:#}\n\nThe guest failed ({why}): the kernel under test is bad (exit 1, --on-crash bad).");
+                    Err(exit::CHECK_FAILED)
+                }
+                (Some(why), OnCrash::Skip) => {
+                    eprintln!(
+                        "vlab: {e:#}\n\nThe guest failed ({why}); exit 125. \
+                     Testing a kernel (git bisect run), --on-crash bad counts this as a bad kernel (exit 1)."
+                    );
+                    Err(exit::COULD_NOT_RUN)
+                }
+                (None, _) => {
+                    eprintln!("vlab: {e:#}\n\n{HINT_125}");
+                    Err(exit::COULD_NOT_RUN)
+                }
+            }
         }
         Err(join) => {
             eprintln!("vlab: internal error ({join}); the lab was torn down.\n{HINT_125}");
@@ -326,6 +376,7 @@ struct Outputs {
     timings: bool,
     /// Of the comparison of kernels.
     tolerance: f64,
+    on_crash: OnCrash,
 }
 
 /// What `vlab run` was given: a lab, or a study of several.
@@ -395,7 +446,7 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
     let kernels = opts.kernels.len().max(1);
-    let reports = supervised(&progress, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
+    let reports = supervised(&progress, out.on_crash, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
         print!("{}", report.table());
@@ -460,7 +511,8 @@ async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunO
         return Err(exit::INVALID_INPUT);
     }
     let progress = opts.progress.clone();
-    let (summary, reports) = supervised(&progress, async move { vlab::bench::bench(&lab, &opts, runs).await }).await?;
+    let (summary, reports) =
+        supervised(&progress, OnCrash::Skip, async move { vlab::bench::bench(&lab, &opts, runs).await }).await?;
     print!("{}", summary.table());
     write_json(json.as_deref(), &serde_json::json!({ "summary": summary, "runs": reports }))?;
     Ok(if summary.passed { exit::PASSED } else { exit::CHECK_FAILED })

@@ -19,6 +19,7 @@ fn spec(accel: Accel, backend: NicBackend) -> VmSpec {
         disk: PathBuf::from("/run/vlab-x/root.qcow2"),
         run_dir: PathBuf::from("/run/vlab-x"),
         modules: vec!["virtio_net".into()],
+        cmdline: Vec::new(),
         nics: vec![NicSpec { id: "net0".into(), mac: "52:54:00:4c:01:01".into(), backend }],
         incoming: false,
         vmgenid: false,
@@ -37,6 +38,18 @@ fn virtio(queues: u32, vhost: bool) -> NicBackend {
 #[case::kvm_vfio("kvm-vfio", spec(Accel::Kvm, NicBackend::Vfio { host: "0000:3b:02.0".into() }))]
 fn qemu_argv(#[case] name: &str, #[case] spec: VmSpec) {
     insta::assert_snapshot!(name, qemu_args(&spec).join("\n"));
+}
+
+/// `--kernel-cmdline` goes last on the guest's command line, so that it
+/// overrides vlab's own parameters where the kernel takes the last one.
+#[test]
+fn extra_kernel_parameters_come_last() {
+    let mut s = spec(Accel::Tcg, virtio(2, false));
+    s.cmdline = vec!["module_blacklist=ila".into(), "panic=10".into()];
+    let args = qemu_args(&s);
+    let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
+    assert!(append.starts_with("console=ttyS0 panic=-1 "), "{append}");
+    assert!(append.ends_with(" vlab.modules=virtio_net module_blacklist=ila panic=10"), "{append}");
 }
 
 #[test]

@@ -629,6 +629,8 @@ fn sigint_during_the_kvm_probe_leaves_no_qemu() {
     vlab.assert_clean(pid);
 }
 
+/// A guest kernel that panics while the lab deploys: exit 125 with its
+/// console, or, testing a kernel (`--on-crash bad`), exit 1.
 #[test]
 fn guest_kernel_panic_is_exit_125_with_the_console() {
     let _one = lock();
@@ -638,7 +640,11 @@ fn guest_kernel_panic_is_exit_125_with_the_console() {
     let err = stderr(&out);
     assert!(err.contains("QEMU of `host2` exited"), "{err}");
     assert!(err.contains("Kernel panic"), "the console tail should show the panic: {err}");
-    assert!(err.contains("vlab doctor"), "the error says what to do: {err}");
+    assert!(err.contains("--on-crash bad counts this as a bad kernel"), "the error says what to do: {err}");
+    vlab.assert_clean(pid);
+    let (out, pid) = vlab.run(&["run", "tests/labs/guest-panic.toml", "--on-crash", "bad"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Kernel panic - not syncing: sysrq triggered crash): the kernel under test is bad"));
     vlab.assert_clean(pid);
 }
 
@@ -1454,4 +1460,243 @@ fn overlays_compare_against_the_baseline_in_one_run() {
     assert_eq!(report["vms"].as_array().unwrap().len(), 6, "one boot per overlay");
     // The ratio against iperf3's own JSON of both cases, not the report's throughput.
     assert_ratios(cases, &artifacts);
+}
+
+/// A copy of `tests/fixtures/kernel-tree` (a kernel tree in name only: its
+/// build copies the kernel file that `KERNEL` names) in `dir`, as a git
+/// repository with one commit per entry of `history`: (subject, the boot
+/// parameters its `vlab-cmdline` holds, whether it fails to build). Every
+/// commit "builds" the image's real kernel. Returns the commits' hashes.
+fn kernel_history(dir: &Path, history: &[(&str, &str, bool)]) -> Vec<String> {
+    let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
+    let copied = Command::new("cp").arg("-a").arg(repo("tests/fixtures/kernel-tree/.")).arg(dir).status().unwrap();
+    assert!(copied.success());
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "bisect@vlab.test"]);
+    git(&["config", "user.name", "vlab bisect test"]);
+    std::fs::write(dir.join("KERNEL"), image.kernel.to_str().unwrap()).unwrap();
+    history
+        .iter()
+        .map(|(subject, cmdline, broken)| {
+            std::fs::write(dir.join("vlab-cmdline"), cmdline).unwrap();
+            let broken_file = dir.join("BROKEN");
+            if *broken {
+                std::fs::write(&broken_file, "").unwrap();
+            } else {
+                let _ = std::fs::remove_file(&broken_file);
+            }
+            git(&["add", "-A"]);
+            git(&["commit", "-q", "--allow-empty", "-m", subject]);
+            git(&["rev-parse", "HEAD"])
+        })
+        .collect()
+}
+
+impl Vlab {
+    /// A short lab from `base` (1 s workload, 24 s to boot), edited by
+    /// `edit`, as `name` in the private directory.
+    fn short_lab(&self, base: &str, name: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
+        let mut lab: toml::Table = std::fs::read_to_string(repo(base)).unwrap().parse().unwrap();
+        lab.get_mut("workload").and_then(toml::Value::as_table_mut).unwrap().insert("duration".into(), "1s".into());
+        let timeouts: toml::Table = "boot = \"24s\"\ncommand = \"60s\"".parse().unwrap();
+        lab.insert("timeouts".into(), timeouts.into());
+        edit(&mut lab);
+        let path = self.path(name);
+        std::fs::write(&path, toml::to_string(&lab).unwrap()).unwrap();
+        path
+    }
+
+    /// `sh -c SCRIPT` in `tree` with this test's TMPDIR, `ci/bisect-run` as
+    /// `$BISECT_RUN` and this build of vlab as `$VLAB`; asserts that no QEMU,
+    /// namespace or temporary file is left behind.
+    fn in_tree(&self, tree: &Path, script: &str, env: &[(&str, &str)]) -> Output {
+        let run_tmp = self.path("run");
+        std::fs::create_dir_all(&run_tmp).unwrap();
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(tree)
+            .env("TMPDIR", &run_tmp)
+            .env("VLAB", env!("CARGO_BIN_EXE_vlab"))
+            .env("BISECT_RUN", repo("ci/bisect-run"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        eprintln!("--- {script}\n{}\n{}", stdout(&out), stderr(&out));
+        let qemus = processes_mentioning(&run_tmp);
+        assert!(qemus.is_empty(), "processes left behind: {qemus:?}");
+        let left: Vec<_> = std::fs::read_dir(&run_tmp).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+        let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vlab-"))
+            .collect();
+        assert!(namespaces.is_empty(), "namespaces left behind: {namespaces:?}");
+        out
+    }
+}
+
+/// `ci/bisect-run` on a real kernel (the image's, "built" by the tree):
+/// git bisect's codes for what happened. A guest kernel that panics at boot
+/// (`rdinit=` naming nothing) or that never reaches vlab's init (PID 1
+/// sleeps) is bad (1), or skipped (125) with VLAB_ON_CRASH=skip; a check that
+/// fails is bad (1); a kernel that lacks an option the lab needs cannot be
+/// tested (125); a healthy kernel is good (0).
+#[test]
+fn bisect_run_maps_what_the_kernel_did_onto_git_bisects_codes() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let tree = vlab.path("linux");
+    std::fs::create_dir_all(&tree).unwrap();
+    kernel_history(&tree, &[("a kernel", "", false)]);
+    let lab = vlab.short_lab("labs/baseline.toml", "short.toml", |_| ());
+    let lab = lab.to_str().unwrap();
+    let unbeatable = vlab.short_lab("labs/baseline.toml", "unbeatable.toml", |l| {
+        l.insert("expect".into(), toml::Table::from_iter([("min_throughput".into(), "1000Gbit".into())]).into());
+    });
+    let kasan = vlab.short_lab("labs/baseline.toml", "kasan.toml", |l| {
+        l.insert("kernel_options".into(), vec![toml::Value::from("KASAN")].into());
+    });
+    let case = "--case path=container,family=ipv4";
+    for (args, env, code, says) in [
+        (format!("{lab} {case}"), vec![], 0, "good"),
+        (format!("{lab} {case} --kernel-cmdline rdinit=/nonexistent"), vec![], 1, "the kernel under test is bad"),
+        (
+            format!("{lab} {case} --kernel-cmdline rdinit=/nonexistent"),
+            vec![("VLAB_ON_CRASH", "skip")],
+            125,
+            "untestable: skip",
+        ),
+        (
+            format!("{lab} {case} --kernel-cmdline 'rdinit=/bin/busybox -- sleep 600'"),
+            vec![],
+            1,
+            "stalled while booting",
+        ),
+        (format!("{} {case}", unbeatable.display()), vec![], 1, "bad"),
+        (format!("{} {case}", kasan.display()), vec![], 125, "lacks CONFIG_KASAN (for the lab file)"),
+    ] {
+        let out = vlab.in_tree(&tree, &format!("\"$BISECT_RUN\" {args}"), &env);
+        assert_eq!(out.status.code(), Some(code), "{args}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args}: {}", stderr(&out));
+    }
+}
+
+/// `git bisect run ci/bisect-run` over a history of real kernel "builds",
+/// each commit carrying the boot parameters its kernel runs with (a
+/// parameter under bisection): it names the commit that blacklists the
+/// VXLAN module the lab needs (past a commit that does not build, skipped),
+/// and the commit whose kernel panics at boot (a crash is bad).
+#[test]
+fn git_bisect_run_finds_the_commit_that_broke_the_lab_and_the_one_that_crashed() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let lab = vlab.short_lab("labs/vxlan.toml", "short-vxlan.toml", |_| ());
+    let script = "git bisect start \"$BAD\" \"$GOOD\" && \
+                  git bisect run sh -c '\"$BISECT_RUN\" \"$LAB\" --kernel-cmdline \"$(cat vlab-cmdline)\"'";
+    for (name, history, first_bad) in [
+        (
+            "vxlan",
+            vec![
+                ("good", "", false),
+                ("does not build", "", true),
+                ("builds again", "", false),
+                ("blacklist vxlan", "module_blacklist=vxlan", false),
+                ("later", "module_blacklist=vxlan", false),
+            ],
+            3,
+        ),
+        (
+            "crash",
+            vec![
+                ("good", "", false),
+                ("still good", "", false),
+                ("panics", "rdinit=/nonexistent", false),
+                ("later", "rdinit=/nonexistent", false),
+            ],
+            2,
+        ),
+    ] {
+        let tree = vlab.path(name);
+        std::fs::create_dir_all(&tree).unwrap();
+        let commits = kernel_history(&tree, &history);
+        let env =
+            [("GOOD", commits[0].as_str()), ("BAD", commits.last().unwrap().as_str()), ("LAB", lab.to_str().unwrap())];
+        let out = vlab.in_tree(&tree, script, &env);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let found = format!("{} is the first bad commit", commits[first_bad]);
+        assert!(stdout(&out).contains(&found), "{name}: expected {found}:\n{}", stdout(&out));
+    }
+}
+
+/// A kernel tree's `modules_install` output for the image's kernel, in
+/// `dir`: the modules that `wanted` need (with their dependencies), taken
+/// from the image's root disk with debugfs, their modules.dep, and a marker
+/// file that only this tree has.
+fn modules_tree(dir: &Path, wanted: &[&str]) -> PathBuf {
+    let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
+    let release = &image.kernel_release;
+    let debugfs = |request: &str| {
+        let out = Command::new("debugfs").args(["-R", request]).arg(&image.rootfs).output().unwrap();
+        assert!(out.status.success(), "debugfs {request}: {}", stderr(&out));
+        out.stdout
+    };
+    let modules = format!("/lib/modules/{release}");
+    let dep = String::from_utf8(debugfs(&format!("cat {modules}/modules.dep"))).unwrap();
+    let name = |path: &str| path.rsplit('/').next().unwrap().trim_end_matches(".ko").replace('-', "_");
+    let lines: Vec<(&str, Vec<&str>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(path, deps)| (path, deps.split_whitespace().collect()))
+        .collect();
+    let mut needed: Vec<&str> = Vec::new();
+    let mut todo: Vec<&str> =
+        lines.iter().filter(|(path, _)| wanted.contains(&name(path).as_str())).map(|(path, _)| *path).collect();
+    while let Some(path) = todo.pop() {
+        if !needed.contains(&path) {
+            needed.push(path);
+            todo.extend(lines.iter().find(|(p, _)| *p == path).unwrap().1.iter().copied());
+        }
+    }
+    let tree = dir.join("lib/modules").join(release);
+    for path in &needed {
+        std::fs::create_dir_all(tree.join(path).parent().unwrap()).unwrap();
+        std::fs::write(tree.join(path), debugfs(&format!("cat {modules}/{path}"))).unwrap();
+    }
+    let kept: Vec<&str> = dep.lines().filter(|l| needed.iter().any(|p| l.starts_with(&format!("{p}:")))).collect();
+    std::fs::write(tree.join("modules.dep"), kept.join("\n") + "\n").unwrap();
+    std::fs::write(tree.join("modules.builtin"), debugfs(&format!("cat {modules}/modules.builtin"))).unwrap();
+    std::fs::write(tree.join("vlab-marker"), "installed by --modules\n").unwrap();
+    assert!(needed.len() >= wanted.len(), "modules found: {needed:?}");
+    dir.to_path_buf()
+}
+
+/// `--modules DIR` installs a kernel tree's modules into the VMs' root disks
+/// (here the image kernel's own, with a marker only that tree has): the
+/// initramfs loads the root disk's drivers from them, the tree lands in
+/// `/lib/modules`, and the VXLAN lab passes with them.
+#[test]
+fn modules_of_a_kernel_tree_are_installed_into_the_root_disks() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let wanted = ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_console", "ext4", "virtio_net", "virtio_rng"];
+    let dir = modules_tree(&vlab.path("modules"), &[&wanted[..], &["bridge", "vxlan", "veth"]].concat());
+    let lab = vlab.short_lab("labs/vxlan.toml", "modules.toml", |l| {
+        for vm in l.get_mut("vm").and_then(toml::Value::as_array_mut).unwrap() {
+            let setup = vec![toml::Value::from("test -e /lib/modules/$(uname -r)/vlab-marker")];
+            vm.as_table_mut().unwrap().insert("setup".into(), setup.into());
+        }
+    });
+    let more = ["--modules", dir.to_str().unwrap()];
+    let (report, artifacts, _) = vlab.run_lab_with(lab.to_str().unwrap(), &more, &[], &[0]);
+    assert_eq!(report["passed"], true);
+    let console = std::fs::read_to_string(artifacts.join("serial-host1.log")).unwrap();
+    assert!(!console.contains("insmod") && !console.contains("cannot install"), "{console}");
 }

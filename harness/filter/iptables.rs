@@ -164,6 +164,18 @@ impl Variant for Iptables {
         &["br_netfilter"]
     }
 
+    fn kernel_options(&self) -> &'static [&'static str] {
+        &[
+            "NETFILTER_XTABLES",
+            "IP_NF_IPTABLES",
+            "IP_NF_FILTER",
+            "IP6_NF_IPTABLES",
+            "IP6_NF_FILTER",
+            "NF_CONNTRACK",
+            "NETFILTER_XT_MATCH_STATE",
+        ]
+    }
+
     fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         counters_commands(lab, vm)
     }

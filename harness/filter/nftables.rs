@@ -172,6 +172,10 @@ impl Variant for Nftables {
         &["br_netfilter"]
     }
 
+    fn kernel_options(&self) -> &'static [&'static str] {
+        &["NF_TABLES", "NF_TABLES_INET", "NF_CONNTRACK", "NFT_CT"]
+    }
+
     fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         table_commands(lab, vm)
     }

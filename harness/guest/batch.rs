@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use super::{last_lines, Guest};
 use crate::qemu::agent::Output;
@@ -177,12 +177,8 @@ impl Guest {
             parsed.seconds.values().sum::<f64>()
         );
         if let Some((name, o)) = batch.failure(&parsed) {
-            bail!(
-                "on `{}`: guest command ({name}) failed with exit code {}:\n{}",
-                self.name,
-                o.code,
-                last_lines(&o.stderr_text(), 40)
-            );
+            let stderr = last_lines(&o.stderr_text(), 40);
+            return Err(super::CommandFailed::new(&self.name, Some(name.to_string()), o.code, stderr).into());
         }
         Ok(parsed)
     }

@@ -8,7 +8,7 @@ mod batch;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::lab::{Family, Lab, Nic, NicModel, Vm};
 use crate::qemu::agent::{Agent, AgentError, Output};
@@ -23,6 +23,27 @@ pub const CONTAINER_DEV: &str = "eth0";
 /// The guest-side veth of a container.
 pub fn host_veth(container: &str) -> String {
     format!("vc-{container}")
+}
+
+/// A command that vlab ran in a guest and that failed: the guest refused a
+/// step of the lab (an overlay's device, a route, a filter's rules).
+#[derive(Debug, thiserror::Error)]
+#[error("on `{vm}`: guest command{} failed with exit code {code}:\n{stderr}{kept}", .step.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+pub struct CommandFailed {
+    pub vm: String,
+    /// The step of a batch, when it was one.
+    pub step: Option<String>,
+    pub code: i64,
+    /// The last lines of its stderr.
+    pub stderr: String,
+    /// Where its whole output was kept, as a sentence (or nothing).
+    kept: String,
+}
+
+impl CommandFailed {
+    fn new(vm: &str, step: Option<String>, code: i64, stderr: String) -> CommandFailed {
+        CommandFailed { vm: vm.to_string(), step, code, stderr, kept: String::new() }
+    }
 }
 
 /// A booted guest with a synchronised agent.
@@ -71,12 +92,8 @@ impl Guest {
         let out = self.agent.sh(&traced, self.command_timeout).await.with_context(|| format!("on `{}`", self.name))?;
         if !out.success() {
             let kept = keep(&out).map(|k| format!("\n(the whole output: {k})")).unwrap_or_default();
-            bail!(
-                "on `{}`: guest command failed with exit code {}:\n{}{kept}",
-                self.name,
-                out.code,
-                last_lines(&out.stderr_text(), 40)
-            );
+            let stderr = last_lines(&out.stderr_text(), 40);
+            return Err(CommandFailed { vm: self.name.clone(), step: None, code: out.code, stderr, kept }.into());
         }
         Ok(out)
     }

@@ -74,6 +74,74 @@ pub(crate) fn build(modules_dir: &Path, wanted: &[String], busybox: &[u8], init:
         names.push(file);
     }
     files.push(("modules.order".into(), 0o100644, (names.join("\n") + "\n").into_bytes()));
+    archive(&files)
+}
+
+/// A kernel tree's modules (`make modules_install INSTALL_MOD_PATH=DIR`) as
+/// a cpio archive to append to the image's initramfs (the kernel unpacks
+/// concatenated archives in order, later files replacing earlier ones): the
+/// modules that mount the root disk, replacing the image's own in
+/// `/modules` and `/modules.order`, and the whole tree under
+/// `/vlab-modules/RELEASE/`, which the initramfs copies into the root disk's
+/// `/lib/modules` (the VM's copy-on-write overlay). Returns the release too.
+pub(crate) fn modules_archive(dir: &Path, wanted: &[String]) -> Result<(String, Vec<u8>), String> {
+    let root = dir.join("lib/modules");
+    let releases: Vec<String> = fs::read_dir(&root)
+        .map_err(|e| format!("{}: {e} (give the INSTALL_MOD_PATH of `make modules_install`)", root.display()))?
+        .flatten()
+        .filter(|e| e.path().join("modules.dep").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let release = match &releases[..] {
+        [one] => one.clone(),
+        [] => return Err(format!("{} holds no release with a modules.dep", root.display())),
+        _ => return Err(format!("{} holds several releases ({}): keep one", root.display(), releases.join(", "))),
+    };
+    let tree = root.join(&release);
+    let dep = fs::read_to_string(tree.join("modules.dep")).map_err(|e| format!("modules.dep: {e}"))?;
+    let builtin = fs::read_to_string(tree.join("modules.builtin")).unwrap_or_default();
+    if let Some(compressed) = dep.lines().find(|l| l.split(':').next().is_some_and(|p| !p.ends_with(".ko"))) {
+        return Err(format!(
+            "{}: `{}` is compressed; build with CONFIG_MODULE_COMPRESS_NONE (busybox insmod loads plain .ko files)",
+            tree.display(),
+            compressed.split(':').next().unwrap_or_default()
+        ));
+    }
+    // The root disk's modules: those of `wanted` that the tree has as
+    // modules (a kernel may build them in, or not have them at all).
+    let known: Vec<String> = dep.lines().filter_map(|l| l.split_once(':')).map(|(p, _)| module_name(p)).collect();
+    let wanted: Vec<String> = wanted.iter().filter(|w| known.contains(&w.replace('-', "_"))).cloned().collect();
+    let order = load_order(&dep, &builtin, &wanted)?;
+    let mut files: Vec<(String, u32, Vec<u8>)> = Vec::new();
+    let mut names = Vec::new();
+    for path in &order {
+        let data = fs::read(tree.join(path)).map_err(|e| format!("{path}: {e}"))?;
+        let file = path.rsplit('/').next().unwrap_or(path).to_string();
+        files.push((format!("modules/{file}"), 0o100644, data));
+        names.push(file);
+    }
+    files.push(("modules.order".into(), 0o100644, (names.join("\n") + "\n").into_bytes()));
+    files.push(("vlab-modules".into(), 0o040755, Vec::new()));
+    let mut stack = vec![(tree.clone(), format!("vlab-modules/{release}"))];
+    while let Some((from, to)) = stack.pop() {
+        files.push((to.clone(), 0o040755, Vec::new()));
+        for entry in fs::read_dir(&from).map_err(|e| format!("{}: {e}", from.display()))?.flatten() {
+            let kind = entry.file_type().map_err(|e| e.to_string())?;
+            let name = format!("{to}/{}", entry.file_name().to_string_lossy());
+            if kind.is_dir() {
+                stack.push((entry.path(), name));
+            } else if kind.is_file() {
+                let data = fs::read(entry.path()).map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                files.push((name, 0o100644, data));
+            }
+            // Symbolic links (`build`, `source`) point into the kernel tree: left out.
+        }
+    }
+    Ok((release, archive(&files)?))
+}
+
+/// `files` (name, mode, contents) as a newc cpio archive.
+fn archive(files: &[(String, u32, Vec<u8>)]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     for (ino, (name, mode, data)) in files.iter().enumerate() {
         let nlink = if mode & 0o040000 != 0 { 2 } else { 1 };

@@ -32,8 +32,9 @@ const GUEST_INIT: &str = include_str!("../../images/guest/vlab-init");
 pub const BPF_PROGRAMS: &[(&str, &str)] = &[("cilium_style", include_str!("../../bpf/cilium_style.c"))];
 /// Where the guests have vlab's BPF programs and objects.
 pub const BPF_DIR: &str = "/usr/lib/vlab/bpf";
-/// Bumped whenever the layout of a built image changes.
-const FORMAT: u32 = 3;
+/// Bumped whenever the layout of a built image changes (4: the root keeps
+/// /boot/config-RELEASE).
+const FORMAT: u32 = 4;
 
 /// What goes into an image, as written in `images/NAME.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -62,6 +63,26 @@ fn default_kernel_package() -> String {
 }
 fn default_initramfs_modules() -> Vec<String> {
     ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_console", "ext4"].map(String::from).to_vec()
+}
+
+/// The image's initramfs with a kernel tree's modules appended (see
+/// [`initramfs::modules_archive`]), in a temporary file, and their release:
+/// for `--modules DIR`, booting a kernel that is not fully built in.
+pub fn initramfs_with_modules(
+    image: &Image,
+    recipe_path: &Path,
+    dir: &Path,
+) -> Result<(String, tempfile::TempPath), String> {
+    let text = fs::read_to_string(recipe_path).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
+    let recipe: Recipe = toml::from_str(&text).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
+    let (release, extra) = initramfs::modules_archive(dir, &recipe.initramfs_modules)
+        .map_err(|e| format!("--modules {}: {e}", dir.display()))?;
+    let mut bytes = fs::read(&image.initramfs).map_err(|e| format!("{}: {e}", image.initramfs.display()))?;
+    bytes.extend(extra);
+    let file =
+        tempfile::Builder::new().prefix("vlab-initramfs-").suffix(".cpio").tempfile().map_err(|e| e.to_string())?;
+    fs::write(file.path(), bytes).map_err(|e| format!("{}: {e}", file.path().display()))?;
+    Ok((release, file.into_temp_path()))
 }
 
 /// Errors of building or finding an image.
@@ -300,9 +321,12 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
                 .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
         }
     }
-    // The distribution's initramfs and kernel copies are not booted.
+    // The distribution's initramfs and kernel copies are not booted; the
+    // kernel's configuration stays (vlab checks it for the options a lab needs).
     for entry in fs::read_dir(rootdir.join("boot")).into_iter().flatten().flatten() {
-        let _ = fs::remove_file(entry.path());
+        if !entry.file_name().to_string_lossy().starts_with("config-") {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 
     progress.phase("writing ext4 root disk");

@@ -52,6 +52,11 @@ pub struct Lab {
     /// name of a filter variant (default `none`).
     #[serde(default = "default_filter")]
     pub filter: String,
+    /// Kernel options the lab needs besides its variants' (`KASAN`, or
+    /// `CONFIG_KASAN`): a booted kernel without one cannot test the lab (exit
+    /// 125, untestable).
+    #[serde(default)]
+    pub kernel_options: Vec<String>,
     /// Deadlines for the phases of a run.
     #[serde(default)]
     pub timeouts: Timeouts,

@@ -159,6 +159,7 @@ fn generic_keys(place: Place) -> &'static [&'static str] {
             "image",
             "overlay",
             "filter",
+            "kernel_options",
             "timeouts",
             "vm",
             "workload",
@@ -274,6 +275,13 @@ pub(crate) fn validate(lab: &Lab, variants: &dyn Variants) -> Result<(), Issue> 
     }
     if lab.vms.is_empty() || lab.vms.len() > 8 {
         return Err(Issue::new(vec![Key("vm")], format!("a lab has 1 to 8 VMs, this one has {}", lab.vms.len())));
+    }
+    for (i, o) in lab.kernel_options.iter().enumerate() {
+        let name = o.strip_prefix("CONFIG_").unwrap_or(o);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            let message = format!("`{o}` is not a kernel option (`KASAN` or `CONFIG_KASAN`)");
+            return Err(Issue::new(vec![Key("kernel_options"), Seg::Index(i)], message));
+        }
     }
     validate_vms(lab, variants)?;
     validate_workload(lab)?;

@@ -77,6 +77,13 @@ pub trait Variant: Sync {
         &[]
     }
 
+    /// Kernel options it needs besides those of its [`modules`](Self::modules)
+    /// (`NF_TABLES`: the `CONFIG_` is implied); a booted kernel without one
+    /// cannot run it (see `run::kconfig`).
+    fn kernel_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Debian packages the image must have for it.
     fn packages(&self) -> &'static [&'static str] {
         &[]

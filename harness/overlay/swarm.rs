@@ -96,6 +96,10 @@ impl Variant for Swarm {
         &["overlay", "bridge", "br_netfilter", "vxlan", "veth"]
     }
 
+    fn kernel_options(&self) -> &'static [&'static str] {
+        &["CGROUPS", "MEMCG", "NETFILTER_XT_MATCH_ADDRTYPE", "IP_NF_NAT", "NETFILTER_XT_TARGET_MASQUERADE", "IP_VS"]
+    }
+
     fn packages(&self) -> &'static [&'static str] {
         &["docker.io", "docker-cli", "containerd", "runc", "iptables"]
     }

@@ -91,6 +91,8 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Modules the guest loads at boot (`vlab.modules=`).
     pub modules: Vec<String>,
+    /// Appended to the kernel command line.
+    pub cmdline: Vec<String>,
     /// NICs, in PCI order.
     pub nics: Vec<NicSpec>,
     /// Wait for a saved state (`-incoming defer`) instead of booting.
@@ -148,6 +150,7 @@ fn boot_args(spec: &VmSpec) -> Vec<String> {
     if !spec.modules.is_empty() {
         cmdline.push(format!("vlab.modules={}", spec.modules.join(",")));
     }
+    cmdline.extend(spec.cmdline.iter().cloned());
     a.extend([
         "-kernel".into(),
         spec.kernel.display().to_string(),

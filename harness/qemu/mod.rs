@@ -82,6 +82,14 @@ fn fmt_tail(s: &str) -> String {
     }
 }
 
+/// The first line of a serial console that shows the guest kernel crashed:
+/// a panic, an oops, a BUG or a general protection fault.
+pub fn kernel_crash_line(console: &str) -> Option<String> {
+    const SIGNS: [&str; 5] =
+        ["Kernel panic - not syncing", "Oops: ", "BUG: ", "kernel BUG at", "general protection fault"];
+    console.lines().find(|l| SIGNS.iter().any(|s| l.contains(s))).map(|l| l.trim().to_string())
+}
+
 /// Whether a serial console shows an RCU stall report (`rcu: INFO: rcu_preempt
 /// detected stalls on CPUs/tasks`, `rcu: INFO: rcu_sched self-detected stall`).
 pub fn reports_rcu_stall(console: &str) -> bool {
@@ -128,7 +136,11 @@ pub const INIT_STARTED: &str = "vlab-init: starting the guest agent";
 /// The QEMU binary: `$VLAB_QEMU`, else `qemu-system-x86_64` on PATH.
 pub fn find_qemu() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VLAB_QEMU") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(format!("VLAB_QEMU={}: no such file", p.display())),
+        };
     }
     which::which("qemu-system-x86_64")
         .map_err(|_| "qemu-system-x86_64 is not installed (run ci/setup, or set VLAB_QEMU)".to_string())

@@ -335,6 +335,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
             disk,
             run_dir: run_dir.path().to_path_buf(),
             modules: modules.clone(),
+            cmdline: p.cmdline.clone(),
             nics: vec![NicSpec { id: "net0".into(), mac: mac.clone(), backend }],
             incoming: false,
             vmgenid: savable,

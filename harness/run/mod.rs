@@ -15,6 +15,7 @@ mod capture;
 mod case;
 mod checks;
 mod deploy;
+pub mod kconfig;
 mod workload;
 
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ pub struct RunOptions {
     /// kernels: each gets its own pairs, which take turns with the others'
     /// in every round); empty: the image's.
     pub kernels: Vec<PathBuf>,
+    /// Appended to every guest's kernel command line.
+    pub kernel_cmdline: Vec<String>,
+    /// A kernel tree's modules (`INSTALL_MOD_PATH` of `make
+    /// modules_install`), installed into every VM's copy-on-write root disk.
+    pub modules: Option<PathBuf>,
     /// Only cases whose name contains this.
     pub case_filter: Option<String>,
     /// Where to keep the evidence.
@@ -61,6 +67,10 @@ struct Prepared {
     qemu: PathBuf,
     image: Image,
     kernel: PathBuf,
+    /// Appended to the guests' kernel command line (`--kernel-cmdline`).
+    cmdline: Vec<String>,
+    /// The initramfs with `--modules` appended (`image.initramfs` names it).
+    _modules: Option<std::sync::Arc<tempfile::TempPath>>,
     accel: Accel,
     vhost: bool,
     firmware: Option<PathBuf>,
@@ -199,15 +209,28 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     if let Some(why) = &notice {
         NOTICE.call_once(|| eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)"));
     }
+    let mut image = image;
+    let modules = match &opts.modules {
+        Some(dir) => {
+            let recipe = lab.image_recipe(&opts.images_dir);
+            let (release, file) = image::initramfs_with_modules(&image, &recipe, dir).map_err(anyhow::Error::msg)?;
+            progress.phase(&format!("modules of {release} from {}", dir.display()));
+            image.initramfs = file.to_path_buf();
+            Some(std::sync::Arc::new(file))
+        }
+        None => None,
+    };
     let timing = RunTiming { image_s, probe_s: clock.lap(), boots: Vec::new() };
     let prepared = Prepared {
         qemu: qemu_bin,
         image,
         kernel,
+        cmdline: opts.kernel_cmdline.clone(),
+        _modules: modules,
         accel,
         vhost: vhost_usable(),
         firmware: qemu::find_firmware(),
-        saved_states: !opts.cold_boot && opts.kernels.is_empty(),
+        saved_states: !opts.cold_boot && opts.kernels.is_empty() && opts.modules.is_none(),
         timing,
     };
     Ok((prepared, notice))
@@ -218,6 +241,49 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
 /// (see [`qemu::stale_int3_oops`]): an emulator fault, not the kernel's, and
 /// not repeatable. Elsewhere, and the second time, the crash fails the run.
 const PAIR_ATTEMPTS: u32 = 2;
+
+/// Why a run failed because of the guest, as one line: a guest kernel
+/// panicked or oopsed (or reset the VM), stalled while booting every time,
+/// never reached vlab's init or hung, or a guest refused a step of the lab (a
+/// command vlab ran in it failed: a device, route or rule its kernel would
+/// not take). `None` when the failure is vlab's or the host's (QEMU missing,
+/// killed or failing to start, an image build, the host network, a kernel
+/// that lacks an option the lab needs) or the emulator's (see
+/// [`qemu::stale_int3_oops`]). Testing a kernel (`git bisect run`), the
+/// former makes it a bad kernel (`vlab run --on-crash bad`).
+pub fn guest_failure(e: &anyhow::Error) -> Option<String> {
+    use crate::qemu::agent::AgentError;
+    use crate::qemu::VmError;
+    for cause in e.chain() {
+        let vm_error =
+            cause.downcast_ref::<boot::GuestGone>().map(|g| &g.exit).or_else(|| cause.downcast_ref::<VmError>());
+        if let Some(v) = vm_error {
+            return match v {
+                VmError::Exited { stale_int3: Some(_), .. } | VmError::Spawn { .. } => None,
+                VmError::Exited { vm, status, serial_tail, .. } => match qemu::kernel_crash_line(serial_tail) {
+                    Some(line) => Some(format!("`{vm}`: {line}")),
+                    // panic=-1 reboots at once, and -no-reboot makes that QEMU's exit 0.
+                    None if status == "exit status: 0" => Some(format!("`{vm}`: its kernel reset the VM")),
+                    None => None,
+                },
+                VmError::Stalled { vm, why, .. } => Some(format!("`{vm}` stalled while booting ({why})")),
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<crate::guest::CommandFailed>() {
+            let step = c.step.as_ref().map(|s| format!(" ({s})")).unwrap_or_default();
+            return Some(format!("`{}` refused a step of the lab{step}: exit code {}", c.vm, c.code));
+        }
+        if cause.is::<kconfig::MissingOptions>() {
+            return None;
+        }
+        match cause.downcast_ref::<AgentError>() {
+            Some(e @ AgentError::NoAnswer(_)) => return Some(format!("a guest never reached vlab's init: {e}")),
+            Some(e @ (AgentError::Hung(..) | AgentError::Poisoned)) => return Some(format!("a guest hung: {e}")),
+            _ => {}
+        }
+    }
+    None
+}
 
 /// A boot group: the cases that share a booted pair, and how it is set up.
 #[derive(Clone)]
@@ -308,6 +374,26 @@ async fn start_pair_again(
     }
 }
 
+/// Fails with [`kconfig::MissingOptions`] when the booted kernel lacks an
+/// option the group's cases need; a kernel that keeps no configuration is
+/// not checked (a notice says so).
+async fn check_kernel_options(group: &Group, rt: &boot::LabRuntime, release: &str) -> anyhow::Result<()> {
+    let config = rt.vms[0].guest.run(kconfig::READ_CONFIG).await?.stdout_text();
+    if config.trim().is_empty() {
+        eprintln!(
+            "vlab: kernel {release} keeps no configuration (no /proc/config.gz, CONFIG_IKCONFIG_PROC): \
+             the options the lab needs are not checked"
+        );
+        return Ok(());
+    }
+    let missing = kconfig::missing(&config, &kconfig::needed(&group.lab, &group.cases, group.nic.as_ref()));
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(kconfig::MissingOptions { release: release.to_string(), missing }.into())
+    }
+}
+
 /// Boots a group's pair, deploys it and warms it up with its first case.
 async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> anyhow::Result<Pair> {
     let lab = &group.lab;
@@ -316,9 +402,10 @@ async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> an
     let boot_s = clock.lap();
     let (mut deploy_s, mut warm_up_s) = (0.0, 0.0);
     let started = async {
+        let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
+        check_kernel_options(group, &rt, &kernel).await?;
         let (ready, settled) = deploy::deploy(lab, &mut rt, opts).await?;
         deploy_s = clock.lap();
-        let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
         let first = &group.cases[0];
         opts.progress.phase(&format!("warming up with case {} ({WARM_UP:?})", first.name));
         let warm_lab = lab.warm_up(first.params.filter(lab), WARM_UP);

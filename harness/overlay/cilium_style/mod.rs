@@ -190,6 +190,10 @@ impl Variant for CiliumStyle {
         &["vxlan", "sch_ingress", "cls_bpf"]
     }
 
+    fn kernel_options(&self) -> &'static [&'static str] {
+        &["BPF_SYSCALL", "NET_CLS_ACT"]
+    }
+
     fn packages(&self) -> &'static [&'static str] {
         &["clang", "libbpf-dev", "bpftool", "iproute2"]
     }
