@@ -42,6 +42,10 @@ enum Cmd {
         /// compared with the first (exit 1 when one is significantly slower).
         #[arg(long = "kernel")]
         kernels: Vec<PathBuf>,
+        /// The commit a --kernel was built from (given once per --kernel, in
+        /// order), shown in its report beside the guest's `uname -r`.
+        #[arg(long = "kernel-commit", value_name = "REV")]
+        kernel_commits: Vec<String>,
         /// Append these to every guest's kernel command line (a boot
         /// parameter under bisection, `module_blacklist=...`).
         #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
                 artifacts,
                 accel,
                 kernels,
+                kernel_commits,
                 kernel_cmdline,
                 modules,
                 on_crash,
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
                 RunOptions {
                     accel,
                     kernels,
+                    kernel_commits,
                     kernel_cmdline: kernel_cmdline
                         .map_or_else(Vec::new, |a| a.split_whitespace().map(String::from).collect()),
                     modules,
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
                 let opts = RunOptions {
                     accel,
                     kernels: Vec::new(),
+                    kernel_commits: Vec::new(),
                     kernel_cmdline: Vec::new(),
                     modules: None,
                     case_filter,
@@ -431,6 +438,10 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
     labs.retain(|(_, cases)| !cases.is_empty());
     if labs.is_empty() {
         eprintln!("vlab: --case {:?} matches no case of the study", opts.case_filter.as_deref().unwrap_or(""));
+        return Err(exit::INVALID_INPUT);
+    }
+    if opts.kernel_commits.len() > opts.kernels.len() {
+        eprintln!("vlab: --kernel-commit is given once per --kernel, and there are more of them");
         return Err(exit::INVALID_INPUT);
     }
     for kernel in &opts.kernels {

@@ -355,6 +355,10 @@ pub struct Report {
     pub accel_notice: Option<String>,
     /// Guest kernel release.
     pub kernel: String,
+    /// The commit the kernel was built from, as given (`--kernel-commit`;
+    /// `ci/bisect-run` gives the tree's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_commit: Option<String>,
     /// QEMU version.
     pub qemu: String,
     /// Image name and cache key.
@@ -463,8 +467,9 @@ fn fmt_bps_within(bps: f64, low: f64, high: f64) -> String {
 impl Report {
     /// The human-readable table printed on stdout.
     pub fn table(&self) -> String {
+        let commit = self.kernel_commit.as_ref().map(|c| format!(" (commit {c})")).unwrap_or_default();
         let mut s = format!(
-            "lab {} ({}), overlay {}, filter {}, kernel {}, QEMU {}, accel {}\n",
+            "lab {} ({}), overlay {}, filter {}, kernel {}{commit}, QEMU {}, accel {}\n",
             self.lab, self.lab_file, self.overlay, self.filter, self.kernel, self.qemu, self.accel
         );
         for vm in &self.vms {

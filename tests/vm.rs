@@ -1462,6 +1462,11 @@ fn overlays_compare_against_the_baseline_in_one_run() {
     assert_ratios(cases, &artifacts);
 }
 
+/// `uname -r` of the image's kernel.
+fn image_release() -> String {
+    vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built").kernel_release
+}
+
 /// A copy of `tests/fixtures/kernel-tree` (a kernel tree in name only: its
 /// build copies the kernel file that `KERNEL` names) in `dir`, as a git
 /// repository with one commit per entry of `history`: (subject, the boot
@@ -1555,7 +1560,7 @@ fn bisect_run_maps_what_the_kernel_did_onto_git_bisects_codes() {
     let vlab = Vlab::new();
     let tree = vlab.path("linux");
     std::fs::create_dir_all(&tree).unwrap();
-    kernel_history(&tree, &[("a kernel", "", false)]);
+    let commit = kernel_history(&tree, &[("a kernel", "", false)]).remove(0);
     let lab = vlab.short_lab("labs/baseline.toml", "short.toml", |_| ());
     let lab = lab.to_str().unwrap();
     let unbeatable = vlab.short_lab("labs/baseline.toml", "unbeatable.toml", |l| {
@@ -1586,6 +1591,11 @@ fn bisect_run_maps_what_the_kernel_did_onto_git_bisects_codes() {
         let out = vlab.in_tree(&tree, &format!("\"$BISECT_RUN\" {args}"), &env);
         assert_eq!(out.status.code(), Some(code), "{args}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args}: {}", stderr(&out));
+        if code == 0 {
+            // The report names the guest's release and the tree's commit.
+            let head = format!("kernel {} (commit {})", image_release(), &commit[..12]);
+            assert!(stdout(&out).contains(&head), "{head}: {}", stdout(&out));
+        }
     }
 }
 

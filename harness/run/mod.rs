@@ -42,6 +42,9 @@ pub struct RunOptions {
     /// kernels: each gets its own pairs, which take turns with the others'
     /// in every round); empty: the image's.
     pub kernels: Vec<PathBuf>,
+    /// The commits `kernels` were built from, in their order (for the
+    /// reports; as many as given).
+    pub kernel_commits: Vec<String>,
     /// Appended to every guest's kernel command line.
     pub kernel_cmdline: Vec<String>,
     /// A kernel tree's modules (`INSTALL_MOD_PATH` of `make
@@ -603,6 +606,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
             accel: prepared.accel.to_string(),
             accel_notice: notice.clone(),
             kernel,
+            kernel_commit: opts.kernel_commits.get(k).cloned(),
             qemu: qemu_version.clone(),
             image: format!("{}-{}", prepared.image.name, prepared.image.key),
             overlay: lab.overlay.clone(),

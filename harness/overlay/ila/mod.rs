@@ -176,7 +176,9 @@ pub fn sir_addresses(lab: &Lab) -> Vec<(Locator, Ipv6Addr)> {
 pub fn commands() -> Vec<String> {
     vec![
         "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
-        "[ -d /sys/module/ila ] || { echo 'this kernel has no ILA module (CONFIG_IPV6_ILA)' >&2; exit 1; }".to_string(),
+        // The ILA generic netlink family: there when ILA is built in or its
+        // module loaded (a built-in ILA has no /sys/module/ila).
+        "ip ila list >/dev/null 2>&1 || { echo 'this kernel has no ILA (CONFIG_IPV6_ILA)' >&2; exit 1; }".to_string(),
     ]
 }
 
