@@ -277,20 +277,24 @@ impl Vlab {
     /// Asserts that the vlab process `pid` left no namespace, no QEMU and no
     /// run directory behind.
     fn assert_clean(&self, pid: u32) {
-        let prefix = format!("vlab-{pid}-");
-        let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
+        let namespaces = namespaces_named(&format!("vlab-{pid}-"));
         assert!(namespaces.is_empty(), "namespaces left behind: {namespaces:?}");
         let qemus = processes_mentioning(&self.path("run"));
         assert!(qemus.is_empty(), "processes left behind: {qemus:?}");
         let left: Vec<_> = std::fs::read_dir(self.path("run")).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "temporary files left behind: {left:?}");
     }
+}
+
+/// The network namespaces whose name starts with `prefix`.
+fn namespaces_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Processes whose command line mentions `path` (QEMU's names its run directory).
@@ -1536,13 +1540,7 @@ impl Vlab {
         assert!(qemus.is_empty(), "processes left behind: {qemus:?}");
         let left: Vec<_> = std::fs::read_dir(&run_tmp).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "temporary files left behind: {left:?}");
-        let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("vlab-"))
-            .collect();
+        let namespaces = namespaces_named("vlab-");
         assert!(namespaces.is_empty(), "namespaces left behind: {namespaces:?}");
         out
     }
