@@ -2,7 +2,8 @@
 //! (one per kernel) a chart like the study's figure (each case's median
 //! throughput as a bar, its 95 % interval as a whisker, the baseline's cases
 //! in grey), the table of cases with their ratios and verdicts, links to the
-//! artifacts, and the comparison of kernels when there is one. The chart is
+//! artifacts, and the comparison of kernels when there is one; a study's page
+//! has one chart of all its labs' cases instead, with its findings. The chart is
 //! SVG drawn with plotters; the page loads nothing from anywhere (its
 //! Content-Security-Policy forbids it) and reads without network access.
 

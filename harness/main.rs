@@ -76,10 +76,10 @@ enum Cmd {
         #[arg(long)]
         cold_boot: bool,
         /// Run every case this many times: the pairs take turns, each running
-        /// all its cases once per round (A B C A B C ...); the report gives
-        /// each case's samples, median and 95 % interval, and each ratio
-        /// taken round by round.
-        /// (Default: 1 for a lab, the study's `repeat` for a study, else 3.)
+        /// all its cases once per round, every other round in reverse (A B C,
+        /// C B A, ...); the report gives each case's samples, median and 95 %
+        /// interval, and each ratio taken round by round. Default: 1 for a
+        /// lab; for a study its `repeat`, else 3.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         repeat: Option<u32>,
         /// Write the report as Markdown (a CI job summary) to this file.
@@ -292,9 +292,8 @@ async fn cancel_image_builds() {
 /// Runs `work` as a task and waits for it, SIGINT or SIGTERM. On a signal the
 /// task is aborted: dropping it tears the lab down (every resource has an
 /// owner), then vlab exits 130 or 143. Errors and panics print what to do and
-/// give 125.
-/// Runs `work` until it ends or a signal comes; its failure is exit 125,
-/// or 1 when it was the guest kernel's and `on_crash` says that is bad.
+/// give 125, or 1 when the guest failed (see `run::guest_failure`) and
+/// `on_crash` says that makes the kernel bad.
 async fn supervised<T: Send + 'static>(
     progress: &Progress,
     on_crash: OnCrash,

@@ -383,10 +383,14 @@ async fn start_pair_again(
 async fn check_kernel_options(group: &Group, rt: &boot::LabRuntime, release: &str) -> anyhow::Result<()> {
     let config = rt.vms[0].guest.run(kconfig::READ_CONFIG).await?.stdout_text();
     if config.trim().is_empty() {
-        eprintln!(
-            "vlab: kernel {release} keeps no configuration (no /proc/config.gz, CONFIG_IKCONFIG_PROC): \
-             the options the lab needs are not checked"
-        );
+        // Once per run: every pair of a study boots the same kernel.
+        static NOTICE: std::sync::Once = std::sync::Once::new();
+        NOTICE.call_once(|| {
+            eprintln!(
+                "vlab: kernel {release} keeps no configuration (no /proc/config.gz, CONFIG_IKCONFIG_PROC): \
+                 the options the lab needs are not checked"
+            )
+        });
         return Ok(());
     }
     let missing = kconfig::missing(&config, &kconfig::needed(&group.lab, &group.cases, group.nic.as_ref()));
@@ -483,9 +487,10 @@ fn turns(n: usize, round: u32) -> Vec<usize> {
 ///
 /// Every group's pair is booted, deployed and warmed up first; then the
 /// groups take turns, each running all its cases once per round, for
-/// `--repeat` rounds (A B C, C B A, A B C ..., the cases in a pair likewise),
-/// so that the drift of a shared machine hits every variant alike. With several pairs, those not running are
-/// paused (their vCPUs stopped), so that they take no CPU from the measured one.
+/// `--repeat` rounds (A B C, C B A, A B C ..., the cases in a pair
+/// likewise), so that the drift of a shared machine hits every variant
+/// alike. With several pairs, those not running are paused (their vCPUs
+/// stopped), so that they take no CPU from the measured one.
 pub async fn run(lab: &Lab, opts: &RunOptions) -> anyhow::Result<Report> {
     Ok(run_kernels(lab, opts).await?.remove(0))
 }
