@@ -335,8 +335,10 @@ impl StudyOutcome {
         s
     }
 
-    /// Each case's ratio cell, for the page.
-    pub fn ratio_cells(&self) -> impl Iterator<Item = (&VsBaseline, String)> {
-        self.vs_baseline.iter().map(|v| (v, ratio_cell(&v.ratio)))
+    /// The ratio of `lab`'s `case` to the baseline, as a cell (`-` for the
+    /// baseline's own cases).
+    pub fn ratio_text(&self, lab: &str, case: &str) -> String {
+        let v = self.vs_baseline.iter().find(|v| v.case.lab == lab && v.case.case == case);
+        v.map_or_else(|| "-".to_string(), |v| ratio_cell(&v.ratio))
     }
 }

@@ -124,10 +124,7 @@ fn study_section(outcome: &StudyOutcome, reports: &[&Report]) -> String {
         for (c, mut bar) in r.cases.iter().zip(bars(r)) {
             bar.baseline = r.lab == outcome.baseline;
             bar.label = format!("{}/{}", r.lab, c.name);
-            let ratio = outcome
-                .ratio_cells()
-                .find(|(v, _)| v.case.lab == r.lab && v.case.case == c.name)
-                .map_or("-".to_string(), |(_, cell)| cell);
+            let ratio = outcome.ratio_text(&r.lab, &c.name);
             rows.push_str(&format!(
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>\n",
                 bars_all.len() + 1,

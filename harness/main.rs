@@ -403,29 +403,23 @@ fn load_runs(path: &Path) -> Result<Runs, u8> {
     })
 }
 
-/// What a study claims, kept while its labs run.
-struct StudyClaims {
-    name: String,
-    baseline: String,
-    findings: Vec<vlab::study::Finding>,
-}
-
 /// Runs a lab or a study; `opts.repeat` 0 means its default.
 async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8, u8> {
     let runs = load_runs(&lab_path)?;
-    let (title, mut labs, claims) = match runs {
+    // A study's labs run; the rest of it (its claims) is judged afterwards.
+    let (title, mut labs, study) = match runs {
         Runs::Lab(lab) => {
             check_case_filter(&lab, opts.case_filter.as_deref())?;
             let cases = lab.cases();
             opts.repeat = opts.repeat.max(1);
             (lab.name.clone(), vec![(*lab, cases)], None)
         }
-        Runs::Study(study) => {
+        Runs::Study(mut study) => {
             if opts.repeat == 0 {
                 opts.repeat = study.repeat;
             }
-            let claims = StudyClaims { name: study.name.clone(), baseline: study.baseline, findings: study.findings };
-            (format!("study {}", study.name), study.labs, Some(claims))
+            let labs = std::mem::take(&mut study.labs);
+            (format!("study {}", study.name), labs, Some(study))
         }
     };
     for (lab, cases) in &mut labs {
@@ -479,7 +473,7 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
         markdown.push_str(&format!("\n```\n{}```\n", c.table()));
     }
     // A study's cases against its baseline, and its findings, per kernel.
-    let studies: Vec<vlab::findings::StudyOutcome> = claims.as_ref().map_or_else(Vec::new, |c| {
+    let studies: Vec<vlab::findings::StudyOutcome> = study.as_ref().map_or_else(Vec::new, |c| {
         vlab::findings::per_kernel(&reports, kernels)
             .iter()
             .map(|rs| vlab::findings::evaluate(&c.name, &c.baseline, &c.findings, rs))
@@ -489,7 +483,7 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
         print!("\n{}", s.table());
         markdown.push_str(&format!("\n{}", s.markdown()));
     }
-    match (reports.len(), claims.is_some()) {
+    match (reports.len(), study.is_some()) {
         (1, false) => write_json(out.json.as_deref(), &reports[0])?,
         _ => write_json(
             out.json.as_deref(),

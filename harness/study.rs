@@ -4,7 +4,8 @@
 //! turns in every round of `--repeat`, so that the variants of different labs
 //! (different addressing, different overlays) are measured side by side.
 //! Every case is set against the study's baseline lab, paired by round, and
-//! the study's claims are judged from the run (see [`crate::findings`]).
+//! the study's claims are judged from the run (by the findings module, which
+//! reads these types; nothing here depends on it).
 //!
 //! ```toml
 //! name = "study"

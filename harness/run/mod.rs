@@ -83,6 +83,9 @@ struct Prepared {
     saved_states: bool,
     /// Image and acceleration phases.
     timing: RunTiming,
+    /// The kernel's configuration, read from the first pair that booted it
+    /// (empty when it keeps none); every later pair's check reuses it.
+    kernel_config: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// Seconds since the start and since the last lap: the phases of `timing`.
@@ -235,6 +238,7 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
         firmware: qemu::find_firmware(),
         saved_states: !opts.cold_boot && opts.kernels.is_empty() && opts.modules.is_none(),
         timing,
+        kernel_config: Default::default(),
     };
     Ok((prepared, notice))
 }
@@ -380,20 +384,29 @@ async fn start_pair_again(
 /// Fails with [`kconfig::MissingOptions`] when the booted kernel lacks an
 /// option the group's cases need; a kernel that keeps no configuration is
 /// not checked (a notice says so).
-async fn check_kernel_options(group: &Group, rt: &boot::LabRuntime, release: &str) -> anyhow::Result<()> {
-    let config = rt.vms[0].guest.run(kconfig::READ_CONFIG).await?.stdout_text();
+async fn check_kernel_options(
+    group: &Group,
+    prepared: &Prepared,
+    rt: &boot::LabRuntime,
+    release: &str,
+) -> anyhow::Result<()> {
+    let config = match prepared.kernel_config.get() {
+        Some(config) => config,
+        None => {
+            let read = rt.vms[0].guest.run(kconfig::READ_CONFIG).await?.stdout_text();
+            if read.trim().is_empty() {
+                eprintln!(
+                    "vlab: kernel {release} keeps no configuration (no /proc/config.gz, CONFIG_IKCONFIG_PROC): \
+                     the options the lab needs are not checked"
+                );
+            }
+            prepared.kernel_config.get_or_init(|| read)
+        }
+    };
     if config.trim().is_empty() {
-        // Once per run: every pair of a study boots the same kernel.
-        static NOTICE: std::sync::Once = std::sync::Once::new();
-        NOTICE.call_once(|| {
-            eprintln!(
-                "vlab: kernel {release} keeps no configuration (no /proc/config.gz, CONFIG_IKCONFIG_PROC): \
-                 the options the lab needs are not checked"
-            )
-        });
         return Ok(());
     }
-    let missing = kconfig::missing(&config, &kconfig::needed(&group.lab, &group.cases, group.nic.as_ref()));
+    let missing = kconfig::missing(config, &kconfig::needed(&group.lab, &group.cases, group.nic.as_ref()));
     if missing.is_empty() {
         Ok(())
     } else {
@@ -410,7 +423,7 @@ async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> an
     let (mut deploy_s, mut warm_up_s) = (0.0, 0.0);
     let started = async {
         let kernel = rt.vms[0].guest.run("uname -r").await?.stdout_text().trim().to_string();
-        check_kernel_options(group, &rt, &kernel).await?;
+        check_kernel_options(group, prepared, &rt, &kernel).await?;
         let (ready, settled) = deploy::deploy(lab, &mut rt, opts).await?;
         deploy_s = clock.lap();
         let first = &group.cases[0];
@@ -523,7 +536,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
         notice = notice.or(n);
         let mut mine = vec![prepared.clone()];
         for k in opts.kernels.iter().skip(1) {
-            mine.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+            mine.push(Prepared { kernel: k.clone(), kernel_config: Default::default(), ..prepared.clone() });
         }
         kernels.push(mine);
     }
