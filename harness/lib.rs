@@ -26,6 +26,7 @@ pub mod guest;
 pub mod hostnet;
 pub mod html;
 pub mod image;
+pub mod junit;
 pub mod lab;
 pub mod measure;
 pub mod overlay;

@@ -12,6 +12,19 @@ use vlab::qemu::accel::AccelChoice;
 use vlab::run::RunOptions;
 use vlab::ui::Progress;
 
+/// What vlab said last before giving up: `--junit` gives it as the error of
+/// a run that could not start or finish.
+static LAST_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Prints `vlab: MESSAGE` to stderr and keeps MESSAGE as the last error.
+macro_rules! error {
+    ($($arg:tt)*) => {{
+        let message = format!($($arg)*);
+        eprintln!("vlab: {message}");
+        *LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = message;
+    }};
+}
+
 /// Container-network datapath experiments in real QEMU VMs.
 #[derive(Parser)]
 #[command(name = "vlab", version, about)]
@@ -20,6 +33,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a lab: boot its VMs, run every case, report. Exit 0 all checks
@@ -90,6 +105,12 @@ enum Cmd {
         /// artifacts) to this file.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Write a JUnit XML report to this file: a test suite per lab, a
+        /// test case per case (a failure per failed check, the evidence
+        /// files as properties); a run that could not start or finish is a
+        /// test case `run` with an error saying why.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -146,6 +167,12 @@ enum ImageCmd {
         /// The recipe file.
         recipe: Option<PathBuf>,
     },
+    /// Print each recipe's cache entry, NAME-KEY (KEY hashes the recipe, the
+    /// guest scripts and the BPF programs): a CI cache key for the image.
+    Key {
+        /// The recipe files (default images/base.toml).
+        recipes: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -186,9 +213,10 @@ fn main() -> ExitCode {
                 repeat,
                 markdown,
                 html,
+                junit,
             } => run(
                 lab,
-                Outputs { json, markdown, html, timings, tolerance, on_crash },
+                Outputs { json, markdown, html, junit, timings, tolerance, on_crash },
                 RunOptions {
                     accel,
                     kernels,
@@ -224,6 +252,7 @@ fn main() -> ExitCode {
             }
             Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
+            Cmd::Image { command: ImageCmd::Key { recipes } } => image_key(recipes),
             Cmd::Doctor => vlab::doctor::doctor(),
         }
     });
@@ -246,7 +275,7 @@ run `ci/setup` as root to install what is missing; keep the evidence with --arti
 
 fn load_lab(path: &Path) -> Result<Lab, u8> {
     vlab::load_lab(path).map_err(|e| {
-        eprintln!("vlab: invalid lab file: {e}");
+        error!("invalid lab file: {e}");
         exit::INVALID_INPUT
     })
 }
@@ -285,7 +314,7 @@ fn first_signal() -> Option<impl std::future::Future<Output = (&'static str, u8)
 async fn cancel_image_builds() {
     let done = tokio::task::spawn_blocking(|| vlab::image::cancel_all(std::time::Duration::from_secs(10))).await;
     if !matches!(done, Ok(true)) {
-        eprintln!("vlab: an image build did not stop within 10 s");
+        error!("an image build did not stop within 10 s");
     }
 }
 
@@ -300,7 +329,7 @@ async fn supervised<T: Send + 'static>(
     work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> Result<T, u8> {
     let Some(signalled) = first_signal() else {
-        eprintln!("vlab: cannot install signal handlers");
+        error!("cannot install signal handlers");
         return Err(exit::COULD_NOT_RUN);
     };
     let mut task = tokio::spawn(work);
@@ -314,33 +343,31 @@ async fn supervised<T: Send + 'static>(
         // An image build runs on a thread of its own: stop it and its tools.
         cancel_image_builds().await;
         progress.finish();
-        eprintln!("vlab: {sig}: stopped; the VMs, namespace and temporary files were removed");
+        error!("{sig}: stopped; the VMs, namespace and temporary files were removed");
         return Err(code);
     }
     progress.finish();
     match outcome.expect("set when not interrupted") {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            match (vlab::run::guest_failure(&e), on_crash) {
-                (Some(why), OnCrash::Bad) => {
-                    eprintln!("vlab: {e:#}\n\nThe guest failed ({why}): the kernel under test is bad (exit 1, --on-crash bad).");
-                    Err(exit::CHECK_FAILED)
-                }
-                (Some(why), OnCrash::Skip) => {
-                    eprintln!(
-                        "vlab: {e:#}\n\nThe guest failed ({why}); exit 125. \
-                     Testing a kernel (git bisect run), --on-crash bad counts this as a bad kernel (exit 1)."
-                    );
-                    Err(exit::COULD_NOT_RUN)
-                }
-                (None, _) => {
-                    eprintln!("vlab: {e:#}\n\n{HINT_125}");
-                    Err(exit::COULD_NOT_RUN)
-                }
+        Ok(Err(e)) => match (vlab::run::guest_failure(&e), on_crash) {
+            (Some(why), OnCrash::Bad) => {
+                error!("{e:#}\n\nThe guest failed ({why}): the kernel under test is bad (exit 1, --on-crash bad).");
+                Err(exit::CHECK_FAILED)
             }
-        }
+            (Some(why), OnCrash::Skip) => {
+                eprintln!(
+                    "vlab: {e:#}\n\nThe guest failed ({why}); exit 125. \
+                     Testing a kernel (git bisect run), --on-crash bad counts this as a bad kernel (exit 1)."
+                );
+                Err(exit::COULD_NOT_RUN)
+            }
+            (None, _) => {
+                error!("{e:#}\n\n{HINT_125}");
+                Err(exit::COULD_NOT_RUN)
+            }
+        },
         Err(join) => {
-            eprintln!("vlab: internal error ({join}); the lab was torn down.\n{HINT_125}");
+            error!("internal error ({join}); the lab was torn down.\n{HINT_125}");
             Err(exit::COULD_NOT_RUN)
         }
     }
@@ -350,7 +377,7 @@ fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<(), 
     let Some(path) = path else { return Ok(()) };
     let text = serde_json::to_string_pretty(value).expect("reports serialize") + "\n";
     std::fs::write(path, text).map_err(|e| {
-        eprintln!("vlab: cannot write {}: {e}", path.display());
+        error!("cannot write {}: {e}", path.display());
         exit::COULD_NOT_RUN
     })
 }
@@ -365,11 +392,11 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
         return Ok(()); // no QEMU: the run itself says so (exit 125)
     };
     lab.check_host(major).map_err(|e| {
-        eprintln!("vlab: invalid lab file for this host: {e}");
+        error!("invalid lab file for this host: {e}");
         exit::INVALID_INPUT
     })?;
     vlab::variants::check_image(lab, &vlab::images_dir()).map_err(|e| {
-        eprintln!("vlab: invalid lab file: {e}");
+        error!("invalid lab file: {e}");
         exit::INVALID_INPUT
     })
 }
@@ -379,6 +406,7 @@ struct Outputs {
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
     html: Option<PathBuf>,
+    junit: Option<PathBuf>,
     timings: bool,
     /// Of the comparison of kernels.
     tolerance: f64,
@@ -398,14 +426,27 @@ fn load_runs(path: &Path) -> Result<Runs, u8> {
         return load_lab(path).map(|l| Runs::Lab(Box::new(l)));
     }
     vlab::study::load(path).map(Runs::Study).map_err(|e| {
-        eprintln!("vlab: invalid study: {e}");
+        error!("invalid study: {e}");
         exit::INVALID_INPUT
     })
 }
 
-/// Runs a lab or a study; `opts.repeat` 0 means its default.
-async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8, u8> {
-    let runs = load_runs(&lab_path)?;
+/// Runs a lab or a study; `opts.repeat` 0 means its default. With `--junit`,
+/// a run that could not start or finish still leaves a report: one error.
+async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
+    let junit = out.junit.clone();
+    let result = run_reports(&lab_path, out, opts).await;
+    if let (Err(code), Some(path)) = (&result, &junit) {
+        let message = LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = vlab::junit::write(path, &vlab::junit::of_error(&lab_path, *code, &message)) {
+            error!("{e:#}");
+        }
+    }
+    result
+}
+
+async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Result<u8, u8> {
+    let runs = load_runs(lab_path)?;
     // A study's labs run; the rest of it (its claims) is judged afterwards.
     let (title, mut labs, study) = match runs {
         Runs::Lab(lab) => {
@@ -430,26 +471,27 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
     }
     labs.retain(|(_, cases)| !cases.is_empty());
     if labs.is_empty() {
-        eprintln!("vlab: --case {:?} matches no case of the study", opts.case_filter.as_deref().unwrap_or(""));
+        error!("--case {:?} matches no case of the study", opts.case_filter.as_deref().unwrap_or(""));
         return Err(exit::INVALID_INPUT);
     }
     if opts.kernel_commits.len() > opts.kernels.len() {
-        eprintln!("vlab: --kernel-commit is given once per --kernel, and there are more of them");
+        error!("--kernel-commit is given once per --kernel, and there are more of them");
         return Err(exit::INVALID_INPUT);
     }
     for kernel in &opts.kernels {
         if !kernel.is_file() {
-            eprintln!("vlab: --kernel {}: no such file", kernel.display());
+            error!("--kernel {}: no such file", kernel.display());
             return Err(exit::INVALID_INPUT);
         }
     }
     if !(0.0..1.0).contains(&out.tolerance) {
-        eprintln!("vlab: --tolerance {}: use a fraction from 0 to below 1 (0.05 is 5 %)", out.tolerance);
+        error!("--tolerance {}: use a fraction from 0 to below 1 (0.05 is 5 %)", out.tolerance);
         return Err(exit::INVALID_INPUT);
     }
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
     let kernels = opts.kernels.len().max(1);
+    let per_lab = labs.len() > 1;
     let reports = supervised(&progress, out.on_crash, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
@@ -496,7 +538,14 @@ async fn run(lab_path: PathBuf, out: Outputs, mut opts: RunOptions) -> Result<u8
     });
     for (path, text) in [out.markdown.as_ref().map(|p| (p, markdown)), page].into_iter().flatten() {
         std::fs::write(path, text).map_err(|e| {
-            eprintln!("vlab: cannot write {}: {e}", path.display());
+            error!("cannot write {}: {e}", path.display());
+            exit::COULD_NOT_RUN
+        })?;
+    }
+    if let Some(path) = &out.junit {
+        let junit = vlab::junit::of_run(&title, &reports, &comparisons, &studies, artifacts.as_deref(), per_lab);
+        vlab::junit::write(path, &junit).map_err(|e| {
+            error!("{e:#}");
             exit::COULD_NOT_RUN
         })?;
     }
@@ -511,7 +560,7 @@ async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunO
     check_host(&lab)?;
     check_case_filter(&lab, opts.case_filter.as_deref())?;
     if runs == 0 {
-        eprintln!("vlab: --runs must be at least 1");
+        error!("--runs must be at least 1");
         return Err(exit::INVALID_INPUT);
     }
     let progress = opts.progress.clone();
@@ -524,13 +573,13 @@ async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunO
 
 fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {
     if !(0.0..1.0).contains(&tolerance) {
-        eprintln!("vlab: --tolerance {tolerance}: use a fraction from 0 to below 1 (0.05 is 5 %)");
+        error!("--tolerance {tolerance}: use a fraction from 0 to below 1 (0.05 is 5 %)");
         return exit::INVALID_INPUT;
     }
     let comparison = match vlab::compare::compare_files(a, b, tolerance) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vlab: {e}");
+            error!("{e}");
             return exit::INVALID_INPUT;
         }
     };
@@ -545,12 +594,27 @@ fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {
     }
 }
 
+/// `vlab image key`: each recipe's cache entry, a line each.
+fn image_key(recipes: Vec<PathBuf>) -> u8 {
+    let recipes = if recipes.is_empty() { vec![vlab::images_dir().join("base.toml")] } else { recipes };
+    for recipe in recipes {
+        match vlab::image::cache_entry(&recipe) {
+            Ok(entry) => println!("{entry}"),
+            Err(e) => {
+                error!("{e}");
+                return exit::INVALID_INPUT;
+            }
+        }
+    }
+    exit::PASSED
+}
+
 async fn image_build(recipe: Option<PathBuf>) -> u8 {
     let recipe = recipe.unwrap_or_else(|| vlab::images_dir().join("base.toml"));
     let started = std::time::Instant::now();
     let progress = Progress::new("image");
     let Some(signalled) = first_signal() else {
-        eprintln!("vlab: cannot install signal handlers");
+        error!("cannot install signal handlers");
         return exit::COULD_NOT_RUN;
     };
     let mut build = tokio::task::spawn_blocking({
@@ -562,7 +626,7 @@ async fn image_build(recipe: Option<PathBuf>) -> u8 {
         (sig, code) = signalled => {
             cancel_image_builds().await;
             progress.finish();
-            eprintln!("vlab: {sig}: image build stopped; its tools were killed and its work directory removed");
+            error!("{sig}: image build stopped; its tools were killed and its work directory removed");
             return code;
         }
     };
@@ -580,15 +644,15 @@ async fn image_build(recipe: Option<PathBuf>) -> u8 {
             exit::PASSED
         }
         Err(vlab::image::ImageError::ReadRecipe { path, source }) => {
-            eprintln!("vlab: cannot read image recipe {}: {source}", path.display());
+            error!("cannot read image recipe {}: {source}", path.display());
             exit::INVALID_INPUT
         }
         Err(e @ vlab::image::ImageError::BadRecipe { .. }) => {
-            eprintln!("vlab: {e}");
+            error!("{e}");
             exit::INVALID_INPUT
         }
         Err(e) => {
-            eprintln!("vlab: {e}\nThe image could not be built (exit 125): run ci/setup to install mmdebstrap, xz and e2fsprogs, and check that the Debian archive is reachable.");
+            error!("{e}\nThe image could not be built (exit 125): run ci/setup to install mmdebstrap, xz and e2fsprogs, and check that the Debian archive is reachable.");
             exit::COULD_NOT_RUN
         }
     }

@@ -257,8 +257,9 @@ impl Vlab {
 
     /// [`run_lab`](Self::run_lab) with more arguments and environment variables.
     fn run_lab_with(&self, lab: &str, more: &[&str], env: &[(&str, &Path)], codes: &[i32]) -> (Value, PathBuf, Output) {
-        let (json, artifacts) = (self.path("report.json"), self.path("artifacts"));
+        let (json, artifacts, junit) = (self.path("report.json"), self.path("artifacts"), self.path("junit.xml"));
         let mut args = vec!["run", lab, "--json", json.to_str().unwrap(), "--artifacts", artifacts.to_str().unwrap()];
+        args.extend_from_slice(&["--junit", junit.to_str().unwrap()]);
         args.extend_from_slice(more);
         let mut cmd = self.command(&args);
         cmd.envs(env.iter().copied());
@@ -267,6 +268,7 @@ impl Vlab {
         assert!(codes.contains(&code), "{lab}: exit {code}, expected one of {codes:?}:\n{}", stderr(&out));
         self.assert_clean(pid);
         let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_junit_agrees(&junit, &report);
         (report, artifacts, out)
     }
 
@@ -284,6 +286,71 @@ impl Vlab {
         let left: Vec<_> = std::fs::read_dir(self.path("run")).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "temporary files left behind: {left:?}");
     }
+}
+
+/// The run's JUnit report (`--junit`) says what its JSON report says: a
+/// test suite per lab (and kernel) with a test case per case, in order; a
+/// failure exactly for each case that failed, naming its failed checks; the
+/// evidence properties name files that exist (a passed case's raw iperf3
+/// output among them).
+fn assert_junit_agrees(junit: &Path, report: &Value) {
+    use quick_junit::{NonSuccessKind, TestCaseStatus};
+    let xml = std::fs::read_to_string(junit).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+    let reports: Vec<&Value> = match report["reports"].as_array() {
+        Some(all) => all.iter().collect(),
+        None => vec![report],
+    };
+    assert!(parsed.test_suites.len() >= reports.len(), "{xml}");
+    for (r, suite) in reports.iter().zip(&parsed.test_suites) {
+        let cases = r["cases"].as_array().unwrap();
+        assert!(suite.name.starts_with(r["lab"].as_str().unwrap()), "{} for lab {}", suite.name.as_str(), r["lab"]);
+        assert_eq!(suite.test_cases.len(), cases.len(), "{}: one test case per case", suite.name.as_str());
+        for (case, t) in cases.iter().zip(&suite.test_cases) {
+            let name = case["name"].as_str().unwrap();
+            assert_eq!(t.name.as_str(), name);
+            let failed: Vec<&str> = case["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["passed"] == false)
+                .map(|k| k["name"].as_str().unwrap())
+                .collect();
+            match (&t.status, case["passed"].as_bool().unwrap()) {
+                (TestCaseStatus::Success { .. }, true) => {}
+                (TestCaseStatus::NonSuccess { kind: NonSuccessKind::Failure, message, description, .. }, false) => {
+                    let message = message.as_ref().map(|m| m.as_str()).unwrap_or_default();
+                    let description = description.as_ref().map(|d| d.as_str()).unwrap_or_default();
+                    for check in &failed {
+                        assert!(message.contains(check), "{name}: failure {message:?} lacks {check:?}");
+                        assert!(description.contains(check), "{name}: {description:?} lacks {check:?}");
+                    }
+                }
+                (status, passed) => panic!("{name}: passed {passed}, JUnit {status:?}"),
+            }
+            let evidence: Vec<&str> =
+                t.properties.iter().filter(|p| p.name.as_str() == "evidence").map(|p| p.value.as_str()).collect();
+            if case["passed"] == true {
+                assert!(evidence.iter().any(|p| p.ends_with("/iperf3-client.json")), "{name}: {evidence:?}");
+            }
+            assert!(evidence.iter().all(|p| Path::new(p).is_file()), "{name}: {evidence:?}");
+        }
+    }
+}
+
+/// A run that could not start leaves a JUnit report with one error that
+/// says why (exit code and message), not an empty suite.
+fn assert_junit_error(junit: &Path, code: i32, says: &str) {
+    use quick_junit::{NonSuccessKind, TestCaseStatus};
+    let xml = std::fs::read_to_string(junit).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+    assert_eq!((parsed.tests, parsed.errors, parsed.test_suites.len()), (1, 1, 1), "{xml}");
+    let t = &parsed.test_suites[0].test_cases[0];
+    let TestCaseStatus::NonSuccess { kind: NonSuccessKind::Error, ty, description, .. } = &t.status else {
+        panic!("not an error: {xml}")
+    };
+    assert_eq!(ty.as_ref().map(|t| t.as_str()), Some(format!("exit {code}").as_str()), "{xml}");
+    assert!(description.as_ref().is_some_and(|d| d.as_str().contains(says)), "{xml}");
 }
 
 /// The network namespaces whose name starts with `prefix`.
@@ -800,13 +867,15 @@ fn a_guest_that_trips_on_an_int3_in_memory_fails_the_run() {
 fn missing_qemu_is_exit_125() {
     let _one = lock();
     let vlab = Vlab::new();
+    let junit = vlab.path("junit.xml");
     let out = vlab
-        .command(&["run", "labs/baseline.toml"])
+        .command(&["run", "labs/baseline.toml", "--junit", junit.to_str().unwrap()])
         .env("VLAB_QEMU", "/nonexistent/qemu-system-x86_64")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("/nonexistent/qemu-system-x86_64"), "{}", stderr(&out));
+    assert_junit_error(&junit, 125, "/nonexistent/qemu-system-x86_64");
 }
 
 #[test]
@@ -815,11 +884,13 @@ fn invalid_lab_is_exit_128_and_names_the_field() {
     let lab = vlab.path("broken.toml");
     let text = std::fs::read_to_string(repo("labs/baseline.toml")).unwrap().replace("queues = 2 }", "queues = 0 }");
     std::fs::write(&lab, text).unwrap();
-    let (out, _) = vlab.run(&["run", lab.to_str().unwrap()]);
+    let junit = vlab.path("junit.xml");
+    let (out, _) = vlab.run(&["run", lab.to_str().unwrap(), "--junit", junit.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(128));
     let err = stderr(&out);
     assert!(err.contains(&format!("{}:12:", lab.display())), "{err}");
     assert!(err.contains("vm[0].nic.queues"), "{err}");
+    assert_junit_error(&junit, 128, "vm[0].nic.queues");
     let (out, _) = vlab.run(&["run", "labs/baseline.toml", "--accel", "warp"]);
     assert_eq!(out.status.code(), Some(128), "bad arguments are not a bad kernel");
     let (out, _) = vlab.run(&["run", "labs/baseline.toml", "--case", "family=ipv5"]);
@@ -1288,13 +1359,18 @@ fn assert_page_renders(vlab: &Vlab, page: &Path, cases: usize, baseline_cases: u
     }
     assert!(html.contains("Content-Security-Policy") && html.contains("default-src 'none'"));
     let profile = vlab.path("chromium-profile");
-    let out = Command::new("chromium")
+    // Debian's chromium; GitHub's Ubuntu runners have Google Chrome.
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find_map(|b| which::which(b).ok())
+        .expect("chromium (ci/setup installs it)");
+    let out = Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
         .output()
-        .expect("chromium (ci/setup installs it)");
+        .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(dom.contains("<svg") && dom.contains("Gbit/s"), "chromium rendered no chart: {}", stderr(&out));
     let bars = dom.matches("fill=\"#4682B4\"").count() + dom.matches("fill=\"#A0A0A0\"").count();

@@ -205,6 +205,12 @@ fn images_dir() -> PathBuf {
     cache_root().join("images")
 }
 
+/// The recipe's entry in the cache, `NAME-KEY` (see [`Recipe::key`]).
+pub fn cache_entry(recipe_path: &Path) -> Result<String, ImageError> {
+    let (recipe, text) = Recipe::load(recipe_path)?;
+    Ok(format!("{}-{}", recipe.name, Recipe::key(&text)))
+}
+
 /// Looks the recipe up in the cache without building.
 pub fn cached(recipe_path: &Path) -> Result<Option<Image>, ImageError> {
     let (recipe, text) = Recipe::load(recipe_path)?;
