@@ -1,6 +1,7 @@
 //! JUnit XML of a run (`vlab run --junit FILE`), for CI systems that show
 //! results per test: a test suite per lab (and kernel), a test case per case
-//! with a failure per failed check, the case's evidence files as properties;
+//! whose failure names every failed check (its detail a line each in the
+//! failure's text), the case's evidence files as properties;
 //! a suite for each comparison of kernels and for each study's findings. A
 //! run that could not start is one test case with an error, never an empty
 //! report.
@@ -94,8 +95,9 @@ pub fn of_run(
     junit
 }
 
-/// A case: its checks as output, a failure per failed check (every round's,
-/// named by round when there were several), its evidence files as properties.
+/// A case: its checks as output; when it failed, a failure whose message
+/// names every failed check (a later round's with its round) and whose text
+/// gives each one's detail; its evidence files as properties.
 fn case_of(lab: &str, case: &CaseReport, repeat: u32, artifacts: Option<&Path>) -> TestCase {
     let checks: Vec<String> = case
         .checks

@@ -57,7 +57,11 @@ fn tshark_agrees() {
 /// `tcp.checksum.status`: 0 bad, 1 good, 2 unverified), frame by frame, on
 /// every pcap kept as a fixture. tshark cannot know that a checksum was left
 /// to the NIC or that a segment is a TSO/GRO aggregate: it calls those bad,
-/// so its bad count is vlab's invalid + offloaded + oversized.
+/// so its bad count is vlab's invalid + offloaded + oversized. It also calls a
+/// valid checksum bad when the field holds 0xffff for 0x0000 (ones'
+/// complement negative zero, RFC 1624): vlab counts those as valid and as
+/// `negative_zero` (fixture `ila-adj-transport-negative-zero.pcap`: a guest's
+/// ILA SYN-ACK).
 #[test]
 fn tshark_agrees_on_checksums() {
     let tshark = tshark();
@@ -92,9 +96,10 @@ fn tshark_agrees_on_checksums() {
             .collect();
         let ours = checksum_verdicts(&std::fs::read(&path).unwrap(), &plain(5201)).unwrap();
         assert_eq!(ours.len(), theirs.len(), "{path:?}: TCP segments");
-        for ((frame, verdict), (their_frame, status)) in ours.iter().zip(&theirs) {
+        for ((frame, verdict, negative_zero), (their_frame, status)) in ours.iter().zip(&theirs) {
             assert_eq!(frame, their_frame);
             let expected = match verdict {
+                ChecksumStatus::Valid if *negative_zero => 0,
                 ChecksumStatus::Valid => 1,
                 ChecksumStatus::Invalid | ChecksumStatus::Offloaded | ChecksumStatus::Oversized => 0,
                 ChecksumStatus::Truncated => 2,
@@ -102,10 +107,14 @@ fn tshark_agrees_on_checksums() {
             assert_eq!(*status, expected, "{path:?} frame {frame}: vlab says {verdict:?}");
         }
         let bad = theirs.iter().filter(|(_, s)| *s == 0).count();
-        let invalid = ours.iter().filter(|(_, v)| *v == ChecksumStatus::Invalid).count();
+        let invalid = ours.iter().filter(|(_, v, _)| *v == ChecksumStatus::Invalid).count();
         let unjudged =
-            ours.iter().filter(|(_, v)| matches!(v, ChecksumStatus::Offloaded | ChecksumStatus::Oversized)).count();
-        assert_eq!(bad, invalid + unjudged, "{path:?}");
+            ours.iter().filter(|(_, v, _)| matches!(v, ChecksumStatus::Offloaded | ChecksumStatus::Oversized)).count();
+        let negative_zero = ours.iter().filter(|(_, _, z)| *z).count();
+        assert_eq!(bad, invalid + unjudged + negative_zero, "{path:?}");
+        if path.ends_with("ila-adj-transport-negative-zero.pcap") {
+            assert_eq!(negative_zero, 1, "the fixture's SYN-ACK carries 0xffff");
+        }
     }
 }
 

@@ -211,8 +211,9 @@ fn vxlan_inner<'a>(outer: &LaxSlicedPacket<'a>, port: u16) -> Option<(u32, LaxSl
     LaxSlicedPacket::from_ethernet(&p[8..]).ok().map(|inner| (vni, inner))
 }
 
-/// A segment's checksum verdict, and whether it was adjusted in reverse.
-fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool) {
+/// A segment's checksum verdict, whether it was adjusted in reverse, and
+/// whether a valid one carries negative zero.
+fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool, bool) {
     let segment = Segment {
         src: ip.src,
         dst: ip.dst,
@@ -223,7 +224,8 @@ fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool) {
     let original = (ctx.original_dst)(ip.dst);
     let status = checksum::classify(&segment, original, ctx.mtu);
     let judged = matches!(status, ChecksumStatus::Invalid | ChecksumStatus::Oversized);
-    (status, judged && original.is_some_and(|o| checksum::reverse_adjusted(&segment, o)))
+    let reversed = judged && original.is_some_and(|o| checksum::reverse_adjusted(&segment, o));
+    (status, reversed, status == ChecksumStatus::Valid && checksum::negative_zero(&segment))
 }
 
 /// Summarises a pcap file (Ethernet link type).
@@ -285,9 +287,10 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
         }
         s.workload += 1;
         let Some(tcp) = tcp else { continue };
-        let (status, reversed) = verdict(&ip, ctx);
+        let (status, reversed, negative_zero) = verdict(&ip, ctx);
         s.checksums.add(status);
         s.checksums.reverse_adjusted += u64::from(reversed);
+        s.checksums.negative_zero += u64::from(negative_zero);
         flows.insert(Flow { src: ip.src, dst: ip.dst });
         if s.first.len() < FIRST_SEGMENTS {
             s.first.push(SegmentSummary {
@@ -305,9 +308,10 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
     Ok(s)
 }
 
-/// Every TCP segment's checksum verdict, by frame number (from 1), for
-/// comparison with another decoder.
-pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, ChecksumStatus)>, String> {
+/// Every TCP segment's checksum verdict, by frame number (from 1), and
+/// whether a valid one carries negative zero, for comparison with another
+/// decoder.
+pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, ChecksumStatus, bool)>, String> {
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
     let mut out = Vec::new();
     for (i, block) in capture.blocks.iter().enumerate() {
@@ -316,7 +320,8 @@ pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, 
         let sliced = inner.as_ref().unwrap_or(&outer);
         let Some(TransportSlice::Tcp(_)) = &sliced.transport else { continue };
         let Some(ip) = ip_view(sliced) else { continue };
-        out.push((i as u64 + 1, verdict(&ip, ctx).0));
+        let (status, _, negative_zero) = verdict(&ip, ctx);
+        out.push((i as u64 + 1, status, negative_zero));
     }
     Ok(out)
 }

@@ -147,6 +147,15 @@ pub fn reverse_adjusted(seg: &Segment, original_dst: IpAddr) -> bool {
     fold(pseudo + sum_words(seg.bytes)) == 0xffff || same_sum(field, fold(pseudo))
 }
 
+/// Whether a segment judged valid carries 0xffff where a full computation
+/// gives 0x0000: ones' complement negative zero, which an incremental update
+/// (RFC 1624 eqn. 2, as the kernel's ILA adjustment can leave) writes.
+/// Receivers accept it (the sum over the segment is still all ones); RFC 1624
+/// and strict decoders (Wireshark: "Illegal checksum value") do not.
+pub fn negative_zero(seg: &Segment) -> bool {
+    seg.complete && seg.bytes.len() >= 20 && seg.bytes[16] == 0xff && seg.bytes[17] == 0xff
+}
+
 /// Segments per checksum verdict at one capture point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChecksumCounts {
@@ -165,6 +174,14 @@ pub struct ChecksumCounts {
     /// adjusted by the opposite of the address change, the signature of a
     /// translation that corrects the checksum in the wrong direction.
     pub reverse_adjusted: u64,
+    /// Of the valid segments: those whose checksum field is 0xffff for
+    /// 0x0000 (see [`negative_zero`]); absent from the JSON when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub negative_zero: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ChecksumCounts {
@@ -191,6 +208,7 @@ impl ChecksumCounts {
         self.offloaded += o.offloaded;
         self.oversized += o.oversized;
         self.reverse_adjusted += o.reverse_adjusted;
+        self.negative_zero += o.negative_zero;
         self.truncated += o.truncated;
     }
 }
@@ -204,6 +222,9 @@ impl std::fmt::Display for ChecksumCounts {
         )?;
         if self.reverse_adjusted > 0 {
             write!(f, " ({} adjusted in reverse)", self.reverse_adjusted)?;
+        }
+        if self.negative_zero > 0 {
+            write!(f, " ({} valid with 0xffff for 0x0000)", self.negative_zero)?;
         }
         Ok(())
     }
