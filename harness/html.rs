@@ -188,7 +188,7 @@ pub fn page(
 ) -> String {
     let mut body = String::new();
     // A study keeps each lab's evidence in a directory of its own.
-    let study = reports.iter().any(|r| r.lab != reports[0].lab);
+    let study = crate::report::several_labs(reports);
     for (outcome, own) in studies.iter().zip(per_kernel(reports, studies.len())) {
         body.push_str(&study_section(outcome, &own));
     }
@@ -217,7 +217,7 @@ pub fn page(
             let failed: Vec<String> = c.failed_checks().into_iter().map(escape).collect();
             let result = if c.passed { "pass".to_string() } else { format!("<b>FAIL</b>: {}", failed.join(", ")) };
             let evidence = artifacts.map_or(String::new(), |dir| {
-                let dir = if study { dir.join(&r.lab) } else { dir.to_path_buf() }.join(&c.name);
+                let dir = crate::report::lab_evidence(dir, &r.lab, study).join(&c.name);
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
                 format!("<a href=\"{}\">artifacts</a>", escape(&href))
             });

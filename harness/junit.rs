@@ -13,19 +13,17 @@ use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite}
 
 use crate::compare::Comparison;
 use crate::findings::{StudyOutcome, Verdict};
-use crate::report::{CaseReport, Report};
+use crate::report::{lab_evidence, round_evidence, several_labs, CaseReport, Report};
 use crate::stats::Change;
 
 /// The JUnit report of a run that produced reports. `artifacts` is the run's
-/// `--artifacts` directory (each case's evidence is under it); `per_lab` says
-/// that each lab's evidence is in a directory of its name (several labs).
+/// `--artifacts` directory (each case's evidence is under it).
 pub fn of_run(
     title: &str,
     reports: &[Report],
     comparisons: &[Comparison],
     studies: &[StudyOutcome],
     artifacts: Option<&Path>,
-    per_lab: bool,
 ) -> quick_junit::Report {
     let mut junit = quick_junit::Report::new(format!("vlab {title}"));
     let several_kernels = reports.iter().any(|r| reports.iter().filter(|o| o.lab == r.lab).count() > 1);
@@ -47,7 +45,7 @@ pub fn of_run(
             props.push(("kernel_commit", commit.clone()));
         }
         suite.add_properties(props.into_iter().map(|(k, v)| Property::new(k, v)));
-        let dir = artifacts.map(|d| if per_lab { d.join(&r.lab) } else { d.to_path_buf() });
+        let dir = artifacts.map(|d| lab_evidence(d, &r.lab, several_labs(reports)));
         for case in &r.cases {
             suite.add_test_case(case_of(&r.lab, case, r.repeat, dir.as_deref()));
         }
@@ -137,11 +135,7 @@ fn evidence(artifacts: Option<&Path>, case: &str, repeat: u32) -> Vec<PathBuf> {
     let Some(dir) = artifacts else { return Vec::new() };
     let mut files = Vec::new();
     for round in 1..=repeat.max(1) {
-        let case_dir = match round {
-            1 => dir.join(case),
-            r => dir.join(format!("repeat-{r}")).join(case),
-        };
-        let Ok(entries) = std::fs::read_dir(&case_dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(round_evidence(dir, round).join(case)) else { continue };
         let mut these: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         these.sort();
         files.extend(these);

@@ -491,7 +491,6 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
     let kernels = opts.kernels.len().max(1);
-    let per_lab = labs.len() > 1;
     let reports = supervised(&progress, out.on_crash, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
     let mut markdown = String::new();
     for report in &reports {
@@ -543,7 +542,7 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
         })?;
     }
     if let Some(path) = &out.junit {
-        let junit = vlab::junit::of_run(&title, &reports, &comparisons, &studies, artifacts.as_deref(), per_lab);
+        let junit = vlab::junit::of_run(&title, &reports, &comparisons, &studies, artifacts.as_deref());
         vlab::junit::write(path, &junit).map_err(|e| {
             error!("{e:#}");
             exit::COULD_NOT_RUN

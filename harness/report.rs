@@ -342,6 +342,31 @@ pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
     }
 }
 
+/// Where `--artifacts DIR` keeps a lab's evidence: DIR itself, or a
+/// directory of the lab's name when the run had several labs (a study).
+pub fn lab_evidence(artifacts: &std::path::Path, lab: &str, several_labs: bool) -> std::path::PathBuf {
+    if several_labs {
+        artifacts.join(lab)
+    } else {
+        artifacts.to_path_buf()
+    }
+}
+
+/// Where a lab's evidence of round `round` (from 1) goes: its directory for
+/// the first round, `repeat-R/` under it for later ones; each case's is the
+/// directory of its name under that.
+pub fn round_evidence(lab_dir: &std::path::Path, round: u32) -> std::path::PathBuf {
+    match round {
+        1 => lab_dir.to_path_buf(),
+        r => lab_dir.join(format!("repeat-{r}")),
+    }
+}
+
+/// Whether the reports are of several labs (a study's).
+pub fn several_labs(reports: &[Report]) -> bool {
+    reports.iter().any(|r| r.lab != reports[0].lab)
+}
+
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

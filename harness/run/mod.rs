@@ -84,7 +84,8 @@ struct Prepared {
     /// Image and acceleration phases.
     timing: RunTiming,
     /// The kernel's configuration, read from the first pair that booted it
-    /// (empty when it keeps none); every later pair's check reuses it.
+    /// (empty when it keeps none); every later pair of any lab booting the
+    /// same kernel file reuses it.
     kernel_config: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
@@ -448,10 +449,7 @@ async fn start_pair(group: &Group, prepared: &Prepared, opts: &RunOptions) -> an
 /// round's [`turns`]), switching filters between cases as they need; returns
 /// their reports in the group's order.
 async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32) -> anyhow::Result<Vec<CaseReport>> {
-    let artifacts = match round {
-        1 => group.artifacts.clone(),
-        r => group.artifacts.as_ref().map(|d| d.join(format!("repeat-{r}"))),
-    };
+    let artifacts = group.artifacts.as_ref().map(|d| crate::report::round_evidence(d, round));
     let outcome = async {
         let mut reports = vec![None; group.cases.len()];
         for c in turns(group.cases.len(), round) {
@@ -530,13 +528,19 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
     // the first; each kernel but the first is booted as given.
     let mut kernels: Vec<Vec<Prepared>> = Vec::new();
     let mut notice = None;
+    // One configuration read per kernel file, whichever lab boots it first.
+    let mut configs: std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::OnceLock<String>>> =
+        Default::default();
     for (lab, cases) in labs {
         check_vfio_nics(lab, cases)?;
         let (prepared, n) = prepare(lab, opts, qemu_bin.clone()).await?;
         notice = notice.or(n);
         let mut mine = vec![prepared.clone()];
         for k in opts.kernels.iter().skip(1) {
-            mine.push(Prepared { kernel: k.clone(), kernel_config: Default::default(), ..prepared.clone() });
+            mine.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+        }
+        for p in &mut mine {
+            p.kernel_config = configs.entry(p.kernel.clone()).or_default().clone();
         }
         kernels.push(mine);
     }
@@ -546,10 +550,10 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
         for group in groups(lab, cases.clone()) {
             for k in 0..kernels[l].len() {
                 let mut g = group.clone();
-                g.artifacts = opts.artifacts.clone();
+                g.artifacts =
+                    opts.artifacts.as_ref().map(|d| crate::report::lab_evidence(d, &lab.name, labs.len() > 1));
                 if labs.len() > 1 {
                     g.label = format!("-{}{}", lab.name, g.label);
-                    g.artifacts = opts.artifacts.as_ref().map(|d| d.join(&lab.name));
                 }
                 if kernels[l].len() > 1 {
                     g.label.push_str(&format!("-kernel{}", k + 1));
