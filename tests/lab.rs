@@ -125,6 +125,61 @@ fn invalid_labs_name_file_line_and_field(#[case] text: String, #[case] name: &st
     insta::assert_snapshot!(name, err.to_string());
 }
 
+/// The baseline lab with its first `[[vm]]` header replaced.
+fn first_vm_header(to: &str) -> String {
+    edit("[[vm]]\nname = \"host1\"", &format!("{to}\nname = \"host1\""))
+}
+
+/// Common typos: each message names the line of the mistake (checked against
+/// the text there), the key or value, and the nearest known name when there
+/// is one; an unknown key or table comes before the field it leaves missing.
+#[rstest]
+#[case::vmm(first_vm_header("[vmm]"), "[vmm]", "vmm")]
+#[case::vms(first_vm_header("[[vms]]"), "[[vms]]", "vms")]
+#[case::every_vm_vmm(BASELINE.replace("[[vm]]", "[vmm]"), "[vmm]", "every_vm_vmm")]
+#[case::workloads(edit("[workload]", "[workloads]"), "[workloads]", "workloads")]
+#[case::containers(edit("[[vm.container]]", "[[vm.containers]]"), "[[vm.containers]]", "containers")]
+#[case::packet(edit("packets = 200", "packet = 200"), "packet = 200", "packet")]
+#[case::overlay_vxaln(edit("overlay = \"baseline\"", "overlay = \"vxaln\""), "overlay = \"vxaln\"", "overlay_vxaln")]
+#[case::duration_without_unit(
+    edit("duration = \"5s\"", "duration = \"5\""),
+    "duration = \"5\"",
+    "duration_without_unit"
+)]
+#[case::duration_as_number(edit("duration = \"5s\"", "duration = 5"), "duration = 5", "duration_as_number")]
+#[case::queues_as_string(
+    edit("nic = { model = \"virtio\", queues = 2 }", "nic = { model = \"virtio\", queues = \"2\" }"),
+    "queues = \"2\"",
+    "queues_as_string"
+)]
+#[case::client_on_unknown_vm(
+    edit("client = \"host2/c2\"", "client = \"hots2/c2\""),
+    "client = \"hots2/c2\"",
+    "client_on_unknown_vm"
+)]
+#[case::client_container_elsewhere(
+    edit("client = \"host2/c2\"", "client = \"host2/c1\""),
+    "client = \"host2/c1\"",
+    "client_container_elsewhere"
+)]
+#[case::container_before_any_vm(
+    edit("[[vm]]\nname = \"host1\"", "[[vm.container]]\nname = \"c0\"\n\n[[vm]]\nname = \"host1\""),
+    "[[vm.container]]",
+    "container_before_any_vm"
+)]
+#[case::missing_underlay(
+    edit("underlay = { ipv4 = \"10.0.0.1/24\", ipv6 = \"fd00::1/64\" }\n", ""),
+    "[[vm]]",
+    "missing_underlay"
+)]
+fn typos_are_named_at_their_line_with_a_suggestion(#[case] text: String, #[case] line: &str, #[case] name: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected");
+    let loc = err.location().expect("located");
+    let at = text.lines().nth(loc.line - 1).unwrap_or_default();
+    assert!(at.contains(line), "{err}: line {} is {at:?}, not the mistake {line:?}", loc.line);
+    insta::assert_snapshot!(format!("typo_{name}"), err.to_string());
+}
+
 #[test]
 fn errors_point_at_the_offending_line() {
     let text = edit("name = \"host2\"", "name = \"host1\"");

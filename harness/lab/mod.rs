@@ -12,6 +12,7 @@
 
 mod error;
 mod matrix;
+mod suggest;
 mod validate;
 mod variants;
 
@@ -682,9 +683,21 @@ impl Lab {
     /// Parses and validates lab text; `path` is used in error messages only.
     pub fn parse(text: &str, path: &Path, variants: &dyn Variants) -> Result<Lab, LabError> {
         let mut ignored = Vec::new();
-        let de = toml::Deserializer::parse(text).map_err(|e| LabError::from_toml(path, text, &e))?;
-        let mut lab: Lab = serde_ignored::deserialize(de, |p| ignored.push(validate::ignored_key(&p)))
-            .map_err(|e| LabError::from_toml(path, text, &e))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| match validate::header_mistake(text, variants) {
+            Some((at, issue)) => LabError::header_mistake(path, text, at, issue, &e),
+            None => LabError::from_toml(path, text, &e),
+        })?;
+        let parsed: Result<Lab, _> = serde_ignored::deserialize(de, |p| ignored.push(validate::ignored_key(&p)));
+        let mut lab = match parsed {
+            Ok(lab) => lab,
+            // An unknown key at the top, in a VM or in the matrix is the
+            // mistake, rather than what serde stopped at (`[vmm]` leaves `vm`
+            // missing).
+            Err(e) => match validate::unknown_key(text, &validate::document_keys(text), variants) {
+                Some(issue) => return Err(LabError::invalid(path, text, issue)),
+                None => return Err(LabError::from_toml(path, text, &e)),
+            },
+        };
         lab.source = path.to_path_buf();
         lab.source_text = text.to_string();
         let located = |issue| LabError::invalid(path, text, issue);

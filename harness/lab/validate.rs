@@ -150,6 +150,82 @@ pub(crate) fn ignored_key(path: &serde_ignored::Path) -> IgnoredKey {
     IgnoredKey { place, key, path }
 }
 
+/// The keys of a lab document where variants may add keys (the top level,
+/// each `[[vm]]`, `[matrix]`), in the order they stand in the file. When
+/// the lab does not fit the model, these are checked before serde's error:
+/// serde visits a table's keys in no order a reader would know, and stops at
+/// its first error.
+pub(crate) fn document_keys(text: &str) -> Vec<IgnoredKey> {
+    let Ok(doc) = toml_edit::Document::parse(text) else { return Vec::new() };
+    let mut keys: Vec<(usize, IgnoredKey)> = Vec::new();
+    let mut add = |table: &dyn toml_edit::TableLike, place: Place, at: Vec<Seg>, vm: Option<usize>| {
+        for (k, item) in table.iter() {
+            let start = table.key(k).and_then(|key| key.span()).or_else(|| item.span()).map_or(usize::MAX, |s| s.start);
+            let mut path = at.clone();
+            path.push(Seg::Name(k.to_string()));
+            keys.push((start, IgnoredKey { place: Some((place, vm)), key: k.to_string(), path }));
+        }
+    };
+    add(doc.as_table(), Place::Top, Vec::new(), None);
+    match doc.get("vm") {
+        Some(toml_edit::Item::ArrayOfTables(vms)) => {
+            for (i, vm) in vms.iter().enumerate() {
+                add(vm, Place::Vm, vec![Seg::Name("vm".into()), Seg::Index(i)], Some(i));
+            }
+        }
+        Some(toml_edit::Item::Value(toml_edit::Value::Array(vms))) => {
+            for (i, vm) in vms.iter().enumerate() {
+                if let Some(vm) = vm.as_inline_table() {
+                    add(vm, Place::Vm, vec![Seg::Name("vm".into()), Seg::Index(i)], Some(i));
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(matrix) = doc.get("matrix").and_then(toml_edit::Item::as_table_like) {
+        add(matrix, Place::Matrix, vec![Seg::Name("matrix".into())], None);
+    }
+    keys.sort_by_key(|(start, _)| *start);
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+/// In a file that is not valid TOML, the first table header that explains
+/// the TOML error, with its byte offset: a header whose top-level name
+/// neither the generic model nor any variant knows (`[vmm]` then
+/// `[[vm.container]]` then `[[vm]]` is a duplicate key), or a container's
+/// table before any VM's.
+pub(crate) fn header_mistake(text: &str, variants: &dyn Variants) -> Option<(usize, Issue)> {
+    let known = known_keys(Place::Top, variants);
+    let mut offset = 0;
+    let mut seen_vm = false;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim_start();
+        let Some(header) = trimmed.strip_prefix('[') else { continue };
+        let header = header.strip_prefix('[').unwrap_or(header).trim_start();
+        let at = start + (line.len() - trimmed.len()) + (trimmed.len() - header.len());
+        let dotted: String =
+            header.chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ')).collect();
+        let parts: Vec<&str> = dotted.split('.').map(str::trim).collect();
+        match parts[..] {
+            ["vm"] => seen_vm = true,
+            ["vm", "container"] if !seen_vm => {
+                let path = vec![Seg::Name("vm".into()), Seg::Name("container".into())];
+                let message = "a `[[vm.container]]` table before any `[[vm]]`: a container belongs to the VM \
+                               whose `[[vm]]` table comes before it";
+                return Some((at, Issue::new(path, message)));
+            }
+            [name, ..] if !name.is_empty() && !known.contains(&name) => {
+                let what = format!("unknown table `{name}`");
+                return Some((at, unknown_key_issue(what, name, vec![Seg::Name(name.to_string())], &known)));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The keys of the generic model at each place where variants add keys.
 fn generic_keys(place: Place) -> &'static [&'static str] {
     match place {
@@ -174,13 +250,54 @@ fn generic_keys(place: Place) -> &'static [&'static str] {
     }
 }
 
+/// Every key at `place` that the generic model or some variant knows.
+fn known_keys(place: Place, variants: &dyn Variants) -> Vec<&'static str> {
+    let mut known: Vec<&str> = generic_keys(place).to_vec();
+    for kind in [Kind::Overlay, Kind::Filter] {
+        for name in variants.names(kind) {
+            for key in variants.keys(kind, name).map(|keys| keys.at(place)).unwrap_or_default() {
+                if !known.contains(key) {
+                    known.push(key);
+                }
+            }
+        }
+    }
+    known
+}
+
+/// The first key the generic model passed over that neither it nor any
+/// variant knows, as an issue located at the key (`text` is the lab file).
+/// Asked first when the lab does not parse: a mistyped table (`[vmm]`) is
+/// the mistake, not the table it leaves missing (`vm`).
+pub(crate) fn unknown_key(text: &str, ignored: &[IgnoredKey], variants: &dyn Variants) -> Option<Issue> {
+    ignored.iter().find_map(|k| {
+        let known = k.place.map(|(place, _)| known_keys(place, variants)).unwrap_or_default();
+        let what = super::error::unknown(text, &k.path, &k.key);
+        (!known.contains(&k.key.as_str())).then(|| unknown_key_issue(what, &k.key, k.path.clone(), &known))
+    })
+}
+
+/// An unknown key (`what` says so): the nearest known name, else every known one.
+fn unknown_key_issue(what: String, key: &str, path: Vec<Seg>, known: &[&str]) -> Issue {
+    let message = match super::suggest::nearest(key, known.iter().copied()) {
+        Some(n) => format!("{what}; did you mean `{n}`?"),
+        None if known.is_empty() => what,
+        None => {
+            let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            format!("{what}, expected one of {}", known.join(", "))
+        }
+    };
+    Issue::key(path, message)
+}
+
 /// Every key the generic model passed over must belong to a variant the lab
 /// selects; a key nobody owns is unknown, as serde would say.
 pub(crate) fn claimed(lab: &Lab, ignored: &[IgnoredKey], variants: &dyn Variants) -> Result<(), Issue> {
+    if let Some(issue) = unknown_key(&lab.source_text, ignored, variants) {
+        return Err(issue);
+    }
     for k in ignored {
-        let Some((place, _)) = k.place else {
-            return Err(Issue::new(k.path.clone(), format!("unknown field `{}`", k.key)));
-        };
+        let Some((place, _)) = k.place else { continue };
         let mut owners = Vec::new();
         let mut selected = false;
         for kind in [Kind::Overlay, Kind::Filter] {
@@ -195,32 +312,16 @@ pub(crate) fn claimed(lab: &Lab, ignored: &[IgnoredKey], variants: &dyn Variants
                 }
             }
         }
-        if selected {
-            continue;
-        }
-        let message = match (owners.first(), place) {
-            (None, _) => {
-                let mut known: Vec<&str> = generic_keys(place).to_vec();
-                for kind in [Kind::Overlay, Kind::Filter] {
-                    for name in variants.names(kind) {
-                        for key in variants.keys(kind, name).map(|keys| keys.at(place)).unwrap_or_default() {
-                            if !known.contains(key) {
-                                known.push(key);
-                            }
-                        }
-                    }
-                }
-                let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-                format!("unknown field `{}`, expected one of {}", k.key, known.join(", "))
-            }
-            (Some(_), Place::Matrix) => {
+        let Some((kind, _)) = owners.first().filter(|_| !selected) else { continue };
+        let message = match place {
+            Place::Matrix => {
                 let names: Vec<&str> = owners.iter().map(|(_, n)| *n).collect();
-                format!("`{}` is an axis of the {} {}", k.key, names.join(" or "), owners[0].0.key())
+                format!("`{}` is an axis of the {} {}", k.key, names.join(" or "), kind.key())
             }
-            (Some(_), _) => {
+            _ => {
                 let names: Vec<String> = owners.iter().map(|(_, n)| format!("\"{n}\"")).collect();
                 let shown = if place == Place::Top { format!("[{}]", k.key) } else { k.key.clone() };
-                format!("`{shown}` is for `{} = {}`", owners[0].0.key(), names.join("` or `"))
+                format!("`{shown}` is for `{} = {}`", kind.key(), names.join("` or `"))
             }
         };
         return Err(Issue::new(k.path.clone(), message));
@@ -236,7 +337,8 @@ pub(crate) fn validate_names(lab: &Lab, variants: &dyn Variants) -> Result<(), I
         let known = variants.names(kind);
         let unknown = |name: &str| {
             let names: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
-            format!("unknown variant `{name}`, expected one of {}", names.join(", "))
+            let guess = super::suggest::did_you_mean(name, known.iter().copied());
+            format!("unknown variant `{name}`, expected one of {}{guess}", names.join(", "))
         };
         let (chosen, axis) = match kind {
             Kind::Overlay => (&lab.overlay, &lab.matrix.overlay),
@@ -437,14 +539,20 @@ fn validate_workload(lab: &Lab) -> Result<(), Issue> {
         let path = vec![Key("workload"), Key(key)];
         let Some(vm) = lab.vm(&ep.vm) else {
             let names: Vec<_> = lab.vms.iter().map(|v| v.name.as_str()).collect();
-            return Err(Issue::new(path, format!("no VM `{}` in this lab (VMs: {})", ep.vm, names.join(", "))));
+            let guess = super::suggest::did_you_mean(&ep.vm, names.iter().copied());
+            return Err(Issue::new(path, format!("no VM `{}` in this lab (VMs: {}){guess}", ep.vm, names.join(", "))));
         };
         if let Some(c) = &ep.container {
             if !vm.containers.iter().any(|x| &x.name == c) {
                 let names: Vec<_> = vm.containers.iter().map(|x| x.name.as_str()).collect();
+                let elsewhere = lab.vms.iter().find(|v| v.containers.iter().any(|x| &x.name == c));
+                let guess = match elsewhere {
+                    Some(v) => format!("; `{c}` is on VM `{}`: `{}/{c}`", v.name, v.name),
+                    None => super::suggest::did_you_mean(c, names.iter().copied()),
+                };
                 return Err(Issue::new(
                     path,
-                    format!("VM `{}` has no container `{c}` (containers: {})", vm.name, names.join(", ")),
+                    format!("VM `{}` has no container `{c}` (containers: {}){guess}", vm.name, names.join(", ")),
                 ));
             }
         }
