@@ -33,6 +33,7 @@ pub mod overlay;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod stats;
 pub mod study;
 pub mod ui;

@@ -134,6 +134,31 @@ enum Cmd {
         #[arg(long)]
         cold_boot: bool,
     },
+    /// Boot the lab's pairs cold again and again, as `vlab run` boots them
+    /// (booted again after an emulator crash or a stall), and report how
+    /// often a boot failed and why, how often a pair was booted again, and
+    /// how often one was lost, each rate with its 95 % interval. Exit 0
+    /// when no pair was lost, 1 otherwise.
+    Soak {
+        /// The lab file.
+        lab: PathBuf,
+        /// How often each pair boots.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        boots: u32,
+        /// Also deploy each pair and warm it up (a 1 s workload), as a run
+        /// does before its first case.
+        #[arg(long)]
+        deploy: bool,
+        /// Write every boot and the rates as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Keep the consoles of failed boots (and a crashed QEMU's message) here.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+        /// CPU acceleration.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
+    },
     /// Compare two reports of the same lab (A the reference, B the candidate:
     /// two kernels, two builds) case by case: B's throughput over A's with
     /// its 95 % interval. Exit 1 when some case is significantly slower in B
@@ -184,14 +209,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_max_level(if std::env::var_os("VLAB_DEBUG").is_some() {
-            tracing::Level::DEBUG
-        } else {
-            tracing::Level::WARN
-        })
+    // The agent client warns when QEMU goes away under it; vlab says why
+    // QEMU went (its exit, its message, the console), so those warnings
+    // show only with VLAB_DEBUG.
+    use tracing_subscriber::prelude::*;
+    let debug = std::env::var_os("VLAB_DEBUG").is_some();
+    let level = if debug { tracing::Level::DEBUG } else { tracing::Level::WARN };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("qapi", if debug { tracing::Level::DEBUG } else { tracing::Level::ERROR });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(filter)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(async move {
@@ -249,6 +278,22 @@ fn main() -> ExitCode {
                     repeat: 1,
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
+            }
+            Cmd::Soak { lab, boots, deploy, json, artifacts, accel } => {
+                let opts = RunOptions {
+                    accel,
+                    kernels: Vec::new(),
+                    kernel_commits: Vec::new(),
+                    kernel_cmdline: Vec::new(),
+                    modules: None,
+                    case_filter: None,
+                    artifacts,
+                    images_dir: vlab::images_dir(),
+                    progress: Progress::new("soak"),
+                    cold_boot: true,
+                    repeat: 1,
+                };
+                soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }
             Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
@@ -361,10 +406,19 @@ async fn supervised<T: Send + 'static>(
                 );
                 Err(exit::COULD_NOT_RUN)
             }
-            (None, _) => {
-                error!("{e:#}\n\n{HINT_125}");
-                Err(exit::COULD_NOT_RUN)
-            }
+            (None, _) => match vlab::run::emulator_crash(&e) {
+                Some(crash) => {
+                    error!(
+                        "{e:#}\n\n{crash}: QEMU itself failed, not the lab nor the kernel under test (exit 125). \
+                         See README, Troubleshooting, on QEMU crashes under TCG."
+                    );
+                    Err(exit::COULD_NOT_RUN)
+                }
+                None => {
+                    error!("{e:#}\n\n{HINT_125}");
+                    Err(exit::COULD_NOT_RUN)
+                }
+            },
         },
         Err(join) => {
             error!("internal error ({join}); the lab was torn down.\n{HINT_125}");
@@ -568,6 +622,19 @@ async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunO
     print!("{}", summary.table());
     write_json(json.as_deref(), &serde_json::json!({ "summary": summary, "runs": reports }))?;
     Ok(if summary.passed { exit::PASSED } else { exit::CHECK_FAILED })
+}
+
+async fn soak(lab_path: PathBuf, boots: u32, deploy: bool, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {
+    let lab = load_lab(&lab_path)?;
+    check_host(&lab)?;
+    let progress = opts.progress.clone();
+    let run =
+        supervised(&progress, OnCrash::Skip, async move { vlab::run::soak::soak(&lab, &opts, boots, deploy).await })
+            .await?;
+    let soak = vlab::soak::Soak::of(run);
+    print!("{}", soak.table());
+    write_json(json.as_deref(), &soak)?;
+    Ok(if soak.nothing_lost() { exit::PASSED } else { exit::CHECK_FAILED })
 }
 
 fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {

@@ -46,12 +46,47 @@ pub struct VmReport {
     pub channels: Option<u32>,
     /// Whether vhost-net carries the NIC's data path.
     pub vhost: bool,
-    /// Boots of the pair this VM took: 2 when a guest stalled the first time.
+    /// Boots of the pair this VM took: 2 when the first failed for a reason
+    /// outside the lab and the kernel (a stall, an emulator crash).
     pub boot_attempts: u32,
+    /// Why the pair's earlier boots failed, one entry each.
+    pub boot_retries: Vec<BootRetry>,
     /// How the VM started: booted, or restored from a saved state.
     pub start: Start,
     /// Seconds spent saving its state after a cold boot (then kept for later runs).
     pub saved_s: Option<f64>,
+}
+
+/// A boot of a pair that failed for a reason outside the lab and the kernel
+/// under test, after which the pair was booted again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootRetry {
+    /// Which boot of the pair failed (from 1).
+    pub attempt: u32,
+    /// What failed it.
+    pub fault: BootFault,
+    /// The VM and how it showed: QEMU's crash and message, the stall's sign.
+    pub reason: String,
+}
+
+/// What can fail a boot without being the lab's or the kernel's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootFault {
+    /// QEMU itself crashed (a failed assertion, a fatal signal).
+    EmulatorCrash,
+    /// The guest stopped making progress (an RCU stall, no init in time):
+    /// under TCG a vCPU now and then stops getting its timer interrupt.
+    Stall,
+}
+
+impl std::fmt::Display for BootFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BootFault::EmulatorCrash => "emulator crash",
+            BootFault::Stall => "stall",
+        })
+    }
 }
 
 /// How a VM started.
@@ -418,6 +453,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The boots its pairs gave up, each once (every VM of a pair lists them).
+    pub fn boot_retries(&self) -> Vec<&BootRetry> {
+        let mut seen: Vec<&BootRetry> = Vec::new();
+        for r in self.vms.iter().flat_map(|v| &v.boot_retries) {
+            if !seen.contains(&r) {
+                seen.push(r);
+            }
+        }
+        seen
+    }
+
     /// The phases of the run and of each case, for people (`--timings`).
     pub fn timings_table(&self) -> String {
         let t = &self.timing;
@@ -515,6 +561,9 @@ impl Report {
                 if vm.vhost { "on" } else { "off" }
             ));
         }
+        for retry in self.boot_retries() {
+            s.push_str(&format!("  booted again after boot {} ({}): {}\n", retry.attempt, retry.fault, retry.reason));
+        }
         for fault in &self.emulator_faults {
             s.push_str(&format!("  booted again: {fault}\n"));
         }
@@ -600,6 +649,9 @@ impl Report {
                 }
                 s.push_str(&format!("- `{}`: {}\n", c.name, names.join("; ")));
             }
+        }
+        for retry in self.boot_retries() {
+            s.push_str(&format!("\nBooted again after boot {} ({}): {}\n", retry.attempt, retry.fault, retry.reason));
         }
         for fault in &self.emulator_faults {
             s.push_str(&format!("\nBooted again: {fault}\n"));

@@ -5,7 +5,7 @@
 //! way. With one sample there is no interval, and nothing is claimed.
 
 use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::distribution::{Beta, ContinuousCDF, StudentsT};
 
 /// The confidence level of every interval vlab reports.
 pub const CONFIDENCE: f64 = 0.95;
@@ -117,6 +117,53 @@ pub fn unpaired_ratio(a: &[f64], b: &[f64]) -> Option<(f64, Option<Interval>)> {
     let df = (qa + qb).powi(2) / (qa.powi(2) / (a.len() as f64 - 1.0) + qb.powi(2) / (b.len() as f64 - 1.0));
     let half = t_quantile(df) * se;
     Some((ratio, Some(Interval { low: ratio * (-half).exp(), high: ratio * half.exp() })))
+}
+
+/// How often something happened: `k` times in `n` tries.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Proportion {
+    pub k: u64,
+    pub n: u64,
+    /// `k / n` (0 when `n` is 0).
+    pub rate: f64,
+    /// Its 95 % interval (Clopper-Pearson, exact: it holds the true rate at
+    /// least 95 % of the time, also when `k` is 0 or `n` small); `None`
+    /// without tries.
+    pub interval: Option<Interval>,
+}
+
+/// `k` events in `n` tries, with the exact binomial interval.
+pub fn proportion(k: u64, n: u64) -> Proportion {
+    let rate = if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    let interval = (n > 0 && k <= n).then(|| {
+        let tail = (1.0 - CONFIDENCE) / 2.0;
+        let (kf, nf) = (k as f64, n as f64);
+        let low = if k == 0 { 0.0 } else { Beta::new(kf, nf - kf + 1.0).expect("shape > 0").inverse_cdf(tail) };
+        let high = if k == n { 1.0 } else { Beta::new(kf + 1.0, nf - kf).expect("shape > 0").inverse_cdf(1.0 - tail) };
+        Interval { low, high }
+    });
+    Proportion { k, n, rate, interval }
+}
+
+impl std::fmt::Display for Proportion {
+    /// `1 of 200 (0.5 %, 95 % interval 0.01-2.8 %)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |x: f64| {
+            let p = x * 100.0;
+            if p == 0.0 || p >= 10.0 {
+                format!("{p:.0}")
+            } else if p >= 1.0 {
+                format!("{p:.1}")
+            } else {
+                format!("{p:.2}")
+            }
+        };
+        write!(f, "{} of {} ({} %", self.k, self.n, pct(self.rate))?;
+        if let Some(i) = self.interval {
+            write!(f, ", 95 % interval {}-{} %", pct(i.low), pct(i.high))?;
+        }
+        write!(f, ")")
+    }
 }
 
 /// What a ratio of B to A says, against a tolerance.

@@ -39,3 +39,49 @@ fn stale_int3_in_the_older_format() {
 ";
     assert_eq!(stale_int3_oops(console).as_deref(), Some("Oops: int3 at __mod_timer+0x1c3/0x370"));
 }
+
+fn exited(signal: Option<i32>, stderr: &str) -> vlab::qemu::VmError {
+    exited_with_console(signal, stderr, "")
+}
+
+fn exited_with_console(signal: Option<i32>, stderr: &str, console: &str) -> vlab::qemu::VmError {
+    vlab::qemu::VmError::Exited {
+        vm: "host2".into(),
+        status: signal.map_or("exit status: 0".into(), |s| format!("signal: {s}")),
+        signal,
+        stderr: stderr.into(),
+        serial_tail: console.into(),
+        stale_int3: None,
+    }
+}
+
+const ASSERTION: &str = "qemu-system-x86_64: ../system/physmem.c:2678: iotlb_to_section: \
+                         Assertion `section_index < d->map.sections_nb' failed.\n";
+
+/// QEMU's own crash (a crash signal, or a failed assertion it printed) is
+/// told apart from a guest that panicked (QEMU exits 0) and from a QEMU that
+/// was stopped (SIGKILL, SIGTERM).
+#[rstest]
+#[case::abort_with_assertion(Some(6), ASSERTION, Some("QEMU of `host2` crashed (SIGABRT): qemu-system-x86_64: ../system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed"))]
+#[case::segfault_silent(Some(11), "", Some("QEMU of `host2` crashed (SIGSEGV)"))]
+#[case::assertion_then_exit(None, ASSERTION, Some("QEMU of `host2` failed an assertion: qemu-system-x86_64: ../system/physmem.c:2678: iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed"))]
+#[case::guest_panicked(None, "", None)]
+#[case::killed(Some(9), "", None)]
+#[case::terminated(Some(15), "qemu-system-x86_64: terminating on signal 15 from pid 1\n", None)]
+fn emulator_crashes_are_recognised(#[case] signal: Option<i32>, #[case] stderr: &str, #[case] expected: Option<&str>) {
+    let e = exited(signal, stderr);
+    assert_eq!(e.emulator_crash().map(|(_, line)| line).as_deref(), expected);
+}
+
+/// A run that ended with QEMU's crash is never the guest kernel's failure
+/// (`--on-crash bad` does not make it a bad kernel), and says so.
+#[test]
+fn an_emulator_crash_is_not_the_guest_kernels() {
+    let e = anyhow::Error::new(exited(Some(6), ASSERTION)).context("`host2` did not boot");
+    assert_eq!(vlab::run::guest_failure(&e), None);
+    assert!(vlab::run::emulator_crash(&e).unwrap().contains("iotlb_to_section"));
+    let panicked = exited_with_console(None, "", "[    3.1] Kernel panic - not syncing: sysrq triggered crash");
+    let e = anyhow::Error::new(panicked);
+    assert!(vlab::run::guest_failure(&e).unwrap().contains("Kernel panic"));
+    assert_eq!(vlab::run::emulator_crash(&e), None);
+}

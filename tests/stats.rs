@@ -74,3 +74,24 @@ fn a_clear_regression_a_clear_gain_and_noise() {
     let (ratio, interval) = unpaired_ratio(&a, &[50.0]).unwrap();
     assert_eq!(judge(ratio, interval, 0.05), Change::Inconclusive);
 }
+
+/// Rates of rare events (a boot fault in a soak) get the exact binomial
+/// interval: it is not empty when nothing happened, and holds the textbook
+/// values.
+#[test]
+fn proportions_have_clopper_pearson_intervals() {
+    use vlab::stats::proportion;
+    let none = proportion(0, 200);
+    let i = none.interval.unwrap();
+    assert_eq!((none.rate, i.low), (0.0, 0.0));
+    assert!(close(i.high, 1.0 - 0.025f64.powf(1.0 / 200.0)), "{i:?}");
+    let one = proportion(1, 200).interval.unwrap();
+    assert!((one.low - 0.000127).abs() < 2e-6 && (one.high - 0.02755).abs() < 2e-5, "{one:?}");
+    let five = proportion(5, 100).interval.unwrap();
+    assert!((five.low - 0.01643).abs() < 2e-5 && (five.high - 0.11284).abs() < 2e-5, "{five:?}");
+    let all = proportion(3, 3).interval.unwrap();
+    assert_eq!(all.high, 1.0);
+    assert!(close(all.low, 0.025f64.powf(1.0 / 3.0)), "{all:?}");
+    assert_eq!(proportion(0, 0).interval, None);
+    assert_eq!(proportion(1, 200).to_string(), "1 of 200 (0.50 %, 95 % interval 0.01-2.8 %)");
+}

@@ -162,6 +162,7 @@ macro_rules! assert_report_snapshot {
             ".image" => "[image]",
             ".vms[].vhost" => "[vhost]",
             ".vms[].boot_attempts" => "[attempts]",
+            ".vms[].boot_retries" => "[retries]",
             ".vms[].start" => "[start]",
             ".vms[].saved_s" => "[seconds]",
             ".timing" => "[timing]",
@@ -751,7 +752,9 @@ fn booted_again(vlab: &Vlab, lab: &str, fixture: &str, notice: &str) -> String {
     assert_eq!(attempts, [Some(2), Some(2)], "both VMs of the pair booted again");
     let second = std::fs::read_to_string(artifacts.join("serial-host2.log")).unwrap();
     assert!(second.contains(vlab::qemu::INIT_STARTED), "{second}");
-    std::fs::read_to_string(artifacts.join("serial-host2-stalled.log")).unwrap()
+    let first = artifacts.join("serial-host1-boot1.log");
+    assert!(first.is_file(), "the other VM's console of the failed boot is kept too");
+    std::fs::read_to_string(artifacts.join("serial-host2-boot1.log")).unwrap()
 }
 
 #[test]
@@ -774,6 +777,89 @@ fn a_guest_that_never_reaches_its_init_is_booted_again() {
     let notice = "`host2` stalled while booting (its init had not started after 25 s)";
     let silent = booted_again(&vlab, lab.to_str().unwrap(), "tests/fixtures/qemu-silent-once", notice);
     assert!(!silent.contains(vlab::qemu::INIT_STARTED), "{silent}");
+}
+
+/// QEMU aborting while host2 boots (a failed assertion, SIGABRT, as QEMU
+/// 10.0 under TCG now and then does) is an emulator fault: the pair boots
+/// again, the report says why, and QEMU's message is kept.
+#[test]
+fn a_qemu_that_aborts_while_booting_is_booted_again() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let notice = "QEMU of `host2` crashed (SIGABRT): qemu-system-x86_64: ../system/physmem.c:2678: iotlb_to_section";
+    let console = booted_again(&vlab, "labs/baseline.toml", "tests/fixtures/qemu-abort-at-boot", notice);
+    assert!(!console.contains(vlab::qemu::INIT_STARTED), "it aborted while booting: {console}");
+    let report: Value = serde_json::from_slice(&std::fs::read(vlab.path("report.json")).unwrap()).unwrap();
+    for vm in report["vms"].as_array().unwrap() {
+        let retries = vm["boot_retries"].as_array().unwrap();
+        assert_eq!(retries.len(), 1, "{vm}");
+        assert_eq!(retries[0]["attempt"], 1);
+        assert_eq!(retries[0]["fault"], "emulator-crash");
+        assert!(retries[0]["reason"].as_str().unwrap().starts_with(notice), "{vm}");
+    }
+    let said = std::fs::read_to_string(vlab.path("artifacts").join("qemu-host2-boot1.stderr")).unwrap();
+    assert!(said.contains("SIGABRT") && said.contains("Assertion `section_index"), "{said}");
+}
+
+/// A QEMU that aborts at every boot: exit 125 after the third, naming the
+/// assertion, with or without --on-crash bad (never a bad kernel).
+#[rstest::rstest]
+#[case::skip("skip")]
+#[case::bad("bad")]
+fn a_qemu_that_aborts_at_every_boot_is_exit_125_naming_the_assertion(#[case] on_crash: &str) {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let qemu = repo("tests/fixtures/qemu-abort-at-boot");
+    let mut cmd =
+        vlab.command(&["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--on-crash", on_crash]);
+    cmd.env("VLAB_QEMU", &qemu).env("VLAB_TEST_STATE", &state).env("VLAB_TEST_ABORTS", "always");
+    let (out, pid) = Vlab::finish(cmd, &["run"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the pair failed to boot 3 times"), "{err}");
+    assert!(err.contains("iotlb_to_section: Assertion `section_index < d->map.sections_nb' failed"), "{err}");
+    assert!(err.contains("QEMU itself failed, not the lab nor the kernel under test"), "{err}");
+    assert_eq!(err.matches("booting the VMs again (emulator crash").count(), 2, "{err}");
+    vlab.assert_clean(pid);
+}
+
+/// `vlab soak` boots a pair again and again as a run does: a QEMU that
+/// aborts on its first start is counted and booted again (nothing lost,
+/// exit 0); one that aborts every time loses every boot (exit 1).
+#[test]
+fn soak_counts_emulator_crashes_and_lost_boots() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let state = vlab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let qemu = repo("tests/fixtures/qemu-abort-at-boot");
+    let json = vlab.path("soak.json");
+    let soak = |aborts: &str, boots: &str, code: i32| {
+        let _ = std::fs::remove_file(state.join("aborted"));
+        let mut cmd = vlab.command(&["soak", "labs/baseline.toml", "--boots", boots, "--json", json.to_str().unwrap()]);
+        cmd.env("VLAB_QEMU", &qemu).env("VLAB_TEST_STATE", &state).env("VLAB_TEST_ABORTS", aborts);
+        let (out, pid) = Vlab::finish(cmd, &["soak"]);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        vlab.assert_clean(pid);
+        let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), report)
+    };
+    let (table, report) = soak("once", "2", 0);
+    // A real stall under TCG may add a boot; the crash is counted once.
+    let rates = &report["rates"][0];
+    assert_eq!(rates["boots"], 2, "{report}");
+    assert!(rates["attempts"].as_u64() >= Some(3), "{report}");
+    assert_eq!(rates["emulator_crashes"]["k"], 1);
+    assert_eq!(rates["emulator_crashes"]["n"], rates["attempts"]);
+    assert_eq!(rates["lost"]["k"], 0);
+    assert!(table.contains("emulator crashes 1 of") && table.contains("lost 0 of 2"), "{table}");
+    assert!(table.contains("round 1 pair boot 1: QEMU of `host2` crashed (SIGABRT)"), "{table}");
+    let (table, report) = soak("always", "1", 1);
+    assert_eq!(report["rates"][0]["lost"]["k"], 1, "{report}");
+    assert_eq!(report["rates"][0]["emulator_crashes"]["k"], 3);
+    assert!(table.contains("LOST: the pair failed to boot 3 times"), "{table}");
 }
 
 /// Runs the baseline lab's first case with host2's first boot crashing two

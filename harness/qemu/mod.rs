@@ -33,6 +33,8 @@ pub enum VmError {
         vm: String,
         /// Its exit status.
         status: String,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
         /// What QEMU printed.
         stderr: String,
         /// The end of the guest's serial console.
@@ -64,6 +66,44 @@ impl VmError {
             _ => None,
         }
     }
+
+    /// The VM and QEMU's own crash as one line, when QEMU died of a signal
+    /// with which programs crash (an assertion aborts, a bug faults) or said
+    /// that an assertion failed: an emulator fault, whatever its guest was
+    /// doing, and never its kernel's (a guest that panics makes QEMU exit 0).
+    pub fn emulator_crash(&self) -> Option<(&str, String)> {
+        let VmError::Exited { vm, signal, stderr, .. } = self else { return None };
+        let said = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("terminating on signal"));
+        let assertion = said.clone().find(|l| l.contains("Assertion") || l.contains("assertion"));
+        let crashed = signal.is_some_and(|s| CRASH_SIGNALS.contains(&s));
+        if !crashed && assertion.is_none() {
+            return None;
+        }
+        let how = match signal {
+            Some(s) => format!("QEMU of `{vm}` crashed ({})", signal_name(*s)),
+            None => format!("QEMU of `{vm}` failed an assertion"),
+        };
+        let what =
+            assertion.or_else(|| said.last()).map(|l| format!(": {}", l.trim_end_matches('.'))).unwrap_or_default();
+        Some((vm, format!("{how}{what}")))
+    }
+}
+
+/// The signals with which a program crashes rather than is stopped.
+const CRASH_SIGNALS: [i32; 5] = [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+
+/// `SIGABRT` for 6, and so on; the number for others.
+fn signal_name(signal: i32) -> String {
+    let names = [
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGTERM, "SIGTERM"),
+    ];
+    names.iter().find(|(n, _)| *n == signal).map_or_else(|| format!("signal {signal}"), |(_, name)| name.to_string())
 }
 
 fn fmt_stderr(s: &str) -> String {
@@ -273,9 +313,11 @@ impl QemuProcess {
     }
 
     fn exited(&self, status: ExitStatus) -> VmError {
+        use std::os::unix::process::ExitStatusExt;
         VmError::Exited {
             vm: self.name.clone(),
             status: status.to_string(),
+            signal: status.signal(),
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
             serial_tail: self.serial_tail(25),
             stale_int3: stale_int3_oops(&String::from_utf8_lossy(

@@ -17,7 +17,7 @@ use crate::measure::nic::OffloadState;
 use crate::qemu::agent::Agent;
 use crate::qemu::saved::{self, Qmp, Saved};
 use crate::qemu::{NicBackend, NicSpec, QemuProcess, VmError, VmSpec};
-use crate::report::{Start, VmReport};
+use crate::report::{BootFault, BootRetry, Start, VmReport};
 use crate::{filter, overlay};
 
 /// One booted VM and everything it owns, released in field order.
@@ -134,15 +134,35 @@ fn create_overlay_disk(backing: &Path, disk: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often a pair is booted when a guest stalls while booting.
-const BOOT_ATTEMPTS: u32 = 2;
+/// How often a pair is booted at most: once, and twice more after a boot
+/// that failed for a reason outside the lab and the kernel (see
+/// [`boot_fault`]).
+pub const BOOT_ATTEMPTS: u32 = 3;
 
-/// [`boot_once`], again (after a notice) when a guest stalled while booting
-/// (an RCU stall on its console, or no init after half the boot timeout):
-/// under TCG a vCPU now and then stops getting its timer interrupt early in
-/// boot, and the next boot of the same kernel is fine. A kernel that
-/// stalls every time still fails the run (exit 125). The stalled console is
-/// kept as `serial-<vm>-stalled.log`; the report counts the attempts.
+/// Why a failed boot is worth another: QEMU itself crashed before the
+/// agents answered (under TCG, QEMU 10.0 now and then fails an assertion in
+/// `iotlb_to_section` while a guest boots), or a guest stalled (under TCG a
+/// vCPU now and then stops getting its timer interrupt early in boot: an RCU
+/// stall on its console, or no init after half the boot timeout). Neither
+/// is the kernel's: the next boot of the same kernel is fine. A guest kernel
+/// that panics, a QEMU that cannot start or a boot that times out is not
+/// retried.
+pub fn boot_fault(e: &anyhow::Error) -> Option<(BootFault, String)> {
+    let vm_error = vm_error(e)?;
+    if let Some((_, crash)) = vm_error.emulator_crash() {
+        return Some((BootFault::EmulatorCrash, crash));
+    }
+    match vm_error {
+        VmError::Stalled { vm, why, .. } => Some((BootFault::Stall, format!("`{vm}` stalled while booting ({why})"))),
+        _ => None,
+    }
+}
+
+/// [`boot_once`], again after a boot fault (see [`boot_fault`]), at most
+/// [`BOOT_ATTEMPTS`] times in all. Each failed boot's consoles are kept as
+/// `serial-<vm>-boot<N>.log`, and a crashed QEMU's message as
+/// `qemu-<vm>-boot<N>.stderr`; every VM's report lists the failed boots.
+/// A fault on every boot fails the run (exit 125) with the last one's error.
 pub(super) async fn boot(
     lab: &Lab,
     p: &Prepared,
@@ -152,9 +172,15 @@ pub(super) async fn boot(
 ) -> anyhow::Result<LabRuntime> {
     let mut attempt = 1;
     let mut restore_failed = false;
+    let mut retries: Vec<BootRetry> = Vec::new();
     loop {
         let e = match boot_once(lab, p, nic_override, opts, boot_label.clone(), attempt).await {
-            Ok(rt) => return Ok(rt),
+            Ok(mut rt) => {
+                for vm in &mut rt.vms {
+                    vm.report.boot_retries = retries.clone();
+                }
+                return Ok(rt);
+            }
             Err(e) => e,
         };
         if let (Some(RestoreFailed { vm, why }), false) = (e.downcast_ref::<RestoreFailed>(), restore_failed) {
@@ -163,17 +189,49 @@ pub(super) async fn boot(
             restore_failed = true;
             continue;
         }
-        match e.downcast_ref::<VmError>() {
-            Some(VmError::Stalled { vm, why, .. }) if attempt < BOOT_ATTEMPTS => {
-                eprintln!("vlab: `{vm}` stalled while booting ({why}); booting the VMs again");
-                if let Some(dir) = &opts.artifacts {
-                    let log = |suffix: &str| dir.join(format!("serial-{vm}{boot_label}{suffix}.log"));
-                    let _ = std::fs::rename(log(""), log("-stalled"));
-                }
-            }
-            _ => return Err(e),
+        let Some((fault, reason)) = boot_fault(&e) else { return Err(e) };
+        keep_failed_boot(lab, opts, &boot_label, attempt, &e);
+        retries.push(BootRetry { attempt, fault, reason });
+        if attempt >= BOOT_ATTEMPTS {
+            return Err(e.context(BootsFailed { failed: retries }));
         }
+        let last = retries.last().expect("pushed");
+        eprintln!("vlab: {}; booting the VMs again ({fault}, boot {attempt} of at most {BOOT_ATTEMPTS})", last.reason);
         attempt += 1;
+    }
+}
+
+/// Every boot a pair was allowed failed on a boot fault (see [`boot_fault`]).
+#[derive(Debug)]
+pub struct BootsFailed {
+    /// Each boot's fault, the last one's included.
+    pub failed: Vec<BootRetry>,
+}
+
+impl std::fmt::Display for BootsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let earlier: Vec<String> =
+            self.failed.iter().rev().skip(1).rev().map(|r| format!("boot {}: {}", r.attempt, r.reason)).collect();
+        write!(f, "the pair failed to boot {} times", self.failed.len())?;
+        if !earlier.is_empty() {
+            write!(f, " (before: {})", earlier.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a failed boot's evidence aside: each VM's console (copied as the
+/// runtime was dropped) as `serial-<vm><label>-boot<N>.log`, and what a
+/// crashed QEMU said as `qemu-<vm><label>-boot<N>.stderr`.
+fn keep_failed_boot(lab: &Lab, opts: &RunOptions, label: &str, attempt: u32, e: &anyhow::Error) {
+    let Some(dir) = &opts.artifacts else { return };
+    for vm in &lab.vms {
+        let log = |suffix: &str| dir.join(format!("serial-{}{label}{suffix}.log", vm.name));
+        let _ = std::fs::rename(log(""), log(&format!("-boot{attempt}")));
+    }
+    if let Some(VmError::Exited { vm, stderr, status, .. }) = vm_error(e) {
+        let file = dir.join(format!("qemu-{vm}{label}-boot{attempt}.stderr"));
+        let _ = std::fs::write(file, format!("QEMU exited: {status}\n{stderr}"));
     }
 }
 
@@ -212,7 +270,9 @@ async fn boot_once(
             Start::Cold => save(vm).await,
         }
     });
-    futures::future::try_join_all(after).await?;
+    if let Err(e) = futures::future::try_join_all(after).await {
+        return Err(explain_vm_exit(&mut rt, e).await);
+    }
     Ok(rt)
 }
 
@@ -432,6 +492,7 @@ async fn connect_agents(
             channels: None,
             vhost: x.nic.model == NicModel::Virtio && p.vhost,
             boot_attempts: attempt,
+            boot_retries: Vec::new(),
             start: if x.restore.is_some() { Start::Restored } else { Start::Cold },
             saved_s: None,
         };
@@ -463,6 +524,11 @@ pub(super) async fn explain_vm_exit(rt: &mut LabRuntime, err: anyhow::Error) -> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     err
+}
+
+/// What QEMU's exit or a stalled guest made of `e`, if either did.
+pub(super) fn vm_error(e: &anyhow::Error) -> Option<&VmError> {
+    e.chain().find_map(|c| c.downcast_ref::<GuestGone>().map(|g| &g.exit).or_else(|| c.downcast_ref::<VmError>()))
 }
 
 /// A guest's QEMU exited while the lab was using it.

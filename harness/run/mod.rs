@@ -16,6 +16,7 @@ mod case;
 mod checks;
 mod deploy;
 pub mod kconfig;
+pub mod soak;
 mod workload;
 
 use std::path::PathBuf;
@@ -257,7 +258,7 @@ const PAIR_ATTEMPTS: u32 = 2;
 /// not take). `None` when the failure is vlab's or the host's (QEMU missing,
 /// killed or failing to start, an image build, the host network, a kernel
 /// that lacks an option the lab needs) or the emulator's (see
-/// [`qemu::stale_int3_oops`]). Testing a kernel (`git bisect run`), the
+/// [`qemu::stale_int3_oops`] and [`VmError::emulator_crash`]). Testing a kernel (`git bisect run`), the
 /// former makes it a bad kernel (`vlab run --on-crash bad`).
 pub fn guest_failure(e: &anyhow::Error) -> Option<String> {
     use crate::qemu::agent::AgentError;
@@ -268,6 +269,8 @@ pub fn guest_failure(e: &anyhow::Error) -> Option<String> {
         if let Some(v) = vm_error {
             return match v {
                 VmError::Exited { stale_int3: Some(_), .. } | VmError::Spawn { .. } => None,
+                // QEMU's own crash (a failed assertion) is never the kernel's.
+                v @ VmError::Exited { .. } if v.emulator_crash().is_some() => None,
                 VmError::Exited { vm, status, serial_tail, .. } => match qemu::kernel_crash_line(serial_tail) {
                     Some(line) => Some(format!("`{vm}`: {line}")),
                     // panic=-1 reboots at once, and -no-reboot makes that QEMU's exit 0.
@@ -291,6 +294,13 @@ pub fn guest_failure(e: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+/// QEMU's own crash that ended a run, as one line (see
+/// [`VmError::emulator_crash`]): after the boots it allows at boot, or
+/// once the pair was up.
+pub fn emulator_crash(e: &anyhow::Error) -> Option<String> {
+    boot::vm_error(e).and_then(|v| v.emulator_crash().map(|(_, line)| line))
 }
 
 /// A boot group: the cases that share a booted pair, and how it is set up.
