@@ -215,7 +215,12 @@ pub fn page(
         body.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>result</th><th>evidence</th></tr>\n");
         for (i, c) in r.cases.iter().enumerate() {
             let failed: Vec<String> = c.failed_checks().into_iter().map(escape).collect();
-            let result = if c.passed { "pass".to_string() } else { format!("<b>FAIL</b>: {}", failed.join(", ")) };
+            let unjudged: Vec<String> = c.unjudged_checks().into_iter().map(escape).collect();
+            let result = match (c.passed, unjudged.is_empty()) {
+                (false, _) => format!("<b>FAIL</b>: {}", failed.join(", ")),
+                (true, true) => "pass".to_string(),
+                (true, false) => format!("pass, not judged: {}", unjudged.join(", ")),
+            };
             let evidence = artifacts.map_or(String::new(), |dir| {
                 let dir = crate::report::lab_evidence(dir, &r.lab, study).join(&c.name);
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();

@@ -100,7 +100,14 @@ fn case_of(lab: &str, case: &CaseReport, repeat: u32, artifacts: Option<&Path>) 
     let checks: Vec<String> = case
         .checks
         .iter()
-        .map(|c| format!("{} {}: {}", if c.passed { "pass" } else { "FAIL" }, c.name, c.detail))
+        .map(|c| {
+            let verdict = match (c.passed, c.not_judged) {
+                (_, true) => "NOT JUDGED",
+                (true, false) => "pass",
+                (false, false) => "FAIL",
+            };
+            format!("{verdict} {}: {}", c.name, c.detail)
+        })
         .collect();
     let mut failed: Vec<String> = case.checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
     let mut details: Vec<String> =

@@ -16,16 +16,26 @@ use crate::stats::Summary;
 pub struct Check {
     /// What is checked.
     pub name: String,
-    /// The verdict.
+    /// The verdict (true when not judged: nothing spoke against it).
     pub passed: bool,
     /// The evidence behind it.
     pub detail: String,
+    /// The evidence held nothing to judge (the detail says why): neither
+    /// passed nor failed, and said so in every report rather than passed
+    /// silently. Absent from the JSON when judged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_judged: bool,
 }
 
 impl Check {
     /// A check with its verdict and evidence.
     pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Check {
-        Check { name: name.to_string(), passed, detail: detail.into() }
+        Check { name: name.to_string(), passed, detail: detail.into(), not_judged: false }
+    }
+
+    /// A check the evidence held nothing for; `detail` says why.
+    pub fn not_judged(name: &str, detail: impl Into<String>) -> Check {
+        Check { name: name.to_string(), passed: true, detail: detail.into(), not_judged: true }
     }
 }
 
@@ -212,6 +222,21 @@ impl CaseReport {
     /// The names of its checks that failed.
     pub fn failed_checks(&self) -> Vec<&str> {
         self.checks.iter().filter(|k| !k.passed).map(|k| k.name.as_str()).collect()
+    }
+
+    /// The names of its checks that could not be judged.
+    pub fn unjudged_checks(&self) -> Vec<&str> {
+        self.checks.iter().filter(|k| k.not_judged).map(|k| k.name.as_str()).collect()
+    }
+
+    /// `pass`, `pass, not judged: NAME`, or `FAIL (NAMES)`.
+    pub fn result_text(&self) -> String {
+        let unjudged = self.unjudged_checks();
+        match (self.passed, unjudged.is_empty()) {
+            (true, true) => "pass".to_string(),
+            (true, false) => format!("pass, not judged: {}", unjudged.join(", ")),
+            (false, _) => format!("FAIL ({})", self.failed_checks().join(", ")),
+        }
     }
 
     /// Its throughput, with its ratios to the baseline overlay and to no
@@ -575,7 +600,6 @@ impl Report {
             "case", "throughput", "retrans", "cpu c/s %"
         ));
         for (c, throughput) in self.cases.iter().zip(throughputs) {
-            let failed = c.failed_checks();
             s.push_str(&format!(
                 "{:<width$}  {:>tp$}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
@@ -583,9 +607,9 @@ impl Report {
                 c.retransmits.map_or("-".into(), |r| r.to_string()),
                 c.cpu_client_percent,
                 c.cpu_server_percent,
-                if c.passed { "pass".to_string() } else { format!("FAIL ({})", failed.join(", ")) }
+                c.result_text()
             ));
-            for k in c.checks.iter().filter(|k| !k.passed) {
+            for k in c.checks.iter().filter(|k| !k.passed || k.not_judged) {
                 s.push_str(&format!("    {}: {}\n", k.name, k.detail));
             }
             for (n, r) in c.repetitions.iter().enumerate().skip(1).filter(|(_, r)| !r.passed) {
@@ -636,7 +660,12 @@ impl Report {
         );
         s.push_str("| case | throughput | result |\n| --- | --- | --- |\n");
         for c in &self.cases {
-            let result = if c.passed { "pass".to_string() } else { "**FAIL**".to_string() };
+            let unjudged = c.unjudged_checks();
+            let result = match (c.passed, unjudged.is_empty()) {
+                (false, _) => "**FAIL**".to_string(),
+                (true, true) => "pass".to_string(),
+                (true, false) => format!("pass, not judged: {}", unjudged.join(", ")),
+            };
             s.push_str(&format!("| `{}` | {} | {result} |\n", c.name, c.throughput_text()));
         }
         let failed: Vec<&CaseReport> = self.cases.iter().filter(|c| !c.passed).collect();

@@ -248,3 +248,164 @@ fn guest_commands_for_each_hook() {
     }
     insta::assert_snapshot!("ila_commands", out);
 }
+
+/// `pcap` with frame `frame`'s (from 0) TCP checksum field replaced by
+/// what `field` computes from its source, its segment and the SIR and wire
+/// destinations (`sir_of` gives the SIR for the captured one).
+fn with_field(pcap: &[u8], frame: usize, field: impl Fn(IpAddr, IpAddr, IpAddr, &[u8]) -> u16) -> Vec<u8> {
+    let (_, capture) = pcap_parser::parse_pcap(pcap).unwrap();
+    let mut out = pcap[..24].to_vec();
+    for (i, block) in capture.blocks.iter().enumerate() {
+        let mut data = block.data.to_vec();
+        if i == frame {
+            let ip = &data[14..];
+            let src: [u8; 16] = ip[8..24].try_into().unwrap();
+            let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+            let (src, wire) = (IpAddr::V6(src.into()), IpAddr::V6(dst.into()));
+            let sir = sir_of(wire).unwrap_or(wire);
+            let f = field(src, sir, wire, &ip[40..]);
+            data[14 + 40 + 16..14 + 40 + 18].copy_from_slice(&f.to_be_bytes());
+        }
+        let len = data.len() as u32;
+        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&data);
+    }
+    out
+}
+
+/// A full checksum computed for destination `dst`.
+fn full_for(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
+    checksum::tcp_checksum(src, dst, seg)
+}
+
+/// The seed a sender that offloads its checksum leaves for `dst`.
+fn seed_for(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
+    checksum::fold(checksum::pseudo_header_sum(src, dst, seg.len() as u32, 6))
+}
+
+fn summary(pcap: &[u8]) -> vlab::measure::capture::CaptureSummary {
+    summarize(pcap, &CaptureContext { port: 5201, mtu: 1500, original_dst: &sir_of, vxlan_port: None }).unwrap()
+}
+
+/// The wire checksum check of a no-action case (or `mode`) over these
+/// underlay captures, with the sending containers' captures as given
+/// (`dead:beef::1` is c1 on host1, `dead:beef::2` c2 on host2).
+fn wire_verdict(
+    mode: CsumMode,
+    underlay: &[Vec<u8>],
+    senders: &[(&str, Vec<u8>)],
+) -> (vlab::report::Check, ila::WireJudgement) {
+    let underlay: Vec<_> = underlay.iter().map(|p| summary(p)).collect();
+    let senders: Vec<(Ipv6Addr, _)> = senders.iter().map(|(sir, p)| (addr(sir), summary(p))).collect();
+    let evidence = ila::IlaEvidence {
+        case: IlaCase { csum_mode: mode, hook: IlaHook::Route },
+        sir: [addr("dead:beef::1"), addr("dead:beef::2")],
+        wire: [addr("aaaa::1"), addr("bbbb::2")],
+        underlay: underlay.iter().collect(),
+        container: senders.iter().map(|(_, c)| c).collect(),
+        senders: senders.iter().map(|(sir, c)| (*sir, c)).collect(),
+        csum_errors: Default::default(),
+        delivered: true,
+    };
+    let (checks, verdict) = ila::verdict(&evidence);
+    let check = checks.into_iter().find(|c| c.name == "ILA: wire checksums as documented").expect("always made");
+    (check, verdict.wire_judged)
+}
+
+/// The first segments of a no-action run with offloads on (labs/ila.toml):
+/// every one a seed on the wire, computed for the SIR address.
+fn offloaded_run() -> (Vec<Vec<u8>>, Vec<(&'static str, Vec<u8>)>) {
+    let underlay = ["host1-underlay", "host2-underlay"].map(|f| fixture(&format!("ila-no-action-on-{f}-first.pcap")));
+    let senders = [("dead:beef::1", "host1-c1-eth0"), ("dead:beef::2", "host2-c2-eth0")]
+        .map(|(sir, f)| (sir, fixture(&format!("ila-no-action-on-{f}-first.pcap"))));
+    (underlay.to_vec(), senders.to_vec())
+}
+
+#[test]
+fn no_action_seeds_for_the_sir_address_are_as_documented() {
+    let (underlay, senders) = offloaded_run();
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &senders);
+    assert!(check.passed && !check.not_judged, "{check:?}");
+    assert_eq!((j.seeds.as_documented, j.judged(), j.not_judged), (20, 20, 0), "{j:?}");
+    // The same seeds are not what adj-transport or a neutral mode leaves.
+    for mode in [CsumMode::AdjTransport, CsumMode::NeutralMapAuto] {
+        let (check, j) = wire_verdict(mode, &underlay, &senders);
+        assert!(!check.passed, "{mode:?}: {check:?}");
+        assert_eq!(j.seeds.not, 20, "{mode:?}");
+    }
+}
+
+/// A run in which a few segments reach the wire with full checksums among
+/// the seeds: completed after the translation (a seed in the sending
+/// container), from the seed or anew for the wire address, both as
+/// no-action has it. The verdict is the same as without them.
+#[test]
+fn no_action_checksums_completed_after_the_translation_are_as_documented() {
+    let (mut underlay, senders) = offloaded_run();
+    underlay[0] = with_field(&underlay[0], 3, |src, sir, _, seg| full_for(src, sir, seg));
+    underlay[0] = with_field(&underlay[0], 4, |src, _, wire, seg| full_for(src, wire, seg));
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &senders);
+    assert!(check.passed, "{check:?}");
+    assert_eq!((j.after.as_documented, j.recomputed, j.seeds.as_documented), (2, 1, 18), "{j:?}");
+    assert!(check.detail.contains("2 full checksums completed after it, 1 of them computed anew"), "{}", check.detail);
+    // Without the sending container's capture, a full checksum valid for the
+    // wire address cannot be told from one the translation adjusted.
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &[]);
+    assert!(check.passed, "{check:?}");
+    assert_eq!((j.not_judged, j.unmatched.as_documented), (1, 1), "{j:?}");
+}
+
+/// With offloads off, the sending containers compute full checksums for
+/// the SIR address, and no-action carries them to the wire unchanged.
+#[test]
+fn no_action_full_checksums_computed_before_the_translation() {
+    let underlay = [fixture("ila-no-action-off-host1-underlay.pcap")];
+    let senders = [("dead:beef::1", fixture("ila-no-action-off-host1-c1-eth0.pcap"))];
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &senders);
+    assert!(check.passed, "{check:?}");
+    // c1's own segments are found in its capture; c2's (from host2) are not.
+    assert_eq!((j.before.as_documented, j.unmatched.as_documented), (3, 9), "{j:?}");
+}
+
+/// One defect at a time, each failing the check: the translation adjusted a
+/// seed, or a full checksum made before it, to the wire address (what
+/// no-action must not do).
+#[rstest]
+#[case::a_seed_adjusted(0, 2)]
+#[case::a_full_checksum_adjusted(1, 1)]
+fn no_action_fails_on_a_field_adjusted_to_the_wire(#[case] run: usize, #[case] frame: usize) {
+    let (underlay, senders) = match run {
+        0 => {
+            let (mut u, s) = offloaded_run();
+            u[0] = with_field(&u[0], frame, |src, _, wire, seg| seed_for(src, wire, seg));
+            (u, s)
+        }
+        _ => {
+            let u = vec![with_field(&fixture("ila-no-action-off-host1-underlay.pcap"), frame, |src, _, wire, seg| {
+                full_for(src, wire, seg)
+            })];
+            (u, vec![("dead:beef::1", fixture("ila-no-action-off-host1-c1-eth0.pcap"))])
+        }
+    };
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &senders);
+    assert!(!check.passed && !check.not_judged, "{check:?}");
+    assert_eq!(j.not_as_documented(), 1, "{j:?}");
+}
+
+/// A case in which no underlay segment can be judged says so: the check is
+/// "not judged", neither passed silently nor failed.
+#[test]
+fn nothing_to_judge_is_said() {
+    let (underlay, _) = offloaded_run();
+    let every = |pcap: &[u8]| {
+        let n = ipv6_packets(pcap).len();
+        (0..n).fold(pcap.to_vec(), |p, i| with_field(&p, i, |src, _, wire, seg| full_for(src, wire, seg)))
+    };
+    let underlay: Vec<Vec<u8>> = underlay.iter().map(|p| every(p)).collect();
+    let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &[]);
+    assert!(check.not_judged && check.passed, "{check:?}");
+    assert_eq!((j.judged(), j.not_judged), (0, 20), "{j:?}");
+    assert!(check.detail.starts_with("no underlay segment could be judged"), "{}", check.detail);
+}

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
 
-use super::checksum::{self, ChecksumCounts, ChecksumStatus, Segment};
+use super::checksum::{self, ChecksumCounts, ChecksumStatus, FieldFor, Segment};
 
 /// Workload segments described layer by layer in a summary.
 pub const FIRST_SEGMENTS: usize = 4;
@@ -44,6 +44,57 @@ pub struct CaptureSummary {
     /// VXLAN packets (captures of an overlay's underlay only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanSummary>,
+    /// Every workload TCP segment, in capture order, to be found again in
+    /// another capture (not in the report: the pcap holds them).
+    #[serde(skip)]
+    pub segments: Vec<SegmentRecord>,
+}
+
+/// A workload TCP segment as another capture of the same traffic knows it:
+/// its ports and place in the byte stream (addresses may differ: a
+/// translation changes them), and what its checksum field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRecord {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address, as captured.
+    pub dst: IpAddr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number.
+    pub ack: u32,
+    /// Payload bytes as sent (from the IP and TCP headers, also when the
+    /// capture cut the segment short).
+    pub payload: u32,
+    /// Its checksum verdict for the captured addresses.
+    pub checksum: ChecksumStatus,
+    /// Its checksum field.
+    pub field: u16,
+    /// What the field is for the captured destination.
+    pub for_captured: Option<FieldFor>,
+    /// What the field is for the destination before a translation (ILA),
+    /// when the capture's context knows one.
+    pub for_original: Option<FieldFor>,
+}
+
+impl SegmentRecord {
+    /// Whether `other` (from another capture) is this segment or a part of
+    /// it (a GSO segment split on its way): same source, ports and
+    /// acknowledgment, its bytes of the stream within this one's (a segment
+    /// without payload is only itself).
+    pub fn holds(&self, other: &SegmentRecord) -> bool {
+        let offset = other.seq.wrapping_sub(self.seq);
+        let within = match (self.payload, other.payload) {
+            (0, 0) => offset == 0,
+            (0, _) | (_, 0) => false,
+            (mine, theirs) => offset < mine && offset.saturating_add(theirs) <= mine,
+        };
+        (self.src, self.sport, self.dport, self.ack) == (other.src, other.sport, other.dport, other.ack) && within
+    }
 }
 
 /// A VNI and an inner source address it carried.
@@ -178,6 +229,8 @@ struct IpView<'a> {
     dst: IpAddr,
     /// Length of the IP packet as sent (header included).
     ip_len: usize,
+    /// Length of its IP header (IPv6 extension headers included).
+    header_len: usize,
     next: etherparse::IpNumber,
     payload: &'a etherparse::LaxIpPayloadSlice<'a>,
 }
@@ -187,13 +240,15 @@ fn ip_view<'a>(sliced: &'a LaxSlicedPacket<'a>) -> Option<IpView<'a>> {
         Some(LaxNetSlice::Ipv4(v4)) => {
             let h = v4.header();
             let (src, dst) = (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()));
-            Some(IpView { src, dst, ip_len: h.total_len() as usize, next: h.protocol(), payload: v4.payload() })
+            let (ip_len, header_len) = (h.total_len() as usize, h.ihl() as usize * 4);
+            Some(IpView { src, dst, ip_len, header_len, next: h.protocol(), payload: v4.payload() })
         }
         Some(LaxNetSlice::Ipv6(v6)) => {
             let h = v6.header();
             let (src, dst) = (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()));
             let ip_len = 40 + h.payload_length() as usize;
-            Some(IpView { src, dst, ip_len, next: h.next_header(), payload: v6.payload() })
+            let header_len = 40 + v6.extensions().slice().len();
+            Some(IpView { src, dst, ip_len, header_len, next: h.next_header(), payload: v6.payload() })
         }
         _ => None,
     }
@@ -226,6 +281,30 @@ fn verdict(ip: &IpView, ctx: &CaptureContext) -> (ChecksumStatus, bool, bool) {
     let judged = matches!(status, ChecksumStatus::Invalid | ChecksumStatus::Oversized);
     let reversed = judged && original.is_some_and(|o| checksum::reverse_adjusted(&segment, o));
     (status, reversed, status == ChecksumStatus::Valid && checksum::negative_zero(&segment))
+}
+
+/// The record of a workload segment (see [`SegmentRecord`]).
+fn record(ip: &IpView, tcp: &etherparse::TcpSlice, status: ChecksumStatus, ctx: &CaptureContext) -> SegmentRecord {
+    let segment = Segment {
+        src: ip.src,
+        dst: ip.dst,
+        bytes: ip.payload.payload,
+        complete: !ip.payload.incomplete,
+        ip_len: ip.ip_len,
+    };
+    SegmentRecord {
+        src: ip.src,
+        dst: ip.dst,
+        sport: tcp.source_port(),
+        dport: tcp.destination_port(),
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        payload: ip.ip_len.saturating_sub(ip.header_len + tcp.header_len()) as u32,
+        checksum: status,
+        field: tcp.checksum(),
+        for_captured: checksum::field_for(&segment, ip.dst),
+        for_original: (ctx.original_dst)(ip.dst).and_then(|o| checksum::field_for(&segment, o)),
+    }
 }
 
 /// Summarises a pcap file (Ethernet link type).
@@ -288,6 +367,7 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
         s.workload += 1;
         let Some(tcp) = tcp else { continue };
         let (status, reversed, negative_zero) = verdict(&ip, ctx);
+        s.segments.push(record(&ip, tcp, status, ctx));
         s.checksums.add(status);
         s.checksums.reverse_adjusted += u64::from(reversed);
         s.checksums.negative_zero += u64::from(negative_zero);

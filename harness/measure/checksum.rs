@@ -129,6 +129,31 @@ pub fn classify(seg: &Segment, alternate_dst: Option<IpAddr>, mtu: usize) -> Che
     ChecksumStatus::Invalid
 }
 
+/// What a segment's checksum field holds for one destination address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldFor {
+    /// A full checksum, valid for it.
+    Full,
+    /// Its pseudo-header sum: the seed that a sender which leaves the
+    /// checksum to its NIC writes, computed for that destination.
+    Seed,
+}
+
+/// Whether the field of a whole segment is a full checksum or the seed for
+/// destination `dst` (`None`: neither, or the segment was cut short).
+pub fn field_for(seg: &Segment, dst: IpAddr) -> Option<FieldFor> {
+    if !seg.complete || seg.bytes.len() < 20 {
+        return None;
+    }
+    if tcp_checksum_valid(seg.src, dst, seg.bytes) {
+        return Some(FieldFor::Full);
+    }
+    let field = u16::from_be_bytes([seg.bytes[16], seg.bytes[17]]);
+    let seed = fold(pseudo_header_sum(seg.src, dst, seg.bytes.len() as u32, 6));
+    same_sum(field, seed).then_some(FieldFor::Seed)
+}
+
 /// Whether the segment's checksum field is what a translation from
 /// `original_dst` to the captured destination would leave if it adjusted the
 /// checksum by the opposite of the address change: as if the destination were

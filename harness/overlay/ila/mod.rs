@@ -25,7 +25,7 @@ use ipnet::{IpNet, Ipv6Net};
 pub use addr::{c_bit, identifier_of, locator_of, translate, translate_packet, Direction, Locator};
 use settings::Section;
 pub use settings::{CsumMode, IdentType, IlaCase, IlaHook, IlaSettings};
-pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict};
+pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict, Tally, WireJudgement};
 
 use super::{side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
 use crate::guest::{self, host_veth, Attachment, Netns, UNDERLAY_DEV};
