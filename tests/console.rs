@@ -45,10 +45,10 @@ fn exited(signal: Option<i32>, stderr: &str) -> vlab::qemu::VmError {
 }
 
 fn exited_with_console(signal: Option<i32>, stderr: &str, console: &str) -> vlab::qemu::VmError {
+    use std::os::unix::process::ExitStatusExt;
     vlab::qemu::VmError::Exited {
         vm: "host2".into(),
-        status: signal.map_or("exit status: 0".into(), |s| format!("signal: {s}")),
-        signal,
+        status: std::process::ExitStatus::from_raw(signal.unwrap_or(0)),
         stderr: stderr.into(),
         serial_tail: console.into(),
         stale_int3: None,

@@ -314,9 +314,12 @@ fn wire_verdict(
     (check, verdict.wire_judged)
 }
 
+/// A pcap file's bytes.
+type Pcap = Vec<u8>;
+
 /// The first segments of a no-action run with offloads on (labs/ila.toml):
 /// every one a seed on the wire, computed for the SIR address.
-fn offloaded_run() -> (Vec<Vec<u8>>, Vec<(&'static str, Vec<u8>)>) {
+fn offloaded_run() -> (Vec<Pcap>, Vec<(&'static str, Pcap)>) {
     let underlay = ["host1-underlay", "host2-underlay"].map(|f| fixture(&format!("ila-no-action-on-{f}-first.pcap")));
     let senders = [("dead:beef::1", "host1-c1-eth0"), ("dead:beef::2", "host2-c2-eth0")]
         .map(|(sir, f)| (sir, fixture(&format!("ila-no-action-on-{f}-first.pcap"))));

@@ -32,9 +32,7 @@ pub enum VmError {
         /// The VM.
         vm: String,
         /// Its exit status.
-        status: String,
-        /// The signal that ended it, if one did.
-        signal: Option<i32>,
+        status: ExitStatus,
         /// What QEMU printed.
         stderr: String,
         /// The end of the guest's serial console.
@@ -72,19 +70,23 @@ impl VmError {
     /// that an assertion failed: an emulator fault, whatever its guest was
     /// doing, and never its kernel's (a guest that panics makes QEMU exit 0).
     pub fn emulator_crash(&self) -> Option<(&str, String)> {
-        let VmError::Exited { vm, signal, stderr, .. } = self else { return None };
-        let said = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("terminating on signal"));
+        use std::os::unix::process::ExitStatusExt;
+        let VmError::Exited { vm, status, stderr, .. } = self else { return None };
+        let signal = status.signal();
+        let mut said = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("terminating on signal"));
         let assertion = said.clone().find(|l| l.contains("Assertion") || l.contains("assertion"));
         let crashed = signal.is_some_and(|s| CRASH_SIGNALS.contains(&s));
         if !crashed && assertion.is_none() {
             return None;
         }
         let how = match signal {
-            Some(s) => format!("QEMU of `{vm}` crashed ({})", signal_name(*s)),
+            Some(s) => format!("QEMU of `{vm}` crashed ({})", signal_name(s)),
             None => format!("QEMU of `{vm}` failed an assertion"),
         };
-        let what =
-            assertion.or_else(|| said.last()).map(|l| format!(": {}", l.trim_end_matches('.'))).unwrap_or_default();
+        let what = assertion
+            .or_else(|| said.next_back())
+            .map(|l| format!(": {}", l.trim_end_matches('.')))
+            .unwrap_or_default();
         Some((vm, format!("{how}{what}")))
     }
 }
@@ -313,11 +315,9 @@ impl QemuProcess {
     }
 
     fn exited(&self, status: ExitStatus) -> VmError {
-        use std::os::unix::process::ExitStatusExt;
         VmError::Exited {
             vm: self.name.clone(),
-            status: status.to_string(),
-            signal: status.signal(),
+            status,
             stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
             serial_tail: self.serial_tail(25),
             stale_int3: stale_int3_oops(&String::from_utf8_lossy(

@@ -231,7 +231,7 @@ fn keep_failed_boot(lab: &Lab, opts: &RunOptions, label: &str, attempt: u32, e: 
     }
     if let Some(VmError::Exited { vm, stderr, status, .. }) = vm_error(e) {
         let file = dir.join(format!("qemu-{vm}{label}-boot{attempt}.stderr"));
-        let _ = std::fs::write(file, format!("QEMU exited: {status}\n{stderr}"));
+        let _ = std::fs::write(file, format!("QEMU exited ({status})\n{stderr}"));
     }
 }
 

@@ -274,7 +274,7 @@ pub fn guest_failure(e: &anyhow::Error) -> Option<String> {
                 VmError::Exited { vm, status, serial_tail, .. } => match qemu::kernel_crash_line(serial_tail) {
                     Some(line) => Some(format!("`{vm}`: {line}")),
                     // panic=-1 reboots at once, and -no-reboot makes that QEMU's exit 0.
-                    None if status == "exit status: 0" => Some(format!("`{vm}`: its kernel reset the VM")),
+                    None if status.code() == Some(0) => Some(format!("`{vm}`: its kernel reset the VM")),
                     None => None,
                 },
                 VmError::Stalled { vm, why, .. } => Some(format!("`{vm}` stalled while booting ({why})")),
