@@ -187,12 +187,10 @@ pub fn page(
     page_dir: &Path,
 ) -> String {
     let mut body = String::new();
-    // A study keeps each lab's evidence in a directory of its own.
-    let study = crate::report::several_labs(reports);
     for (outcome, own) in studies.iter().zip(per_kernel(reports, studies.len())) {
         body.push_str(&study_section(outcome, &own));
     }
-    for r in reports {
+    for (n, r) in reports.iter().enumerate() {
         let passed = r.cases.iter().filter(|c| c.passed).count();
         body.push_str(&format!(
             "<h2>lab <code>{}</code>, kernel {}</h2>\n<p>{} of {} cases passed; QEMU {}, accel {}{}; {:.0} s.</p>\n",
@@ -201,7 +199,7 @@ pub fn page(
             passed,
             r.cases.len(),
             escape(&r.qemu),
-            escape(&r.accel),
+            escape(&r.accel_text()),
             if r.repeat > 1 {
                 format!(", {} repetitions: bars are medians, whiskers 95 % intervals", r.repeat)
             } else {
@@ -222,7 +220,7 @@ pub fn page(
                 (true, false) => format!("pass, not judged: {}", unjudged.join(", ")),
             };
             let evidence = artifacts.map_or(String::new(), |dir| {
-                let dir = crate::report::lab_evidence(dir, &r.lab, study).join(&c.name);
+                let dir = crate::report::report_evidence(dir, reports, n).join(&c.name);
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
                 format!("<a href=\"{}\">artifacts</a>", escape(&href))
             });

@@ -13,7 +13,7 @@ use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite}
 
 use crate::compare::Comparison;
 use crate::findings::{StudyOutcome, Verdict};
-use crate::report::{lab_evidence, round_evidence, several_labs, CaseReport, Report};
+use crate::report::{report_evidence, round_evidence, CaseReport, Report};
 use crate::stats::Change;
 
 /// The JUnit report of a run that produced reports. `artifacts` is the run's
@@ -27,14 +27,14 @@ pub fn of_run(
 ) -> quick_junit::Report {
     let mut junit = quick_junit::Report::new(format!("vlab {title}"));
     let several_kernels = reports.iter().any(|r| reports.iter().filter(|o| o.lab == r.lab).count() > 1);
-    for r in reports {
+    for (n, r) in reports.iter().enumerate() {
         let name = if several_kernels { format!("{} (kernel {})", r.lab, r.kernel) } else { r.lab.clone() };
         let mut suite = TestSuite::new(name);
         suite.set_time(Duration::from_secs_f64(r.wall_s.max(0.0)));
         let mut props = vec![
             ("lab_file", r.lab_file.clone()),
             ("kernel", r.kernel.clone()),
-            ("accel", r.accel.clone()),
+            ("accel", r.accel_text()),
             ("qemu", r.qemu.clone()),
             ("image", r.image.clone()),
             ("overlay", r.overlay.clone()),
@@ -45,7 +45,7 @@ pub fn of_run(
             props.push(("kernel_commit", commit.clone()));
         }
         suite.add_properties(props.into_iter().map(|(k, v)| Property::new(k, v)));
-        let dir = artifacts.map(|d| lab_evidence(d, &r.lab, several_labs(reports)));
+        let dir = artifacts.map(|d| report_evidence(d, reports, n));
         for case in &r.cases {
             suite.add_test_case(case_of(&r.lab, case, r.repeat, dir.as_deref()));
         }

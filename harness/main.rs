@@ -149,6 +149,11 @@ enum Cmd {
         /// does before its first case.
         #[arg(long)]
         deploy: bool,
+        /// Boot as `vlab run --cold-boot` does (qboot where it can); by
+        /// default as a run that saves its VMs' states (SeaBIOS and a VM
+        /// generation ID), as on a machine that has none saved yet.
+        #[arg(long)]
+        cold_boot: bool,
         /// Write every boot and the rates as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -279,7 +284,7 @@ fn main() -> ExitCode {
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }
-            Cmd::Soak { lab, boots, deploy, json, artifacts, accel } => {
+            Cmd::Soak { lab, boots, deploy, cold_boot, json, artifacts, accel } => {
                 let opts = RunOptions {
                     accel,
                     kernels: Vec::new(),
@@ -290,7 +295,7 @@ fn main() -> ExitCode {
                     artifacts,
                     images_dir: vlab::images_dir(),
                     progress: Progress::new("soak"),
-                    cold_boot: true,
+                    cold_boot,
                     repeat: 1,
                 };
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)

@@ -403,13 +403,27 @@ pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
 }
 
 /// Where `--artifacts DIR` keeps a lab's evidence: DIR itself, or a
-/// directory of the lab's name when the run had several labs (a study).
-pub fn lab_evidence(artifacts: &std::path::Path, lab: &str, several_labs: bool) -> std::path::PathBuf {
-    if several_labs {
-        artifacts.join(lab)
-    } else {
-        artifacts.to_path_buf()
+/// directory of the lab's name when the run had several labs (a study); then
+/// `kernel<K>/` (from 1) when the lab ran with several kernels.
+pub fn lab_evidence(
+    artifacts: &std::path::Path,
+    lab: &str,
+    several_labs: bool,
+    kernel: Option<usize>,
+) -> std::path::PathBuf {
+    let dir = if several_labs { artifacts.join(lab) } else { artifacts.to_path_buf() };
+    match kernel {
+        Some(k) => dir.join(format!("kernel{k}")),
+        None => dir,
     }
+}
+
+/// Where the evidence of `reports[i]` is under `artifacts` (see [`lab_evidence`]).
+pub fn report_evidence(artifacts: &std::path::Path, reports: &[Report], i: usize) -> std::path::PathBuf {
+    let lab = &reports[i].lab;
+    let kernels = reports.iter().filter(|r| &r.lab == lab).count();
+    let kernel = reports[..i].iter().filter(|r| &r.lab == lab).count() + 1;
+    lab_evidence(artifacts, lab, several_labs(reports), (kernels > 1).then_some(kernel))
 }
 
 /// Where a lab's evidence of round `round` (from 1) goes: its directory for
@@ -438,6 +452,8 @@ pub struct Report {
     pub accel: String,
     /// Why KVM was not used, when it was not.
     pub accel_notice: Option<String>,
+    /// How TCG ran each VM's vCPUs (null under KVM).
+    pub tcg_thread: Option<crate::qemu::TcgThread>,
     /// Guest kernel release.
     pub kernel: String,
     /// The commit the kernel was built from, as given (`--kernel-commit`;
@@ -561,12 +577,26 @@ fn fmt_bps_within(bps: f64, low: f64, high: f64) -> String {
 }
 
 impl Report {
+    /// The accelerator for people: `kvm`, `tcg`, `tcg (one thread per VM)`.
+    pub fn accel_text(&self) -> String {
+        match self.tcg_thread {
+            Some(crate::qemu::TcgThread::Single) => format!("{} (one thread per VM)", self.accel),
+            _ => self.accel.clone(),
+        }
+    }
+
     /// The human-readable table printed on stdout.
     pub fn table(&self) -> String {
         let commit = self.kernel_commit.as_ref().map(|c| format!(" (commit {c})")).unwrap_or_default();
         let mut s = format!(
             "lab {} ({}), overlay {}, filter {}, kernel {}{commit}, QEMU {}, accel {}\n",
-            self.lab, self.lab_file, self.overlay, self.filter, self.kernel, self.qemu, self.accel
+            self.lab,
+            self.lab_file,
+            self.overlay,
+            self.filter,
+            self.kernel,
+            self.qemu,
+            self.accel_text()
         );
         for vm in &self.vms {
             s.push_str(&format!(
@@ -650,7 +680,7 @@ impl Report {
             self.cases.len(),
             self.kernel,
             self.qemu,
-            self.accel,
+            self.accel_text(),
             if self.repeat > 1 {
                 format!(", {} repetitions (median [95 % interval])", self.repeat)
             } else {

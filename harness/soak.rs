@@ -91,8 +91,21 @@ impl Soak {
     /// intervals, every fault seen.
     pub fn table(&self) -> String {
         let r = &self.run;
-        let what = if r.deploy { "cold boots, each deployed and warmed up" } else { "cold boots" };
-        let mut s = format!("soak of lab {}: {what}, accel {}, QEMU {}\n\n", r.lab, r.accel, r.qemu);
+        let how = match r.cold_boot {
+            true => "as `vlab run --cold-boot` boots",
+            false => "as a run that saves VM states boots (SeaBIOS, a VM generation ID)",
+        };
+        let what = if r.deploy {
+            format!("cold boots {how}, each deployed and warmed up")
+        } else {
+            format!("cold boots {how}")
+        };
+        let threads = match r.tcg_thread {
+            Some(crate::qemu::TcgThread::Single) => " (one thread per VM)",
+            Some(crate::qemu::TcgThread::Multi) => " (a thread per vCPU)",
+            None => "",
+        };
+        let mut s = format!("soak of lab {}: {what}; accel {}{threads}, QEMU {}\n\n", r.lab, r.accel, r.qemu);
         let width = self.rates.iter().map(|x| x.pair.len()).max().unwrap_or(4).max(4);
         s.push_str(&format!(
             "{:<width$}  {:>5}  {:>8}  {:>7}  {:>6}  {:>4}  boot s (median min max)\n",

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 use rstest::rstest;
-use vlab::qemu::{qemu_args, Accel, NicBackend, NicSpec, VmSpec};
+use vlab::qemu::{qemu_args, Accel, NicBackend, NicSpec, TcgThread, VmSpec};
 
 fn spec(accel: Accel, backend: NicBackend) -> VmSpec {
     VmSpec {
         name: "host1".into(),
         accel,
+        tcg_thread: TcgThread::Multi,
         cpu_model: None,
         cpus: 2,
         memory_mib: 1024,
@@ -34,6 +35,8 @@ fn virtio(queues: u32, vhost: bool) -> NicBackend {
 #[case::tcg_virtio_2_queues("tcg-virtio-2q", spec(Accel::Tcg, virtio(2, false)))]
 #[case::kvm_virtio_4_queues_vhost("kvm-virtio-4q-vhost", spec(Accel::Kvm, virtio(4, true)))]
 #[case::tcg_virtio_1_queue("tcg-virtio-1q", spec(Accel::Tcg, virtio(1, false)))]
+#[case::tcg_one_thread("tcg-virtio-2q-one-thread", VmSpec { tcg_thread: TcgThread::Single, ..spec(Accel::Tcg, virtio(2, false)) })]
+#[case::kvm_ignores_the_tcg_thread("kvm-virtio-4q-vhost", VmSpec { tcg_thread: TcgThread::Single, ..spec(Accel::Kvm, virtio(4, true)) })]
 #[case::tcg_igb_sriov("tcg-igb", spec(Accel::Tcg, NicBackend::Igb { tap: "t-host1".into() }))]
 #[case::kvm_vfio("kvm-vfio", spec(Accel::Kvm, NicBackend::Vfio { host: "0000:3b:02.0".into() }))]
 fn qemu_argv(#[case] name: &str, #[case] spec: VmSpec) {

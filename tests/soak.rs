@@ -31,7 +31,15 @@ fn boot(round: u32, pair: &str, faults: &[BootFault], lost: bool) -> SoakBoot {
 }
 
 fn soak(boots: Vec<SoakBoot>) -> Soak {
-    Soak::of(SoakRun { lab: "nic-matrix".into(), accel: "tcg".into(), qemu: "10.0.2".into(), deploy: false, boots })
+    Soak::of(SoakRun {
+        lab: "nic-matrix".into(),
+        accel: "tcg".into(),
+        qemu: "10.0.2".into(),
+        deploy: false,
+        cold_boot: false,
+        tcg_thread: Some(vlab::qemu::TcgThread::Single),
+        boots,
+    })
 }
 
 #[test]

@@ -23,6 +23,28 @@ impl std::fmt::Display for Accel {
     }
 }
 
+/// How TCG runs a VM's vCPUs (`-accel tcg,thread=...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcgThread {
+    /// A host thread per vCPU (MTTCG, QEMU's default).
+    #[default]
+    Multi,
+    /// One host thread runs every vCPU of the VM in turn. A vCPU then never
+    /// runs while another changes the memory map or patches code, so the
+    /// races of MTTCG that crash QEMU or the guest at boot cannot happen.
+    Single,
+}
+
+impl std::fmt::Display for TcgThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TcgThread::Multi => "multi",
+            TcgThread::Single => "single",
+        })
+    }
+}
+
 /// The default CPU model under TCG. Models with ERMS/FSRM (`max`, Haswell and
 /// later) make the guest kernel copy socket data with `rep movsb`, which TCG
 /// emulates byte by byte; without them it uses `rep movsq`. Measured on the
@@ -73,6 +95,8 @@ pub struct VmSpec {
     pub name: String,
     /// Acceleration.
     pub accel: Accel,
+    /// How TCG runs the vCPUs (ignored under KVM).
+    pub tcg_thread: TcgThread,
     /// CPU model; `None` picks `host` under KVM and [`TCG_CPU`] under TCG.
     pub cpu_model: Option<String>,
     /// vCPUs.
@@ -120,7 +144,11 @@ impl VmSpec {
 
 fn machine_args(spec: &VmSpec) -> Vec<String> {
     let mut a = vec!["-name".into(), format!("{},process=vlab-{}", spec.name, spec.name)];
-    a.extend(["-machine".into(), "q35".into(), "-accel".into(), spec.accel.to_string()]);
+    let accel = match (spec.accel, spec.tcg_thread) {
+        (Accel::Tcg, TcgThread::Single) => "tcg,thread=single".to_string(),
+        (accel, _) => accel.to_string(),
+    };
+    a.extend(["-machine".into(), "q35".into(), "-accel".into(), accel]);
     let cpu = spec.cpu_model.clone().unwrap_or_else(|| match spec.accel {
         Accel::Kvm => "host".into(),
         Accel::Tcg => TCG_CPU.into(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub use args::{nic_args, qemu_args, Accel, NicBackend, NicSpec, VmSpec, TCG_CPU};
+pub use args::{nic_args, qemu_args, Accel, NicBackend, NicSpec, TcgThread, VmSpec, TCG_CPU};
 
 /// Errors of the QEMU process.
 #[derive(Debug, thiserror::Error)]

@@ -383,6 +383,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
         let mut spec = VmSpec {
             name: vm.name.clone(),
             accel: p.accel,
+            tcg_thread: p.tcg_thread,
             cpu_model: vm.cpu_model.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
@@ -400,7 +401,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
             incoming: false,
             vmgenid: savable,
         };
-        let key = savable.then(|| saved::key(&p.qemu, &spec, &p.image.rootfs));
+        let key = (savable && p.use_states).then(|| saved::key(&p.qemu, &spec, &p.image.rootfs));
         let restore = key.as_deref().and_then(saved::find);
         match &restore {
             Some(state) => {

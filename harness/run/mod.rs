@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use crate::image::{self, Image};
 use crate::lab::{Case, CaseParams, Lab, Nic, NicModel};
 use crate::qemu::accel::{self, AccelChoice};
-use crate::qemu::{self, Accel, VmError};
+use crate::qemu::{self, Accel, TcgThread, VmError};
 use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus};
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
@@ -76,12 +76,18 @@ struct Prepared {
     /// The initramfs with `--modules` appended (`image.initramfs` names it).
     _modules: Option<std::sync::Arc<tempfile::TempPath>>,
     accel: Accel,
+    /// How TCG runs each VM's vCPUs (see [`tcg_thread`]).
+    tcg_thread: TcgThread,
     vhost: bool,
     firmware: Option<PathBuf>,
-    /// Whether VMs start from saved states (and save them): not for a
-    /// `--kernel` of the user's own (each bisect step is another kernel),
-    /// nor with `--cold-boot`.
+    /// Whether VMs are set up to be saved (SeaBIOS and a VM generation ID,
+    /// see `spawn_vms`): not for a `--kernel` of the user's own (each bisect
+    /// step is another kernel), nor with `--cold-boot`.
     saved_states: bool,
+    /// Whether such VMs start from a saved state when there is one, and
+    /// save theirs after a cold boot (`vlab soak` boots them cold, as on a
+    /// machine without saved states, and saves nothing).
+    use_states: bool,
     /// Image and acceleration phases.
     timing: RunTiming,
     /// The kernel's configuration, read from the first pair that booted it
@@ -236,13 +242,35 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
         cmdline: opts.kernel_cmdline.clone(),
         _modules: modules,
         accel,
+        tcg_thread: tcg_thread(lab)?,
         vhost: vhost_usable(),
         firmware: qemu::find_firmware(),
         saved_states: !opts.cold_boot && opts.kernels.is_empty() && opts.modules.is_none(),
+        use_states: true,
         timing,
         kernel_config: Default::default(),
     };
     Ok((prepared, notice))
+}
+
+/// How TCG runs each VM's vCPUs: as `$VLAB_TCG_THREAD` says (`single` or
+/// `multi`), else on one host thread per VM when the vCPUs of a pair
+/// outnumber the host's cores, a thread per vCPU otherwise. MTTCG on an
+/// oversubscribed host only adds contention: measured here (2 cores, two
+/// 2-vCPU VMs), one thread per VM boots a pair in 4-5 s instead of 6 and
+/// moves as much; and with one thread per VM no vCPU runs while another
+/// changes the memory map or patches kernel code, the two races that crash
+/// QEMU (`iotlb_to_section`) or the guest (a stale `int3`) under MTTCG.
+fn tcg_thread(lab: &Lab) -> anyhow::Result<TcgThread> {
+    match std::env::var("VLAB_TCG_THREAD").as_deref() {
+        Ok("single") => return Ok(TcgThread::Single),
+        Ok("multi") => return Ok(TcgThread::Multi),
+        Ok(other) => bail!("VLAB_TCG_THREAD={other}: use `single` or `multi`"),
+        Err(_) => {}
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vcpus: usize = lab.vms.iter().map(|vm| vm.cpus as usize).sum();
+    Ok(if vcpus > cores { TcgThread::Single } else { TcgThread::Multi })
 }
 
 /// How often a pair is booted and deployed, or its round of cases run, when
@@ -560,8 +588,9 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
         for group in groups(lab, cases.clone()) {
             for k in 0..kernels[l].len() {
                 let mut g = group.clone();
+                let kernel = (kernels[l].len() > 1).then_some(k + 1);
                 g.artifacts =
-                    opts.artifacts.as_ref().map(|d| crate::report::lab_evidence(d, &lab.name, labs.len() > 1));
+                    opts.artifacts.as_ref().map(|d| crate::report::lab_evidence(d, &lab.name, labs.len() > 1, kernel));
                 if labs.len() > 1 {
                     g.label = format!("-{}{}", lab.name, g.label);
                 }
@@ -636,6 +665,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
             lab: lab.name.clone(),
             lab_file: lab.source.display().to_string(),
             accel: prepared.accel.to_string(),
+            tcg_thread: (prepared.accel == Accel::Tcg).then_some(prepared.tcg_thread),
             accel_notice: notice.clone(),
             kernel,
             kernel_commit: opts.kernel_commits.get(k).cloned(),

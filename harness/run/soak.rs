@@ -41,21 +41,28 @@ pub struct SoakRun {
     pub qemu: String,
     /// Whether each pair was also deployed and warmed up.
     pub deploy: bool,
+    /// Booted as `vlab run --cold-boot` boots (qboot where it can), not as
+    /// a run that saves its VMs' states (SeaBIOS and a VM generation ID).
+    pub cold_boot: bool,
+    /// How TCG ran each VM's vCPUs (null under KVM).
+    pub tcg_thread: Option<crate::qemu::TcgThread>,
     /// Every boot, in the order they ran.
     pub boots: Vec<SoakBoot>,
 }
 
 /// Boots each of the lab's pairs cold `rounds` times (every pair once per
-/// round, pair after pair), as `vlab run` boots them (booted again after a
-/// boot fault), and with `deploy` deploys and warms each up; then stops
-/// it. A pair that does not come up is recorded and the soak goes on;
-/// trouble that is not a boot's (the host, the image) ends it.
+/// round, pair after pair), as `vlab run` boots them on a machine without
+/// saved states (with the firmware and devices of VMs it saves; with
+/// `opts.cold_boot`, as `vlab run --cold-boot` does), booted again after a
+/// boot fault, and with `deploy` deploys and warms each up; then stops it,
+/// saving nothing. A pair that does not come up is recorded and the soak
+/// goes on; trouble that is not a boot's (the host, the image) ends it.
 pub async fn soak(lab: &Lab, opts: &RunOptions, rounds: u32, deploy: bool) -> anyhow::Result<SoakRun> {
-    let opts = RunOptions { cold_boot: true, ..opts.clone() };
     let qemu_bin = crate::qemu::find_qemu().map_err(anyhow::Error::msg)?;
     let qemu = crate::qemu::qemu_version(&qemu_bin).unwrap_or_else(|| "unknown".into());
-    let (prepared, _notice) = prepare(lab, &opts, qemu_bin).await?;
-    let pairs = groups(lab, selected_cases(lab, &opts)?);
+    let (mut prepared, _notice) = prepare(lab, opts, qemu_bin).await?;
+    prepared.use_states = false;
+    let pairs = groups(lab, selected_cases(lab, opts)?);
     let mut boots = Vec::new();
     for round in 1..=rounds {
         for group in &pairs {
@@ -64,8 +71,8 @@ pub async fn soak(lab: &Lab, opts: &RunOptions, rounds: u32, deploy: bool) -> an
             opts.progress.phase(&format!("soak: round {round}/{rounds}, {pair}"));
             let started = Instant::now();
             let outcome = match deploy {
-                true => start_pair(group, &prepared, &opts).await.map(|p| (p.rt, Some(p.timing))),
-                false => boot::boot(&group.lab, &prepared, group.nic.as_ref(), &opts, group.label.clone())
+                true => start_pair(group, &prepared, opts).await.map(|p| (p.rt, Some(p.timing))),
+                false => boot::boot(&group.lab, &prepared, group.nic.as_ref(), opts, group.label.clone())
                     .await
                     .map(|rt| (rt, None)),
             };
@@ -88,7 +95,9 @@ pub async fn soak(lab: &Lab, opts: &RunOptions, rounds: u32, deploy: bool) -> an
         }
     }
     opts.progress.finish();
-    Ok(SoakRun { lab: lab.name.clone(), accel: prepared.accel.to_string(), qemu, deploy, boots })
+    let tcg_thread = (prepared.accel == crate::qemu::Accel::Tcg).then_some(prepared.tcg_thread);
+    let accel = prepared.accel.to_string();
+    Ok(SoakRun { lab: lab.name.clone(), accel, qemu, deploy, cold_boot: opts.cold_boot, tcg_thread, boots })
 }
 
 /// The record of a pair that did not come up, or the error when the
