@@ -181,6 +181,27 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Judge a run again from what `vlab run --artifacts DIR` kept, without
+    /// VMs: every case's checks recomputed from its recorded evidence by
+    /// this vlab, the report printed (and written) as the run's, and every
+    /// verdict that differs from the recorded one listed. Exit as `run`: 0
+    /// every check passed, 1 a check failed; 128 when DIR holds no run.
+    Rejudge {
+        /// The run's artifacts directory.
+        dir: PathBuf,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the report as Markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Write the report as one HTML page to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Write the report as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -301,6 +322,10 @@ fn main() -> ExitCode {
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }
             Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
+            Cmd::Rejudge { dir, json, markdown, html, junit } => {
+                rejudge(&dir, Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip })
+                    .unwrap_or_else(|code| code)
+            }
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Image { command: ImageCmd::Key { recipes } } => image_key(recipes),
             Cmd::Doctor => vlab::doctor::doctor(),
@@ -550,9 +575,50 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
     let progress = opts.progress.clone();
     let artifacts = opts.artifacts.clone();
     let kernels = opts.kernels.len().max(1);
+    if let Some(dir) = &artifacts {
+        keep_inputs(dir, lab_path, &labs, kernels, out.tolerance)?;
+    }
     let reports = supervised(&progress, out.on_crash, async move { vlab::run::run_labs(&labs, &opts).await }).await?;
+    let (code, document) = publish(&title, &reports, study.as_ref(), &out, artifacts.as_deref(), kernels)?;
+    if let Some(dir) = &artifacts {
+        write_json(Some(&dir.join(vlab::rejudge::REPORT_FILE)), &document)?;
+    }
+    Ok(code)
+}
+
+/// Keeps what a run reads with its artifacts, for `vlab rejudge`.
+fn keep_inputs(dir: &Path, file: &Path, labs: &[(Lab, Vec<vlab::lab::Case>)], kernels: usize, tolerance: f64) -> Result<(), u8> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        error!("cannot create artifacts directory {}: {e}", dir.display());
+        exit::COULD_NOT_RUN
+    })?;
+    let labs: Vec<&Lab> = labs.iter().map(|(l, _)| l).collect();
+    let outside = vlab::rejudge::keep_inputs(dir, file, &labs, kernels, tolerance).map_err(|e| {
+        error!("{e:#}");
+        exit::COULD_NOT_RUN
+    })?;
+    for path in outside {
+        eprintln!(
+            "vlab: {} is outside the directory of {}: not kept with the artifacts (`vlab rejudge` reads it where it is)",
+            path.display(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints a run's reports, writes them where asked, and says how it went:
+/// the exit code, and the JSON document of the reports.
+fn publish(
+    title: &str,
+    reports: &[vlab::report::Report],
+    study: Option<&vlab::study::Study>,
+    out: &Outputs,
+    artifacts: Option<&Path>,
+    kernels: usize,
+) -> Result<(u8, serde_json::Value), u8> {
     let mut markdown = String::new();
-    for report in &reports {
+    for report in reports {
         print!("{}", report.table());
         if out.timings {
             print!("{}", report.timings_table());
@@ -573,8 +639,8 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
         markdown.push_str(&format!("\n```\n{}```\n", c.table()));
     }
     // A study's cases against its baseline, and its findings, per kernel.
-    let studies: Vec<vlab::findings::StudyOutcome> = study.as_ref().map_or_else(Vec::new, |c| {
-        vlab::findings::per_kernel(&reports, kernels)
+    let studies: Vec<vlab::findings::StudyOutcome> = study.map_or_else(Vec::new, |c| {
+        vlab::findings::per_kernel(reports, kernels)
             .iter()
             .map(|rs| vlab::findings::evaluate(&c.name, &c.baseline, &c.findings, rs))
             .collect()
@@ -583,16 +649,15 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
         print!("\n{}", s.table());
         markdown.push_str(&format!("\n{}", s.markdown()));
     }
-    match (reports.len(), study.is_some()) {
-        (1, false) => write_json(out.json.as_deref(), &reports[0])?,
-        _ => write_json(
-            out.json.as_deref(),
-            &serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies }),
-        )?,
+    let document = match (reports.len(), study.is_some()) {
+        (1, false) => serde_json::to_value(&reports[0]),
+        _ => serde_json::to_value(serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies })),
     }
+    .expect("reports serialize");
+    write_json(out.json.as_deref(), &document)?;
     let page = out.html.as_ref().map(|path| {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        (path, vlab::html::page(&title, &reports, &comparisons, &studies, artifacts.as_deref(), &dir))
+        (path, vlab::html::page(title, reports, &comparisons, &studies, artifacts, &dir))
     });
     for (path, text) in [out.markdown.as_ref().map(|p| (p, markdown)), page].into_iter().flatten() {
         std::fs::write(path, text).map_err(|e| {
@@ -601,7 +666,7 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
         })?;
     }
     if let Some(path) = &out.junit {
-        let junit = vlab::junit::of_run(&title, &reports, &comparisons, &studies, artifacts.as_deref());
+        let junit = vlab::junit::of_run(title, reports, &comparisons, &studies, artifacts);
         vlab::junit::write(path, &junit).map_err(|e| {
             error!("{e:#}");
             exit::COULD_NOT_RUN
@@ -610,7 +675,39 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
     let good = reports.iter().all(|r| r.passed)
         && !comparisons.iter().any(|c| c.regressed)
         && !studies.iter().any(|s| s.failed());
-    Ok(if good { exit::PASSED } else { exit::CHECK_FAILED })
+    Ok((if good { exit::PASSED } else { exit::CHECK_FAILED }, document))
+}
+
+/// `vlab rejudge DIR`.
+fn rejudge(dir: &Path, mut out: Outputs) -> Result<u8, u8> {
+    let judged = vlab::rejudge::rejudge(dir).map_err(|e| {
+        error!("cannot judge {} again: {e:#}", dir.display());
+        exit::INVALID_INPUT
+    })?;
+    println!(
+        "{} as run by vlab {} ({}), judged again by vlab {} from {}",
+        judged.run.source.display(),
+        judged.run.vlab,
+        judged.reports.first().map_or("", |r| r.kernel.as_str()),
+        env!("CARGO_PKG_VERSION"),
+        dir.display()
+    );
+    out.tolerance = judged.run.tolerance;
+    let title = match &judged.study {
+        Some(s) => format!("study {}", s.name),
+        None => judged.reports.first().map_or_else(String::new, |r| r.lab.clone()),
+    };
+    let (code, _) = publish(&title, &judged.reports, judged.study.as_ref(), &out, Some(dir), judged.run.kernels)?;
+    match judged.differences.is_empty() {
+        true => println!("\nevery verdict as recorded"),
+        false => {
+            println!("\n{} verdicts differ from the recorded ones:", judged.differences.len());
+            for d in &judged.differences {
+                println!("  {d}");
+            }
+        }
+    }
+    Ok(code)
 }
 
 async fn bench(lab_path: PathBuf, runs: usize, json: Option<PathBuf>, opts: RunOptions) -> Result<u8, u8> {

@@ -4,7 +4,7 @@
 //! report ([`Sections`]): typed by the variant, kept here as JSON, so that
 //! this module names no variant and every variant can import [`Check`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
@@ -40,7 +40,7 @@ impl Check {
 }
 
 /// What a VM was and how long it took to boot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmReport {
     /// Name.
     pub name: String,
@@ -69,7 +69,7 @@ pub struct VmReport {
 
 /// A boot of a pair that failed for a reason outside the lab and the kernel
 /// under test, after which the pair was booted again.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootRetry {
     /// Which boot of the pair failed (from 1).
     pub attempt: u32,
@@ -80,7 +80,7 @@ pub struct BootRetry {
 }
 
 /// What can fail a boot without being the lab's or the kernel's fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootFault {
     /// QEMU itself crashed (a failed assertion, a fatal signal).
@@ -100,7 +100,7 @@ impl std::fmt::Display for BootFault {
 }
 
 /// How a VM started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Start {
     /// Booted its kernel.
@@ -266,7 +266,7 @@ impl CaseReport {
 }
 
 /// Where a case's time went, phase by phase, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CaseTiming {
     /// A clean slate, the overlay's per-case setup, offloads, interface
     /// probes and everything read before the workload.
@@ -275,19 +275,20 @@ pub struct CaseTiming {
     pub captures_start_s: f64,
     /// The client's run and the server's end.
     pub workload_s: f64,
-    /// Fetching and decoding the pcaps (stopped with the evidence).
+    /// Fetching the pcaps (stopped with the evidence) and keeping the
+    /// case's artifacts.
     pub captures_stop_s: f64,
     /// One batch per VM after the workload: captures stopped, counters, the
     /// kernel log, the variants' evidence.
     pub evidence_s: f64,
-    /// Every check and verdict.
+    /// Decoding the pcaps, every check and verdict (keeping the record).
     pub verdict_s: f64,
     /// The whole case.
     pub total_s: f64,
 }
 
 /// Where a booted pair's time went, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BootTiming {
     /// Underlay, QEMU starts, until every agent answered (retries included).
     pub boot_s: f64,
@@ -306,7 +307,7 @@ pub struct BootTiming {
 /// A guest's wait after the deploy until its vCPUs were idle (at least 90 %
 /// over half a second; 30 s at most), so that the first case does not pay for
 /// what the deploy left running (daemons that are still starting).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settled {
     pub vm: String,
     /// From the end of the deploy until it was idle (or the limit passed).
@@ -316,7 +317,7 @@ pub struct Settled {
 }
 
 /// Where a run's time went, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunTiming {
     /// Finding (or building) the image.
     pub image_s: f64,
@@ -349,7 +350,7 @@ pub struct Sections {
 
 /// How long an overlay took to carry traffic after its deploy, by its own
 /// readiness probe.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Readiness {
     /// The overlay.
     pub overlay: String,
@@ -442,7 +443,7 @@ pub fn several_labs(reports: &[Report]) -> bool {
 }
 
 /// The result of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Lab name.
     pub lab: String,
@@ -470,19 +471,20 @@ pub struct Report {
     pub filter: String,
     /// The VMs.
     pub vms: Vec<VmReport>,
-    /// The cases run.
+    /// The cases run (not read back: `vlab rejudge` judges them again).
+    #[serde(skip_deserializing)]
     pub cases: Vec<CaseReport>,
     /// Every case passed.
     pub passed: bool,
     /// Readiness of the overlays that have a probe, one per boot.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub ready: Vec<Readiness>,
     /// How often each case ran (`--repeat`, rounds over every pair).
-    #[serde(skip_serializing_if = "is_one")]
+    #[serde(skip_serializing_if = "is_one", default = "one")]
     pub repeat: u32,
     /// Guest crashes that were the emulator's, not the kernel's, after which
     /// the pair was booted again (see `qemu::stale_int3_oops`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub emulator_faults: Vec<String>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
@@ -717,6 +719,10 @@ impl Report {
         }
         s
     }
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn is_one(n: &u32) -> bool {

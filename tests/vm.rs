@@ -271,7 +271,39 @@ impl Vlab {
         self.assert_clean(pid);
         let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_junit_agrees(&junit, &report);
+        if [0, 1].contains(&code) {
+            self.assert_rejudged(&artifacts, &report, code);
+        }
         (report, artifacts, out)
+    }
+
+    /// `vlab rejudge` on a run's artifacts, without VMs, judges every case
+    /// of every round as the run did: the same checks, each passing or
+    /// failing and saying what the run's report says, the same exit code.
+    fn assert_rejudged(&self, artifacts: &Path, report: &Value, code: i32) {
+        let json = self.path("rejudged.json");
+        let args = ["rejudge", artifacts.to_str().unwrap(), "--json", json.to_str().unwrap()];
+        let out = self.run_expecting(&args, &[], &[code]);
+        assert!(stdout(&out).contains("\nevery verdict as recorded\n"), "{}", stdout(&out));
+        let again: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let verdicts = |doc: &Value| -> Vec<Value> {
+            let reports = doc["reports"].as_array().cloned().unwrap_or_else(|| vec![doc.clone()]);
+            reports
+                .iter()
+                .flat_map(|r| r["cases"].as_array().unwrap().clone())
+                .map(|c| {
+                    let rounds: Vec<&Value> =
+                        c["repetitions"].as_array().map_or_else(Vec::new, |rs| rs.iter().map(|r| &r["failed_checks"]).collect());
+                    serde_json::json!({"case": c["name"], "passed": c["passed"], "checks": c["checks"], "rounds": rounds})
+                })
+                .collect()
+        };
+        let (before, after) = (verdicts(report), verdicts(&again));
+        assert!(!before.is_empty(), "the run judged cases");
+        assert_eq!(before, after, "judged again from {}", artifacts.display());
+        if let Some(studies) = report.get("studies") {
+            assert_eq!(studies, &again["studies"], "the study's findings judged again");
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -1337,6 +1369,7 @@ fn two_kernels_take_turns_and_are_compared_round_by_round() {
     ];
     let out = vlab.run_expecting(&args, &[], &[0]);
     let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    vlab.assert_rejudged(&artifacts, &value, 0);
     let reports = value["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 2);
     for r in reports {
@@ -1387,6 +1420,7 @@ fn the_study_runs_every_variant_side_by_side() {
     ];
     let out = vlab.run_expecting(&args, &[], &[0]);
     let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    vlab.assert_rejudged(&artifacts, &value, 0);
     let reports = value["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 7, "a report per lab");
     let outcome = &value["studies"][0];

@@ -78,6 +78,11 @@ impl Variant for L4Policy {
         LabKeys { tables: &["l4_policy"], ..LabKeys::default() }
     }
 
+    fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
+        let settings = lab.section::<Section>().ok().and_then(|s| s.l4_policy).unwrap_or_default();
+        settings.policy.into_iter().collect()
+    }
+
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         lab.section::<Section>()?;
         compiled(lab)

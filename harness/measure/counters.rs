@@ -1,11 +1,11 @@
 //! Interface counters read from a guest's sysfs.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guest::Netns;
 
 /// Byte, packet, drop and error counters of one interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Received bytes.
     pub rx_bytes: u64,

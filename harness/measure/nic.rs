@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
 use crate::guest::Netns;
@@ -22,7 +22,7 @@ pub fn long_name(feature: &str) -> &'static str {
 }
 
 /// One feature: what the lab asked for and what the driver reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffloadState {
     /// Requested state (`None`: left to the driver).
     pub requested: Option<bool>,
@@ -33,7 +33,7 @@ pub struct OffloadState {
 }
 
 /// What one interface was and did during a case.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InterfaceEvidence {
     /// The VM.
     pub vm: String,

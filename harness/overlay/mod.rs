@@ -72,6 +72,14 @@ pub trait Variant: Sync {
         Ok(Vec::new())
     }
 
+    /// The files besides the lab file it reads, as the lab names them
+    /// (relative to the lab file, or absolute): `--artifacts` keeps them
+    /// with the lab, so that `vlab rejudge` reads what the run read.
+    fn inputs(&self, lab: &Lab) -> Vec<std::path::PathBuf> {
+        let _ = lab;
+        Vec::new()
+    }
+
     /// Kernel modules the guests load at boot for it.
     fn modules(&self) -> &'static [&'static str] {
         &[]

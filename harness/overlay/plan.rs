@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::Case;
 use crate::measure::capture::CaptureSummary;
@@ -197,7 +197,7 @@ impl CaptureHints {
 }
 
 /// One end of a case's workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseEnd {
     /// Its VM.
     pub vm: String,
@@ -231,7 +231,7 @@ pub struct CaseEvidence<'a> {
 
 /// What became of one TCP connection attempt from the client's endpoint to
 /// a listener on the server's probe port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// The port.
     pub port: u16,
@@ -240,7 +240,7 @@ pub struct Probe {
 }
 
 /// How a probe ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeOutcome {
     /// The listener accepted it.

@@ -7,7 +7,6 @@
 //! batch, which returns once the pcap header is there (tcpdump listens), and
 //! stopped by a part of the VM's evidence batch after the workload.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context;
@@ -15,7 +14,8 @@ use anyhow::Context;
 use super::case::Side;
 use crate::guest::{self, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{CapturePoint, Lab};
-use crate::measure::capture::{self, CaptureContext, CaptureSummary};
+use super::record::CaptureRecord;
+use crate::measure::capture;
 use crate::overlay::CaptureHints;
 
 /// Where the guests keep their pcaps (emptied before each start, so that no
@@ -162,27 +162,21 @@ pub(super) fn stop_part(running: &[RunningCapture], vm: &str, batch: &mut Batch)
     );
 }
 
-/// Collects the stopped captures (their files, into the case's artifacts when
-/// kept) and summarises them.
+/// Fetches the stopped captures (into the case's artifacts when kept), each
+/// with where it was taken.
 pub(super) async fn collect(
     running: Vec<RunningCapture<'_>>,
-    port: u16,
-    hints: &CaptureHints,
     case_dir: Option<&Path>,
-) -> anyhow::Result<Vec<CaptureSummary>> {
-    let original_dst = |dst: IpAddr| hints.original_destination(dst);
-    let vxlan_port = hints.vxlan_port;
+) -> anyhow::Result<Vec<(CaptureRecord, Vec<u8>)>> {
     let fetched = futures::future::try_join_all(running.iter().map(|c| c.plan.guest.read_file(&c.plan.file))).await?;
     let mut out = Vec::new();
     for (c, bytes) in running.into_iter().zip(fetched) {
-        let (vm, container, dev) = (c.plan.guest.name.clone(), c.plan.container, c.plan.dev);
-        let name = capture::file_name(&vm, container.as_deref(), &dev);
+        let record =
+            CaptureRecord { vm: c.plan.guest.name.clone(), container: c.plan.container, dev: c.plan.dev, mtu: c.mtu };
         if let Some(dir) = case_dir {
-            std::fs::write(dir.join(&name), &bytes)?;
+            std::fs::write(dir.join(record.file()), &bytes)?;
         }
-        let ctx = CaptureContext { port, mtu: c.mtu, original_dst: &original_dst, vxlan_port };
-        let parsed = capture::summarize(&bytes, &ctx).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        out.push(CaptureSummary { vm, container, dev, ..parsed });
+        out.push((record, bytes));
     }
     Ok(out)
 }

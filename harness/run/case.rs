@@ -14,16 +14,16 @@ use anyhow::Context;
 
 use super::boot::{BootedVm, LabRuntime, Probed};
 use super::workload::WorkloadOutput;
+use super::record::{self, CaseRecord};
 use super::{capture, checks, workload, Clock};
 use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
-use crate::measure::capture::CaptureSummary;
 use crate::measure::counters::Counters;
 use crate::measure::nic::{self, InterfaceEvidence};
-use crate::overlay::{self, CaseEnd, CaseEvidence, Overlay};
+use crate::overlay::{self, CaseEnd, Overlay};
 use crate::qemu::agent::Output;
-use crate::report::{CaseReport, CaseTiming, Check, Section, Sections};
+use crate::report::{CaseReport, CaseTiming};
 
 /// Where an endpoint's traffic enters and leaves its VM.
 pub(super) struct Side<'a> {
@@ -311,8 +311,8 @@ async fn before_case<'a>(
 struct After {
     /// The server's JSON.
     server: Option<Vec<u8>>,
-    /// Kernel log lines that mean trouble.
-    kernel_says: Vec<String>,
+    /// What each VM's kernel logged during the case.
+    kernel_logs: Vec<(String, String)>,
     /// Outputs of the variants' commands, by artifact name.
     variants: BTreeMap<String, String>,
     /// The probe's outcome.
@@ -421,11 +421,14 @@ async fn workload_and_after(
         e.after = Counters::parse(&of(&outputs, &i.guest.name).text(&i.counters_part()))
             .with_context(|| format!("unreadable counters of {} on `{}`", i.dev, i.guest.name))?;
     }
-    let mut kernel_says = Vec::new();
+    let mut kernel_logs = Vec::new();
     for (vm, out) in &outputs {
         let since = before.uptimes.get(*vm).copied().unwrap_or(0.0);
         let log = checks::kernel_log_since(&out.text("kernel log"), since);
-        kernel_says.extend(checks::kernel_alarms(vm, &log, case_dir)?);
+        if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
+            std::fs::write(dir.join(format!("dmesg-{vm}.txt")), &log)?;
+        }
+        kernel_logs.push((vm.to_string(), log));
     }
     let server = workload::server_output(of(&outputs, &server.vm.guest.name));
     // The client has exited (its part ended); the server and the captures
@@ -438,7 +441,7 @@ async fn workload_and_after(
         evidence.push((server_vm.name.as_str(), out));
     }
     let variants = variant_outputs(&evidence, &names, case_dir)?;
-    Ok((client_out, workload_s, After { server, kernel_says, variants, probe, intruder }))
+    Ok((client_out, workload_s, After { server, kernel_logs, variants, probe, intruder }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -449,11 +452,6 @@ fn keep_artifacts(dir: &Path, run: &WorkloadOutput, interfaces: &[InterfaceEvide
     }
     std::fs::write(dir.join("interfaces.json"), serde_json::to_vec_pretty(interfaces)?)?;
     Ok(())
-}
-
-/// A variant's section, named.
-fn section(name: &str, evidence: Option<serde_json::Value>) -> Option<Section> {
-    evidence.map(|evidence| Section { name: name.to_string(), evidence })
 }
 
 /// Whether a case is measured or warms a freshly deployed pair up.
@@ -502,33 +500,33 @@ pub(super) async fn run_case(
         workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), ends, case_dir.as_deref()).await?;
     // The client ran first in its VM's evidence batch.
     let evidence_s = (clock.lap() - workload_s).max(0.0);
-    let summaries = capture::collect(before.captures, lab.workload.port, &hints, case_dir.as_deref()).await?;
+    let pcaps = capture::collect(before.captures, case_dir.as_deref()).await?;
     let run = WorkloadOutput { client: client_out, server: after.server };
     if let Some(dir) = &case_dir {
         keep_artifacts(dir, &run, &before.interfaces)?;
     }
     let captures_stop_s = clock.lap();
-
-    let (mut all, result) = checks::workload_checks(lab, &run.client);
-    let received = result.as_ref().map_or(0, |r| r.received_bytes);
-    all.extend(checks::path_checks(&server, &client, &before.interfaces, case.params.direction, received));
-    all.push(checks::kernel_check(&after.kernel_says));
-    all.extend(checks::captures_check(&summaries));
-    let evidence = CaseEvidence {
-        case,
+    let (captures, pcaps): (Vec<_>, Vec<_>) = pcaps.into_iter().unzip();
+    let record = CaseRecord {
+        vlab: env!("CARGO_PKG_VERSION").to_string(),
+        case: case.name.clone(),
         ends: [server.end(), client.end()],
-        captures: &summaries,
-        delivered: received > 0 && run.client.success(),
+        on_vf: Attachment::of(&server.vm.nic) == Attachment::Vf,
+        client: (&run.client).into(),
+        interfaces: before.interfaces,
+        kernel_logs: after.kernel_logs,
         before: before.variants,
-        outputs: after.variants,
+        after: after.variants,
         probe: after.probe,
         intruder: after.intruder,
+        captures,
     };
-    let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
-    all.extend(ov.checks);
-    all.extend(fv.checks);
+    if let Some(dir) = &case_dir {
+        record::keep(dir, &record)?;
+    }
+    let mut report = record::judge(lab, case, &record, &pcaps)?;
     let verdict_s = clock.lap();
-    let timing = CaseTiming {
+    report.timing = CaseTiming {
         setup_s,
         captures_start_s,
         workload_s,
@@ -537,42 +535,5 @@ pub(super) async fn run_case(
         verdict_s,
         total_s: clock.total(),
     };
-    Ok(report(
-        case,
-        all,
-        result,
-        (before.interfaces, summaries),
-        Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) },
-        timing,
-    ))
-}
-
-fn report(
-    case: &Case,
-    checks: Vec<Check>,
-    result: Option<crate::measure::iperf3::Iperf3Result>,
-    (interfaces, captures): (Vec<InterfaceEvidence>, Vec<CaptureSummary>),
-    variant: Sections,
-    timing: CaseTiming,
-) -> CaseReport {
-    CaseReport {
-        name: case.name.clone(),
-        params: case.params.clone(),
-        throughput_bps: result.as_ref().map_or(0.0, |r| r.throughput_bps),
-        retransmits: result.as_ref().and_then(|r| r.retransmits),
-        cpu_client_percent: result.as_ref().map_or(0.0, |r| r.cpu_client_percent),
-        cpu_server_percent: result.as_ref().map_or(0.0, |r| r.cpu_server_percent),
-        passed: checks.iter().all(|c| c.passed),
-        checks,
-        interfaces,
-        captures,
-        variant,
-        timing,
-        vs_baseline: None,
-        vs_no_filter: None,
-        throughput: None,
-        vs_baseline_summary: None,
-        vs_no_filter_summary: None,
-        repetitions: Vec::new(),
-    }
+    Ok(report)
 }

@@ -2,15 +2,13 @@
 //! moved payload (within the lab's bound), the interfaces on the way carried
 //! it, the captures saw it, and the guests' kernels logged no warning.
 
-use std::path::Path;
-
-use super::case::Side;
-use crate::guest::{self, Attachment};
+use crate::guest;
 use crate::lab::{Direction, Lab};
 use crate::measure::capture::{self, CaptureSummary};
 use crate::measure::counters::Counters;
 use crate::measure::iperf3::Iperf3Result;
 use crate::measure::nic::InterfaceEvidence;
+use crate::overlay::CaseEnd;
 use crate::qemu::agent::Output;
 use crate::report::{fmt_bps, Check};
 
@@ -120,17 +118,13 @@ pub(super) fn kernel_log_since(dmesg: &str, since: f64) -> String {
 }
 
 /// What the kernel of `vm` logged during a case (`log`) that means a warning
-/// or a bug; the log is kept in `case_dir`.
-pub(super) fn kernel_alarms(vm: &str, log: &str, case_dir: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    if let (Some(dir), false) = (case_dir, log.trim().is_empty()) {
-        std::fs::write(dir.join(format!("dmesg-{vm}.txt")), log)?;
-    }
-    Ok(log
-        .lines()
+/// or a bug.
+pub(super) fn kernel_alarms(vm: &str, log: &str) -> Vec<String> {
+    log.lines()
         .filter(|l| KERNEL_ALARMS.iter().any(|a| l.contains(a)))
         .take(3)
         .map(|l| format!("{vm}: {}", l.trim()))
-        .collect())
+        .collect()
 }
 
 /// Kernel log lines that mean the kernel hit a bug or a warning.
@@ -140,8 +134,8 @@ const KERNEL_ALARMS: [&str; 5] = ["WARNING:", "BUG:", "Oops", "general protectio
 /// the server for `forward`, into the client for `reverse`, both ways for
 /// `bidir`; each interface on the way must have moved at least that much.
 pub(super) fn path_checks(
-    server: &Side,
-    client: &Side,
+    [server, client]: &[CaseEnd; 2],
+    on_vf: bool,
     evidence: &[InterfaceEvidence],
     direction: Direction,
     received: u64,
@@ -154,13 +148,13 @@ pub(super) fn path_checks(
     let find = |vm: &str, ns: Option<&str>, dev: &str| {
         evidence.iter().find(|e| e.vm == vm && e.container.as_deref() == ns && e.dev == dev).map(|e| e.delta())
     };
-    let (s_name, c_name) = (server.vm.guest.name.as_str(), client.vm.guest.name.as_str());
+    let (s_name, c_name) = (server.vm.as_str(), client.vm.as_str());
     let mut checks = Vec::new();
     // An interface faces the network: what flows into its host arrives as rx.
     let moved = |d: Counters, inbound: u64, outbound: u64| d.rx_bytes >= inbound && d.tx_bytes >= outbound;
     let describe = |d: Counters| format!("rx {} B / tx {} B", d.rx_bytes, d.tx_bytes);
 
-    let vf_attached = server.container.is_some() && Attachment::of(&server.vm.nic) == Attachment::Vf;
+    let vf_attached = server.container.is_some() && on_vf;
     if !vf_attached {
         // On veth and on the underlay path, traffic crosses the VMs' underlay NICs.
         if let (Some(s), Some(c)) = (find(s_name, None, guest::UNDERLAY_DEV), find(c_name, None, guest::UNDERLAY_DEV)) {

@@ -15,6 +15,7 @@ mod capture;
 mod case;
 mod checks;
 mod deploy;
+pub mod record;
 pub mod kconfig;
 pub mod soak;
 mod workload;
@@ -688,7 +689,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
 }
 
 /// The tables the run's variants add for people, from their sections.
-fn summaries(lab: &Lab, cases: &[CaseReport]) -> Vec<String> {
+pub fn summaries(lab: &Lab, cases: &[CaseReport]) -> Vec<String> {
     let mut out = Vec::new();
     let overlays = lab.overlays().into_iter().map(|n| overlay::get(n) as &dyn overlay::Variant);
     for v in overlays.chain(lab.filters().into_iter().map(|n| filter::get(n) as &dyn overlay::Variant)) {

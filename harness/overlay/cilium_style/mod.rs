@@ -119,6 +119,10 @@ impl Variant for CiliumStyle {
         LabKeys { tables: &["cilium_style"], ..LabKeys::default() }
     }
 
+    fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
+        settings(lab).source.into_iter().collect()
+    }
+
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         use Seg::{Index, Key, Name};
         let s = lab.section::<Section>()?.cilium_style.unwrap_or_default();

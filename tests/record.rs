@@ -1,0 +1,365 @@
+//! Verdicts judged offline from recorded evidence, as `vlab rejudge` judges
+//! them: each fixture under `tests/fixtures/records/` is one case of a real
+//! run (`vlab run LAB --artifacts DIR`: the lab file and what it reads, the
+//! case's `case.json` and its pcaps), replayed through the code that judges
+//! a live case. The recording passes; each one-defect variant of it (a probe
+//! that connected, a drop that was not counted, another VNI on the wire, no
+//! tunnel at all) fails exactly the check that the defect concerns.
+
+use std::path::{Path, PathBuf};
+
+use vlab::overlay::{Probe, ProbeOutcome};
+use vlab::report::CaseReport;
+use vlab::run::record::{self, CaseRecord};
+
+/// A recorded case: its lab (with the case's overlay and filter), the case,
+/// its record and its pcaps.
+struct Recorded {
+    lab: vlab::lab::Lab,
+    case: vlab::lab::Case,
+    record: CaseRecord,
+    pcaps: Vec<Vec<u8>>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records").join(name)
+}
+
+fn recorded(name: &str) -> Recorded {
+    let dir = fixture(name);
+    let lab = vlab::variants::load_lab(&dir.join("lab.toml")).unwrap();
+    let (record, pcaps) = record::load(&dir.join("case")).unwrap();
+    let case = lab.cases().into_iter().find(|c| c.name == record.case).expect("the recorded case is in the lab");
+    let lab = vlab::rejudge::case_lab(&lab, &case);
+    Recorded { lab, case, record, pcaps }
+}
+
+impl Recorded {
+    fn judge(&self) -> CaseReport {
+        record::judge(&self.lab, &self.case, &self.record, &self.pcaps).unwrap()
+    }
+
+    /// The pcap of the capture at `file`.
+    fn pcap(&mut self, file: &str) -> &mut Vec<u8> {
+        let i = self.record.captures.iter().position(|c| c.file() == file).unwrap_or_else(|| panic!("no capture {file}"));
+        &mut self.pcaps[i]
+    }
+}
+
+/// The names of the checks that failed.
+fn failed(report: &CaseReport) -> Vec<&str> {
+    report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect()
+}
+
+fn check<'a>(report: &'a CaseReport, name: &str) -> &'a vlab::report::Check {
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    report.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check `{name}` among {names:?}"))
+}
+
+/// Every packet of a (little- or big-endian, microsecond or nanosecond)
+/// pcap file, rewritten in place by `edit`.
+fn edit_packets(pcap: &mut [u8], mut edit: impl FnMut(&mut [u8])) -> usize {
+    let magic = [pcap[0], pcap[1], pcap[2], pcap[3]];
+    let little = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        other => panic!("not a pcap file: {other:x?}"),
+    };
+    let (mut at, mut n) = (24, 0);
+    while at + 16 <= pcap.len() {
+        let len = pcap[at + 8..at + 12].try_into().unwrap();
+        let len = if little { u32::from_le_bytes(len) } else { u32::from_be_bytes(len) } as usize;
+        edit(&mut pcap[at + 16..at + 16 + len]);
+        at += 16 + len;
+        n += 1;
+    }
+    n
+}
+
+/// The offset of a UDP packet's payload in an Ethernet frame, when its
+/// destination port is `port`.
+fn udp_payload_to(frame: &[u8], port: u16) -> Option<usize> {
+    let sliced = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match sliced.transport? {
+        etherparse::TransportSlice::Udp(udp) if udp.destination_port() == port => {
+            Some(udp.payload().as_ptr() as usize - frame.as_ptr() as usize)
+        }
+        _ => None,
+    }
+}
+
+/// Only the pcap's file header: a capture that saw nothing.
+fn emptied(pcap: &mut Vec<u8>) {
+    pcap.truncate(24);
+}
+
+/// Every recorded case, one per overlay and filter (and a container on an
+/// igb VF), passes every check, as it did when it ran.
+#[rstest::rstest]
+fn a_recorded_case_passes_every_check(
+    #[values("none", "iptables", "nftables", "ila", "vxlan", "vxlan-evpn", "swarm", "l4-policy", "igb-vf")] name: &str,
+) {
+    let r = recorded(name);
+    let report = r.judge();
+    assert!(report.passed, "{name}: {:?}", failed(&report));
+    assert!(report.checks.len() >= 5, "{name}: {} checks", report.checks.len());
+    assert!(report.throughput_bps > 0.0);
+}
+
+/// The recorded ILA case (no-action, offloads on; its pcaps cut to their
+/// first 26 packets) judges the checksums of the segments it holds.
+#[test]
+fn a_recorded_ila_case_judges_its_segments() {
+    let report = recorded("ila").judge();
+    let wire = check(&report, "ILA: wire checksums as documented");
+    assert!(!wire.not_judged && wire.passed, "{}", wire.detail);
+    assert!(wire.detail.contains("underlay segments judged"), "{}", wire.detail);
+}
+
+#[test]
+fn a_recorded_vxlan_case_passes_every_check() {
+    let report = recorded("vxlan").judge();
+    assert!(report.passed, "{:?}", failed(&report));
+    let wire = check(&report, "VXLAN: wire carries VNI 100 between the VTEPs");
+    assert!(wire.detail.contains("VNIs 100;"), "{}", wire.detail);
+    assert!(report.throughput_bps > 0.0);
+}
+
+/// The wire carries another VNI in some of its packets: the tunnel is not
+/// the lab's.
+#[test]
+fn another_vni_on_the_wire_fails_the_vxlan_wire_check() {
+    let mut r = recorded("vxlan");
+    let port = 4789;
+    let mut changed = 0;
+    edit_packets(r.pcap("host1-underlay.pcap"), |frame| {
+        if let Some(at) = udp_payload_to(frame, port) {
+            if frame.len() >= at + 8 {
+                frame[at + 6] ^= 0x01; // VNI 100 -> 101 (bytes 4..7 of the VXLAN header)
+                changed += 1;
+            }
+        }
+    });
+    assert!(changed > 0, "the capture has VXLAN packets to UDP {port}");
+    let report = r.judge();
+    assert_eq!(failed(&report), ["VXLAN: wire carries VNI 100 between the VTEPs"]);
+    assert!(check(&report, "VXLAN: wire carries VNI 100 between the VTEPs").detail.contains("VNIs 100, 101"));
+}
+
+/// No VXLAN packet at all on the underlay (the captures saw nothing): no
+/// VNI was seen, and nothing passes for it.
+#[test]
+fn an_underlay_without_vxlan_fails_the_wire_checks() {
+    let mut r = recorded("vxlan");
+    emptied(r.pcap("host1-underlay.pcap"));
+    emptied(r.pcap("host2-underlay.pcap"));
+    let report = r.judge();
+    let failed = failed(&report);
+    assert!(failed.contains(&"VXLAN: wire carries VNI 100 between the VTEPs"), "{failed:?}");
+    assert!(failed.contains(&"VXLAN: no fragmentation"), "no VXLAN packet is no evidence: {failed:?}");
+}
+
+/// The VXLAN packets travel between other addresses than the VTEPs (the
+/// tunnel's outer source rewritten): the wire check names the tunnels.
+#[test]
+fn a_tunnel_between_other_addresses_fails_the_vxlan_wire_check() {
+    let mut r = recorded("vxlan");
+    for file in ["host1-underlay.pcap", "host2-underlay.pcap"] {
+        edit_packets(r.pcap(file), |frame| {
+            if udp_payload_to(frame, 4789).is_some() && frame[12..14] == [0x08, 0x00] {
+                frame[14 + 15] ^= 0x10; // the outer IPv4 source's last byte
+            }
+        });
+    }
+    let report = r.judge();
+    assert!(failed(&report).contains(&"VXLAN: wire carries VNI 100 between the VTEPs"), "{:?}", failed(&report));
+}
+
+#[test]
+fn a_recorded_l4_policy_case_passes_every_check() {
+    let report = recorded("l4-policy").judge();
+    assert!(report.passed, "{:?}", failed(&report));
+    assert!(check(&report, "l4-policy: a probe to TCP 5202 is dropped").detail.contains("dropped 1 packets"));
+}
+
+fn probe_check(report: &CaseReport) -> &vlab::report::Check {
+    check(report, "l4-policy: a probe to TCP 5202 is dropped")
+}
+
+/// The probe connected although the policy counted a drop: the probe port
+/// is open to the client.
+#[test]
+fn a_probe_that_connected_fails_the_probe_check() {
+    let mut r = recorded("l4-policy");
+    r.record.probe = Some(Probe { port: 5202, outcome: ProbeOutcome::Connected });
+    let report = r.judge();
+    assert_eq!(failed(&report), ["l4-policy: a probe to TCP 5202 is dropped"]);
+    assert!(probe_check(&report).detail.contains("connected"), "{}", probe_check(&report).detail);
+}
+
+/// The probe timed out but the policy dropped nothing: something else lost
+/// it (a route, a down link), not the policy.
+#[test]
+fn a_probe_lost_without_a_drop_fails_the_probe_check() {
+    let mut r = recorded("l4-policy");
+    for (name, dump) in r.record.after.iter_mut() {
+        if name.starts_with("vlab-denied-") {
+            *dump = r.record.before[name].clone();
+        }
+    }
+    let report = r.judge();
+    let failed = failed(&report);
+    assert!(failed.contains(&"l4-policy: a probe to TCP 5202 is dropped"), "{failed:?}");
+    assert!(probe_check(&report).detail.contains("dropped 0 packets"), "{}", probe_check(&report).detail);
+}
+
+/// The intruder reached the server's port: the policy let another identity in.
+#[test]
+fn an_intruder_that_connected_fails_the_intruder_check() {
+    let mut r = recorded("l4-policy");
+    r.record.intruder = Some(Probe { port: 5201, outcome: ProbeOutcome::Connected });
+    let report = r.judge();
+    let failed = failed(&report);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with("l4-policy: the intruder"), "{failed:?}");
+}
+
+/// Judging a recording is the same as judging it again: the same checks,
+/// verdicts and details (a verdict depends on the evidence alone).
+#[test]
+fn a_recording_judges_the_same_twice() {
+    for name in ["vxlan", "l4-policy"] {
+        let r = recorded(name);
+        let (a, b) = (r.judge(), r.judge());
+        assert_eq!(serde_json::to_value(&a.checks).unwrap(), serde_json::to_value(&b.checks).unwrap(), "{name}");
+    }
+}
+
+/// A record whose pcaps are missing is refused, naming the file.
+#[test]
+fn a_record_without_its_pcap_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("vxlan").join("case/case.json"), dir.path().join("case.json")).unwrap();
+    let err = record::load(dir.path()).unwrap_err();
+    assert!(format!("{err:#}").contains("host1-underlay.pcap"), "{err:#}");
+}
+
+impl Recorded {
+    /// Rewrites every VM's output after the workload whose name starts with
+    /// `prefix`.
+    fn edit_after(&mut self, prefix: &str, edit: impl Fn(&str) -> String) {
+        let mut n = 0;
+        for (name, text) in self.record.after.iter_mut().filter(|(name, _)| name.starts_with(prefix)) {
+            let edited = edit(text);
+            assert_ne!(&edited, text, "{name}: the edit changed nothing");
+            *text = edited;
+            n += 1;
+        }
+        assert!(n > 0, "no output named {prefix}*");
+    }
+}
+
+/// iptables read back without the port rule after the case: the policy is
+/// not in place (and nothing counted the handshake).
+#[test]
+fn an_iptables_ruleset_without_the_port_rule_fails() {
+    let mut r = recorded("iptables");
+    r.edit_after("iptables-", |t| t.lines().filter(|l| !l.contains("--dport 5201")).map(|l| format!("{l}\n")).collect());
+    let report = r.judge();
+    let failed = failed(&report);
+    assert!(failed.contains(&"iptables: the policy is in place at every enforcement point"), "{failed:?}");
+    assert!(failed.contains(&"iptables: the port rule matches the handshake (TCP 5201)"), "{failed:?}");
+}
+
+/// The port rule's counters did not move: the handshake did not pass by it.
+#[test]
+fn an_iptables_port_rule_that_counted_nothing_fails() {
+    let mut r = recorded("iptables");
+    let zero = zero_counters("--dport 5201");
+    r.edit_after("iptables-", |t| t.lines().map(|l| format!("{}\n", zero(l))).collect());
+    let report = r.judge();
+    assert_eq!(failed(&report), ["iptables: the port rule matches the handshake (TCP 5201)"]);
+}
+
+/// `-c PACKETS BYTES` set to `-c 0 0` on the lines that contain `marker`.
+fn zero_counters(marker: &'static str) -> impl Fn(&str) -> String {
+    move |line: &str| {
+        if !line.contains(marker) {
+            return line.to_string();
+        }
+        let words: Vec<&str> = line.split(' ').collect();
+        let at = words.iter().position(|w| *w == "-c").expect("a counter");
+        let mut out: Vec<&str> = words.clone();
+        out[at + 1] = "0";
+        out[at + 2] = "0";
+        out.join(" ")
+    }
+}
+
+/// nftables read back without its port rule: not in place.
+#[test]
+fn an_nftables_ruleset_without_the_port_rule_fails() {
+    let mut r = recorded("nftables");
+    r.edit_after("nftables-", |t| {
+        let mut doc: serde_json::Value = serde_json::from_str(t).unwrap();
+        let items = doc["nftables"].as_array_mut().unwrap();
+        items.retain(|i| i["rule"]["comment"] != "port");
+        doc.to_string()
+    });
+    let report = r.judge();
+    let failed = failed(&report);
+    assert!(failed.contains(&"nftables: the policy is in place at every enforcement point"), "{failed:?}");
+}
+
+/// Connection tracking's rule counted nothing: the data did not pass by it.
+#[test]
+fn an_nftables_established_rule_that_counted_nothing_fails() {
+    let mut r = recorded("nftables");
+    r.edit_after("nftables-", |t| {
+        let mut doc: serde_json::Value = serde_json::from_str(t).unwrap();
+        for item in doc["nftables"].as_array_mut().unwrap() {
+            if item["rule"]["comment"] == "established" {
+                for e in item["rule"]["expr"].as_array_mut().unwrap() {
+                    if e.get("counter").is_some() {
+                        e["counter"] = serde_json::json!({"packets": 0, "bytes": 0});
+                    }
+                }
+            }
+        }
+        doc.to_string()
+    });
+    let report = r.judge();
+    assert_eq!(failed(&report), ["nftables: ESTABLISHED,RELATED takes the data"]);
+}
+
+/// The `none` filter read back a forward chain that drops: something filters.
+#[test]
+fn a_forward_chain_that_drops_fails_the_none_filter() {
+    let mut r = recorded("none");
+    let chain = r#"{"chain": {"family": "inet", "table": "t", "name": "f", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}"#;
+    r.edit_after("ruleset-host1", |t| {
+        let mut doc: serde_json::Value = serde_json::from_str(t).unwrap();
+        doc["nftables"].as_array_mut().unwrap().push(serde_json::from_str(chain).unwrap());
+        doc.to_string()
+    });
+    let report = r.judge();
+    assert_eq!(failed(&report), ["filter none: nothing filters the forwarding path"]);
+}
+
+/// The kernel logged a warning during the case.
+#[test]
+fn a_kernel_warning_fails_the_kernel_check() {
+    let mut r = recorded("none");
+    r.record.kernel_logs[0].1.push_str("[  12.000000] WARNING: CPU: 1 PID: 0 at net/core/dev.c:1 x+0x1/0x2\n");
+    let report = r.judge();
+    assert_eq!(failed(&report), ["kernels logged no warning"]);
+}
+
+/// The client failed: nothing else can pass for it.
+#[test]
+fn a_client_that_failed_fails_the_workload() {
+    let mut r = recorded("none");
+    r.record.client.code = 1;
+    let report = r.judge();
+    assert!(failed(&report).contains(&"iperf3 completed"), "{:?}", failed(&report));
+}
