@@ -322,10 +322,11 @@ fn main() -> ExitCode {
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }
             Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
-            Cmd::Rejudge { dir, json, markdown, html, junit } => {
-                rejudge(&dir, Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip })
-                    .unwrap_or_else(|code| code)
-            }
+            Cmd::Rejudge { dir, json, markdown, html, junit } => rejudge(
+                &dir,
+                Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip },
+            )
+            .unwrap_or_else(|code| code),
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Image { command: ImageCmd::Key { recipes } } => image_key(recipes),
             Cmd::Doctor => vlab::doctor::doctor(),
@@ -587,7 +588,13 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
 }
 
 /// Keeps what a run reads with its artifacts, for `vlab rejudge`.
-fn keep_inputs(dir: &Path, file: &Path, labs: &[(Lab, Vec<vlab::lab::Case>)], kernels: usize, tolerance: f64) -> Result<(), u8> {
+fn keep_inputs(
+    dir: &Path,
+    file: &Path,
+    labs: &[(Lab, Vec<vlab::lab::Case>)],
+    kernels: usize,
+    tolerance: f64,
+) -> Result<(), u8> {
     std::fs::create_dir_all(dir).map_err(|e| {
         error!("cannot create artifacts directory {}: {e}", dir.display());
         exit::COULD_NOT_RUN
@@ -651,7 +658,9 @@ fn publish(
     }
     let document = match (reports.len(), study.is_some()) {
         (1, false) => serde_json::to_value(&reports[0]),
-        _ => serde_json::to_value(serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies })),
+        _ => serde_json::to_value(
+            serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies }),
+        ),
     }
     .expect("reports serialize");
     write_json(out.json.as_deref(), &document)?;

@@ -88,7 +88,8 @@ pub fn keep_inputs(
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::copy(base.join(rel), &to).with_context(|| format!("cannot keep {} as {}", rel.display(), to.display()))?;
+        std::fs::copy(base.join(rel), &to)
+            .with_context(|| format!("cannot keep {} as {}", rel.display(), to.display()))?;
     }
     let run = RunRecord {
         vlab: env!("CARGO_PKG_VERSION").to_string(),

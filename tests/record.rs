@@ -41,8 +41,17 @@ impl Recorded {
 
     /// The pcap of the capture at `file`.
     fn pcap(&mut self, file: &str) -> &mut Vec<u8> {
-        let i = self.record.captures.iter().position(|c| c.file() == file).unwrap_or_else(|| panic!("no capture {file}"));
+        let i =
+            self.record.captures.iter().position(|c| c.file() == file).unwrap_or_else(|| panic!("no capture {file}"));
         &mut self.pcaps[i]
+    }
+}
+
+/// Asserts that each of `names` is among the checks of `report` that failed.
+fn assert_among_failed(report: &CaseReport, names: &[&str]) {
+    let failed = failed(report);
+    for name in names {
+        assert!(failed.contains(name), "`{name}` did not fail: {failed:?}");
     }
 }
 
@@ -154,9 +163,8 @@ fn an_underlay_without_vxlan_fails_the_wire_checks() {
     emptied(r.pcap("host1-underlay.pcap"));
     emptied(r.pcap("host2-underlay.pcap"));
     let report = r.judge();
-    let failed = failed(&report);
-    assert!(failed.contains(&"VXLAN: wire carries VNI 100 between the VTEPs"), "{failed:?}");
-    assert!(failed.contains(&"VXLAN: no fragmentation"), "no VXLAN packet is no evidence: {failed:?}");
+    // No VXLAN packet is no evidence of either.
+    assert_among_failed(&report, &["VXLAN: wire carries VNI 100 between the VTEPs", "VXLAN: no fragmentation"]);
 }
 
 /// The VXLAN packets travel between other addresses than the VTEPs (the
@@ -172,7 +180,7 @@ fn a_tunnel_between_other_addresses_fails_the_vxlan_wire_check() {
         });
     }
     let report = r.judge();
-    assert!(failed(&report).contains(&"VXLAN: wire carries VNI 100 between the VTEPs"), "{:?}", failed(&report));
+    assert_among_failed(&report, &["VXLAN: wire carries VNI 100 between the VTEPs"]);
 }
 
 #[test]
@@ -208,8 +216,7 @@ fn a_probe_lost_without_a_drop_fails_the_probe_check() {
         }
     }
     let report = r.judge();
-    let failed = failed(&report);
-    assert!(failed.contains(&"l4-policy: a probe to TCP 5202 is dropped"), "{failed:?}");
+    assert_among_failed(&report, &["l4-policy: a probe to TCP 5202 is dropped"]);
     assert!(probe_check(&report).detail.contains("dropped 0 packets"), "{}", probe_check(&report).detail);
 }
 
@@ -264,11 +271,17 @@ impl Recorded {
 #[test]
 fn an_iptables_ruleset_without_the_port_rule_fails() {
     let mut r = recorded("iptables");
-    r.edit_after("iptables-", |t| t.lines().filter(|l| !l.contains("--dport 5201")).map(|l| format!("{l}\n")).collect());
+    r.edit_after("iptables-", |t| {
+        t.lines().filter(|l| !l.contains("--dport 5201")).map(|l| format!("{l}\n")).collect()
+    });
     let report = r.judge();
-    let failed = failed(&report);
-    assert!(failed.contains(&"iptables: the policy is in place at every enforcement point"), "{failed:?}");
-    assert!(failed.contains(&"iptables: the port rule matches the handshake (TCP 5201)"), "{failed:?}");
+    assert_among_failed(
+        &report,
+        &[
+            "iptables: the policy is in place at every enforcement point",
+            "iptables: the port rule matches the handshake (TCP 5201)",
+        ],
+    );
 }
 
 /// The port rule's counters did not move: the handshake did not pass by it.
@@ -307,8 +320,7 @@ fn an_nftables_ruleset_without_the_port_rule_fails() {
         doc.to_string()
     });
     let report = r.judge();
-    let failed = failed(&report);
-    assert!(failed.contains(&"nftables: the policy is in place at every enforcement point"), "{failed:?}");
+    assert_among_failed(&report, &["nftables: the policy is in place at every enforcement point"]);
 }
 
 /// Connection tracking's rule counted nothing: the data did not pass by it.
@@ -361,5 +373,5 @@ fn a_client_that_failed_fails_the_workload() {
     let mut r = recorded("none");
     r.record.client.code = 1;
     let report = r.judge();
-    assert!(failed(&report).contains(&"iperf3 completed"), "{:?}", failed(&report));
+    assert_among_failed(&report, &["iperf3 completed"]);
 }

@@ -12,9 +12,9 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::case::Side;
+use super::record::CaptureRecord;
 use crate::guest::{self, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{CapturePoint, Lab};
-use super::record::CaptureRecord;
 use crate::measure::capture;
 use crate::overlay::CaptureHints;
 

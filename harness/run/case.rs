@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::boot::{BootedVm, LabRuntime, Probed};
-use super::workload::WorkloadOutput;
 use super::record::{self, CaseRecord};
+use super::workload::WorkloadOutput;
 use super::{capture, checks, workload, Clock};
 use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Batch, BatchOutput, Guest, Netns};

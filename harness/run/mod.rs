@@ -15,8 +15,8 @@ mod capture;
 mod case;
 mod checks;
 mod deploy;
-pub mod record;
 pub mod kconfig;
+pub mod record;
 pub mod soak;
 mod workload;
 

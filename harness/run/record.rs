@@ -105,9 +105,19 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
     let original_dst = |dst| hints.original_destination(dst);
     let mut summaries = Vec::new();
     for (c, bytes) in record.captures.iter().zip(pcaps) {
-        let ctx = CaptureContext { port: lab.workload.port, mtu: c.mtu, original_dst: &original_dst, vxlan_port: hints.vxlan_port };
+        let ctx = CaptureContext {
+            port: lab.workload.port,
+            mtu: c.mtu,
+            original_dst: &original_dst,
+            vxlan_port: hints.vxlan_port,
+        };
         let parsed = capture::summarize(bytes, &ctx).map_err(|e| anyhow::anyhow!("{}: {e}", c.file()))?;
-        summaries.push(CaptureSummary { vm: c.vm.clone(), container: c.container.clone(), dev: c.dev.clone(), ..parsed });
+        summaries.push(CaptureSummary {
+            vm: c.vm.clone(),
+            container: c.container.clone(),
+            dev: c.dev.clone(),
+            ..parsed
+        });
     }
     let client = record.client.output();
     let (mut all, result) = checks::workload_checks(lab, &client);
@@ -130,7 +140,9 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);
     all.extend(fv.checks);
-    let section = |name: &str, evidence: Option<serde_json::Value>| evidence.map(|evidence| Section { name: name.to_string(), evidence });
+    let section = |name: &str, evidence: Option<serde_json::Value>| {
+        evidence.map(|evidence| Section { name: name.to_string(), evidence })
+    };
     let variant = Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) };
     Ok(report(case, all, result, (record.interfaces.clone(), summaries), variant))
 }
