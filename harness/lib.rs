@@ -30,6 +30,7 @@ pub mod junit;
 pub mod lab;
 pub mod measure;
 pub mod overlay;
+pub mod policy;
 pub mod qemu;
 pub mod rejudge;
 pub mod report;

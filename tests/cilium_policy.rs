@@ -1,11 +1,18 @@
-//! The cilium-style overlay's policy input: Cilium's policy language read
-//! into rules, label sets into identities, rules into policy map entries, and
-//! every feature vlab does not enforce refused with its field.
+//! The cilium-style overlay's policy compiler: label sets into identities,
+//! the policy model's rules into policy map entries, and every feature its
+//! datapath does not enforce refused with its line and field. (Reading
+//! policy files is tested in `tests/policy.rs`.)
 
 use rstest::rstest;
 use vlab::overlay::cilium_style::policy::{
-    allows, compile, identities, parse, Compiled, Labels, Protocol, ANY_IDENTITY, FIRST_IDENTITY,
+    allows, compile, endpoints, identities, Compiled, Labels, Protocol, ANY_IDENTITY, FIRST_IDENTITY,
 };
+use vlab::policy::parse::PolicyError;
+use vlab::policy::Policy;
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    vlab::policy::parse::parse(text, &endpoints(&containers()))
+}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/cilium/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -73,75 +80,69 @@ fn wildcards_follow_ciliums_lookup_order() {
     assert!(!allows(&c, server, client, Protocol::Tcp, 9));
 }
 
+#[test]
+fn expressions_and_port_ranges_become_entries() {
+    let text = r#"[{"endpointSelector": {"matchExpressions": [{"key": "id", "operator": "In", "values": ["service1"]}]},
+                    "ingress": [{"fromEndpoints": [{"matchExpressions": [{"key": "id", "operator": "NotIn", "values": ["app1"]}]}],
+                                 "toPorts": [{"ports": [{"port": "8000", "endPort": 8002, "protocol": "UDP"}]}]}]}]"#;
+    let c = compile(&parse(text).unwrap(), &containers()).unwrap();
+    let (server, client, other) = (c.identities["c1"], c.identities["c2"], c.identities["c3"]);
+    // NotIn app1: app2 and service1 itself.
+    let entries: Vec<(u32, Protocol, u16)> = c.entries.iter().map(|e| (e.remote, e.protocol, e.port)).collect();
+    assert_eq!(
+        entries,
+        [
+            (other, Protocol::Udp, 8000),
+            (other, Protocol::Udp, 8001),
+            (other, Protocol::Udp, 8002),
+            (server, Protocol::Udp, 8000),
+            (server, Protocol::Udp, 8001),
+            (server, Protocol::Udp, 8002),
+        ]
+    );
+    assert!(!allows(&c, server, client, Protocol::Udp, 8001));
+}
+
 #[rstest]
-#[case::not_json("[{", "not JSON")]
 #[case::egress(
     r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}}, "egress": [{}]}]"#,
-    "field `[0].egress`: `egress` is not supported"
+    "1:1: field `[0].egress[0]`: egress is not enforced by the cilium-style datapath"
 )]
-#[case::cidr(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"fromCIDR": ["10.0.0.0/8"]}]}"#,
-    "field `ingress[0].fromCIDR`: `fromCIDR` is not supported"
+#[case::deny(
+    "- endpointSelector: {matchLabels: {id: service1}}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {id: app2}}]\n",
+    "3:1: field `[0].ingressDeny[0]`: deny rules are not enforced by the cilium-style datapath"
 )]
-#[case::l7(
-    r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}], "rules": {"http": [{}]}}]}]}]"#,
-    "field `[0].ingress[0].toPorts[0].rules`: `rules` is not supported"
+#[case::sctp(
+    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "SCTP"}]}]}]}"#,
+    "field `ingress[0]`: SCTP is not enforced by the cilium-style datapath"
 )]
-#[case::expressions(
-    r#"{"kind": "CiliumNetworkPolicy", "spec": {"endpointSelector": {"matchExpressions": []}}}"#,
-    "field `spec.endpointSelector.matchExpressions`: `matchExpressions` is not supported"
+#[case::range(
+    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "1", "endPort": 5000}]}]}]}"#,
+    "field `ingress[0]`: ports 1-5000: the policy map holds 1024 entries"
 )]
-#[case::typo(
-    r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingres": []}]"#,
-    "field `[0].ingres`: unknown field `ingres`"
-)]
-#[case::other_kind(
-    r#"{"kind": "NetworkPolicy", "spec": {}}"#,
-    "field `kind`: `NetworkPolicy`: expected a CiliumNetworkPolicy"
-)]
-fn unreadable_or_unsupported_policies_name_the_field(#[case] text: &str, #[case] expected: &str) {
-    let err = parse(text).expect_err("refused").to_string();
-    assert!(err.starts_with(expected), "{err}");
+fn what_the_datapath_cannot_enforce_is_refused_at_its_rule(#[case] text: &str, #[case] expected: &str) {
+    let err = compile(&parse(text).unwrap(), &containers()).expect_err("refused").to_string();
+    assert!(err.contains(expected), "{err}");
 }
 
 #[rstest]
 #[case::no_match(
     r#"{"endpointSelector": {"matchLabels": {"id": "db"}}}"#,
-    "field `endpointSelector.matchLabels`: id=db matches no container of the lab"
-)]
-#[case::no_peer(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "db"}}]}]}"#,
-    "field `ingress[0].fromEndpoints[0].matchLabels`: id=db matches no container of the lab"
-)]
-#[case::port_range(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "70000", "protocol": "TCP"}]}]}]}"#,
-    "field `ingress[0].toPorts[0].ports[0].port`: port 70000: use 1 to 65535"
-)]
-#[case::named_port(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "http"}]}]}]}"#,
-    "field `ingress[0].toPorts[0].ports[0].port`: named ports are not supported"
-)]
-#[case::protocol(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "SCTP"}]}]}]}"#,
-    "field `ingress[0].toPorts[0].ports[0].protocol`: `SCTP`: use TCP, UDP or ANY"
+    "field `endpointSelector.matchLabels.id`: `id=db` is on no container of the lab"
 )]
 #[case::reserved(
     r#"{"endpointSelector": {"matchLabels": {"reserved:host": ""}}}"#,
     "field `endpointSelector.matchLabels.reserved:host`: label source `reserved:` is not supported"
 )]
-#[case::in_an_array(
-    r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}}}, {"endpointSelector": {"matchLabels": {"id": "db"}}}]"#,
-    "field `[1].endpointSelector.matchLabels`: id=db matches no container of the lab"
-)]
 #[case::in_a_cnp(
     r#"{"kind": "CiliumNetworkPolicy", "specs": [{"endpointSelector": {"matchLabels": {"id": "db"}}}]}"#,
-    "field `specs[0].endpointSelector.matchLabels`: id=db matches no container of the lab"
+    "field `specs[0].endpointSelector.matchLabels.id`: `id=db` is on no container of the lab"
 )]
-#[case::empty_selector(
-    r#"{"endpointSelector": {}}"#,
-    "field `endpointSelector`: an empty selector selects every endpoint"
+#[case::l7(
+    r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}], "rules": {"http": [{}]}}]}]}]"#,
+    "field `[0].ingress[0].toPorts[0].rules`: `rules` is not supported"
 )]
 fn policies_that_do_not_fit_the_lab_name_the_field(#[case] text: &str, #[case] expected: &str) {
-    let err = compile(&parse(text).unwrap(), &containers()).expect_err("refused").to_string();
-    assert!(err.starts_with(expected), "{err}");
+    let err = parse(text).expect_err("refused").to_string();
+    assert!(err.contains(expected), "{err}");
 }

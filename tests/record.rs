@@ -19,6 +19,8 @@ struct Recorded {
     case: vlab::lab::Case,
     record: CaseRecord,
     pcaps: Vec<Vec<u8>>,
+    /// Where a changed lab file lives while the case is judged.
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -31,7 +33,7 @@ fn recorded(name: &str) -> Recorded {
     let (record, pcaps) = record::load(&dir.join("case")).unwrap();
     let case = lab.cases().into_iter().find(|c| c.name == record.case).expect("the recorded case is in the lab");
     let lab = vlab::rejudge::case_lab(&lab, &case);
-    Recorded { lab, case, record, pcaps }
+    Recorded { lab, case, record, pcaps, _dir: None }
 }
 
 impl Recorded {
@@ -374,4 +376,56 @@ fn a_client_that_failed_fails_the_workload() {
     r.record.client.code = 1;
     let report = r.judge();
     assert_among_failed(&report, &["iperf3 completed"]);
+}
+
+/// The recorded l4-policy case judged against another policy file
+/// (`cilium-style/FILE` beside the fixture's own policy).
+fn recorded_with_policy(file: &str) -> Recorded {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("l4-policy");
+    std::fs::create_dir(dir.path().join("cilium-style")).unwrap();
+    std::fs::copy(src.join("cilium-style").join(file), dir.path().join("cilium-style").join(file)).unwrap();
+    let lab = std::fs::read_to_string(src.join("lab.toml")).unwrap();
+    let lab = lab.replace("policy = \"cilium-style/policy.json\"", &format!("policy = \"cilium-style/{file}\""));
+    std::fs::write(dir.path().join("lab.toml"), lab).unwrap();
+    let mut r = recorded("l4-policy");
+    r.lab = vlab::rejudge::case_lab(&vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap(), &r.case);
+    r._dir = Some(dir);
+    r
+}
+
+/// A policy that allows the probe's port and the intruder: the checks
+/// expect what it says (from the evaluator, not from the study's rule), so
+/// the recorded drops now fail them, naming the rule that allows each.
+#[test]
+fn drops_that_a_policy_allows_fail_naming_the_rule() {
+    let report = recorded_with_policy("open.yaml").judge();
+    let probe = check(&report, "l4-policy: a probe to TCP 5202 is allowed");
+    assert!(!probe.passed);
+    assert!(probe.detail.contains("allowed by rule 1 (open-service) at [0].ingress[0]"), "{}", probe.detail);
+    let intruder = report.checks.iter().find(|c| c.name.starts_with("l4-policy: the intruder")).unwrap();
+    assert!(intruder.name.ends_with("is allowed") && !intruder.passed, "{}", intruder.name);
+    assert!(intruder.detail.contains("allowed by rule 1 (open-service) at [0].ingress[1]"), "{}", intruder.detail);
+}
+
+/// The same policy, and a datapath that did what it says: the probe
+/// connected, the intruder reached the server's port (refused: the one-test
+/// server had ended), nothing was dropped. Both checks pass.
+#[test]
+fn what_a_policy_allows_passes_when_it_went_through() {
+    let mut r = recorded_with_policy("open.yaml");
+    r.record.probe = Some(Probe { port: 5202, outcome: ProbeOutcome::Connected });
+    r.record.intruder = Some(Probe { port: 5201, outcome: ProbeOutcome::Refused });
+    for (name, dump) in r.record.after.iter_mut() {
+        if name.starts_with("vlab-denied-") {
+            *dump = r.record.before[name].clone();
+        }
+    }
+    let report = r.judge();
+    let probe = check(&report, "l4-policy: a probe to TCP 5202 is allowed");
+    assert!(probe.passed, "{}", probe.detail);
+    let intruder = report.checks.iter().find(|c| c.name.starts_with("l4-policy: the intruder")).unwrap();
+    assert!(intruder.passed, "{}: {}", intruder.name, intruder.detail);
+    // The map still holds the study's entries, not this policy's.
+    assert!(!check(&report, "l4-policy: the policy map holds the compiled policy on every VM").passed);
 }

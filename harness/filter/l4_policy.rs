@@ -22,6 +22,7 @@ use crate::overlay::cilium_style::maps::{self, Counter};
 use crate::overlay::cilium_style::policy::{self, Compiled, Entry, Protocol};
 use crate::overlay::cilium_style::{self as cilium, artifact};
 use crate::overlay::{side_by_side, CaseEvidence, EnforcementPoint, Probe, ProbeOutcome, Step, Variant, Verdict};
+use crate::policy::{Connection, Decision, Endpoint, Policy, Protocol as PolicyProtocol};
 use crate::report::Check;
 
 /// The study's policy: the service's endpoints accept TCP 5201 from the
@@ -62,11 +63,28 @@ fn policy_text(lab: &Lab) -> Result<(String, String), String> {
     Ok((text, path.display().to_string()))
 }
 
+/// The lab's policy: as the model reads it (what the evaluator judges by)
+/// and compiled for the datapath.
+pub struct LabPolicy {
+    pub model: Policy,
+    pub endpoints: Vec<Endpoint>,
+    pub compiled: Compiled,
+}
+
+/// The lab's policy read and compiled for its containers; errors name the
+/// policy file, line and field.
+pub fn read(lab: &Lab) -> Result<LabPolicy, String> {
+    let (text, name) = policy_text(lab)?;
+    let containers = cilium::containers(lab);
+    let endpoints = policy::endpoints(&containers);
+    let model = crate::policy::parse::parse(&text, &endpoints).map_err(|e| e.in_file(&name))?;
+    let compiled = policy::compile(&model, &containers).map_err(|e| e.in_file(&name))?;
+    Ok(LabPolicy { model, endpoints, compiled })
+}
+
 /// The lab's policy compiled for its containers.
 pub fn compiled(lab: &Lab) -> Result<Compiled, String> {
-    let (text, name) = policy_text(lab)?;
-    let parsed = policy::parse(&text).map_err(|e| format!("{name}: {e}"))?;
-    policy::compile(&parsed, &cilium::containers(lab)).map_err(|e| format!("{name}: {e}"))
+    read(lab).map(|p| p.compiled)
 }
 
 impl Variant for L4Policy {
@@ -127,9 +145,9 @@ impl Filter for L4Policy {
     }
 
     fn verdict(&self, lab: &Lab, _points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        match compiled(lab) {
-            Ok(c) => {
-                let (checks, section) = verdict(lab, &c, e);
+        match read(lab) {
+            Ok(p) => {
+                let (checks, section) = verdict(lab, &p, e);
                 Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
             }
             Err(m) => Verdict { checks: vec![Check::new("l4-policy: the policy compiles", false, m)], section: None },
@@ -146,6 +164,19 @@ fn on_every_vm(lab: &Lab, points: &[EnforcementPoint], cmds: Result<Vec<String>,
     }
     let cmds = cmds.unwrap_or_else(|m| vec![format!("echo {} >&2; exit 1", crate::guest::quote(&m))]);
     side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, cmds.clone())))
+}
+
+/// A connection attempt's check: what the evaluator expects of it
+/// (`dropped` or `allowed`) and whether the evidence agrees: a dropped one
+/// timed out and the datapath counted its drop; an allowed one reached the
+/// endpoint (connected, or refused by a closed port) and nothing was
+/// dropped. Without a decision (an end that is no container) it fails.
+fn probe_check(expected: Option<&Decision>, outcome: ProbeOutcome, dropped: u64) -> (&'static str, bool) {
+    match expected.map(Decision::allowed) {
+        Some(true) => ("allowed", outcome != ProbeOutcome::TimedOut && dropped == 0),
+        Some(false) => ("dropped", outcome == ProbeOutcome::TimedOut && dropped > 0),
+        None => ("dropped", false),
+    }
 }
 
 /// An entry of the policy or denied map and what it counted on a VM.
@@ -196,8 +227,14 @@ fn deltas(e: &CaseEvidence, lab: &Lab, map: &str) -> (Vec<EntryCount>, BTreeMap<
     (counts, keys)
 }
 
-fn verdict(lab: &Lab, c: &Compiled, e: &CaseEvidence) -> (Vec<Check>, L4Section) {
+fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section) {
+    let c = &p.compiled;
     let ids = &c.identities;
+    let endpoint = |name: &str| p.endpoints.iter().find(|x| x.name == name);
+    let decide = |from: &str, to: &str, port: u16| {
+        let (from, to) = (endpoint(from)?, endpoint(to)?);
+        Some(p.model.decide(Connection { from, to, protocol: PolicyProtocol::Tcp, port }))
+    };
     let (admitted, policy_keys) = deltas(e, lab, "vlab_policy");
     let (denied, _) = deltas(e, lab, "vlab_denied");
     let mut checks = Vec::new();
@@ -233,7 +270,10 @@ fn verdict(lab: &Lab, c: &Compiled, e: &CaseEvidence) -> (Vec<Check>, L4Section)
         let established = cilium::metric(e, &server.vm, "ct_established");
         let connections = u64::from(e.case.params.streams) + 1;
         let enforced = c.enforced.contains(&server_id);
-        let allowed = policy::allows(c, server_id, client_id, Protocol::Tcp, lab.workload.port);
+        let (server_name, client_name) =
+            (server.container.as_deref().unwrap_or(""), client.container.as_deref().unwrap_or(""));
+        let workload = decide(client_name, server_name, lab.workload.port);
+        let allowed = workload.as_ref().is_some_and(Decision::allowed);
         let ok = e.delivered && (!enforced || (1..=2 * connections).contains(&first) && established > first);
         checks.push(Check::new(
             "l4-policy: the workload passed the policy once per connection",
@@ -242,7 +282,7 @@ fn verdict(lab: &Lab, c: &Compiled, e: &CaseEvidence) -> (Vec<Check>, L4Section)
                 "identity {client_id} to {server_id} TCP {}: {}; the policy admitted {first} packets \
                  ({connections} connections), connection tracking passed {established} more",
                 lab.workload.port,
-                if allowed { "allowed" } else { "not allowed by the policy" }
+                workload.map_or("no decision".to_string(), |d| d.to_string())
             ),
         ));
         let denied_for = |remote: u32, port: u16| {
@@ -252,21 +292,34 @@ fn verdict(lab: &Lab, c: &Compiled, e: &CaseEvidence) -> (Vec<Check>, L4Section)
                 .map(|d| d.packets)
                 .sum::<u64>()
         };
-        if let Some(p) = e.probe {
-            let dropped = denied_for(client_id, p.port);
+        if let Some(probe) = e.probe {
+            let dropped = denied_for(client_id, probe.port);
+            let expected = decide(client_name, server_name, probe.port);
+            let (name, ok) = probe_check(expected.as_ref(), probe.outcome, dropped);
             checks.push(Check::new(
-                &format!("l4-policy: a probe to TCP {} is dropped", p.port),
-                p.outcome == ProbeOutcome::TimedOut && dropped > 0,
-                format!("{p}; the policy dropped {dropped} packets from identity {client_id} to TCP {}", p.port),
+                &format!("l4-policy: a probe to TCP {} is {name}", probe.port),
+                ok,
+                format!(
+                    "{probe}; the policy dropped {dropped} packets from identity {client_id} to TCP {}; {}",
+                    probe.port,
+                    expected.map_or("no decision".to_string(), |d| d.to_string())
+                ),
             ));
         }
-        let intruder_id = lab.workload.intruder.as_ref().and_then(|i| i.container.as_ref()).and_then(|n| ids.get(n));
-        if let (Some(p), Some(&intruder_id)) = (e.intruder, intruder_id) {
-            let dropped = denied_for(intruder_id, p.port);
+        let intruder = lab.workload.intruder.as_ref().and_then(|i| i.container.as_ref());
+        let intruder_id = intruder.and_then(|n| ids.get(n));
+        if let (Some(probe), Some(&intruder_id), Some(intruder)) = (e.intruder, intruder_id, intruder) {
+            let dropped = denied_for(intruder_id, probe.port);
+            let expected = decide(intruder, server_name, probe.port);
+            let (name, ok) = probe_check(expected.as_ref(), probe.outcome, dropped);
             checks.push(Check::new(
-                &format!("l4-policy: the intruder (identity {intruder_id}) is dropped"),
-                p.outcome == ProbeOutcome::TimedOut && dropped > 0,
-                format!("{p}; the policy dropped {dropped} packets from identity {intruder_id} to TCP {}", p.port),
+                &format!("l4-policy: the intruder (identity {intruder_id}) is {name}"),
+                ok,
+                format!(
+                    "{probe}; the policy dropped {dropped} packets from identity {intruder_id} to TCP {}; {}",
+                    probe.port,
+                    expected.map_or("no decision".to_string(), |d| d.to_string())
+                ),
             ));
         }
         let replies = cilium::metric(e, &client.vm, "ct_reply");

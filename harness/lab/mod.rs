@@ -12,7 +12,7 @@
 
 mod error;
 mod matrix;
-mod suggest;
+pub(crate) mod suggest;
 mod validate;
 mod variants;
 

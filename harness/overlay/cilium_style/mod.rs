@@ -143,7 +143,7 @@ impl Variant for CiliumStyle {
                 return Err(lab.invalid(Issue::new(at(vec![]), "give the container at least one label")));
             }
             for (k, v) in labels {
-                if let Err(m) = policy::label_key(k) {
+                if let Err(m) = crate::policy::parse::label_key(k) {
                     return Err(lab.invalid(Issue::new(at(vec![Name(k.clone())]), m)));
                 }
                 if v.is_empty() || k.is_empty() {
