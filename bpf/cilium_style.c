@@ -5,23 +5,31 @@
  *
  * from_container, at the ingress of each container's host-side veth: the
  * sender's security identity comes from the endpoints map, the destination's
- * node from the ip-cache map; the packet is tracked (ct map), its tunnel key
- * set (remote node, VNI = the sender's identity) and redirected to the
- * collect-metadata VXLAN device, which encapsulates it.
+ * from the endpoints map (a local endpoint) or the ip-cache map (a remote
+ * one, with its node). A new connection passes the sender's egress policy
+ * (and, to a local endpoint, the receiver's ingress policy) and is tracked
+ * (ct map); to a remote endpoint the tunnel key is set (remote node, VNI =
+ * the sender's identity) and the packet redirected to the collect-metadata
+ * VXLAN device, which encapsulates it; to a local one it is delivered to
+ * that endpoint's veth.
  *
  * from_overlay, at the ingress of the VXLAN device: the sender's identity is
  * the tunnel key's id; a reply of a connection its destination opened, or a
  * packet of a connection the policy already admitted, passes by connection
- * tracking; anything else is looked up in the policy map, keyed like
- * Cilium's (local endpoint, remote identity, protocol, destination port,
- * with the L4-only and L3-only wildcards), and dropped on a miss when the
- * destination endpoint has a policy. Delivery rewrites the MACs and
- * redirects to the endpoint's veth.
+ * tracking; a new connection passes the destination's ingress policy.
+ *
+ * A policy decision, keyed like Cilium's policy map (local endpoint, remote
+ * identity, protocol, destination port, direction; with the L4-only and
+ * L3-only wildcards looked up in Cilium's order): a matching deny entry
+ * drops; else an endpoint without a policy in that direction passes; else a
+ * matching allow entry passes, and a miss drops. Delivery rewrites the MACs
+ * and redirects to the endpoint's veth.
  *
  * Every verdict is counted in the metrics map (packets, bytes); each policy
- * entry counts the packets it admitted, and the denied map what the policy
- * dropped, by the key it missed. The harness fills the maps (pinned by name
- * under /sys/fs/bpf/tc/globals) with bpftool and reads them back.
+ * entry counts the packets it admitted or denied, and the denied map what
+ * the policy dropped, by the key of its exact lookup. The harness fills the
+ * maps (pinned by name under /sys/fs/bpf/tc/globals) with bpftool and reads
+ * them back.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -50,14 +58,20 @@ struct ipcache_entry {
 
 /* Cilium's policy key, flattened: the local endpoint's identity (Cilium has
  * one map per endpoint), the remote identity (0: any), protocol (0: any),
- * destination port in host order (0: any). */
+ * the direction (1: egress, the local endpoint sends), destination port in
+ * host order (0: any). */
 struct policy_key {
 	__u32 endpoint;
 	__u32 remote;
 	__u8 protocol;
-	__u8 pad;
+	__u8 egress;
 	__u16 dport;
 };
+
+/* The enforced map's value: the directions in which an endpoint has a
+ * policy (default deny). */
+#define ENFORCE_INGRESS 1
+#define ENFORCE_EGRESS 2
 
 struct counter {
 	__u64 packets;
@@ -87,6 +101,10 @@ enum {
 	M_POLICY_DENIED, /* dropped: no policy entry */
 	M_NO_POLICY, /* a new connection to an endpoint without policy */
 	M_UNKNOWN_ENDPOINT, /* from the tunnel to no local endpoint: left to the stack */
+	M_EGRESS_ALLOWED, /* a new connection the sender's egress policy admitted */
+	M_EGRESS_DENIED, /* dropped by the sender's egress policy */
+	M_EGRESS_NO_POLICY, /* a new connection from an endpoint without egress policy */
+	M_LOCAL, /* delivered to an endpoint on the same node */
 	M_SLOTS,
 };
 
@@ -123,6 +141,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vlab_policy SEC(".maps");
 
+/* Deny entries: a match drops, whatever allows it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct policy_key);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vlab_policy_deny SEC(".maps");
+
 /* What the policy dropped, by the key of its exact lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -132,8 +159,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vlab_denied SEC(".maps");
 
-/* The identities that have a policy (value unused): ingress to them is
- * denied unless an entry allows it. */
+/* The identities that have a policy, with the directions (ENFORCE_*) in
+ * which traffic is denied unless an entry allows it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -222,29 +249,135 @@ static __always_inline void reverse(const struct ct_key *k, struct ct_key *r, __
 	r->pad = 0;
 }
 
+/* The entry of `map` that matches, in Cilium's lookup order: exact,
+ * L4-only (any remote), L3-only (any port), all; `p` holds the endpoint and
+ * direction. */
+static __always_inline struct counter *lookup_policy(void *map, struct policy_key *p, __u32 remote, __u8 protocol,
+						      __u16 dport)
+{
+	struct counter *c;
+
+	p->remote = remote;
+	p->protocol = protocol;
+	p->dport = dport;
+	c = bpf_map_lookup_elem(map, p);
+	if (c)
+		return c;
+	p->remote = 0;
+	c = bpf_map_lookup_elem(map, p);
+	if (c)
+		return c;
+	p->remote = remote;
+	p->protocol = 0;
+	p->dport = 0;
+	c = bpf_map_lookup_elem(map, p);
+	if (c)
+		return c;
+	p->remote = 0;
+	return bpf_map_lookup_elem(map, p);
+}
+
+/* The policy's decision on a new connection at `endpoint` with `remote`
+ * (egress: the endpoint sends it): 1 passes, 0 drops. A deny entry drops;
+ * an endpoint without a policy in this direction passes; an allow entry
+ * passes; a miss drops. Drops are counted in the denied map by the exact
+ * key. */
+static __always_inline int policy_passes(__u32 endpoint, __u32 remote, __u8 egress, __u8 protocol, __u16 dport,
+					 struct __sk_buff *skb)
+{
+	struct policy_key p = { .endpoint = endpoint, .egress = egress };
+	struct policy_key d = { .endpoint = endpoint, .remote = remote, .protocol = protocol, .egress = egress, .dport = dport };
+	struct counter *c;
+	__u32 *flags;
+
+	c = lookup_policy(&vlab_policy_deny, &p, remote, protocol, dport);
+	if (!c) {
+		flags = bpf_map_lookup_elem(&vlab_enforced, &endpoint);
+		if (!flags || !(*flags & (egress ? ENFORCE_EGRESS : ENFORCE_INGRESS))) {
+			metric(egress ? M_EGRESS_NO_POLICY : M_NO_POLICY, skb);
+			return 1;
+		}
+		c = lookup_policy(&vlab_policy, &p, remote, protocol, dport);
+		if (c) {
+			count(c, skb);
+			metric(egress ? M_EGRESS_ALLOWED : M_POLICY_ALLOWED, skb);
+			return 1;
+		}
+	} else {
+		count(c, skb);
+	}
+	count_key(&vlab_denied, &d, skb);
+	metric(egress ? M_EGRESS_DENIED : M_POLICY_DENIED, skb);
+	return 0;
+}
+
+/* Rewrites the MACs for `ep` and redirects to its veth. */
+static __always_inline int deliver(struct __sk_buff *skb, struct endpoint *ep)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->node_mac, ETH_ALEN);
+	return bpf_redirect(ep->ifindex, 0);
+}
+
 SEC("from-container")
 int from_container(struct __sk_buff *skb)
 {
-	struct ct_key k, admitted;
-	struct endpoint *src;
-	struct ipcache_entry *dst;
+	struct ct_key k, r;
+	struct endpoint *src, *local;
+	struct ipcache_entry *dst = NULL;
 	struct bpf_tunnel_key key = {};
-	__u32 first = 0, *vxlan;
+	__u32 first = 0, *vxlan, remote;
+	struct counter zero = {}, *tracked;
 
 	if (flow_of(skb, &k) < 0)
 		return TC_ACT_OK;
 	src = bpf_map_lookup_elem(&vlab_endpoints, &k.saddr);
-	dst = bpf_map_lookup_elem(&vlab_ipcache, &k.daddr);
+	if (!src)
+		return TC_ACT_OK;
+	local = bpf_map_lookup_elem(&vlab_endpoints, &k.daddr);
+	if (local) {
+		remote = local->identity;
+	} else {
+		dst = bpf_map_lookup_elem(&vlab_ipcache, &k.daddr);
+		if (!dst)
+			return TC_ACT_OK; /* not to an endpoint: the stack's */
+		remote = dst->identity;
+	}
 	vxlan = bpf_map_lookup_elem(&vlab_config, &first);
-	if (!src || !dst || !vxlan || !*vxlan)
-		return TC_ACT_OK; /* not to a remote endpoint: the stack's */
-	reverse(&k, &admitted, CT_IN);
-	if (bpf_map_lookup_elem(&vlab_ct, &admitted)) {
-		/* A reply of a connection the remote opened: no entry of ours. */
+	if (!local && (!vxlan || !*vxlan))
+		return TC_ACT_OK;
+	reverse(&k, &r, CT_IN);
+	if (bpf_map_lookup_elem(&vlab_ct, &r)) {
+		/* A reply of a connection a remote endpoint opened. */
 		metric(M_REPLY_TO_OVERLAY, skb);
 	} else {
-		k.dir = CT_OUT;
-		count_key(&vlab_ct, &k, skb);
+		reverse(&k, &r, CT_OUT);
+		if (bpf_map_lookup_elem(&vlab_ct, &r)) {
+			/* A reply of a connection a local endpoint opened to this one. */
+			metric(M_CT_REPLY, skb);
+		} else {
+			k.dir = CT_OUT;
+			tracked = bpf_map_lookup_elem(&vlab_ct, &k);
+			if (!tracked) {
+				if (!policy_passes(src->identity, remote, 1, k.protocol, k.dport, skb))
+					return TC_ACT_SHOT;
+				if (local && !policy_passes(local->identity, src->identity, 0, k.protocol, k.dport, skb))
+					return TC_ACT_SHOT;
+				bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
+				tracked = bpf_map_lookup_elem(&vlab_ct, &k);
+			}
+			count(tracked, skb);
+		}
+	}
+	if (local) {
+		metric(M_LOCAL, skb);
+		return deliver(skb, local);
 	}
 	key.remote_ipv4 = dst->tunnel_endpoint;
 	key.tunnel_id = src->identity;
@@ -255,39 +388,13 @@ int from_container(struct __sk_buff *skb)
 	return bpf_redirect(*vxlan, 0);
 }
 
-/* The policy entry that admits `remote` to `endpoint`, in Cilium's lookup
- * order: exact, L4-only (any remote), L3-only (any port), allow-all. */
-static __always_inline struct counter *policy_entry(__u32 endpoint, __u32 remote, __u8 protocol, __u16 dport)
-{
-	struct policy_key p = { .endpoint = endpoint, .remote = remote, .protocol = protocol, .dport = dport };
-	struct counter *c;
-
-	c = bpf_map_lookup_elem(&vlab_policy, &p);
-	if (c)
-		return c;
-	p.remote = 0;
-	c = bpf_map_lookup_elem(&vlab_policy, &p);
-	if (c)
-		return c;
-	p.remote = remote;
-	p.protocol = 0;
-	p.dport = 0;
-	c = bpf_map_lookup_elem(&vlab_policy, &p);
-	if (c)
-		return c;
-	p.remote = 0;
-	return bpf_map_lookup_elem(&vlab_policy, &p);
-}
-
 SEC("from-overlay")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct ct_key k, reply;
 	struct endpoint *ep;
-	struct counter zero = {}, *entry;
-	void *data, *end;
-	struct ethhdr *eth;
+	struct counter zero = {};
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return TC_ACT_SHOT;
@@ -305,34 +412,13 @@ int from_overlay(struct __sk_buff *skb)
 	} else if (bpf_map_lookup_elem(&vlab_ct, &k)) {
 		count(bpf_map_lookup_elem(&vlab_ct, &k), skb);
 		metric(M_CT_ESTABLISHED, skb);
-	} else if (!bpf_map_lookup_elem(&vlab_enforced, &ep->identity)) {
-		/* Tracked all the same: its replies are replies, not new flows. */
-		bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
-		metric(M_NO_POLICY, skb);
 	} else {
-		entry = policy_entry(ep->identity, (__u32)key.tunnel_id, k.protocol, k.dport);
-		if (!entry) {
-			struct policy_key d = { .endpoint = ep->identity,
-						.remote = (__u32)key.tunnel_id,
-						.protocol = k.protocol,
-						.dport = k.dport };
-
-			count_key(&vlab_denied, &d, skb);
-			metric(M_POLICY_DENIED, skb);
+		if (!policy_passes(ep->identity, (__u32)key.tunnel_id, 0, k.protocol, k.dport, skb))
 			return TC_ACT_SHOT;
-		}
-		count(entry, skb);
+		/* Tracked: its replies are replies, not new flows. */
 		bpf_map_update_elem(&vlab_ct, &k, &zero, BPF_NOEXIST);
-		metric(M_POLICY_ALLOWED, skb);
 	}
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > end)
-		return TC_ACT_SHOT;
-	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ep->node_mac, ETH_ALEN);
-	return bpf_redirect(ep->ifindex, 0);
+	return deliver(skb, ep);
 }
 
 char _license[] SEC("license") = "GPL";

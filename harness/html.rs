@@ -232,6 +232,10 @@ pub fn page(
             ));
         }
         body.push_str("</table>\n");
+        // The variants' own tables (ILA verdicts, probe matrices), as printed.
+        for summary in &r.summaries {
+            body.push_str(&format!("<pre>{}</pre>\n", escape(summary.trim_matches('\n'))));
+        }
     }
     for c in comparisons {
         body.push_str(&format!("<h2>{} against {}</h2>\n<table>\n", escape(&c.b), escape(&c.a)));

@@ -79,7 +79,7 @@ fn deploy_commands() {
 )]
 #[case::policy_not_json(policy("truncated.json"), "cilium_policy_not_json")]
 #[case::policy_port_out_of_range(policy("port-out-of-range.json"), "cilium_policy_port_out_of_range")]
-#[case::policy_unsupported_feature(policy("egress.json"), "cilium_policy_unsupported_feature")]
+#[case::policy_unsupported_feature(policy("cidr.json"), "cilium_policy_unsupported_feature")]
 #[case::source_missing(edit("port = 8472", "port = 8472\nsource = \"my-datapath.c\""), "cilium_source_missing")]
 #[case::policy_selects_nobody(
     edit("c1 = { id = \"service1\" }", "c1 = { id = \"service9\" }"),

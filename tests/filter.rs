@@ -189,6 +189,7 @@ fn a_policy_that_never_sees_the_traffic_fails_its_checks() {
                 outputs: by_vm(filter, ext, after),
                 probe: None,
                 intruder: None,
+                matrix: None,
             };
             let v = vlab::filter::get(filter).verdict(&lab.with_filter(filter), &points, &e);
             v.checks.iter().map(|c| (c.name.split(": ").nth(1).unwrap().to_string(), c.passed)).collect::<Vec<_>>()

@@ -260,3 +260,35 @@ fn refuses_with_line_and_field(#[case] text: &str, #[case] expected: &str) {
     let e = parse(text, &endpoints()).expect_err("refused").to_string();
     assert!(e.contains(expected), "{e}\n  does not contain\n{expected}");
 }
+
+/// What the probe matrix tries: TCP always, UDP when a rule names it; every
+/// named port (a range's ends), the ports `[probes]` adds, and the first
+/// port from 10000 that no rule names, on every probed protocol.
+#[test]
+fn the_matrix_probes_every_named_port_and_one_unnamed() {
+    use vlab::filter::probes::{targets, MatrixMode, Settings};
+    let text = r#"
+- endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "10000", endPort: 10001, protocol: TCP}]}]
+  - toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+"#;
+    let p = policy(text);
+    let t = targets(&p, &Settings { ports: vec![7], ..Settings::default() });
+    assert_eq!(
+        t,
+        [
+            (Protocol::Tcp, 7),
+            (Protocol::Tcp, 80),
+            (Protocol::Tcp, 10000),
+            (Protocol::Tcp, 10001),
+            (Protocol::Tcp, 10002),
+            (Protocol::Udp, 7),
+            (Protocol::Udp, 53),
+            (Protocol::Udp, 10002),
+        ]
+    );
+    assert!(targets(&p, &Settings { matrix: MatrixMode::Off, ..Settings::default() }).is_empty());
+    // An L3-only policy names no port: TCP on the unnamed port.
+    assert_eq!(targets(&policy(L3_ONLY_AND_EMPTY), &Settings::default()), [(Protocol::Tcp, 10000)]);
+}

@@ -429,3 +429,93 @@ fn what_a_policy_allows_passes_when_it_went_through() {
     // The map still holds the study's entries, not this policy's.
     assert!(!check(&report, "l4-policy: the policy map holds the compiled policy on every VM").passed);
 }
+
+/// A `vlab_denied` dump holding one key (endpoint, remote, TCP, ingress,
+/// port) that counted `packets`.
+fn denied_dump(endpoint: u32, remote: u32, port: u16, packets: u64) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("\"0x{x:02x}\"")).collect::<Vec<_>>().join(",");
+    let mut key = Vec::new();
+    key.extend(endpoint.to_le_bytes());
+    key.extend(remote.to_le_bytes());
+    key.extend([6, 0]);
+    key.extend(port.to_le_bytes());
+    let mut value = packets.to_le_bytes().to_vec();
+    value.extend(60u64.to_le_bytes());
+    format!("[{{\"key\": [{}], \"value\": [{}]}}]", hex(&key), hex(&value))
+}
+
+/// The recorded l4-policy case with a probe matrix: c2 (app1) and c3 (app2)
+/// try c1 (service1) on TCP 5201 and 10000; c1's VM counted `drops` for
+/// each dropped (source identity, port). Identities: app1 256, app2 257,
+/// service1 258.
+fn with_matrix(cells: &[(&str, u16, ProbeOutcome)], drops: &[(u32, u16)]) -> Recorded {
+    use vlab::overlay::{ProbeCell, ProbeMatrix};
+    use vlab::policy::Protocol;
+    let mut r = recorded("l4-policy");
+    let cells = cells
+        .iter()
+        .map(|&(from, port, outcome)| ProbeCell {
+            from: from.into(),
+            to: "c1".into(),
+            protocol: Protocol::Tcp,
+            port,
+            outcome,
+        })
+        .collect();
+    let dump = drops.iter().map(|&(remote, port)| denied_dump(258, remote, port, 2)).collect::<Vec<_>>();
+    let merged = format!(
+        "[{}]",
+        dump.iter().map(|d| d.trim_start_matches('[').trim_end_matches(']')).collect::<Vec<_>>().join(",")
+    );
+    let before =
+        [("vlab-denied-host1.json".to_string(), "[]".to_string()), ("vlab-denied-host2.json".into(), "[]".into())];
+    let after = [("vlab-denied-host1.json".to_string(), merged), ("vlab-denied-host2.json".into(), "[]".into())];
+    r.record.matrix = Some(ProbeMatrix { cells, before: before.into(), after: after.into(), seconds: 1.2 });
+    r
+}
+
+fn matrix_check(report: &CaseReport) -> &vlab::report::Check {
+    check(report, "l4-policy: the probe matrix agrees with the policy")
+}
+
+/// As the policy says: app1 reaches 5201 and nothing else, app2 nothing;
+/// every drop was counted.
+#[test]
+fn a_matrix_as_the_policy_says_passes() {
+    let r = with_matrix(
+        &[
+            ("c2", 5201, ProbeOutcome::Refused),
+            ("c2", 10000, ProbeOutcome::TimedOut),
+            ("c3", 5201, ProbeOutcome::TimedOut),
+            ("c3", 10000, ProbeOutcome::TimedOut),
+        ],
+        &[(256, 10000), (257, 5201), (257, 10000)],
+    );
+    let report = r.judge();
+    assert!(matrix_check(&report).passed, "{}", matrix_check(&report).detail);
+    assert!(matrix_check(&report).detail.contains("4 cells"), "{}", matrix_check(&report).detail);
+    let section = &report.variant.filter.as_ref().unwrap().evidence["matrix"];
+    assert_eq!(section["cells"].as_array().unwrap().len(), 4);
+}
+
+/// A cell the policy drops connected: the cell is named with the rule that
+/// should have dropped it.
+#[test]
+fn a_matrix_cell_that_got_through_fails_naming_it() {
+    let r = with_matrix(&[("c2", 5201, ProbeOutcome::Connected), ("c3", 5201, ProbeOutcome::Connected)], &[]);
+    let report = r.judge();
+    let c = matrix_check(&report);
+    assert!(!c.passed);
+    assert!(c.detail.contains("1 of 2 cells differ: c3 -> c1 TCP 5201: expected dropped (dropped: ingress default deny (selected by rule 1, none allows it)), measured connected, 0 drops counted"), "{}", c.detail);
+}
+
+/// A cell that timed out without a drop counted: something else lost it,
+/// not the policy; and an allowed cell that timed out.
+#[test]
+fn a_matrix_cell_lost_without_a_drop_fails() {
+    let r = with_matrix(&[("c3", 10000, ProbeOutcome::TimedOut), ("c2", 5201, ProbeOutcome::TimedOut)], &[]);
+    let report = r.judge();
+    let c = matrix_check(&report);
+    assert!(!c.passed);
+    assert!(c.detail.starts_with("2 of 2 cells differ"), "{}", c.detail);
+}

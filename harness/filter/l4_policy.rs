@@ -1,28 +1,33 @@
-//! The `l4-policy` filter: an identity-aware L4 ingress policy, written in
-//! Cilium's policy language and enforced by the `cilium-style` overlay's BPF
-//! program at the VXLAN device's ingress (the only place it can act).
+//! The `l4-policy` filter: an identity-aware L4 policy (ingress and
+//! egress, allow and deny), written in Cilium's policy language or as
+//! Kubernetes NetworkPolicy, and enforced by the `cilium-style` overlay's BPF
+//! programs (the only place it can act).
 //!
 //! The policy file (`[l4_policy] policy`, relative to the lab file; the
 //! study's rule by default: `id=service1` may receive TCP 5201 from
-//! `id=app1`) is compiled for the lab's containers (see
-//! `overlay::cilium_style::policy`) into policy map entries and the set of
-//! identities that have a policy; deploying fills both maps on every VM,
-//! removing deletes what it added. Evidence: each entry's counter, the
-//! denied map (what the policy dropped, by the key it missed) and the
-//! programs' metrics, before and after each case.
+//! `id=app1`) is read into the policy model ([`crate::policy`]) and compiled
+//! for the lab's containers (see `overlay::cilium_style::policy`) into allow
+//! and deny entries and the identities that have a policy, by direction;
+//! deploying fills the maps on every VM, removing deletes what it added.
+//! Evidence: each entry's counter, the denied map (what the policy dropped,
+//! by the key it missed) and the programs' metrics, before and after each
+//! case; and the probe matrix ([`super::probes`]), judged cell by cell
+//! against the evaluator, never against the compiled entries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::Filter;
+use super::{probes, Filter};
 use crate::lab::{Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::overlay::cilium_style::maps::{self, Counter};
 use crate::overlay::cilium_style::policy::{self, Compiled, Entry, Protocol};
 use crate::overlay::cilium_style::{self as cilium, artifact};
-use crate::overlay::{side_by_side, CaseEvidence, EnforcementPoint, Probe, ProbeOutcome, Step, Variant, Verdict};
-use crate::policy::{Connection, Decision, Endpoint, Policy, Protocol as PolicyProtocol};
+use crate::overlay::{
+    side_by_side, CaseEvidence, EnforcementPoint, Probe, ProbeCell, ProbeMatrix, ProbeOutcome, Step, Variant, Verdict,
+};
+use crate::policy::{Connection, Decision, Direction, Endpoint, Policy, Protocol as PolicyProtocol};
 use crate::report::Check;
 
 /// The study's policy: the service's endpoints accept TCP 5201 from the
@@ -40,8 +45,8 @@ pub const STUDY_POLICY: &str = r#"[{
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    /// A policy file (JSON: a rule, an array of rules, or a
-    /// CiliumNetworkPolicy), relative to the lab file.
+    /// A policy file (see [`crate::policy::parse`]), relative to the lab
+    /// file.
     policy: Option<PathBuf>,
 }
 
@@ -93,7 +98,7 @@ impl Variant for L4Policy {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["l4_policy"], ..LabKeys::default() }
+        LabKeys { tables: &["l4_policy", "probes"], ..LabKeys::default() }
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
@@ -103,6 +108,7 @@ impl Variant for L4Policy {
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         lab.section::<Section>()?;
+        probes::settings(lab)?;
         compiled(lab)
             .map(|_| ())
             .map_err(|m| lab.invalid(Issue::new(vec![Seg::Key("l4_policy"), Seg::Key("policy")], m)))
@@ -113,20 +119,34 @@ impl Variant for L4Policy {
     }
 
     fn evidence_before_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        vec![(artifact("vlab_policy", &vm.name), maps::dump("vlab_policy"))]
+        ["vlab_policy", "vlab_policy_deny"].iter().map(|m| (artifact(m, &vm.name), maps::dump(m))).collect()
     }
 
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         self.evidence_before_commands(lab, vm)
+    }
+
+    fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
+        let tables: Vec<String> = sections
+            .iter()
+            .filter_map(|(case, s)| {
+                let m: probes::MatrixSection = serde_json::from_value(s.get("matrix")?.clone()).ok()?;
+                Some(probes::table(case, &m))
+            })
+            .collect();
+        (!tables.is_empty()).then(|| tables.concat())
     }
 }
 
 impl Filter for L4Policy {
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
         let cmds = compiled(lab).map(|c| {
-            let zero = maps::zero_counter();
-            let entries = c.entries.iter().map(|e| maps::update("vlab_policy", &maps::policy_key(e), &zero));
-            let enforced = c.enforced.iter().map(|id| maps::update("vlab_enforced", &maps::le32(*id), &maps::le32(1)));
+            let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
+            let entries = maps.into_iter().flat_map(|(map, entries)| {
+                entries.iter().map(move |e| maps::update(map, &maps::policy_key(e), &maps::zero_counter()))
+            });
+            let flags = c.enforced_flags();
+            let enforced = flags.iter().map(|(id, f)| maps::update("vlab_enforced", &maps::le32(*id), &maps::le32(*f)));
             entries.chain(enforced).collect()
         });
         on_every_vm(lab, points, cmds)
@@ -134,10 +154,25 @@ impl Filter for L4Policy {
 
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
         let cmds = compiled(lab).map(|c| {
-            let entries = c.entries.iter().map(|e| maps::delete("vlab_policy", &maps::policy_key(e)));
-            entries.chain(c.enforced.iter().map(|id| maps::delete("vlab_enforced", &maps::le32(*id)))).collect()
+            let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
+            let entries = maps
+                .into_iter()
+                .flat_map(|(map, entries)| entries.iter().map(move |e| maps::delete(map, &maps::policy_key(e))));
+            let flags = c.enforced_flags();
+            entries.chain(flags.keys().map(|id| maps::delete("vlab_enforced", &maps::le32(*id)))).collect()
         });
         on_every_vm(lab, points, cmds)
+    }
+
+    fn probe_targets(&self, lab: &Lab) -> Vec<(PolicyProtocol, u16)> {
+        match (read(lab), probes::settings(lab)) {
+            (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
+            _ => Vec::new(),
+        }
+    }
+
+    fn drop_counter_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        vec![(artifact("vlab_denied", &vm.name), maps::dump("vlab_denied"))]
     }
 
     fn acts_at(&self, point: &EnforcementPoint) -> bool {
@@ -187,7 +222,13 @@ pub struct EntryCount {
     pub remote: u32,
     pub protocol: Protocol,
     pub port: u16,
+    #[serde(skip_serializing_if = "is_ingress")]
+    pub direction: Direction,
     pub packets: u64,
+}
+
+fn is_ingress(d: &Direction) -> bool {
+    *d == Direction::Ingress
 }
 
 /// What the filter's report section holds.
@@ -204,27 +245,83 @@ pub struct L4Section {
     pub probe: Option<Probe>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intruder: Option<Probe>,
+    /// The probe matrix, judged cell by cell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<probes::MatrixSection>,
 }
 
 /// A map's dump before and after the case on each VM, as counts during it.
 fn deltas(e: &CaseEvidence, lab: &Lab, map: &str) -> (Vec<EntryCount>, BTreeMap<String, Vec<Entry>>) {
+    counts(lab, (&e.before, &e.outputs), map)
+}
+
+/// A map's dumps in `before` and `after` on each VM, as counts between
+/// them, and each VM's keys after.
+fn counts(
+    lab: &Lab,
+    (before, after): (&BTreeMap<String, String>, &BTreeMap<String, String>),
+    map: &str,
+) -> (Vec<EntryCount>, BTreeMap<String, Vec<Entry>>) {
     let mut counts = Vec::new();
     let mut keys = BTreeMap::new();
     for vm in &lab.vms {
         let name = artifact(map, &vm.name);
         let read = |m: &BTreeMap<String, String>| m.get(&name).and_then(|t| maps::parse_policy(t).ok());
-        let before = read(&e.before).unwrap_or_default();
-        let Some(after) = read(&e.outputs) else { continue };
+        let before = read(before).unwrap_or_default();
+        let Some(after) = read(after) else { continue };
         keys.insert(vm.name.clone(), after.keys().copied().collect());
         for (entry, c) in after {
             let d = c.since(before.get(&entry).copied().unwrap_or(Counter::default()));
             if d.packets > 0 {
-                let Entry { endpoint, remote, protocol, port } = entry;
-                counts.push(EntryCount { vm: vm.name.clone(), endpoint, remote, protocol, port, packets: d.packets });
+                let Entry { endpoint, remote, protocol, port, direction } = entry;
+                let vm = vm.name.clone();
+                counts.push(EntryCount { vm, endpoint, remote, protocol, port, direction, packets: d.packets });
             }
         }
     }
     (counts, keys)
+}
+
+/// What the policy dropped of connections from container `from` (on
+/// `from_vm`) to `to` (on `to_vm`) over `protocol` to `port`: at the
+/// receiver's ingress, or at the sender's egress.
+fn dropped_between(
+    denied: &[EntryCount],
+    (from, from_vm): (u32, &str),
+    (to, to_vm): (u32, &str),
+    protocol: Protocol,
+    port: u16,
+) -> u64 {
+    denied
+        .iter()
+        .filter(|d| d.port == port && d.protocol == protocol)
+        .filter(|d| match d.direction {
+            Direction::Ingress => d.vm == to_vm && d.endpoint == to && d.remote == from,
+            Direction::Egress => d.vm == from_vm && d.endpoint == from && d.remote == to,
+        })
+        .map(|d| d.packets)
+        .sum()
+}
+
+/// The matrix check from the drops counted between the matrix's two reads.
+fn matrix_check(lab: &Lab, p: &LabPolicy, m: &ProbeMatrix) -> (Check, probes::MatrixSection) {
+    let (denied, _) = counts(lab, (&m.before, &m.after), "vlab_denied");
+    let ids = &p.compiled.identities;
+    let vm_of =
+        |c: &str| lab.vms.iter().find(|vm| vm.containers.iter().any(|x| x.name == c)).map(|vm| vm.name.as_str());
+    let drops = |cell: &ProbeCell| {
+        let (Some(&from), Some(&to), Some(from_vm), Some(to_vm)) =
+            (ids.get(&cell.from), ids.get(&cell.to), vm_of(&cell.from), vm_of(&cell.to))
+        else {
+            return 0;
+        };
+        let protocol = match cell.protocol {
+            PolicyProtocol::Tcp => Protocol::Tcp,
+            PolicyProtocol::Udp => Protocol::Udp,
+        };
+        dropped_between(&denied, (from, from_vm), (to, to_vm), protocol, cell.port)
+    };
+    probes::judge(&p.model, &p.endpoints, m, drops, "l4-policy")
 }
 
 fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section) {
@@ -236,28 +333,43 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
         Some(p.model.decide(Connection { from, to, protocol: PolicyProtocol::Tcp, port }))
     };
     let (admitted, policy_keys) = deltas(e, lab, "vlab_policy");
+    let (_, deny_keys) = deltas(e, lab, "vlab_policy_deny");
     let (denied, _) = deltas(e, lab, "vlab_denied");
     let mut checks = Vec::new();
+    // A recording without the deny map's dump stands for an empty one.
     let wrong: Vec<String> = lab
         .vms
         .iter()
-        .filter(|vm| policy_keys.get(&vm.name) != Some(&c.entries))
-        .map(|vm| format!("{}: {:?}", vm.name, policy_keys.get(&vm.name)))
+        .filter(|vm| {
+            policy_keys.get(&vm.name) != Some(&c.entries)
+                || deny_keys.get(&vm.name).map_or(!c.deny.is_empty(), |d| d != &c.deny)
+        })
+        .map(|vm| format!("{}: allow {:?}, deny {:?}", vm.name, policy_keys.get(&vm.name), deny_keys.get(&vm.name)))
         .collect();
+    let flags = c.enforced_flags();
     let enforced_wrong: Vec<String> = lab
         .vms
         .iter()
         .filter_map(|vm| {
             let dump = e.outputs.get(&artifact("vlab_enforced", &vm.name))?;
-            let got: BTreeSet<u32> = maps::parse_enforced(dump).ok()?.into_iter().collect();
-            (got != c.enforced).then(|| format!("{}: enforced {got:?}", vm.name))
+            let got = maps::parse_enforced_flags(dump).ok()?;
+            (got != flags).then(|| format!("{}: enforced {got:?}", vm.name))
         })
         .collect();
     checks.push(Check::new(
         "l4-policy: the policy map holds the compiled policy on every VM",
         wrong.is_empty() && enforced_wrong.is_empty(),
         if wrong.is_empty() && enforced_wrong.is_empty() {
-            format!("{} entries, identities {:?} enforced", c.entries.len(), c.enforced)
+            format!(
+                "{} entries, identities {:?} enforced{}",
+                c.entries.len(),
+                c.enforced,
+                if c.deny.is_empty() && c.enforced_egress.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} deny entries, egress enforced for {:?}", c.deny.len(), c.enforced_egress)
+                }
+            )
         } else {
             [wrong, enforced_wrong].concat().join("; ")
         },
@@ -265,7 +377,8 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
     let container = |end: &crate::overlay::CaseEnd| end.container.as_ref().and_then(|n| ids.get(n).copied());
     let (server, client) = (&e.ends[0], &e.ends[1]);
     if let (Some(server_id), Some(client_id)) = (container(server), container(client)) {
-        let on_server = |x: &&EntryCount| x.vm == server.vm && x.endpoint == server_id;
+        let on_server =
+            |x: &&EntryCount| x.vm == server.vm && x.endpoint == server_id && x.direction == Direction::Ingress;
         let first: u64 = admitted.iter().filter(on_server).map(|x| x.packets).sum();
         let established = cilium::metric(e, &server.vm, "ct_established");
         let connections = u64::from(e.case.params.streams) + 1;
@@ -285,15 +398,11 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
                 workload.map_or("no decision".to_string(), |d| d.to_string())
             ),
         ));
-        let denied_for = |remote: u32, port: u16| {
-            denied
-                .iter()
-                .filter(|d| d.vm == server.vm && d.endpoint == server_id && d.remote == remote && d.port == port)
-                .map(|d| d.packets)
-                .sum::<u64>()
+        let denied_for = |from: u32, from_vm: &str, port: u16| {
+            dropped_between(&denied, (from, from_vm), (server_id, &server.vm), Protocol::Tcp, port)
         };
         if let Some(probe) = e.probe {
-            let dropped = denied_for(client_id, probe.port);
+            let dropped = denied_for(client_id, &client.vm, probe.port);
             let expected = decide(client_name, server_name, probe.port);
             let (name, ok) = probe_check(expected.as_ref(), probe.outcome, dropped);
             checks.push(Check::new(
@@ -309,7 +418,8 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
         let intruder = lab.workload.intruder.as_ref().and_then(|i| i.container.as_ref());
         let intruder_id = intruder.and_then(|n| ids.get(n));
         if let (Some(probe), Some(&intruder_id), Some(intruder)) = (e.intruder, intruder_id, intruder) {
-            let dropped = denied_for(intruder_id, probe.port);
+            let intruder_vm = lab.workload.intruder.as_ref().map_or("", |i| i.vm.as_str());
+            let dropped = denied_for(intruder_id, intruder_vm, probe.port);
             let expected = decide(intruder, server_name, probe.port);
             let (name, ok) = probe_check(expected.as_ref(), probe.outcome, dropped);
             checks.push(Check::new(
@@ -323,8 +433,11 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
             ));
         }
         let replies = cilium::metric(e, &client.vm, "ct_reply");
-        let denied_replies: u64 =
-            denied.iter().filter(|d| d.vm == client.vm && d.endpoint == client_id).map(|d| d.packets).sum();
+        let denied_replies: u64 = denied
+            .iter()
+            .filter(|d| d.vm == client.vm && d.endpoint == client_id && d.direction == Direction::Ingress)
+            .map(|d| d.packets)
+            .sum();
         let policy_would = if c.enforced.contains(&client_id) {
             "which the client's own policy would not admit"
         } else {
@@ -339,7 +452,13 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
             ),
         ));
     }
+    let matrix = e.matrix.map(|m| {
+        let (check, section) = matrix_check(lab, p, m);
+        checks.push(check);
+        section
+    });
     let section = L4Section {
+        matrix,
         entries: c.entries.clone(),
         enforced: c.enforced.clone(),
         admitted,

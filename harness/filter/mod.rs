@@ -13,6 +13,7 @@ pub mod l4_policy;
 pub mod nftables;
 pub mod none;
 pub mod policy;
+pub mod probes;
 
 use crate::guest::Netns;
 use crate::lab::Lab;
@@ -71,4 +72,18 @@ pub trait Filter: Variant {
 
     /// Its checks and report section for one case.
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], evidence: &CaseEvidence) -> Verdict;
+
+    /// The ports and protocols of its probe matrix: every container tries
+    /// every other on each of them after the workload (none: no matrix).
+    fn probe_targets(&self, lab: &Lab) -> Vec<(crate::policy::Protocol, u16)> {
+        let _ = lab;
+        Vec::new()
+    }
+
+    /// Commands that read its drop counters on `vm`, as (artifact name,
+    /// command), before and after the probe matrix.
+    fn drop_counter_commands(&self, lab: &Lab, vm: &crate::lab::Vm) -> Vec<(String, String)> {
+        let _ = (lab, vm);
+        Vec::new()
+    }
 }

@@ -23,8 +23,8 @@ pub mod swarm;
 pub mod vxlan;
 
 pub use plan::{
-    side_by_side, CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeOutcome,
-    Readiness, Step, Verdict,
+    side_by_side, CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeCell,
+    ProbeMatrix, ProbeOutcome, Readiness, Step, Verdict,
 };
 
 use crate::guest::Attachment;

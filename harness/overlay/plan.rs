@@ -227,6 +227,31 @@ pub struct CaseEvidence<'a> {
     /// The intruder's connection attempt to the workload's port after the
     /// workload (container cases of labs that name an intruder).
     pub intruder: Option<Probe>,
+    /// The probe matrix, when the filter asks for one.
+    pub matrix: Option<&'a ProbeMatrix>,
+}
+
+/// The probe matrix of a case: one connection attempt from every container
+/// to every other, on every port and protocol the filter names, all after
+/// the workload; and the filter's drop counters read before and after.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeMatrix {
+    pub cells: Vec<ProbeCell>,
+    /// The drop counters' outputs before and after the probes, by artifact.
+    pub before: BTreeMap<String, String>,
+    pub after: BTreeMap<String, String>,
+    /// How long the probes took, all VMs at once.
+    pub seconds: f64,
+}
+
+/// One attempt of the matrix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeCell {
+    pub from: String,
+    pub to: String,
+    pub protocol: crate::policy::Protocol,
+    pub port: u16,
+    pub outcome: ProbeOutcome,
 }
 
 /// What became of one TCP connection attempt from the client's endpoint to

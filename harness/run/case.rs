@@ -15,7 +15,7 @@ use anyhow::Context;
 use super::boot::{BootedVm, LabRuntime, Probed};
 use super::record::{self, CaseRecord};
 use super::workload::WorkloadOutput;
-use super::{capture, checks, workload, Clock};
+use super::{capture, checks, matrix, workload, Clock};
 use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
@@ -170,7 +170,7 @@ fn variant_outputs(
 }
 
 /// Runs one batch on every VM at once (`batch` makes each VM's).
-async fn on_every_vm(
+pub(super) async fn on_every_vm(
     rt: &LabRuntime,
     mut batch: impl FnMut(&str) -> Batch,
 ) -> anyhow::Result<Vec<(String, BatchOutput)>> {
@@ -194,15 +194,18 @@ struct Before<'a> {
     server_pid: i64,
     /// The probe's listener, when the lab has a probe port.
     probe_pid: Option<i64>,
+    /// The probe matrix's listeners, by VM.
+    matrix_pids: BTreeMap<String, Vec<i64>>,
     /// How long the slowest VM waited for its captures and server to listen
     /// once the rest was done.
     listen_s: f64,
 }
 
-/// Kills what an earlier case may have left running (shell builtins only;
+/// Kills what an earlier case may have left running (the workload's
+/// servers, captures and the probe matrix's listeners; shell builtins only;
 /// 20-50 ms under TCG, so only after a case that did not end tidily).
 const CLEAN: &str = "for d in /proc/[0-9]*; do read -r c 2>/dev/null <$d/comm || continue; \
-    case $c in iperf3|tcpdump) kill -9 ${d#/proc/} 2>/dev/null;; esac; done; true";
+    case $c in iperf3|tcpdump|perl) kill -9 ${d#/proc/} 2>/dev/null;; esac; done; true";
 
 /// One batch per VM, all at once, before the workload: a clean slate; the
 /// captures and the iperf3 server started in the background; while they
@@ -213,7 +216,7 @@ async fn before_case<'a>(
     lab: &Lab,
     rt: &LabRuntime,
     (o, f): (&dyn Overlay, &dyn Filter),
-    (case, server): (&Case, &Side<'_>),
+    (case, server, matrix): (&Case, &Side<'_>, &matrix::Plan),
     (ifaces, planned): (&[Iface<'_>], Vec<capture::Planned<'a>>),
     case_dir: Option<&Path>,
 ) -> anyhow::Result<Before<'a>> {
@@ -238,6 +241,15 @@ async fn before_case<'a>(
             workload::start_part(lab, server, &mut b);
             workload::probe_listener_part(lab, server, &mut b);
         }
+        // The workload's servers hold their ports in the server's container.
+        let taken = |c: &str| -> Vec<(crate::policy::Protocol, u16)> {
+            if Some(c) != server.container.as_deref() {
+                return Vec::new();
+            }
+            let ports = std::iter::once(lab.workload.port).chain(lab.workload.probe_port);
+            ports.map(|p| (crate::policy::Protocol::Tcp, p)).collect()
+        };
+        matrix.listener_part(name, taken, &mut b);
         let setup = o.case_setup(lab, vm, &case.params);
         if !setup.is_empty() {
             b.succeed("overlay case setup", setup.join("\n"));
@@ -254,6 +266,7 @@ async fn before_case<'a>(
         if is_server {
             workload::listen_part(lab, server, &mut b);
         }
+        matrix.ready_part(name, &mut b);
         b
     })
     .await
@@ -304,7 +317,8 @@ async fn before_case<'a>(
     let uptimes =
         outputs.iter().map(|(vm, o)| (vm.to_string(), o.text("uptime").trim().parse().unwrap_or(0.0))).collect();
     let variants = variant_outputs(&outputs, &names, case_dir.map(|d| d.join("before")).as_deref())?;
-    Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, listen_s })
+    let matrix_pids = outputs.iter().map(|(vm, o)| (vm.to_string(), matrix::Plan::listener_pids(o))).collect();
+    Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, matrix_pids, listen_s })
 }
 
 /// What a case read after its workload.
@@ -482,7 +496,9 @@ pub(super) async fn run_case(
     }
     let planned = capture::plan(lab, &hints, sides);
     let ifaces = ifaces(sides);
-    let mut before = before_case(lab, rt, (o, f), (case, &server), (&ifaces, planned), case_dir.as_deref()).await?;
+    let plan = matrix::Plan::of(lab, f, case);
+    let mut before =
+        before_case(lab, rt, (o, f), (case, &server, &plan), (&ifaces, planned), case_dir.as_deref()).await?;
     {
         let mut from = rt.kernel_log_from.lock().expect("kernel log window");
         match run {
@@ -498,6 +514,10 @@ pub(super) async fn run_case(
     let ends = (case, &server, &client, intruder.as_ref());
     let (client_out, workload_s, after) =
         workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), ends, case_dir.as_deref()).await?;
+    let matrix = match plan.is_empty() {
+        true => None,
+        false => Some(plan.run(lab, rt, f, &before.matrix_pids).await?),
+    };
     // The client ran first in its VM's evidence batch.
     let evidence_s = (clock.lap() - workload_s).max(0.0);
     let pcaps = capture::collect(before.captures, case_dir.as_deref()).await?;
@@ -519,6 +539,7 @@ pub(super) async fn run_case(
         after: after.variants,
         probe: after.probe,
         intruder: after.intruder,
+        matrix,
         captures,
     };
     if let Some(dir) = &case_dir {

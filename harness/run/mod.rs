@@ -16,6 +16,7 @@ mod case;
 mod checks;
 mod deploy;
 pub mod kconfig;
+mod matrix;
 pub mod record;
 pub mod soak;
 mod workload;

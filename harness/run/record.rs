@@ -17,7 +17,7 @@ use super::checks;
 use crate::lab::{Case, Lab};
 use crate::measure::capture::{self, CaptureContext, CaptureSummary};
 use crate::measure::nic::InterfaceEvidence;
-use crate::overlay::{self, CaseEnd, CaseEvidence, Probe};
+use crate::overlay::{self, CaseEnd, CaseEvidence, Probe, ProbeMatrix};
 use crate::qemu::agent::Output;
 use crate::report::{CaseReport, CaseTiming, Check, Section, Sections};
 use crate::{filter, measure};
@@ -50,6 +50,9 @@ pub struct CaseRecord {
     pub probe: Option<Probe>,
     /// The intruder's attempt, when the case has one.
     pub intruder: Option<Probe>,
+    /// The probe matrix, when the filter asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<ProbeMatrix>,
     /// The captures, in the order they were taken; each one's pcap is kept
     /// as `capture::file_name` beside the record.
     pub captures: Vec<CaptureRecord>,
@@ -136,6 +139,7 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
         outputs: record.after.clone(),
         probe: record.probe,
         intruder: record.intruder,
+        matrix: record.matrix.as_ref(),
     };
     let (ov, fv) = (o.verdict(lab, &evidence), f.verdict(lab, &o.enforcement_points(lab), &evidence));
     all.extend(ov.checks);

@@ -9,12 +9,13 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::policy::Entry;
+use crate::policy::Direction;
 
 /// Where tc pins the maps of the programs it loads (`LIBBPF_PIN_BY_NAME`).
 pub const PIN_DIR: &str = "/sys/fs/bpf/tc/globals";
 
 /// The slots of the metrics map, in the order of the C enum.
-pub const METRICS: [&str; 8] = [
+pub const METRICS: [&str; 12] = [
     "to_overlay",
     "reply_to_overlay",
     "ct_reply",
@@ -23,7 +24,15 @@ pub const METRICS: [&str; 8] = [
     "policy_denied",
     "no_policy",
     "unknown_endpoint",
+    "egress_allowed",
+    "egress_denied",
+    "egress_no_policy",
+    "local",
 ];
+
+/// The enforced map's value bits: the directions an identity has a policy in.
+pub const ENFORCE_INGRESS: u32 = 1;
+pub const ENFORCE_EGRESS: u32 = 2;
 
 /// A map's pinned path.
 pub fn pinned(map: &str) -> String {
@@ -51,7 +60,7 @@ pub fn policy_key(e: &Entry) -> String {
     b.extend(e.endpoint.to_le_bytes());
     b.extend(e.remote.to_le_bytes());
     b.push(e.protocol.number());
-    b.push(0);
+    b.push(u8::from(e.direction == Direction::Egress));
     b.extend(e.port.to_le_bytes());
     hex(&b)
 }
@@ -142,11 +151,26 @@ pub fn parse_policy(text: &str) -> Result<BTreeMap<Entry, Counter>, String> {
             17 => Protocol::Udp,
             p => return Err(format!("protocol {p} in a policy key")),
         };
+        let direction = match k[9] {
+            0 => Direction::Ingress,
+            1 => Direction::Egress,
+            d => return Err(format!("direction {d} in a policy key")),
+        };
         let port = u16::from_le_bytes([k[10], k[11]]);
-        let entry = Entry { endpoint: u32_at(0), remote: u32_at(4), protocol, port };
+        let entry = Entry { endpoint: u32_at(0), remote: u32_at(4), protocol, port, direction };
         out.insert(entry, Counter::from_bytes(&v).ok_or("short value")?);
     }
     Ok(out)
+}
+
+/// The enforced map's dump: each identity and its directions
+/// ([`ENFORCE_INGRESS`], [`ENFORCE_EGRESS`]).
+pub fn parse_enforced_flags(text: &str) -> Result<BTreeMap<u32, u32>, String> {
+    let u32_of = |b: &[u8]| b.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    raw(text)?
+        .into_iter()
+        .map(|(k, v)| Ok((u32_of(&k).ok_or("short key")?, u32_of(&v).ok_or("short value")?)))
+        .collect()
 }
 
 /// The identities in the enforced map's dump.
@@ -180,9 +204,12 @@ mod tests {
 
     #[test]
     fn policy_keys_round_trip() {
-        let e = Entry { endpoint: 258, remote: 256, protocol: Protocol::Tcp, port: 5201 };
+        let e =
+            Entry { endpoint: 258, remote: 256, protocol: Protocol::Tcp, port: 5201, direction: Direction::Ingress };
         let key = policy_key(&e);
         assert_eq!(key, "02 01 00 00 00 01 00 00 06 00 51 14");
+        let out = Entry { direction: Direction::Egress, ..e };
+        assert_eq!(policy_key(&out), "02 01 00 00 00 01 00 00 06 01 51 14");
         let bytes: Vec<String> = key.split(' ').map(|b| format!("0x{b}")).collect();
         let dump = serde_json::json!([{ "key": bytes, "value": ["0x03","0","0","0","0","0","0","0","0x40","0","0","0","0","0","0","0"] }]);
         let parsed = parse_policy(&dump.to_string()).unwrap();

@@ -5,10 +5,11 @@
 //!
 //! The policy is read into vlab's policy model ([`crate::policy`]: Cilium's
 //! language or Kubernetes NetworkPolicy); the compiler turns its ingress
-//! allow entries into map entries for the lab's identities (selectors and
-//! expressions resolved to the containers they match, port ranges expanded)
-//! and refuses, at the rule's line, what the datapath does not enforce
-//! (egress, deny rules, SCTP), never ignoring it. The evaluator of
+//! allow and deny entries, ingress and egress, into map entries for the
+//! lab's identities (selectors and expressions resolved to the containers
+//! they match, port ranges expanded) and refuses, at the rule's line, what
+//! the datapath does not enforce (SCTP, more entries than its maps hold),
+//! never ignoring it. The evaluator of
 //! [`crate::policy`] judges the datapath independently of this compiler.
 //!
 //! Identities: each distinct label set of the lab's containers is one
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::policy::parse::PolicyError;
 pub use crate::policy::Labels;
-use crate::policy::{Direction, Endpoint, Entity, Peer, Policy, ProtocolMatch};
+use crate::policy::{Direction, Endpoint, Entity, Peer, PeerRule, Policy, ProtocolMatch};
 
 /// The first identity vlab gives out (Cilium reserves those below).
 pub const FIRST_IDENTITY: u32 = 256;
@@ -51,14 +52,21 @@ impl Protocol {
     }
 }
 
-/// One entry of the policy map: `endpoint` (the identity the rule selected)
-/// may receive from `remote` (0: anyone) over `protocol` on `port` (0: any).
+/// One entry of the policy (or deny) map: `endpoint` (the identity the rule
+/// selected) may receive from (ingress) or send to (egress) `remote` (0:
+/// anyone) over `protocol` on destination port `port` (0: any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Entry {
     pub endpoint: u32,
     pub remote: u32,
     pub protocol: Protocol,
     pub port: u16,
+    #[serde(skip_serializing_if = "is_ingress")]
+    pub direction: Direction,
+}
+
+fn is_ingress(d: &Direction) -> bool {
+    *d == Direction::Ingress
 }
 
 /// A policy compiled for the lab's containers.
@@ -66,12 +74,33 @@ pub struct Entry {
 pub struct Compiled {
     /// Each container and its identity.
     pub identities: BTreeMap<String, u32>,
-    /// The identities a rule selected: ingress to them is denied unless an
-    /// entry allows it (the others allow everything, as Cilium's endpoints
-    /// without a policy do).
+    /// The identities a rule selected for ingress: ingress to them is denied
+    /// unless an entry allows it (the others allow everything, as Cilium's
+    /// endpoints without a policy do).
     pub enforced: BTreeSet<u32>,
+    /// Likewise for egress.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub enforced_egress: BTreeSet<u32>,
     /// The allow entries, sorted.
     pub entries: Vec<Entry>,
+    /// The deny entries, sorted: a match drops whatever allows it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Entry>,
+}
+
+impl Compiled {
+    /// Each enforced identity with its directions, as the enforced map
+    /// holds them (`maps::ENFORCE_*`).
+    pub fn enforced_flags(&self) -> BTreeMap<u32, u32> {
+        let mut out = BTreeMap::new();
+        for id in &self.enforced {
+            *out.entry(*id).or_insert(0) |= super::maps::ENFORCE_INGRESS;
+        }
+        for id in &self.enforced_egress {
+            *out.entry(*id).or_insert(0) |= super::maps::ENFORCE_EGRESS;
+        }
+        out
+    }
 }
 
 /// What the datapath cannot enforce of a policy, at its place in the file.
@@ -96,104 +125,126 @@ pub fn endpoints(containers: &[(String, Labels)]) -> Vec<Endpoint> {
 }
 
 /// Compiles a policy (read by [`crate::policy::parse`]) for `containers`
-/// (name, labels) into map entries: the datapath enforces ingress allow
-/// rules with endpoint, `all`/`cluster` and L4-only peers, ports and port
-/// ranges of TCP and UDP; egress, deny rules and SCTP are refused at their
-/// rule's line.
+/// (name, labels) into map entries, both directions: allow and deny entries
+/// with endpoint, `all`/`cluster` and L4-only peers, ports and port ranges
+/// of TCP and UDP (ranges expanded); SCTP and a policy larger than the maps
+/// are refused at the rule's line.
 pub fn compile(policy: &Policy, containers: &[(String, Labels)]) -> Result<Compiled, PolicyError> {
     let ids = identities(containers);
     let eps = endpoints(containers);
     let id_of = |e: &Endpoint| ids[&e.name];
-    let mut enforced = BTreeSet::new();
-    let mut entries = BTreeSet::new();
+    let mut enforced = [BTreeSet::new(), BTreeSet::new()];
+    let (mut allow, mut deny) = (BTreeSet::new(), BTreeSet::new());
     for rule in &policy.rules {
-        let egress = Direction::Egress as usize;
-        if let Some(e) = rule.allow[egress].iter().chain(&rule.deny[egress]).next() {
-            return Err(refuse(e.line, &e.field, "egress is not enforced by the cilium-style datapath (ingress only)"));
-        }
-        if let Some(e) = rule.deny[Direction::Ingress as usize].first() {
-            return Err(refuse(e.line, &e.field, "deny rules are not enforced by the cilium-style datapath"));
-        }
         let selected: BTreeSet<u32> = eps.iter().filter(|e| rule.subject.matches(e)).map(id_of).collect();
-        if rule.default_deny[Direction::Ingress as usize] {
-            enforced.extend(selected.iter().copied());
-        }
-        for entry in &rule.allow[Direction::Ingress as usize] {
-            let mut remotes = BTreeSet::new();
-            for peer in &entry.peers {
-                match peer {
-                    Peer::Any | Peer::Entity(Entity::All | Entity::Cluster) => {
-                        remotes.insert(ANY_IDENTITY);
-                    }
-                    Peer::Entity(_) => {}
-                    Peer::Endpoints(s) => remotes.extend(eps.iter().filter(|e| s.matches(e)).map(id_of)),
-                }
+        for direction in Direction::BOTH {
+            let d = direction as usize;
+            if rule.default_deny[d] {
+                enforced[d].extend(selected.iter().copied());
             }
-            let mut ports = BTreeSet::new();
-            match &entry.ports {
-                None => {
-                    ports.insert((Protocol::Any, 0));
-                }
-                Some(ranges) => {
-                    for r in ranges {
-                        let protocols = match r.protocol {
-                            ProtocolMatch::Tcp => vec![Protocol::Tcp],
-                            ProtocolMatch::Udp => vec![Protocol::Udp],
-                            ProtocolMatch::Any => vec![Protocol::Tcp, Protocol::Udp],
-                            ProtocolMatch::Sctp => {
-                                return Err(refuse(
-                                    entry.line,
-                                    &entry.field,
-                                    "SCTP is not enforced by the cilium-style datapath",
-                                ))
-                            }
-                        };
-                        if usize::from(r.last - r.first) >= MAX_ENTRIES {
-                            return Err(refuse(
-                                entry.line,
-                                &entry.field,
-                                format!("ports {}-{}: the policy map holds {MAX_ENTRIES} entries", r.first, r.last),
-                            ));
-                        }
-                        for p in protocols {
-                            ports.extend((r.first..=r.last).map(|port| (p, port)));
-                        }
+            for (entries, out) in [(&rule.allow[d], &mut allow), (&rule.deny[d], &mut deny)] {
+                for entry in entries {
+                    for e in entries_of(entry, direction, &selected, &eps, &ids)? {
+                        out.insert(e);
+                    }
+                    if out.len() > MAX_ENTRIES {
+                        return Err(refuse(
+                            entry.line,
+                            &entry.field,
+                            format!("the policy needs more than the map's {MAX_ENTRIES} entries"),
+                        ));
                     }
                 }
-            }
-            for &endpoint in &selected {
-                for &remote in &remotes {
-                    for &(protocol, port) in &ports {
-                        entries.insert(Entry { endpoint, remote, protocol, port });
-                    }
-                }
-            }
-            if entries.len() > MAX_ENTRIES {
-                return Err(refuse(
-                    entry.line,
-                    &entry.field,
-                    format!("the policy needs more than the policy map's {MAX_ENTRIES} entries"),
-                ));
             }
         }
     }
-    Ok(Compiled { identities: ids, enforced, entries: entries.into_iter().collect() })
+    let [ingress, egress] = enforced;
+    Ok(Compiled {
+        identities: ids,
+        enforced: ingress,
+        enforced_egress: egress,
+        entries: allow.into_iter().collect(),
+        deny: deny.into_iter().collect(),
+    })
 }
 
-/// Whether the compiled policy lets `remote` reach `endpoint` over
-/// `protocol` on `port`, looked up as Cilium's datapath does: the exact
-/// entry, then the L4-only wildcard (any sender), then the L3-only entry
-/// (any port), then allow-all; an endpoint no rule selected allows all.
-pub fn allows(c: &Compiled, endpoint: u32, remote: u32, protocol: Protocol, port: u16) -> bool {
-    if !c.enforced.contains(&endpoint) {
-        return true;
+/// The map entries of one allow or deny entry of a rule, for the
+/// identities it selected.
+fn entries_of(
+    entry: &PeerRule,
+    direction: Direction,
+    selected: &BTreeSet<u32>,
+    eps: &[Endpoint],
+    ids: &BTreeMap<String, u32>,
+) -> Result<Vec<Entry>, PolicyError> {
+    let mut remotes = BTreeSet::new();
+    for peer in &entry.peers {
+        match peer {
+            Peer::Any | Peer::Entity(Entity::All | Entity::Cluster) => {
+                remotes.insert(ANY_IDENTITY);
+            }
+            Peer::Entity(_) => {}
+            Peer::Endpoints(s) => remotes.extend(eps.iter().filter(|e| s.matches(e)).map(|e| ids[&e.name])),
+        }
     }
-    [
+    let mut ports = BTreeSet::new();
+    match &entry.ports {
+        None => {
+            ports.insert((Protocol::Any, 0));
+        }
+        Some(ranges) => {
+            for r in ranges {
+                let protocols = match r.protocol {
+                    ProtocolMatch::Tcp => vec![Protocol::Tcp],
+                    ProtocolMatch::Udp => vec![Protocol::Udp],
+                    ProtocolMatch::Any => vec![Protocol::Tcp, Protocol::Udp],
+                    ProtocolMatch::Sctp => {
+                        return Err(refuse(
+                            entry.line,
+                            &entry.field,
+                            "SCTP is not enforced by the cilium-style datapath",
+                        ))
+                    }
+                };
+                if usize::from(r.last - r.first) >= MAX_ENTRIES {
+                    return Err(refuse(
+                        entry.line,
+                        &entry.field,
+                        format!("ports {}-{}: the policy map holds {MAX_ENTRIES} entries", r.first, r.last),
+                    ));
+                }
+                for p in protocols {
+                    ports.extend((r.first..=r.last).map(|port| (p, port)));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for &endpoint in selected {
+        for &remote in &remotes {
+            for &(protocol, port) in &ports {
+                out.push(Entry { endpoint, remote, protocol, port, direction });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the compiled policy lets `remote` reach `endpoint` (ingress)
+/// over `protocol` on `port`, looked up as the datapath does: a deny entry
+/// drops (exact, L4-only, L3-only, all); an endpoint no rule selected
+/// allows all; else an allow entry in the same order.
+pub fn allows(c: &Compiled, endpoint: u32, remote: u32, protocol: Protocol, port: u16) -> bool {
+    let keys = [
         (remote, protocol, port),
         (ANY_IDENTITY, protocol, port),
         (remote, Protocol::Any, 0),
         (ANY_IDENTITY, Protocol::Any, 0),
-    ]
-    .iter()
-    .any(|&(remote, protocol, port)| c.entries.contains(&Entry { endpoint, remote, protocol, port }))
+    ];
+    let hit = |entries: &[Entry]| {
+        keys.iter().any(|&(remote, protocol, port)| {
+            entries.contains(&Entry { endpoint, remote, protocol, port, direction: Direction::Ingress })
+        })
+    };
+    !hit(&c.deny) && (!c.enforced.contains(&endpoint) || hit(&c.entries))
 }
