@@ -292,3 +292,40 @@ fn the_matrix_probes_every_named_port_and_one_unnamed() {
     // An L3-only policy names no port: TCP on the unnamed port.
     assert_eq!(targets(&policy(L3_ONLY_AND_EMPTY), &Settings::default()), [(Protocol::Tcp, 10000)]);
 }
+
+/// The corpus's containers (as `labs/policy-conformance.toml` would give
+/// them): web, client (namespace default) and db (namespace prod).
+fn corpus_endpoints() -> Vec<Endpoint> {
+    let e = |name: &str, labels: &[(&str, &str)]| {
+        Endpoint::new(name, &labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Labels>())
+    };
+    vec![
+        e("c1", &[("app", "web"), ("tier", "front")]),
+        e("c2", &[("app", "client")]),
+        e("c3", &[("app", "db"), ("tier", "back"), ("io.kubernetes.pod.namespace", "prod")]),
+    ]
+}
+
+/// Every policy of `labs/policies/` read for the corpus's containers, and
+/// the evaluator's decision on every cell of its probe matrix, with the
+/// deciding rule: the expected matrices, reviewed against the documented
+/// semantics (the comment at the top of each file says what it means).
+#[rstest]
+fn the_corpus_matrices(
+    #[values("selectors", "expressions", "ports", "ranges", "deny", "egress", "entities", "netpol")] name: &str,
+) {
+    use vlab::filter::probes::{targets, Settings};
+    let path = format!("{}/labs/policies/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let eps = corpus_endpoints();
+    let p = parse(&std::fs::read_to_string(&path).unwrap(), &eps).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut lines = Vec::new();
+    for from in &eps {
+        for to in eps.iter().filter(|t| t.name != from.name) {
+            for (protocol, port) in targets(&p, &Settings::default()) {
+                let d = p.decide(vlab::policy::Connection { from, to, protocol, port });
+                lines.push(format!("{} -> {} {protocol} {port}: {d}", from.name, to.name));
+            }
+        }
+    }
+    insta::assert_snapshot!(format!("corpus_{name}"), lines.join("\n"));
+}
