@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{probes, Filter};
-use crate::lab::{Issue, Lab, LabError, LabKeys, Seg, Vm};
+use crate::lab::{CaseParams, Issue, Lab, LabError, LabKeys, Seg, Vm};
 use crate::overlay::cilium_style::maps::{self, Counter};
 use crate::overlay::cilium_style::policy::{self, Compiled, Entry, Protocol};
 use crate::overlay::cilium_style::{self as cilium, artifact};
@@ -54,15 +54,50 @@ struct Settings {
 struct Section {
     #[serde(default)]
     l4_policy: Option<Settings>,
+    #[serde(default)]
+    matrix: Option<Axis>,
 }
+
+/// `[matrix] policy`: policy files, one case each on the same booted pair
+/// (named by the file's stem: `policy=deny`).
+#[derive(Debug, Default, Deserialize)]
+struct Axis {
+    #[serde(default)]
+    policy: Vec<PathBuf>,
+}
+
+/// The policy axis's files, as the lab names them.
+fn axis(lab: &Lab) -> Vec<PathBuf> {
+    lab.section::<Section>().ok().and_then(|s| s.matrix).map(|m| m.policy).unwrap_or_default()
+}
+
+/// A policy file's name on the axis: its stem.
+fn stem(path: &std::path::Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().to_string())
+}
+
+/// The policy axis's value of a case.
+fn on_axis(case: &CaseParams) -> Option<&str> {
+    case.variant.get(AXIS).map(String::as_str)
+}
+
+/// The policy file named `name` on the axis, else the lab's.
+fn policy_path(lab: &Lab, name: Option<&str>) -> Option<PathBuf> {
+    let on_axis = name.and_then(|v| axis(lab).into_iter().find(|p| stem(p) == v));
+    on_axis.or_else(|| lab.section::<Section>().ok().and_then(|s| s.l4_policy).and_then(|s| s.policy))
+}
+
+/// The axis's key in case names.
+const AXIS: &str = "policy";
 
 /// The `l4-policy` filter.
 pub struct L4Policy;
 
 /// The policy file's text and its name for errors.
-fn policy_text(lab: &Lab) -> Result<(String, String), String> {
-    let settings = lab.section::<Section>().ok().and_then(|s| s.l4_policy).unwrap_or_default();
-    let Some(path) = settings.policy else { return Ok((STUDY_POLICY.to_string(), "the study's policy".into())) };
+fn policy_text(lab: &Lab, name: Option<&str>) -> Result<(String, String), String> {
+    let Some(path) = policy_path(lab, name) else {
+        return Ok((STUDY_POLICY.to_string(), "the study's policy".into()));
+    };
     let path = lab.source.parent().map_or(path.clone(), |dir| dir.join(&path));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok((text, path.display().to_string()))
@@ -76,10 +111,10 @@ pub struct LabPolicy {
     pub compiled: Compiled,
 }
 
-/// The lab's policy read and compiled for its containers; errors name the
-/// policy file, line and field.
-pub fn read(lab: &Lab) -> Result<LabPolicy, String> {
-    let (text, name) = policy_text(lab)?;
+/// The lab's policy (the one named `name` on the policy axis) read and
+/// compiled for its containers; errors name the policy file, line and field.
+pub fn read(lab: &Lab, name: Option<&str>) -> Result<LabPolicy, String> {
+    let (text, name) = policy_text(lab, name)?;
     let containers = cilium::containers(lab);
     let endpoints = policy::endpoints(&containers);
     let model = crate::policy::parse::parse(&text, &endpoints).map_err(|e| e.in_file(&name))?;
@@ -89,7 +124,7 @@ pub fn read(lab: &Lab) -> Result<LabPolicy, String> {
 
 /// The lab's policy compiled for its containers.
 pub fn compiled(lab: &Lab) -> Result<Compiled, String> {
-    read(lab).map(|p| p.compiled)
+    read(lab, None).map(|p| p.compiled)
 }
 
 impl Variant for L4Policy {
@@ -98,20 +133,41 @@ impl Variant for L4Policy {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["l4_policy", "probes"], ..LabKeys::default() }
+        LabKeys { tables: &["l4_policy", "probes"], matrix: &["policy"], ..LabKeys::default() }
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
         let settings = lab.section::<Section>().ok().and_then(|s| s.l4_policy).unwrap_or_default();
-        settings.policy.into_iter().collect()
+        settings.policy.into_iter().chain(axis(lab)).collect()
+    }
+
+    fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, LabError> {
+        let files = axis(lab);
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![(AXIS.to_string(), files.iter().map(|p| stem(p)).collect())])
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         lab.section::<Section>()?;
         probes::settings(lab)?;
-        compiled(lab)
-            .map(|_| ())
-            .map_err(|m| lab.invalid(Issue::new(vec![Seg::Key("l4_policy"), Seg::Key("policy")], m)))
+        let files = axis(lab);
+        let own = lab.section::<Section>()?.l4_policy.and_then(|s| s.policy);
+        // With a policy axis, the study's default policy is not used.
+        if files.is_empty() || own.is_some() {
+            compiled(lab)
+                .map(|_| ())
+                .map_err(|m| lab.invalid(Issue::new(vec![Seg::Key("l4_policy"), Seg::Key("policy")], m)))?;
+        }
+        for (i, path) in files.iter().enumerate() {
+            let at = || vec![Seg::Key("matrix"), Seg::Key("policy"), Seg::Index(i)];
+            if files[..i].iter().any(|p| stem(p) == stem(path)) {
+                return Err(lab.invalid(Issue::new(at(), format!("two policies named `{}`", stem(path)))));
+            }
+            read(lab, Some(&stem(path))).map_err(|m| lab.invalid(Issue::new(at(), m)))?;
+        }
+        Ok(())
     }
 
     fn packages(&self) -> &'static [&'static str] {
@@ -139,7 +195,12 @@ impl Variant for L4Policy {
 }
 
 impl Filter for L4Policy {
+    /// The lab's policy into the maps; with a policy axis, nothing: each
+    /// case puts its own in ([`Filter::case_setup`]).
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if !axis(lab).is_empty() {
+            return Vec::new();
+        }
         let cmds = compiled(lab).map(|c| {
             let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
             let entries = maps.into_iter().flat_map(|(map, entries)| {
@@ -153,6 +214,9 @@ impl Filter for L4Policy {
     }
 
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if !axis(lab).is_empty() {
+            return on_every_vm(lab, points, Ok(vec![maps::batch(maps::flush(&POLICY_MAPS), Vec::new())]));
+        }
         let cmds = compiled(lab).map(|c| {
             let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
             let entries = maps
@@ -164,8 +228,20 @@ impl Filter for L4Policy {
         on_every_vm(lab, points, cmds)
     }
 
-    fn probe_targets(&self, lab: &Lab) -> Vec<(PolicyProtocol, u16)> {
-        match (read(lab), probes::settings(lab)) {
+    /// With a policy axis: the maps emptied and filled with the case's
+    /// policy, in one bpftool process.
+    fn case_setup(&self, lab: &Lab, _vm: &Vm, case: &CaseParams) -> Vec<String> {
+        if axis(lab).is_empty() {
+            return Vec::new();
+        }
+        match read(lab, on_axis(case)) {
+            Ok(p) => vec![maps::batch(maps::flush(&POLICY_MAPS), fill(&p.compiled))],
+            Err(m) => vec![format!("echo {} >&2; exit 1", crate::guest::quote(&m))],
+        }
+    }
+
+    fn probe_targets(&self, lab: &Lab, case: &CaseParams) -> Vec<(PolicyProtocol, u16)> {
+        match (read(lab, on_axis(case)), probes::settings(lab)) {
             (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
             _ => Vec::new(),
         }
@@ -180,7 +256,7 @@ impl Filter for L4Policy {
     }
 
     fn verdict(&self, lab: &Lab, _points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        match read(lab) {
+        match read(lab, on_axis(&e.case.params)) {
             Ok(p) => {
                 let (checks, section) = verdict(lab, &p, e);
                 Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
@@ -188,6 +264,22 @@ impl Filter for L4Policy {
             Err(m) => Verdict { checks: vec![Check::new("l4-policy: the policy compiles", false, m)], section: None },
         }
     }
+}
+
+/// The maps a policy fills.
+const POLICY_MAPS: [&str; 3] = ["vlab_policy", "vlab_policy_deny", "vlab_enforced"];
+
+/// bpftool batch lines that fill the maps with `c`.
+fn fill(c: &Compiled) -> Vec<String> {
+    let zero = maps::zero_counter();
+    let entries =
+        [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)].into_iter().flat_map(|(map, entries)| {
+            entries.iter().map(|e| maps::batch_update(map, &maps::policy_key(e), &zero)).collect::<Vec<_>>()
+        });
+    let flags = c.enforced_flags();
+    entries
+        .chain(flags.iter().map(|(id, f)| maps::batch_update("vlab_enforced", &maps::le32(*id), &maps::le32(*f))))
+        .collect()
 }
 
 /// `cmds` on every VM at once, where the overlay's programs run; a policy

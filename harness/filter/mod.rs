@@ -75,8 +75,15 @@ pub trait Filter: Variant {
 
     /// The ports and protocols of its probe matrix: every container tries
     /// every other on each of them after the workload (none: no matrix).
-    fn probe_targets(&self, lab: &Lab) -> Vec<(crate::policy::Protocol, u16)> {
-        let _ = lab;
+    fn probe_targets(&self, lab: &Lab, case: &crate::lab::CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
+        let _ = (lab, case);
+        Vec::new()
+    }
+
+    /// Commands run on `vm` before each of its cases, with the case's
+    /// parameters (a policy axis's value).
+    fn case_setup(&self, lab: &Lab, vm: &crate::lab::Vm, case: &crate::lab::CaseParams) -> Vec<String> {
+        let _ = (lab, vm, case);
         Vec::new()
     }
 

@@ -264,17 +264,17 @@ pub fn table(case: &str, m: &MatrixSection) -> String {
     let expected = |c: &JudgedCell| c.expected == Verdict::Allowed;
     let measured = |c: &JudgedCell| c.measured != ProbeOutcome::TimedOut;
     for (title, pick) in [("expected", &expected as &dyn Fn(&JudgedCell) -> bool), ("measured", &measured)] {
-        out.push_str(&format!("{title:<width$}"));
+        let mut line = format!("{title:<width$}");
         for to in &m.members {
-            out.push_str(&format!("{to:<width$}"));
+            line.push_str(&format!("{to:<width$}"));
         }
-        out.push('\n');
+        out.push_str(&format!("{}\n", line.trim_end()));
         for from in &m.members {
-            out.push_str(&format!("  {from:<w$}", w = width - 2));
+            let mut line = format!("  {from:<w$}", w = width - 2);
             for to in &m.members {
-                out.push_str(&format!("{:<width$}", marks(pick, from, to)));
+                line.push_str(&format!("{:<width$}", marks(pick, from, to)));
             }
-            out.push('\n');
+            out.push_str(&format!("{}\n", line.trim_end()));
         }
     }
     let differing: Vec<String> = m

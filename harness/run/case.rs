@@ -254,6 +254,10 @@ async fn before_case<'a>(
         if !setup.is_empty() {
             b.succeed("overlay case setup", setup.join("\n"));
         }
+        let setup = f.case_setup(lab, vm, &case.params);
+        if !setup.is_empty() {
+            b.succeed("filter case setup", setup.join("\n"));
+        }
         for i in mine() {
             let last = probes.get(&i.key());
             let apply = nic::still_to_apply(&requested, last.map(|p| &p.offloads));

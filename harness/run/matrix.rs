@@ -49,7 +49,7 @@ impl Plan {
         if case.params.path != TrafficPath::Container {
             return Plan::default();
         }
-        let targets = f.probe_targets(lab);
+        let targets = f.probe_targets(lab, &case.params);
         let members: Vec<Member> = lab
             .vms
             .iter()

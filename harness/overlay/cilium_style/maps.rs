@@ -75,6 +75,37 @@ pub fn update(map: &str, key: &str, value: &str) -> String {
     format!("bpftool map update pinned {} key hex {key} value hex {value} any", pinned(map))
 }
 
+/// A `bpftool batch` line that updates `map` (`any`: create or replace).
+pub fn batch_update(map: &str, key: &str, value: &str) -> String {
+    format!("map update pinned {} key hex {key} value hex {value} any", pinned(map))
+}
+
+/// Shell that prints a `bpftool batch` delete line for every key of each
+/// of `maps` (their dumps' key bytes).
+pub fn flush(maps: &[&str]) -> Vec<String> {
+    maps.iter()
+        .map(|m| {
+            format!(
+                "bpftool -j map dump pinned {p} | grep -o '\"key\": *\\[[^]]*\\]' | \
+                 sed -e 's/\"key\": *\\[//' -e 's/\\]//' -e 's/\"//g' -e 's/0x//g' -e 's/,/ /g' | \
+                 while read -r k; do echo \"map delete pinned {p} key hex $k\"; done",
+                p = pinned(m)
+            )
+        })
+        .collect()
+}
+
+/// One `bpftool batch` run: the lines `printing` prints (shell), then
+/// `lines`; nothing runs without a line.
+pub fn batch(printing: Vec<String>, lines: Vec<String>) -> String {
+    let mut s = vec!["{".to_string()];
+    s.extend(printing);
+    s.extend(lines.iter().map(|l| format!("echo '{l}'")));
+    s.push("} >/run/vlab-bpftool.batch".into());
+    s.push("[ ! -s /run/vlab-bpftool.batch ] || bpftool batch file /run/vlab-bpftool.batch".into());
+    s.join("\n")
+}
+
 /// `bpftool map delete` of `map`, quiet when the key is not there.
 pub fn delete(map: &str, key: &str) -> String {
     format!("bpftool map delete pinned {} key hex {key} 2>/dev/null || true", pinned(map))
@@ -214,5 +245,30 @@ mod tests {
         let dump = serde_json::json!([{ "key": bytes, "value": ["0x03","0","0","0","0","0","0","0","0x40","0","0","0","0","0","0","0"] }]);
         let parsed = parse_policy(&dump.to_string()).unwrap();
         assert_eq!(parsed[&e], Counter { packets: 3, bytes: 64 });
+    }
+}
+#[cfg(test)]
+mod flush_tests {
+    /// The flush script reads keys out of a dump as bpftool prints it.
+    #[test]
+    fn flush_prints_a_delete_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("bpftool");
+        let dump = r#"[{"key":["0x02","0x01","0x00","0x00"],"value":["0x01","0x00"]},{"key": ["0x03","0x01","0x00","0x00"],"value":["0x02","0x00"]}]"#;
+        std::fs::write(&fake, format!("#!/bin/sh\necho '{dump}'\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = super::flush(&["vlab_enforced"]).join("\n");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "map delete pinned /sys/fs/bpf/tc/globals/vlab_enforced key hex 02 01 00 00\n\
+             map delete pinned /sys/fs/bpf/tc/globals/vlab_enforced key hex 03 01 00 00\n"
+        );
     }
 }
