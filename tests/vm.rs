@@ -1279,6 +1279,90 @@ fn cilium_style_lab_enforces_its_l4_policy_by_identity() {
     insta::assert_json_snapshot!("cilium-style-evidence", evidence);
 }
 
+/// Each case's probe matrix as deterministic facts: every cell's expected
+/// verdict, whether the datapath reached it, and whether it agrees.
+fn matrices(cases: &[Value]) -> Vec<Value> {
+    cases
+        .iter()
+        .map(|c| {
+            let cells: Vec<String> = c["variant"]["filter"]["matrix"]["cells"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    let reached = x["measured"] != "timed-out";
+                    format!(
+                        "{} -> {} {} {}: expected {}, {}{}",
+                        x["from"].as_str().unwrap(),
+                        x["to"].as_str().unwrap(),
+                        x["protocol"].as_str().unwrap(),
+                        x["port"],
+                        x["expected"].as_str().unwrap(),
+                        if reached { "reached" } else { "not reached" },
+                        if x["agrees"] == true { "" } else { " (DIFFERS)" }
+                    )
+                })
+                .collect();
+            serde_json::json!({ "case": c["name"], "matrix": cells })
+        })
+        .collect()
+}
+
+/// The policy conformance lab: every policy of `labs/policies/` on one
+/// booted pair, swapped between cases, and every cell of every matrix as
+/// the evaluator decides (egress at the sender, deny before allow, drops
+/// between two containers of one VM).
+#[test]
+fn policy_conformance_lab_agrees_with_the_evaluator() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (report, _, _) = vlab.run_lab("labs/policy-conformance.toml", &[0]);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8, "one case per policy");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 2, "one booted pair");
+    for c in cases {
+        let (checks, _) = checks_and_captures(c);
+        assert!(c["passed"] == true, "{}: {checks:?}", c["name"]);
+    }
+    insta::assert_json_snapshot!("policy-conformance-matrices", matrices(cases));
+}
+
+/// A datapath made to disagree (the programs' egress decision left out, a
+/// copy of `bpf/cilium_style.c` given as the lab's `source`): the egress
+/// policy's case exits 1, and the matrix check names the cells the client
+/// reached although its egress policy drops them, with the rule.
+#[test]
+fn a_datapath_that_skips_egress_fails_the_matrix_naming_the_cells() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let program = std::fs::read_to_string(repo("bpf/cilium_style.c")).unwrap();
+    let broken = program.replace(
+        "if (!policy_passes(src->identity, remote, 1, k.protocol, k.dport, skb))",
+        "if (0 && !policy_passes(src->identity, remote, 1, k.protocol, k.dport, skb))",
+    );
+    assert_ne!(broken, program, "the egress decision is where this test expects it");
+    let source = vlab.path("no-egress.c");
+    std::fs::write(&source, broken).unwrap();
+    let lab = vlab.path("conformance.toml");
+    let text = std::fs::read_to_string(repo("labs/policy-conformance.toml"))
+        .unwrap()
+        .replace("port = 8472", &format!("port = 8472\nsource = \"{}\"", source.display()))
+        .replace("\"policies/", &format!("\"{}/", repo("labs/policies").display()));
+    std::fs::write(&lab, text).unwrap();
+    let (report, _, _) = vlab.run_lab_with(lab.to_str().unwrap(), &["--case", "policy=egress"], &[], &[1]);
+    let case = &report["cases"][0];
+    let failed = failed_checks(case);
+    assert_eq!(failed, ["l4-policy: the probe matrix agrees with the policy"], "{failed:?}");
+    let detail = case["checks"].as_array().unwrap().iter().find(|c| c["name"] == failed[0]).unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("c2 -> c3 TCP 80: expected dropped (dropped: egress default deny (selected by rule 1, none allows it)), measured connected"),
+        "{detail}"
+    );
+}
+
 /// `--repeat 2` over two pairs (baseline and vxlan): the pairs take turns
 /// (the idle one paused), every case runs twice, the report gives both
 /// samples, their median and interval, and the ratio to the baseline taken
