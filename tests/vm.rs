@@ -1277,6 +1277,8 @@ fn cilium_style_lab_enforces_its_l4_policy_by_identity() {
         })
         .collect();
     insta::assert_json_snapshot!("cilium-style-evidence", evidence);
+    let l4: Vec<Value> = cases.iter().filter(|c| c["params"]["filter"] == "l4-policy").cloned().collect();
+    insta::assert_json_snapshot!("cilium-style-matrices", matrices(&l4));
 }
 
 /// Each case's probe matrix as deterministic facts: every cell's expected
