@@ -11,7 +11,7 @@ use vlab::policy::parse::PolicyError;
 use vlab::policy::Policy;
 
 fn parse(text: &str) -> Result<Policy, PolicyError> {
-    vlab::policy::parse::parse(text, &endpoints(&containers()))
+    vlab::policy::parse::parse(text, &endpoints(&containers(), &Default::default()))
 }
 
 fn fixture(name: &str) -> String {
@@ -27,7 +27,7 @@ fn containers() -> Vec<(String, Labels)> {
 }
 
 fn study() -> Compiled {
-    compile(&parse(&fixture("study.json")).unwrap(), &containers()).unwrap()
+    compile(&parse(&fixture("study.json")).unwrap(), &containers(), &Default::default()).unwrap()
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn the_study_policy_compiles_to_one_entry() {
     assert!(!allows(&c, server, other, Protocol::Tcp, 5201), "another identity");
     assert!(allows(&c, client, server, Protocol::Tcp, 40000), "an endpoint without policy allows all");
     // The same policy as a CiliumNetworkPolicy with `k8s:`/`any:` label sources and a numeric port.
-    let cnp = compile(&parse(&fixture("study-cnp.json")).unwrap(), &containers()).unwrap();
+    let cnp = compile(&parse(&fixture("study-cnp.json")).unwrap(), &containers(), &Default::default()).unwrap();
     assert_eq!(cnp, c);
 }
 
@@ -68,7 +68,7 @@ fn wildcards_follow_ciliums_lookup_order() {
     let text = r#"[{"endpointSelector": {"matchLabels": {"id": "service1"}},
                     "ingress": [{"toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}]}]},
                                 {"fromEndpoints": [{"matchLabels": {"id": "app2"}}]}]}]"#;
-    let c = compile(&parse(text).unwrap(), &containers()).unwrap();
+    let c = compile(&parse(text).unwrap(), &containers(), &Default::default()).unwrap();
     let (server, client, other) = (c.identities["c1"], c.identities["c2"], c.identities["c3"]);
     let entries: Vec<(u32, Protocol, u16)> = c.entries.iter().map(|e| (e.remote, e.protocol, e.port)).collect();
     assert_eq!(
@@ -85,7 +85,7 @@ fn expressions_and_port_ranges_become_entries() {
     let text = r#"[{"endpointSelector": {"matchExpressions": [{"key": "id", "operator": "In", "values": ["service1"]}]},
                     "ingress": [{"fromEndpoints": [{"matchExpressions": [{"key": "id", "operator": "NotIn", "values": ["app1"]}]}],
                                  "toPorts": [{"ports": [{"port": "8000", "endPort": 8002, "protocol": "UDP"}]}]}]}]"#;
-    let c = compile(&parse(text).unwrap(), &containers()).unwrap();
+    let c = compile(&parse(text).unwrap(), &containers(), &Default::default()).unwrap();
     let (server, client, other) = (c.identities["c1"], c.identities["c2"], c.identities["c3"]);
     // NotIn app1: app2 and service1 itself.
     let entries: Vec<(u32, Protocol, u16)> = c.entries.iter().map(|e| (e.remote, e.protocol, e.port)).collect();
@@ -124,7 +124,7 @@ fn egress_and_deny_become_entries_of_their_own() {
   - toPorts: [{ports: [{port: "53", protocol: UDP}]}]
   enableDefaultDeny: {egress: false}
 "#;
-    let c = compile(&parse(text).unwrap(), &containers()).unwrap();
+    let c = compile(&parse(text).unwrap(), &containers(), &Default::default()).unwrap();
     let (server, client, other) = (c.identities["c1"], c.identities["c2"], c.identities["c3"]);
     let keys = |entries: &[vlab::overlay::cilium_style::policy::Entry]| -> Vec<(u32, u32, Protocol, u16, Direction)> {
         entries.iter().map(|e| (e.endpoint, e.remote, e.protocol, e.port, e.direction)).collect()
@@ -160,7 +160,7 @@ fn egress_and_deny_become_entries_of_their_own() {
     "field `ingress[0]`: ports 1-5000: the policy map holds 1024 entries"
 )]
 fn what_the_datapath_cannot_enforce_is_refused_at_its_rule(#[case] text: &str, #[case] expected: &str) {
-    let err = compile(&parse(text).unwrap(), &containers()).expect_err("refused").to_string();
+    let err = compile(&parse(text).unwrap(), &containers(), &Default::default()).expect_err("refused").to_string();
     assert!(err.contains(expected), "{err}");
 }
 

@@ -329,3 +329,30 @@ fn the_corpus_matrices(
     }
     insta::assert_snapshot!(format!("corpus_{name}"), lines.join("\n"));
 }
+
+/// A namespaceSelector matches the namespace's labels: its name label, and
+/// those the lab gives it.
+#[test]
+fn namespace_selectors_match_namespace_labels() {
+    let namespaces = [("prod".to_string(), Labels::from([("team".to_string(), "data".to_string())]))].into();
+    let eps: Vec<Endpoint> = endpoints().into_iter().map(|e| e.in_namespaces(&namespaces)).collect();
+    let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-data-team}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: data}}}]
+"#;
+    let p = parse(text, &eps).unwrap();
+    let find = |n: &str| eps.iter().find(|e| e.name == n).unwrap();
+    let decide = |from: &str| {
+        p.decide(vlab::policy::Connection { from: find(from), to: find("web"), protocol: Protocol::Tcp, port: 80 })
+    };
+    assert!(decide("cli").allowed(), "cli is in prod, labelled team=data");
+    assert!(!decide("db").allowed(), "db is in default");
+    // A label no namespace has is refused.
+    let e = parse(&text.replace("team: data", "team: web"), &eps).unwrap_err().to_string();
+    assert!(e.contains("`team=web` is on no namespace of the lab"), "{e}");
+}

@@ -116,9 +116,10 @@ pub struct LabPolicy {
 pub fn read(lab: &Lab, name: Option<&str>) -> Result<LabPolicy, String> {
     let (text, name) = policy_text(lab, name)?;
     let containers = cilium::containers(lab);
-    let endpoints = policy::endpoints(&containers);
+    let namespaces = cilium::settings(lab).namespaces;
+    let endpoints = policy::endpoints(&containers, &namespaces);
     let model = crate::policy::parse::parse(&text, &endpoints).map_err(|e| e.in_file(&name))?;
-    let compiled = policy::compile(&model, &containers).map_err(|e| e.in_file(&name))?;
+    let compiled = policy::compile(&model, &containers, &namespaces).map_err(|e| e.in_file(&name))?;
     Ok(LabPolicy { model, endpoints, compiled })
 }
 

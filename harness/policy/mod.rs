@@ -191,7 +191,7 @@ impl EndpointSelector {
         let in_namespace = match &self.namespaces {
             Namespaces::Any => true,
             Namespaces::Same(ns) => &e.namespace == ns,
-            Namespaces::Matching(s) => s.matches(&Labels::from([(NAMESPACE_NAME_LABEL.into(), e.namespace.clone())])),
+            Namespaces::Matching(s) => s.matches(&e.namespace_labels),
         };
         in_namespace && self.labels.matches(&e.labels)
     }
@@ -304,6 +304,8 @@ pub struct Endpoint {
     pub namespace: String,
     /// Its labels, the namespace label included.
     pub labels: Labels,
+    /// Its namespace's labels, [`NAMESPACE_NAME_LABEL`] included.
+    pub namespace_labels: Labels,
 }
 
 impl Endpoint {
@@ -314,7 +316,17 @@ impl Endpoint {
         let mut labels: Labels =
             labels.iter().map(|(k, v)| (parse::label_key(k).unwrap_or(k).to_string(), v.clone())).collect();
         let namespace = labels.entry(NAMESPACE_LABEL.into()).or_insert_with(|| DEFAULT_NAMESPACE.into()).clone();
-        Endpoint { name: name.to_string(), namespace, labels }
+        let namespace_labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.clone())]);
+        Endpoint { name: name.to_string(), namespace, labels, namespace_labels }
+    }
+
+    /// The endpoint with its namespace's labels from `namespaces` (by
+    /// namespace name), besides the name label every namespace has.
+    pub fn in_namespaces(mut self, namespaces: &std::collections::BTreeMap<String, Labels>) -> Endpoint {
+        if let Some(more) = namespaces.get(&self.namespace) {
+            self.namespace_labels.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        self
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     Direction, Endpoint, EndpointSelector, Entity, Expression, Labels, Namespaces, Operator, Peer, PeerRule, Policy,
-    PortRange, ProtocolMatch, Rule, Selector, DEFAULT_NAMESPACE, NAMESPACE_LABEL, NAMESPACE_NAME_LABEL,
+    PortRange, ProtocolMatch, Rule, Selector, DEFAULT_NAMESPACE, NAMESPACE_LABEL,
 };
 use crate::lab::suggest::did_you_mean;
 
@@ -618,8 +618,8 @@ impl Reader<'_> {
     fn selector(&self, s: &Spanned<LabelSelector>, field: &str, universe: Universe) -> Result<Selector, PolicyError> {
         let known: Vec<Labels> = match universe {
             Universe::Namespaces => {
-                let names: BTreeSet<&str> = self.endpoints.iter().map(|e| e.namespace.as_str()).collect();
-                names.iter().map(|n| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), n.to_string())])).collect()
+                let sets: BTreeSet<&Labels> = self.endpoints.iter().map(|e| &e.namespace_labels).collect();
+                sets.into_iter().cloned().collect()
             }
             _ => self.endpoints.iter().map(|e| e.labels.clone()).collect(),
         };

@@ -59,11 +59,14 @@ pub struct Settings {
     /// file), compiled in each guest by the image's clang at deploy instead
     /// of the image's object: for trying a change without a new image.
     pub source: Option<PathBuf>,
+    /// Labels of namespaces, by namespace name (`prod = { team = "db" }`),
+    /// besides `kubernetes.io/metadata.name`, which every namespace has.
+    pub namespaces: BTreeMap<String, Labels>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { port: 8472, labels: BTreeMap::new(), source: None }
+        Settings { port: 8472, labels: BTreeMap::new(), source: None, namespaces: BTreeMap::new() }
     }
 }
 
@@ -149,6 +152,21 @@ impl Variant for CiliumStyle {
                 if v.is_empty() || k.is_empty() {
                     return Err(lab.invalid(Issue::new(at(vec![Name(k.clone())]), "labels need a key and a value")));
                 }
+            }
+        }
+        let in_use: Vec<String> =
+            containers(lab).iter().map(|(n, l)| crate::policy::Endpoint::new(n, l).namespace).collect();
+        for (ns, labels) in &s.namespaces {
+            let at = vec![Key("cilium_style"), Key("namespaces"), Name(ns.clone())];
+            if !in_use.contains(ns) {
+                let message = format!(
+                    "no container is in namespace `{ns}` (a container's label `{}` names it)",
+                    crate::policy::NAMESPACE_LABEL
+                );
+                return Err(lab.invalid(Issue::new(at, message)));
+            }
+            if labels.iter().any(|(k, v)| k.is_empty() || v.is_empty()) {
+                return Err(lab.invalid(Issue::new(at, "labels need a key and a value")));
             }
         }
         for (i, vm) in lab.vms.iter().enumerate() {

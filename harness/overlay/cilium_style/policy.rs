@@ -119,19 +119,24 @@ pub fn identities(containers: &[(String, Labels)]) -> BTreeMap<String, u32> {
     containers.iter().map(|(name, labels)| (name.clone(), number(labels))).collect()
 }
 
-/// The containers of the lab as the policy model sees them.
-pub fn endpoints(containers: &[(String, Labels)]) -> Vec<Endpoint> {
-    containers.iter().map(|(name, labels)| Endpoint::new(name, labels)).collect()
+/// The containers of the lab as the policy model sees them, with their
+/// namespaces' labels (`namespaces`, by namespace name).
+pub fn endpoints(containers: &[(String, Labels)], namespaces: &BTreeMap<String, Labels>) -> Vec<Endpoint> {
+    containers.iter().map(|(name, labels)| Endpoint::new(name, labels).in_namespaces(namespaces)).collect()
 }
 
 /// Compiles a policy (read by [`crate::policy::parse`]) for `containers`
-/// (name, labels) into map entries, both directions: allow and deny entries
+/// (name, labels; their namespaces labelled by `namespaces`) into map entries, both directions: allow and deny entries
 /// with endpoint, `all`/`cluster` and L4-only peers, ports and port ranges
 /// of TCP and UDP (ranges expanded); SCTP and a policy larger than the maps
 /// are refused at the rule's line.
-pub fn compile(policy: &Policy, containers: &[(String, Labels)]) -> Result<Compiled, PolicyError> {
+pub fn compile(
+    policy: &Policy,
+    containers: &[(String, Labels)],
+    namespaces: &BTreeMap<String, Labels>,
+) -> Result<Compiled, PolicyError> {
     let ids = identities(containers);
-    let eps = endpoints(containers);
+    let eps = endpoints(containers, namespaces);
     let id_of = |e: &Endpoint| ids[&e.name];
     let mut enforced = [BTreeSet::new(), BTreeSet::new()];
     let (mut allow, mut deny) = (BTreeSet::new(), BTreeSet::new());
