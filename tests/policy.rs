@@ -356,3 +356,21 @@ spec:
     let e = parse(&text.replace("team: data", "team: web"), &eps).unwrap_err().to_string();
     assert!(e.contains("`team=web` is on no namespace of the lab"), "{e}");
 }
+
+/// A CiliumNetworkPolicy's selectors look in its namespace, unless they
+/// name the namespace label themselves (in a label or an expression).
+#[rstest]
+#[case::label("{matchLabels: {app: client, io.kubernetes.pod.namespace: prod}}", "allow ingress rule 1")]
+#[case::expression(
+    "{matchExpressions: [{key: io.kubernetes.pod.namespace, operator: In, values: [prod]}]}",
+    "allow ingress rule 1"
+)]
+#[case::own_namespace("{matchLabels: {app: client}}", "drop ingress default")]
+fn a_selector_that_names_the_namespace_leaves_the_policys(#[case] peer: &str, #[case] expected: &str) {
+    let text = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  - fromEndpoints: [{peer}]\n"
+    );
+    let d = decide(&policy(&text), "cli", "web", Protocol::Tcp, 80);
+    assert_eq!(short(&d), expected, "{d}");
+}

@@ -519,3 +519,65 @@ fn a_matrix_cell_lost_without_a_drop_fails() {
     assert!(!c.passed);
     assert!(c.detail.starts_with("2 of 2 cells differ"), "{}", c.detail);
 }
+
+/// `[probes]` in the lab file: `matrix = "off"` leaves the matrix out,
+/// `ports` adds to the ports the policy names.
+#[test]
+fn the_labs_probes_table_decides_the_matrix() {
+    use vlab::policy::Protocol;
+    let r = recorded("l4-policy");
+    let text = std::fs::read_to_string(fixture("l4-policy").join("lab.toml")).unwrap();
+    let with = |table: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.toml");
+        let policy = fixture("l4-policy").join("cilium-style/policy.json");
+        let text = text.replace("cilium-style/policy.json", policy.to_str().unwrap());
+        std::fs::write(&path, format!("{text}\n{table}\n")).unwrap();
+        let lab = vlab::variants::load_lab(&path).unwrap();
+        vlab::filter::get("l4-policy").probe_targets(&lab, &r.case.params)
+    };
+    assert_eq!(with(""), [(Protocol::Tcp, 5201), (Protocol::Tcp, 10000)]);
+    assert_eq!(with("[probes]\nports = [7]"), [(Protocol::Tcp, 7), (Protocol::Tcp, 5201), (Protocol::Tcp, 10000)]);
+    assert!(with("[probes]\nmatrix = \"off\"").is_empty());
+}
+
+/// A matrix of no cell proves nothing: the check fails; a matrix's detail
+/// counts what it allowed and dropped.
+#[test]
+fn an_empty_matrix_fails_and_a_full_one_counts_its_cells() {
+    let report = with_matrix(&[], &[]).judge();
+    assert!(!matrix_check(&report).passed);
+    assert_eq!(matrix_check(&report).detail, "no probe was answered");
+    let r = with_matrix(
+        &[
+            ("c2", 5201, ProbeOutcome::Refused),
+            ("c2", 10000, ProbeOutcome::TimedOut),
+            ("c3", 5201, ProbeOutcome::TimedOut),
+        ],
+        &[(256, 10000), (257, 5201)],
+    );
+    let report = r.judge();
+    assert_eq!(
+        matrix_check(&report).detail,
+        "3 cells (3 containers, 2 targets): 1 allowed, 2 dropped, each as the policy decides"
+    );
+}
+
+/// The matrices as the table prints them: expected and measured, one mark
+/// per target, and the cells that differ.
+#[test]
+fn the_matrix_table_shows_both_matrices_and_what_differs() {
+    let r = with_matrix(
+        &[
+            ("c2", 5201, ProbeOutcome::Refused),
+            ("c2", 10000, ProbeOutcome::Connected),
+            ("c3", 5201, ProbeOutcome::TimedOut),
+            ("c3", 10000, ProbeOutcome::TimedOut),
+        ],
+        &[(257, 5201), (257, 10000)],
+    );
+    let report = r.judge();
+    let section = report.variant.filter.as_ref().unwrap().evidence["matrix"].clone();
+    let m: vlab::filter::probes::MatrixSection = serde_json::from_value(section).unwrap();
+    insta::assert_snapshot!("matrix_table", vlab::filter::probes::table("l4", &m));
+}

@@ -436,9 +436,4 @@ impl Policy {
             Reason::DefaultDeny { rules: enforcing }
         }
     }
-
-    /// Whether a rule puts `endpoint` in default deny for `d`.
-    pub fn enforces(&self, d: Direction, endpoint: &Endpoint) -> bool {
-        self.rules.iter().any(|r| r.default_deny[d.index()] && r.subject.matches(endpoint))
-    }
 }
