@@ -7,12 +7,14 @@ use rstest::rstest;
 use vlab::policy::parse::parse;
 use vlab::policy::{Decision, Direction, Endpoint, Labels, Policy, Protocol, Reason};
 
+/// A container with these labels.
+fn e(name: &str, labels: &[(&str, &str)]) -> Endpoint {
+    Endpoint::new(name, &labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Labels>())
+}
+
 /// The lab's containers: `web` (app=web, tier=front), `db` (app=db,
 /// tier=back), `cli` (app=client) in namespace `prod`, `job` (app=batch).
 fn endpoints() -> Vec<Endpoint> {
-    let e = |name: &str, labels: &[(&str, &str)]| {
-        Endpoint::new(name, &labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Labels>())
-    };
     vec![
         e("web", &[("app", "web"), ("tier", "front")]),
         e("db", &[("app", "db"), ("tier", "back")]),
@@ -296,9 +298,6 @@ fn the_matrix_probes_every_named_port_and_one_unnamed() {
 /// The corpus's containers (as `labs/policy-conformance.toml` would give
 /// them): web, client (namespace default) and db (namespace prod).
 fn corpus_endpoints() -> Vec<Endpoint> {
-    let e = |name: &str, labels: &[(&str, &str)]| {
-        Endpoint::new(name, &labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Labels>())
-    };
     vec![
         e("c1", &[("app", "web"), ("tier", "front")]),
         e("c2", &[("app", "client")]),

@@ -41,6 +41,33 @@ impl Recorded {
         record::judge(&self.lab, &self.case, &self.record, &self.pcaps).unwrap()
     }
 
+    /// The denied map's dumps after the case as they were before: the
+    /// datapath dropped nothing.
+    fn no_drop_counted(&mut self) {
+        for (name, dump) in self.record.after.iter_mut() {
+            if name.starts_with("vlab-denied-") {
+                *dump = self.record.before[name].clone();
+            }
+        }
+    }
+
+    /// The case judged against its lab file as `edit` changes it (written
+    /// beside a copy of the policy files the fixture has).
+    fn with_lab(mut self, edit: impl Fn(String) -> String) -> Recorded {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture("l4-policy");
+        std::fs::create_dir(dir.path().join("cilium-style")).unwrap();
+        for f in std::fs::read_dir(src.join("cilium-style")).unwrap().flatten() {
+            std::fs::copy(f.path(), dir.path().join("cilium-style").join(f.file_name())).unwrap();
+        }
+        let text = edit(std::fs::read_to_string(src.join("lab.toml")).unwrap());
+        std::fs::write(dir.path().join("lab.toml"), text).unwrap();
+        let lab = vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap();
+        self.lab = vlab::rejudge::case_lab(&lab, &self.case);
+        self._dir = Some(dir);
+        self
+    }
+
     /// The pcap of the capture at `file`.
     fn pcap(&mut self, file: &str) -> &mut Vec<u8> {
         let i =
@@ -212,11 +239,7 @@ fn a_probe_that_connected_fails_the_probe_check() {
 #[test]
 fn a_probe_lost_without_a_drop_fails_the_probe_check() {
     let mut r = recorded("l4-policy");
-    for (name, dump) in r.record.after.iter_mut() {
-        if name.starts_with("vlab-denied-") {
-            *dump = r.record.before[name].clone();
-        }
-    }
+    r.no_drop_counted();
     let report = r.judge();
     assert_among_failed(&report, &["l4-policy: a probe to TCP 5202 is dropped"]);
     assert!(probe_check(&report).detail.contains("dropped 0 packets"), "{}", probe_check(&report).detail);
@@ -381,17 +404,7 @@ fn a_client_that_failed_fails_the_workload() {
 /// The recorded l4-policy case judged against another policy file
 /// (`cilium-style/FILE` beside the fixture's own policy).
 fn recorded_with_policy(file: &str) -> Recorded {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("l4-policy");
-    std::fs::create_dir(dir.path().join("cilium-style")).unwrap();
-    std::fs::copy(src.join("cilium-style").join(file), dir.path().join("cilium-style").join(file)).unwrap();
-    let lab = std::fs::read_to_string(src.join("lab.toml")).unwrap();
-    let lab = lab.replace("policy = \"cilium-style/policy.json\"", &format!("policy = \"cilium-style/{file}\""));
-    std::fs::write(dir.path().join("lab.toml"), lab).unwrap();
-    let mut r = recorded("l4-policy");
-    r.lab = vlab::rejudge::case_lab(&vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap(), &r.case);
-    r._dir = Some(dir);
-    r
+    recorded("l4-policy").with_lab(|t| t.replace("cilium-style/policy.json", &format!("cilium-style/{file}")))
 }
 
 /// A policy that allows the probe's port and the intruder: the checks
@@ -416,11 +429,7 @@ fn what_a_policy_allows_passes_when_it_went_through() {
     let mut r = recorded_with_policy("open.yaml");
     r.record.probe = Some(Probe { port: 5202, outcome: ProbeOutcome::Connected });
     r.record.intruder = Some(Probe { port: 5201, outcome: ProbeOutcome::Refused });
-    for (name, dump) in r.record.after.iter_mut() {
-        if name.starts_with("vlab-denied-") {
-            *dump = r.record.before[name].clone();
-        }
-    }
+    r.no_drop_counted();
     let report = r.judge();
     let probe = check(&report, "l4-policy: a probe to TCP 5202 is allowed");
     assert!(probe.passed, "{}", probe.detail);
@@ -525,16 +534,9 @@ fn a_matrix_cell_lost_without_a_drop_fails() {
 #[test]
 fn the_labs_probes_table_decides_the_matrix() {
     use vlab::policy::Protocol;
-    let r = recorded("l4-policy");
-    let text = std::fs::read_to_string(fixture("l4-policy").join("lab.toml")).unwrap();
     let with = |table: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lab.toml");
-        let policy = fixture("l4-policy").join("cilium-style/policy.json");
-        let text = text.replace("cilium-style/policy.json", policy.to_str().unwrap());
-        std::fs::write(&path, format!("{text}\n{table}\n")).unwrap();
-        let lab = vlab::variants::load_lab(&path).unwrap();
-        vlab::filter::get("l4-policy").probe_targets(&lab, &r.case.params)
+        let r = recorded("l4-policy").with_lab(|t| format!("{t}\n{table}\n"));
+        vlab::filter::get("l4-policy").probe_targets(&r.lab, &r.case.params)
     };
     assert_eq!(with(""), [(Protocol::Tcp, 5201), (Protocol::Tcp, 10000)]);
     assert_eq!(with("[probes]\nports = [7]"), [(Protocol::Tcp, 7), (Protocol::Tcp, 5201), (Protocol::Tcp, 10000)]);

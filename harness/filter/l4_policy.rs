@@ -8,7 +8,7 @@
 //! `id=app1`) is read into the policy model ([`crate::policy`]) and compiled
 //! for the lab's containers (see `overlay::cilium_style::policy`) into allow
 //! and deny entries and the identities that have a policy, by direction;
-//! deploying fills the maps on every VM, removing deletes what it added.
+//! deploying fills the maps on every VM, removing empties them.
 //! Evidence: each entry's counter, the denied map (what the policy dropped,
 //! by the key it missed) and the programs' metrics, before and after each
 //! case; and the probe matrix ([`super::probes`]), judged cell by cell
@@ -196,37 +196,20 @@ impl Variant for L4Policy {
 }
 
 impl Filter for L4Policy {
-    /// The lab's policy into the maps; with a policy axis, nothing: each
-    /// case puts its own in ([`Filter::case_setup`]).
+    /// The lab's policy into the maps, in one bpftool process; with a
+    /// policy axis, nothing: each case puts its own in
+    /// ([`Filter::case_setup`]).
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
         if !axis(lab).is_empty() {
             return Vec::new();
         }
-        let cmds = compiled(lab).map(|c| {
-            let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
-            let entries = maps.into_iter().flat_map(|(map, entries)| {
-                entries.iter().map(move |e| maps::update(map, &maps::policy_key(e), &maps::zero_counter()))
-            });
-            let flags = c.enforced_flags();
-            let enforced = flags.iter().map(|(id, f)| maps::update("vlab_enforced", &maps::le32(*id), &maps::le32(*f)));
-            entries.chain(enforced).collect()
-        });
-        on_every_vm(lab, points, cmds)
+        on_every_vm(lab, points, compiled(lab).map(|c| vec![maps::batch(Vec::new(), fill(&c))]))
     }
 
+    /// The policy maps emptied (only this filter writes them): the next
+    /// filter on the pair starts with no identity enforced.
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
-        if !axis(lab).is_empty() {
-            return on_every_vm(lab, points, Ok(vec![maps::batch(maps::flush(&POLICY_MAPS), Vec::new())]));
-        }
-        let cmds = compiled(lab).map(|c| {
-            let maps = [("vlab_policy", &c.entries), ("vlab_policy_deny", &c.deny)];
-            let entries = maps
-                .into_iter()
-                .flat_map(|(map, entries)| entries.iter().map(move |e| maps::delete(map, &maps::policy_key(e))));
-            let flags = c.enforced_flags();
-            entries.chain(flags.keys().map(|id| maps::delete("vlab_enforced", &maps::le32(*id)))).collect()
-        });
-        on_every_vm(lab, points, cmds)
+        on_every_vm(lab, points, Ok(vec![maps::batch(maps::flush(&POLICY_MAPS), Vec::new())]))
     }
 
     /// With a policy axis: the maps emptied and filled with the case's

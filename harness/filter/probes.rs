@@ -172,15 +172,8 @@ pub fn judge(
         let (from, to, protocol, port) = (c.from.clone(), c.to.clone(), c.protocol, c.port);
         cells.push(JudgedCell { from, to, protocol, port, expected, reason, measured: c.outcome, drops: n, agrees });
     }
-    let mut members: Vec<String> = Vec::new();
-    for c in &cells {
-        for n in [&c.from, &c.to] {
-            if !members.contains(n) {
-                members.push(n.clone());
-            }
-        }
-    }
-    members.sort();
+    let members: Vec<String> =
+        cells.iter().flat_map(|c| [c.from.clone(), c.to.clone()]).collect::<BTreeSet<_>>().into_iter().collect();
     let targets: Vec<(Protocol, u16)> =
         cells.iter().map(|c| (c.protocol, c.port)).collect::<BTreeSet<_>>().into_iter().collect();
     let differing: Vec<String> = cells

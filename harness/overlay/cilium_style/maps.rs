@@ -72,7 +72,7 @@ pub fn zero_counter() -> String {
 
 /// `bpftool map update` of `map` (`any`: create or replace).
 pub fn update(map: &str, key: &str, value: &str) -> String {
-    format!("bpftool map update pinned {} key hex {key} value hex {value} any", pinned(map))
+    format!("bpftool {}", batch_update(map, key, value))
 }
 
 /// A `bpftool batch` line that updates `map` (`any`: create or replace).
@@ -104,11 +104,6 @@ pub fn batch(printing: Vec<String>, lines: Vec<String>) -> String {
     s.push("} >/run/vlab-bpftool.batch".into());
     s.push("[ ! -s /run/vlab-bpftool.batch ] || bpftool batch file /run/vlab-bpftool.batch".into());
     s.join("\n")
-}
-
-/// `bpftool map delete` of `map`, quiet when the key is not there.
-pub fn delete(map: &str, key: &str) -> String {
-    format!("bpftool map delete pinned {} key hex {key} 2>/dev/null || true", pinned(map))
 }
 
 /// The dump command of `map`, as evidence.
