@@ -172,10 +172,36 @@ fn variant_outputs(
 /// Runs one batch on every VM at once (`batch` makes each VM's).
 pub(super) async fn on_every_vm(
     rt: &LabRuntime,
+    batch: impl FnMut(&str) -> Batch,
+) -> anyhow::Result<Vec<(String, BatchOutput)>> {
+    every_vm(rt, batch, false).await
+}
+
+/// [`on_every_vm`] for batches that change nothing in the guests: one whose
+/// output comes back unreadable runs once more (see [`Guest::reread_batch`]).
+///
+/// [`Guest::reread_batch`]: crate::guest::Guest::reread_batch
+pub(super) async fn reread_on_every_vm(
+    rt: &LabRuntime,
+    batch: impl FnMut(&str) -> Batch,
+) -> anyhow::Result<Vec<(String, BatchOutput)>> {
+    every_vm(rt, batch, true).await
+}
+
+async fn every_vm(
+    rt: &LabRuntime,
     mut batch: impl FnMut(&str) -> Batch,
+    reread: bool,
 ) -> anyhow::Result<Vec<(String, BatchOutput)>> {
     let batches: Vec<Batch> = rt.vms.iter().map(|vm| batch(&vm.guest.name)).collect();
-    let outputs = futures::future::try_join_all(rt.vms.iter().zip(&batches).map(|(vm, b)| vm.guest.batch(b))).await?;
+    let outputs = futures::future::try_join_all(rt.vms.iter().zip(&batches).map(|(vm, b)| async move {
+        if reread {
+            vm.guest.reread_batch(b).await
+        } else {
+            vm.guest.batch(b).await
+        }
+    }))
+    .await?;
     Ok(rt.vms.iter().map(|v| v.guest.name.clone()).zip(outputs).collect())
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::boot::LabRuntime;
-use super::case::on_every_vm;
+use super::case::reread_on_every_vm;
 use crate::filter::Filter;
 use crate::guest::{self, Batch, BatchOutput, Netns};
 use crate::lab::{Case, Family, Lab, TrafficPath};
@@ -143,7 +143,7 @@ impl Plan {
         };
         let mut names = BTreeMap::new();
         let started = Instant::now();
-        let first = on_every_vm(rt, |vm| {
+        let first = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
             names.insert(vm.to_string(), counters(vm, &mut b));
             b.report(PROBE_PART, self.probes_script(vm));
@@ -154,7 +154,7 @@ impl Plan {
         let seconds = started.elapsed().as_secs_f64();
         let before = read(&first, &names);
         let mut names = BTreeMap::new();
-        let second = on_every_vm(rt, |vm| {
+        let second = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
             names.insert(vm.to_string(), counters(vm, &mut b));
             let pids: Vec<String> = pids.get(vm).into_iter().flatten().map(i64::to_string).collect();
