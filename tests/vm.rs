@@ -1329,6 +1329,30 @@ fn policy_conformance_lab_agrees_with_the_evaluator() {
     insta::assert_json_snapshot!("policy-conformance-matrices", matrices(cases));
 }
 
+/// The same policies through iptables and through nftables on plain
+/// routing: every case passes (the rules read back are the rendered ones,
+/// every matrix cell agrees with the evaluator, a dropped one by its logged
+/// drop), and for each policy both methods measure the same matrix.
+#[test]
+fn policy_methods_lab_enforces_each_policy_alike_with_iptables_and_nftables() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let (report, _, _) = vlab.run_lab("labs/policy-methods.toml", &[0]);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 16, "two methods times eight policies");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 2, "one booted pair");
+    for c in cases {
+        let (checks, _) = checks_and_captures(c);
+        assert!(c["passed"] == true, "{}: {checks:?}", c["name"]);
+        let rendered = |x: &Value| x["name"].as_str().unwrap_or("").contains("hold the rendered policy");
+        assert!(checks.iter().any(rendered), "{}: {checks:?}", c["name"]);
+    }
+    let m = matrices(cases);
+    for pair in m.chunks(2) {
+        assert_eq!(pair[0]["matrix"], pair[1]["matrix"], "iptables and nftables differ: {pair:?}");
+    }
+}
+
 /// A datapath made to disagree (the programs' egress decision left out, a
 /// copy of `bpf/cilium_style.c` given as the lab's `source`): the egress
 /// policy's case exits 1, and the matrix check names the cells the client

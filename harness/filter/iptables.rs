@@ -21,14 +21,34 @@
 
 use serde::Serialize;
 
+use super::netfilter_policy::Method;
 use super::policy::{self, Counter, Part, RuleDelta};
 use super::Filter;
 use crate::guest::Netns;
-use crate::lab::{Lab, Vm};
+use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// The `iptables` filter.
 pub struct Iptables;
+
+/// Given a policy file, the filter enforces it (see [`super::netfilter_policy`]).
+const METHOD: Method = Method::Iptables;
+
+/// The `[iptables]` table.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// A policy file (see [`crate::policy::parse`]), relative to the lab file.
+    #[allow(dead_code)]
+    policy: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Section {
+    #[serde(default)]
+    #[allow(dead_code)]
+    iptables: Option<Settings>,
+}
 
 /// The tools, one per family.
 const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
@@ -176,25 +196,85 @@ impl Variant for Iptables {
         ]
     }
 
+    fn lab_keys(&self) -> LabKeys {
+        LabKeys { tables: &["iptables", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
+    }
+
+    fn validate(&self, lab: &Lab) -> Result<(), LabError> {
+        lab.section::<Section>()?;
+        if METHOD.given(lab) {
+            METHOD.validate(lab)?;
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, lab: &Lab) -> Vec<std::path::PathBuf> {
+        METHOD.source().inputs(lab)
+    }
+
+    fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, LabError> {
+        Ok(super::policy_file::axes(lab))
+    }
+
+    fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
+        super::probes::summary(sections)
+    }
+
     fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if METHOD.given(lab) {
+            return METHOD.evidence_commands(lab, vm);
+        }
         counters_commands(lab, vm)
     }
 
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if METHOD.given(lab) {
+            return METHOD.evidence_commands(lab, vm);
+        }
         counters_commands(lab, vm)
     }
 }
 
 impl Filter for Iptables {
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if METHOD.given(lab) {
+            return METHOD.deploy(lab, points);
+        }
         policy::install("iptables", lab, points, &save(), &install(lab.workload.port))
     }
 
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if METHOD.given(lab) {
+            return METHOD.remove(lab, points);
+        }
         policy::remove("iptables", lab, points, &remove(lab.workload.port))
     }
 
+    fn case_setup(&self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.case_setup(lab, vm, case)
+    }
+
+    fn probe_targets(&self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.probe_targets(lab, case)
+    }
+
+    fn drop_counter_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.drop_counter_commands(vm)
+    }
+
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
+        if METHOD.given(lab) {
+            return METHOD.verdict(lab, points, e);
+        }
         let port = lab.workload.port;
         let mut deltas = Vec::new();
         let mut missing = Vec::new();

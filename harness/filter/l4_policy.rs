@@ -19,15 +19,16 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::policy_file::{self, axis, on_axis, LabPolicy, Source};
 use super::{probes, Filter};
-use crate::lab::{CaseParams, Issue, Lab, LabError, LabKeys, Seg, Vm};
+use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::cilium_style::maps::{self, Counter};
-use crate::overlay::cilium_style::policy::{self, Compiled, Entry, Protocol};
+use crate::overlay::cilium_style::policy::{Compiled, Entry, Protocol};
 use crate::overlay::cilium_style::{self as cilium, artifact};
 use crate::overlay::{
     side_by_side, CaseEvidence, EnforcementPoint, Probe, ProbeCell, ProbeMatrix, ProbeOutcome, Step, Variant, Verdict,
 };
-use crate::policy::{Connection, Decision, Direction, Endpoint, Policy, Protocol as PolicyProtocol};
+use crate::policy::{Connection, Decision, Direction, Protocol as PolicyProtocol};
 use crate::report::Check;
 
 /// The study's policy: the service's endpoints accept TCP 5201 from the
@@ -47,80 +48,28 @@ pub const STUDY_POLICY: &str = r#"[{
 struct Settings {
     /// A policy file (see [`crate::policy::parse`]), relative to the lab
     /// file.
+    #[allow(dead_code)]
     policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct Section {
     #[serde(default)]
+    #[allow(dead_code)]
     l4_policy: Option<Settings>,
-    #[serde(default)]
-    matrix: Option<Axis>,
 }
 
-/// `[matrix] policy`: policy files, one case each on the same booted pair
-/// (named by the file's stem: `policy=deny`).
-#[derive(Debug, Default, Deserialize)]
-struct Axis {
-    #[serde(default)]
-    policy: Vec<PathBuf>,
-}
-
-/// The policy axis's files, as the lab names them.
-fn axis(lab: &Lab) -> Vec<PathBuf> {
-    lab.section::<Section>().ok().and_then(|s| s.matrix).map(|m| m.policy).unwrap_or_default()
-}
-
-/// A policy file's name on the axis: its stem.
-fn stem(path: &std::path::Path) -> String {
-    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().to_string())
-}
-
-/// The policy axis's value of a case.
-fn on_axis(case: &CaseParams) -> Option<&str> {
-    case.variant.get(AXIS).map(String::as_str)
-}
-
-/// The policy file named `name` on the axis, else the lab's.
-fn policy_path(lab: &Lab, name: Option<&str>) -> Option<PathBuf> {
-    let on_axis = name.and_then(|v| axis(lab).into_iter().find(|p| stem(p) == v));
-    on_axis.or_else(|| lab.section::<Section>().ok().and_then(|s| s.l4_policy).and_then(|s| s.policy))
-}
-
-/// The axis's key in case names.
-const AXIS: &str = "policy";
+/// Where its policy comes from: `[l4_policy] policy`, the policy axis, or
+/// the study's.
+pub const SOURCE: Source = Source { table: "l4_policy", default: Some((STUDY_POLICY, "the study's policy")) };
 
 /// The `l4-policy` filter.
 pub struct L4Policy;
 
-/// The policy file's text and its name for errors.
-fn policy_text(lab: &Lab, name: Option<&str>) -> Result<(String, String), String> {
-    let Some(path) = policy_path(lab, name) else {
-        return Ok((STUDY_POLICY.to_string(), "the study's policy".into()));
-    };
-    let path = lab.source.parent().map_or(path.clone(), |dir| dir.join(&path));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok((text, path.display().to_string()))
-}
-
-/// The lab's policy: as the model reads it (what the evaluator judges by)
-/// and compiled for the datapath.
-pub struct LabPolicy {
-    pub model: Policy,
-    pub endpoints: Vec<Endpoint>,
-    pub compiled: Compiled,
-}
-
 /// The lab's policy (the one named `name` on the policy axis) read and
 /// compiled for its containers; errors name the policy file, line and field.
 pub fn read(lab: &Lab, name: Option<&str>) -> Result<LabPolicy, String> {
-    let (text, name) = policy_text(lab, name)?;
-    let containers = cilium::containers(lab);
-    let namespaces = cilium::settings(lab).namespaces;
-    let endpoints = policy::endpoints(&containers, &namespaces);
-    let model = crate::policy::parse::parse(&text, &endpoints).map_err(|e| e.in_file(&name))?;
-    let compiled = policy::compile(&model, &containers, &namespaces).map_err(|e| e.in_file(&name))?;
-    Ok(LabPolicy { model, endpoints, compiled })
+    SOURCE.read(lab, name)
 }
 
 /// The lab's policy compiled for its containers.
@@ -134,41 +83,21 @@ impl Variant for L4Policy {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["l4_policy", "probes"], matrix: &["policy"], ..LabKeys::default() }
+        LabKeys { tables: &["l4_policy", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
-        let settings = lab.section::<Section>().ok().and_then(|s| s.l4_policy).unwrap_or_default();
-        settings.policy.into_iter().chain(axis(lab)).collect()
+        SOURCE.inputs(lab)
     }
 
     fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, LabError> {
-        let files = axis(lab);
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![(AXIS.to_string(), files.iter().map(|p| stem(p)).collect())])
+        Ok(policy_file::axes(lab))
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         lab.section::<Section>()?;
         probes::settings(lab)?;
-        let files = axis(lab);
-        let own = lab.section::<Section>()?.l4_policy.and_then(|s| s.policy);
-        // With a policy axis, the study's default policy is not used.
-        if files.is_empty() || own.is_some() {
-            compiled(lab)
-                .map(|_| ())
-                .map_err(|m| lab.invalid(Issue::new(vec![Seg::Key("l4_policy"), Seg::Key("policy")], m)))?;
-        }
-        for (i, path) in files.iter().enumerate() {
-            let at = || vec![Seg::Key("matrix"), Seg::Key("policy"), Seg::Index(i)];
-            if files[..i].iter().any(|p| stem(p) == stem(path)) {
-                return Err(lab.invalid(Issue::new(at(), format!("two policies named `{}`", stem(path)))));
-            }
-            read(lab, Some(&stem(path))).map_err(|m| lab.invalid(Issue::new(at(), m)))?;
-        }
-        Ok(())
+        SOURCE.validate(lab)
     }
 
     fn packages(&self) -> &'static [&'static str] {
@@ -184,14 +113,7 @@ impl Variant for L4Policy {
     }
 
     fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
-        let tables: Vec<String> = sections
-            .iter()
-            .filter_map(|(case, s)| {
-                let m: probes::MatrixSection = serde_json::from_value(s.get("matrix")?.clone()).ok()?;
-                Some(probes::table(case, &m))
-            })
-            .collect();
-        (!tables.is_empty()).then(|| tables.concat())
+        probes::summary(sections)
     }
 }
 

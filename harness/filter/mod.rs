@@ -8,11 +8,15 @@
 //! evidence it reads back (rule counters, rulesets). One file each, one line
 //! in [`FILTERS`] registers it.
 
+pub mod endpoints;
 pub mod iptables;
 pub mod l4_policy;
+pub mod netfilter_policy;
 pub mod nftables;
 pub mod none;
 pub mod policy;
+pub mod policy_file;
+pub mod policy_rules;
 pub mod probes;
 
 use crate::guest::Netns;

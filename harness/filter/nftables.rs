@@ -38,14 +38,34 @@
 //! Evidence: `nft -j list table inet vlab` before and after each case; the
 //! rules are told apart by their comments.
 
+use super::netfilter_policy::Method;
 use super::policy::{self, Counter, Part, RuleDelta};
 use super::Filter;
 use crate::guest::Netns;
-use crate::lab::{Lab, Vm};
+use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
 
 /// The `nftables` filter.
 pub struct Nftables;
+
+/// Given a policy file, the filter enforces it (see [`super::netfilter_policy`]).
+const METHOD: Method = Method::Nftables;
+
+/// The `[nftables]` table.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// A policy file (see [`crate::policy::parse`]), relative to the lab file.
+    #[allow(dead_code)]
+    policy: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Section {
+    #[serde(default)]
+    #[allow(dead_code)]
+    nftables: Option<Settings>,
+}
 
 /// The table's family and name.
 const TABLE: &str = "inet vlab";
@@ -176,26 +196,86 @@ impl Variant for Nftables {
         &["NF_TABLES", "NF_TABLES_INET", "NF_CONNTRACK", "NFT_CT"]
     }
 
+    fn lab_keys(&self) -> LabKeys {
+        LabKeys { tables: &["nftables", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
+    }
+
+    fn validate(&self, lab: &Lab) -> Result<(), LabError> {
+        lab.section::<Section>()?;
+        if METHOD.given(lab) {
+            METHOD.validate(lab)?;
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, lab: &Lab) -> Vec<std::path::PathBuf> {
+        METHOD.source().inputs(lab)
+    }
+
+    fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, LabError> {
+        Ok(super::policy_file::axes(lab))
+    }
+
+    fn summary(&self, sections: &[(&str, &serde_json::Value)]) -> Option<String> {
+        super::probes::summary(sections)
+    }
+
     fn evidence_before_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if METHOD.given(lab) {
+            return METHOD.evidence_commands(lab, vm);
+        }
         table_commands(lab, vm)
     }
 
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if METHOD.given(lab) {
+            return METHOD.evidence_commands(lab, vm);
+        }
         table_commands(lab, vm)
     }
 }
 
 impl Filter for Nftables {
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if METHOD.given(lab) {
+            return METHOD.deploy(lab, points);
+        }
         let install = format!("nft -f - <<'EOF'\n{}EOF\n", ruleset(lab.workload.port));
         policy::install("nftables", lab, points, &[], &install)
     }
 
     fn remove(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        if METHOD.given(lab) {
+            return METHOD.remove(lab, points);
+        }
         policy::remove("nftables", lab, points, &format!("nft delete table {TABLE}"))
     }
 
+    fn case_setup(&self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.case_setup(lab, vm, case)
+    }
+
+    fn probe_targets(&self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.probe_targets(lab, case)
+    }
+
+    fn drop_counter_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if !METHOD.given(lab) {
+            return Vec::new();
+        }
+        METHOD.drop_counter_commands(vm)
+    }
+
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
+        if METHOD.given(lab) {
+            return METHOD.verdict(lab, points, e);
+        }
         let mut deltas = Vec::new();
         let mut missing = Vec::new();
         for (vm, ns, at) in policy::places(lab, points) {

@@ -131,8 +131,21 @@ fn state_file(filter: &str, index: usize) -> String {
 /// The steps that install `filter` at every point, on every VM at once:
 /// [`install_at`] each point.
 pub fn install(filter: &str, lab: &Lab, points: &[EnforcementPoint], save: &[String], body: &str) -> Vec<Step> {
-    let scripts: Vec<String> = (0..points.len()).map(|i| install_at(filter, points, i, save, body)).collect();
-    side_by_side(lab.vms.iter().map(|vm| Step::on(&vm.name, scripts.clone())))
+    install_with(filter, lab, points, save, |_| body.to_string())
+}
+
+/// [`install`] with a body of each VM's own (`body(vm)`).
+pub fn install_with(
+    filter: &str,
+    lab: &Lab,
+    points: &[EnforcementPoint],
+    save: &[String],
+    body: impl Fn(&crate::lab::Vm) -> String,
+) -> Vec<Step> {
+    side_by_side(lab.vms.iter().map(|vm| {
+        let body = body(vm);
+        Step::on(&vm.name, (0..points.len()).map(|i| install_at(filter, points, i, save, &body)).collect::<Vec<_>>())
+    }))
 }
 
 /// The steps that remove `filter` from every point, on every VM at once:

@@ -293,3 +293,16 @@ pub fn table(case: &str, m: &MatrixSection) -> String {
     }
     out
 }
+
+/// The matrices of a run's cases as tables, one per case that has one
+/// (`sections`: each case's filter section, by case name).
+pub fn summary(sections: &[(&str, &serde_json::Value)]) -> Option<String> {
+    let tables: Vec<String> = sections
+        .iter()
+        .filter_map(|(case, s)| {
+            let m: MatrixSection = serde_json::from_value(s.get("matrix")?.clone()).ok()?;
+            Some(table(case, &m))
+        })
+        .collect();
+    (!tables.is_empty()).then(|| tables.concat())
+}

@@ -93,16 +93,9 @@ pub fn settings(lab: &Lab) -> Settings {
     lab.section::<Section>().ok().and_then(|s| s.cilium_style).unwrap_or_default()
 }
 
-/// Every container of the lab with its labels.
+/// Every container of the lab with its labels (see [`crate::filter::endpoints`]).
 pub fn containers(lab: &Lab) -> Vec<(String, Labels)> {
-    let s = settings(lab);
-    let all = lab.vms.iter().flat_map(|vm| vm.containers.iter());
-    all.map(|c| {
-        let labels =
-            s.labels.get(&c.name).cloned().unwrap_or_else(|| Labels::from([("container".into(), c.name.clone())]));
-        (c.name.clone(), labels)
-    })
-    .collect()
+    crate::filter::endpoints::containers(lab)
 }
 
 /// Each container's security identity.
@@ -119,7 +112,7 @@ impl Variant for CiliumStyle {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["cilium_style"], ..LabKeys::default() }
+        LabKeys { tables: &["cilium_style", "endpoints"], ..LabKeys::default() }
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
@@ -127,7 +120,7 @@ impl Variant for CiliumStyle {
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
-        use Seg::{Index, Key, Name};
+        use Seg::{Index, Key};
         let s = lab.section::<Section>()?.cilium_style.unwrap_or_default();
         if s.port == 0 {
             return Err(lab.invalid(Issue::new(vec![Key("cilium_style"), Key("port")], "port 0 is not a port")));
@@ -135,40 +128,9 @@ impl Variant for CiliumStyle {
         if let Some(Err(m)) = custom_source(lab) {
             return Err(lab.invalid(Issue::new(vec![Key("cilium_style"), Key("source")], m)));
         }
-        let names: Vec<&str> = lab.vms.iter().flat_map(|v| v.containers.iter().map(|c| c.name.as_str())).collect();
-        for (name, labels) in &s.labels {
-            let at = |rest: Vec<Seg>| [vec![Key("cilium_style"), Key("labels"), Name(name.clone())], rest].concat();
-            if !names.contains(&name.as_str()) {
-                let message = format!("no container `{name}` in this lab (containers: {})", names.join(", "));
-                return Err(lab.invalid(Issue::new(at(vec![]), message)));
-            }
-            if labels.is_empty() {
-                return Err(lab.invalid(Issue::new(at(vec![]), "give the container at least one label")));
-            }
-            for (k, v) in labels {
-                if let Err(m) = crate::policy::parse::label_key(k) {
-                    return Err(lab.invalid(Issue::new(at(vec![Name(k.clone())]), m)));
-                }
-                if v.is_empty() || k.is_empty() {
-                    return Err(lab.invalid(Issue::new(at(vec![Name(k.clone())]), "labels need a key and a value")));
-                }
-            }
-        }
-        let in_use: Vec<String> =
-            containers(lab).iter().map(|(n, l)| crate::policy::Endpoint::new(n, l).namespace).collect();
-        for (ns, labels) in &s.namespaces {
-            let at = vec![Key("cilium_style"), Key("namespaces"), Name(ns.clone())];
-            if !in_use.contains(ns) {
-                let message = format!(
-                    "no container is in namespace `{ns}` (a container's label `{}` names it)",
-                    crate::policy::NAMESPACE_LABEL
-                );
-                return Err(lab.invalid(Issue::new(at, message)));
-            }
-            if labels.iter().any(|(k, v)| k.is_empty() || v.is_empty()) {
-                return Err(lab.invalid(Issue::new(at, "labels need a key and a value")));
-            }
-        }
+        let given = crate::filter::endpoints::Settings { labels: s.labels.clone(), namespaces: s.namespaces.clone() };
+        crate::filter::endpoints::check(lab, "cilium_style", &given)?;
+        crate::filter::endpoints::validate(lab)?;
         for (i, vm) in lab.vms.iter().enumerate() {
             if vm.underlay.ipv4.is_none() {
                 return Err(lab.invalid(Issue::new(

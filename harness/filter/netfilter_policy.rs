@@ -1,0 +1,403 @@
+//! The `iptables` and `nftables` filters given a policy file (`[iptables]
+//! policy`, `[nftables] policy`, or the policy axis): the policy compiled
+//! as for `l4-policy` and rendered by [`super::policy_rules`] at every
+//! enforcement point; the rules read back after each case must be the
+//! rendered ones, each rule's counter says what it took, and the probe
+//! matrix is judged cell by cell against the evaluator, a dropped cell by
+//! its logged drops.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::policy::{self as study, Counter};
+use super::policy_file::{LabPolicy, Source};
+use super::policy_rules::{self as render, Drop};
+use super::probes;
+use crate::guest::{quote, Netns};
+use crate::lab::{CaseParams, Family, Issue, Lab, LabError, Seg, Vm};
+use crate::overlay::{CaseEvidence, EnforcementPoint, ProbeMatrix, Step, Verdict};
+use crate::report::Check;
+
+/// One of the two rule-based methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Iptables,
+    Nftables,
+}
+
+impl Method {
+    /// The filter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Iptables => "iptables",
+            Method::Nftables => "nftables",
+        }
+    }
+
+    /// Where its policy comes from (no default: without a file it is the
+    /// study's fixed rule set).
+    pub fn source(self) -> Source {
+        Source { table: self.name(), default: None }
+    }
+
+    /// Whether the lab gives it a policy file.
+    pub fn given(self, lab: &Lab) -> bool {
+        self.source().given(lab)
+    }
+
+    /// The policy files, `[probes]` and `[endpoints]` checked; the overlay's
+    /// points must be in the VMs' own namespaces (logged drops from other
+    /// namespaces are off by default in the kernel).
+    pub fn validate(self, lab: &Lab) -> Result<(), LabError> {
+        probes::settings(lab)?;
+        self.source().validate(lab)?;
+        for overlay in lab.overlays() {
+            let points = crate::overlay::get(overlay).enforcement_points(lab);
+            if points.iter().any(|p| p.netns().is_some()) {
+                return Err(lab.invalid(Issue::new(
+                    vec![Seg::Key(self.name()), Seg::Key("policy")],
+                    format!(
+                        "a policy file is enforced on the VMs' forwarding hook; overlay `{overlay}` filters in a \
+                         namespace of its own"
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The script that puts `p`'s rules for `vm` in place, replacing any
+    /// earlier policy of this method.
+    fn install(self, lab: &Lab, vm: &Vm, p: &LabPolicy) -> String {
+        match self {
+            Method::Iptables => {
+                let mut s = vec![self.clear()];
+                for (tool, family) in TOOLS {
+                    let rules = render::iptables(lab, vm, &p.compiled, family);
+                    s.push(format!("{tool}-restore -w --noflush <<'VLAB_EOF'\n{}VLAB_EOF", render::restore(&rules)));
+                    s.push(format!("{tool} -w -I FORWARD 1 -j {}", render::MAIN));
+                }
+                s.join("\n")
+            }
+            Method::Nftables => format!("nft -f - <<'VLAB_EOF'\n{}VLAB_EOF", render::nftables(lab, vm, &p.compiled)),
+        }
+    }
+
+    /// The script that takes the policy out.
+    fn clear(self) -> String {
+        match self {
+            Method::Iptables => TOOLS
+                .map(|(t, _)| {
+                    format!(
+                        "while {t} -w -D FORWARD -j {main} 2>/dev/null; do :; done\n\
+                         for c in $({t} -w -S | sed -n 's/^-N \\(VLAB-[A-Z0-9-]*\\)$/\\1/p'); do {t} -w -F $c; done\n\
+                         for c in $({t} -w -S | sed -n 's/^-N \\(VLAB-[A-Z0-9-]*\\)$/\\1/p'); do {t} -w -X $c; done",
+                        main = render::MAIN
+                    )
+                })
+                .join("\n"),
+            Method::Nftables => format!("nft delete table {} 2>/dev/null || true", render::TABLE),
+        }
+    }
+
+    /// Deploy: the bridge switches set at every point, and the lab's own
+    /// policy (without a policy axis; with one, each case puts its own).
+    pub fn deploy(self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        let body = |vm: &Vm| {
+            if !super::policy_file::axis(lab).is_empty() {
+                return "true".to_string();
+            }
+            match self.source().read(lab, None) {
+                Ok(p) => self.install(lab, vm, &p),
+                Err(m) => format!("echo {} >&2; exit 1", quote(&m)),
+            }
+        };
+        study::install_with(self.name(), lab, points, &[], body)
+    }
+
+    pub fn remove(self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
+        study::remove(self.name(), lab, points, &self.clear())
+    }
+
+    /// With a policy axis: the case's policy in place of the last one, at
+    /// each of the case's overlay's points.
+    pub fn case_setup(self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
+        if super::policy_file::axis(lab).is_empty() {
+            return Vec::new();
+        }
+        let body = match self.source().of_case(lab, case) {
+            Ok(p) => self.install(lab, vm, &p),
+            Err(m) => return vec![format!("echo {} >&2; exit 1", quote(&m))],
+        };
+        let points = crate::overlay::get(case.overlay(lab)).enforcement_points(lab);
+        EnforcementPoint::namespaces(&points).iter().map(|ns| Netns::script(ns.as_ref(), &body)).collect()
+    }
+
+    /// The probe matrix's targets for the case's policy.
+    pub fn probe_targets(self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
+        match (self.source().of_case(lab, case), probes::settings(lab)) {
+            (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
+            _ => Vec::new(),
+        }
+    }
+
+    fn artifact(self, vm: &str, netns: Option<&Netns>) -> String {
+        super::artifact(&format!("{}-policy", self.name()), vm, netns, "txt")
+    }
+
+    /// The rules with their counters at each of `vm`'s points.
+    pub fn evidence_commands(self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
+        let list = match self {
+            Method::Iptables => TOOLS.map(|(t, _)| format!("echo '# {t}'; {t} -w -v -S")).join("\n"),
+            Method::Nftables => format!("nft -j list table {} || true", render::TABLE),
+        };
+        EnforcementPoint::namespaces(&points)
+            .into_iter()
+            .map(|ns| (self.artifact(&vm.name, ns.as_ref()), Netns::script(ns.as_ref(), &list)))
+            .collect()
+    }
+
+    /// The drops logged on `vm`.
+    pub fn drop_counter_commands(self, vm: &Vm) -> Vec<(String, String)> {
+        vec![(drop_artifact(&vm.name), render::drop_log_command())]
+    }
+
+    /// The case's checks: the rules read back are the rendered ones at every
+    /// point, and the matrix agrees with the evaluator.
+    pub fn verdict(self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
+        let name = self.name();
+        let p = match self.source().of_case(lab, &e.case.params) {
+            Ok(p) => p,
+            Err(m) => {
+                return Verdict {
+                    checks: vec![Check::new(&format!("{name}: the policy compiles"), false, m)],
+                    section: None,
+                }
+            }
+        };
+        let mut wrong = Vec::new();
+        let mut hits = Vec::new();
+        let mut places = 0;
+        for (vm_name, ns, at) in study::places(lab, points) {
+            let vm = lab.vm(vm_name).expect("a lab VM");
+            let file = self.artifact(vm_name, ns.as_ref());
+            let (Some(before), Some(after)) = (e.before.get(&file), e.outputs.get(&file)) else {
+                wrong.push(format!("{at}: not read before and after the case"));
+                continue;
+            };
+            places += 1;
+            let (want, got_before, got_after) = match self {
+                Method::Iptables => (iptables_wanted(lab, vm, &p), iptables_read(before), iptables_read(after)),
+                Method::Nftables => (nft_wanted(lab, vm, &p), nft_read(before), nft_read(after)),
+            };
+            let mut got: Vec<String> = got_after.iter().map(|(r, _)| r.clone()).collect();
+            // Listings order chains by name; a chain's rules keep their order.
+            let mut want = want;
+            for rules in [&mut got, &mut want] {
+                rules.sort_by(|a, b| chain_of(a).cmp(&chain_of(b)));
+            }
+            if got != want {
+                wrong.push(format!("{at}: read back [{}], rendered [{}]", got.join("; "), want.join("; ")));
+            }
+            for (rule, after) in &got_after {
+                let before =
+                    got_before.iter().find(|(r, _)| r == rule).map_or(Counter { packets: 0, bytes: 0 }, |(_, c)| *c);
+                let packets = after.packets.saturating_sub(before.packets);
+                if packets > 0 {
+                    hits.push(RuleHit { at: at.clone(), rule: rule.clone(), packets });
+                }
+            }
+        }
+        let mut checks = vec![Check::new(
+            &format!("{name}: the guests hold the rendered policy at every enforcement point"),
+            wrong.is_empty() && places > 0,
+            if wrong.is_empty() {
+                format!(
+                    "{} rules of the policy at {places} places, read back after the case",
+                    rule_count(lab, &p, self)
+                )
+            } else {
+                wrong.join("; ")
+            },
+        )];
+        let matrix = e.matrix.map(|m| {
+            let (check, section) = matrix_check(lab, &p, m, name);
+            checks.push(check);
+            section
+        });
+        let section = PolicySection { rules: rule_count(lab, &p, self), hits, matrix };
+        Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
+    }
+}
+
+/// The tool and chain of a read-back rule (`TOOL -A CHAIN ...`, or
+/// `CHAIN: COMMENT`).
+fn chain_of(rule: &str) -> (&str, &str) {
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    match w.as_slice() {
+        [tool, "-A", chain, ..] => (tool, chain),
+        _ => ("", rule.split(':').next().unwrap_or("")),
+    }
+}
+
+/// The tools and the family each filters.
+const TOOLS: [(&str, Family); 2] = [("iptables", Family::Ipv4), ("ip6tables", Family::Ipv6)];
+
+fn drop_artifact(vm: &str) -> String {
+    format!("drops-{vm}.txt")
+}
+
+/// The rendered rules of every VM, counted (what a report states as the
+/// policy's size in this method).
+fn rule_count(lab: &Lab, p: &LabPolicy, m: Method) -> usize {
+    lab.vms
+        .iter()
+        .map(|vm| match m {
+            Method::Iptables => iptables_wanted(lab, vm, p).len(),
+            Method::Nftables => nft_wanted(lab, vm, p).len(),
+        })
+        .sum()
+}
+
+/// The policy's `-A` lines of both tools as `-S` prints them, and the jump
+/// from FORWARD, each as `TOOL RULE`.
+fn iptables_wanted(lab: &Lab, vm: &Vm, p: &LabPolicy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (tool, family) in TOOLS {
+        out.push(format!("{tool} -A FORWARD -j {}", render::MAIN));
+        for r in render::iptables(lab, vm, &p.compiled, family).iter().filter(|r| r.starts_with("-A ")) {
+            out.push(format!("{tool} {r}"));
+        }
+    }
+    out
+}
+
+/// The policy's rules in a `-v -S` listing of both tools, with counters:
+/// the jump from FORWARD and every rule of a `VLAB-` chain.
+fn iptables_read(text: &str) -> Vec<(String, Counter)> {
+    super::iptables::parse_counters(text)
+        .into_iter()
+        .filter(|r| r.rule.starts_with("-A VLAB-") || r.rule == format!("-A FORWARD -j {}", render::MAIN))
+        .map(|r| (format!("{} {}", r.tool, r.rule), Counter { packets: r.packets, bytes: r.bytes }))
+        .collect()
+}
+
+/// The table's rules as `CHAIN: COMMENT`, in order.
+fn nft_wanted(lab: &Lab, vm: &Vm, p: &LabPolicy) -> Vec<String> {
+    render::nft_rules(lab, vm, &p.compiled)
+        .into_iter()
+        .flat_map(|(chain, comments)| comments.into_iter().map(move |c| format!("{chain}: {c}")))
+        .collect()
+}
+
+/// A listing of the table (`nft -j`), as `CHAIN: COMMENT` with counters,
+/// chains in name order.
+fn nft_read(json: &str) -> Vec<(String, Counter)> {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    let mut by_chain: BTreeMap<String, Vec<(String, Counter)>> = BTreeMap::new();
+    for item in doc["nftables"].as_array().into_iter().flatten() {
+        let Some(r) = item.get("rule") else { continue };
+        let chain = r["chain"].as_str().unwrap_or("").to_string();
+        let comment = r["comment"].as_str().unwrap_or("-").to_string();
+        let counter = r["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|x| {
+                let c = x.get("counter")?;
+                Some(Counter { packets: c["packets"].as_u64()?, bytes: c["bytes"].as_u64()? })
+            })
+            .unwrap_or(Counter { packets: 0, bytes: 0 });
+        by_chain.entry(chain.clone()).or_default().push((format!("{chain}: {comment}"), counter));
+    }
+    by_chain.into_values().flatten().collect()
+}
+
+/// A rule that took packets during the case.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleHit {
+    pub at: String,
+    pub rule: String,
+    pub packets: u64,
+}
+
+/// The filter's report section in policy mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySection {
+    /// Rules rendered, all VMs.
+    pub rules: usize,
+    /// What each rule took during the case (workload and matrix).
+    pub hits: Vec<RuleHit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<probes::MatrixSection>,
+}
+
+/// The logged drops of the matrix, every VM.
+pub fn matrix_drops(lab: &Lab, m: &ProbeMatrix) -> Vec<Drop> {
+    lab.vms
+        .iter()
+        .flat_map(|vm| {
+            let name = drop_artifact(&vm.name);
+            let get = |x: &BTreeMap<String, String>| x.get(&name).cloned().unwrap_or_default();
+            render::new_drops(&get(&m.before), &get(&m.after))
+        })
+        .collect()
+}
+
+/// The matrix check, a cell's drops being the drops logged for its
+/// addresses, protocol and port.
+fn matrix_check(lab: &Lab, p: &LabPolicy, m: &ProbeMatrix, name: &str) -> (Check, probes::MatrixSection) {
+    let drops = matrix_drops(lab, m);
+    let addr = |c: &str| {
+        lab.vms.iter().flat_map(|vm| &vm.containers).find(|x| x.name == c)?.address(Family::Ipv4).map(|a| a.to_string())
+    };
+    probes::judge(&p.model, &p.endpoints, m, |cell| render::drops_of(&drops, cell, addr), name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "# iptables\n-P FORWARD ACCEPT -c 5 500\n-N VLAB-DROP\n-N VLAB-IN-257\n-N VLAB-POLICY\n\
+        -A FORWARD -c 3 180 -j VLAB-POLICY\n\
+        -A VLAB-DROP -c 1 60 -j LOG --log-prefix \"vlab-drop \" --log-level 7\n-A VLAB-DROP -c 1 60 -j DROP\n\
+        -A VLAB-IN-257 -s 10.1.2.2/32 -p tcp -m tcp --dport 5432 -c 1 60 -j VLAB-DROP\n\
+        -A VLAB-IN-257 -c 2 120 -j ACCEPT\n-A VLAB-POLICY -d 10.1.3.2/32 -c 3 180 -j VLAB-IN-257\n\
+        -A OTHER -c 9 9 -j ACCEPT\n";
+
+    #[test]
+    fn a_listing_keeps_the_policys_rules_with_their_counters() {
+        let read = iptables_read(LISTING);
+        let rules: Vec<&str> = read.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rules[0], "iptables -A FORWARD -j VLAB-POLICY");
+        assert!(rules.contains(&"iptables -A VLAB-IN-257 -s 10.1.2.2/32 -p tcp -m tcp --dport 5432 -j VLAB-DROP"));
+        assert!(!rules.iter().any(|r| r.contains("OTHER")), "{rules:?}");
+        assert_eq!(read.iter().find(|(r, _)| r.ends_with("-j ACCEPT")).unwrap().1.packets, 2);
+    }
+
+    #[test]
+    fn chains_sort_by_name_and_keep_their_rules_order() {
+        let mut rules =
+            vec!["iptables -A VLAB-POLICY -j B", "iptables -A VLAB-IN-1 -j X", "iptables -A VLAB-POLICY -j A"];
+        rules.sort_by(|a, b| chain_of(a).cmp(&chain_of(b)));
+        assert_eq!(
+            rules,
+            ["iptables -A VLAB-IN-1 -j X", "iptables -A VLAB-POLICY -j B", "iptables -A VLAB-POLICY -j A"]
+        );
+        assert_eq!(chain_of("in_256: deny 0 v4"), ("", "in_256"));
+    }
+
+    #[test]
+    fn an_nft_listing_reads_as_chain_and_comment() {
+        let json = r#"{"nftables": [{"rule": {"chain": "in_257", "comment": "deny 0 v4",
+            "expr": [{"counter": {"packets": 4, "bytes": 240}}, {"goto": {"target": "log_drop"}}]}},
+            {"rule": {"chain": "forward", "comment": "established", "expr": [{"accept": null}]}}]}"#;
+        let read = nft_read(json);
+        assert_eq!(read[0].0, "forward: established");
+        assert_eq!(read[1].0, "in_257: deny 0 v4");
+        assert_eq!(read[1].1.packets, 4);
+        assert!(nft_read("not json").is_empty());
+    }
+}
