@@ -202,10 +202,7 @@ impl Variant for Iptables {
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {
         lab.section::<Section>()?;
-        if METHOD.given(lab) {
-            METHOD.validate(lab)?;
-        }
-        Ok(())
+        METHOD.validate(lab)
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<std::path::PathBuf> {
@@ -251,24 +248,15 @@ impl Filter for Iptables {
     }
 
     fn case_setup(&self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
-        if !METHOD.given(lab) {
-            return Vec::new();
-        }
         METHOD.case_setup(lab, vm, case)
     }
 
     fn probe_targets(&self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
-        if !METHOD.given(lab) {
-            return Vec::new();
-        }
         METHOD.probe_targets(lab, case)
     }
 
     fn drop_counter_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        if !METHOD.given(lab) {
-            return Vec::new();
-        }
-        METHOD.drop_counter_commands(vm)
+        METHOD.drop_counter_commands(lab, vm)
     }
 
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {

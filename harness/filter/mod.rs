@@ -8,7 +8,6 @@
 //! evidence it reads back (rule counters, rulesets). One file each, one line
 //! in [`FILTERS`] registers it.
 
-pub mod endpoints;
 pub mod iptables;
 pub mod l4_policy;
 pub mod netfilter_policy;

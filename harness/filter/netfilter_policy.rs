@@ -46,10 +46,13 @@ impl Method {
         self.source().given(lab)
     }
 
-    /// The policy files, `[probes]` and `[endpoints]` checked; the overlay's
-    /// points must be in the VMs' own namespaces (logged drops from other
-    /// namespaces are off by default in the kernel).
+    /// Given a policy file: the policy files, `[probes]` and `[endpoints]`
+    /// checked; the overlay's points must be in the VMs' own namespaces
+    /// (logged drops from other namespaces are off by default in the kernel).
     pub fn validate(self, lab: &Lab) -> Result<(), LabError> {
+        if !self.given(lab) {
+            return Ok(());
+        }
         probes::settings(lab)?;
         self.source().validate(lab)?;
         for overlay in lab.overlays() {
@@ -121,7 +124,7 @@ impl Method {
     }
 
     /// With a policy axis: the case's policy in place of the last one, at
-    /// each of the case's overlay's points.
+    /// each of the case's overlay's points (nothing without an axis).
     pub fn case_setup(self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
         if super::policy_file::axis(lab).is_empty() {
             return Vec::new();
@@ -134,7 +137,7 @@ impl Method {
         EnforcementPoint::namespaces(&points).iter().map(|ns| Netns::script(ns.as_ref(), &body)).collect()
     }
 
-    /// The probe matrix's targets for the case's policy.
+    /// The probe matrix's targets for the case's policy (none without one).
     pub fn probe_targets(self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
         match (self.source().of_case(lab, case), probes::settings(lab)) {
             (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
@@ -159,8 +162,11 @@ impl Method {
             .collect()
     }
 
-    /// The drops logged on `vm`.
-    pub fn drop_counter_commands(self, vm: &Vm) -> Vec<(String, String)> {
+    /// The drops logged on `vm`, given a policy file.
+    pub fn drop_counter_commands(self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+        if !self.given(lab) {
+            return Vec::new();
+        }
         vec![(drop_artifact(&vm.name), render::drop_log_command())]
     }
 
@@ -210,6 +216,7 @@ impl Method {
                 }
             }
         }
+        let rules = rule_count(lab, &p, self);
         let mut checks = vec![Check::new(
             &format!("{name}: the guests hold the rendered policy at every enforcement point"),
             wrong.is_empty() && places > 0,
@@ -227,7 +234,7 @@ impl Method {
             checks.push(check);
             section
         });
-        let section = PolicySection { rules: rule_count(lab, &p, self), hits, matrix };
+        let section = PolicySection { rules, hits, matrix };
         Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
     }
 }

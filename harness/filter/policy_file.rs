@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::endpoints;
 use crate::lab::{CaseParams, Issue, Lab, LabError, Seg};
 use crate::overlay::cilium_style::policy::{self, Compiled};
+use crate::overlay::endpoints;
 use crate::policy::{Endpoint, Policy};
 
 /// The axis's key in case names and under `[matrix]`.

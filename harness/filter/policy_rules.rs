@@ -50,6 +50,19 @@ pub struct Rule {
     pub ports: Option<(u16, u16)>,
 }
 
+impl Rule {
+    /// The protocol's name and the port range it matches (`None`: every
+    /// packet, whatever its protocol).
+    fn l4(&self) -> Option<(&'static str, u16, u16)> {
+        let name = match self.protocol {
+            Protocol::Any => return None,
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        self.ports.map(|(a, b)| (name, a, b))
+    }
+}
+
 /// The rules of a compiled policy: deny before allow within an endpoint's
 /// direction, consecutive ports merged.
 pub fn rules(c: &Compiled) -> Vec<Rule> {
@@ -174,14 +187,10 @@ pub fn iptables(lab: &Lab, vm: &Vm, c: &Compiled, family: Family) -> Vec<String>
                 (false, Direction::Egress) => "RETURN",
                 (false, Direction::Ingress) => "ACCEPT",
             };
-            let l4 = match (r.protocol, r.ports) {
-                (Protocol::Any, _) | (_, None) => String::new(),
-                (p, Some((a, b))) => {
-                    let name = if p == Protocol::Tcp { "tcp" } else { "udp" };
-                    let ports = if a == b { a.to_string() } else { format!("{a}:{b}") };
-                    format!(" -p {name} -m {name} --dport {ports}")
-                }
-            };
+            let l4 = r.l4().map_or(String::new(), |(name, a, b)| {
+                let ports = if a == b { a.to_string() } else { format!("{a}:{b}") };
+                format!(" -p {name} -m {name} --dport {ports}")
+            });
             if r.remote == ANY_IDENTITY {
                 out.push(format!("-A {name}{l4} -j {target}"));
             } else {
@@ -294,17 +303,13 @@ fn chain_rules(
             (false, Direction::Egress) => "return",
             (false, Direction::Ingress) => "accept",
         };
-        let l4 = match (r.protocol, r.ports) {
-            (Protocol::Any, _) | (_, None) => String::new(),
-            (p, Some((a, b))) => {
-                let name = if p == Protocol::Tcp { "tcp" } else { "udp" };
-                if a == b {
-                    format!("{name} dport {a} ")
-                } else {
-                    format!("{name} dport {a}-{b} ")
-                }
+        let l4 = r.l4().map_or(String::new(), |(name, a, b)| {
+            if a == b {
+                format!("{name} dport {a} ")
+            } else {
+                format!("{name} dport {a}-{b} ")
             }
-        };
+        });
         let what = if r.deny { "deny" } else { "allow" };
         if r.remote == ANY_IDENTITY {
             out.push((format!("{l4}counter {verdict}"), format!("{what} {n}")));

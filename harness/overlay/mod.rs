@@ -16,6 +16,7 @@
 
 pub mod baseline;
 pub mod cilium_style;
+pub mod endpoints;
 pub mod evpn;
 pub mod ila;
 mod plan;

@@ -93,9 +93,9 @@ pub fn settings(lab: &Lab) -> Settings {
     lab.section::<Section>().ok().and_then(|s| s.cilium_style).unwrap_or_default()
 }
 
-/// Every container of the lab with its labels (see [`crate::filter::endpoints`]).
+/// Every container of the lab with its labels (see [`crate::overlay::endpoints`]).
 pub fn containers(lab: &Lab) -> Vec<(String, Labels)> {
-    crate::filter::endpoints::containers(lab)
+    crate::overlay::endpoints::containers(lab)
 }
 
 /// Each container's security identity.
@@ -128,9 +128,9 @@ impl Variant for CiliumStyle {
         if let Some(Err(m)) = custom_source(lab) {
             return Err(lab.invalid(Issue::new(vec![Key("cilium_style"), Key("source")], m)));
         }
-        let given = crate::filter::endpoints::Settings { labels: s.labels.clone(), namespaces: s.namespaces.clone() };
-        crate::filter::endpoints::check(lab, "cilium_style", &given)?;
-        crate::filter::endpoints::validate(lab)?;
+        let given = crate::overlay::endpoints::Settings { labels: s.labels.clone(), namespaces: s.namespaces.clone() };
+        crate::overlay::endpoints::check(lab, "cilium_style", &given)?;
+        crate::overlay::endpoints::validate(lab)?;
         for (i, vm) in lab.vms.iter().enumerate() {
             if vm.underlay.ipv4.is_none() {
                 return Err(lab.invalid(Issue::new(
