@@ -895,16 +895,16 @@ fn soak_counts_emulator_crashes_and_lost_boots() {
     assert!(table.contains("LOST: the pair failed to boot 3 times"), "{table}");
 }
 
-/// Runs the baseline lab's first case with host2's first boot crashing two
-/// seconds after its init started, its console ending in `oops`
-/// (tests/fixtures/console); returns what `codes` allows.
-fn crashed_once(vlab: &Vlab, oops: &str, after_s: u32, codes: &[i32]) -> Output {
+/// Runs the baseline lab's first case with host2's first boot crashing
+/// `after` (seconds after its init started, or `traffic`: once the workload
+/// moves data), its console ending in `oops` (tests/fixtures/console);
+/// returns what `codes` allows.
+fn crashed_once(vlab: &Vlab, oops: &str, after: &str, codes: &[i32]) -> Output {
     let state = vlab.path("state");
     std::fs::create_dir_all(&state).unwrap();
     let qemu = repo("tests/fixtures/qemu-crash-once");
     let (json, artifacts) = (vlab.path("report.json"), vlab.path("artifacts"));
     let args = ["run", "labs/baseline.toml", "--case", "path=container,family=ipv4", "--cold-boot"];
-    let after = after_s.to_string();
     let env = [
         ("VLAB_QEMU", qemu.as_os_str()),
         ("VLAB_TEST_STATE", state.as_os_str()),
@@ -956,14 +956,14 @@ fn a_program_the_verifier_refuses_is_exit_125_with_its_log() {
 }
 
 /// Two seconds after its init starts the guest is still being deployed;
-/// nine seconds after, its pair is running the case.
+/// once its tap carries the workload, its pair is running the case.
 #[rstest::rstest]
-#[case::while_deploying(2)]
-#[case::during_the_case(9)]
-fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again(#[case] after_s: u32) {
+#[case::while_deploying("2")]
+#[case::during_the_case("traffic")]
+fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again(#[case] after: &str) {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = crashed_once(&vlab, "stale-int3.log", after_s, &[0]);
+    let out = crashed_once(&vlab, "stale-int3.log", after, &[0]);
     let kept = std::fs::read_to_string(vlab.path("artifacts").join("serial-host2-stale-int3.log")).unwrap();
     assert!(kept.contains("Oops: int3"), "the crashed console is kept aside: {kept}");
     let notice = "`host2` crashed on an emulator fault: Oops: int3 at kfree+0xa0/0x350";
@@ -981,7 +981,7 @@ fn a_guest_that_trips_on_a_stale_int3_under_tcg_is_booted_again(#[case] after_s:
 fn a_guest_that_trips_on_an_int3_in_memory_fails_the_run() {
     let _one = lock();
     let vlab = Vlab::new();
-    let out = crashed_once(&vlab, "int3-in-memory.log", 2, &[125]);
+    let out = crashed_once(&vlab, "int3-in-memory.log", "2", &[125]);
     let err = stderr(&out);
     assert!(err.contains("QEMU of `host2` exited") && err.contains("Oops: int3"), "{err}");
     assert!(!err.contains("emulator fault"), "{err}");
