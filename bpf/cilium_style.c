@@ -133,9 +133,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vlab_ipcache SEC(".maps");
 
+/* Allow entries; as many as MAX_ENTRIES in harness/overlay/cilium_style/policy.rs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 16384);
 	__type(key, struct policy_key);
 	__type(value, struct counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -144,7 +145,7 @@ struct {
 /* Deny entries: a match drops, whatever allows it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 16384);
 	__type(key, struct policy_key);
 	__type(value, struct counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -107,6 +107,126 @@ pub fn chart(title: &str, bars: &[Bar]) -> Result<String, String> {
     Ok(svg)
 }
 
+/// One method's ratio to no filter at each rule count (the rules axis).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The method: its filter, overlay and other variant axes.
+    pub label: String,
+    /// (rules, ratio, whisker low, whisker high), by rule count.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// What a cost chart shows of a case: a ratio and its interval.
+type RatioOf = fn(&crate::report::CaseReport) -> (Option<f64>, Option<&crate::stats::Summary>);
+
+/// The new-connection latency's ratio to no filter.
+pub fn connect_ratio(c: &crate::report::CaseReport) -> (Option<f64>, Option<&crate::stats::Summary>) {
+    (c.connect_vs_no_filter, c.connect_vs_no_filter_summary.as_ref())
+}
+
+/// The throughput's ratio to no filter.
+pub fn throughput_ratio(c: &crate::report::CaseReport) -> (Option<f64>, Option<&crate::stats::Summary>) {
+    (c.vs_no_filter, c.vs_no_filter_summary.as_ref())
+}
+
+/// The series of a report whose matrix has a rules axis: one per method
+/// (the cases that differ only in their rule count), `ratio` of each.
+pub fn cost_series(report: &Report, ratio: RatioOf) -> Vec<Series> {
+    let axis = crate::filter::policy_file::RULES_AXIS;
+    let mut out: Vec<Series> = Vec::new();
+    for c in &report.cases {
+        let (Some(rules), (Some(r), summary)) = (crate::filter::policy_file::rules_of(&c.params), ratio(c)) else {
+            continue;
+        };
+        let rest: Vec<&str> = c.name.split(',').filter(|p| !p.starts_with(&format!("{axis}="))).collect();
+        let label = rest.join(",");
+        let (low, high) = summary.and_then(|s| s.interval).map_or((r, r), |i| (i.low, i.high));
+        let point = (f64::from(rules), r, low, high);
+        match out.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => out.push(Series { label, points: vec![point] }),
+        }
+    }
+    for s in &mut out {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+/// The cost chart as SVG: each series a line over the rule count (log
+/// axis), its whiskers the 95 % intervals, a dashed line at 1 (no cost).
+pub fn cost_chart(title: &str, y_desc: &str, series: &[Series]) -> Result<String, String> {
+    let points = series.iter().flat_map(|s| &s.points);
+    let (lo, hi) = points.clone().fold((f64::MAX, 0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let top = points.clone().map(|p| p.3.max(p.1)).fold(1.0, f64::max) * 1.15;
+    if series.is_empty() || lo > hi {
+        return Err("no ratio to plot".into());
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d((lo / 2.0..hi * 2.0).log_scale(), 0f64..top)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("rules (log scale)")
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new([(lo / 2.0, 1.0), (hi * 2.0, 1.0)], BLACK.mix(0.4).stroke_width(1)))
+            .map_err(|e| e.to_string())?;
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+            chart
+                .draw_series(
+                    s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2, p.1, p.3, color.stroke_width(1), 8)),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// The cost charts of a report with a rules axis (nothing without one).
+fn cost_figures(r: &Report) -> String {
+    let mut s = String::new();
+    for (what, ratio) in [
+        ("new-connection latency over no filter", connect_ratio as RatioOf),
+        ("throughput over no filter", throughput_ratio as RatioOf),
+    ] {
+        let series = cost_series(r, ratio);
+        if series.is_empty() {
+            continue;
+        }
+        match cost_chart(&format!("{}: {what}", r.lab), "ratio to no filter", &series) {
+            Ok(svg) => s.push_str(&format!("<figure class=\"chart\">{svg}</figure>\n")),
+            Err(e) => s.push_str(&format!("<p>no chart: {}</p>\n", escape(&e))),
+        }
+    }
+    s
+}
+
 /// A chart in its figure, or why there is none.
 fn figure(title: &str, bars: &[Bar]) -> String {
     match chart(title, bars) {
@@ -210,7 +330,12 @@ pub fn page(
         if studies.is_empty() {
             body.push_str(&figure(&format!("{} (kernel {})", r.lab, r.kernel), &bars(r)));
         }
-        body.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>result</th><th>evidence</th></tr>\n");
+        body.push_str(&cost_figures(r));
+        let connects = r.cases.iter().any(|c| c.connect.is_some());
+        body.push_str(&format!(
+            "<table>\n<tr><th>#</th><th>case</th><th>throughput</th>{}<th>result</th><th>evidence</th></tr>\n",
+            if connects { "<th>new connection</th>" } else { "" }
+        ));
         for (i, c) in r.cases.iter().enumerate() {
             let failed: Vec<String> = c.failed_checks().into_iter().map(escape).collect();
             let unjudged: Vec<String> = c.unjudged_checks().into_iter().map(escape).collect();
@@ -224,8 +349,12 @@ pub fn page(
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
                 format!("<a href=\"{}\">artifacts</a>", escape(&href))
             });
+            let connect = match connects {
+                true => format!("<td>{}</td>", escape(&c.connect_text().unwrap_or_else(|| "-".into()))),
+                false => String::new(),
+            };
             body.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{evidence}</td></tr>\n",
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td>{connect}<td>{result}</td><td>{evidence}</td></tr>\n",
                 i + 1,
                 escape(&c.name),
                 escape(&c.throughput_text())
@@ -263,6 +392,7 @@ pub fn page(
          table {{ border-collapse: collapse; margin: 1em 0; }}\n\
          td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}\n\
          figure.chart {{ margin: 1em 0; }}\n\
+         figure.chart svg {{ max-width: 100%; height: auto; }}\n\
          </style>\n</head>\n<body>\n<h1>{}</h1>\n{body}<p>Receiver throughput as iperf3 measured it in the guests. \
          Compare variants within one run, never figures across machines or days.</p>\n</body>\n</html>\n",
         escape(&title),
@@ -293,5 +423,21 @@ mod tests {
         // A whisker is a vertical line and two caps, in black, 2 px wide.
         assert!(svg.matches("stroke-width=\"2\"").count() >= 3 * bars.len(), "{svg}");
         assert!(svg.contains("Gbit/s"));
+    }
+
+    /// A line per method over the rule count on a log axis, a whisker per
+    /// point, the legend naming each.
+    #[test]
+    fn the_cost_chart_has_a_line_per_method() {
+        let series = [
+            Series { label: "filter=iptables".into(), points: vec![(10.0, 1.1, 1.0, 1.2), (10000.0, 3.0, 2.5, 3.6)] },
+            Series { label: "filter=nftables".into(), points: vec![(10.0, 1.0, 0.9, 1.1), (10000.0, 1.1, 1.0, 1.2)] },
+        ];
+        let svg = cost_chart("cost", "ratio to no filter", &series).unwrap();
+        assert!(svg.contains("filter=iptables") && svg.contains("filter=nftables"), "{svg}");
+        let label = |t: &str| svg.lines().any(|l| l.trim() == t);
+        assert!(label("rules (log scale)") && label("10") && label("100") && label("1000"), "a log axis: {svg}");
+        assert!(svg.matches("<polyline").count() >= 3, "two lines and the line at 1: {svg}");
+        assert!(cost_chart("cost", "ratio", &[]).is_err());
     }
 }

@@ -145,6 +145,21 @@ pub struct CaseReport {
     /// compares filters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_no_filter: Option<f64>,
+    /// New-connection latency (`[workload] connects`), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<crate::measure::connect::Latency>,
+    /// Its median over that of the case without a filter (as
+    /// `vs_no_filter`): above 1, new connections wait longer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_vs_no_filter: Option<f64>,
+    /// With `--repeat`: the median latency of every repetition, their
+    /// median and interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_summary: Option<Summary>,
+    /// With `--repeat`: `connect_vs_no_filter` of every repetition and
+    /// their interval; `connect_vs_no_filter` is their geometric mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_vs_no_filter_summary: Option<Summary>,
     /// With `--repeat`: the receiver throughput of every repetition, its
     /// median (also `throughput_bps`) and the geometric mean's interval.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +211,9 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
             };
             c.vs_baseline_summary = ratios(|r| r.vs_baseline);
             c.vs_no_filter_summary = ratios(|r| r.vs_no_filter);
+            c.connect_vs_no_filter_summary = ratios(|r| r.connect_vs_no_filter);
+            c.connect_summary = ratios(|r| r.connect.as_ref().map(|l| l.median_us));
+            c.connect_vs_no_filter = c.connect_vs_no_filter_summary.as_ref().map(|s| s.mean).or(c.connect_vs_no_filter);
             c.vs_baseline = c.vs_baseline_summary.as_ref().map(|s| s.mean).or(c.vs_baseline);
             c.vs_no_filter = c.vs_no_filter_summary.as_ref().map(|s| s.mean).or(c.vs_no_filter);
             c.repetitions = all
@@ -262,6 +280,22 @@ impl CaseReport {
             true => bps,
             false => format!("{bps} ({})", ratios.join(", ")),
         }
+    }
+}
+
+impl CaseReport {
+    /// Its new-connection latency (median), with its ratio to no filter:
+    /// `412 µs (1.52x [1.31-1.76] no filter)`; `None` without one.
+    pub fn connect_text(&self) -> Option<String> {
+        let median = self.connect_summary.as_ref().map(|s| s.median).or(self.connect.as_ref().map(|l| l.median_us))?;
+        let interval = |s: &Option<Summary>| {
+            s.as_ref().and_then(|s| s.interval).map_or(String::new(), |i| format!(" [{:.2}-{:.2}]", i.low, i.high))
+        };
+        let ratio = self
+            .connect_vs_no_filter
+            .map(|r| format!(" ({r:.2}x{} no filter)", interval(&self.connect_vs_no_filter_summary)))
+            .unwrap_or_default();
+        Some(format!("{median:.0} µs{ratio}"))
     }
 }
 
@@ -372,8 +406,10 @@ pub enum Versus {
 }
 
 /// Sets each case's throughput ratio to its sibling with the `reference`
-/// value of the `axis` (the case that differs only there), when the run has
-/// one; the reference's own cases get none.
+/// value of the `axis` (the case that differs only there, or whose variant
+/// axes are a part of the case's: `filter=none` has no `policy` or `rules`
+/// axis of its own), when the run has one; the reference's own cases get
+/// none. Against no filter, the new-connection latency's ratio too.
 pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
     let value = |p: &CaseParams| match axis {
         Versus::Overlay => p.overlay.clone(),
@@ -386,18 +422,32 @@ pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
             Versus::Filter => CaseParams { filter: r, ..p.clone() },
         }
     };
-    let references: Vec<(CaseParams, f64)> = cases
+    // The same but for variant axes the reference may lack.
+    let matches = |reference: &CaseParams, wanted: &CaseParams| {
+        let within = reference.variant.iter().all(|(k, v)| wanted.variant.get(k) == Some(v));
+        within && CaseParams { variant: wanted.variant.clone(), ..reference.clone() } == *wanted
+    };
+    let references: Vec<(CaseParams, f64, Option<f64>)> = cases
         .iter()
         .filter(|c| value(&c.params).as_deref() == Some(reference))
-        .map(|c| (c.params.clone(), c.throughput_bps))
+        .map(|c| (c.params.clone(), c.throughput_bps, c.connect.as_ref().map(|l| l.median_us)))
         .collect();
     for c in cases.iter_mut().filter(|c| value(&c.params).is_some_and(|v| v != reference)) {
         let sibling = sibling_of(&c.params);
-        if let Some((_, base)) = references.iter().find(|(p, b)| *p == sibling && *b > 0.0) {
-            let ratio = Some(c.throughput_bps / base);
-            match axis {
-                Versus::Overlay => c.vs_baseline = ratio,
-                Versus::Filter => c.vs_no_filter = ratio,
+        let exact = references.iter().find(|(p, ..)| *p == sibling);
+        let Some((_, base, base_connect)) = exact.or_else(|| references.iter().find(|(p, ..)| matches(p, &sibling)))
+        else {
+            continue;
+        };
+        let ratio = (*base > 0.0).then(|| c.throughput_bps / base);
+        match axis {
+            Versus::Overlay => c.vs_baseline = ratio,
+            Versus::Filter => {
+                c.vs_no_filter = ratio;
+                c.connect_vs_no_filter = match (&c.connect, base_connect) {
+                    (Some(l), Some(b)) if *b > 0.0 && l.median_us > 0.0 => Some(l.median_us / b),
+                    _ => None,
+                };
             }
         }
     }
@@ -627,13 +677,23 @@ impl Report {
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
         let throughputs: Vec<String> = self.cases.iter().map(CaseReport::throughput_text).collect();
         let tp = throughputs.iter().map(String::len).max().unwrap_or(0).max(13);
+        let connects: Vec<Option<String>> = self.cases.iter().map(CaseReport::connect_text).collect();
+        let cw = connects.iter().flatten().map(|t| t.chars().count()).max().map_or(0, |w| w.max(11) + 2);
         s.push_str(&format!(
-            "\n{:<width$}  {:>tp$}  {:>7}  {:>9}  result\n",
-            "case", "throughput", "retrans", "cpu c/s %"
+            "\n{:<width$}  {:>tp$}  {:>cw$}{:>7}  {:>9}  result\n",
+            "case",
+            "throughput",
+            if cw > 0 { "new conn.  " } else { "" },
+            "retrans",
+            "cpu c/s %"
         ));
-        for (c, throughput) in self.cases.iter().zip(throughputs) {
+        for ((c, throughput), connect) in self.cases.iter().zip(throughputs).zip(connects) {
+            let connect = match cw {
+                0 => String::new(),
+                _ => format!("{:>w$}  ", connect.unwrap_or_else(|| "-".into()), w = cw - 2),
+            };
             s.push_str(&format!(
-                "{:<width$}  {:>tp$}  {:>7}  {:>4.0}/{:<4.0}  {}\n",
+                "{:<width$}  {:>tp$}  {connect}{:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
                 throughput,
                 c.retransmits.map_or("-".into(), |r| r.to_string()),

@@ -156,8 +156,12 @@ fn egress_and_deny_become_entries_of_their_own() {
     "field `ingress[0]`: SCTP is not enforced by the cilium-style datapath"
 )]
 #[case::range(
-    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "1", "endPort": 5000}]}]}]}"#,
-    "field `ingress[0]`: ports 1-5000: the policy map holds 1024 entries"
+    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "1", "endPort": 20000}]}]}]}"#,
+    "field `ingress[0]`: ports 1-20000: the method holds 16384 entries"
+)]
+#[case::entries(
+    r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "1", "endPort": 10000}]}]}]}"#,
+    "field `ingress[0]`: the policy needs more than the method's 16384 entries"
 )]
 fn what_the_datapath_cannot_enforce_is_refused_at_its_rule(#[case] text: &str, #[case] expected: &str) {
     let err = compile(&parse(text).unwrap(), &containers(), &Default::default()).expect_err("refused").to_string();

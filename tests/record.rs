@@ -583,3 +583,61 @@ fn the_matrix_table_shows_both_matrices_and_what_differs() {
     let m: vlab::filter::probes::MatrixSection = serde_json::from_value(section).unwrap();
     insta::assert_snapshot!("matrix_table", vlab::filter::probes::table("l4", &m));
 }
+
+/// The new-connection latency is read from the record as the loop printed
+/// it: every connection answered passes, one that never was fails, and a
+/// lab that asked for them with nothing recorded fails too.
+#[test]
+fn timed_connections_are_judged_from_the_record() {
+    let mut r = recorded("nftables");
+    r.lab.workload.connects = 3;
+    r.record.connects = Some("c 100\nr 200\nr 350\ndone\n".into());
+    let report = r.judge();
+    assert!(check(&report, "new connections answered").passed, "{:?}", failed(&report));
+    let l = report.connect.as_ref().expect("the latency is in the report");
+    assert_eq!((l.median_us, l.connected, l.refused), (200.0, 1, 2));
+    r.record.connects = Some("c 100\nr 200\ndone\n".into());
+    assert_among_failed(&r.judge(), &["new connections answered"]);
+    r.record.connects = None;
+    assert_among_failed(&r.judge(), &["new connections answered"]);
+}
+
+/// Against no filter, a case is set beside the `none` case with the same
+/// parameters, or, when `none` lacks a variant axis of the case (`policy`),
+/// the one whose axes it has: its throughput ratio and its new-connection
+/// latency's ratio.
+#[test]
+fn ratios_to_no_filter_take_the_sibling_with_the_same_axes() {
+    use vlab::report::{compare_with, Versus};
+    let base = recorded("nftables").judge();
+    let latency = |us: f64| vlab::measure::connect::Latency {
+        attempts: 1,
+        connected: 1,
+        refused: 0,
+        finished: true,
+        median_us: us,
+        min_us: us,
+        max_us: us,
+    };
+    let case = |filter: &str, axes: &[(&str, &str)], bps: f64, us: f64| {
+        let mut c = base.clone();
+        c.params.filter = Some(filter.into());
+        c.params.variant = axes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        c.throughput_bps = bps;
+        c.connect = Some(latency(us));
+        c
+    };
+    let mut cases = vec![
+        case("none", &[("rules", "10")], 100.0, 200.0),
+        case("none", &[("rules", "100")], 50.0, 400.0),
+        case("iptables", &[("rules", "10")], 80.0, 300.0),
+        case("iptables", &[("rules", "100")], 40.0, 1200.0),
+        case("iptables", &[("rules", "100"), ("policy", "deny")], 25.0, 800.0),
+    ];
+    compare_with(&mut cases, Versus::Filter, "none");
+    let got: Vec<(Option<f64>, Option<f64>)> = cases.iter().map(|c| (c.vs_no_filter, c.connect_vs_no_filter)).collect();
+    assert_eq!(
+        got,
+        [(None, None), (None, None), (Some(0.8), Some(1.5)), (Some(0.8), Some(3.0)), (Some(0.5), Some(2.0))]
+    );
+}

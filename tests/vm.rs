@@ -1310,47 +1310,78 @@ fn matrices(cases: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The policy conformance lab: every policy of `labs/policies/` on one
-/// booted pair, swapped between cases, and every cell of every matrix as
-/// the evaluator decides (egress at the sender, deny before allow, drops
-/// between two containers of one VM).
+/// The policy conformance lab: every policy of `labs/policies/` through
+/// each method (eBPF on cilium-style; iptables and nftables on plain
+/// routing), each overlay on one booted pair with the policies swapped
+/// between cases; every case passes (for iptables and nftables the rules
+/// read back are the rendered ones), every cell of every matrix is as the
+/// evaluator decides (egress at the sender, deny before allow, drops
+/// between two containers of one VM), and for each policy the three
+/// methods measure the same matrix.
 #[test]
-fn policy_conformance_lab_agrees_with_the_evaluator() {
+fn policy_conformance_lab_agrees_with_the_evaluator_for_every_method() {
     let _one = lock();
     let vlab = Vlab::new();
     let (report, _, _) = vlab.run_lab("labs/policy-conformance.toml", &[0]);
     let cases = report["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8, "one case per policy");
-    assert_eq!(report["vms"].as_array().unwrap().len(), 2, "one booted pair");
+    assert_eq!(cases.len(), 24, "three methods times eight policies");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 4, "one booted pair per overlay");
     for c in cases {
         let (checks, _) = checks_and_captures(c);
         assert!(c["passed"] == true, "{}: {checks:?}", c["name"]);
-    }
-    insta::assert_json_snapshot!("policy-conformance-matrices", matrices(cases));
-}
-
-/// The same policies through iptables and through nftables on plain
-/// routing: every case passes (the rules read back are the rendered ones,
-/// every matrix cell agrees with the evaluator, a dropped one by its logged
-/// drop), and for each policy both methods measure the same matrix.
-#[test]
-fn policy_methods_lab_enforces_each_policy_alike_with_iptables_and_nftables() {
-    let _one = lock();
-    let vlab = Vlab::new();
-    let (report, _, _) = vlab.run_lab("labs/policy-methods.toml", &[0]);
-    let cases = report["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 16, "two methods times eight policies");
-    assert_eq!(report["vms"].as_array().unwrap().len(), 2, "one booted pair");
-    for c in cases {
-        let (checks, _) = checks_and_captures(c);
-        assert!(c["passed"] == true, "{}: {checks:?}", c["name"]);
-        let rendered = |x: &Value| x["name"].as_str().unwrap_or("").contains("hold the rendered policy");
-        assert!(checks.iter().any(rendered), "{}: {checks:?}", c["name"]);
+        if !c["name"].as_str().unwrap().contains("l4-policy") {
+            let rendered = |x: &Value| x["name"].as_str().unwrap_or("").contains("hold the rendered policy");
+            assert!(checks.iter().any(rendered), "{}: {checks:?}", c["name"]);
+        }
     }
     let m = matrices(cases);
-    for pair in m.chunks(2) {
-        assert_eq!(pair[0]["matrix"], pair[1]["matrix"], "iptables and nftables differ: {pair:?}");
+    insta::assert_json_snapshot!("policy-conformance-matrices", m);
+    let policy = |x: &Value| x["case"].as_str().unwrap().rsplit("policy=").next().unwrap().to_string();
+    for x in &m {
+        let same: Vec<&Value> = m.iter().filter(|y| policy(y) == policy(x)).collect();
+        assert_eq!(same.len(), 3, "{}", x["case"]);
+        assert!(same.iter().all(|y| y["matrix"] == x["matrix"]), "the methods differ: {same:?}");
     }
+}
+
+/// The cost lab at its smallest and largest scale: every case passes (the
+/// 10000 padding rules read back as rendered, the matrix agrees), every
+/// case times its new connections, and each method's case has its
+/// throughput and latency ratios to the `none` case at the same count.
+#[test]
+fn policy_methods_lab_measures_each_method_against_no_filter_at_each_scale() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let lab = vlab.path("methods.toml");
+    let text = std::fs::read_to_string(repo("labs/policy-methods.toml"))
+        .unwrap()
+        .replace("rules = [10, 100, 1000, 10000]", "rules = [10, 10000]")
+        .replace("connects = 200", "connects = 50")
+        .replace("\"policies/", &format!("\"{}/", repo("labs/policies").display()));
+    std::fs::write(&lab, text).unwrap();
+    let html = vlab.path("report.html");
+    let (report, _, _) = vlab.run_lab_with(lab.to_str().unwrap(), &["--html", html.to_str().unwrap()], &[], &[0]);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10, "{cases:?}");
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let (checks, _) = checks_and_captures(c);
+        assert!(c["passed"] == true, "{name}: {checks:?}");
+        assert_eq!(
+            c["connect"]["connected"].as_u64().unwrap() + c["connect"]["refused"].as_u64().unwrap(),
+            50,
+            "{name}"
+        );
+        assert!(c["connect"]["median_us"].as_f64().unwrap() > 0.0, "{name}");
+        let method = !name.contains("filter=none");
+        assert_eq!(c["connect_vs_no_filter"].is_number(), method, "{name}");
+        assert_eq!(c["vs_no_filter"].is_number(), method, "{name}");
+    }
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(
+        html.contains("new-connection latency over no filter") && html.contains("rules (log scale)"),
+        "the cost chart"
+    );
 }
 
 /// A datapath made to disagree (the programs' egress decision left out, a
@@ -1375,7 +1406,8 @@ fn a_datapath_that_skips_egress_fails_the_matrix_naming_the_cells() {
         .replace("port = 8472", &format!("port = 8472\nsource = \"{}\"", source.display()))
         .replace("\"policies/", &format!("\"{}/", repo("labs/policies").display()));
     std::fs::write(&lab, text).unwrap();
-    let (report, _, _) = vlab.run_lab_with(lab.to_str().unwrap(), &["--case", "policy=egress"], &[], &[1]);
+    let args = ["--case", "filter=l4-policy,policy=egress"];
+    let (report, _, _) = vlab.run_lab_with(lab.to_str().unwrap(), &args, &[], &[1]);
     let case = &report["cases"][0];
     let failed = failed_checks(case);
     assert_eq!(failed, ["l4-policy: the probe matrix agrees with the policy"], "{failed:?}");

@@ -197,7 +197,7 @@ impl Variant for Iptables {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["iptables", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
+        LabKeys { tables: &["iptables", "probes", "endpoints"], matrix: &["policy", "rules"], ..LabKeys::default() }
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::policy_file::{self, axis, on_axis, LabPolicy, Source};
+use super::policy_file::{self, LabPolicy, Source};
 use super::{probes, Filter};
 use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::cilium_style::maps::{self, Counter};
@@ -61,7 +61,11 @@ struct Section {
 
 /// Where its policy comes from: `[l4_policy] policy`, the policy axis, or
 /// the study's.
-pub const SOURCE: Source = Source { table: "l4_policy", default: Some((STUDY_POLICY, "the study's policy")) };
+pub const SOURCE: Source = Source {
+    table: "l4_policy",
+    default: Some((STUDY_POLICY, "the study's policy")),
+    limit: crate::overlay::cilium_style::policy::MAX_ENTRIES,
+};
 
 /// The `l4-policy` filter.
 pub struct L4Policy;
@@ -83,7 +87,7 @@ impl Variant for L4Policy {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["l4_policy", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
+        LabKeys { tables: &["l4_policy", "probes", "endpoints"], matrix: &["policy", "rules"], ..LabKeys::default() }
     }
 
     fn inputs(&self, lab: &Lab) -> Vec<PathBuf> {
@@ -122,7 +126,7 @@ impl Filter for L4Policy {
     /// policy axis, nothing: each case puts its own in
     /// ([`Filter::case_setup`]).
     fn deploy(&self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
-        if !axis(lab).is_empty() {
+        if policy_file::per_case(lab) {
             return Vec::new();
         }
         on_every_vm(lab, points, compiled(lab).map(|c| vec![maps::batch(Vec::new(), fill(&c))]))
@@ -137,18 +141,18 @@ impl Filter for L4Policy {
     /// With a policy axis: the maps emptied and filled with the case's
     /// policy, in one bpftool process.
     fn case_setup(&self, lab: &Lab, _vm: &Vm, case: &CaseParams) -> Vec<String> {
-        if axis(lab).is_empty() {
+        if !policy_file::per_case(lab) {
             return Vec::new();
         }
-        match read(lab, on_axis(case)) {
+        match SOURCE.of_case(lab, case) {
             Ok(p) => vec![maps::batch(maps::flush(&POLICY_MAPS), fill(&p.compiled))],
             Err(m) => vec![format!("echo {} >&2; exit 1", crate::guest::quote(&m))],
         }
     }
 
     fn probe_targets(&self, lab: &Lab, case: &CaseParams) -> Vec<(PolicyProtocol, u16)> {
-        match (read(lab, on_axis(case)), probes::settings(lab)) {
-            (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
+        match (SOURCE.of_case(lab, case), probes::settings(lab)) {
+            (Ok(p), Ok(s)) => probes::targets(&p.own, &s),
             _ => Vec::new(),
         }
     }
@@ -162,7 +166,7 @@ impl Filter for L4Policy {
     }
 
     fn verdict(&self, lab: &Lab, _points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {
-        match read(lab, on_axis(&e.case.params)) {
+        match SOURCE.of_case(lab, &e.case.params) {
             Ok(p) => {
                 let (checks, section) = verdict(lab, &p, e);
                 Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
@@ -379,7 +383,9 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
             |x: &&EntryCount| x.vm == server.vm && x.endpoint == server_id && x.direction == Direction::Ingress;
         let first: u64 = admitted.iter().filter(on_server).map(|x| x.packets).sum();
         let established = cilium::metric(e, &server.vm, "ct_established");
-        let connections = u64::from(e.case.params.streams) + 1;
+        // iperf3's control connection and its streams, and the timed new
+        // connections after the flow.
+        let connections = u64::from(e.case.params.streams) + 1 + u64::from(lab.workload.connects);
         let enforced = c.enforced.contains(&server_id);
         let (server_name, client_name) =
             (server.container.as_deref().unwrap_or(""), client.container.as_deref().unwrap_or(""));

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::policy::{self as study, Counter};
-use super::policy_file::{LabPolicy, Source};
+use super::policy_file::{self, LabPolicy, Source};
 use super::policy_rules::{self as render, Drop};
 use super::probes;
 use crate::guest::{quote, Netns};
@@ -26,6 +26,11 @@ pub enum Method {
     Nftables,
 }
 
+/// The most entries of each kind a policy may compile to for iptables and
+/// nftables (ranges are expanded before they merge again: a bound on
+/// memory, not on what the kernel holds).
+pub const NETFILTER_LIMIT: usize = 1 << 20;
+
 impl Method {
     /// The filter's name.
     pub fn name(self) -> &'static str {
@@ -38,7 +43,7 @@ impl Method {
     /// Where its policy comes from (no default: without a file it is the
     /// study's fixed rule set).
     pub fn source(self) -> Source {
-        Source { table: self.name(), default: None }
+        Source { table: self.name(), default: None, limit: NETFILTER_LIMIT }
     }
 
     /// Whether the lab gives it a policy file.
@@ -51,6 +56,13 @@ impl Method {
     /// (logged drops from other namespaces are off by default in the kernel).
     pub fn validate(self, lab: &Lab) -> Result<(), LabError> {
         if !self.given(lab) {
+            if lab.filters().contains(&self.name()) && !policy_file::rules_axis(lab).is_empty() {
+                let message =
+                    format!("the rules axis scales a policy file: give `{}.policy` or `matrix.policy`", self.name());
+                return Err(
+                    lab.invalid(Issue::new(vec![Seg::Key("matrix"), Seg::Key(policy_file::RULES_AXIS)], message))
+                );
+            }
             return Ok(());
         }
         probes::settings(lab)?;
@@ -108,7 +120,7 @@ impl Method {
     /// policy (without a policy axis; with one, each case puts its own).
     pub fn deploy(self, lab: &Lab, points: &[EnforcementPoint]) -> Vec<Step> {
         let body = |vm: &Vm| {
-            if !super::policy_file::axis(lab).is_empty() {
+            if policy_file::per_case(lab) {
                 return "true".to_string();
             }
             match self.source().read(lab, None) {
@@ -126,7 +138,7 @@ impl Method {
     /// With a policy axis: the case's policy in place of the last one, at
     /// each of the case's overlay's points (nothing without an axis).
     pub fn case_setup(self, lab: &Lab, vm: &Vm, case: &CaseParams) -> Vec<String> {
-        if super::policy_file::axis(lab).is_empty() {
+        if !policy_file::per_case(lab) {
             return Vec::new();
         }
         let body = match self.source().of_case(lab, case) {
@@ -140,7 +152,7 @@ impl Method {
     /// The probe matrix's targets for the case's policy (none without one).
     pub fn probe_targets(self, lab: &Lab, case: &CaseParams) -> Vec<(crate::policy::Protocol, u16)> {
         match (self.source().of_case(lab, case), probes::settings(lab)) {
-            (Ok(p), Ok(s)) => probes::targets(&p.model, &s),
+            (Ok(p), Ok(s)) => probes::targets(&p.own, &s),
             _ => Vec::new(),
         }
     }

@@ -197,7 +197,7 @@ impl Variant for Nftables {
     }
 
     fn lab_keys(&self) -> LabKeys {
-        LabKeys { tables: &["nftables", "probes", "endpoints"], matrix: &["policy"], ..LabKeys::default() }
+        LabKeys { tables: &["nftables", "probes", "endpoints"], matrix: &["policy", "rules"], ..LabKeys::default() }
     }
 
     fn validate(&self, lab: &Lab) -> Result<(), LabError> {

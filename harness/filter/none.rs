@@ -39,6 +39,13 @@ impl Variant for NoFilter {
         &["nftables"]
     }
 
+    /// The rules axis, which scales nothing here: its cases are the
+    /// reference measured at each rule count, next to the filters' (and a
+    /// control: their figures should not follow the count).
+    fn axes(&self, lab: &Lab) -> Result<Vec<(String, Vec<String>)>, crate::lab::LabError> {
+        Ok(super::policy_file::rules_axes(lab).into_iter().collect())
+    }
+
     fn evidence_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         let overlay = crate::overlay::get(&lab.overlay);
         let points = overlay.enforcement_points(lab);

@@ -1,7 +1,8 @@
 //! A compiled policy rendered as netfilter rules: per-endpoint chains of
 //! `iptables` (address matches, as Calico and kube-router lay them out) and
 //! one `inet` table of `nftables` (address sets per identity, verdict maps
-//! from a local endpoint's address to its chain), for the containers of one
+//! from a local endpoint's address to its chain, one rule per remote,
+//! protocol and verdict with its ports in a set), for the containers of one
 //! VM. Both are placed on the forwarding hook of the overlay's enforcement
 //! points and share one layout:
 //!
@@ -295,20 +296,30 @@ fn chain_rules(
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let peer = if direction == Direction::Egress { "daddr" } else { "saddr" };
-    // In the order of [`rules`] (deny first), each once whatever family has it.
+    // In the order of [`rules`] (deny first), each once whatever family has
+    // it; the port ranges of one remote, protocol and verdict in one set.
     let all_rules: Vec<Rule> = rules(c).into_iter().filter(|r| locals.iter().any(|l| l.rules.contains(r))).collect();
-    for (n, r) in all_rules.iter().filter(|r| r.direction == direction && r.endpoint == id).enumerate() {
+    let mut groups: Vec<(&Rule, Vec<(u16, u16)>)> = Vec::new();
+    for r in all_rules.iter().filter(|r| r.direction == direction && r.endpoint == id) {
+        match (groups.last_mut(), r.ports) {
+            (Some((g, ports)), Some(p))
+                if g.ports.is_some() && (g.deny, g.remote, g.protocol) == (r.deny, r.remote, r.protocol) =>
+            {
+                ports.push(p)
+            }
+            _ => groups.push((r, r.ports.into_iter().collect())),
+        }
+    }
+    for (n, (r, ports)) in groups.iter().enumerate() {
         let verdict = match (r.deny, direction) {
             (true, _) => "goto log_drop",
             (false, Direction::Egress) => "return",
             (false, Direction::Ingress) => "accept",
         };
-        let l4 = r.l4().map_or(String::new(), |(name, a, b)| {
-            if a == b {
-                format!("{name} dport {a} ")
-            } else {
-                format!("{name} dport {a}-{b} ")
-            }
+        let range = |&(a, b): &(u16, u16)| if a == b { a.to_string() } else { format!("{a}-{b}") };
+        let l4 = r.l4().map_or(String::new(), |(name, ..)| match ports.as_slice() {
+            [one] => format!("{name} dport {} ", range(one)),
+            many => format!("{name} dport {{ {} }} ", many.iter().map(range).collect::<Vec<_>>().join(", ")),
         });
         let what = if r.deny { "deny" } else { "allow" };
         if r.remote == ANY_IDENTITY {

@@ -62,13 +62,7 @@ pub fn targets(policy: &Policy, s: &Settings) -> Vec<(Protocol, u16)> {
     if s.matrix == MatrixMode::Off {
         return Vec::new();
     }
-    let ranges: Vec<_> = policy
-        .rules
-        .iter()
-        .flat_map(|r| r.allow.iter().chain(&r.deny).flatten())
-        .filter_map(|e| e.ports.as_ref())
-        .flatten()
-        .collect();
+    let ranges: Vec<_> = port_ranges(policy).collect();
     let mut protocols = BTreeSet::from([Protocol::Tcp]);
     protocols.extend(s.protocols.iter().copied());
     for r in &ranges {
@@ -103,6 +97,16 @@ pub fn targets(policy: &Policy, s: &Settings) -> Vec<(Protocol, u16)> {
         out.extend(unnamed.map(|port| (p, port)));
     }
     out.into_iter().collect()
+}
+
+/// Every port range a rule of `policy` names.
+fn port_ranges(policy: &Policy) -> impl Iterator<Item = &crate::policy::PortRange> {
+    policy.rules.iter().flat_map(|r| r.allow.iter().chain(&r.deny).flatten()).filter_map(|e| e.ports.as_ref()).flatten()
+}
+
+/// Every port a rule of `policy` names, whatever its protocol.
+pub fn named_ports(policy: &Policy) -> impl Iterator<Item = u16> + '_ {
+    port_ranges(policy).flat_map(|r| r.first..=r.last)
 }
 
 /// One cell as judged: what the evaluator decided and why, what was

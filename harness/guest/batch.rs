@@ -187,10 +187,22 @@ impl Guest {
     /// (it may take that much longer): its status is first asked after it,
     /// so that the agent does not wake the guest while it measures.
     pub async fn batch_for(&self, batch: &Batch, expected: Duration) -> anyhow::Result<BatchOutput> {
+        self.batch_for_at_most(batch, expected, Duration::ZERO).await
+    }
+
+    /// [`batch_for`](Self::batch_for) for a batch that may run up to
+    /// `more` beyond `expected` (its limit grows by as much; its results
+    /// are still read from `expected` on).
+    pub async fn batch_for_at_most(
+        &self,
+        batch: &Batch,
+        expected: Duration,
+        more: Duration,
+    ) -> anyhow::Result<BatchOutput> {
         let started = std::time::Instant::now();
         let out = self
             .agent()
-            .sh_for(&batch.script(), expected, self.command_timeout() + expected)
+            .sh_for(&batch.script(), expected, self.command_timeout() + expected + more)
             .await
             .with_context(|| format!("on `{}`", self.name))?;
         let parsed = batch.parse(&out).map_err(|e| Unreadable {

@@ -455,6 +455,11 @@ pub struct Workload {
     /// NIC offloads for every case (default: the drivers' defaults).
     #[serde(default)]
     pub offloads: Offloads,
+    /// After the flow, new TCP connections from the client to the server's
+    /// port, one after the other, each timed to its first answer: the
+    /// new-connection latency (`measure::connect`; 0, the default: none).
+    #[serde(default)]
+    pub connects: u32,
 }
 
 fn default_duration() -> Duration {

@@ -583,6 +583,13 @@ fn validate_workload(lab: &Lab) -> Result<(), Issue> {
     if w.port == 0 {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
+    if w.connects > crate::measure::connect::MAX_CONNECTS {
+        let max = crate::measure::connect::MAX_CONNECTS;
+        return Err(Issue::new(
+            vec![Key("workload"), Key("connects")],
+            format!("{} connections: use 0 to {max}", w.connects),
+        ));
+    }
     if let Some(p) = w.probe_port {
         if p == 0 || p == w.port {
             return Err(Issue::new(

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod checksum;
+pub mod connect;
 pub mod counters;
 pub mod fdb;
 pub mod iperf3;

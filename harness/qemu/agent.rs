@@ -76,6 +76,10 @@ impl Drop for Agent {
     }
 }
 
+/// The longest argument the guest's kernel passes to a program
+/// (`MAX_ARG_STRLEN`, 32 pages), less a margin.
+pub const LONGEST_ARGUMENT: usize = 128 * 1024 - 4096;
+
 impl Agent {
     /// Connects and retries `guest-sync` until it answers or `deadline` passes.
     /// `alive` is polled between attempts; when it returns an error (QEMU
@@ -193,8 +197,20 @@ impl Agent {
 
     /// [`sh`](Self::sh) for a script known to run at least `expected` (one
     /// that runs a workload): see [`exec_for`](Self::exec_for).
+    ///
+    /// A script longer than the kernel takes as one argument
+    /// ([`LONGEST_ARGUMENT`]: a policy of 10000 rules) is written to a file
+    /// in the guest first, run from there and removed.
     pub async fn sh_for(&self, script: &str, expected: Duration, limit: Duration) -> Result<Output, AgentError> {
-        self.exec_for(&["/bin/sh", "-c", script], expected, limit).await
+        if script.len() < LONGEST_ARGUMENT {
+            return self.exec_for(&["/bin/sh", "-c", script], expected, limit).await;
+        }
+        static SCRIPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/tmp/vlab-script-{}-{n}.sh", std::process::id());
+        self.write_file(&path, script.as_bytes()).await?;
+        let run = format!("trap 'rm -f {path}' EXIT; . {path}");
+        self.exec_for(&["/bin/sh", "-c", &run], expected, limit).await
     }
 
     /// Reads a whole file from the guest.

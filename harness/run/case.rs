@@ -363,6 +363,8 @@ struct After {
     probe: Option<overlay::Probe>,
     /// The intruder's attempt.
     intruder: Option<overlay::Probe>,
+    /// What the timed connections printed.
+    connects: Option<String>,
 }
 
 /// The client's run and each VM's evidence after it, in the same agent call
@@ -398,6 +400,7 @@ async fn workload_and_after(
             if name == client_vm.name {
                 workload::client_part(lab, case, client, &server.addr, &mut b);
                 workload::probe_part(lab, client, &server.addr, &mut b);
+                workload::timed_connects_part(lab, client, &server.addr, &mut b);
             }
             if let Some(i) = intruder.filter(|i| i.vm.guest.name == name) {
                 workload::intruder_part(lab, i, &server.addr, &mut b);
@@ -420,7 +423,11 @@ async fn workload_and_after(
         .collect();
     let batch = |name: &str| &batches.iter().find(|(n, _)| *n == name).expect("a batch per VM").1;
     let on_client = async {
-        let out = client_vm.batch_for(batch(&client_vm.name), duration).await;
+        let connects = match lab.workload.connects {
+            0 => Duration::ZERO,
+            _ => Duration::from_secs(crate::measure::connect::LIMIT_S),
+        };
+        let out = client_vm.batch_for_at_most(batch(&client_vm.name), duration, connects).await;
         let ok = out.as_ref().ok().and_then(workload::client_output).is_some_and(|c| c.success());
         if !ok && server_vm.name != client_vm.name {
             workload::kill(server_vm, before.server_pid).await;
@@ -455,6 +462,7 @@ async fn workload_and_after(
     };
     let client_out = workload::client_output(&outputs[0].1).context("the client's batch has no client output")?;
     let probe = workload::probe_outcome(lab, &outputs[0].1);
+    let connects = workload::connect_output(&outputs[0].1);
     let intruder = intruder.and_then(|i| {
         let out = outputs.iter().find(|(vm, _)| *vm == i.vm.guest.name)?;
         workload::intruder_outcome(lab, &out.1)
@@ -485,7 +493,7 @@ async fn workload_and_after(
         evidence.push((server_vm.name.as_str(), out));
     }
     let variants = variant_outputs(&evidence, &names, case_dir)?;
-    Ok((client_out, workload_s, After { server, kernel_logs, variants, probe, intruder }))
+    Ok((client_out, workload_s, After { server, kernel_logs, variants, probe, intruder, connects }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -569,6 +577,7 @@ pub(super) async fn run_case(
         after: after.variants,
         probe: after.probe,
         intruder: after.intruder,
+        connects: after.connects,
         matrix,
         captures,
     };

@@ -50,6 +50,9 @@ pub struct CaseRecord {
     pub probe: Option<Probe>,
     /// The intruder's attempt, when the case has one.
     pub intruder: Option<Probe>,
+    /// What the timed new connections printed (`[workload] connects`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connects: Option<String>,
     /// The probe matrix, when the filter asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<ProbeMatrix>,
@@ -130,6 +133,14 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
         record.kernel_logs.iter().flat_map(|(vm, log)| checks::kernel_alarms(vm, log)).collect();
     all.push(checks::kernel_check(&kernel_says));
     all.extend(checks::captures_check(&summaries));
+    let connect = match lab.workload.connects {
+        0 => None,
+        n => {
+            let l = record.connects.as_deref().and_then(|t| measure::connect::parse(t, n));
+            all.push(measure::connect::check(l.as_ref(), n));
+            l
+        }
+    };
     let evidence = CaseEvidence {
         case,
         ends: record.ends.clone(),
@@ -148,7 +159,9 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
         evidence.map(|evidence| Section { name: name.to_string(), evidence })
     };
     let variant = Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) };
-    Ok(report(case, all, result, (record.interfaces.clone(), summaries), variant))
+    let mut report = report(case, all, result, (record.interfaces.clone(), summaries), variant);
+    report.connect = connect;
+    Ok(report)
 }
 
 fn report(
@@ -173,6 +186,10 @@ fn report(
         timing: CaseTiming::default(),
         vs_baseline: None,
         vs_no_filter: None,
+        connect: None,
+        connect_vs_no_filter: None,
+        connect_summary: None,
+        connect_vs_no_filter_summary: None,
         throughput: None,
         vs_baseline_summary: None,
         vs_no_filter_summary: None,

@@ -39,6 +39,8 @@ const PROBE_LISTENER_PART: &str = "start probe listener";
 const PROBE_PART: &str = "probe";
 /// The intruder's connection attempt in its VM's evidence batch.
 const INTRUDER_PART: &str = "intruder";
+/// The timed connections after the flow, in the client's evidence batch.
+const CONNECT_PART: &str = "connects";
 /// Where the client's exit code goes, for a server in the same VM.
 const CLIENT_RC: &str = "/tmp/vlab-iperf3-client.rc";
 
@@ -177,6 +179,26 @@ pub(super) fn server_output(out: &BatchOutput) -> Option<Vec<u8>> {
 pub(super) fn client_part(lab: &Lab, case: &Case, client: &Side<'_>, server_addr: &str, batch: &mut Batch) {
     let argv = Netns::wrap(client.netns.as_ref(), iperf3::client_argv(&lab.workload, &case.params, server_addr));
     batch.report(CLIENT_PART, format!("{}\nrc=$?; echo $rc >{CLIENT_RC}; exit $rc", guest::shell_line(&argv)));
+}
+
+/// The part of the client VM's evidence batch after the client that times
+/// `[workload] connects` new connections to the server's port (none
+/// without); see [`crate::measure::connect`].
+pub(super) fn timed_connects_part(lab: &Lab, client: &Side<'_>, server_addr: &str, batch: &mut Batch) {
+    let n = lab.workload.connects;
+    if n == 0 {
+        return;
+    }
+    let script = crate::measure::connect::script(server_addr, lab.workload.port, n);
+    let limit = crate::measure::connect::LIMIT_S.to_string();
+    let argv =
+        Netns::wrap(client.netns.as_ref(), ["timeout", &limit, "bash", "-c", &script].map(String::from).to_vec());
+    batch.report(CONNECT_PART, format!("{} || true", guest::shell_line(&argv)));
+}
+
+/// What the timed connections printed, from the client VM's evidence batch.
+pub(super) fn connect_output(out: &BatchOutput) -> Option<String> {
+    out.get(CONNECT_PART).map(Output::stdout_text)
 }
 
 /// The client's output, from its VM's evidence batch.

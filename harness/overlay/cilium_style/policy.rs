@@ -108,8 +108,10 @@ fn refuse(line: usize, field: &str, message: impl Into<String>) -> PolicyError {
     PolicyError { line, column: 1, field: field.to_string(), message: message.into() }
 }
 
-/// The most entries a compiled policy may have (the policy map's size).
-pub const MAX_ENTRIES: usize = 1024;
+/// The most entries a compiled policy may have in the eBPF datapath (the
+/// size of the allow and deny maps, `vlab_policy` and `vlab_policy_deny`
+/// in bpf/cilium_style.c).
+pub const MAX_ENTRIES: usize = 16384;
 
 /// The identity of each container: one per distinct label set, from
 /// [`FIRST_IDENTITY`] in the label sets' sorted order.
@@ -135,6 +137,17 @@ pub fn compile(
     containers: &[(String, Labels)],
     namespaces: &BTreeMap<String, Labels>,
 ) -> Result<Compiled, PolicyError> {
+    compile_within(policy, containers, namespaces, MAX_ENTRIES)
+}
+
+/// [`compile`] for a method that holds at most `limit` entries of each
+/// kind (allow, deny).
+pub fn compile_within(
+    policy: &Policy,
+    containers: &[(String, Labels)],
+    namespaces: &BTreeMap<String, Labels>,
+    limit: usize,
+) -> Result<Compiled, PolicyError> {
     let ids = identities(containers);
     let eps = endpoints(containers, namespaces);
     let id_of = |e: &Endpoint| ids[&e.name];
@@ -149,14 +162,14 @@ pub fn compile(
             }
             for (entries, out) in [(&rule.allow[d], &mut allow), (&rule.deny[d], &mut deny)] {
                 for entry in entries {
-                    for e in entries_of(entry, direction, &selected, &eps, &ids)? {
+                    for e in entries_of(entry, direction, &selected, &eps, &ids, limit)? {
                         out.insert(e);
                     }
-                    if out.len() > MAX_ENTRIES {
+                    if out.len() > limit {
                         return Err(refuse(
                             entry.line,
                             &entry.field,
-                            format!("the policy needs more than the map's {MAX_ENTRIES} entries"),
+                            format!("the policy needs more than the method's {limit} entries"),
                         ));
                     }
                 }
@@ -181,6 +194,7 @@ fn entries_of(
     selected: &BTreeSet<u32>,
     eps: &[Endpoint],
     ids: &BTreeMap<String, u32>,
+    limit: usize,
 ) -> Result<Vec<Entry>, PolicyError> {
     let mut remotes = BTreeSet::new();
     for peer in &entry.peers {
@@ -211,11 +225,11 @@ fn entries_of(
                         ))
                     }
                 };
-                if usize::from(r.last - r.first) >= MAX_ENTRIES {
+                if usize::from(r.last - r.first) >= limit {
                     return Err(refuse(
                         entry.line,
                         &entry.field,
-                        format!("ports {}-{}: the policy map holds {MAX_ENTRIES} entries", r.first, r.last),
+                        format!("ports {}-{}: the method holds {limit} entries", r.first, r.last),
                     ));
                 }
                 for p in protocols {
