@@ -93,6 +93,9 @@ pub struct Measured {
     pub streams: u32,
     /// Throughput, bit/s, one per round.
     pub samples: Vec<f64>,
+    /// Median new-connection latency, µs, one per round (empty without
+    /// `[workload] connects`).
+    pub connects: Vec<f64>,
     /// The names of the checks that failed, in any repetition.
     pub failed_checks: Vec<String>,
 }
@@ -114,6 +117,12 @@ impl Measured {
                     case: CaseRef { lab: report.lab.clone(), case: c.name.clone() },
                     streams: c.params.streams,
                     samples: c.samples(),
+                    connects: c
+                        .connect_summary
+                        .as_ref()
+                        .map(|s| s.samples.clone())
+                        .or_else(|| c.connect.as_ref().map(|l| vec![l.median_us]))
+                        .unwrap_or_default(),
                     failed_checks: failed,
                 }
             })
@@ -161,6 +170,10 @@ pub fn judge(
                     (v, vec![line])
                 }
                 Claim::Order { tiers } => order(cases, tiers),
+                Claim::Waits { case, of, at_most, at_least } => {
+                    let (v, line) = waits(cases, case, of, (*at_most, *at_least));
+                    (v, vec![line])
+                }
             };
             FindingOutcome { finding: f.clone(), verdict, evidence }
         })
@@ -240,6 +253,39 @@ fn keeps(cases: &[Measured], case: &CaseRef, of: &CaseRef, at_least: f64) -> (Ve
     (verdict, format!("{case} over {of}: {} (the claim: at least {at_least:.2}x)", ratio_text(&s)))
 }
 
+/// `case`'s new connections wait at most `at_most` (at least `at_least`)
+/// times as long as `of`'s: holds when the whole interval of the ratio of
+/// their median latencies is within the bound, does not hold when it is
+/// wholly beyond it.
+fn waits(
+    cases: &[Measured],
+    case: &CaseRef,
+    of: &CaseRef,
+    (at_most, at_least): (Option<f64>, Option<f64>),
+) -> (Verdict, String) {
+    let (Some(c), Some(o)) = (find(cases, case), find(cases, of)) else {
+        return (Verdict::Inconclusive, format!("{case} against {of}: not run"));
+    };
+    if c.connects.is_empty() || o.connects.is_empty() {
+        return (
+            Verdict::Inconclusive,
+            format!("{case} against {of}: no new connections timed (`[workload] connects`)"),
+        );
+    }
+    let Some(s) = stats::paired_ratio(&c.connects, &o.connects) else {
+        return (Verdict::Inconclusive, format!("{case} against {of}: no pairs"));
+    };
+    let (verdict, bound) = match (s.interval, at_most, at_least) {
+        (Some(i), Some(m), _) if i.high <= m => (Verdict::Holds, format!("at most {m:.2}x")),
+        (Some(i), Some(m), _) if i.low > m => (Verdict::DoesNotHold, format!("at most {m:.2}x")),
+        (_, Some(m), _) => (Verdict::Inconclusive, format!("at most {m:.2}x")),
+        (Some(i), None, Some(l)) if i.low >= l => (Verdict::Holds, format!("at least {l:.2}x")),
+        (Some(i), None, Some(l)) if i.high < l => (Verdict::DoesNotHold, format!("at least {l:.2}x")),
+        (_, None, l) => (Verdict::Inconclusive, format!("at least {:.2}x", l.unwrap_or(0.0))),
+    };
+    (verdict, format!("{case}'s new connections over {of}'s: {} (the claim: {bound})", ratio_text(&s)))
+}
+
 /// Every case of a tier slower than every case of the tier above: each
 /// step holds when its ratio's interval lies below 1, does not hold when it
 /// lies above.
@@ -308,7 +354,11 @@ impl StudyOutcome {
             self.study, self.kernel, self.baseline
         );
         let width = self.vs_baseline.iter().map(|v| v.case.to_string().len()).max().unwrap_or(4).max(4);
-        s.push_str(&format!("{:<width$}  {:>22}  against\n", "case", "ratio [95 % interval]"));
+        if self.vs_baseline.is_empty() {
+            s.push_str("the study runs its baseline lab only: no case to compare with it\n");
+        } else {
+            s.push_str(&format!("{:<width$}  {:>22}  against\n", "case", "ratio [95 % interval]"));
+        }
         for v in &self.vs_baseline {
             s.push_str(&format!("{:<width$}  {:>22}  {}\n", v.case.to_string(), ratio_cell(&v.ratio), v.against.case));
         }
@@ -321,10 +371,13 @@ impl StudyOutcome {
 
     /// For CI summaries.
     pub fn markdown(&self) -> String {
-        let mut s = format!(
-            "## vlab study `{}` (kernel {}): each case over `{}`\n\n| case | ratio [95 % interval] | against |\n| --- | --- | --- |\n",
-            self.study, self.kernel, self.baseline
-        );
+        let mut s =
+            format!("## vlab study `{}` (kernel {}): each case over `{}`\n\n", self.study, self.kernel, self.baseline);
+        if self.vs_baseline.is_empty() {
+            s.push_str("The study runs its baseline lab only: no case to compare with it.\n");
+        } else {
+            s.push_str("| case | ratio [95 % interval] | against |\n| --- | --- | --- |\n");
+        }
         for v in &self.vs_baseline {
             s.push_str(&format!("| `{}` | {} | `{}` |\n", v.case, ratio_cell(&v.ratio), v.against.case));
         }

@@ -15,7 +15,8 @@
 //! [[lab]]
 //! file = "baseline.toml"       # relative to the study file
 //! cases = ["path=container,family=ipv4"]   # optional: cases whose name contains one
-//! [[finding]]                  # a claim: one of delivers, keeps (+ of, at_least), order
+//! [[finding]]                  # a claim: one of delivers, keeps (+ of, at_least), order,
+//!                              #   waits (+ of, at_most or at_least)
 //! claim = "Plain routing delivers"
 //! delivers = ["baseline/path=container,family=ipv4"]   # LAB/CASE: a case's name, or a part naming one
 //! ```
@@ -66,6 +67,10 @@ struct FindingFile {
     at_least: Option<f64>,
     #[serde(default)]
     order: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    waits: Option<String>,
+    #[serde(default)]
+    at_most: Option<f64>,
 }
 
 /// A case of a study: its lab's name and its own.
@@ -92,6 +97,17 @@ pub enum Claim {
     Keeps { case: CaseRef, of: CaseRef, at_least: f64 },
     /// Every case of a tier is slower than every case of the tier above it.
     Order { tiers: Vec<Vec<CaseRef>> },
+    /// `case`'s new connections wait at most `at_most` (or at least
+    /// `at_least`) times as long as `of`'s (the ratio of their median
+    /// new-connection latencies, paired by round, with its 95 % interval).
+    Waits {
+        case: CaseRef,
+        of: CaseRef,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        at_most: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        at_least: Option<f64>,
+    },
 }
 
 /// One of the study's findings: the claim in words, and what it means.
@@ -184,15 +200,38 @@ pub fn load(path: &Path) -> Result<Study, LabError> {
     for (i, f) in file.finding.iter().enumerate() {
         let at = |more: &[Seg]| [vec![Seg::Key("finding"), Seg::Index(i)], more.to_vec()].concat();
         let resolve = |name: &str, segs: Vec<Seg>| case_ref(&labs, name).map_err(|m| invalid(at(&segs), m));
+        let ratio_bound = |key: &'static str, x: Option<f64>| match x {
+            Some(x) if x > 0.0 && x.is_finite() => Ok(Some(x)),
+            Some(x) => Err(invalid(at(&[Seg::Key(key)]), format!("{x}: use a ratio above 0"))),
+            None => Ok(None),
+        };
         let kind = match (&f.delivers, &f.keeps, &f.order) {
-            (Some(cases), None, None) if !cases.is_empty() => Claim::Delivers {
+            (None, None, None) if f.waits.is_some() => {
+                let case = resolve(f.waits.as_deref().unwrap_or_default(), vec![Seg::Key("waits")])?;
+                let Some(of) = &f.of else {
+                    return Err(invalid(
+                        at(&[Seg::Key("of")]),
+                        "`waits` needs `of`: the case it is set against".into(),
+                    ));
+                };
+                let of = resolve(of, vec![Seg::Key("of")])?;
+                let (at_most, at_least) = (ratio_bound("at_most", f.at_most)?, ratio_bound("at_least", f.at_least)?);
+                if at_most.is_some() == at_least.is_some() {
+                    let message =
+                        "`waits` needs one of `at_most` (new connections wait at most that many times as long) \
+                                   and `at_least`";
+                    return Err(invalid(at(&[Seg::Key("at_most")]), message.into()));
+                }
+                Claim::Waits { case, of, at_most, at_least }
+            }
+            (Some(cases), None, None) if !cases.is_empty() && f.waits.is_none() => Claim::Delivers {
                 cases: cases
                     .iter()
                     .enumerate()
                     .map(|(j, c)| resolve(c, vec![Seg::Key("delivers"), Seg::Index(j)]))
                     .collect::<Result<_, _>>()?,
             },
-            (None, Some(case), None) => {
+            (None, Some(case), None) if f.waits.is_none() => {
                 let case = resolve(case, vec![Seg::Key("keeps")])?;
                 let Some(of) = &f.of else {
                     return Err(invalid(
@@ -211,27 +250,35 @@ pub fn load(path: &Path) -> Result<Study, LabError> {
                 };
                 Claim::Keeps { case, of, at_least }
             }
-            (None, None, Some(tiers)) if tiers.len() >= 2 && tiers.iter().all(|t| !t.is_empty()) => Claim::Order {
-                tiers: tiers
-                    .iter()
-                    .enumerate()
-                    .map(|(j, tier)| {
-                        tier.iter()
-                            .enumerate()
-                            .map(|(k, c)| resolve(c, vec![Seg::Key("order"), Seg::Index(j), Seg::Index(k)]))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            (None, None, Some(tiers))
+                if tiers.len() >= 2 && tiers.iter().all(|t| !t.is_empty()) && f.waits.is_none() =>
+            {
+                Claim::Order {
+                    tiers: tiers
+                        .iter()
+                        .enumerate()
+                        .map(|(j, tier)| {
+                            tier.iter()
+                                .enumerate()
+                                .map(|(k, c)| resolve(c, vec![Seg::Key("order"), Seg::Index(j), Seg::Index(k)]))
+                                .collect::<Result<Vec<_>, _>>()
+                        })
+                        .collect::<Result<_, _>>()?,
+                }
+            }
             _ => {
                 let message = "a finding claims one of: `delivers` (a list of cases), `keeps` (a case, with `of` \
-                               and `at_least`), `order` (two or more tiers of cases, fastest first)";
+                               and `at_least`), `order` (two or more tiers of cases, fastest first), `waits` (a \
+                               case, with `of` and `at_most` or `at_least`)";
                 return Err(invalid(at(&[]), message.into()));
             }
         };
-        if f.keeps.is_none() && (f.of.is_some() || f.at_least.is_some()) {
+        if f.keeps.is_none() && f.waits.is_none() && (f.of.is_some() || f.at_least.is_some()) {
             let key = if f.of.is_some() { "of" } else { "at_least" };
-            return Err(invalid(at(&[Seg::Key(key)]), format!("`{key}` belongs to a `keeps` claim")));
+            return Err(invalid(at(&[Seg::Key(key)]), format!("`{key}` belongs to a `keeps` or `waits` claim")));
+        }
+        if f.waits.is_none() && f.at_most.is_some() {
+            return Err(invalid(at(&[Seg::Key("at_most")]), "`at_most` belongs to a `waits` claim".into()));
         }
         findings.push(Finding { claim: f.claim.clone(), kind });
     }

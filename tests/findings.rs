@@ -22,6 +22,7 @@ fn judged(samples: impl Fn(&str, &str) -> Option<Vec<f64>>) -> StudyOutcome {
                 case: CaseRef { lab: lab.name.clone(), case: c.name.clone() },
                 streams: c.params.streams,
                 samples: samples(&lab.name, &c.name)?,
+                connects: Vec::new(),
                 failed_checks: Vec::new(),
             })
         })
@@ -142,4 +143,70 @@ fn an_overlay_faster_than_routing_breaks_the_order() {
     assert_eq!(o.findings[3].verdict, Verdict::DoesNotHold);
     let line = o.findings[3].evidence.iter().find(|l| l.starts_with("vxlan/default over ila-matrix")).unwrap();
     assert!(line.contains("1.23x [1.23, 1.23]"), "{line}");
+}
+
+/// The policy methods' study judged from synthetic new-connection
+/// latencies (µs, three rounds, `cost(case)` times `none`'s) and
+/// throughputs (the methods at `keep` of `none`'s).
+fn methods_judged(cost: impl Fn(&str) -> f64, keep: f64) -> StudyOutcome {
+    let study = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/policy-methods-study.toml")).unwrap();
+    let cases: Vec<Measured> = study
+        .labs
+        .iter()
+        .flat_map(|(lab, cases)| cases.iter().map(move |c| (lab, c)))
+        .map(|(lab, c)| {
+            let drift = [1.0, 1.2, 0.9];
+            let none = c.name.contains("filter=none");
+            let (us, bps) = if none { (1500.0, 2e9) } else { (1500.0 * cost(&c.name), 2e9 * keep) };
+            Measured {
+                case: CaseRef { lab: lab.name.clone(), case: c.name.clone() },
+                streams: c.params.streams,
+                samples: drift.iter().map(|d| bps * d).collect(),
+                connects: drift.iter().map(|d| us * d).collect(),
+                failed_checks: Vec::new(),
+            }
+        })
+        .collect();
+    judge(&study.name, &study.baseline, &study.findings, &cases, "6.12", 3)
+}
+
+/// Linear iptables, flat sets and maps, flows kept: every claim holds; an
+/// iptables that stays flat, an nftables that grows, or a flow that the
+/// filters halve breaks exactly the claims about them.
+#[test]
+fn the_policy_methods_claims_follow_the_latencies() {
+    let field = |c: &str| if c.contains("iptables,rules=10000") { 2.0 } else { 1.1 };
+    let o = methods_judged(field, 0.9);
+    assert_eq!(verdicts(&o), [Verdict::Holds; 7], "{}", o.table());
+    let flat = methods_judged(|_| 1.1, 0.9);
+    assert_eq!(verdicts(&flat)[0], Verdict::DoesNotHold, "{}", flat.table());
+    assert_eq!(verdicts(&flat)[1..], [Verdict::Holds; 6]);
+    let nft = methods_judged(|c| if c.contains("rules=10000") { 2.0 } else { 1.1 }, 0.9);
+    assert_eq!(verdicts(&nft)[..4], [Verdict::Holds, Verdict::DoesNotHold, Verdict::DoesNotHold, Verdict::Holds]);
+    let halved = methods_judged(field, 0.5);
+    assert_eq!(verdicts(&halved)[4..], [Verdict::DoesNotHold; 3], "{}", halved.table());
+    assert!(halved.findings[0].evidence[0].contains("new connections over"), "{:?}", halved.findings[0].evidence);
+    // One lab, its own baseline: no empty table of ratios across labs.
+    assert!(o.vs_baseline.is_empty());
+    assert!(o.table().contains("no case to compare") && !o.table().contains("ratio [95 % interval]"), "{}", o.table());
+    assert!(!o.markdown().contains("| case |"), "{}", o.markdown());
+}
+
+/// Without timed connections the latency claims cannot be judged.
+#[test]
+fn latency_claims_without_timed_connections_are_inconclusive() {
+    let study = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/policy-methods-study.toml")).unwrap();
+    let cases: Vec<Measured> = study.labs[0]
+        .1
+        .iter()
+        .map(|c| Measured {
+            case: CaseRef { lab: "policy-methods".into(), case: c.name.clone() },
+            streams: 1,
+            samples: vec![2e9, 2.1e9, 1.9e9],
+            connects: Vec::new(),
+            failed_checks: Vec::new(),
+        })
+        .collect();
+    let o = judge(&study.name, &study.baseline, &study.findings, &cases, "6.12", 3);
+    assert_eq!(verdicts(&o)[..4], [Verdict::Inconclusive; 4], "{}", o.table());
 }

@@ -76,6 +76,9 @@ fn a_study_defaults_to_three_rounds_and_its_first_lab() {
 #[case::a_bound_below_zero(STUDY.replacen("at_least = 0.8", "at_least = -1.0", 1), "finding[1].at_least", "use a ratio above 0")]
 #[case::two_claims_in_one(STUDY.replacen("at_least = 0.8", "at_least = 0.8\ndelivers = [\"vxlan/default\"]", 1), "finding[1]", "claims one of")]
 #[case::an_order_of_one_tier(STUDY.replacen("order = [\n    [\"filters/filter=none,streams=1\"],\n    [\"ila-matrix/csum-mode=no-action,hook=route,offloads=on\"],\n    [", "order = [\n    [", 1), "finding[3]", "claims one of")]
+#[case::waits_with_two_bounds(STUDY.replacen("keeps = ", "waits = ", 1).replacen("at_least = 0.8", "at_least = 0.8\nat_most = 2.0", 1), "finding[1].at_most", "one of `at_most`")]
+#[case::waits_without_of(STUDY.replacen("keeps = ", "waits = ", 1).replacen("of = \"swarm/overlay=swarm,filter=none,streams=1\"\n", "", 1), "finding[1].of", "`waits` needs `of`")]
+#[case::at_most_without_waits(STUDY.replacen("claim = \"Every ILA", "at_most = 1.0\nclaim = \"Every ILA", 1), "finding[0].at_most", "belongs to a `waits` claim")]
 #[case::lab_twice(STUDY.replacen("file = \"vxlan-evpn.toml\"", "file = \"vxlan.toml\"", 1), "lab[3].file", "in the study twice")]
 fn bad_studies_name_the_field(#[case] text: String, #[case] field: &str, #[case] message: &str) {
     let err = load_text(&text).err().expect("the study must be refused").to_string();
