@@ -129,6 +129,12 @@ pub fn throughput_ratio(c: &crate::report::CaseReport) -> (Option<f64>, Option<&
     (c.vs_no_filter, c.vs_no_filter_summary.as_ref())
 }
 
+/// How long the case's rules took to be put in place, seconds (the
+/// repetitions' geometric mean, as its interval).
+pub fn ruleset_seconds(c: &crate::report::CaseReport) -> (Option<f64>, Option<&crate::stats::Summary>) {
+    (c.ruleset_summary.as_ref().map(|s| s.mean).or(c.ruleset_s), c.ruleset_summary.as_ref())
+}
+
 /// The series of a report whose matrix has a rules axis: one per method
 /// (the cases that differ only in their rule count), `ratio` of each.
 pub fn cost_series(report: &Report, ratio: RatioOf) -> Vec<Series> {
@@ -154,11 +160,12 @@ pub fn cost_series(report: &Report, ratio: RatioOf) -> Vec<Series> {
 }
 
 /// The cost chart as SVG: each series a line over the rule count (log
-/// axis), its whiskers the 95 % intervals, a dashed line at 1 (no cost).
-pub fn cost_chart(title: &str, y_desc: &str, series: &[Series]) -> Result<String, String> {
+/// axis), its whiskers the 95 % intervals, a grey line at `reference` (for
+/// ratios 1: no cost).
+pub fn cost_chart(title: &str, y_desc: &str, series: &[Series], reference: Option<f64>) -> Result<String, String> {
     let points = series.iter().flat_map(|s| &s.points);
     let (lo, hi) = points.clone().fold((f64::MAX, 0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let top = points.clone().map(|p| p.3.max(p.1)).fold(1.0, f64::max) * 1.15;
+    let top = points.clone().map(|p| p.3.max(p.1)).fold(reference.unwrap_or(0.0), f64::max) * 1.15;
     if series.is_empty() || lo > hi {
         return Err("no ratio to plot".into());
     }
@@ -180,9 +187,11 @@ pub fn cost_chart(title: &str, y_desc: &str, series: &[Series]) -> Result<String
             .x_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new([(lo / 2.0, 1.0), (hi * 2.0, 1.0)], BLACK.mix(0.4).stroke_width(1)))
-            .map_err(|e| e.to_string())?;
+        if let Some(y) = reference {
+            chart
+                .draw_series(LineSeries::new([(lo / 2.0, y), (hi * 2.0, y)], BLACK.mix(0.4).stroke_width(1)))
+                .map_err(|e| e.to_string())?;
+        }
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -211,15 +220,16 @@ pub fn cost_chart(title: &str, y_desc: &str, series: &[Series]) -> Result<String
 /// The cost charts of a report with a rules axis (nothing without one).
 fn cost_figures(r: &Report) -> String {
     let mut s = String::new();
-    for (what, ratio) in [
-        ("new-connection latency over no filter", connect_ratio as RatioOf),
-        ("throughput over no filter", throughput_ratio as RatioOf),
+    for (what, ratio, y, reference) in [
+        ("new-connection latency over no filter", connect_ratio as RatioOf, "ratio to no filter", Some(1.0)),
+        ("throughput over no filter", throughput_ratio as RatioOf, "ratio to no filter", Some(1.0)),
+        ("the rules put in place", ruleset_seconds as RatioOf, "seconds", None),
     ] {
         let series = cost_series(r, ratio);
         if series.is_empty() {
             continue;
         }
-        match cost_chart(&format!("{}: {what}", r.lab), "ratio to no filter", &series) {
+        match cost_chart(&format!("{}: {what}", r.lab), y, &series, reference) {
             Ok(svg) => s.push_str(&format!("<figure class=\"chart\">{svg}</figure>\n")),
             Err(e) => s.push_str(&format!("<p>no chart: {}</p>\n", escape(&e))),
         }
@@ -331,10 +341,13 @@ pub fn page(
             body.push_str(&figure(&format!("{} (kernel {})", r.lab, r.kernel), &bars(r)));
         }
         body.push_str(&cost_figures(r));
-        let connects = r.cases.iter().any(|c| c.connect.is_some());
+        let columns: Vec<_> = crate::report::OPTIONAL_COLUMNS
+            .into_iter()
+            .filter(|(_, f)| r.cases.iter().any(|c| f(c).is_some()))
+            .collect();
+        let heads: String = columns.iter().map(|(h, _)| format!("<th>{h}</th>")).collect();
         body.push_str(&format!(
-            "<table>\n<tr><th>#</th><th>case</th><th>throughput</th>{}<th>result</th><th>evidence</th></tr>\n",
-            if connects { "<th>new connection</th>" } else { "" }
+            "<table>\n<tr><th>#</th><th>case</th><th>throughput</th>{heads}<th>result</th><th>evidence</th></tr>\n"
         ));
         for (i, c) in r.cases.iter().enumerate() {
             let failed: Vec<String> = c.failed_checks().into_iter().map(escape).collect();
@@ -349,12 +362,12 @@ pub fn page(
                 let href = dir.strip_prefix(page_dir).unwrap_or(&dir).display().to_string();
                 format!("<a href=\"{}\">artifacts</a>", escape(&href))
             });
-            let connect = match connects {
-                true => format!("<td>{}</td>", escape(&c.connect_text().unwrap_or_else(|| "-".into()))),
-                false => String::new(),
-            };
+            let cells: String = columns
+                .iter()
+                .map(|(_, f)| format!("<td>{}</td>", escape(&f(c).unwrap_or_else(|| "-".into()))))
+                .collect();
             body.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td>{connect}<td>{result}</td><td>{evidence}</td></tr>\n",
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td>{cells}<td>{result}</td><td>{evidence}</td></tr>\n",
                 i + 1,
                 escape(&c.name),
                 escape(&c.throughput_text())
@@ -433,11 +446,13 @@ mod tests {
             Series { label: "filter=iptables".into(), points: vec![(10.0, 1.1, 1.0, 1.2), (10000.0, 3.0, 2.5, 3.6)] },
             Series { label: "filter=nftables".into(), points: vec![(10.0, 1.0, 0.9, 1.1), (10000.0, 1.1, 1.0, 1.2)] },
         ];
-        let svg = cost_chart("cost", "ratio to no filter", &series).unwrap();
+        let svg = cost_chart("cost", "ratio to no filter", &series, Some(1.0)).unwrap();
         assert!(svg.contains("filter=iptables") && svg.contains("filter=nftables"), "{svg}");
         let label = |t: &str| svg.lines().any(|l| l.trim() == t);
         assert!(label("rules (log scale)") && label("10") && label("100") && label("1000"), "a log axis: {svg}");
         assert!(svg.matches("<polyline").count() >= 3, "two lines and the line at 1: {svg}");
-        assert!(cost_chart("cost", "ratio", &[]).is_err());
+        let seconds = cost_chart("deploy", "seconds", &series, None).unwrap();
+        assert_eq!(seconds.matches("<polyline").count() + 1, svg.matches("<polyline").count(), "no line at 1");
+        assert!(cost_chart("cost", "ratio", &[], Some(1.0)).is_err());
     }
 }

@@ -160,6 +160,16 @@ pub struct CaseReport {
     /// their interval; `connect_vs_no_filter` is their geometric mean.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_vs_no_filter_summary: Option<Summary>,
+    /// How long the case's rules took to be put in place (the filter's
+    /// per-case setup: `iptables-restore`, `nft -f` or the eBPF maps'
+    /// batch), seconds, the slowest VM by its own clock; only where each
+    /// case puts its own (a `policy` or `rules` axis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ruleset_s: Option<f64>,
+    /// With `--repeat`: `ruleset_s` of every repetition, their median and
+    /// interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ruleset_summary: Option<Summary>,
     /// With `--repeat`: the receiver throughput of every repetition, its
     /// median (also `throughput_bps`) and the geometric mean's interval.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +223,7 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
             c.vs_no_filter_summary = ratios(|r| r.vs_no_filter);
             c.connect_vs_no_filter_summary = ratios(|r| r.connect_vs_no_filter);
             c.connect_summary = ratios(|r| r.connect.as_ref().map(|l| l.median_us));
+            c.ruleset_summary = ratios(|r| r.ruleset_s);
             c.connect_vs_no_filter = c.connect_vs_no_filter_summary.as_ref().map(|s| s.mean).or(c.connect_vs_no_filter);
             c.vs_baseline = c.vs_baseline_summary.as_ref().map(|s| s.mean).or(c.vs_baseline);
             c.vs_no_filter = c.vs_no_filter_summary.as_ref().map(|s| s.mean).or(c.vs_no_filter);
@@ -297,7 +308,22 @@ impl CaseReport {
             .unwrap_or_default();
         Some(format!("{median:.0} µs{ratio}"))
     }
+
+    /// How long its rules took to be put in place (median over repetitions):
+    /// `0.41 s`; `None` where the case put none of its own.
+    pub fn ruleset_text(&self) -> Option<String> {
+        let s = self.ruleset_summary.as_ref().map(|s| s.median).or(self.ruleset_s)?;
+        Some(if s < 1.0 { format!("{:.0} ms", s * 1000.0) } else { format!("{s:.2} s") })
+    }
 }
+
+/// A cell of a case's row, `None` where it has no such figure.
+pub type CaseCell = fn(&CaseReport) -> Option<String>;
+
+/// Columns only some labs fill, by heading: the table and the HTML page
+/// show one when a case has a value.
+pub const OPTIONAL_COLUMNS: [(&str, CaseCell); 2] =
+    [("new conn.", CaseReport::connect_text), ("rules in", CaseReport::ruleset_text)];
 
 /// Where a case's time went, phase by phase, in seconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -677,23 +703,36 @@ impl Report {
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
         let throughputs: Vec<String> = self.cases.iter().map(CaseReport::throughput_text).collect();
         let tp = throughputs.iter().map(String::len).max().unwrap_or(0).max(13);
-        let connects: Vec<Option<String>> = self.cases.iter().map(CaseReport::connect_text).collect();
-        let cw = connects.iter().flatten().map(|t| t.chars().count()).max().map_or(0, |w| w.max(11) + 2);
+        let columns: Vec<(&str, Vec<Option<String>>, usize)> = OPTIONAL_COLUMNS
+            .into_iter()
+            .map(|(h, f)| (h, self.cases.iter().map(f).collect::<Vec<_>>()))
+            .filter(|(_, v)| v.iter().any(Option::is_some))
+            .map(|(h, v)| {
+                let w = v.iter().flatten().map(|t| t.chars().count()).chain([h.len()]).max().unwrap_or(0);
+                (h, v, w)
+            })
+            .collect();
+        let extra = |row: Option<usize>| -> String {
+            columns
+                .iter()
+                .map(|(h, v, w)| {
+                    let cell = row.map_or(h.to_string(), |i| v[i].clone().unwrap_or_else(|| "-".into()));
+                    format!("{cell:>w$}  ")
+                })
+                .collect()
+        };
         s.push_str(&format!(
-            "\n{:<width$}  {:>tp$}  {:>cw$}{:>7}  {:>9}  result\n",
+            "\n{:<width$}  {:>tp$}  {}{:>7}  {:>9}  result\n",
             "case",
             "throughput",
-            if cw > 0 { "new conn.  " } else { "" },
+            extra(None),
             "retrans",
             "cpu c/s %"
         ));
-        for ((c, throughput), connect) in self.cases.iter().zip(throughputs).zip(connects) {
-            let connect = match cw {
-                0 => String::new(),
-                _ => format!("{:>w$}  ", connect.unwrap_or_else(|| "-".into()), w = cw - 2),
-            };
+        for (i, (c, throughput)) in self.cases.iter().zip(throughputs).enumerate() {
+            let cells = extra(Some(i));
             s.push_str(&format!(
-                "{:<width$}  {:>tp$}  {connect}{:>7}  {:>4.0}/{:<4.0}  {}\n",
+                "{:<width$}  {:>tp$}  {cells}{:>7}  {:>4.0}/{:<4.0}  {}\n",
                 c.name,
                 throughput,
                 c.retransmits.map_or("-".into(), |r| r.to_string()),

@@ -66,6 +66,26 @@ fn a_process_is_gone_once_a_zombie_or_reaped() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
+/// A timed script keeps its output and exit code and is followed by its
+/// duration by the clock (run in a real shell, dash as in the guest); a
+/// script that fails under `set -e` prints no duration.
+#[test]
+fn a_timed_script_reports_its_duration() {
+    let run = |script: &str| std::process::Command::new("/bin/sh").arg("-c").arg(script).output().unwrap();
+    let out = run(&vlab::guest::timed("echo hello; sleep 0.2"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("hello\n"), "{text}");
+    let s = vlab::guest::took(&text).unwrap();
+    assert!((0.2..2.0).contains(&s), "{s} s");
+    let failed = run(&vlab::guest::timed("exit 3"));
+    assert_eq!(failed.status.code(), Some(3));
+    let strict = run(&format!("set -e\n{}", vlab::guest::timed("false")));
+    assert_eq!(strict.status.code(), Some(1));
+    assert_eq!(vlab::guest::took(&String::from_utf8_lossy(&strict.stdout)), None);
+    assert_eq!(vlab::guest::took("took_ns 1500000000\n"), Some(1.5));
+    assert_eq!(vlab::guest::took("took_ns x\n"), None);
+}
+
 /// `ip` commands become one `ip -force -batch`: a line of what may find
 /// nothing to remove may fail, a line of what must work may not (checked in a
 /// real shell with a stand-in `ip`).

@@ -602,6 +602,26 @@ fn timed_connections_are_judged_from_the_record() {
     assert_among_failed(&r.judge(), &["new connections answered"]);
 }
 
+/// The time the case's rules took to be put in place comes from the record
+/// (the slowest VM's), and is summarised over repetitions; a case whose
+/// filter deployed once has none.
+#[test]
+fn the_rulesets_deploy_time_is_read_from_the_record() {
+    let mut r = recorded("nftables");
+    assert_eq!(r.judge().ruleset_s, None);
+    assert_eq!(r.judge().ruleset_text(), None);
+    r.record.filter_setup_s = [("host1".to_string(), 0.25), ("host2".to_string(), 0.5)].into();
+    let one = r.judge();
+    assert_eq!(one.ruleset_s, Some(0.5));
+    assert_eq!(one.ruleset_text().as_deref(), Some("500 ms"));
+    r.record.filter_setup_s = [("host1".to_string(), 2.0)].into();
+    let two = r.judge();
+    let combined = vlab::report::combine_repetitions(vec![vec![one], vec![two]]);
+    let s = combined[0].ruleset_summary.as_ref().expect("a summary over the repetitions");
+    assert_eq!(s.samples, [0.5, 2.0]);
+    assert_eq!(combined[0].ruleset_text().as_deref(), Some("1.25 s"));
+}
+
 /// Against no filter, a case is set beside the `none` case with the same
 /// parameters, or, when `none` lacks a variant axis of the case (`policy`),
 /// the one whose axes it has: its throughput ratio and its new-connection

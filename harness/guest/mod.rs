@@ -275,6 +275,20 @@ pub fn wait_until_every(condition: &str, seconds: u32, every_ms: u32) -> String 
     format!("i=0; until {condition} || [ $i -ge {tries} ]; do sleep {pause}; i=$((i+1)); done")
 }
 
+/// `script` timed by the guest's clock (GNU `date`, nanoseconds): it runs
+/// in a subshell and the line `took_ns N` follows its output; its exit code
+/// stays the script's. Read back with [`took`].
+pub fn timed(script: &str) -> String {
+    format!("t0=$(date +%s%N)\n(\n{script}\n)\nrc=$?\nt1=$(date +%s%N)\necho \"took_ns $((t1 - t0))\"\n(exit $rc)")
+}
+
+/// The seconds a [`timed`] script ran, from its output (`None` without its
+/// line: it failed, or never ran).
+pub fn took(stdout: &str) -> Option<f64> {
+    let ns: u64 = stdout.lines().rev().find_map(|l| l.strip_prefix("took_ns "))?.trim().parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
 /// A guest condition that holds once process `pid` (a number or a shell
 /// expression such as `$p`) is gone: no longer there, or a zombie waiting
 /// to be reaped. Shell builtins only: the state follows the last `) ` of

@@ -225,7 +225,13 @@ struct Before<'a> {
     /// How long the slowest VM waited for its captures and server to listen
     /// once the rest was done.
     listen_s: f64,
+    /// How long the filter's per-case setup took on each VM that has one.
+    filter_setup_s: BTreeMap<String, f64>,
 }
+
+/// The filter's per-case setup in the batch before the case (its rules
+/// put in place), timed in the guest.
+const FILTER_SETUP: &str = "filter case setup";
 
 /// Kills what an earlier case may have left running (the workload's
 /// servers, captures and the probe matrix's listeners; shell builtins only;
@@ -282,7 +288,7 @@ async fn before_case<'a>(
         }
         let setup = f.case_setup(lab, vm, &case.params);
         if !setup.is_empty() {
-            b.succeed("filter case setup", setup.join("\n"));
+            b.succeed(FILTER_SETUP, guest::timed(&setup.join("\n")));
         }
         for i in mine() {
             let last = probes.get(&i.key());
@@ -348,7 +354,16 @@ async fn before_case<'a>(
         outputs.iter().map(|(vm, o)| (vm.to_string(), o.text("uptime").trim().parse().unwrap_or(0.0))).collect();
     let variants = variant_outputs(&outputs, &names, case_dir.map(|d| d.join("before")).as_deref())?;
     let matrix_pids = outputs.iter().map(|(vm, o)| (vm.to_string(), matrix::Plan::listener_pids(o))).collect();
-    Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, matrix_pids, listen_s })
+    let filter_setup_s = outputs
+        .iter()
+        .filter(|(_, o)| o.get(FILTER_SETUP).is_some())
+        .map(|(vm, o)| {
+            let took = guest::took(&o.text(FILTER_SETUP));
+            (vm.to_string(), took.with_context(|| format!("`{vm}`: the filter's setup was not timed")))
+        })
+        .map(|(vm, t)| t.map(|t| (vm, t)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, matrix_pids, listen_s, filter_setup_s })
 }
 
 /// What a case read after its workload.
@@ -578,6 +593,7 @@ pub(super) async fn run_case(
         probe: after.probe,
         intruder: after.intruder,
         connects: after.connects,
+        filter_setup_s: before.filter_setup_s,
         matrix,
         captures,
     };

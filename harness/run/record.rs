@@ -53,6 +53,11 @@ pub struct CaseRecord {
     /// What the timed new connections printed (`[workload] connects`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connects: Option<String>,
+    /// How long the filter's per-case setup (the case's rules put in
+    /// place) took on each VM, seconds by the guest's clock; empty where
+    /// the filter deploys once for every case.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter_setup_s: BTreeMap<String, f64>,
     /// The probe matrix, when the filter asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<ProbeMatrix>,
@@ -161,6 +166,7 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
     let variant = Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) };
     let mut report = report(case, all, result, (record.interfaces.clone(), summaries), variant);
     report.connect = connect;
+    report.ruleset_s = record.filter_setup_s.values().copied().reduce(f64::max);
     Ok(report)
 }
 
@@ -190,6 +196,8 @@ fn report(
         connect_vs_no_filter: None,
         connect_summary: None,
         connect_vs_no_filter_summary: None,
+        ruleset_s: None,
+        ruleset_summary: None,
         throughput: None,
         vs_baseline_summary: None,
         vs_no_filter_summary: None,
