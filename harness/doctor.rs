@@ -76,8 +76,21 @@ fn check_kvm(qemu: &Result<std::path::PathBuf, String>, cached: Option<&image::I
         KvmProbe::Usable => {
             line(true, "kvm", "a vCPU runs; the full guest probe runs once the image is built");
         }
-        KvmProbe::Unusable(why) => warn("kvm", &format!("not usable, labs run under TCG: {why}{kept}")),
+        KvmProbe::Unusable(why) => {
+            let host = accel::nested_pvm_host().or_else(kvm_access).map(|n| format!("; {n}")).unwrap_or_default();
+            warn("kvm", &format!("not usable, labs run under TCG: {why}{kept}{host}"))
+        }
     }
+}
+
+/// Why this user cannot open `/dev/kvm`, with the fix.
+fn kvm_access() -> Option<String> {
+    let e = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").err()?;
+    (e.kind() == std::io::ErrorKind::PermissionDenied).then(|| {
+        "/dev/kvm is not open to this user: join the kvm group (`sudo usermod -aG kvm $USER`, then log in again); \
+         `sudo ci/setup` gives /dev/kvm to that group where the host has not"
+            .to_string()
+    })
 }
 
 /// Seconds since `when` (seconds since the epoch).
@@ -94,7 +107,7 @@ fn check_image(cached: Option<&image::Image>) -> bool {
             "image",
             &format!("{}-{} cached (kernel {}) in {}", i.name, i.key, i.kernel_release, i.dir.display()),
         ),
-        None => line(
+        None if hostnet::is_root() => line(
             true,
             "image",
             &format!(
@@ -102,6 +115,20 @@ fn check_image(cached: Option<&image::Image>) -> bool {
                 image::cache_root().display()
             ),
         ),
+        None => {
+            let cache = image::cache_root();
+            return line(
+                false,
+                "image",
+                &format!(
+                    "not in {}, and building images needs root: `sudo env VLAB_CACHE_DIR={} vlab image build` \
+                     and then `sudo chown -R $USER {}`",
+                    cache.display(),
+                    cache.display(),
+                    cache.display()
+                ),
+            );
+        }
     };
     line(
         which::which("mmdebstrap").is_ok() || cached.is_some(),
@@ -110,34 +137,49 @@ fn check_image(cached: Option<&image::Image>) -> bool {
     )
 }
 
-/// Root, network namespaces, vhost-net and leftovers of dead runs.
+/// Who runs labs, the lab's namespaces, the devices QEMU opens, vhost-net.
 fn check_host() -> bool {
     let mut ready = true;
+    let root = hostnet::is_root();
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    ready &= line(
-        root,
-        "root",
-        if root { "running as root" } else { "labs create network namespaces and taps: run as root" },
+    let uid = unsafe { libc::geteuid() };
+    line(
+        true,
+        "user",
+        &if root {
+            "root".to_string()
+        } else {
+            format!("uid {uid}: the lab's network lives in a user namespace of its own")
+        },
     );
-    if root {
-        let ns = hostnet::LabNet::create();
-        ready &= line(
-            ns.is_ok(),
-            "namespaces",
-            &ns.as_ref().map(|n| format!("created and removed {}", n.name())).unwrap_or_else(|e| e.to_string()),
-        );
-    }
+    let ns = hostnet::LabNet::create();
+    ready &= line(
+        ns.is_ok(),
+        "namespaces",
+        &ns.as_ref()
+            .map(|n| {
+                let user = if n.in_user_namespace() { " (in a user namespace)" } else { "" };
+                format!("created and removed {}{user}", n.name())
+            })
+            .unwrap_or_else(|e| e.to_string()),
+    );
+    drop(ns);
+    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun");
+    ready &= line(
+        tun.is_ok(),
+        "tun",
+        &match &tun {
+            Ok(_) => "/dev/net/tun opens: QEMU attaches to the lab's taps".to_string(),
+            Err(e) => format!(
+                "/dev/net/tun: {e}: QEMU cannot attach to the lab's taps; distributions give it mode 0666 \
+                 (`sudo chmod 0666 /dev/net/tun`, or `sudo ci/setup`)"
+            ),
+        },
+    );
     line(
         true,
         "vhost-net",
         if run::vhost_usable() { "usable" } else { "not available: virtio NICs use QEMU's userspace datapath" },
     );
-    let stale = hostnet::stale_namespaces();
-    if stale.is_empty() {
-        line(true, "leftovers", "no namespaces of dead vlab runs");
-    } else {
-        warn("leftovers", &format!("namespaces of dead vlab runs (the next run removes them): {}", stale.join(" ")));
-    }
     ready
 }

@@ -29,3 +29,16 @@ fn a_verdict_is_kept_for_its_key_only() {
     std::fs::write(dir.path().join(&files[0]), "{ not json").unwrap();
     assert!(cached(dir.path(), &key).is_none(), "a damaged file is probed again");
 }
+
+/// A host that is itself a nested guest of the special kind is named from its
+/// kernel command line; other hosts, and the word after `--` (init's
+/// arguments), are not.
+#[test]
+fn a_nested_pvm_host_is_named_from_its_command_line() {
+    use vlab::qemu::accel::nested_pvm;
+    let named = nested_pvm("console=ttyS0 quiet nested_pvm=1 psi=1 -- --init").unwrap();
+    assert!(named.contains("`nested_pvm=1`") && named.contains("cannot run ordinary guests"), "{named}");
+    assert_eq!(nested_pvm("console=ttyS0 nested_pvm=0 quiet"), None);
+    assert_eq!(nested_pvm("console=ttyS0 quiet"), None);
+    assert_eq!(nested_pvm("console=ttyS0 -- nested_pvm=1"), None);
+}

@@ -392,15 +392,46 @@ fn assert_junit_error(junit: &Path, code: i32, says: &str) {
     assert!(description.as_ref().is_some_and(|d| d.as_str().contains(says)), "{xml}");
 }
 
-/// The network namespaces whose name starts with `prefix`.
+/// The lab namespaces whose name starts with `prefix`: their holders
+/// (`argv[0]` is the name), as long as a namespace lives, and any left under
+/// /run/netns.
 fn namespaces_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
+    let mut found: Vec<String> = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
-        .collect()
+        .collect();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            if argv0.starts_with(prefix) {
+                found.push(format!("{argv0} (pid {})", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// A VM's run directory is its owner's alone (0700), and so are the QMP and
+/// guest agent sockets QEMU creates in it (0600).
+fn assert_private_run_dirs(base: &Path) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dirs: Vec<_> = std::fs::read_dir(base).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(!dirs.is_empty(), "no run directory under {}", base.display());
+    for dir in dirs {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        let sockets: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_socket())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().permissions().mode() & 0o777))
+            .collect();
+        assert_eq!(sockets.len(), 2, "QMP and agent sockets in {}: {sockets:?}", dir.display());
+        assert!(sockets.iter().all(|(_, m)| *m == 0o600), "{}: {sockets:?}", dir.display());
+    }
 }
 
 /// Processes whose command line mentions `path` (QEMU's names its run directory).
@@ -548,6 +579,7 @@ fn sigint_mid_run_tears_everything_down() {
     // SIGINT goes in the middle of the first case.
     interrupted_at(&["run", "labs/baseline.toml"], "case path=underlay,family=ipv4", |vlab| {
         assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run during the case");
+        assert_private_run_dirs(&vlab.path("run"));
     });
 }
 

@@ -113,6 +113,25 @@ pub enum ImageError {
         /// Its output or error.
         detail: String,
     },
+    /// An ordinary user asked for an image that is not in their cache: the
+    /// build (mmdebstrap, chroot) still needs root.
+    #[error(
+        "the image {name}-{key} is not in {} and building images needs root: \
+         `sudo env VLAB_CACHE_DIR={} vlab image build {}` and then `sudo chown -R $USER {}`",
+        dir.display(), cache.display(), recipe.display(), cache.display()
+    )]
+    NeedsRoot {
+        /// The recipe's name.
+        name: String,
+        /// Its key.
+        key: String,
+        /// The images directory looked in.
+        dir: PathBuf,
+        /// The user's cache root.
+        cache: PathBuf,
+        /// The recipe file.
+        recipe: PathBuf,
+    },
     /// The build was cancelled (SIGINT or SIGTERM); nothing of it is left.
     #[error("image build cancelled")]
     Cancelled,
@@ -279,6 +298,15 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     let final_dir = root.join(format!("{}-{key}", recipe.name));
     if let Some(image) = read_image(&final_dir) {
         return Ok(image);
+    }
+    if !crate::hostnet::is_root() {
+        return Err(ImageError::NeedsRoot {
+            name: recipe.name,
+            key,
+            dir: root,
+            cache: cache_root(),
+            recipe: recipe_path.to_path_buf(),
+        });
     }
     let _lock = CacheLock::acquire(&root.join(format!("{}-{key}.lock", recipe.name)), progress)?;
     if let Some(image) = read_image(&final_dir) {

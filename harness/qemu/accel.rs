@@ -177,6 +177,25 @@ pub fn probe_kvm(qemu: &Path, kernel: Option<&Path>) -> KvmProbe {
     }
 }
 
+/// Whether the host's kernel runs as a nested guest of the kind whose KVM
+/// opens yet cannot run ordinary guests (`nested_pvm=1` on its command line),
+/// said as the reason; `None` for other hosts.
+pub fn nested_pvm_host() -> Option<String> {
+    nested_pvm(&std::fs::read_to_string("/proc/cmdline").ok()?)
+}
+
+/// [`nested_pvm_host`] from a kernel command line.
+pub fn nested_pvm(cmdline: &str) -> Option<String> {
+    let word = cmdline
+        .split_whitespace()
+        .take_while(|w| *w != "--")
+        .find(|w| w.strip_prefix("nested_pvm=").is_some_and(|v| !matches!(v, "0" | "n" | "N" | "off")))?;
+    Some(format!(
+        "this host is itself a nested guest of a special kind (`{word}` on its kernel command line), \
+         whose KVM cannot run ordinary guests"
+    ))
+}
+
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,11 +6,12 @@ mod args;
 pub mod saved;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::hostnet::LabNet;
 
 pub use args::{nic_args, qemu_args, Accel, NicBackend, NicSpec, TcgThread, VmSpec, TCG_CPU};
 
@@ -240,23 +241,20 @@ pub struct QemuProcess {
 }
 
 impl QemuProcess {
-    /// Starts QEMU for `spec` inside the network namespace at `netns` (a file
-    /// under /run/netns), in process group `pgid` (0: a new group led by it).
-    /// QEMU is killed if vlab dies (PR_SET_PDEATHSIG).
-    pub fn spawn(qemu: &Path, spec: &VmSpec, netns: &Path, pgid: i32) -> Result<QemuProcess, VmError> {
+    /// Starts QEMU for `spec` inside the lab's network namespace, in process
+    /// group `pgid` (0: a new group led by it). QEMU is killed if vlab dies
+    /// (PR_SET_PDEATHSIG), and what it creates (QMP and agent sockets, the
+    /// console log) is the caller's alone (umask 177: sockets and files 0600).
+    pub fn spawn(qemu: &Path, spec: &VmSpec, net: &LabNet, pgid: i32) -> Result<QemuProcess, VmError> {
         let err = |source| VmError::Spawn { vm: spec.name.clone(), source };
-        let ns = File::open(netns).map_err(err)?;
-        let ns_fd = ns.as_raw_fd();
         let stderr_path = spec.run_dir.join("qemu.stderr");
         let stderr = File::create(&stderr_path).map_err(err)?;
-        let mut cmd = Command::new(qemu);
+        let mut cmd = net.command(qemu);
         cmd.args(qemu_args(spec)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                libc::umask(0o177);
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

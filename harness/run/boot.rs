@@ -116,6 +116,40 @@ fn runtime_base() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
 }
 
+/// A VM's run directory (disk overlay, QMP and agent sockets, console log):
+/// `vlab-<pid>-XXXXXX` under `base`, mode 0700 so that what QEMU creates in
+/// it is the caller's alone. The pid lets a later run remove the directories
+/// of a vlab that was killed ([`remove_stale_run_dirs`]).
+fn run_dir(base: &Path) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("vlab-{}-", std::process::id()))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(base)
+}
+
+/// Removes the run directories under `base` that this user's vlab processes
+/// left when they were killed (SIGKILL leaves no chance to clean up): those
+/// named `vlab-<pid>-*`, owned by this user, whose process is gone.
+pub fn remove_stale_run_dirs(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            name.strip_prefix("vlab-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!("removing {}, left by vlab process {pid}", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Whether vhost-net can be used by this process.
 pub fn vhost_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-net").is_ok()
@@ -246,7 +280,7 @@ async fn boot_once(
     attempt: u32,
 ) -> anyhow::Result<LabRuntime> {
     opts.progress.phase("creating the underlay");
-    let net = LabNet::create().context("cannot create the lab's network namespace (are you root?)")?;
+    let net = LabNet::create()?;
     let nics: Vec<Nic> = lab.vms.iter().map(|vm| nic_override.unwrap_or(&vm.nic).clone()).collect();
     let pending = spawn_vms(lab, p, &net, &nics)?;
     opts.progress.phase(&format!("booting {} VMs ({})", lab.vms.len(), p.accel));
@@ -359,6 +393,7 @@ fn boot_modules(lab: &Lab, nics: &[Nic]) -> Vec<String> {
 /// one process group.
 fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyhow::Result<Vec<Pending<'a>>> {
     let modules = boot_modules(lab, nics);
+    remove_stale_run_dirs(&runtime_base());
     let mut pending = Vec::new();
     let mut pgid = 0;
     for (i, (vm, nic)) in lab.vms.iter().zip(nics).enumerate() {
@@ -374,7 +409,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
             }
             NicModel::Vfio => NicBackend::Vfio { host: nic.host.clone().unwrap_or_default() },
         };
-        let run_dir = tempfile::Builder::new().prefix("vlab-").tempdir_in(runtime_base())?;
+        let run_dir = run_dir(&runtime_base())?;
         let disk = run_dir.path().join("root.qcow2");
         let mac = format!("52:54:00:4c:{:02x}:01", i + 1);
         // Only virtio NICs are saved: a passed-through function cannot be, and
@@ -411,7 +446,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
             }
             None => create_overlay_disk(&p.image.rootfs, &spec.disk)?,
         }
-        let proc = QemuProcess::spawn(&p.qemu, &spec, &net.netns_path(), pgid)?;
+        let proc = QemuProcess::spawn(&p.qemu, &spec, net, pgid)?;
         if pgid == 0 {
             pgid = proc.pid();
         }

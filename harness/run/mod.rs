@@ -34,7 +34,7 @@ use crate::report::{BootTiming, CaseReport, Readiness, Report, RunTiming, Versus
 use crate::ui::Progress;
 use crate::{filter, overlay, variants};
 
-pub use boot::vhost_usable;
+pub use boot::{remove_stale_run_dirs, vhost_usable};
 
 /// How to run a lab.
 #[derive(Clone)]
