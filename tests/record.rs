@@ -140,8 +140,15 @@ fn a_recorded_case_passes_every_check(
     let r = recorded(name);
     let report = r.judge();
     assert!(report.passed, "{name}: {:?}", failed(&report));
-    assert!(report.checks.len() >= 5, "{name}: {} checks", report.checks.len());
     assert!(report.throughput_bps > 0.0);
+    // Every check the recording gets, with its evidence: a check that went
+    // missing, or that judges other numbers, shows here.
+    let checks: Vec<String> = report
+        .checks
+        .iter()
+        .map(|c| format!("{} {}: {}", if c.passed { "pass" } else { "FAIL" }, c.name, c.detail))
+        .collect();
+    insta::assert_snapshot!(format!("judged_{name}"), checks.join("\n"));
 }
 
 /// The recorded ILA case (no-action, offloads on; its pcaps cut to their
@@ -193,7 +200,11 @@ fn an_underlay_without_vxlan_fails_the_wire_checks() {
     emptied(r.pcap("host2-underlay.pcap"));
     let report = r.judge();
     // No VXLAN packet is no evidence of either.
-    assert_among_failed(&report, &["VXLAN: wire carries VNI 100 between the VTEPs", "VXLAN: no fragmentation"]);
+    assert_among_failed(
+        &report,
+        &["VXLAN: wire carries VNI 100 between the VTEPs", "VXLAN: no fragmentation", "captures saw the workload"],
+    );
+    assert!(check(&report, "captures saw the workload").detail.contains("host1-underlay.pcap: 0 of 0 packets"));
 }
 
 /// The VXLAN packets travel between other addresses than the VTEPs (the
@@ -392,13 +403,21 @@ fn a_kernel_warning_fails_the_kernel_check() {
     assert_eq!(failed(&report), ["kernels logged no warning"]);
 }
 
-/// The client failed: nothing else can pass for it.
+/// The client failed (exit 1), although its report counts bytes: the flow
+/// does not count as delivered, so the filter's checks that weigh it fail too.
 #[test]
 fn a_client_that_failed_fails_the_workload() {
-    let mut r = recorded("none");
+    let mut r = recorded("iptables");
     r.record.client.code = 1;
     let report = r.judge();
-    assert_among_failed(&report, &["iperf3 completed"]);
+    assert_among_failed(
+        &report,
+        &[
+            "iperf3 completed",
+            "iptables: ESTABLISHED,RELATED takes the data",
+            "iptables: the port rule matches the handshake (TCP 5201)",
+        ],
+    );
 }
 
 /// The recorded l4-policy case judged against another policy file
@@ -660,4 +679,36 @@ fn ratios_to_no_filter_take_the_sibling_with_the_same_axes() {
         got,
         [(None, None), (None, None), (Some(0.8), Some(1.5)), (Some(0.8), Some(3.0)), (Some(0.5), Some(2.0))]
     );
+}
+
+/// iperf3 completed, but its receiver counted no byte: nothing arrived.
+#[test]
+fn a_workload_that_delivered_nothing_fails_the_payload_check() {
+    let mut r = recorded("iptables");
+    let mut json: serde_json::Value = serde_json::from_str(&r.record.client.stdout).unwrap();
+    for (key, sum) in json["end"].as_object_mut().unwrap() {
+        if key.starts_with("sum_received") {
+            sum["bytes"] = 0.into();
+        }
+    }
+    r.record.client.stdout = json.to_string();
+    let report = r.judge();
+    // The interfaces' counters are weighed against the payload too, and the
+    // filter's checks that weigh the delivered flow fail with it.
+    assert_among_failed(&report, &["payload delivered", "iptables: ESTABLISHED,RELATED takes the data"]);
+    assert!(check(&report, "iperf3 completed").passed);
+}
+
+/// A record kept in an evidence directory reads back as it was, and is
+/// judged the same.
+#[test]
+fn a_kept_record_reads_back_the_same() {
+    let r = recorded("none");
+    let dir = tempfile::tempdir().unwrap();
+    record::keep(dir.path(), &r.record).unwrap();
+    let (again, pcaps) = record::load(dir.path()).unwrap();
+    assert!(pcaps.is_empty());
+    assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&r.record).unwrap());
+    let judged = record::judge(&r.lab, &r.case, &again, &pcaps).unwrap();
+    assert_eq!(serde_json::to_value(&judged.checks).unwrap(), serde_json::to_value(&r.judge().checks).unwrap());
 }
