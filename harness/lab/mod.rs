@@ -409,6 +409,9 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// The most connections a case may time (`[workload] connects`).
+pub const MAX_CONNECTS: u32 = 10_000;
+
 /// The traffic of every case: iperf3 from `client` to `server`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -583,8 +583,8 @@ fn validate_workload(lab: &Lab) -> Result<(), Issue> {
     if w.port == 0 {
         return Err(Issue::new(vec![Key("workload"), Key("port")], "port 0 is not a port"));
     }
-    if w.connects > crate::measure::connect::MAX_CONNECTS {
-        let max = crate::measure::connect::MAX_CONNECTS;
+    if w.connects > super::MAX_CONNECTS {
+        let max = super::MAX_CONNECTS;
         return Err(Issue::new(
             vec![Key("workload"), Key("connects")],
             format!("{} connections: use 0 to {max}", w.connects),

@@ -5,6 +5,7 @@
 use crate::guest;
 use crate::lab::{Direction, Lab};
 use crate::measure::capture::{self, CaptureSummary};
+use crate::measure::connect::Latency;
 use crate::measure::counters::Counters;
 use crate::measure::iperf3::Iperf3Result;
 use crate::measure::nic::InterfaceEvidence;
@@ -72,6 +73,29 @@ pub(super) fn captures_check(summaries: &[CaptureSummary]) -> Option<Check> {
         })
         .collect();
     Some(Check::new("captures saw the workload", summaries.iter().all(|c| c.workload > 0), seen.join(", ")))
+}
+
+/// Every connection was answered and the loop ended: a first packet the
+/// filter should have let through was not lost.
+pub(super) fn connects_check(latency: Option<&Latency>, attempts: u32) -> Check {
+    let name = "new connections answered";
+    match latency {
+        None => Check::new(name, false, format!("none of {attempts} connections was timed")),
+        Some(l) => Check::new(
+            name,
+            l.finished && l.connected + l.refused == attempts,
+            format!(
+                "{} of {attempts} answered ({} connected, {} refused{}); median {:.0} µs, {:.0}-{:.0} µs",
+                l.connected + l.refused,
+                l.connected,
+                l.refused,
+                if l.finished { "" } else { "; the loop did not end" },
+                l.median_us,
+                l.min_us,
+                l.max_us
+            ),
+        ),
+    }
 }
 
 /// Where each guest's kernel log reader appends what the kernel logs.
@@ -324,6 +348,19 @@ mod tests {
         // Exactly a tenth (with host1's PF's 140 bytes) is not under a tenth.
         assert!(bypass(PAYLOAD / 10 - 141));
         assert!(!bypass(PAYLOAD / 10 - 140));
+    }
+
+    #[test]
+    fn a_lost_connection_or_an_unfinished_loop_fails() {
+        use crate::measure::connect::parse;
+        assert!(connects_check(parse("c 300\nr 100\nr 200\ndone\n", 3).as_ref(), 3).passed);
+        let short = parse("c 300\nr 100\ndone\n", 3).unwrap();
+        assert!(!connects_check(Some(&short), 3).passed, "one of three was never answered");
+        let cut = parse("c 300\nr 100\nr 120\n", 3).unwrap();
+        assert!(!cut.finished);
+        assert!(!connects_check(Some(&cut), 3).passed);
+        assert!(parse("bash: garbage\n", 3).is_none());
+        assert!(!connects_check(None, 3).passed);
     }
 
     /// Both ways at once, each underlay NIC must have moved half the payload

@@ -142,7 +142,7 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
         0 => None,
         n => {
             let l = record.connects.as_deref().and_then(|t| measure::connect::parse(t, n));
-            all.push(measure::connect::check(l.as_ref(), n));
+            all.push(checks::connects_check(l.as_ref(), n));
             l
         }
     };
