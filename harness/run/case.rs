@@ -359,9 +359,8 @@ async fn before_case<'a>(
         .filter(|(_, o)| o.get(FILTER_SETUP).is_some())
         .map(|(vm, o)| {
             let took = guest::took(&o.text(FILTER_SETUP));
-            (vm.to_string(), took.with_context(|| format!("`{vm}`: the filter's setup was not timed")))
+            Ok((vm.to_string(), took.with_context(|| format!("`{vm}`: the filter's setup was not timed"))?))
         })
-        .map(|(vm, t)| t.map(|t| (vm, t)))
         .collect::<anyhow::Result<_>>()?;
     Ok(Before { interfaces, uptimes, variants, captures, server_pid, probe_pid, matrix_pids, listen_s, filter_setup_s })
 }
