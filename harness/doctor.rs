@@ -99,7 +99,8 @@ fn age(when: u64) -> u64 {
     now.saturating_sub(when)
 }
 
-/// The image cache, and mmdebstrap to fill it.
+/// The image cache, and what fills it: mmdebstrap and, for an ordinary
+/// user, subordinate ids and the uidmap helpers.
 fn check_image(cached: Option<&image::Image>) -> bool {
     match cached {
         Some(i) => line(
@@ -107,34 +108,32 @@ fn check_image(cached: Option<&image::Image>) -> bool {
             "image",
             &format!("{}-{} cached (kernel {}) in {}", i.name, i.key, i.kernel_release, i.dir.display()),
         ),
-        None if hostnet::is_root() => line(
+        None => line(
             true,
             "image",
             &format!(
-                "not built yet: `vlab image build` (or the first `vlab run`) builds it into {}",
+                "not built yet: `vlab image build` (or the first `vlab run`) builds it into {} in about a minute",
                 image::cache_root().display()
             ),
         ),
-        None => {
-            let cache = image::cache_root();
-            return line(
-                false,
-                "image",
-                &format!(
-                    "not in {}, and building images needs root: `sudo env VLAB_CACHE_DIR={} vlab image build` \
-                     and then `sudo chown -R $USER {}`",
-                    cache.display(),
-                    cache.display(),
-                    cache.display()
-                ),
-            );
-        }
     };
-    line(
-        which::which("mmdebstrap").is_ok() || cached.is_some(),
+    let mmdebstrap = which::which("mmdebstrap").is_ok();
+    let mut ready = line(
+        mmdebstrap || cached.is_some(),
         "mmdebstrap",
-        if which::which("mmdebstrap").is_ok() { "installed" } else { "missing: run ci/setup" },
-    )
+        if mmdebstrap { "installed" } else { "missing: run ci/setup" },
+    );
+    if !hostnet::is_root() {
+        let missing = image::userns::prerequisites().err();
+        match (missing, cached) {
+            (None, _) => {
+                line(true, "subuids", "images build without root (mmdebstrap --mode=unshare, subordinate ids)");
+            }
+            (Some(why), Some(_)) => warn("subuids", &format!("the image is built, but a new one could not be: {why}")),
+            (Some(why), None) => ready &= line(false, "subuids", &why),
+        }
+    }
+    ready
 }
 
 /// Who runs labs, the lab's namespaces, the devices QEMU opens, vhost-net.

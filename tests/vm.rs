@@ -607,8 +607,8 @@ fn sigint_mid_run_tears_everything_down() {
 }
 
 /// Ctrl-C in the middle of a fresh image build, while mmdebstrap installs
-/// packages inside its chroot (with /proc, /sys and /dev mounted there),
-/// stops it within seconds: exit 130, no tool left running, nothing mounted,
+/// packages inside its temporary root, stops it within seconds: exit 130, no
+/// tool left running, mmdebstrap's temporary root removed, nothing mounted,
 /// and nothing in the cache that a later run would take as an image.
 #[test]
 fn sigint_during_an_image_build_leaves_nothing() {
@@ -616,24 +616,87 @@ fn sigint_during_an_image_build_leaves_nothing() {
     let vlab = Vlab::new();
     let cache = vlab.path("cache");
     std::fs::create_dir_all(&cache).unwrap();
+    let before = mmdebstrap_roots(&vlab);
     let mut cmd = vlab.command(&["image", "build"]);
     cmd.env("VLAB_CACHE_DIR", &cache);
     let (child, log) = started_until_phase(cmd, "installing remaining packages inside the chroot");
-    let mounted = mounts_below(&cache);
-    assert!(!mounted.is_empty(), "mmdebstrap has mounted nothing in its chroot yet");
-    assert!(!processes_below(&cache).is_empty(), "mmdebstrap is not running");
+    let roots: Vec<PathBuf> = mmdebstrap_roots(&vlab).into_iter().filter(|r| !before.contains(r)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while roots.iter().all(|r| processes_below(r).is_empty()) {
+        assert!(Instant::now() < deadline, "nothing runs in mmdebstrap's root: {roots:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let started = Instant::now();
     interrupted(child, log);
     assert!(started.elapsed() < Duration::from_secs(3), "the build took {:?} to stop", started.elapsed());
-    assert_eq!(mounts_below(&cache), Vec::<String>::new(), "left mounted (was: {mounted:?})");
+    let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
+    assert!(left.is_empty(), "mmdebstrap's temporary directories are left: {left:?}");
+    for dir in roots.iter().chain([&cache]) {
+        assert_eq!(mounts_below(dir), Vec::<String>::new(), "left mounted");
+        assert_eq!(processes_below(dir), Vec::<String>::new(), "left running");
+    }
+    assert_eq!(cache_entries(&cache), Vec::<String>::new(), "left in the image cache");
+}
+
+/// A vlab killed (SIGKILL) while it prepares an image's root leaves the
+/// half-built root in the cache (with files of subordinate owners, when an
+/// ordinary user built it), but nothing running and not mmdebstrap's
+/// temporary root (mmdebstrap gets SIGTERM and cleans up); the next build of
+/// that image removes the leftover, even when it is itself interrupted.
+#[test]
+fn an_image_build_killed_is_cleaned_up_by_the_next() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let cache = vlab.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let before = mmdebstrap_roots(&vlab);
+    let build = || {
+        let mut cmd = vlab.command(&["image", "build"]);
+        cmd.env("VLAB_CACHE_DIR", &cache);
+        cmd
+    };
+    let (mut child, log) = started_until_phase(build(), "preparing kernel modules");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = log.join();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_below(&cache).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(processes_below(&cache), Vec::<String>::new(), "left running");
-    let left: Vec<String> = std::fs::read_dir(cache.join("images"))
+    let leftover = cache_entries(&cache);
+    assert_eq!(leftover.len(), 1, "the half-built root: {leftover:?}");
+    assert!(leftover[0].starts_with(".build-base-"), "{leftover:?}");
+    let new_roots: Vec<PathBuf> = mmdebstrap_roots(&vlab).into_iter().filter(|r| !before.contains(r)).collect();
+    assert_eq!(new_roots, Vec::<PathBuf>::new(), "mmdebstrap's temporary root is left");
+
+    let (child, log) = started_until_phase(build(), "mmdebstrap");
+    let now = cache_entries(&cache);
+    assert!(!now.contains(&leftover[0]), "the leftover is still there: {now:?}");
+    interrupted(child, log);
+    assert_eq!(cache_entries(&cache), Vec::<String>::new(), "left in the image cache");
+}
+
+/// The entries of an image cache's `images/`, lock files aside.
+fn cache_entries(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("images"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".lock"))
-        .collect();
-    assert_eq!(left, Vec::<String>::new(), "left in the image cache");
+        .collect()
+}
+
+/// mmdebstrap's temporary directories (its root, its GnuPG home): in the
+/// invocation's TMPDIR, or in /tmp where an ordinary user's mmdebstrap cannot
+/// reach that.
+fn mmdebstrap_roots(vlab: &Vlab) -> Vec<PathBuf> {
+    [vlab.path("run"), PathBuf::from("/tmp")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mmdebstrap.")))
+        .collect()
 }
 
 /// Mount points at or below `dir`.

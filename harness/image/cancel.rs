@@ -2,10 +2,9 @@
 //! flight. Each build starts its tools (mmdebstrap, depmod, xz, mke2fs) in a
 //! process group of their own, which the cancel signals; the build then
 //! returns [`ImageError::Cancelled`](super::ImageError::Cancelled) and its
-//! work directory is unmounted and removed before [`cancel_all`] returns.
+//! work directory is removed before [`cancel_all`] returns.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,10 +44,16 @@ impl Active {
     /// Starts a tool in a process group of its own (so that the cancel reaches
     /// its children too), killed if vlab dies.
     pub fn spawn(&self, step: &str, cmd: &mut Command) -> Result<Child, ImageError> {
+        self.spawn_with_death_signal(step, cmd, libc::SIGKILL)
+    }
+
+    /// [`Active::spawn`] for a tool that cleans up after itself when vlab
+    /// dies: it gets `signal` then.
+    pub fn spawn_with_death_signal(&self, step: &str, cmd: &mut Command, signal: i32) -> Result<Child, ImageError> {
         self.check()?;
         // SAFETY: prctl only, between fork and exec.
         unsafe {
-            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+            cmd.pre_exec(move || match libc::prctl(libc::PR_SET_PDEATHSIG, signal) {
                 0 => Ok(()),
                 _ => Err(std::io::Error::last_os_error()),
             });
@@ -110,68 +115,5 @@ pub fn cancel_all(limit: Duration) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The mount points at or below `dir`, deepest first, from
-/// `/proc/self/mountinfo` (octal escapes decoded).
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-fn unescape_mount_path(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Removes a build's work directory. mmdebstrap in root mode mounts /proc,
-/// /sys and /dev inside the root it builds; an interrupted one can leave them
-/// mounted, and removing the tree through them would delete the host's device
-/// nodes. So everything mounted below is detached first, and the directory is
-/// left alone (with a warning) if a mount remains.
-pub(super) fn remove_work_dir(dir: &Path) {
-    if !dir.exists() {
-        return;
-    }
-    for m in mounts_below(dir) {
-        let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else { continue };
-        // SAFETY: a NUL-terminated path; MNT_DETACH never blocks on busy mounts.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-    let left = mounts_below(dir);
-    if left.is_empty() {
-        let _ = std::fs::remove_dir_all(dir);
-    } else {
-        tracing::warn!("not removing {}: still mounted there: {left:?}", dir.display());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path(r"/a\040b/c\011d"), "/a b/c\td");
-        assert_eq!(unescape_mount_path(r"/plain\"), "/plain\\");
     }
 }

@@ -6,6 +6,7 @@
 
 mod cancel;
 mod initramfs;
+pub mod userns;
 
 pub use cancel::cancel_all;
 
@@ -112,25 +113,6 @@ pub enum ImageError {
         step: String,
         /// Its output or error.
         detail: String,
-    },
-    /// An ordinary user asked for an image that is not in their cache: the
-    /// build (mmdebstrap, chroot) still needs root.
-    #[error(
-        "the image {name}-{key} is not in {} and building images needs root: \
-         `sudo env VLAB_CACHE_DIR={} vlab image build {}` and then `sudo chown -R $USER {}`",
-        dir.display(), cache.display(), recipe.display(), cache.display()
-    )]
-    NeedsRoot {
-        /// The recipe's name.
-        name: String,
-        /// Its key.
-        key: String,
-        /// The images directory looked in.
-        dir: PathBuf,
-        /// The user's cache root.
-        cache: PathBuf,
-        /// The recipe file.
-        recipe: PathBuf,
     },
     /// The build was cancelled (SIGINT or SIGTERM); nothing of it is left.
     #[error("image build cancelled")]
@@ -280,11 +262,14 @@ impl Drop for CacheLock {
 }
 
 /// Removes a half-built directory unless the build completes.
-struct BuildDir(PathBuf);
+struct BuildDir<'a> {
+    dir: PathBuf,
+    ns: &'a userns::BuildNs,
+}
 
-impl Drop for BuildDir {
+impl Drop for BuildDir<'_> {
     fn drop(&mut self) {
-        cancel::remove_work_dir(&self.0);
+        self.ns.remove_dir(&self.dir);
     }
 }
 
@@ -299,39 +284,39 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     if let Some(image) = read_image(&final_dir) {
         return Ok(image);
     }
-    if !crate::hostnet::is_root() {
-        return Err(ImageError::NeedsRoot {
-            name: recipe.name,
-            key,
-            dir: root,
-            cache: cache_root(),
-            recipe: recipe_path.to_path_buf(),
-        });
-    }
     let _lock = CacheLock::acquire(&root.join(format!("{}-{key}.lock", recipe.name)), progress)?;
     if let Some(image) = read_image(&final_dir) {
         return Ok(image);
     }
     let started = Instant::now();
+    let ns = userns::BuildNs::create()?;
     // Declared before the work directory, so that a cancel waits for its removal.
     let active = cancel::Active::register();
-    let work = BuildDir(root.join(format!(".build-{}-{key}-{}", recipe.name, std::process::id())));
-    cancel::remove_work_dir(&work.0);
-    fs::create_dir_all(&work.0).map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
-    let rootdir = work.0.join("root");
+    // Under the lock, another build directory of this entry is one that a
+    // killed vlab left.
+    let prefix = format!(".build-{}-{key}-", recipe.name);
+    for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            ns.remove_dir(&entry.path());
+        }
+    }
+    let work = BuildDir { dir: root.join(format!("{prefix}{}", std::process::id())), ns: &ns };
+    fs::create_dir_all(&work.dir).map_err(|source| ImageError::Cache { path: work.dir.clone(), source })?;
+    let rootdir = work.dir.join("root");
+    fs::create_dir(&rootdir).map_err(|source| ImageError::Cache { path: rootdir.clone(), source })?;
 
     progress.phase(&format!("mmdebstrap {} ({} packages)", recipe.suite, recipe.packages.len() + 1));
-    mmdebstrap(&active, &recipe, &rootdir, progress)?;
+    mmdebstrap(&active, &ns, &recipe, &rootdir, progress)?;
 
     progress.phase("preparing kernel modules");
     let kernel_release = kernel_release(&rootdir)?;
     let modules_dir = rootdir.join("usr/lib/modules").join(&kernel_release);
-    decompress_modules(&active, &modules_dir)?;
-    run(&active, "depmod", Command::new("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
-    install_guest_files(&rootdir)?;
+    decompress_modules(&active, &ns, &modules_dir)?;
+    run(&active, "depmod", ns.command("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
+    install_guest_files(&active, &ns, &work.dir)?;
     if recipe.packages.iter().any(|p| p == "clang") {
         progress.phase("compiling vlab's BPF programs");
-        build_bpf(&active, &rootdir)?;
+        build_bpf(&active, &ns, &work.dir)?;
     }
 
     progress.phase("writing initramfs");
@@ -342,42 +327,48 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     })?;
     let cpio = initramfs::build(&modules_dir, &recipe.initramfs_modules, &busybox, INITRAMFS_INIT)
         .map_err(|e| ImageError::Step { step: "initramfs".into(), detail: e })?;
-    fs::write(work.0.join("initramfs.cpio"), cpio)
-        .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    write(&work.dir.join("initramfs.cpio"), &cpio)?;
     let bzimage_path = rootdir.join("boot").join(format!("vmlinuz-{kernel_release}"));
     let bzimage = fs::read(&bzimage_path).map_err(|source| ImageError::Cache { path: bzimage_path.clone(), source })?;
-    fs::write(work.0.join("vmlinuz"), &bzimage).map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    write(&work.dir.join("vmlinuz"), &bzimage)?;
     let config = fs::read_to_string(rootdir.join("boot").join(format!("config-{kernel_release}"))).unwrap_or_default();
     if config.lines().any(|l| l == "CONFIG_PVH=y") {
         progress.phase("extracting vmlinux for PVH boot");
         if let Some(vmlinux) = extract_vmlinux(&active, &bzimage) {
-            fs::write(work.0.join("vmlinux"), vmlinux)
-                .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+            write(&work.dir.join("vmlinux"), &vmlinux)?;
         }
     }
     // The distribution's initramfs and kernel copies are not booted; the
     // kernel's configuration stays (vlab checks it for the options a lab needs).
-    for entry in fs::read_dir(rootdir.join("boot")).into_iter().flatten().flatten() {
-        if !entry.file_name().to_string_lossy().starts_with("config-") {
-            let _ = fs::remove_file(entry.path());
-        }
+    let unbooted: Vec<PathBuf> = fs::read_dir(rootdir.join("boot"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("config-"))
+        .map(|e| e.path())
+        .collect();
+    if !unbooted.is_empty() {
+        run(&active, "rm /boot", ns.command("rm").arg("-rf").arg("--").args(&unbooted))?;
     }
 
     progress.phase("writing ext4 root disk");
     let size_mib = recipe.disk_mib.unwrap_or_else(|| dir_size(&rootdir) / (1 << 20) + 512);
     active.check()?;
+    // The user's own file, which mke2fs (as the namespace's root) fills.
+    let disk = work.dir.join("rootfs.ext4");
+    write(&disk, &[])?;
     run(
         &active,
         "mke2fs",
-        Command::new("mke2fs")
+        ns.command("mke2fs")
             // No journal: every VM writes to a throwaway overlay, and the
             // journal only slows the mount and every write under TCG.
             .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-E", "lazy_itable_init=0", "-L", "vlab-root", "-d"])
             .arg(&rootdir)
-            .arg(work.0.join("rootfs.ext4"))
+            .arg(&disk)
             .arg(format!("{size_mib}M")),
     )?;
-    fs::remove_dir_all(&rootdir).map_err(|source| ImageError::Cache { path: rootdir.clone(), source })?;
+    ns.remove_dir(&rootdir);
 
     let manifest = Manifest {
         format: FORMAT,
@@ -388,21 +379,34 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
         build_seconds: started.elapsed().as_secs_f64(),
         recipe,
     };
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-    fs::write(work.0.join("manifest.json"), json)
-        .map_err(|source| ImageError::Cache { path: work.0.clone(), source })?;
+    write(&work.dir.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
     active.check()?;
     let _ = fs::remove_dir_all(&final_dir);
-    fs::rename(&work.0, &final_dir).map_err(|source| ImageError::Cache { path: final_dir.clone(), source })?;
+    fs::rename(&work.dir, &final_dir).map_err(|source| ImageError::Cache { path: final_dir.clone(), source })?;
     read_image(&final_dir)
         .ok_or_else(|| ImageError::Step { step: "finish".into(), detail: "the built image is incomplete".into() })
 }
 
-fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress: &Progress) -> Result<(), ImageError> {
+fn write(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    fs::write(path, bytes).map_err(|source| ImageError::Cache { path: path.into(), source })
+}
+
+/// The root file system: mmdebstrap writes it as a tarball to a pipe (in its
+/// own namespaces, as root or in unshare mode as the user), and tar, as root
+/// of the build's namespace, unpacks it with its owners. Device nodes are
+/// left out (an unprivileged namespace cannot make them; the guest mounts
+/// devtmpfs on /dev).
+fn mmdebstrap(
+    active: &cancel::Active,
+    ns: &userns::BuildNs,
+    recipe: &Recipe,
+    rootdir: &Path,
+    progress: &Progress,
+) -> Result<(), ImageError> {
     let mut include = vec![recipe.kernel_package.clone()];
     include.extend(recipe.packages.iter().cloned());
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--variant=essential", "--mode=root"])
+    cmd.args(["--variant=essential", "--mode=unshare", "--format=tar", "--skip=output/mknod"])
         .arg(format!("--include={}", include.join(",")))
         .args([
             "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -411,13 +415,24 @@ fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress
             "--dpkgopt=path-exclude=/usr/share/info/*",
         ])
         .arg(&recipe.suite)
-        .arg(rootdir)
+        .arg("-")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = active.spawn("mmdebstrap", &mut cmd)?;
-    let stdout = child.stdout.take().expect("piped");
-    let out_thread = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    ns.mmdebstrap_env(&mut cmd)?;
+    // SIGTERM when vlab dies: mmdebstrap then removes its temporary root.
+    let mut child = active.spawn_with_death_signal("mmdebstrap", &mut cmd, libc::SIGTERM)?;
+    let tarball = child.stdout.take().expect("piped");
+    let mut untar = ns.command("tar");
+    untar
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", "-", "-C"])
+        .arg(rootdir)
+        .stdin(Stdio::from(tarball))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let untar = active.spawn("tar", &mut untar)?;
+    let untar_pid = untar.id();
+    let untar_thread = std::thread::spawn(move || untar.wait_with_output());
     let mut tail: Vec<String> = Vec::new();
     for line in BufReader::new(child.stderr.take().expect("piped")).lines().map_while(Result::ok) {
         if let Some(msg) = line.strip_prefix("I: ") {
@@ -430,7 +445,8 @@ fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress
     }
     let status = child.wait().map_err(|e| ImageError::Step { step: "mmdebstrap".into(), detail: e.to_string() })?;
     active.forget(child.id());
-    let _ = out_thread.join();
+    let untarred = untar_thread.join().expect("tar thread");
+    active.forget(untar_pid);
     active.check()?;
     if !status.success() {
         return Err(ImageError::Step {
@@ -438,7 +454,14 @@ fn mmdebstrap(active: &cancel::Active, recipe: &Recipe, rootdir: &Path, progress
             detail: format!("{status}; last lines:\n{}", tail.join("\n")),
         });
     }
-    Ok(())
+    match untarred {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(ImageError::Step {
+            step: "tar".into(),
+            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        }),
+        Err(e) => Err(ImageError::Step { step: "tar".into(), detail: e.to_string() }),
+    }
 }
 
 fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
@@ -458,7 +481,7 @@ fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
 
 /// Debian ships modules xz- or zstd-compressed; busybox insmod and a fast boot
 /// want them plain, so they are decompressed once at build time.
-fn decompress_modules(active: &cancel::Active, dir: &Path) -> Result<(), ImageError> {
+fn decompress_modules(active: &cancel::Active, ns: &userns::BuildNs, dir: &Path) -> Result<(), ImageError> {
     let mut xz = Vec::new();
     let mut zst = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -481,7 +504,7 @@ fn decompress_modules(active: &cancel::Active, dir: &Path) -> Result<(), ImageEr
                 .into_iter()
                 .map(|chunk| {
                     s.spawn(move || {
-                        let mut cmd = Command::new(tool);
+                        let mut cmd = ns.command(tool);
                         // Both delete the compressed file once decompressed.
                         cmd.args(if tool == "xz" { ["-d", "-q", "-T1"] } else { ["-d", "-q", "--rm"] }).args(&chunk);
                         run(active, tool, &mut cmd)
@@ -534,27 +557,38 @@ fn extract_vmlinux(active: &cancel::Active, bzimage: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn install_guest_files(rootdir: &Path) -> Result<(), ImageError> {
-    use std::os::unix::fs::PermissionsExt;
-    let init = rootdir.join("sbin/vlab-init");
-    fs::write(&init, GUEST_INIT).map_err(|source| ImageError::Cache { path: init.clone(), source })?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .map_err(|source| ImageError::Cache { path: init.clone(), source })?;
-    fs::write(rootdir.join("etc/hostname"), "vlab\n")
-        .map_err(|source| ImageError::Cache { path: rootdir.join("etc"), source })?;
-    Ok(())
+/// vlab's init and the host name, installed into the root as its root.
+fn install_guest_files(active: &cancel::Active, ns: &userns::BuildNs, work: &Path) -> Result<(), ImageError> {
+    install(active, ns, work, GUEST_INIT, "0755", "sbin/vlab-init")?;
+    install(active, ns, work, "vlab\n", "0644", "etc/hostname")
+}
+
+/// Writes `content` to `root/path` with `mode`, owned by root (`install`,
+/// run as root of the build's namespace, from a copy in the work directory).
+fn install(
+    active: &cancel::Active,
+    ns: &userns::BuildNs,
+    work: &Path,
+    content: &str,
+    mode: &str,
+    path: &str,
+) -> Result<(), ImageError> {
+    let staged = work.join("staged");
+    write(&staged, content.as_bytes())?;
+    let mut cmd = ns.command("install");
+    cmd.args(["-D", "-m", mode]).arg(&staged).arg(work.join("root").join(path));
+    run(active, &format!("install /{path}"), &mut cmd)?;
+    fs::remove_file(&staged).map_err(|source| ImageError::Cache { path: staged, source })
 }
 
 /// Compiles [`BPF_PROGRAMS`] with the root's clang and libbpf headers.
-fn build_bpf(active: &cancel::Active, rootdir: &Path) -> Result<(), ImageError> {
-    let dir = rootdir.join(BPF_DIR.trim_start_matches('/'));
-    fs::create_dir_all(&dir).map_err(|source| ImageError::Cache { path: dir.clone(), source })?;
+fn build_bpf(active: &cancel::Active, ns: &userns::BuildNs, work: &Path) -> Result<(), ImageError> {
+    let rootdir = work.join("root");
     for (name, source) in BPF_PROGRAMS {
-        let c = dir.join(format!("{name}.c"));
-        fs::write(&c, source).map_err(|source| ImageError::Cache { path: c.clone(), source })?;
         let (c, o) = (format!("{BPF_DIR}/{name}.c"), format!("{BPF_DIR}/{name}.o"));
-        let mut clang = Command::new("chroot");
-        clang.arg(rootdir).args(["clang", "-O2", "-g", "-Wall", "-Werror", "--target=bpf"]);
+        install(active, ns, work, source, "0644", c.trim_start_matches('/'))?;
+        let mut clang = ns.command("chroot");
+        clang.arg(&rootdir).args(["clang", "-O2", "-g", "-Wall", "-Werror", "--target=bpf"]);
         // The BPF target has no multiarch directory of its own: asm/types.h.
         clang.args(["-I/usr/include/x86_64-linux-gnu", "-c", &c, "-o", &o]);
         run(active, &format!("clang bpf/{name}.c"), &mut clang)?;
