@@ -60,6 +60,20 @@ pub mod exit {
     pub const TERMINATED: u8 = 143;
 }
 
+/// `$PATH` with the system directories an ordinary user's `PATH` often lacks
+/// (Debian's has no `/usr/sbin`), where the image build's chroot, depmod and
+/// mke2fs live.
+pub fn path_with_sbin() -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !dirs.iter().any(|x| x == std::path::Path::new(d)) {
+            dirs.push(d.into());
+        }
+    }
+    std::env::join_paths(dirs).expect("PATH entries without ':'")
+}
+
 /// The directory of image recipes: `$VLAB_IMAGES_DIR`, else `./images` when it
 /// exists, else the `images/` of the source tree vlab was built from.
 pub fn images_dir() -> std::path::PathBuf {

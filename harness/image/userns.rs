@@ -90,9 +90,11 @@ impl BuildNs {
     }
 
     /// A command that runs `program` as root of the build's namespace (as
-    /// itself when vlab runs as root).
+    /// itself when vlab runs as root), found in `PATH` or the sbin directories.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
+        // The program is looked up in this PATH, and chroot's in the root.
+        cmd.env("PATH", crate::path_with_sbin());
         if let Some((_, userns)) = &self.ns {
             let fd = userns.as_raw_fd();
             // SAFETY: only setns(2), setgroups(2) and setres[ug]id(2) between fork
