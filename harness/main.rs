@@ -51,7 +51,7 @@ enum Cmd {
         /// CPU acceleration: auto probes KVM by running a guest and falls back to TCG.
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
-        /// Boot this kernel (bzImage) instead of the image's; see README for its
+        /// Boot this kernel (bzImage) instead of the image's; see docs/kernels.md for its
         /// config. Given twice or more, each kernel gets its own pairs, the
         /// kernels take turns in every round, and each later kernel is
         /// compared with the first (exit 1 when one is significantly slower).
@@ -441,7 +441,7 @@ async fn supervised<T: Send + 'static>(
                 Some(crash) => {
                     error!(
                         "{e:#}\n\n{crash}: QEMU itself failed, not the lab nor the kernel under test (exit 125). \
-                         See README, Troubleshooting, on QEMU crashes under TCG."
+                         See docs/troubleshooting.md on QEMU crashes under TCG."
                     );
                     Err(exit::COULD_NOT_RUN)
                 }

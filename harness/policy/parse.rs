@@ -74,7 +74,7 @@ const UNSUPPORTED: &[&str] = &[
 
 /// The supported set, as refusals name it.
 const SUPPORTED: &str = "vlab's policy model covers endpoint selectors (matchLabels, matchExpressions), \
-     namespaces, entities and L4 ports; see README, Policies";
+     namespaces, entities and L4 ports; see docs/policies.md";
 
 // ---- Cilium's language ----
 
