@@ -347,7 +347,7 @@ enum OnCrash {
 }
 
 const HINT_125: &str = "The lab could not run (exit 125). Run `vlab doctor` to check QEMU, KVM and the image cache; \
-run `ci/setup` as root to install what is missing; keep the evidence with --artifacts DIR and read the serial logs.";
+run `ci/setup` (it asks for sudo) to install what is missing; keep the evidence with --artifacts DIR and read the serial logs.";
 
 fn load_lab(path: &Path) -> Result<Lab, u8> {
     vlab::load_lab(path).map_err(|e| {

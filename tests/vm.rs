@@ -727,6 +727,20 @@ fn sigint_while_booting_tears_everything_down() {
     interrupted_at(&["run", "labs/baseline.toml", "--cold-boot"], "booting 2 VMs", |_| {});
 }
 
+/// SIGINT in the other phases of a run: while the containers and the overlay
+/// are set up in the guests, while the pair warms up, and while one filter
+/// is removed and the next deployed between cases.
+#[rstest::rstest]
+#[case::deploying(&["run", "labs/baseline.toml"], "setting up containers and overlay")]
+#[case::warming_up(&["run", "labs/baseline.toml"], "warming up with case")]
+#[case::switching_filters(&["run", "labs/filters.toml", "--case", "streams=1"], "switching filter none to iptables")]
+fn sigint_in_every_phase_of_a_run_tears_everything_down(#[case] args: &[&str], #[case] phase: &str) {
+    interrupted_at(args, phase, |vlab| {
+        assert_eq!(processes_mentioning(&vlab.path("run")).len(), 2, "both QEMUs run");
+        assert_private_run_dirs(&vlab.path("run"));
+    });
+}
+
 /// A first run boots its VMs and saves their states; a second run loads
 /// them instead of booting (both agents answer within seconds), sets the
 /// guests' clocks, says so on their consoles, and its cases pass.

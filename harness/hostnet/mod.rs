@@ -314,7 +314,8 @@ pub fn obstacle(
             "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1, \
              as on Ubuntu 24.04): allow them for vlab with a profile, /etc/apparmor.d/vlab holding \
              `abi <abi/4.0>, include <tunables/global> profile vlab {exe} flags=(unconfined) {{ userns, }}`, \
-             then `sudo apparmor_parser -r /etc/apparmor.d/vlab`; or for the whole host \
+             then `sudo apparmor_parser -r /etc/apparmor.d/vlab` (image builds need a profile \
+             `mmdebstrap /usr/bin/mmdebstrap` of the same form); or for the whole host \
              `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`"
         ));
     }
