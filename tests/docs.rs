@@ -206,6 +206,7 @@ fn a_snippet_that_drifted_from_the_code_fails() {
     let incomplete = check(&page, &snippet(None, "name = \"x\"\n")).unwrap_err();
     assert!(incomplete.contains("docs/lab-files.md:1"), "{incomplete}");
     assert!(check(&page, &snippet(Some("labs/baseline.toml"), "[workload]\nstreams = 2\n")).is_ok());
-    let study = "name = \"s\"\n[[lab]]\nfile = \"baseline.toml\"\n[[finding]]\nclaim = \"c\"\ndelivers = [\"baseline/nope\"]\n";
+    let study =
+        "name = \"s\"\n[[lab]]\nfile = \"baseline.toml\"\n[[finding]]\nclaim = \"c\"\ndelivers = [\"baseline/nope\"]\n";
     assert!(check(&page, &snippet(None, study)).is_err(), "a finding naming no case");
 }

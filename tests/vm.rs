@@ -2124,7 +2124,12 @@ fn modules_tree(dir: &Path, wanted: &[&str]) -> PathBuf {
     let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
     let release = &image.kernel_release;
     let debugfs = |request: &str| {
-        let out = Command::new("debugfs").env("PATH", vlab::path_with_sbin()).args(["-R", request]).arg(&image.rootfs).output().unwrap();
+        let out = Command::new("debugfs")
+            .env("PATH", vlab::path_with_sbin())
+            .args(["-R", request])
+            .arg(&image.rootfs)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "debugfs {request}: {}", stderr(&out));
         out.stdout
     };
