@@ -223,6 +223,25 @@ fn a_tunnel_between_other_addresses_fails_the_vxlan_wire_check() {
     assert_among_failed(&report, &["VXLAN: wire carries VNI 100 between the VTEPs"]);
 }
 
+/// One outer packet is an IP fragment (its more-fragments flag set): the
+/// inner MTU did not leave room for the encapsulation.
+#[test]
+fn a_fragmented_outer_packet_fails_the_fragmentation_check() {
+    let mut r = recorded("vxlan");
+    let mut marked = 0;
+    edit_packets(r.pcap("host1-underlay.pcap"), |frame| {
+        if marked == 0 && udp_payload_to(frame, 4789).is_some() && frame[12..14] == [0x08, 0x00] {
+            frame[14 + 6] |= 0x20; // the outer IPv4 header's more-fragments flag
+            marked += 1;
+        }
+    });
+    assert_eq!(marked, 1, "the capture has VXLAN packets over IPv4");
+    let report = r.judge();
+    assert_among_failed(&report, &["VXLAN: no fragmentation"]);
+    let detail = &check(&report, "VXLAN: no fragmentation").detail;
+    assert!(detail.starts_with("1 fragments in "), "{detail}");
+}
+
 #[test]
 fn a_recorded_l4_policy_case_passes_every_check() {
     let report = recorded("l4-policy").judge();

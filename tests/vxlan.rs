@@ -30,6 +30,14 @@ fn edit(from: &str, to: &str) -> String {
     edit("nic = { model = \"virtio\", queues = 2 }", "nic = { model = \"igb-sriov\", vfs = 1 }"),
     "vxlan_on_vfs"
 )]
+#[case::port_zero(edit("port = 4789", "port = 0"), "vxlan_port_zero")]
+#[case::vfs_in_matrix(
+    edit(
+        "[workload]",
+        "[matrix]\nnic = [{ model = \"virtio\", queues = 1 }, { model = \"igb-sriov\", vfs = 1 }]\n\n[workload]"
+    ),
+    "vxlan_vfs_in_matrix"
+)]
 #[case::table_elsewhere(
     include_str!("../labs/baseline.toml").replacen("[workload]", "[vxlan]\nvni = 7\n\n[workload]", 1),
     "vxlan_table_elsewhere"
@@ -76,6 +84,38 @@ fn overhead_and_inner_mtu() {
     assert_eq!(vxlan::inner_mtu(Family::Ipv4), 1450);
     assert_eq!(vxlan::overhead(Family::Ipv6), 70);
     assert_eq!(vxlan::inner_mtu(Family::Ipv6), 1430);
+}
+
+/// What the overlay needs of a guest: the bridge and VXLAN modules, loaded at
+/// boot and required of a kernel given with --kernel (the options behind them),
+/// and each VM's forwarding entries read back under the name the verdict reads.
+#[test]
+fn the_overlay_loads_its_modules_and_reads_back_each_vms_forwarding_entries() {
+    use vlab::overlay::Variant;
+    let lab = parse(VXLAN).unwrap();
+    assert_eq!(vxlan::Vxlan.modules(), ["bridge", "vxlan"]);
+    let need = vlab::run::kconfig::needed(&lab, &lab.cases(), None);
+    for option in ["BRIDGE", "VXLAN"] {
+        assert_eq!(need.get(option).map(String::as_str), Some("overlay vxlan"), "{need:?}");
+    }
+    for vm in &lab.vms {
+        assert_eq!(
+            vxlan::Vxlan.evidence_commands(&lab, vm),
+            [(format!("fdb-{}.json", vm.name), "bridge -j fdb show dev vx100".to_string())]
+        );
+    }
+}
+
+/// The underlay captures keep the tunnel's packets, on the lab's UDP port,
+/// and decapsulate them.
+#[test]
+fn tunnel_traffic_is_captured_on_the_labs_port() {
+    for port in [4789, 8472] {
+        let lab = parse(&edit("port = 4789", &format!("port = {port}"))).unwrap();
+        let hints = vxlan::capture_hints(&lab);
+        assert_eq!(hints.underlay_filter.as_deref(), Some(format!("udp port {port}").as_str()));
+        assert_eq!(hints.vxlan_port, Some(port));
+    }
 }
 
 /// `bridge -j fdb show dev vx100` on Debian 13's iproute2, with static entries.
