@@ -1,7 +1,8 @@
 //! The GitHub Actions workflow runs every test exactly once: its unit job
 //! and its VM test shards (nextest's counted partitions), read from
 //! `.github/workflows/ci.yml` with their matrices expanded, are listed by
-//! nextest itself and together match the whole suite, none twice.
+//! nextest itself and together match the whole suite, none twice. And
+//! nothing the project installs is given a set-id mode or file capabilities.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -147,6 +148,52 @@ fn third_party_actions_are_pinned_to_commits() {
             }
             let (_, rev) = target.split_once('@').unwrap_or_else(|| panic!("{file}: {line}: no ref"));
             assert!(rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()), "{file}: {line}: not a commit");
+        }
+    }
+}
+
+/// Whether a shell line gives a file a set-user/group-id mode or file
+/// capabilities.
+fn grants_privileges(line: &str) -> bool {
+    let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|').collect();
+    words.contains(&"setcap")
+        || words.iter().position(|w| *w == "chmod").is_some_and(|i| {
+            words[i + 1..].iter().filter(|w| !w.starts_with('-')).take(1).any(|mode| {
+                let numeric = mode.len() == 4
+                    && mode.chars().all(|c| c.is_digit(8))
+                    && matches!(&mode[..1], "2" | "4" | "6" | "7");
+                numeric || (mode.contains('+') || mode.contains('=')) && mode.split(',').any(|m| m.contains('s'))
+            })
+        })
+}
+
+/// vlab runs as the calling user: its setup, CI scripts, workflows and
+/// action install no setuid or setgid program and no file capability (the
+/// only set-id programs a run without root uses are the distribution's
+/// newuidmap and newgidmap, for image builds).
+#[test]
+fn nothing_installed_is_given_set_id_modes_or_capabilities() {
+    for bad in
+        ["chmod u+s /usr/local/bin/vlab", "sudo chmod 4755 vlab", "chmod g=rxs x", "setcap cap_net_admin+ep vlab"]
+    {
+        assert!(grants_privileges(bad), "{bad}");
+    }
+    for fine in ["chmod g+rw /dev/kvm", "chmod 0666 /dev/net/tun", "chmod 0755 x", "chmod +x ci/run", "chmod -R a+rX d"]
+    {
+        assert!(!grants_privileges(fine), "{fine}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = [".ci", "ci", ".github/workflows"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap().flatten().map(|e| e.path()))
+        .collect();
+    files.push(root.join("action.yml"));
+    files.retain(|f| f.extension().is_none_or(|e| e != "cjs"));
+    assert!(files.iter().any(|f| f.ends_with("ci/setup")), "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            assert!(!grants_privileges(line), "{}:{}: {line}", file.display(), n + 1);
         }
     }
 }
