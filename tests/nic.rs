@@ -116,6 +116,16 @@ fn tcp_snmp_counters_are_read_by_name() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "TcpInCsumErrors 17\n");
 }
 
+/// The receiver's checksum error counters, read on this host's own kernel
+/// (no namespace): the TCP stack's InCsumErrors is among them, by name.
+#[test]
+fn checksum_error_counters_are_read_from_the_kernel() {
+    let cmd = vlab::measure::counters::csum_errors_command(None, "lo");
+    let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().unwrap();
+    let counters = vlab::measure::counters::parse_named(&String::from_utf8_lossy(&out.stdout));
+    assert!(counters.contains_key("TcpInCsumErrors"), "{cmd}: {counters:?}");
+}
+
 /// A case applies only the offloads that the previous probe did not read
 /// back as requested; a feature the driver cannot change is left alone.
 #[test]
