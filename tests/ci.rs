@@ -153,18 +153,22 @@ fn third_party_actions_are_pinned_to_commits() {
 }
 
 /// Whether a shell line gives a file a set-user/group-id mode or file
-/// capabilities.
+/// capabilities, in any of its commands.
 fn grants_privileges(line: &str) -> bool {
-    let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|').collect();
+    let words: Vec<&str> =
+        line.split(|c: char| c.is_whitespace() || ";&|".contains(c)).filter(|w| !w.is_empty()).collect();
+    let set_id = |mode: &str| match mode.parse::<u32>() {
+        // A numeric mode of four octal digits: the first holds setuid (4) and setgid (2).
+        Ok(_) if mode.len() == 4 => u32::from(mode.as_bytes()[0] - b'0') & 6 != 0,
+        Ok(_) => false,
+        Err(_) => mode.contains(['+', '=']) && mode.split(',').any(|m| m.contains('s')),
+    };
     words.contains(&"setcap")
-        || words.iter().position(|w| *w == "chmod").is_some_and(|i| {
-            words[i + 1..].iter().filter(|w| !w.starts_with('-')).take(1).any(|mode| {
-                let numeric = mode.len() == 4
-                    && mode.chars().all(|c| c.is_digit(8))
-                    && matches!(&mode[..1], "2" | "4" | "6" | "7");
-                numeric || (mode.contains('+') || mode.contains('=')) && mode.split(',').any(|m| m.contains('s'))
-            })
-        })
+        || words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w == "chmod")
+            .any(|(i, _)| words[i + 1..].iter().find(|w| !w.starts_with('-')).is_some_and(|mode| set_id(mode)))
 }
 
 /// vlab runs as the calling user: its setup, CI scripts, workflows and
@@ -173,9 +177,14 @@ fn grants_privileges(line: &str) -> bool {
 /// newuidmap and newgidmap, for image builds).
 #[test]
 fn nothing_installed_is_given_set_id_modes_or_capabilities() {
-    for bad in
-        ["chmod u+s /usr/local/bin/vlab", "sudo chmod 4755 vlab", "chmod g=rxs x", "setcap cap_net_admin+ep vlab"]
-    {
+    for bad in [
+        "chmod u+s /usr/local/bin/vlab",
+        "sudo chmod 4755 vlab",
+        "chmod 3755 x",
+        "chmod g=rxs x",
+        "chmod 0755 a; chmod -R u+s b",
+        "setcap cap_net_admin+ep vlab",
+    ] {
         assert!(grants_privileges(bad), "{bad}");
     }
     for fine in ["chmod g+rw /dev/kvm", "chmod 0666 /dev/net/tun", "chmod 0755 x", "chmod +x ci/run", "chmod -R a+rX d"]
