@@ -731,3 +731,191 @@ fn a_kept_record_reads_back_the_same() {
     let judged = record::judge(&r.lab, &r.case, &again, &pcaps).unwrap();
     assert_eq!(serde_json::to_value(&judged.checks).unwrap(), serde_json::to_value(&r.judge().checks).unwrap());
 }
+
+/// The recorded EVPN case with the daemon output `name` (under `evpn/`)
+/// rewritten by `edit`, which must change it.
+fn evpn_with(name: &str, edit: impl Fn(&str) -> String) -> Recorded {
+    let mut r = recorded("vxlan-evpn");
+    let text = r.record.after.get_mut(&format!("evpn/{name}")).unwrap_or_else(|| panic!("no output evpn/{name}"));
+    let changed = edit(text);
+    assert_ne!(&changed, text, "the edit of {name} changed nothing");
+    *text = changed;
+    r
+}
+
+/// The control plane as the EVPN overlay reads it from the recorded case's
+/// daemon outputs.
+fn control_plane(r: &Recorded) -> vlab::overlay::evpn::ControlPlane {
+    let outputs =
+        r.record.after.iter().filter_map(|(k, v)| Some((k.strip_prefix("evpn/")?.to_string(), v.clone()))).collect();
+    vlab::overlay::evpn::control_plane(&r.lab, &outputs)
+}
+
+/// What FRR and goBGP reported in the recorded case, read back field by
+/// field: each session's state at both ends, each route's type, VNI (the
+/// type-2 label, the type-3 PMSI tunnel label), MAC, VTEP and next hop, and
+/// each MAC zebra holds.
+#[test]
+fn the_recorded_evpn_control_plane_reads_back() {
+    insta::assert_json_snapshot!("evpn_control_plane", control_plane(&recorded("vxlan-evpn")));
+}
+
+/// goBGP's numeric session states are named as BGP names them (older goBGP
+/// prints numbers, newer names; 6, Established, is the recording's own).
+#[rstest::rstest]
+#[case("1", "Idle")]
+#[case("2", "Connect")]
+#[case("3", "Active")]
+#[case("4", "OpenSent")]
+#[case("5", "OpenConfirm")]
+#[case("7", "Unknown")]
+#[case("\"BGP_FSM_ESTABLISHED\"", "BGP_FSM_ESTABLISHED")]
+#[case("null", "Unknown")]
+fn the_route_servers_session_states_are_named(#[case] state: &str, #[case] name: &str) {
+    let r =
+        evpn_with("rs-neighbors.json", |t| t.replacen("\"session_state\":6", &format!("\"session_state\":{state}"), 1));
+    let cp = control_plane(&r);
+    let states: Vec<&str> =
+        cp.sessions.iter().filter(|s| s.speaker == "route-server").map(|s| s.state.as_str()).collect();
+    assert_eq!(states, [name, "Established"]);
+}
+
+/// host1's FRR reports its session with the route server as Active: the
+/// session check fails naming that end.
+#[test]
+fn a_session_down_at_a_vm_fails_the_session_check() {
+    let r = evpn_with("host1-bgp-summary.json", |t| t.replace("\"state\":\"Established\"", "\"state\":\"Active\""));
+    let report = r.judge();
+    assert_eq!(failed(&report), ["EVPN: BGP sessions Established"]);
+    assert_eq!(
+        check(&report, "EVPN: BGP sessions Established").detail,
+        "not Established: host1 -> route server 10.255.0.2"
+    );
+}
+
+/// The route server reports its session with host1 as Active (goBGP's
+/// state 3): the session check fails naming that end.
+#[test]
+fn a_session_down_at_the_route_server_fails_the_session_check() {
+    let r = evpn_with("rs-neighbors.json", |t| t.replacen("\"session_state\":6", "\"session_state\":3", 1));
+    let report = r.judge();
+    assert_eq!(failed(&report), ["EVPN: BGP sessions Established"]);
+    assert_eq!(
+        check(&report, "EVPN: BGP sessions Established").detail,
+        "not Established: route server -> host1 (11.0.0.1)"
+    );
+}
+
+/// A session with another peer than the route server is no session with it.
+#[test]
+fn a_session_with_another_peer_fails_the_session_check() {
+    let r = evpn_with("host2-bgp-summary.json", |t| t.replace("\"10.255.0.2\":{", "\"10.255.0.9\":{"));
+    assert_eq!(
+        check(&r.judge(), "EVPN: BGP sessions Established").detail,
+        "not Established: host2 -> route server 10.255.0.2"
+    );
+}
+
+const ROUTES: &str = "EVPN: route server holds every VTEP's routes for VNI 100";
+
+/// The route server's routes from host1, each rewritten by `edit` as JSON.
+fn host1_routes(edit: impl Fn(&mut serde_json::Value)) -> Recorded {
+    evpn_with("rs-adj-in-host1.json", |t| {
+        let mut routes: serde_json::Value = serde_json::from_str(t).unwrap();
+        edit(&mut routes);
+        routes.to_string()
+    })
+}
+
+/// The route server holds no type-3 route from host1: nobody floods to it.
+#[test]
+fn a_missing_type3_route_fails_the_routes_check() {
+    let r = host1_routes(|routes| routes.as_object_mut().unwrap().retain(|k, _| !k.starts_with("[type:multicast]")));
+    let report = r.judge();
+    assert_eq!(failed(&report), [ROUTES]);
+    assert_eq!(check(&report, ROUTES).detail, "missing: type-3 VNI 100 VTEP 11.0.0.1 from host1");
+}
+
+/// host1's type-2 route carries another VNI (its label): the container's MAC
+/// is not advertised in the lab's VNI.
+#[test]
+fn a_type2_route_in_another_vni_fails_the_routes_check() {
+    let r = host1_routes(|routes| {
+        for (key, paths) in routes.as_object_mut().unwrap() {
+            if key.starts_with("[type:macadv]") {
+                paths[0]["nlri"]["value"]["labels"] = serde_json::json!([200]);
+            }
+        }
+    });
+    assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-2 VNI 100 MAC 52:54:00:c0:01:01 from host1");
+}
+
+/// host1's type-3 route carries another VNI in its PMSI tunnel attribute.
+#[test]
+fn a_type3_route_in_another_vni_fails_the_routes_check() {
+    let r = host1_routes(|routes| {
+        for paths in routes.as_object_mut().unwrap().values_mut() {
+            for attr in paths[0]["attrs"].as_array_mut().unwrap() {
+                if attr["type"] == 22 {
+                    attr["label"] = 200.into();
+                }
+            }
+        }
+    });
+    assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-3 VNI 100 VTEP 11.0.0.1 from host1");
+}
+
+/// host1's routes name another next hop than its VTEP: traffic would be
+/// tunnelled elsewhere.
+#[test]
+fn routes_with_another_next_hop_fail_the_routes_check() {
+    let r = host1_routes(|routes| {
+        for paths in routes.as_object_mut().unwrap().values_mut() {
+            for attr in paths[0]["attrs"].as_array_mut().unwrap() {
+                if attr["type"] == 14 {
+                    attr["nexthop"] = "11.0.0.9".into();
+                }
+            }
+        }
+    });
+    assert_eq!(
+        check(&r.judge(), ROUTES).detail,
+        "missing: type-3 VNI 100 VTEP 11.0.0.1 from host1; type-2 VNI 100 MAC 52:54:00:c0:01:01 from host1"
+    );
+}
+
+/// host1's type-3 route names another VTEP: the flood list would point at it.
+#[test]
+fn a_type3_route_for_another_vtep_fails_the_routes_check() {
+    let r = host1_routes(|routes| {
+        for (key, paths) in routes.as_object_mut().unwrap() {
+            if key.starts_with("[type:multicast]") {
+                paths[0]["nlri"]["value"]["ip"] = "11.0.0.9".into();
+            }
+        }
+    });
+    assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-3 VNI 100 VTEP 11.0.0.1 from host1");
+}
+
+const ZEBRA: &str = "EVPN: zebra learned the remote MACs";
+
+/// Zebra on host1 holds host2's container MAC behind another VTEP.
+#[test]
+fn a_remote_mac_behind_another_vtep_fails_the_zebra_check() {
+    let r =
+        evpn_with("host1-evpn-mac.json", |t| t.replace("\"remoteVtep\":\"12.0.0.1\"", "\"remoteVtep\":\"12.0.0.9\""));
+    let report = r.judge();
+    assert_eq!(failed(&report), [ZEBRA]);
+    assert_eq!(check(&report, ZEBRA).detail, "missing: host1: 52:54:00:c0:02:01 behind 12.0.0.1");
+}
+
+/// Zebra on host2 holds host1's container MAC as a local one.
+#[test]
+fn a_remote_mac_held_as_local_fails_the_zebra_check() {
+    let r = evpn_with("host2-evpn-mac.json", |t| {
+        let mut macs: serde_json::Value = serde_json::from_str(t).unwrap();
+        macs["macs"]["52:54:00:c0:01:01"]["type"] = "local".into();
+        macs.to_string()
+    });
+    assert_eq!(check(&r.judge(), ZEBRA).detail, "missing: host2: 52:54:00:c0:01:01 behind 11.0.0.1");
+}

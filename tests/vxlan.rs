@@ -200,3 +200,95 @@ fn an_image_without_the_overlays_packages_is_refused() {
     assert!(err.contains("lacks packages the lab's overlay and filter need: frr, gobgpd"), "{err}");
     vlab::variants::check_image(&parse(include_str!("../labs/vxlan-evpn.toml")).unwrap(), &images).unwrap();
 }
+
+const EVPN: &str = include_str!("../labs/vxlan-evpn.toml");
+
+fn parse_evpn(text: &str) -> Result<Lab, LabError> {
+    vlab::parse_lab(text, Path::new("vxlan-evpn.toml"))
+}
+
+fn evpn_edit(from: &str, to: &str) -> String {
+    assert!(EVPN.contains(from), "fixture lacks {from:?}");
+    EVPN.replacen(from, to, 1)
+}
+
+#[rstest]
+#[case::route_server_unknown(
+    evpn_edit("route_server = \"host1\"", "route_server = \"host9\""),
+    "evpn_route_server_unknown"
+)]
+#[case::link_too_small(evpn_edit("10.255.0.2/30", "10.255.0.2/31"), "evpn_link_too_small")]
+#[case::asn_zero(evpn_edit("asn = 65000", "asn = 0"), "evpn_asn_zero")]
+#[case::no_ipv4_underlay(
+    evpn_edit("family = \"ipv4\"", "family = \"ipv6\"")
+        .replacen("underlay = { ipv4 = \"12.0.0.1/24\" }", "underlay = { ipv6 = \"fd00::12/64\" }", 1)
+        .replacen("underlay = { ipv4 = \"11.0.0.1/24\" }", "underlay = { ipv4 = \"11.0.0.1/24\", ipv6 = \"fd00::11/64\" }", 1),
+    "evpn_no_ipv4_underlay"
+)]
+fn invalid_evpn_labs_name_the_field(#[case] text: String, #[case] name: &str) {
+    let err = parse_evpn(&text).expect_err("the lab must be rejected");
+    insta::assert_snapshot!(name, err.to_string());
+}
+
+/// The EVPN plan, and the evidence each VM gives: the VXLAN datapath without
+/// static entries on every VM, FRR's configuration and daemons on each; on
+/// the route server's VM its namespace, the link to it and goBGP with every VM
+/// as a client. Moved to host2, with another AS and link, everything follows.
+#[rstest]
+#[case::shipped(EVPN.to_string(), "evpn_plan")]
+#[case::route_server_on_host2(
+    evpn_edit("route_server = \"host1\"", "route_server = \"host2\"")
+        .replacen("asn = 65000", "asn = 64512", 1)
+        .replacen("10.255.0.2/30", "10.254.0.9/29", 1),
+    "evpn_plan_route_server_on_host2"
+)]
+fn the_evpn_plan_runs_frr_on_every_vm_and_gobgp_beside_the_route_server(#[case] text: String, #[case] name: &str) {
+    use vlab::overlay::Variant;
+    let lab = parse_evpn(&text).unwrap();
+    let evpn = vlab::overlay::get("vxlan-evpn");
+    let mut out = String::new();
+    for step in evpn.deploy(&lab, &[]) {
+        out.push_str(&format!("# step on {}\n", step.vm));
+        for f in &step.files {
+            let kept = f.artifact.as_deref().map(|a| format!(" (kept as {a})")).unwrap_or_default();
+            out.push_str(&format!("## file {}{kept}\n{}", f.path, f.text));
+        }
+        for c in &step.commands {
+            out.push_str(&format!("{c}\n"));
+        }
+    }
+    for vm in &lab.vms {
+        out.push_str(&format!("# evidence from {}\n", vm.name));
+        for (artifact, cmd) in vlab::overlay::evpn::VxlanEvpn.evidence_commands(&lab, vm) {
+            out.push_str(&format!("{artifact}: {cmd}\n"));
+        }
+    }
+    insta::assert_snapshot!(name, out);
+}
+
+/// What the EVPN overlay asks of the guests and the run: VXLAN's modules and
+/// kernel options, FRR and goBGP in the image, containers on the VXLAN bridge
+/// (where filters act), the lab's tunnel port captured, and a first ping
+/// through before the workload.
+#[test]
+fn the_evpn_overlay_needs_vxlans_datapath_and_waits_for_a_ping() {
+    use vlab::overlay::Variant;
+    let lab = parse_evpn(EVPN).unwrap();
+    let evpn = vlab::overlay::get("vxlan-evpn");
+    assert_eq!(vlab::overlay::evpn::VxlanEvpn.modules(), ["bridge", "vxlan"]);
+    assert_eq!(vlab::overlay::evpn::VxlanEvpn.packages(), ["frr", "gobgpd"]);
+    let need = vlab::run::kconfig::needed(&lab, &lab.cases(), None);
+    for option in ["BRIDGE", "VXLAN"] {
+        assert_eq!(need.get(option).map(String::as_str), Some("overlay vxlan-evpn"), "{need:?}");
+    }
+    assert_eq!(evpn.containers(), vlab::overlay::Containers::Bridged);
+    assert_eq!(
+        evpn.enforcement_points(&lab),
+        [vlab::overlay::EnforcementPoint::Bridge { name: vxlan::BRIDGE.to_string() }]
+    );
+    assert_eq!(evpn.capture_hints(&lab), vxlan::capture_hints(&lab));
+    assert_eq!(evpn.capture_hints(&lab).vxlan_port, Some(4789));
+    let ready = evpn.readiness(&lab).expect("the overlay waits for its control plane");
+    assert_eq!((ready.vm.as_str(), ready.limit), ("host2", std::time::Duration::from_secs(90)));
+    assert!(ready.command.contains("ping") && ready.command.contains("192.168.1.1"), "{}", ready.command);
+}
