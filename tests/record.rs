@@ -732,15 +732,21 @@ fn a_kept_record_reads_back_the_same() {
     assert_eq!(serde_json::to_value(&judged.checks).unwrap(), serde_json::to_value(&r.judge().checks).unwrap());
 }
 
-/// The recorded EVPN case with the daemon output `name` (under `evpn/`)
-/// rewritten by `edit`, which must change it.
-fn evpn_with(name: &str, edit: impl Fn(&str) -> String) -> Recorded {
-    let mut r = recorded("vxlan-evpn");
-    let text = r.record.after.get_mut(&format!("evpn/{name}")).unwrap_or_else(|| panic!("no output evpn/{name}"));
+/// The recorded case `fixture` with its evidence output `name` (read after
+/// the case) rewritten by `edit`, which must change it.
+fn output_edited(fixture: &str, name: &str, edit: impl Fn(&str) -> String) -> Recorded {
+    let mut r = recorded(fixture);
+    let text = r.record.after.get_mut(name).unwrap_or_else(|| panic!("no output {name}"));
     let changed = edit(text);
     assert_ne!(&changed, text, "the edit of {name} changed nothing");
     *text = changed;
     r
+}
+
+/// The recorded EVPN case with the daemon output `name` (under `evpn/`)
+/// rewritten by `edit`.
+fn evpn_with(name: &str, edit: impl Fn(&str) -> String) -> Recorded {
+    output_edited("vxlan-evpn", &format!("evpn/{name}"), edit)
 }
 
 /// The control plane as the EVPN overlay reads it from the recorded case's
@@ -918,4 +924,177 @@ fn a_remote_mac_held_as_local_fails_the_zebra_check() {
         macs.to_string()
     });
     assert_eq!(check(&r.judge(), ZEBRA).detail, "missing: host2: 52:54:00:c0:01:01 behind 11.0.0.1");
+}
+
+/// A check that failed in any round is held against the case in a study's
+/// findings, once, after those of the round whose evidence the case keeps.
+#[test]
+fn a_check_failed_in_any_round_counts_in_the_findings() {
+    let pass = recorded("iptables").judge();
+    let names: Vec<String> = pass.checks.iter().map(|c| c.name.clone()).collect();
+    let failing = |which: &[usize]| {
+        let mut c = pass.clone();
+        for &i in which {
+            c.checks[i].passed = false;
+        }
+        c.passed = false;
+        c
+    };
+    let cases =
+        vlab::report::combine_repetitions(vec![vec![failing(&[0])], vec![failing(&[0, 2])], vec![pass.clone()]]);
+    let mut report: vlab::report::Report = serde_json::from_value(serde_json::json!({
+        "lab": "filters", "lab_file": "filters.toml", "accel": "tcg", "kernel": "6.12.0", "qemu": "10.0.2",
+        "image": "trixie", "overlay": "baseline", "filter": "iptables", "vms": [], "passed": false, "repeat": 3,
+        "wall_s": 1.0, "timing": { "image_s": 0.0, "probe_s": 0.0, "boots": [] },
+    }))
+    .unwrap();
+    report.cases = cases;
+    let measured = vlab::findings::Measured::of(&report);
+    assert_eq!(measured[0].failed_checks, [names[0].clone(), names[2].clone()]);
+    assert_eq!(measured[0].samples.len(), 3);
+}
+
+/// The recorded swarm case with Docker's output `name` (under `swarm/`)
+/// rewritten by `edit`.
+fn swarm_with(name: &str, edit: impl Fn(&str) -> String) -> Recorded {
+    output_edited("swarm", &format!("swarm/{name}"), edit)
+}
+
+const NODES: &str = "swarm: every node Ready";
+const DEVICES: &str = "swarm: each VM's overlay namespace bridges a VXLAN device with Docker's VNI";
+const CROSSED: &str = "swarm: the workload crossed the overlay interface of each container";
+
+/// What Docker reported in the recorded swarm case, read back: the nodes,
+/// each VM's VNI, the network's subnet and gateway, the VXLAN devices and
+/// bridges in the overlay namespaces, the daemons' memory.
+#[test]
+fn the_recorded_swarm_view_reads_back() {
+    let report = recorded("swarm").judge();
+    let section = report.variant.overlay.as_ref().expect("the swarm overlay has a section");
+    insta::assert_json_snapshot!("swarm_docker_view", section.evidence);
+}
+
+/// A node that is not Ready fails the node check, naming its status.
+#[test]
+fn a_node_down_fails_the_node_check() {
+    let r = swarm_with("nodes.json", |t| {
+        let (first, second) = t.split_once('\n').unwrap();
+        format!("{first}\n{}", second.replace("\"Status\":\"Ready\"", "\"Status\":\"Down\""))
+    });
+    let report = r.judge();
+    assert_eq!(failed(&report), [NODES]);
+    assert_eq!(check(&report, NODES).detail, "1 of 2 VMs: host1 Ready, host2 Down");
+}
+
+/// A third Ready node, not one of the lab's VMs, is not the lab's swarm.
+#[test]
+fn a_node_that_is_no_vm_fails_the_node_check() {
+    let r = swarm_with("nodes.json", |t| {
+        let first = t.lines().next().unwrap();
+        format!("{t}{}\n", first.replace("\"host1\"", "\"host3\""))
+    });
+    let report = r.judge();
+    assert_eq!(failed(&report), [NODES]);
+    assert_eq!(
+        check(&report, NODES).detail,
+        "2 of 2 VMs: host1 Ready, host2 Ready, host3 Ready; not a VM of the lab: host3"
+    );
+}
+
+/// Docker on host2 reports another VNI for the network: the VMs disagree,
+/// and no VNI is the network's on the wire either.
+#[test]
+fn vms_that_disagree_on_the_vni_fail_the_device_check() {
+    let r = swarm_with("network-host2.json", |t| t.replace("\"4097\"", "\"4098\""));
+    let report = r.judge();
+    assert_among_failed(&report, &[DEVICES]);
+    assert!(check(&report, DEVICES).detail.starts_with("Docker's VNI disagrees between VMs or is missing;"));
+}
+
+/// A VNI below 4096 is not one Docker's overlay driver allocates: the
+/// network is not Docker's (devices and networks all say 100).
+#[test]
+fn a_vni_below_dockers_range_fails_the_device_check() {
+    let mut r = recorded("swarm");
+    for (name, text) in r.record.after.iter_mut().filter(|(n, _)| n.starts_with("swarm/network-")) {
+        *text = text.replace("\"4097\"", "\"100\"");
+        assert!(text.contains("\"100\""), "{name}");
+    }
+    for (_, text) in r.record.after.iter_mut().filter(|(n, _)| n.starts_with("swarm/links-")) {
+        *text = text.replace("\"id\":4097", "\"id\":100");
+    }
+    let report = r.judge();
+    assert_among_failed(&report, &[DEVICES]);
+    assert!(check(&report, DEVICES).detail.starts_with("Docker's VNI 100; devices host1 vxlan0 id 100"));
+}
+
+/// host2's overlay namespace has no bridge.
+#[test]
+fn an_overlay_namespace_without_the_bridge_fails_the_device_check() {
+    let r = swarm_with("links-host2.json", |t| t.replace("\"ifname\":\"br0\"", "\"ifname\":\"br9\""));
+    let report = r.judge();
+    assert_eq!(failed(&report), [DEVICES]);
+    assert!(
+        check(&report, DEVICES).detail.ends_with("bridges host1 br0, host2 none"),
+        "{}",
+        check(&report, DEVICES).detail
+    );
+}
+
+/// host1's VXLAN device carries another VNI than Docker's network.
+#[test]
+fn a_vxlan_device_with_another_vni_fails_the_device_check() {
+    let r = swarm_with("links-host1.json", |t| t.replace("\"id\":4097", "\"id\":4098"));
+    let report = r.judge();
+    assert_eq!(failed(&report), [DEVICES]);
+    assert!(check(&report, DEVICES).detail.contains("devices host1 vxlan0 id 4098 mtu 1450, host2 vxlan0 id 4097"));
+}
+
+/// The container on host1 saw nothing of the workload on its overlay
+/// interface.
+#[test]
+fn a_container_that_saw_no_workload_fails_the_crossing_check() {
+    let mut r = recorded("swarm");
+    emptied(r.pcap("host1-c1-eth0.pcap"));
+    let report = r.judge();
+    assert_among_failed(&report, &[CROSSED]);
+    assert!(check(&report, CROSSED).detail.starts_with("host1/c1 eth0: 0 workload packets"));
+}
+
+/// The containers were captured on another interface than their overlay one.
+#[test]
+fn a_capture_on_another_interface_fails_the_crossing_check() {
+    let mut r = recorded("swarm");
+    let i = r.record.captures.iter().position(|c| c.container.as_deref() == Some("c2")).unwrap();
+    r.record.captures[i].dev = "eth1".into();
+    let report = r.judge();
+    assert_among_failed(&report, &[CROSSED]);
+    assert!(check(&report, CROSSED).detail.ends_with("host2/c2 eth1: 100 workload packets"));
+}
+
+/// No container capture at all is no evidence that the workload crossed.
+#[test]
+fn no_container_capture_fails_the_crossing_check() {
+    let mut r = recorded("swarm");
+    let keep: Vec<bool> = r.record.captures.iter().map(|c| c.container.is_none()).collect();
+    let mut kept = keep.iter();
+    r.record.captures.retain(|_| *kept.next().unwrap());
+    let mut kept = keep.iter();
+    r.pcaps.retain(|_| *kept.next().unwrap());
+    let report = r.judge();
+    assert_among_failed(&report, &[CROSSED]);
+    assert_eq!(check(&report, CROSSED).detail, "no container captures");
+}
+
+/// Two Ready nodes that are not the lab's VMs (another swarm's) are not
+/// the lab's swarm, though they are as many.
+#[test]
+fn nodes_of_another_swarm_fail_the_node_check() {
+    let r = swarm_with("nodes.json", |t| t.replace("\"Hostname\":\"host", "\"Hostname\":\"other"));
+    let report = r.judge();
+    assert_eq!(failed(&report), [NODES]);
+    assert_eq!(
+        check(&report, NODES).detail,
+        "0 of 2 VMs: other1 Ready, other2 Ready; not a VM of the lab: other1, other2"
+    );
 }

@@ -438,17 +438,20 @@ impl DockerView {
     }
 }
 
+/// Every VM is a Ready node of the swarm (by its host name), and the swarm
+/// has no other node.
 fn nodes_check(lab: &Lab, docker: &DockerView) -> Check {
-    let ready = docker.nodes.iter().filter(|(_, s)| s == "Ready").count();
-    Check::new(
-        "swarm: every node Ready",
-        ready == lab.vms.len() && docker.nodes.len() == lab.vms.len(),
-        format!(
-            "{ready} of {} VMs: {}",
-            lab.vms.len(),
-            list(docker.nodes.iter().map(|(h, s)| format!("{h} {s}")).collect::<Vec<_>>())
-        ),
-    )
+    let ready = lab.vms.iter().filter(|vm| docker.nodes.iter().any(|(h, s)| h == &vm.name && s == "Ready")).count();
+    let strangers: Vec<&str> = docker.nodes.iter().map(|(h, _)| h.as_str()).filter(|h| lab.vm(h).is_none()).collect();
+    let mut detail = format!(
+        "{ready} of {} VMs: {}",
+        lab.vms.len(),
+        list(docker.nodes.iter().map(|(h, s)| format!("{h} {s}")).collect::<Vec<_>>())
+    );
+    if !strangers.is_empty() {
+        detail.push_str(&format!("; not a VM of the lab: {}", strangers.join(", ")));
+    }
+    Check::new("swarm: every node Ready", ready == lab.vms.len() && strangers.is_empty(), detail)
 }
 
 /// The overlay's namespace holds the bridge and a VXLAN device with the
