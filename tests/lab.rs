@@ -334,3 +334,83 @@ fn the_filter_axis_multiplies_the_cases() {
     assert_eq!(cases[0].params.filter(&lab), "none");
     assert_eq!(parse(BASELINE).unwrap().filter, "none", "the default filter");
 }
+
+/// What a variant asks of the guests and reads from them, for the first case
+/// of the shipped lab `file` that runs it (`kind` `overlay` or `filter`): the
+/// modules, kernel options and packages it needs, the files it reads, its
+/// axes, each VM's evidence commands (before and after a case), and, for an
+/// overlay, where filters go, how its traffic is captured and what says it
+/// is ready; for a filter, where it acts, its probe matrix and each VM's
+/// per-case setup and drop counters. (Deploy plans have tests of their own.)
+fn variant_plan(kind: &str, name: &str, file: &str) -> String {
+    use vlab::overlay::Variant;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lab = vlab::variants::load_lab(&root.join("labs").join(file)).unwrap();
+    let case = lab
+        .cases()
+        .into_iter()
+        .find(|c| if kind == "overlay" { c.params.overlay(&lab) == name } else { c.params.filter(&lab) == name })
+        .unwrap_or_else(|| panic!("no case of {file} runs {kind} {name}"));
+    let lab = vlab::rejudge::case_lab(&lab, &case);
+    let overlay = vlab::overlay::get(&lab.overlay);
+    let filter = vlab::filter::get(&lab.filter);
+    let v: &dyn Variant = if kind == "overlay" { overlay } else { filter };
+    let mut out = vec![
+        format!("{kind} {name}: case {} of {file}", case.name),
+        format!("modules: {:?}", v.modules()),
+        format!("kernel options: {:?}", v.kernel_options()),
+        format!("packages: {:?}", v.packages()),
+        format!("inputs: {:?}", v.inputs(&lab).iter().map(|p| p.strip_prefix(root).unwrap_or(p)).collect::<Vec<_>>()),
+        format!("axes: {:?}", v.axes(&lab).unwrap()),
+    ];
+    let points = overlay.enforcement_points(&lab);
+    if kind == "overlay" {
+        out.push(format!("containers: {:?}", overlay.containers()));
+        out.push(format!("enforcement points: {points:?}"));
+        out.push(format!("hosts filters: {:?}", overlay.hosts_filters(&lab).map_err(|e| e.to_string())));
+        out.push(format!("comparable: {:?}", overlay.comparable()));
+        out.push(format!("readiness: {:?}", overlay.readiness(&lab)));
+        out.push(format!("capture hints: {:?}", overlay.capture_hints(&lab)));
+    } else {
+        out.push(format!("enforces: {}", filter.enforces()));
+        out.push(format!("acts at: {:?}", points.iter().map(|p| (p, filter.acts_at(p))).collect::<Vec<_>>()));
+        out.push(format!("probe targets: {:?}", filter.probe_targets(&lab, &case.params)));
+    }
+    for vm in &lab.vms {
+        out.push(format!("# {}", vm.name));
+        let setup = if kind == "overlay" {
+            overlay.case_setup(&lab, vm, &case.params)
+        } else {
+            filter.case_setup(&lab, vm, &case.params)
+        };
+        out.extend(setup.into_iter().map(|c| format!("case setup: {c}")));
+        let commands = [
+            ("before", v.evidence_before_commands(&lab, vm)),
+            ("after", v.evidence_commands(&lab, vm)),
+            ("policy state", if kind == "overlay" { overlay.policy_state_commands(&lab, vm) } else { Vec::new() }),
+            ("drop counters", if kind == "filter" { filter.drop_counter_commands(&lab, vm) } else { Vec::new() }),
+        ];
+        for (when, cmds) in commands {
+            out.extend(cmds.into_iter().map(|(artifact, cmd)| format!("{when}: {artifact}: {cmd}")));
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+#[rstest]
+#[case::baseline("overlay", "baseline", "filters.toml")]
+#[case::ila("overlay", "ila", "ila-matrix.toml")]
+#[case::vxlan("overlay", "vxlan", "vxlan.toml")]
+#[case::vxlan_evpn("overlay", "vxlan-evpn", "vxlan-evpn.toml")]
+#[case::swarm("overlay", "swarm", "swarm.toml")]
+#[case::cilium_style("overlay", "cilium-style", "cilium-style.toml")]
+#[case::none("filter", "none", "filters.toml")]
+#[case::iptables("filter", "iptables", "filters.toml")]
+#[case::nftables("filter", "nftables", "filters.toml")]
+#[case::l4_policy("filter", "l4-policy", "cilium-style.toml")]
+#[case::iptables_policy("filter", "iptables", "policy-methods.toml")]
+#[case::nftables_policy("filter", "nftables", "policy-methods.toml")]
+fn each_variants_needs_and_evidence_read_as_reviewed(#[case] kind: &str, #[case] name: &str, #[case] file: &str) {
+    let snapshot = format!("plan_{kind}_{name}_{}", file.trim_end_matches(".toml"));
+    insta::assert_snapshot!(snapshot, variant_plan(kind, name, file));
+}

@@ -620,6 +620,12 @@ fn the_matrix_table_shows_both_matrices_and_what_differs() {
     let section = report.variant.filter.as_ref().unwrap().evidence["matrix"].clone();
     let m: vlab::filter::probes::MatrixSection = serde_json::from_value(section).unwrap();
     insta::assert_snapshot!("matrix_table", vlab::filter::probes::table("l4", &m));
+    // The run's report shows the table under the case's name; a variant
+    // with no table of its own (the overlay) adds none.
+    let summaries = vlab::run::summaries(&r.lab, std::slice::from_ref(&report));
+    assert_eq!(summaries, [vlab::filter::probes::table(&report.name, &m)]);
+    let vxlan = recorded("vxlan");
+    assert_eq!(vlab::run::summaries(&vxlan.lab, &[vxlan.judge()]), Vec::<String>::new());
 }
 
 /// The new-connection latency is read from the record as the loop printed
