@@ -95,3 +95,16 @@ fn proportions_have_clopper_pearson_intervals() {
     assert_eq!(proportion(0, 0).interval, None);
     assert_eq!(proportion(1, 200).to_string(), "1 of 200 (0.50 %, 95 % interval 0.01-2.8 %)");
 }
+
+/// An interval holds its bounds and what lies between them, and nothing
+/// beyond either.
+#[test]
+fn an_interval_holds_only_what_lies_between_its_bounds() {
+    let i = vlab::stats::Interval { low: 0.8, high: 1.2 };
+    for x in [0.8, 1.0, 1.2] {
+        assert!(i.contains(x), "{x}");
+    }
+    for x in [0.79, 1.21, f64::NAN] {
+        assert!(!i.contains(x), "{x}");
+    }
+}
