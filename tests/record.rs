@@ -131,11 +131,25 @@ fn emptied(pcap: &mut Vec<u8>) {
     pcap.truncate(24);
 }
 
-/// Every recorded case, one per overlay and filter (and a container on an
-/// igb VF), passes every check, as it did when it ran.
+/// Every recorded case, one per overlay and filter (iptables and nftables
+/// also enforcing a policy file; and a container on an igb VF), passes every
+/// check, as it did when it ran.
 #[rstest::rstest]
 fn a_recorded_case_passes_every_check(
-    #[values("none", "iptables", "nftables", "ila", "vxlan", "vxlan-evpn", "swarm", "l4-policy", "igb-vf")] name: &str,
+    #[values(
+        "none",
+        "iptables",
+        "nftables",
+        "iptables-policy",
+        "nftables-policy",
+        "ila",
+        "vxlan",
+        "vxlan-evpn",
+        "swarm",
+        "l4-policy",
+        "igb-vf"
+    )]
+    name: &str,
 ) {
     let r = recorded(name);
     let report = r.judge();
@@ -1103,4 +1117,104 @@ fn nodes_of_another_swarm_fail_the_node_check() {
         check(&report, NODES).detail,
         "0 of 2 VMs: other1 Ready, other2 Ready; not a VM of the lab: other1, other2"
     );
+}
+
+/// The policy methods' checks, by method.
+fn held(method: &str) -> String {
+    format!("{method}: the guests hold the rendered policy at every enforcement point")
+}
+
+fn agrees(method: &str) -> String {
+    format!("{method}: the probe matrix agrees with the policy")
+}
+
+/// What each rule of the recorded policy cases took (the workload's
+/// handshake through the allow, the matrix's probes through the deny and
+/// the default), the rules counted, and the matrix, read back.
+#[rstest::rstest]
+fn the_recorded_policy_sections_read_back(#[values("iptables", "nftables")] method: &str) {
+    let report = recorded(&format!("{method}-policy")).judge();
+    let section = &report.variant.filter.as_ref().expect("a policy section").evidence;
+    insta::assert_json_snapshot!(format!("policy_section_{method}"), section);
+}
+
+/// iptables on host1 lost the allow of the client (its line is not in the
+/// listing after the case): the rules read back are not the rendered ones.
+#[test]
+fn an_iptables_policy_read_back_without_a_rule_fails() {
+    let allow = "-A VLAB-IN-258 -s 10.1.2.2/32 -c 2 120 -j ACCEPT\n";
+    let r = output_edited("iptables-policy", "iptables-policy-host1.txt", |t| t.replacen(allow, "", 1));
+    let report = r.judge();
+    assert_eq!(failed(&report), [held("iptables")]);
+    let detail = &check(&report, &held("iptables")).detail;
+    assert!(detail.starts_with("host1: read back ["), "{detail}");
+    assert!(!detail.contains("host2"), "{detail}");
+}
+
+/// iptables on host1 holds the allow of db before its deny: the rules are
+/// all there, but a chain is read in order, so the deny no longer wins.
+#[test]
+fn an_iptables_policy_read_back_in_another_order_fails() {
+    let r = output_edited("iptables-policy", "iptables-policy-host1.txt", |t| {
+        let deny = "-A VLAB-IN-258 -s 10.1.3.2/32 -c 0 0 -j VLAB-DROP\n";
+        let allow = "-A VLAB-IN-258 -s 10.1.3.2/32 -c 0 0 -j ACCEPT\n";
+        t.replacen(deny, "", 1).replacen(allow, &format!("{allow}{deny}"), 1)
+    });
+    assert_eq!(failed(&r.judge()), [held("iptables")]);
+}
+
+/// nftables on host2 lost a rule of its table.
+#[test]
+fn an_nftables_policy_read_back_without_a_rule_fails() {
+    let r = output_edited("nftables-policy", "nftables-policy-host2.txt", |t| {
+        let mut doc: serde_json::Value = serde_json::from_str(t).unwrap();
+        let items = doc["nftables"].as_array_mut().unwrap();
+        let at = items.iter().position(|i| i["rule"]["comment"] == "default").expect("a default rule");
+        items.remove(at);
+        doc.to_string()
+    });
+    let report = r.judge();
+    assert_eq!(failed(&report), [held("nftables")]);
+    assert!(check(&report, &held("nftables")).detail.starts_with("host2: read back ["));
+}
+
+/// The rules were not read before the case on host2: nothing says what
+/// they took during it.
+#[test]
+fn a_policy_not_read_before_the_case_fails() {
+    let mut r = recorded("nftables-policy");
+    r.record.before.remove("nftables-policy-host2.txt").expect("read before");
+    let report = r.judge();
+    assert_eq!(failed(&report), [held("nftables")]);
+    assert_eq!(check(&report, &held("nftables")).detail, "host2: not read before and after the case");
+}
+
+/// The probe from db (c3) to web on TCP 5432, which the policy denies,
+/// connected.
+#[rstest::rstest]
+fn a_denied_probe_that_connected_fails_the_matrix(#[values("iptables", "nftables")] method: &str) {
+    let mut r = recorded(&format!("{method}-policy"));
+    let m = r.record.matrix.as_mut().unwrap();
+    let cell = m.cells.iter_mut().find(|c| c.from == "c3" && c.to == "c1" && c.port == 5432).unwrap();
+    assert_ne!(cell.outcome, ProbeOutcome::Connected);
+    cell.outcome = ProbeOutcome::Connected;
+    let report = r.judge();
+    assert_eq!(failed(&report), [agrees(method)]);
+    assert!(
+        check(&report, &agrees(method)).detail.contains("c3 -> c1 TCP 5432"),
+        "{}",
+        check(&report, &agrees(method)).detail
+    );
+}
+
+/// The probes the policy denies timed out, but host1 logged no drop during
+/// the matrix: something else lost them.
+#[rstest::rstest]
+fn denied_probes_lost_without_a_logged_drop_fail_the_matrix(#[values("iptables", "nftables")] method: &str) {
+    let mut r = recorded(&format!("{method}-policy"));
+    let m = r.record.matrix.as_mut().unwrap();
+    let before = m.before["drops-host1.txt"].clone();
+    m.after.insert("drops-host1.txt".into(), before);
+    let report = r.judge();
+    assert_eq!(failed(&report), [agrees(method)]);
 }

@@ -347,7 +347,8 @@ pub struct RuleHit {
 pub struct PolicySection {
     /// Rules rendered, all VMs.
     pub rules: usize,
-    /// What each rule took during the case (workload and matrix).
+    /// What each rule took during the case's workload (the rules are read
+    /// before the probe matrix runs; its drops are in the drop log).
     pub hits: Vec<RuleHit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matrix: Option<probes::MatrixSection>,
