@@ -232,6 +232,24 @@ fn an_incomplete_or_oversized_segment_is_not_called_invalid() {
     assert_eq!(checksum::classify(&whole, None, 1500), ChecksumStatus::Invalid);
     let merged = Segment { ip_len: 3000, ..whole };
     assert_eq!(checksum::classify(&merged, None, 1500), ChecksumStatus::Oversized);
+    // Shorter than a TCP header: no checksum field to judge, in either
+    // direction of a translation.
+    let short = Segment { src, dst, bytes: &p[40..50], complete: true, ip_len: 50 };
+    assert!(!checksum::reverse_adjusted(&short, src));
+}
+
+/// The counts of a capture's segments: those judged valid or invalid are
+/// the verified ones; truncated, offloaded and oversized ones are not.
+#[test]
+fn verified_segments_are_the_valid_and_the_invalid() {
+    let mut c = checksum::ChecksumCounts::default();
+    for s in [ChecksumStatus::Valid, ChecksumStatus::Invalid, ChecksumStatus::Invalid, ChecksumStatus::Truncated] {
+        c.add(s);
+    }
+    c.add(ChecksumStatus::Offloaded);
+    c.add(ChecksumStatus::Oversized);
+    assert_eq!(c.verified(), 3);
+    assert_eq!((c.valid, c.invalid, c.truncated, c.offloaded, c.oversized), (1, 2, 1, 1, 1));
 }
 
 #[test]

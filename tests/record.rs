@@ -638,8 +638,10 @@ fn the_matrix_table_shows_both_matrices_and_what_differs() {
     // with no table of its own (the overlay) adds none.
     let summaries = vlab::run::summaries(&r.lab, std::slice::from_ref(&report));
     assert_eq!(summaries, [vlab::filter::probes::table(&report.name, &m)]);
-    let vxlan = recorded("vxlan");
-    assert_eq!(vlab::run::summaries(&vxlan.lab, &[vxlan.judge()]), Vec::<String>::new());
+    for name in ["vxlan", "iptables"] {
+        let r = recorded(name);
+        assert_eq!(vlab::run::summaries(&r.lab, &[r.judge()]), Vec::<String>::new(), "{name}");
+    }
 }
 
 /// The new-connection latency is read from the record as the loop printed
@@ -1217,4 +1219,18 @@ fn denied_probes_lost_without_a_logged_drop_fail_the_matrix(#[values("iptables",
     m.after.insert("drops-host1.txt".into(), before);
     let report = r.judge();
     assert_eq!(failed(&report), [agrees(method)]);
+}
+
+/// A case whose policy is not on the lab's policy axis (a lab file changed
+/// since the run) is judged against no policy: none of the filter's own.
+#[test]
+fn a_policy_not_on_the_axis_fails_the_compile_check() {
+    let mut r = recorded("iptables-policy");
+    r.case.params.variant.insert("policy".into(), "gone".into());
+    let report = r.judge();
+    assert_eq!(failed(&report), ["iptables: the policy compiles"]);
+    assert_eq!(
+        check(&report, "iptables: the policy compiles").detail,
+        "no policy `gone` on the lab's `matrix.policy` axis"
+    );
 }

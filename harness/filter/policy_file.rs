@@ -177,10 +177,19 @@ impl Source {
         own(lab, self.table).into_iter().chain(axis(lab)).collect()
     }
 
-    /// The text of the policy named `name` on the axis (else the filter's
-    /// own file, else its default) and its name for errors.
+    /// The text of the policy named `name` on the axis (without a name, the
+    /// filter's own file, else its default) and its name for errors; a name
+    /// that is not on the axis is an error.
     fn text(&self, lab: &Lab, name: Option<&str>) -> Result<(String, String), String> {
-        let on_axis = name.and_then(|v| axis(lab).into_iter().find(|p| stem(p) == v));
+        let on_axis = match name {
+            Some(v) => Some(
+                axis(lab)
+                    .into_iter()
+                    .find(|p| stem(p) == v)
+                    .ok_or_else(|| format!("no policy `{v}` on the lab's `matrix.policy` axis"))?,
+            ),
+            None => None,
+        };
         let Some(path) = on_axis.or_else(|| own(lab, self.table)) else {
             return match self.default {
                 Some((text, name)) => Ok((text.to_string(), name.to_string())),
