@@ -45,3 +45,17 @@ fn client_command_line_follows_the_case() {
     let argv = client_argv(&lab.workload, &params, "fd01:1::2").join(" ");
     assert_eq!(argv, "iperf3 -c fd01:1::2 -p 5201 -J --connect-timeout 3000 -t 5 -P 4 -u -b 1000000000 -R");
 }
+
+/// A UDP test's received bytes are what the receiver got: the bytes sent
+/// less the lost share, which the sum reports in percent.
+#[test]
+fn udp_received_bytes_leave_out_the_lost_datagrams() {
+    let json = r#"{"start": {"test_start": {"protocol": "UDP", "bidir": 0}},
+        "end": {"sum": {"bytes": 1000000, "bits_per_second": 8000000.0, "seconds": 1.0, "lost_percent": 10.0},
+                "cpu_utilization_percent": {"host_total": 5.0, "remote_total": 3.0}}}"#;
+    let r = parse(json).unwrap();
+    assert_eq!(r.received_bytes, 900_000);
+    assert_eq!(r.sent_bytes, 1_000_000);
+    assert_eq!(r.lost_percent, Some(10.0));
+    assert_eq!(r.retransmits, None);
+}

@@ -1234,3 +1234,19 @@ fn a_policy_not_on_the_axis_fails_the_compile_check() {
         "no policy `gone` on the lab's `matrix.policy` axis"
     );
 }
+
+/// A feature is refused when the interface reads back another state than
+/// the one requested; one left to the driver is never refused.
+#[test]
+fn only_a_requested_feature_can_be_refused() {
+    use vlab::measure::nic::OffloadState;
+    let mut i = recorded("none").record.interfaces[0].clone();
+    i.offloads = [
+        ("tso".to_string(), OffloadState { requested: None, actual: Some(true), fixed: false }),
+        ("gso".to_string(), OffloadState { requested: Some(true), actual: Some(true), fixed: false }),
+        ("gro".to_string(), OffloadState { requested: Some(false), actual: Some(true), fixed: true }),
+        ("lro".to_string(), OffloadState { requested: Some(true), actual: None, fixed: false }),
+    ]
+    .into();
+    assert_eq!(i.refused(), ["gro=on [fixed]", "lro=n/a"]);
+}
