@@ -642,6 +642,11 @@ fn the_matrix_table_shows_both_matrices_and_what_differs() {
         let r = recorded(name);
         assert_eq!(vlab::run::summaries(&r.lab, &[r.judge()]), Vec::<String>::new(), "{name}");
     }
+    // ILA's table of checksum verdicts, from the recorded case's section.
+    let ila = recorded("ila");
+    let tables = vlab::run::summaries(&ila.lab, &[ila.judge()]);
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    insta::assert_snapshot!("ila_summary", tables[0]);
 }
 
 /// The new-connection latency is read from the record as the loop printed
@@ -1249,4 +1254,15 @@ fn only_a_requested_feature_can_be_refused() {
     ]
     .into();
     assert_eq!(i.refused(), ["gro=on [fixed]", "lro=n/a"]);
+}
+
+/// A case with an end outside the containers (the VM itself) did not cross
+/// the tunnel: the overlay judges no tunnel for it.
+#[test]
+fn a_case_with_an_end_on_the_vm_judges_no_tunnel() {
+    let mut r = recorded("vxlan");
+    r.record.ends[1].container = None;
+    let report = r.judge();
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("VXLAN:")), "{names:?}");
 }
