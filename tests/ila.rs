@@ -315,6 +315,17 @@ fn wire_verdict(
     underlay: &[Vec<u8>],
     senders: &[(&str, Vec<u8>)],
 ) -> (vlab::report::Check, ila::WireJudgement) {
+    let (checks, verdict) = ila_verdict(mode, underlay, senders);
+    let check = checks.into_iter().find(|c| c.name == "ILA: wire checksums as documented").expect("always made");
+    (check, verdict.wire_judged)
+}
+
+/// Every check of a `mode` case over these captures, and its verdict.
+fn ila_verdict(
+    mode: CsumMode,
+    underlay: &[Vec<u8>],
+    senders: &[(&str, Vec<u8>)],
+) -> (Vec<vlab::report::Check>, ila::IlaVerdict) {
     let underlay: Vec<_> = underlay.iter().map(|p| summary(p)).collect();
     let senders: Vec<(Ipv6Addr, _)> = senders.iter().map(|(sir, p)| (addr(sir), summary(p))).collect();
     let evidence = ila::IlaEvidence {
@@ -327,9 +338,35 @@ fn wire_verdict(
         csum_errors: Default::default(),
         delivered: true,
     };
-    let (checks, verdict) = ila::verdict(&evidence);
-    let check = checks.into_iter().find(|c| c.name == "ILA: wire checksums as documented").expect("always made");
-    (check, verdict.wire_judged)
+    ila::verdict(&evidence)
+}
+
+/// The neutral modes' identifier check, from the captured destinations: a
+/// neutral-map capture's wire addresses carry the C-bit and keep the SIR
+/// address's sum; a no-action capture's do neither.
+#[test]
+fn the_neutral_check_reads_the_c_bit_and_the_sum_on_the_wire() {
+    let neutral = |file: &str| {
+        let (checks, _) = ila_verdict(CsumMode::NeutralMap, &[fixture(file)], &[]);
+        checks.into_iter().find(|c| c.name == "ILA: identifier is checksum-neutral").expect("a neutral mode's check")
+    };
+    let held = neutral("ila-neutral-map-off-host1-underlay.pcap");
+    assert!(held.passed, "{held:?}");
+    assert!(held.detail.contains("C-bit set and address sum unchanged"), "{}", held.detail);
+    let broken = neutral("ila-no-action-off-host1-underlay.pcap");
+    assert!(!broken.passed, "{broken:?}");
+    assert!(broken.detail.contains("C-bit clear, sum differs from that of"), "{}", broken.detail);
+}
+
+/// The report's summary of the wire checksums: invalid when every judged
+/// one is (adj-transport adjusting in reverse), valid when every one is.
+#[rstest]
+#[case::all_invalid(CsumMode::AdjTransport, "ila-adj-transport-off-host2-underlay.pcap", "invalid")]
+#[case::all_valid(CsumMode::NeutralMap, "ila-neutral-map-off-host1-underlay.pcap", "valid")]
+#[case::offloaded(CsumMode::NoAction, "ila-no-action-on-host2-underlay.pcap", "offloaded")]
+fn the_wire_checksums_are_summarised_in_a_word(#[case] mode: CsumMode, #[case] file: &str, #[case] word: &str) {
+    let (_, v) = ila_verdict(mode, &[fixture(file)], &[]);
+    assert_eq!(v.wire_checksums, word);
 }
 
 /// A pcap file's bytes.
