@@ -467,3 +467,30 @@ fn nothing_to_judge_is_said() {
     assert_eq!((j.judged(), j.not_judged), (0, 20), "{j:?}");
     assert!(check.detail.starts_with("no underlay segment could be judged"), "{}", check.detail);
 }
+
+/// The report's table of ILA verdicts over captures of several modes, each
+/// judged as the mode it was taken under and one judged as another (its
+/// documented expectation shown in brackets where it differs). One underlay
+/// capture shows one direction of the translation only: the rows say it
+/// was right, as the tests above judge it.
+#[test]
+fn the_ila_table_shows_each_verdict_beside_the_documented_one() {
+    use vlab::overlay::Variant;
+    let rows = [
+        ("adj-transport, offloads off", CsumMode::AdjTransport, "ila-adj-transport-off-host2-underlay.pcap"),
+        ("adj-transport, offloads on", CsumMode::AdjTransport, "ila-adj-transport-on-host2-underlay.pcap"),
+        ("neutral-map, offloads off", CsumMode::NeutralMap, "ila-neutral-map-off-host1-underlay.pcap"),
+        ("no-action, offloads on", CsumMode::NoAction, "ila-no-action-on-host2-underlay.pcap"),
+        ("no-action judged as neutral-map", CsumMode::NeutralMap, "ila-no-action-off-host1-underlay.pcap"),
+    ];
+    let sections: Vec<(&str, serde_json::Value)> = rows
+        .iter()
+        .map(|(name, mode, file)| {
+            let mut v = ila_verdict(*mode, &[fixture(file)], &[]).1;
+            v.translation = true;
+            (*name, serde_json::to_value(v).unwrap())
+        })
+        .collect();
+    let sections: Vec<(&str, &serde_json::Value)> = sections.iter().map(|(n, v)| (*n, v)).collect();
+    insta::assert_snapshot!("ila_table", ila::Ila.summary(&sections).expect("a table"));
+}
