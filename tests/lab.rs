@@ -414,3 +414,17 @@ fn each_variants_needs_and_evidence_read_as_reviewed(#[case] kind: &str, #[case]
     let snapshot = format!("plan_{kind}_{name}_{}", file.trim_end_matches(".toml"));
     insta::assert_snapshot!(snapshot, variant_plan(kind, name, file));
 }
+
+/// The policy axis belongs to each policy filter on its own: a lab whose
+/// only filter is iptables, or nftables, may have one.
+#[rstest]
+fn each_netfilter_method_owns_the_policy_axis(#[values("iptables", "nftables")] method: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records/iptables-policy/lab.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let both = "filter = [\"iptables\", \"nftables\"]";
+    assert!(text.contains(both));
+    let lab = vlab::variants::parse_lab(&text.replace(both, &format!("filter = [\"{method}\"]")), &path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, [format!("filter={method},policy=deny")]);
+}
