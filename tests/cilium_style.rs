@@ -109,3 +109,24 @@ fn invalid_cilium_style_labs_name_the_field(#[case] text: String, #[case] name: 
     let shown = err.to_string().replace(env!("CARGO_MANIFEST_DIR"), "[repo]");
     insta::assert_snapshot!(name, shown);
 }
+
+/// A lab that brings its own datapath source (`source`, relative to the lab
+/// file) has it written into every VM before the datapath is built from it,
+/// and kept in the artifacts.
+#[test]
+fn a_datapath_source_of_the_labs_own_is_written_into_every_vm() {
+    let lab = parse(&edit("port = 8472", "port = 8472\nsource = \"../bpf/cilium_style.c\"")).unwrap();
+    let lab = lab.with_overlay("cilium-style");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/cilium_style.c")).unwrap();
+    let steps = overlay::get("cilium-style").deploy(&lab, &[]);
+    assert_eq!(steps.len(), lab.vms.len());
+    for step in &steps {
+        let files: Vec<(&str, bool, Option<&str>)> =
+            step.files.iter().map(|f| (f.path.as_str(), f.text == text, f.artifact.as_deref())).collect();
+        assert_eq!(files, [("/tmp/vlab-cilium-style.c", true, Some("cilium-style/source.c"))], "{}", step.vm);
+        assert!(step.commands.iter().any(|c| c.contains("-c /tmp/vlab-cilium-style.c")), "{:?}", step.commands);
+    }
+    // Without one, vlab's own datapath is built and no file is written.
+    let own = parse(LAB).unwrap().with_overlay("cilium-style");
+    assert!(overlay::get("cilium-style").deploy(&own, &[]).iter().all(|s| s.files.is_empty()));
+}
