@@ -65,3 +65,21 @@ fn deploy_plan_initialises_joins_and_runs_the_containers() {
     }
     insta::assert_snapshot!("swarm_deploy", out);
 }
+
+/// Steps side by side run together, each but the first with the one before
+/// it; a step's commands and files take the outputs of earlier steps in
+/// place of their `{{NAME}}` (a join token).
+#[test]
+fn steps_side_by_side_and_outputs_filled_in() {
+    use vlab::overlay::{side_by_side, GuestFile, Step};
+    let steps = side_by_side(["host1", "host2", "host3"].map(|vm| Step::on(vm, vec![format!("echo {vm}")])));
+    let together: Vec<(&str, bool)> = steps.iter().map(|s| (s.vm.as_str(), s.together)).collect();
+    assert_eq!(together, [("host1", false), ("host2", true), ("host3", true)]);
+    assert_eq!(steps[1].commands, ["echo host2"]);
+    let file = GuestFile { path: "/etc/join".into(), text: "token={{TOKEN}}\n".into(), artifact: None };
+    let step = Step { files: vec![file], ..Step::on("host2", vec!["docker swarm join --token {{TOKEN}}".into()]) };
+    let filled = step.with_outputs(&[("TOKEN".to_string(), "SWMTKN-1-abc".to_string())].into());
+    assert_eq!(filled.commands, ["docker swarm join --token SWMTKN-1-abc"]);
+    assert_eq!(filled.files[0].text, "token=SWMTKN-1-abc\n");
+    assert_eq!((filled.vm.as_str(), filled.files[0].path.as_str()), ("host2", "/etc/join"));
+}
