@@ -210,3 +210,13 @@ fn latency_claims_without_timed_connections_are_inconclusive() {
     let o = judge(&study.name, &study.baseline, &study.findings, &cases, "6.12", 3);
     assert_eq!(verdicts(&o)[..4], [Verdict::Inconclusive; 4], "{}", o.table());
 }
+
+/// Tiers that measure the same in every round: each ratio is exactly 1
+/// with an interval of [1, 1], which lies neither below 1 nor above it, so
+/// the order is not shown.
+#[test]
+fn tiers_that_tie_leave_the_order_inconclusive() {
+    let o = judged(|_, _| Some(vec![1e9, 1.1e9, 0.9e9]));
+    assert_eq!(o.findings[3].verdict, Verdict::Inconclusive, "{:?}", o.findings[3].evidence);
+    assert!(o.findings[3].evidence.iter().all(|l| l.contains("1.00x [1.00, 1.00]")), "{:?}", o.findings[3].evidence);
+}

@@ -969,13 +969,7 @@ fn a_check_failed_in_any_round_counts_in_the_findings() {
     };
     let cases =
         vlab::report::combine_repetitions(vec![vec![failing(&[0])], vec![failing(&[0, 2])], vec![pass.clone()]]);
-    let mut report: vlab::report::Report = serde_json::from_value(serde_json::json!({
-        "lab": "filters", "lab_file": "filters.toml", "accel": "tcg", "kernel": "6.12.0", "qemu": "10.0.2",
-        "image": "trixie", "overlay": "baseline", "filter": "iptables", "vms": [], "passed": false, "repeat": 3,
-        "wall_s": 1.0, "timing": { "image_s": 0.0, "probe_s": 0.0, "boots": [] },
-    }))
-    .unwrap();
-    report.cases = cases;
+    let report = report_of("filters", "6.12.0", cases);
     let measured = vlab::findings::Measured::of(&report);
     assert_eq!(measured[0].failed_checks, [names[0].clone(), names[2].clone()]);
     assert_eq!(measured[0].samples.len(), 3);
@@ -1265,4 +1259,57 @@ fn a_case_with_an_end_on_the_vm_judges_no_tunnel() {
     let report = r.judge();
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
     assert!(!names.iter().any(|n| n.starts_with("VXLAN:")), "{names:?}");
+}
+
+/// A run's report of `lab` on `kernel` with these cases.
+fn report_of(lab: &str, kernel: &str, cases: Vec<CaseReport>) -> vlab::report::Report {
+    let mut report: vlab::report::Report = serde_json::from_value(serde_json::json!({
+        "lab": lab, "lab_file": format!("{lab}.toml"), "accel": "tcg", "kernel": kernel, "qemu": "10.0.2",
+        "image": "trixie", "overlay": "baseline", "filter": "iptables", "vms": [], "passed": true, "repeat": 3,
+        "wall_s": 1.0, "timing": { "image_s": 0.0, "probe_s": 0.0, "boots": [] },
+    }))
+    .unwrap();
+    report.cases = cases;
+    report
+}
+
+/// The recorded iptables case over three rounds at these throughputs.
+fn rounds_at(bps: [f64; 3]) -> Vec<CaseReport> {
+    let one = recorded("iptables").judge();
+    let rounds = bps.iter().map(|&b| vec![CaseReport { throughput_bps: b, ..one.clone() }]).collect();
+    vlab::report::combine_repetitions(rounds)
+}
+
+/// Kernels compared in one run, round by round: a kernel slower in every
+/// round by more than the tolerance has regressed; one as fast has not.
+#[test]
+fn a_kernel_slower_in_every_round_has_regressed() {
+    let a = report_of("filters", "6.1", rounds_at([1e9, 1.1e9, 0.9e9]));
+    let slower = report_of("filters", "6.12", rounds_at([0.5e9, 0.56e9, 0.44e9]));
+    let same = report_of("filters", "6.12", rounds_at([1e9, 1.1e9, 0.9e9]));
+    let c = vlab::compare::compare_paired(&a, &slower, 0.05);
+    assert!(c.regressed, "{}", c.table());
+    assert_eq!(c.cases[0].change, vlab::stats::Change::Slower);
+    let c = vlab::compare::compare_paired(&a, &same, 0.05);
+    assert!(!c.regressed, "{}", c.table());
+}
+
+/// A run's reports, lab by lab and each lab's kernels in order, regrouped
+/// per kernel.
+#[test]
+fn reports_are_regrouped_per_kernel() {
+    let reports: Vec<_> = [("filters", "6.1"), ("filters", "6.12"), ("vxlan", "6.1"), ("vxlan", "6.12")]
+        .into_iter()
+        .map(|(lab, kernel)| report_of(lab, kernel, Vec::new()))
+        .collect();
+    let per: Vec<Vec<(String, String)>> = vlab::findings::per_kernel(&reports, 2)
+        .into_iter()
+        .map(|rs| rs.into_iter().map(|r| (r.lab.clone(), r.kernel.clone())).collect())
+        .collect();
+    let pair = |lab: &str, kernel: &str| (lab.to_string(), kernel.to_string());
+    assert_eq!(
+        per,
+        [vec![pair("filters", "6.1"), pair("vxlan", "6.1")], vec![pair("filters", "6.12"), pair("vxlan", "6.12")]]
+    );
+    assert_eq!(vlab::findings::per_kernel(&reports, 1).len(), 1);
 }

@@ -108,3 +108,17 @@ fn an_interval_holds_only_what_lies_between_its_bounds() {
         assert!(!i.contains(x), "{x}");
     }
 }
+
+/// Samples spread over orders of magnitude: the interval of an unpaired
+/// ratio follows the variance of the logs divided by the sample counts
+/// (Welch), here wider than a factor of a million either way.
+#[test]
+fn an_unpaired_interval_follows_the_variance_of_the_logs() {
+    let a = [1.0, 1e3, 1e6];
+    let (ratio, interval) = unpaired_ratio(&a, &a).unwrap();
+    assert!(close(ratio, 1.0), "{ratio}");
+    // ln spacing 6.91: variance 47.7, standard error sqrt(2 * 47.7 / 3) =
+    // 5.64, 4 degrees of freedom (t = 2.776): half-width 15.7 on the logs.
+    let i = interval.unwrap();
+    assert!((i.high.ln() - 15.66).abs() < 0.01 && (i.low.ln() + 15.66).abs() < 0.01, "{i:?}");
+}
