@@ -581,6 +581,18 @@ fn a_matrix_cell_lost_without_a_drop_fails() {
     assert!(c.detail.starts_with("2 of 2 cells differ"), "{}", c.detail);
 }
 
+/// A drop counted for another source, or another port, is not the drop of
+/// a cell: c3's probe to 10000 timed out, but the datapath counted drops
+/// only from app1 (c2) to 10000 and from app2 (c3) to 5201.
+#[test]
+fn a_drop_of_another_source_or_port_is_not_the_cells() {
+    let r = with_matrix(&[("c3", 10000, ProbeOutcome::TimedOut)], &[(256, 10000), (257, 5201)]);
+    let report = r.judge();
+    let c = matrix_check(&report);
+    assert!(!c.passed, "{}", c.detail);
+    assert!(c.detail.contains("c3 -> c1 TCP 10000") && c.detail.contains("0 drops counted"), "{}", c.detail);
+}
+
 /// `[probes]` in the lab file: `matrix = "off"` leaves the matrix out,
 /// `ports` adds to the ports the policy names.
 #[test]
@@ -730,7 +742,17 @@ fn ratios_to_no_filter_take_the_sibling_with_the_same_axes() {
 /// iperf3 completed, but its receiver counted no byte: nothing arrived.
 #[test]
 fn a_workload_that_delivered_nothing_fails_the_payload_check() {
-    let mut r = recorded("iptables");
+    let r = delivering_nothing("iptables");
+    let report = r.judge();
+    // The interfaces' counters are weighed against the payload too, and the
+    // filter's checks that weigh the delivered flow fail with it.
+    assert_among_failed(&report, &["payload delivered", "iptables: ESTABLISHED,RELATED takes the data"]);
+    assert!(check(&report, "iperf3 completed").passed);
+}
+
+/// The recorded case `name` with iperf3's receiver counting no byte.
+fn delivering_nothing(name: &str) -> Recorded {
+    let mut r = recorded(name);
     let mut json: serde_json::Value = serde_json::from_str(&r.record.client.stdout).unwrap();
     for (key, sum) in json["end"].as_object_mut().unwrap() {
         if key.starts_with("sum_received") {
@@ -738,11 +760,18 @@ fn a_workload_that_delivered_nothing_fails_the_payload_check() {
         }
     }
     r.record.client.stdout = json.to_string();
-    let report = r.judge();
-    // The interfaces' counters are weighed against the payload too, and the
-    // filter's checks that weigh the delivered flow fail with it.
-    assert_among_failed(&report, &["payload delivered", "iptables: ESTABLISHED,RELATED takes the data"]);
-    assert!(check(&report, "iperf3 completed").passed);
+    r
+}
+
+/// Under the eBPF policy, a workload that delivered nothing did not pass
+/// the policy, whatever the policy map counted.
+#[test]
+fn an_l4_workload_that_delivered_nothing_fails_the_policy_check() {
+    let report = delivering_nothing("l4-policy").judge();
+    assert_among_failed(
+        &report,
+        &["payload delivered", "l4-policy: the workload passed the policy once per connection"],
+    );
 }
 
 /// A record kept in an evidence directory reads back as it was, and is
