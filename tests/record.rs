@@ -842,40 +842,38 @@ fn the_route_servers_session_states_are_named(#[case] state: &str, #[case] name:
     assert_eq!(states, [name, "Established"]);
 }
 
-/// host1's FRR reports its session with the route server as Active: the
-/// session check fails naming that end.
-#[test]
-fn a_session_down_at_a_vm_fails_the_session_check() {
-    let r = evpn_with("host1-bgp-summary.json", |t| t.replace("\"state\":\"Established\"", "\"state\":\"Active\""));
-    let report = r.judge();
+/// A session that is not Established fails the session check naming its
+/// end: host1's FRR reports Active, or the route server reports host1 as
+/// Active (goBGP's state 3), or host2's only session is with another peer
+/// than the route server (no session with it).
+#[rstest::rstest]
+#[case::down_at_a_vm(
+    "host1-bgp-summary.json",
+    "\"state\":\"Established\"",
+    "\"state\":\"Active\"",
+    "host1 -> route server 10.255.0.2"
+)]
+#[case::down_at_the_route_server(
+    "rs-neighbors.json",
+    "\"session_state\":6",
+    "\"session_state\":3",
+    "route server -> host1 (11.0.0.1)"
+)]
+#[case::with_another_peer(
+    "host2-bgp-summary.json",
+    "\"10.255.0.2\":{",
+    "\"10.255.0.9\":{",
+    "host2 -> route server 10.255.0.2"
+)]
+fn a_session_not_established_fails_the_session_check(
+    #[case] output: &str,
+    #[case] from: &str,
+    #[case] to: &str,
+    #[case] end: &str,
+) {
+    let report = evpn_with(output, |t| t.replacen(from, to, 1)).judge();
     assert_eq!(failed(&report), ["EVPN: BGP sessions Established"]);
-    assert_eq!(
-        check(&report, "EVPN: BGP sessions Established").detail,
-        "not Established: host1 -> route server 10.255.0.2"
-    );
-}
-
-/// The route server reports its session with host1 as Active (goBGP's
-/// state 3): the session check fails naming that end.
-#[test]
-fn a_session_down_at_the_route_server_fails_the_session_check() {
-    let r = evpn_with("rs-neighbors.json", |t| t.replacen("\"session_state\":6", "\"session_state\":3", 1));
-    let report = r.judge();
-    assert_eq!(failed(&report), ["EVPN: BGP sessions Established"]);
-    assert_eq!(
-        check(&report, "EVPN: BGP sessions Established").detail,
-        "not Established: route server -> host1 (11.0.0.1)"
-    );
-}
-
-/// A session with another peer than the route server is no session with it.
-#[test]
-fn a_session_with_another_peer_fails_the_session_check() {
-    let r = evpn_with("host2-bgp-summary.json", |t| t.replace("\"10.255.0.2\":{", "\"10.255.0.9\":{"));
-    assert_eq!(
-        check(&r.judge(), "EVPN: BGP sessions Established").detail,
-        "not Established: host2 -> route server 10.255.0.2"
-    );
+    assert_eq!(check(&report, "EVPN: BGP sessions Established").detail, format!("not Established: {end}"));
 }
 
 const ROUTES: &str = "EVPN: route server holds every VTEP's routes for VNI 100";

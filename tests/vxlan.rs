@@ -17,8 +17,13 @@ fn parse(text: &str) -> Result<Lab, LabError> {
 }
 
 fn edit(from: &str, to: &str) -> String {
-    assert!(VXLAN.contains(from), "fixture lacks {from:?}");
-    VXLAN.replacen(from, to, 1)
+    edited(VXLAN, from, to)
+}
+
+/// `base` with the first `from` replaced by `to`.
+fn edited(base: &str, from: &str, to: &str) -> String {
+    assert!(base.contains(from), "fixture lacks {from:?}");
+    base.replacen(from, to, 1)
 }
 
 #[rstest]
@@ -208,8 +213,7 @@ fn parse_evpn(text: &str) -> Result<Lab, LabError> {
 }
 
 fn evpn_edit(from: &str, to: &str) -> String {
-    assert!(EVPN.contains(from), "fixture lacks {from:?}");
-    EVPN.replacen(from, to, 1)
+    edited(EVPN, from, to)
 }
 
 #[rstest]

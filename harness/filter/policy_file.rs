@@ -181,15 +181,12 @@ impl Source {
     /// filter's own file, else its default) and its name for errors; a name
     /// that is not on the axis is an error.
     fn text(&self, lab: &Lab, name: Option<&str>) -> Result<(String, String), String> {
-        let on_axis = match name {
-            Some(v) => Some(
-                axis(lab)
-                    .into_iter()
-                    .find(|p| stem(p) == v)
-                    .ok_or_else(|| format!("no policy `{v}` on the lab's `matrix.policy` axis"))?,
-            ),
-            None => None,
-        };
+        let on_axis = name
+            .map(|v| {
+                let found = axis(lab).into_iter().find(|p| stem(p) == v);
+                found.ok_or_else(|| format!("no policy `{v}` on the lab's `matrix.policy` axis"))
+            })
+            .transpose()?;
         let Some(path) = on_axis.or_else(|| own(lab, self.table)) else {
             return match self.default {
                 Some((text, name)) => Ok((text.to_string(), name.to_string())),
