@@ -175,6 +175,37 @@ fn a_recorded_ila_case_judges_its_segments() {
     assert!(wire.detail.contains("underlay segments judged"), "{}", wire.detail);
 }
 
+/// The orchestration hands the ILA verdict each sender's own container
+/// capture: the recorded case taken as its offloads-off sibling with host1's
+/// pcaps of that case (`tests/fixtures/pcap`), host2's emptied. c1's
+/// segments on the wire are found in c1's capture (their full checksums made
+/// before the translation), the other three are not judged by origin.
+#[test]
+fn each_senders_segments_are_found_in_its_own_container_capture() {
+    let mut r = recorded("ila");
+    r.record.case = r.record.case.replace("offloads=on", "offloads=off");
+    r.case = r.lab.cases().into_iter().find(|c| c.name == r.record.case).expect("the offloads-off case");
+    let pcap = |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pcap").join(name));
+    *r.pcap("host1-underlay.pcap") = pcap("ila-no-action-off-host1-underlay.pcap").unwrap();
+    *r.pcap("host1-c1-eth0.pcap") = pcap("ila-no-action-off-host1-c1-eth0.pcap").unwrap();
+    emptied(r.pcap("host2-underlay.pcap"));
+    emptied(r.pcap("host2-c2-eth0.pcap"));
+    let report = r.judge();
+    let wire = check(&report, "ILA: wire checksums as documented");
+    assert!(wire.passed, "{}", wire.detail);
+    let section = &report.variant.overlay.as_ref().expect("an ILA section").evidence;
+    let judged = &section["wire_judged"];
+    assert_eq!((&judged["before"]["as_documented"], &judged["unmatched"]["as_documented"]), (&3.into(), &9.into()));
+    assert!(
+        wire.detail.ends_with(
+            "12 of 12 underlay segments judged: 3 full checksums computed before the \
+         translation; 9 full checksums not in the sending container's capture"
+        ),
+        "{}",
+        wire.detail
+    );
+}
+
 #[test]
 fn a_recorded_vxlan_case_passes_every_check() {
     let report = recorded("vxlan").judge();
@@ -298,6 +329,43 @@ fn an_intruder_that_connected_fails_the_intruder_check() {
     let failed = failed(&report);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].starts_with("l4-policy: the intruder"), "{failed:?}");
+}
+
+/// The overlay's section reads, per VM, the identities with a policy from
+/// the enforced map: those of the containers the policy's endpoint
+/// selectors name (`service1` for c1, `app1` for c2), on both VMs.
+#[test]
+fn the_enforced_identities_are_read_from_each_vms_map() {
+    let report = recorded("l4-policy").judge();
+    let section = &report.variant.overlay.as_ref().expect("an overlay section").evidence;
+    let ids = &section["identities"];
+    let mut selected = vec![ids["c1"].as_u64().unwrap(), ids["c2"].as_u64().unwrap()];
+    selected.sort();
+    assert_ne!(ids["c1"], ids["c3"], "c3 has another identity: {ids}");
+    assert_eq!(section["enforced"], serde_json::json!({ "host1": selected, "host2": selected }));
+}
+
+/// What the `none` filter checks on the cilium-style overlay: no identity
+/// has a policy on any VM, read from each VM's enforced map (here the
+/// recording's dumps while `l4-policy` enforced, and an empty one).
+#[test]
+fn an_enforced_identity_or_an_unread_map_fails_the_none_filter() {
+    let r = recorded("l4-policy");
+    let points = vlab::overlay::get(&r.lab.overlay).enforcement_points(&r.lab);
+    let judge = |host1: Option<&str>, host2: &str| {
+        let mut outputs =
+            std::collections::BTreeMap::from([("policy-state-host2.json".to_string(), host2.to_string())]);
+        outputs.extend(host1.map(|d| ("policy-state-host1.json".to_string(), d.to_string())));
+        let (checks, _) = vlab::filter::none::unfiltered(&r.lab, &points, &outputs);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].name, "cilium-style: no identity has a policy");
+        (checks[0].passed, checks[0].detail.clone())
+    };
+    let enforced = &r.record.after["vlab-enforced-host2.json"];
+    assert_eq!(judge(Some("[]"), "[]"), (true, "the enforced map is empty on 2 VMs".to_string()));
+    assert_eq!(judge(Some("[]"), enforced), (false, "enforced identities: host2: [256, 258]".to_string()));
+    assert_eq!(judge(None, "[]"), (false, "no readable enforced map from host1".to_string()));
+    assert_eq!(judge(Some("not json"), "[]"), (false, "no readable enforced map from host1".to_string()));
 }
 
 /// Judging a recording is the same as judging it again: the same checks,

@@ -78,7 +78,8 @@ pub fn rules(c: &Compiled) -> Vec<Rule> {
     let mut out = Vec::new();
     for ((direction, endpoint, allow, remote, protocol), ports) in groups {
         let rule = |ports| Rule { direction, endpoint, deny: !allow, remote, protocol, ports };
-        if protocol == Protocol::Any || ports.contains(&0) {
+        // An L3-only entry (any protocol) carries port 0: every port.
+        if protocol == Protocol::Any {
             out.push(rule(None));
             continue;
         }
