@@ -157,11 +157,12 @@ fn phases(lab: &Lab, reports: &[Report]) -> Vec<Stats> {
             series(&|r| r.timing.boots.iter().map(|b| b.warm_up_s).sum()),
         ),
     ];
-    let case_phases: [CasePhase; 6] = [
+    let case_phases: [CasePhase; 7] = [
         ("setup", |t| t.setup_s),
         ("captures start", |t| t.captures_start_s),
         ("workload", |t| t.workload_s),
         ("evidence", |t| t.evidence_s),
+        ("probe matrix", |t| t.matrix_s),
         ("captures stop", |t| t.captures_stop_s),
         ("verdict", |t| t.verdict_s),
     ];

@@ -341,6 +341,11 @@ pub struct CaseTiming {
     /// One batch per VM after the workload: captures stopped, counters, the
     /// kernel log, the variants' evidence.
     pub evidence_s: f64,
+    /// The probe matrix, when the filter asks for one (its listeners
+    /// started with the captures): the drop counters read, every probe of
+    /// every VM at once, the counters read again.
+    #[serde(default)]
+    pub matrix_s: f64,
     /// Decoding the pcaps, every check and verdict (keeping the record).
     pub verdict_s: f64,
     /// The whole case.
@@ -601,19 +606,20 @@ impl Report {
         s.push_str(&format!("; whole run {:.2}\n", self.wall_s));
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
         s.push_str(&format!(
-            "{:<width$}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}  {:>7}  {:>8}\n",
-            "case", "setup", "cap.on", "workload", "cap.off", "evidence", "verdict", "total", "overhead"
+            "{:<width$}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}  {:>7}  {:>7}  {:>8}\n",
+            "case", "setup", "cap.on", "workload", "cap.off", "evidence", "matrix", "verdict", "total", "overhead"
         ));
         for c in &self.cases {
             let k = &c.timing;
             s.push_str(&format!(
-                "{:<width$}  {:>7.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>7.2}  {:>7.2}  {:>8.2}\n",
+                "{:<width$}  {:>7.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>6.2}  {:>7.2}  {:>7.2}  {:>8.2}\n",
                 c.name,
                 k.setup_s,
                 k.captures_start_s,
                 k.workload_s,
                 k.captures_stop_s,
                 k.evidence_s,
+                k.matrix_s,
                 k.verdict_s,
                 k.total_s,
                 k.total_s - k.workload_s

@@ -76,7 +76,8 @@ fn assert_noisy_numbers(report: &Value, artifacts: &Path) {
 fn assert_case_timing(case: &Value, raw_client: &Value) {
     let name = case["name"].as_str().unwrap();
     let t = &case["timing"];
-    let phases = ["setup_s", "captures_start_s", "workload_s", "captures_stop_s", "evidence_s", "verdict_s"];
+    let phases =
+        ["setup_s", "captures_start_s", "workload_s", "captures_stop_s", "evidence_s", "matrix_s", "verdict_s"];
     let sum: f64 = phases.iter().map(|p| t[p].as_f64().unwrap()).sum();
     assert!(phases.iter().all(|p| t[p].as_f64().unwrap() >= 0.0), "{name}: {t}");
     assert!(sum <= t["total_s"].as_f64().unwrap() + 0.01, "{name}: phases {sum} s beyond the total: {t}");

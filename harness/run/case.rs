@@ -566,12 +566,13 @@ pub(super) async fn run_case(
     let ends = (case, &server, &client, intruder.as_ref());
     let (client_out, workload_s, after) =
         workload_and_after(lab, rt, (o, f), (&mut before, &ifaces), ends, case_dir.as_deref()).await?;
+    // The client ran first in its VM's evidence batch.
+    let evidence_s = (clock.lap() - workload_s).max(0.0);
     let matrix = match plan.is_empty() {
         true => None,
         false => Some(plan.run(lab, rt, f, &before.matrix_pids).await?),
     };
-    // The client ran first in its VM's evidence batch.
-    let evidence_s = (clock.lap() - workload_s).max(0.0);
+    let matrix_s = clock.lap();
     let pcaps = capture::collect(before.captures, case_dir.as_deref()).await?;
     let run = WorkloadOutput { client: client_out, server: after.server };
     if let Some(dir) = &case_dir {
@@ -607,6 +608,7 @@ pub(super) async fn run_case(
         workload_s,
         captures_stop_s,
         evidence_s,
+        matrix_s,
         verdict_s,
         total_s: clock.total(),
     };
