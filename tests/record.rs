@@ -331,6 +331,34 @@ fn an_intruder_that_connected_fails_the_intruder_check() {
     assert!(failed[0].starts_with("l4-policy: the intruder"), "{failed:?}");
 }
 
+/// The policy maps read back after the case must hold the compiled policy
+/// on every VM: an allow map without one of its entries, or a deny map with
+/// an entry the policy does not have, fails naming the VM; a deny map read
+/// back empty is the compiled policy's (it has no deny rule).
+#[test]
+fn policy_maps_unlike_the_compiled_policy_fail_naming_the_vm() {
+    const NAME: &str = "l4-policy: the policy map holds the compiled policy on every VM";
+    let judge = |r: Recorded| {
+        let report = r.judge();
+        let c = check(&report, NAME);
+        (c.passed, c.detail.clone())
+    };
+    let allow = recorded("l4-policy").record.after["vlab-policy-host1.json"].clone();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&allow).unwrap();
+    assert_eq!(entries.len(), 2, "{allow}");
+    let one = serde_json::to_string(&entries[..1]).unwrap();
+    let (passed, detail) = judge(output_edited("l4-policy", "vlab-policy-host1.json", |_| one.clone()));
+    assert!(!passed && detail.starts_with("host1: allow") && !detail.contains("host2"), "{detail}");
+    let with_deny = |dump: &str| {
+        let mut r = recorded("l4-policy");
+        r.record.after.insert("vlab-policy-deny-host2.json".into(), dump.to_string());
+        judge(r)
+    };
+    let (passed, detail) = with_deny(&allow);
+    assert!(!passed && detail.starts_with("host2: allow") && detail.contains("deny Some(["), "{detail}");
+    assert!(with_deny("[]").0, "an empty deny map is the policy's");
+}
+
 /// The overlay's section reads, per VM, the identities with a policy from
 /// the enforced map: those of the containers the policy's endpoint
 /// selectors name (`service1` for c1, `app1` for c2), on both VMs.
