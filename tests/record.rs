@@ -332,9 +332,10 @@ fn an_intruder_that_connected_fails_the_intruder_check() {
 }
 
 /// The policy maps read back after the case must hold the compiled policy
-/// on every VM: an allow map without one of its entries, or a deny map with
-/// an entry the policy does not have, fails naming the VM; a deny map read
-/// back empty is the compiled policy's (it has no deny rule).
+/// on every VM: an allow map without one of its entries, a deny map with an
+/// entry the policy does not have, or an enforced map without an identity
+/// the policy selects, fails naming the VM; a deny map read back empty is the
+/// compiled policy's (it has no deny rule).
 #[test]
 fn policy_maps_unlike_the_compiled_policy_fail_naming_the_vm() {
     const NAME: &str = "l4-policy: the policy map holds the compiled policy on every VM";
@@ -357,6 +358,12 @@ fn policy_maps_unlike_the_compiled_policy_fail_naming_the_vm() {
     let (passed, detail) = with_deny(&allow);
     assert!(!passed && detail.starts_with("host2: allow") && detail.contains("deny Some(["), "{detail}");
     assert!(with_deny("[]").0, "an empty deny map is the policy's");
+    // The enforced map without one of the identities the policy selects.
+    let enforced = recorded("l4-policy").record.after["vlab-enforced-host1.json"].clone();
+    let ids: Vec<serde_json::Value> = serde_json::from_str(&enforced).unwrap();
+    let first = serde_json::to_string(&ids[..1]).unwrap();
+    let (passed, detail) = judge(output_edited("l4-policy", "vlab-enforced-host1.json", |_| first.clone()));
+    assert_eq!((passed, detail.as_str()), (false, "host1: enforced {256: 1}"));
 }
 
 /// The overlay's section reads, per VM, the identities with a policy from
