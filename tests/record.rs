@@ -1269,6 +1269,52 @@ fn the_recorded_policy_sections_read_back(#[values("iptables", "nftables")] meth
     insta::assert_json_snapshot!(format!("policy_section_{method}"), section);
 }
 
+/// The rules' counters read around the probe matrix say which rules took
+/// the probes: the recorded case's listing read before the matrix, and after
+/// it with db's two probes to the web container taken by its deny (and the
+/// jumps on their way there, and the drop chain's log and drop).
+#[test]
+fn the_rules_that_took_the_probes_are_read_around_the_matrix() {
+    let mut r = recorded("iptables-policy");
+    let file = "iptables-policy-host1.txt";
+    let listing = r.record.after[file].clone();
+    let after = [
+        ("-A FORWARD -c 7011 352271654 -j", "-A FORWARD -c 7013 352271774 -j"),
+        ("-A VLAB-DROP -c 0 0 -j LOG", "-A VLAB-DROP -c 2 120 -j LOG"),
+        ("-A VLAB-DROP -c 0 0 -j DROP", "-A VLAB-DROP -c 2 120 -j DROP"),
+        ("-A VLAB-IN-258 -s 10.1.3.2/32 -c 0 0 -j VLAB-DROP", "-A VLAB-IN-258 -s 10.1.3.2/32 -c 2 120 -j VLAB-DROP"),
+        ("-A VLAB-POLICY -d 10.1.1.2/32 -c 2 120", "-A VLAB-POLICY -d 10.1.1.2/32 -c 4 240"),
+    ]
+    .iter()
+    .fold(listing.clone(), |t, (from, to)| {
+        assert!(t.contains(from), "{from}");
+        t.replacen(from, to, 1)
+    });
+    let m = r.record.matrix.as_mut().expect("a recorded matrix");
+    m.before.insert(file.into(), listing);
+    m.after.insert(file.into(), after);
+    let report = r.judge();
+    let section = &report.variant.filter.as_ref().expect("a policy section").evidence;
+    let took: Vec<String> = section["probe_hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{} {} {}", h["at"].as_str().unwrap(), h["packets"], h["rule"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        took,
+        [
+            "host1 2 iptables -A FORWARD -j VLAB-POLICY",
+            "host1 2 iptables -A VLAB-DROP -j LOG --log-prefix \"vlab-drop \" --log-level 7",
+            "host1 2 iptables -A VLAB-DROP -j DROP",
+            "host1 2 iptables -A VLAB-IN-258 -s 10.1.3.2/32 -j VLAB-DROP",
+            "host1 2 iptables -A VLAB-POLICY -d 10.1.1.2/32 -j VLAB-IN-258",
+        ]
+    );
+    // The workload's hits are those of the case, as before.
+    assert_eq!(section["hits"], recorded("iptables-policy").judge().variant.filter.unwrap().evidence["hits"]);
+}
+
 /// iptables on host1 lost the allow of the client (its line is not in the
 /// listing after the case): the rules read back are not the rendered ones.
 #[test]

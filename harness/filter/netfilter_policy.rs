@@ -157,6 +157,27 @@ impl Method {
         }
     }
 
+    /// The policy's rules in one of its listings, with their counters.
+    fn read(self, listing: &str) -> Vec<(String, Counter)> {
+        match self {
+            Method::Iptables => iptables_read(listing),
+            Method::Nftables => nft_read(listing),
+        }
+    }
+
+    /// The rules at `at` that took packets between two listings.
+    fn took(self, at: &str, before: &str, after: &str) -> Vec<RuleHit> {
+        let before = self.read(before);
+        self.read(after)
+            .into_iter()
+            .filter_map(|(rule, after)| {
+                let from = before.iter().find(|(r, _)| *r == rule).map_or(0, |(_, c)| c.packets);
+                let packets = after.packets.saturating_sub(from);
+                (packets > 0).then(|| RuleHit { at: at.to_string(), rule, packets })
+            })
+            .collect()
+    }
+
     fn artifact(self, vm: &str, netns: Option<&Netns>) -> String {
         super::artifact(&format!("{}-policy", self.name()), vm, netns, "txt")
     }
@@ -174,12 +195,15 @@ impl Method {
             .collect()
     }
 
-    /// The drops logged on `vm`, given a policy file.
+    /// What the probe matrix is read by on `vm`, given a policy file: the
+    /// drops logged, and the rules with their counters at each point.
     pub fn drop_counter_commands(self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
         if !self.given(lab) {
             return Vec::new();
         }
-        vec![(drop_artifact(&vm.name), render::drop_log_command())]
+        let mut cmds = vec![(drop_artifact(&vm.name), render::drop_log_command())];
+        cmds.extend(self.evidence_commands(lab, vm));
+        cmds
     }
 
     /// The case's checks: the rules read back are the rendered ones at every
@@ -197,20 +221,27 @@ impl Method {
         };
         let mut wrong = Vec::new();
         let mut hits = Vec::new();
+        let mut probe_hits = Vec::new();
         let mut places = 0;
         for (vm_name, ns, at) in study::places(lab, points) {
             let vm = lab.vm(vm_name).expect("a lab VM");
             let file = self.artifact(vm_name, ns.as_ref());
+            if let Some(m) = e.matrix {
+                if let (Some(before), Some(after)) = (m.before.get(&file), m.after.get(&file)) {
+                    probe_hits.extend(self.took(&at, before, after));
+                }
+            }
             let (Some(before), Some(after)) = (e.before.get(&file), e.outputs.get(&file)) else {
                 wrong.push(format!("{at}: not read before and after the case"));
                 continue;
             };
             places += 1;
-            let (want, got_before, got_after) = match self {
-                Method::Iptables => (iptables_wanted(lab, vm, &p), iptables_read(before), iptables_read(after)),
-                Method::Nftables => (nft_wanted(lab, vm, &p), nft_read(before), nft_read(after)),
+            hits.extend(self.took(&at, before, after));
+            let want = match self {
+                Method::Iptables => iptables_wanted(lab, vm, &p),
+                Method::Nftables => nft_wanted(lab, vm, &p),
             };
-            let mut got: Vec<String> = got_after.iter().map(|(r, _)| r.clone()).collect();
+            let mut got: Vec<String> = self.read(after).into_iter().map(|(r, _)| r).collect();
             // Listings order chains by name; a chain's rules keep their order.
             let mut want = want;
             for rules in [&mut got, &mut want] {
@@ -218,14 +249,6 @@ impl Method {
             }
             if got != want {
                 wrong.push(format!("{at}: read back [{}], rendered [{}]", got.join("; "), want.join("; ")));
-            }
-            for (rule, after) in &got_after {
-                let before =
-                    got_before.iter().find(|(r, _)| r == rule).map_or(Counter { packets: 0, bytes: 0 }, |(_, c)| *c);
-                let packets = after.packets.saturating_sub(before.packets);
-                if packets > 0 {
-                    hits.push(RuleHit { at: at.clone(), rule: rule.clone(), packets });
-                }
             }
         }
         let rules = rule_count(lab, &p, self);
@@ -246,7 +269,7 @@ impl Method {
             checks.push(check);
             section
         });
-        let section = PolicySection { rules, hits, matrix };
+        let section = PolicySection { rules, hits, probe_hits, matrix };
         Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
     }
 }
@@ -347,9 +370,15 @@ pub struct RuleHit {
 pub struct PolicySection {
     /// Rules rendered, all VMs.
     pub rules: usize,
-    /// What each rule took during the case's workload (the rules are read
-    /// before the probe matrix runs; its drops are in the drop log).
+    /// What each rule took during the case's workload (read before and
+    /// after it).
     pub hits: Vec<RuleHit>,
+    /// What each rule took during the probe matrix (read before and after
+    /// it): a probe's first packet is taken by the rule that decides its
+    /// cell (the rest of a connection passes as established), so these are
+    /// the rules that took the probes; a dropped cell's drop is also in the
+    /// drop log, by its addresses, protocol and port.
+    pub probe_hits: Vec<RuleHit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matrix: Option<probes::MatrixSection>,
 }
