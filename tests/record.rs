@@ -366,6 +366,148 @@ fn policy_maps_unlike_the_compiled_policy_fail_naming_the_vm() {
     assert_eq!((passed, detail.as_str()), (false, "host1: enforced {256: 1}"));
 }
 
+/// The bpftool dump `text` with the counter of the entry whose key starts
+/// with `key` set to `packets` (the value's first 8 bytes, little-endian).
+fn with_packets(text: &str, key: &[u8], packets: u64) -> String {
+    let mut entries: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+    let hex = |b: &u8| serde_json::Value::from(format!("0x{b:02x}"));
+    let entry = entries
+        .iter_mut()
+        .find(|e| e["key"].as_array().unwrap().iter().zip(key).all(|(a, b)| *a == hex(b)))
+        .unwrap_or_else(|| panic!("no entry with key {key:?} in {text}"));
+    let value = entry["value"].as_array_mut().unwrap();
+    for (i, b) in packets.to_le_bytes().iter().enumerate() {
+        value[i] = hex(b);
+    }
+    serde_json::to_string(&entries).unwrap()
+}
+
+/// The workload's l4-policy check reads what the server's own entry (its
+/// identity, ingress, on its VM) admitted during the case: one or two
+/// packets per connection (iperf3's control connection and its streams, and
+/// the timed connections: a SYN each, maybe sent again), with connection
+/// tracking passing more than that. The recorded case has 2 connections;
+/// with `connects = 3` it has 5. Entries of another VM or endpoint do not
+/// count.
+#[rstest::rstest]
+#[case::as_recorded(2, "", None, true)]
+#[case::nothing_admitted(0, "", None, false)]
+#[case::one_per_connection(1, "", None, true)]
+#[case::two_per_connection(4, "", None, true)]
+#[case::more_than_two_per_connection(5, "", None, false)]
+#[case::two_per_connection_of_five(10, "connects = 3", None, true)]
+#[case::more_than_two_per_connection_of_five(11, "connects = 3", None, false)]
+#[case::tracking_passed_no_more_than_the_policy(2, "", Some(2), false)]
+#[case::tracking_passed_one_more(2, "", Some(3), true)]
+fn the_workload_passed_the_servers_entry_once_per_connection(
+    #[case] admitted: u64,
+    #[case] workload: &str,
+    #[case] established: Option<u64>,
+    #[case] passes: bool,
+) {
+    const NAME: &str = "l4-policy: the workload passed the policy once per connection";
+    // The server's entry: identity 258 (c1) from 256 (c2), TCP 5201.
+    const SERVER: [u8; 12] = [2, 1, 0, 0, 0, 1, 0, 0, 6, 0, 0x51, 0x14];
+    let mut r = recorded("l4-policy");
+    if !workload.is_empty() {
+        r = r.with_lab(|t| t.replacen("[workload]\n", &format!("[workload]\n{workload}\n"), 1));
+    }
+    let after = &mut r.record.after;
+    let dump = "vlab-policy-host1.json";
+    after.insert(dump.into(), with_packets(&after[dump], &SERVER, admitted));
+    // Other entries that admitted much: host2's copy of the server's entry,
+    // and host1's entry of c2's own identity.
+    let dump = "vlab-policy-host2.json";
+    after.insert(dump.into(), with_packets(&after[dump], &SERVER, 100));
+    let dump = "vlab-policy-host1.json";
+    after.insert(dump.into(), with_packets(&after[dump], &[0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0], 100));
+    if let Some(more) = established {
+        // ct_established (slot 3) on the server's VM: `more` since before.
+        let before = vlab::overlay::cilium_style::maps::parse_metrics(&r.record.before["vlab-metrics-host1.json"])
+            .unwrap()["ct_established"]
+            .packets;
+        let dump = "vlab-metrics-host1.json";
+        let after = &mut r.record.after;
+        after.insert(dump.into(), with_packets(&after[dump], &[3, 0, 0, 0], before + more));
+    }
+    let report = r.judge();
+    let c = check(&report, NAME);
+    assert_eq!(c.passed, passes, "{}", c.detail);
+}
+
+/// One entry of a policy or denied map's dump: `endpoint` from (ingress)
+/// or to (egress) `remote`, TCP `port`, with `packets`.
+fn dump_entry(endpoint: u32, remote: u32, egress: bool, port: u16, packets: u64) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("\"0x{x:02x}\"")).collect::<Vec<_>>().join(",");
+    let mut key = Vec::new();
+    key.extend(endpoint.to_le_bytes());
+    key.extend(remote.to_le_bytes());
+    key.extend([6, u8::from(egress)]);
+    key.extend(port.to_le_bytes());
+    let mut value = packets.to_le_bytes().to_vec();
+    value.extend((packets * 60).to_le_bytes());
+    format!("{{\"key\": [{}], \"value\": [{}]}}", hex(&key), hex(&value))
+}
+
+/// The server's replies reach the client (identity 256, on host2) by
+/// connection tracking: the client's VM counted replies, and its policy
+/// denied none of them (a drop counted at its ingress). A drop counted for
+/// another identity, on the other VM or at the client's egress is not a
+/// reply's.
+#[rstest::rstest]
+#[case::as_recorded(None, true, true)]
+#[case::no_replies(None, false, false)]
+#[case::a_reply_denied(Some(("host2", 256, false)), true, false)]
+#[case::another_identity_denied(Some(("host2", 257, false)), true, true)]
+#[case::the_clients_egress_denied(Some(("host2", 256, true)), true, true)]
+#[case::denied_on_the_servers_vm(Some(("host1", 256, false)), true, true)]
+fn replies_pass_by_connection_tracking(
+    #[case] denied: Option<(&str, u32, bool)>,
+    #[case] replies: bool,
+    #[case] passes: bool,
+) {
+    const NAME: &str = "l4-policy: replies pass by connection tracking, not by the policy";
+    let mut r = recorded("l4-policy");
+    if let Some((vm, endpoint, egress)) = denied {
+        let dump = format!("[{}]", dump_entry(endpoint, 258, egress, 40000, 3));
+        r.record.before.insert(format!("vlab-denied-{vm}.json"), "[]".into());
+        r.record.after.insert(format!("vlab-denied-{vm}.json"), dump);
+    }
+    if !replies {
+        // ct_reply (slot 2) on the client's VM: none since before.
+        let name = "vlab-metrics-host2.json";
+        let before =
+            vlab::overlay::cilium_style::maps::parse_metrics(&r.record.before[name]).unwrap()["ct_reply"].packets;
+        assert!(
+            before
+                < vlab::overlay::cilium_style::maps::parse_metrics(&r.record.after[name]).unwrap()["ct_reply"].packets
+        );
+        let after = &mut r.record.after;
+        after.insert(name.into(), with_packets(&after[name], &[2, 0, 0, 0], before));
+    }
+    let report = r.judge();
+    let c = check(&report, NAME);
+    assert_eq!(c.passed, passes, "{}", c.detail);
+}
+
+/// With the `none` filter the intruder's attempt must arrive: answered by
+/// the server (a reset, its one test being over) or connected; lost, it
+/// fails. (The recorded l4-policy case judged as its `none` sibling.)
+#[rstest::rstest]
+#[case::refused(ProbeOutcome::Refused, true)]
+#[case::connected(ProbeOutcome::Connected, true)]
+#[case::lost(ProbeOutcome::TimedOut, false)]
+fn without_a_filter_the_intruder_reaches_the_server(#[case] outcome: ProbeOutcome, #[case] passes: bool) {
+    let mut r = recorded("l4-policy");
+    r.record.case = r.record.case.replace("filter=l4-policy", "filter=none");
+    r.case = r.lab.cases().into_iter().find(|c| c.name == r.record.case).expect("the none case");
+    r.lab = vlab::rejudge::case_lab(&r.lab, &r.case);
+    r.record.intruder = Some(Probe { port: 5201, outcome });
+    let report = r.judge();
+    let c = check(&report, "filter none: the intruder's connection to TCP 5201 reaches the server");
+    assert_eq!(c.passed, passes, "{}", c.detail);
+}
+
 /// The overlay's section reads, per VM, the identities with a policy from
 /// the enforced map: those of the containers the policy's endpoint
 /// selectors name (`service1` for c1, `app1` for c2), on both VMs.
@@ -597,15 +739,7 @@ fn what_a_policy_allows_passes_when_it_went_through() {
 /// A `vlab_denied` dump holding one key (endpoint, remote, TCP, ingress,
 /// port) that counted `packets`.
 fn denied_dump(endpoint: u32, remote: u32, port: u16, packets: u64) -> String {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("\"0x{x:02x}\"")).collect::<Vec<_>>().join(",");
-    let mut key = Vec::new();
-    key.extend(endpoint.to_le_bytes());
-    key.extend(remote.to_le_bytes());
-    key.extend([6, 0]);
-    key.extend(port.to_le_bytes());
-    let mut value = packets.to_le_bytes().to_vec();
-    value.extend(60u64.to_le_bytes());
-    format!("[{{\"key\": [{}], \"value\": [{}]}}]", hex(&key), hex(&value))
+    format!("[{}]", dump_entry(endpoint, remote, false, port, packets))
 }
 
 /// The recorded l4-policy case with a probe matrix: c2 (app1) and c3 (app2)
