@@ -623,6 +623,40 @@ fn zero_counters(marker: &'static str) -> impl Fn(&str) -> String {
     }
 }
 
+/// Every VM's iptables listing after the case with `zero` applied to each
+/// line.
+fn iptables_zeroed(marker: &'static str) -> Recorded {
+    let mut r = recorded("iptables");
+    let zero = zero_counters(marker);
+    for text in r.record.after.values_mut() {
+        *text = text.lines().map(|l| format!("{}\n", zero(l))).collect();
+    }
+    r
+}
+
+/// The probe timed out, but the drop policy counted nothing on any VM:
+/// something else lost it, not the filter.
+#[test]
+fn an_iptables_probe_lost_without_a_drop_fails() {
+    let report = iptables_zeroed("-P FORWARD DROP").judge();
+    assert_eq!(failed(&report), ["iptables: the policy drops a probe to TCP 5202"]);
+    let detail = &check(&report, "iptables: the policy drops a probe to TCP 5202").detail;
+    assert_eq!(detail, "TCP 5202: timed out (1 s); the policy dropped 0 packets");
+}
+
+/// No rule counted anything: the established share is 0 % of nothing (not
+/// a division by zero), and the checks that need packets fail.
+#[test]
+fn iptables_counters_that_took_nothing_fail_with_a_share_of_zero() {
+    let report = iptables_zeroed(" -c ").judge();
+    let detail = &check(&report, "iptables: ESTABLISHED,RELATED takes the data").detail;
+    assert_eq!(detail, "0 of 0 filtered packets (0.0 %)");
+    assert_among_failed(
+        &report,
+        &["iptables: ESTABLISHED,RELATED takes the data", "iptables: the policy drops a probe to TCP 5202"],
+    );
+}
+
 /// nftables read back without its port rule: not in place.
 #[test]
 fn an_nftables_ruleset_without_the_port_rule_fails() {
