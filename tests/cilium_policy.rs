@@ -153,7 +153,7 @@ fn egress_and_deny_become_entries_of_their_own() {
 #[rstest]
 #[case::sctp(
     r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "SCTP"}]}]}]}"#,
-    "field `ingress[0]`: SCTP is not enforced by the cilium-style datapath"
+    "field `ingress[0]`: SCTP is not enforced: l4-policy, iptables and nftables enforce TCP and UDP"
 )]
 #[case::range(
     r#"{"endpointSelector": {"matchLabels": {"id": "service1"}}, "ingress": [{"toPorts": [{"ports": [{"port": "1", "endPort": 20000}]}]}]}"#,

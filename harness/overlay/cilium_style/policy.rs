@@ -221,7 +221,7 @@ fn entries_of(
                         return Err(refuse(
                             entry.line,
                             &entry.field,
-                            "SCTP is not enforced by the cilium-style datapath",
+                            "SCTP is not enforced: l4-policy, iptables and nftables enforce TCP and UDP",
                         ))
                     }
                 };
