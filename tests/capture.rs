@@ -38,6 +38,27 @@ fn a_capture_cut_mid_packet_keeps_its_complete_packets() {
     assert!(summarize(b"not a pcap", &plain(5201)).is_err());
 }
 
+/// Every pcap kept as a fixture, in name order.
+fn every_fixture() -> Vec<std::path::PathBuf> {
+    let dir = format!("{}/tests/fixtures/pcap", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+/// The `fields` of each packet of `pcap` that `filter` keeps, as tshark
+/// decodes them (with `options`).
+fn tshark_fields(pcap: &std::path::Path, options: &[&str], filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new(tshark());
+    cmd.arg("-r").arg(pcap).args(options).args(["-Y", filter, "-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
+}
+
 /// tshark is an independent decoder (ci/setup installs it): its counts must match.
 #[test]
 fn tshark_agrees() {
@@ -45,10 +66,8 @@ fn tshark_agrees() {
         ("baseline-ipv4-host1-underlay.pcap", "ip && tcp.port == 5201"),
         ("baseline-ipv6-host2-c2-eth0.pcap", "ipv6 && tcp.port == 5201"),
     ] {
-        let path = format!("{}/tests/fixtures/pcap/{file}", env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(tshark()).args(["-r", &path, "-Y", filter]).output().expect("tshark runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let theirs = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pcap").join(file);
+        let theirs = tshark_fields(&path, &[], filter, &["frame.number"]).len() as u64;
         assert_eq!(summarize(&fixture(file), &plain(5201)).unwrap().workload, theirs, "{file}");
     }
 }
@@ -64,36 +83,12 @@ fn tshark_agrees() {
 /// ILA SYN-ACK).
 #[test]
 fn tshark_agrees_on_checksums() {
-    let tshark = tshark();
-    let dir = format!("{}/tests/fixtures/pcap", env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for path in files {
-        let out = Command::new(&tshark)
-            .arg("-r")
-            .arg(&path)
-            .args([
-                "-o",
-                "tcp.check_checksum:TRUE",
-                "-Y",
-                "tcp",
-                "-T",
-                "fields",
-                "-e",
-                "frame.number",
-                "-e",
-                "tcp.checksum.status",
-            ])
-            .output()
-            .expect("tshark runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let theirs: Vec<(u64, u8)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let mut f = l.split('\t');
-                (f.next().unwrap().parse().unwrap(), f.next().unwrap().parse().unwrap())
-            })
-            .collect();
+    for path in every_fixture() {
+        let theirs: Vec<(u64, u8)> =
+            tshark_fields(&path, &["-o", "tcp.check_checksum:TRUE"], "tcp", &["frame.number", "tcp.checksum.status"])
+                .iter()
+                .map(|f| (f[0].parse().unwrap(), f[1].parse().unwrap()))
+                .collect();
         let ours = checksum_verdicts(&std::fs::read(&path).unwrap(), &plain(5201)).unwrap();
         assert_eq!(ours.len(), theirs.len(), "{path:?}: TCP segments");
         for ((frame, verdict, negative_zero), (their_frame, status)) in ours.iter().zip(&theirs) {
@@ -124,26 +119,13 @@ fn tshark_agrees_on_checksums() {
 /// (`tcp.len`), on every pcap kept as a fixture, IPv4 and IPv6.
 #[test]
 fn tshark_agrees_on_segment_lengths() {
-    let tshark = tshark();
-    let dir = format!("{}/tests/fixtures/pcap", env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
     let mut with_data = 0;
-    for path in files {
-        let out = Command::new(&tshark)
-            .arg("-r")
-            .arg(&path)
-            .args(["-Y", "tcp.port == 5201", "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.seq_raw", "-e", "tcp.len"])
-            .output()
-            .expect("tshark runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let theirs: Vec<(u16, u32, u32)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
-            })
-            .collect();
+    for path in every_fixture() {
+        let theirs: Vec<(u16, u32, u32)> =
+            tshark_fields(&path, &[], "tcp.port == 5201", &["tcp.srcport", "tcp.seq_raw", "tcp.len"])
+                .iter()
+                .map(|f| (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap()))
+                .collect();
         let summary = summarize(&std::fs::read(&path).unwrap(), &plain(5201)).unwrap();
         let ours: Vec<_> = summary.segments.iter().map(|s| (s.sport, s.seq, s.payload)).collect();
         assert_eq!(ours, theirs, "{path:?}");
