@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use rstest::rstest;
+use vlab::filter::MatrixRead::{After, Before};
 use vlab::lab::{Bitrate, Lab, LabError};
 
 const BASELINE: &str = include_str!("../labs/baseline.toml");
@@ -388,8 +389,15 @@ fn variant_plan(kind: &str, name: &str, file: &str) -> String {
             ("before", v.evidence_before_commands(&lab, vm)),
             ("after", v.evidence_commands(&lab, vm)),
             ("policy state", if kind == "overlay" { overlay.policy_state_commands(&lab, vm) } else { Vec::new() }),
-            ("drop counters", if kind == "filter" { filter.drop_counter_commands(&lab, vm) } else { Vec::new() }),
+            (
+                "matrix before",
+                if kind == "filter" { filter.drop_counter_commands(&lab, vm, Before) } else { Vec::new() },
+            ),
+            ("matrix after", if kind == "filter" { filter.drop_counter_commands(&lab, vm, After) } else { Vec::new() }),
         ];
+        if kind == "filter" {
+            out.extend(filter.matrix_monitors(&lab, vm).into_iter().map(|m| format!("matrix monitor: {m}")));
+        }
         for (when, cmds) in commands {
             out.extend(cmds.into_iter().map(|(artifact, cmd)| format!("{when}: {artifact}: {cmd}")));
         }

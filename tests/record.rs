@@ -1442,30 +1442,12 @@ fn the_recorded_policy_sections_read_back(#[values("iptables", "nftables")] meth
 }
 
 /// The rules' counters read around the probe matrix say which rules took
-/// the probes: the recorded case's listing read before the matrix, and after
-/// it with db's two probes to the web container taken by its deny (and the
-/// jumps on their way there, and the drop chain's log and drop).
+/// the probes: in the recorded case, db's two probes to the web container
+/// (each sent twice: nothing answered the first SYN) taken by its deny on
+/// host1 and the client's probe to db on TCP 5432 by db's deny on host2.
 #[test]
 fn the_rules_that_took_the_probes_are_read_around_the_matrix() {
-    let mut r = recorded("iptables-policy");
-    let file = "iptables-policy-host1.txt";
-    let listing = r.record.after[file].clone();
-    let after = [
-        ("-A FORWARD -c 7011 352271654 -j", "-A FORWARD -c 7013 352271774 -j"),
-        ("-A VLAB-DROP -c 0 0 -j LOG", "-A VLAB-DROP -c 2 120 -j LOG"),
-        ("-A VLAB-DROP -c 0 0 -j DROP", "-A VLAB-DROP -c 2 120 -j DROP"),
-        ("-A VLAB-IN-258 -s 10.1.3.2/32 -c 0 0 -j VLAB-DROP", "-A VLAB-IN-258 -s 10.1.3.2/32 -c 2 120 -j VLAB-DROP"),
-        ("-A VLAB-POLICY -d 10.1.1.2/32 -c 2 120", "-A VLAB-POLICY -d 10.1.1.2/32 -c 4 240"),
-    ]
-    .iter()
-    .fold(listing.clone(), |t, (from, to)| {
-        assert!(t.contains(from), "{from}");
-        t.replacen(from, to, 1)
-    });
-    let m = r.record.matrix.as_mut().expect("a recorded matrix");
-    m.before.insert(file.into(), listing);
-    m.after.insert(file.into(), after);
-    let report = r.judge();
+    let report = recorded("iptables-policy").judge();
     let section = &report.variant.filter.as_ref().expect("a policy section").evidence;
     let took: Vec<String> = section["probe_hits"]
         .as_array()
@@ -1473,18 +1455,92 @@ fn the_rules_that_took_the_probes_are_read_around_the_matrix() {
         .iter()
         .map(|h| format!("{} {} {}", h["at"].as_str().unwrap(), h["packets"], h["rule"].as_str().unwrap()))
         .collect();
+    for hit in [
+        "host1 4 iptables -A VLAB-IN-258 -s 10.1.3.2/32 -j VLAB-DROP",
+        "host1 2 iptables -A VLAB-IN-258 -s 10.1.2.2/32 -j ACCEPT",
+        "host2 2 iptables -A VLAB-IN-257 -s 10.1.2.2/32 -p tcp -m tcp --dport 5432 -j VLAB-DROP",
+    ] {
+        assert!(took.iter().any(|t| t == hit), "{hit} not in {took:#?}");
+    }
+    // The workload's hits are the case's: its own reads, not the matrix's.
+    let hits = section["hits"].as_array().unwrap();
+    assert!(hits.iter().all(|h| !h["rule"].as_str().unwrap().contains("VLAB-DROP")), "{hits:?}");
+}
+
+fn traced(method: &str) -> String {
+    format!("{method}: each probe is traced to the rules that took it, and their counters took the traced packets")
+}
+
+/// The probes of a cell with the traced packets of another: every line of
+/// `vm`'s matrix trace about packets from `src` to `dst` on TCP `port`
+/// taken out (a trace id's lines are all about one packet).
+fn untraced(r: &mut Recorded, vm: &str, (src, dst, port): (&str, &str, u16)) {
+    let m = r.record.matrix.as_mut().unwrap();
+    let file = format!("trace-{vm}.txt");
+    let text = m.after[&file].clone();
+    let packet = |l: &str| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let nft = w.windows(3).any(|x| x == ["saddr", src, "ip"]) && l.contains(&format!(" daddr {dst} "));
+        let xt = l.contains(&format!("SRC={src} DST={dst} "));
+        (nft || xt) && (l.contains(&format!("dport {port} ")) || l.contains(&format!("DPORT={port} ")))
+    };
+    let ids: Vec<String> = text
+        .lines()
+        .filter(|l| packet(l))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["trace", "id", id, ..] | ["PACKET:", _, id, ..] => Some(id.to_string()),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(!ids.is_empty(), "no packet {src} -> {dst} {port} in {file}");
+    let kept: Vec<&str> = text.lines().filter(|l| !ids.iter().any(|id| l.contains(&format!(" {id} ")))).collect();
+    m.after.insert(file, kept.join("\n"));
+}
+
+/// The client's probe to db on TCP 5432 is not in host2's trace: no
+/// evidence says which rule took it, and the deny's counter took packets
+/// that no traced probe met.
+#[rstest::rstest]
+fn a_probe_missing_from_the_trace_fails(#[values("iptables", "nftables")] method: &str) {
+    let mut r = recorded(&format!("{method}-policy"));
+    untraced(&mut r, "host2", ("10.1.2.2", "10.1.3.2", 5432));
+    let report = r.judge();
+    assert_eq!(failed(&report), [traced(method)]);
+    let detail = &check(&report, &traced(method)).detail;
+    assert!(detail.contains("c2 -> c3 tcp/5432: not traced"), "{detail}");
+    assert!(detail.contains("packets, traced 0"), "{detail}");
+}
+
+/// iptables on host1 counted a packet more on db's deny during the matrix
+/// than the trace shows: something else than a probe took it.
+#[test]
+fn a_rule_that_counted_an_untraced_packet_fails() {
+    let mut r = recorded("iptables-policy");
+    let m = r.record.matrix.as_mut().unwrap();
+    let file = "iptables-policy-host1.txt";
+    let deny = "-A VLAB-IN-258 -s 10.1.3.2/32 -c 4 240 -j VLAB-DROP";
+    assert!(m.after[file].contains(deny));
+    let more = m.after[file].replacen(deny, "-A VLAB-IN-258 -s 10.1.3.2/32 -c 5 300 -j VLAB-DROP", 1);
+    m.after.insert(file.into(), more);
+    let report = r.judge();
+    assert_eq!(failed(&report), [traced("iptables")]);
     assert_eq!(
-        took,
-        [
-            "host1 2 iptables -A FORWARD -j VLAB-POLICY",
-            "host1 2 iptables -A VLAB-DROP -j LOG --log-prefix \"vlab-drop \" --log-level 7",
-            "host1 2 iptables -A VLAB-DROP -j DROP",
-            "host1 2 iptables -A VLAB-IN-258 -s 10.1.3.2/32 -j VLAB-DROP",
-            "host1 2 iptables -A VLAB-POLICY -d 10.1.1.2/32 -j VLAB-IN-258",
-        ]
+        check(&report, &traced("iptables")).detail,
+        "host1: `iptables -A VLAB-IN-258 -s 10.1.3.2/32 -j VLAB-DROP` counted 5 packets, traced 4"
     );
-    // The workload's hits are those of the case, as before.
-    assert_eq!(section["hits"], recorded("iptables-policy").judge().variant.filter.unwrap().evidence["hits"]);
+}
+
+/// No trace was read after the matrix on host1 (a monitor that never
+/// started).
+#[test]
+fn a_matrix_without_its_trace_fails() {
+    let mut r = recorded("nftables-policy");
+    r.record.matrix.as_mut().unwrap().after.remove("trace-host1.txt").expect("a trace");
+    let report = r.judge();
+    assert_eq!(failed(&report), [traced("nftables")]);
 }
 
 /// iptables on host1 lost the allow of the client (its line is not in the
@@ -1548,7 +1604,9 @@ fn a_denied_probe_that_connected_fails_the_matrix(#[values("iptables", "nftables
     assert_ne!(cell.outcome, ProbeOutcome::Connected);
     cell.outcome = ProbeOutcome::Connected;
     let report = r.judge();
-    assert_eq!(failed(&report), [agrees(method)]);
+    // Its traced packets met the deny: the trace says so too.
+    assert_eq!(failed(&report), [agrees(method), traced(method)]);
+    assert!(check(&report, &traced(method)).detail.contains("c3 -> c1 tcp/5432: met a dropping rule, and connected"));
     assert!(
         check(&report, &agrees(method)).detail.contains("c3 -> c1 TCP 5432"),
         "{}",

@@ -1447,7 +1447,8 @@ fn matrices(cases: &[Value]) -> Vec<Value> {
 /// each method (eBPF on cilium-style; iptables and nftables on plain
 /// routing), each overlay on one booted pair with the policies swapped
 /// between cases; every case passes (for iptables and nftables the rules
-/// read back are the rendered ones), every cell of every matrix is as the
+/// read back are the rendered ones, and every probe is traced to the rules
+/// whose counters took it), every cell of every matrix is as the
 /// evaluator decides (egress at the sender, deny before allow, drops
 /// between two containers of one VM), and for each policy the three
 /// methods measure the same matrix.
@@ -1465,6 +1466,8 @@ fn policy_conformance_lab_agrees_with_the_evaluator_for_every_method() {
         if !c["name"].as_str().unwrap().contains("l4-policy") {
             let rendered = |x: &Value| x["name"].as_str().unwrap_or("").contains("hold the rendered policy");
             assert!(checks.iter().any(rendered), "{}: {checks:?}", c["name"]);
+            let traced = |x: &Value| x["name"].as_str().unwrap_or("").contains("each probe is traced");
+            assert!(checks.iter().any(traced), "{}: {checks:?}", c["name"]);
         }
     }
     let m = matrices(cases);

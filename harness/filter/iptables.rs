@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::netfilter_policy::Method;
 use super::policy::{self, Counter, Part, RuleDelta};
-use super::Filter;
+use super::{Filter, MatrixRead};
 use crate::guest::Netns;
 use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::{CaseEvidence, EnforcementPoint, Step, Variant, Verdict};
@@ -255,8 +255,12 @@ impl Filter for Iptables {
         METHOD.probe_targets(lab, case)
     }
 
-    fn drop_counter_commands(&self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
-        METHOD.drop_counter_commands(lab, vm)
+    fn drop_counter_commands(&self, lab: &Lab, vm: &Vm, when: MatrixRead) -> Vec<(String, String)> {
+        METHOD.drop_counter_commands(lab, vm, when)
+    }
+
+    fn matrix_monitors(&self, lab: &Lab, vm: &Vm) -> Vec<String> {
+        METHOD.matrix_monitors(lab, vm)
     }
 
     fn verdict(&self, lab: &Lab, points: &[EnforcementPoint], e: &CaseEvidence) -> Verdict {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::policy_file::{self, LabPolicy, Source};
-use super::{probes, Filter};
+use super::{probes, Filter, MatrixRead};
 use crate::lab::{CaseParams, Lab, LabError, LabKeys, Vm};
 use crate::overlay::cilium_style::maps::{self, Counter};
 use crate::overlay::cilium_style::policy::{Compiled, Entry, Protocol};
@@ -157,7 +157,7 @@ impl Filter for L4Policy {
         }
     }
 
-    fn drop_counter_commands(&self, _lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+    fn drop_counter_commands(&self, _lab: &Lab, vm: &Vm, _when: MatrixRead) -> Vec<(String, String)> {
         vec![(artifact("vlab_denied", &vm.name), maps::dump("vlab_denied"))]
     }
 

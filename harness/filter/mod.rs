@@ -17,6 +17,7 @@ pub mod policy;
 pub mod policy_file;
 pub mod policy_rules;
 pub mod probes;
+pub mod trace;
 
 use crate::guest::Netns;
 use crate::lab::Lab;
@@ -48,6 +49,13 @@ pub fn place(vm: &str, netns: Option<&Netns>) -> String {
 /// `STEM-VM-NAMESPACE.EXT`.
 pub fn artifact(stem: &str, vm: &str, netns: Option<&Netns>, ext: &str) -> String {
     format!("{stem}-{}.{ext}", place(vm, netns).replace('/', "-"))
+}
+
+/// Which of the probe matrix's two reads a command is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixRead {
+    Before,
+    After,
 }
 
 /// A filter on the containers' forwarding path.
@@ -91,8 +99,16 @@ pub trait Filter: Variant {
     }
 
     /// Commands that read its drop counters on `vm`, as (artifact name,
-    /// command), before and after the probe matrix.
-    fn drop_counter_commands(&self, lab: &Lab, vm: &crate::lab::Vm) -> Vec<(String, String)> {
+    /// command), before and after the probe matrix (`when`).
+    fn drop_counter_commands(&self, lab: &Lab, vm: &crate::lab::Vm, when: MatrixRead) -> Vec<(String, String)> {
+        let _ = (lab, vm, when);
+        Vec::new()
+    }
+
+    /// Commands started in the background on `vm` with the probe matrix's
+    /// listeners (at the case's start) and stopped with them after the
+    /// matrix: monitors whose output [`Filter::drop_counter_commands`] reads.
+    fn matrix_monitors(&self, lab: &Lab, vm: &crate::lab::Vm) -> Vec<String> {
         let _ = (lab, vm);
         Vec::new()
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::policy::{self as study, Counter};
 use super::policy_file::{self, LabPolicy, Source};
 use super::policy_rules::{self as render, Drop};
-use super::probes;
+use super::{probes, trace, MatrixRead};
 use crate::guest::{quote, Netns};
 use crate::lab::{CaseParams, Family, Issue, Lab, LabError, Seg, Vm};
 use crate::overlay::{CaseEvidence, EnforcementPoint, ProbeMatrix, Step, Verdict};
@@ -99,9 +99,10 @@ impl Method {
         }
     }
 
-    /// The script that takes the policy out.
+    /// The script that takes the policy out, and the matrix's tracing with
+    /// it (left on by a case that failed half-way).
     fn clear(self) -> String {
-        match self {
+        let policy = match self {
             Method::Iptables => TOOLS
                 .map(|(t, _)| {
                     format!(
@@ -113,7 +114,8 @@ impl Method {
                 })
                 .join("\n"),
             Method::Nftables => format!("nft delete table {} 2>/dev/null || true", render::TABLE),
-        }
+        };
+        format!("{policy}\n{}", trace::off())
     }
 
     /// Deploy: the bridge switches set at every point, and the lab's own
@@ -196,14 +198,53 @@ impl Method {
     }
 
     /// What the probe matrix is read by on `vm`, given a policy file: the
-    /// drops logged, and the rules with their counters at each point.
-    pub fn drop_counter_commands(self, lab: &Lab, vm: &Vm) -> Vec<(String, String)> {
+    /// drops logged, the rules with their counters at each point, and the
+    /// trace of new connections, turned on before the first read and off
+    /// after the second, so that it spans what the counters count.
+    pub fn drop_counter_commands(self, lab: &Lab, vm: &Vm, when: MatrixRead) -> Vec<(String, String)> {
         if !self.given(lab) {
             return Vec::new();
         }
+        let traces = self.trace_places(lab, vm).into_iter().map(|(ns, place)| {
+            let script = match when {
+                MatrixRead::Before => trace::on(),
+                MatrixRead::After => trace::read(&place),
+            };
+            (trace_artifact(&place), Netns::script(ns.as_ref(), &script))
+        });
         let mut cmds = vec![(drop_artifact(&vm.name), render::drop_log_command())];
-        cmds.extend(self.evidence_commands(lab, vm));
+        match when {
+            MatrixRead::Before => {
+                cmds.extend(traces);
+                cmds.extend(self.evidence_commands(lab, vm));
+            }
+            MatrixRead::After => {
+                cmds.extend(self.evidence_commands(lab, vm));
+                cmds.extend(traces);
+            }
+        }
         cmds
+    }
+
+    /// The trace monitors on `vm`, given a policy file: one per point.
+    pub fn matrix_monitors(self, lab: &Lab, vm: &Vm) -> Vec<String> {
+        if !self.given(lab) {
+            return Vec::new();
+        }
+        let xtables = self == Method::Iptables;
+        self.trace_places(lab, vm).iter().map(|(ns, place)| trace::monitor(xtables, ns.as_ref(), place)).collect()
+    }
+
+    /// `vm`'s enforcement points: each namespace and its place.
+    fn trace_places(self, lab: &Lab, vm: &Vm) -> Vec<(Option<Netns>, String)> {
+        let points = crate::overlay::get(&lab.overlay).enforcement_points(lab);
+        EnforcementPoint::namespaces(&points)
+            .into_iter()
+            .map(|ns| {
+                let place = super::place(&vm.name, ns.as_ref());
+                (ns, place)
+            })
+            .collect()
     }
 
     /// The case's checks: the rules read back are the rendered ones at every
@@ -222,14 +263,20 @@ impl Method {
         let mut wrong = Vec::new();
         let mut hits = Vec::new();
         let mut probe_hits = Vec::new();
+        let mut traces = Vec::new();
         let mut places = 0;
         for (vm_name, ns, at) in study::places(lab, points) {
             let vm = lab.vm(vm_name).expect("a lab VM");
             let file = self.artifact(vm_name, ns.as_ref());
             if let Some(m) = e.matrix {
-                if let (Some(before), Some(after)) = (m.before.get(&file), m.after.get(&file)) {
-                    probe_hits.extend(self.took(&at, before, after));
-                }
+                let took = match (m.before.get(&file), m.after.get(&file)) {
+                    (Some(before), Some(after)) => self.took(&at, before, after),
+                    _ => Vec::new(),
+                };
+                let counted = took.iter().map(|h| (h.rule.clone(), h.packets)).collect();
+                let traced = m.after.get(&trace_artifact(&at)).map_or(Vec::new(), |t| trace::parse(t));
+                traces.push(trace::Place { at: at.clone(), traced, counted });
+                probe_hits.extend(took);
             }
             let (Some(before), Some(after)) = (e.before.get(&file), e.outputs.get(&file)) else {
                 wrong.push(format!("{at}: not read before and after the case"));
@@ -264,12 +311,16 @@ impl Method {
                 wrong.join("; ")
             },
         )];
+        let mut probes = Vec::new();
         let matrix = e.matrix.map(|m| {
             let (check, section) = matrix_check(lab, &p, m, name);
             checks.push(check);
+            let (check, traced) = trace_check(lab, m, &traces, name);
+            checks.push(check);
+            probes = traced;
             section
         });
-        let section = PolicySection { rules, hits, probe_hits, matrix };
+        let section = PolicySection { rules, hits, probe_hits, probes, matrix };
         Verdict { checks, section: Some(serde_json::to_value(section).expect("serializable")) }
     }
 }
@@ -289,6 +340,11 @@ const TOOLS: [(&str, Family); 2] = [("iptables", Family::Ipv4), ("ip6tables", Fa
 
 fn drop_artifact(vm: &str) -> String {
     format!("drops-{vm}.txt")
+}
+
+/// The trace read at a place.
+fn trace_artifact(place: &str) -> String {
+    format!("trace-{}.txt", place.replace('/', "-"))
 }
 
 /// The rendered rules of every VM, counted (what a report states as the
@@ -379,6 +435,9 @@ pub struct PolicySection {
     /// the rules that took the probes; a dropped cell's drop is also in the
     /// drop log, by its addresses, protocol and port.
     pub probe_hits: Vec<RuleHit>,
+    /// Each probe of the matrix and the policy's rules its first packet
+    /// met at each place, from the trace.
+    pub probes: Vec<trace::TracedProbe>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matrix: Option<probes::MatrixSection>,
 }
@@ -399,10 +458,39 @@ pub fn matrix_drops(lab: &Lab, m: &ProbeMatrix) -> Vec<Drop> {
 /// addresses, protocol and port.
 fn matrix_check(lab: &Lab, p: &LabPolicy, m: &ProbeMatrix, name: &str) -> (Check, probes::MatrixSection) {
     let drops = matrix_drops(lab, m);
-    let addr = |c: &str| {
-        lab.vms.iter().flat_map(|vm| &vm.containers).find(|x| x.name == c)?.address(Family::Ipv4).map(|a| a.to_string())
-    };
+    let addr = |c: &str| address(lab, c);
     probes::judge(&p.model, &p.endpoints, m, |cell| render::drops_of(&drops, cell, addr), name)
+}
+
+/// The address of a container of the lab, by name.
+fn address(lab: &Lab, container: &str) -> Option<String> {
+    let c = lab.vms.iter().flat_map(|vm| &vm.containers).find(|x| x.name == container)?;
+    c.address(Family::Ipv4).map(|a| a.to_string())
+}
+
+/// The trace check: every probe traced to the rules that took it, each
+/// policy rule's counter taking exactly its traced packets over the matrix,
+/// and a probe dropped by a rule exactly when it timed out. The rules that
+/// packets of established connections reach (the jump from FORWARD, the
+/// accept of established ones) are left out of the comparison.
+fn trace_check(lab: &Lab, m: &ProbeMatrix, places: &[trace::Place], name: &str) -> (Check, Vec<trace::TracedProbe>) {
+    let policy_rule = |r: &str| {
+        let (_, chain) = chain_of(r);
+        !chain.eq_ignore_ascii_case("forward") && !r.contains("ESTABLISHED")
+    };
+    let drops = |r: &str| r == format!("iptables -A {} -j DROP", render::DROP) || r == "log_drop: drop";
+    let (wrong, probes) = trace::judge(&m.cells, places, |c| address(lab, c), policy_rule, drops);
+    let traced: usize = places.iter().map(|p| p.traced.len()).sum();
+    let check = Check::new(
+        &format!("{name}: each probe is traced to the rules that took it, and their counters took the traced packets"),
+        wrong.is_empty() && !m.cells.is_empty(),
+        if wrong.is_empty() {
+            format!("{} probes, {traced} new packets traced at {} places", m.cells.len(), places.len())
+        } else {
+            wrong.join("; ")
+        },
+    );
+    (check, probes)
 }
 
 #[cfg(test)]

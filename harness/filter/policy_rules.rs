@@ -392,10 +392,7 @@ pub fn parse_drop(line: &str) -> Option<Drop> {
 /// addresses by name.
 pub fn drops_of(drops: &[Drop], cell: &ProbeCell, addr: impl Fn(&str) -> Option<String>) -> u64 {
     let (Some(src), Some(dst)) = (addr(&cell.from), addr(&cell.to)) else { return 0 };
-    let protocol = match cell.protocol {
-        crate::policy::Protocol::Tcp => "tcp",
-        crate::policy::Protocol::Udp => "udp",
-    };
+    let protocol = cell.protocol.name();
     drops.iter().filter(|d| d.src == src && d.dst == dst && d.protocol == protocol && d.port == cell.port).count()
         as u64
 }

@@ -192,7 +192,7 @@ pub fn judge(
                 c.port,
                 verdict_word(c.expected),
                 c.reason,
-                outcome_word(c.measured),
+                c.measured.word(),
                 c.drops
             )
         })
@@ -222,14 +222,6 @@ fn verdict_word(v: Verdict) -> &'static str {
     match v {
         Verdict::Allowed => "allowed",
         Verdict::Dropped => "dropped",
-    }
-}
-
-fn outcome_word(o: ProbeOutcome) -> &'static str {
-    match o {
-        ProbeOutcome::Connected => "connected",
-        ProbeOutcome::Refused => "refused",
-        ProbeOutcome::TimedOut => "timed out",
     }
 }
 

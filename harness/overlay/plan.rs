@@ -276,6 +276,17 @@ pub enum ProbeOutcome {
     TimedOut,
 }
 
+impl ProbeOutcome {
+    /// What became of the attempt, in words.
+    pub fn word(self) -> &'static str {
+        match self {
+            ProbeOutcome::Connected => "connected",
+            ProbeOutcome::Refused => "refused",
+            ProbeOutcome::TimedOut => "timed out",
+        }
+    }
+}
+
 impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = match self.outcome {

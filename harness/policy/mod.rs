@@ -69,6 +69,16 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// Its name as tools write it (`tcp`, `udp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

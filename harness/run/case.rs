@@ -234,10 +234,11 @@ struct Before<'a> {
 const FILTER_SETUP: &str = "filter case setup";
 
 /// Kills what an earlier case may have left running (the workload's
-/// servers, captures and the probe matrix's listeners; shell builtins only;
-/// 20-50 ms under TCG, so only after a case that did not end tidily).
+/// servers, captures and the probe matrix's listeners and monitors; shell
+/// builtins only; 20-50 ms under TCG, so only after a case that did not end
+/// tidily).
 const CLEAN: &str = "for d in /proc/[0-9]*; do read -r c 2>/dev/null <$d/comm || continue; \
-    case $c in iperf3|tcpdump|perl) kill -9 ${d#/proc/} 2>/dev/null;; esac; done; true";
+    case $c in iperf3|tcpdump|perl|nft|xtables-monitor) kill -9 ${d#/proc/} 2>/dev/null;; esac; done; true";
 
 /// One batch per VM, all at once, before the workload: a clean slate; the
 /// captures and the iperf3 server started in the background; while they
@@ -290,6 +291,7 @@ async fn before_case<'a>(
         if !setup.is_empty() {
             b.succeed(FILTER_SETUP, guest::timed(&setup.join("\n")));
         }
+        matrix.monitor_part(name, &mut b);
         for i in mine() {
             let last = probes.get(&i.key());
             let apply = nic::still_to_apply(&requested, last.map(|p| &p.offloads));

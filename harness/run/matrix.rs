@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use super::boot::LabRuntime;
 use super::case::reread_on_every_vm;
-use crate::filter::Filter;
+use crate::filter::{Filter, MatrixRead};
 use crate::guest::{self, Batch, BatchOutput, Netns};
 use crate::lab::{Case, Family, Lab, TrafficPath};
 use crate::overlay::{ProbeCell, ProbeMatrix, ProbeOutcome};
@@ -25,6 +25,7 @@ const SCRIPT_PATH: &str = "/run/vlab/vlab-probe";
 pub const TIMEOUT_MS: u32 = 1000;
 const LISTEN_PART: &str = "matrix listeners";
 const READY_PART: &str = "matrix listeners ready";
+const MONITOR_PART: &str = "matrix monitors";
 const PROBE_PART: &str = "matrix probes";
 
 /// A container of the matrix: its name, VM and address.
@@ -40,6 +41,8 @@ pub(super) struct Member {
 pub(super) struct Plan {
     pub members: Vec<Member>,
     pub targets: Vec<(Protocol, u16)>,
+    /// The filter's monitors, by VM ([`Filter::matrix_monitors`]).
+    pub monitors: BTreeMap<String, Vec<String>>,
 }
 
 impl Plan {
@@ -63,7 +66,8 @@ impl Plan {
         if targets.is_empty() || members.len() < 2 || case.params.family != Family::Ipv4 {
             return Plan::default();
         }
-        Plan { members, targets }
+        let monitors = lab.vms.iter().map(|vm| (vm.name.clone(), f.matrix_monitors(lab, vm))).collect();
+        Plan { members, targets, monitors }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,7 +77,7 @@ impl Plan {
     /// The listener specs of `member`: every target, less the ports the
     /// case's own listeners hold there (`taken`).
     fn specs(&self, taken: &[(Protocol, u16)]) -> Vec<String> {
-        self.targets.iter().filter(|t| !taken.contains(t)).map(|(p, port)| format!("{}/{port}", proto(*p))).collect()
+        self.targets.iter().filter(|t| !taken.contains(t)).map(|(p, port)| format!("{}/{port}", p.name())).collect()
     }
 
     /// The start batch's part on `vm`: the helper written, a listener in each
@@ -95,6 +99,20 @@ impl Plan {
         b.report(LISTEN_PART, s.join("\n"));
     }
 
+    /// The start batch's part on `vm` after the filter's case setup: its
+    /// monitors started in the background (after the setup: a monitor
+    /// names only the rules it found when it started). Prints their pids.
+    pub fn monitor_part(&self, vm: &str, b: &mut Batch) {
+        let monitors = self.monitors.get(vm).map_or(&[][..], Vec::as_slice);
+        if self.is_empty() || monitors.is_empty() {
+            return;
+        }
+        b.report(
+            MONITOR_PART,
+            monitors.iter().map(|m| format!("{m} </dev/null &\necho $!")).collect::<Vec<_>>().join("\n"),
+        );
+    }
+
     /// The start batch's last part on `vm`: waits until its listeners are
     /// bound (10 s at most).
     pub fn ready_part(&self, vm: &str, b: &mut Batch) {
@@ -106,9 +124,10 @@ impl Plan {
         b.succeed(READY_PART, format!("{}; {all}", guest::wait_until_every(&all, 10, 20)));
     }
 
-    /// The listeners' pids from the start batch's output.
+    /// The listeners' and monitors' pids from the start batch's output.
     pub fn listener_pids(out: &BatchOutput) -> Vec<i64> {
-        out.text(LISTEN_PART).lines().filter_map(|l| l.trim().parse().ok()).collect()
+        let text = format!("{}\n{}", out.text(LISTEN_PART), out.text(MONITOR_PART));
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// Runs the matrix: on every VM at once, the drop counters read, then
@@ -122,9 +141,9 @@ impl Plan {
         f: &dyn Filter,
         pids: &BTreeMap<String, Vec<i64>>,
     ) -> anyhow::Result<ProbeMatrix> {
-        let counters = |vm: &str, b: &mut Batch| -> Vec<String> {
+        let counters = |vm: &str, when: MatrixRead, b: &mut Batch| -> Vec<String> {
             let vm = lab.vm(vm).expect("a lab VM");
-            f.drop_counter_commands(lab, vm)
+            f.drop_counter_commands(lab, vm, when)
                 .into_iter()
                 .map(|(name, cmd)| {
                     b.report(&name, cmd);
@@ -145,7 +164,7 @@ impl Plan {
         let started = Instant::now();
         let first = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
-            names.insert(vm.to_string(), counters(vm, &mut b));
+            names.insert(vm.to_string(), counters(vm, MatrixRead::Before, &mut b));
             b.report(PROBE_PART, self.probes_script(vm));
             b
         })
@@ -156,7 +175,7 @@ impl Plan {
         let mut names = BTreeMap::new();
         let second = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
-            names.insert(vm.to_string(), counters(vm, &mut b));
+            names.insert(vm.to_string(), counters(vm, MatrixRead::After, &mut b));
             let pids: Vec<String> = pids.get(vm).into_iter().flatten().map(i64::to_string).collect();
             if !pids.is_empty() {
                 b.report("matrix listeners stop", format!("kill -9 {} 2>/dev/null; true", pids.join(" ")));
@@ -190,7 +209,7 @@ impl Plan {
                 vec!["perl".to_string(), SCRIPT_PATH.into(), "try".into(), from.name.clone(), TIMEOUT_MS.to_string()];
             for to in self.members.iter().filter(|m| m.name != from.name) {
                 for (p, port) in &self.targets {
-                    argv.push(format!("{}/{}/{port}", to.addr, proto(*p)));
+                    argv.push(format!("{}/{}/{port}", to.addr, p.name()));
                 }
             }
             s.push(format!("{} &", guest::shell_line(&Netns::wrap(Some(&Netns::container(&from.name)), argv))));
@@ -221,13 +240,6 @@ impl Plan {
                 Some(ProbeCell { from: from.to_string(), to, protocol, port: port.parse().ok()?, outcome })
             })
             .collect()
-    }
-}
-
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
     }
 }
 
