@@ -319,6 +319,97 @@ fn a_recorded_l4_policy_case_passes_every_check() {
     assert!(check(&report, "l4-policy: a probe to TCP 5202 is dropped").detail.contains("dropped 1 packets"));
 }
 
+const VNI_IS_IDENTITY: &str = "cilium-style: the VNI is the sender's identity, both ways";
+const TUNNELS: &str = "cilium-style: tunnels run between the nodes' underlay addresses";
+const TRACKED: &str = "cilium-style: the programs carried the flow, tracked both ways";
+
+/// The cilium-style overlay's VXLAN frames in the recorded case's underlay
+/// capture `file` (IPv4 without options, UDP 8472) edited: `edit(frame,
+/// vxlan)` with the offset of the VXLAN header. Returns how many. (By the
+/// headers' offsets: the capture keeps only the frames' first bytes, which
+/// a strict parser refuses.)
+fn cilium_frames(r: &mut Recorded, file: &str, mut edit: impl FnMut(&mut [u8], usize)) -> usize {
+    let mut n = 0;
+    edit_packets(r.pcap(file), |frame| {
+        let udp = frame.len() > 42 && frame[12..14] == [0x08, 0x00] && frame[14] == 0x45 && frame[23] == 17;
+        if udp && frame[36..38] == 8472u16.to_be_bytes() {
+            edit(frame, 42);
+            n += 1;
+        }
+    });
+    n
+}
+
+/// The check `name` of `r` failed, with `detail` in its detail.
+fn fails_with(r: Recorded, name: &str, detail: &str) {
+    let report = r.judge();
+    let c = check(&report, name);
+    assert!(!c.passed && c.detail.contains(detail), "{name}: {} {}", c.passed, c.detail);
+}
+
+/// The client's encapsulated packets were sent to another port (not the
+/// overlay's): the wire shows no VNI from the client, though every VNI seen
+/// is its sender's.
+#[test]
+fn no_encapsulated_packet_from_the_client_fails_the_vni_check() {
+    let mut r = recorded("l4-policy");
+    // The inner IPv4 source of a frame: after the VXLAN header (8) and the
+    // inner Ethernet header (14), bytes 12..16 of the IPv4 header.
+    let client = [10, 1, 2, 2];
+    let mut moved = 0;
+    for file in ["host1-underlay.pcap", "host2-underlay.pcap"] {
+        cilium_frames(&mut r, file, |frame, at| {
+            if frame.get(at + 22 + 12..at + 22 + 16) == Some(&client[..]) {
+                frame[at - 6] ^= 0x01; // the UDP destination port: 8472 -> 8473
+                moved += 1;
+            }
+        });
+    }
+    assert!(moved > 0, "the client sent encapsulated packets");
+    fails_with(r, VNI_IS_IDENTITY, "no encapsulated packet from c2");
+}
+
+/// host1's encapsulated packets went to another address than host2's
+/// underlay one: a tunnel from a node to somewhere else.
+#[test]
+fn a_tunnel_to_another_address_fails_the_tunnels_check() {
+    let mut r = recorded("l4-policy");
+    // The outer IPv4 destination's last byte (Ethernet 14, IPv4 16..20).
+    let n = cilium_frames(&mut r, "host1-underlay.pcap", |frame, _| frame[14 + 19] ^= 0x40);
+    assert!(n > 0);
+    fails_with(r, TUNNELS, "10.0.0.1 > 10.0.0.66");
+}
+
+/// No VXLAN packet on either underlay: no tunnel at all is not a tunnel
+/// between the nodes.
+#[test]
+fn no_tunnel_at_all_fails_the_tunnels_check() {
+    let mut r = recorded("l4-policy");
+    emptied(r.pcap("host1-underlay.pcap"));
+    emptied(r.pcap("host2-underlay.pcap"));
+    fails_with(r, TUNNELS, "no VXLAN packet on UDP 8472");
+}
+
+/// Each counter of the programs that carries the flow counted nothing
+/// during the case: the flow did not pass that way. (host1 is the server,
+/// host2 the client.)
+#[rstest::rstest]
+#[case::client_into_the_tunnel("host2", "to_overlay", "host2: 0 packets into the tunnel")]
+#[case::server_tracked_nothing("host1", "ct_established", "host1: 0 of them passed")]
+#[case::server_sent_nothing_back("host1", "to_overlay", ", 0 sent back")]
+#[case::server_tracked_no_reply("host1", "reply_to_overlay", "(0 tracked as replies)")]
+#[case::client_tracked_no_reply("host2", "ct_reply", "host2: 0 replies passed")]
+fn a_flow_counter_that_counted_nothing_fails_the_tracking_check(
+    #[case] vm: &str,
+    #[case] metric: &str,
+    #[case] shown: &str,
+) {
+    let mut r = recorded("l4-policy");
+    assert!(check(&r.judge(), TRACKED).passed);
+    r.set_metric(vm, metric, 0);
+    fails_with(r, TRACKED, shown);
+}
+
 fn probe_check(report: &CaseReport) -> &vlab::report::Check {
     check(report, "l4-policy: a probe to TCP 5202 is dropped")
 }
@@ -1179,6 +1270,20 @@ fn a_type2_route_in_another_vni_fails_the_routes_check() {
         for (key, paths) in routes.as_object_mut().unwrap() {
             if key.starts_with("[type:macadv]") {
                 paths[0]["nlri"]["value"]["labels"] = serde_json::json!([200]);
+            }
+        }
+    });
+    assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-2 VNI 100 MAC 52:54:00:c0:01:01 from host1");
+}
+
+/// host1's type-2 route advertises another MAC than its container's: the
+/// container's MAC is not advertised.
+#[test]
+fn a_type2_route_for_another_mac_fails_the_routes_check() {
+    let r = host1_routes(|routes| {
+        for (key, paths) in routes.as_object_mut().unwrap() {
+            if key.starts_with("[type:macadv]") {
+                paths[0]["nlri"]["value"]["mac"] = "52:54:00:c0:01:09".into();
             }
         }
     });
