@@ -130,10 +130,10 @@ impl Plan {
         text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
-    /// Runs the matrix: on every VM at once, the drop counters read, then
-    /// every local container's attempts (all at once); then, once every VM
-    /// is done, the counters read again and the listeners (`pids` by VM)
-    /// stopped.
+    /// Runs the matrix: on every VM at once, the drop counters read; once
+    /// every VM has read them, every local container's attempts (all at
+    /// once); then, once every VM is done, the counters read again and the
+    /// listeners (`pids` by VM) stopped.
     pub async fn run(
         &self,
         lab: &Lab,
@@ -160,18 +160,26 @@ impl Plan {
             }
             out
         };
+        // The first reads end on every VM before any VM probes: a VM still
+        // reading would count another's first probes as before the matrix.
         let mut names = BTreeMap::new();
-        let started = Instant::now();
         let first = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
             names.insert(vm.to_string(), counters(vm, MatrixRead::Before, &mut b));
+            b
+        })
+        .await
+        .context("the drop counters before the probe matrix")?;
+        let before = read(&first, &names);
+        let started = Instant::now();
+        let probed = reread_on_every_vm(rt, |vm| {
+            let mut b = Batch::new();
             b.report(PROBE_PART, self.probes_script(vm));
             b
         })
         .await
         .context("the probe matrix")?;
         let seconds = started.elapsed().as_secs_f64();
-        let before = read(&first, &names);
         let mut names = BTreeMap::new();
         let second = reread_on_every_vm(rt, |vm| {
             let mut b = Batch::new();
@@ -186,7 +194,7 @@ impl Plan {
         .context("the drop counters after the probe matrix")?;
         let after = read(&second, &names);
         let mut cells = Vec::new();
-        for (_, out) in &first {
+        for (_, out) in &probed {
             cells.extend(self.parse(&out.text(PROBE_PART)));
         }
         cells.sort_by(|a, b| (&a.from, &a.to, a.protocol, a.port).cmp(&(&b.from, &b.to, b.protocol, b.port)));
@@ -195,7 +203,7 @@ impl Plan {
             cells.len() == expected,
             "the probe matrix answered {} of its {expected} attempts: {}",
             cells.len(),
-            first.iter().map(|(vm, o)| format!("{vm}: {}", o.text(PROBE_PART).trim())).collect::<Vec<_>>().join("; ")
+            probed.iter().map(|(vm, o)| format!("{vm}: {}", o.text(PROBE_PART).trim())).collect::<Vec<_>>().join("; ")
         );
         Ok(ProbeMatrix { cells, before, after, seconds })
     }
