@@ -423,6 +423,24 @@ fn each_variants_needs_and_evidence_read_as_reviewed(#[case] kind: &str, #[case]
     insta::assert_snapshot!(snapshot, variant_plan(kind, name, file));
 }
 
+/// The policy and rules axes are l4-policy's own too: the conformance lab
+/// with the cilium-style overlay and l4-policy alone keeps every policy.
+#[test]
+fn l4_policy_owns_the_policy_axis() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/policy-conformance.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, tail) = text.split_once("[matrix]\n").unwrap();
+    let policies = &tail[tail.find("policy = [").unwrap()..];
+    let alone = format!("{head}[matrix]\n{policies}");
+    let lab = vlab::variants::parse_lab(&alone, &path).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("policy=")), "{names:?}");
+    let scaled = alone.replacen("[matrix]\n", "[matrix]\nrules = [10, 100]\n", 1);
+    let lab = vlab::variants::parse_lab(&scaled, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.cases().len(), 16);
+}
+
 /// The policy axis belongs to each policy filter on its own: a lab whose
 /// only filter is iptables, or nftables, may have one.
 #[rstest]

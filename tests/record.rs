@@ -1478,6 +1478,47 @@ fn a_vxlan_device_with_another_vni_fails_the_device_check() {
     assert!(check(&report, DEVICES).detail.contains("devices host1 vxlan0 id 4098 mtu 1450, host2 vxlan0 id 4097"));
 }
 
+/// The recorded swarm case judged with a third VM in its lab (host3, no
+/// container), whose Docker evidence is host2's as `edit` changes it.
+fn swarm_with_host3(edit: impl Fn(&str, &str) -> String) -> Recorded {
+    let mut r = recorded("swarm");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("swarm").join("lab.toml")).unwrap();
+    let host3 =
+        "[[vm]]\nname = \"host3\"\nunderlay = { ipv4 = \"10.0.0.3/24\" }\nnic = { model = \"virtio\", queues = 2 }\n\n";
+    let text = text.replacen("[workload]", &format!("{host3}[workload]"), 1);
+    std::fs::write(dir.path().join("lab.toml"), text).unwrap();
+    let lab = vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap();
+    r.lab = vlab::rejudge::case_lab(&lab, &r.case);
+    for name in ["links", "network", "memory"] {
+        let file = |vm: &str| format!("swarm/{name}-{vm}.{}", if name == "memory" { "txt" } else { "json" });
+        let text = edit(name, &r.record.after[&file("host2")]);
+        r.record.after.insert(file("host3"), text);
+    }
+    r._dir = Some(dir);
+    r
+}
+
+/// With three VMs, each VM's own bridge and VXLAN device count: host3's
+/// namespace without the bridge, or without the VXLAN device, fails the
+/// device check although the other two VMs have theirs.
+#[test]
+fn a_third_vm_without_its_bridge_or_device_fails_the_device_check() {
+    let devices = |r: Recorded| {
+        let report = r.judge();
+        let c = check(&report, DEVICES);
+        (c.passed, c.detail.clone())
+    };
+    assert!(devices(swarm_with_host3(|_, t| t.to_string())).0, "host3 as host2 passes");
+    let no_bridge =
+        |n: &str, t: &str| if n == "links" { t.replace("\"ifname\":\"br0\"", "\"ifname\":\"br9\"") } else { t.into() };
+    let (passed, detail) = devices(swarm_with_host3(no_bridge));
+    assert!(!passed && detail.ends_with("host3 none"), "{detail}");
+    let other_vni = |n: &str, t: &str| if n == "links" { t.replace("\"id\":4097", "\"id\":4098") } else { t.into() };
+    let (passed, detail) = devices(swarm_with_host3(other_vni));
+    assert!(!passed && detail.contains("host3 vxlan0 id 4098"), "{detail}");
+}
+
 /// The container on host1 saw nothing of the workload on its overlay
 /// interface.
 #[test]
