@@ -134,9 +134,9 @@ fn parse_nft(text: &str) -> Vec<Traced> {
 /// `xtables-monitor --trace`: `PACKET: NFPROTO ID ... SRC= DST= ... DPORT=`
 /// and ` TRACE: NFPROTO ID TABLE:CHAIN:rule:HANDLE:VERDICT  TOOL -t TABLE -A
 /// ...` (TOOL `iptables`, `ip6tables`; `-4`, `-6` in older versions); a
-/// rule as `iptables -A ...` (or `ip6tables`). The packet
-/// line names no protocol: a TCP packet's flags follow its ports (`SYN`),
-/// a UDP packet has none.
+/// rule as `iptables -A ...` (or `ip6tables`). The packet line names no
+/// protocol: a TCP packet's flags follow its ports (`SYN`), a UDP packet
+/// has none.
 fn parse_xtables(text: &str) -> Vec<Traced> {
     let mut packets = Vec::new();
     for line in text.lines() {
