@@ -1253,6 +1253,18 @@ fn host1_routes(edit: impl Fn(&mut serde_json::Value)) -> Recorded {
     })
 }
 
+/// host1's routes with `field` of the NLRI of each route whose key starts
+/// with `kind` set to `value`.
+fn host1_nlri(kind: &str, field: &str, value: serde_json::Value) -> Recorded {
+    host1_routes(|routes| {
+        for (key, paths) in routes.as_object_mut().unwrap() {
+            if key.starts_with(kind) {
+                paths[0]["nlri"]["value"][field] = value.clone();
+            }
+        }
+    })
+}
+
 /// The route server holds no type-3 route from host1: nobody floods to it.
 #[test]
 fn a_missing_type3_route_fails_the_routes_check() {
@@ -1266,13 +1278,7 @@ fn a_missing_type3_route_fails_the_routes_check() {
 /// is not advertised in the lab's VNI.
 #[test]
 fn a_type2_route_in_another_vni_fails_the_routes_check() {
-    let r = host1_routes(|routes| {
-        for (key, paths) in routes.as_object_mut().unwrap() {
-            if key.starts_with("[type:macadv]") {
-                paths[0]["nlri"]["value"]["labels"] = serde_json::json!([200]);
-            }
-        }
-    });
+    let r = host1_nlri("[type:macadv]", "labels", serde_json::json!([200]));
     assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-2 VNI 100 MAC 52:54:00:c0:01:01 from host1");
 }
 
@@ -1280,13 +1286,7 @@ fn a_type2_route_in_another_vni_fails_the_routes_check() {
 /// container's MAC is not advertised.
 #[test]
 fn a_type2_route_for_another_mac_fails_the_routes_check() {
-    let r = host1_routes(|routes| {
-        for (key, paths) in routes.as_object_mut().unwrap() {
-            if key.starts_with("[type:macadv]") {
-                paths[0]["nlri"]["value"]["mac"] = "52:54:00:c0:01:09".into();
-            }
-        }
-    });
+    let r = host1_nlri("[type:macadv]", "mac", "52:54:00:c0:01:09".into());
     assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-2 VNI 100 MAC 52:54:00:c0:01:01 from host1");
 }
 
@@ -1327,13 +1327,7 @@ fn routes_with_another_next_hop_fail_the_routes_check() {
 /// host1's type-3 route names another VTEP: the flood list would point at it.
 #[test]
 fn a_type3_route_for_another_vtep_fails_the_routes_check() {
-    let r = host1_routes(|routes| {
-        for (key, paths) in routes.as_object_mut().unwrap() {
-            if key.starts_with("[type:multicast]") {
-                paths[0]["nlri"]["value"]["ip"] = "11.0.0.9".into();
-            }
-        }
-    });
+    let r = host1_nlri("[type:multicast]", "ip", "11.0.0.9".into());
     assert_eq!(check(&r.judge(), ROUTES).detail, "missing: type-3 VNI 100 VTEP 11.0.0.1 from host1");
 }
 

@@ -57,7 +57,7 @@ pub fn read(place: &str) -> String {
 
 /// One traced packet: addresses, protocol, destination port, and the rules
 /// it met in order, each as the method's listing names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Traced {
     pub src: String,
     pub dst: String,
@@ -87,8 +87,7 @@ fn by_id(packets: &mut Vec<(String, Traced)>, id: &str) -> usize {
     if let Some(i) = packets.iter().position(|(x, _)| x == id) {
         return i;
     }
-    let t = Traced { src: String::new(), dst: String::new(), protocol: String::new(), port: None, rules: Vec::new() };
-    packets.push((id.to_string(), t));
+    packets.push((id.to_string(), Traced::default()));
     packets.len() - 1
 }
 
