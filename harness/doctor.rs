@@ -48,10 +48,36 @@ fn check_qemu(qemu: &Result<std::path::PathBuf, String>) -> bool {
                 "igb",
                 if igb { "emulated igb (SR-IOV) available" } else { "no igb device: SR-IOV labs need QEMU >= 8" },
             );
+            nic_offloads(q);
         }
         Err(e) => return line(false, "qemu", e),
     }
     true
+}
+
+/// The offloads QEMU's virtio-net offers its guests, and whether UDP-tunnel
+/// segmentation is among them: without it a VXLAN flow is cut into
+/// MTU-sized packets in the guest, and a tunnel's ratio to plain routing
+/// mostly says how many more packets it takes.
+fn nic_offloads(q: &std::path::Path) {
+    match qemu::probe_nic_offloads(q, "virtio-net-pci") {
+        Some(o) if !o.udp_tunnel.is_empty() => line(
+            true,
+            "virtio-net",
+            &format!("offloads {}; UDP tunnels: {}", o.offered.join(" "), o.udp_tunnel.join(" ")),
+        ),
+        Some(o) => {
+            warn(
+                "virtio-net",
+                &format!(
+                    "offloads {}; no UDP-tunnel segmentation: tunnels are cut to the MTU in the guest",
+                    o.offered.join(" ")
+                ),
+            );
+            true
+        }
+        None => line(false, "virtio-net", "`-device virtio-net-pci,help` failed"),
+    };
 }
 
 /// KVM, probed by running guest code (a warning when unusable: TCG runs

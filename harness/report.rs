@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::CaseParams;
 use crate::measure::capture::CaptureSummary;
+use crate::measure::cost::{PacketCost, RatioSplit};
 use crate::measure::nic::InterfaceEvidence;
 use crate::stats::Summary;
 
@@ -140,6 +141,15 @@ pub struct CaseReport {
     /// run (labs whose matrix compares overlays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
+    /// What the case's data packets cost on the underlay (see
+    /// [`PacketCost`]); `None` where nothing crossed it or a figure is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<PacketCost>,
+    /// [`CaseReport::vs_baseline`] split into packets per byte, CPU per
+    /// packet and CPU busy (see [`RatioSplit`]); over rounds, each factor's
+    /// geometric mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_baseline_split: Option<RatioSplit>,
     /// Throughput over that of the same case without a filter (filter
     /// `none`) on the same booted pair in this run (labs whose matrix
     /// compares filters).
@@ -220,6 +230,8 @@ pub fn combine_repetitions(mut rounds: Vec<Vec<CaseReport>>) -> Vec<CaseReport> 
                 crate::stats::summarize(&rs?)
             };
             c.vs_baseline_summary = ratios(|r| r.vs_baseline);
+            let splits: Option<Vec<RatioSplit>> = all.iter().map(|r| r.vs_baseline_split).collect();
+            c.vs_baseline_split = splits.and_then(|s| RatioSplit::mean(&s));
             c.vs_no_filter_summary = ratios(|r| r.vs_no_filter);
             c.connect_vs_no_filter_summary = ratios(|r| r.connect_vs_no_filter);
             c.connect_summary = ratios(|r| r.connect.as_ref().map(|l| l.median_us));
@@ -322,8 +334,16 @@ pub type CaseCell = fn(&CaseReport) -> Option<String>;
 
 /// Columns only some labs fill, by heading: the table and the HTML page
 /// show one when a case has a value.
-pub const OPTIONAL_COLUMNS: [(&str, CaseCell); 2] =
-    [("new conn.", CaseReport::connect_text), ("rules in", CaseReport::ruleset_text)];
+pub const OPTIONAL_COLUMNS: [(&str, CaseCell); 4] = [
+    ("new conn.", CaseReport::connect_text),
+    ("rules in", CaseReport::ruleset_text),
+    ("underlay packets", |c| c.cost.as_ref().map(PacketCost::text)),
+    (SPLIT_HEADING, |c| c.vs_baseline_split.as_ref().map(RatioSplit::text)),
+];
+
+/// The heading of the column of [`CaseReport::vs_baseline_split`], which
+/// the table prints under its case's row rather than in a column.
+pub const SPLIT_HEADING: &str = "vs baseline, split";
 
 /// Where a case's time went, phase by phase, in seconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -458,21 +478,28 @@ pub fn compare_with(cases: &mut [CaseReport], axis: Versus, reference: &str) {
         let within = reference.variant.iter().all(|(k, v)| wanted.variant.get(k) == Some(v));
         within && CaseParams { variant: wanted.variant.clone(), ..reference.clone() } == *wanted
     };
-    let references: Vec<(CaseParams, f64, Option<f64>)> = cases
+    let references: Vec<(CaseParams, f64, Option<f64>, Option<PacketCost>)> = cases
         .iter()
         .filter(|c| value(&c.params).as_deref() == Some(reference))
-        .map(|c| (c.params.clone(), c.throughput_bps, c.connect.as_ref().map(|l| l.median_us)))
+        .map(|c| (c.params.clone(), c.throughput_bps, c.connect.as_ref().map(|l| l.median_us), c.cost))
         .collect();
     for c in cases.iter_mut().filter(|c| value(&c.params).is_some_and(|v| v != reference)) {
         let sibling = sibling_of(&c.params);
         let exact = references.iter().find(|(p, ..)| *p == sibling);
-        let Some((_, base, base_connect)) = exact.or_else(|| references.iter().find(|(p, ..)| matches(p, &sibling)))
+        let Some((_, base, base_connect, base_cost)) =
+            exact.or_else(|| references.iter().find(|(p, ..)| matches(p, &sibling)))
         else {
             continue;
         };
         let ratio = (*base > 0.0).then(|| c.throughput_bps / base);
         match axis {
-            Versus::Overlay => c.vs_baseline = ratio,
+            Versus::Overlay => {
+                c.vs_baseline = ratio;
+                c.vs_baseline_split = match (&c.cost, base_cost) {
+                    (Some(cost), Some(base)) if ratio.is_some() => Some(RatioSplit::of(cost, base)),
+                    _ => None,
+                };
+            }
             Versus::Filter => {
                 c.vs_no_filter = ratio;
                 c.connect_vs_no_filter = match (&c.connect, base_connect) {
@@ -711,6 +738,7 @@ impl Report {
         let tp = throughputs.iter().map(String::len).max().unwrap_or(0).max(13);
         let columns: Vec<(&str, Vec<Option<String>>, usize)> = OPTIONAL_COLUMNS
             .into_iter()
+            .filter(|(h, _)| *h != SPLIT_HEADING)
             .map(|(h, f)| (h, self.cases.iter().map(f).collect::<Vec<_>>()))
             .filter(|(_, v)| v.iter().any(Option::is_some))
             .map(|(h, v)| {
@@ -746,6 +774,9 @@ impl Report {
                 c.cpu_server_percent,
                 c.result_text()
             ));
+            if let Some(split) = &c.vs_baseline_split {
+                s.push_str(&format!("    vs baseline: {}\n", split.text()));
+            }
             for k in c.checks.iter().filter(|k| !k.passed || k.not_judged) {
                 s.push_str(&format!("    {}: {}\n", k.name, k.detail));
             }

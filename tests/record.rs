@@ -1859,3 +1859,67 @@ fn reports_are_regrouped_per_kernel() {
     );
     assert_eq!(vlab::findings::per_kernel(&reports, 1).len(), 1);
 }
+
+/// Both VMs' CPU times over the workload: `busy` of `total` ticks each.
+fn with_cpu(r: &mut Recorded, busy: u64, total: u64) {
+    use vlab::measure::cost::{CpuTimes, CpuWindow};
+    let window = |vm: &str| CpuWindow {
+        vm: vm.into(),
+        before: CpuTimes { busy: 1000, total: 10_000 },
+        after: CpuTimes { busy: 1000 + busy, total: 10_000 + total },
+    };
+    r.record.cpu = vec![window("host1"), window("host2")];
+}
+
+/// The packet cost counts what the sender's NIC put on the wire (host2/c2
+/// sends): host2's underlay NIC, whose capture shows the sizes; on a VF,
+/// the container's interface. A record without CPU times (older vlab) has
+/// none.
+#[test]
+fn the_packet_cost_counts_what_the_senders_nic_sent() {
+    let mut r = recorded("vxlan");
+    assert!(r.judge().cost.is_none(), "no CPU times, no cost");
+    with_cpu(&mut r, 300, 400);
+    let report = r.judge();
+    let cost = report.cost.expect("a cost");
+    assert_eq!((cost.packets, cost.bytes), (121_033, 183_207_823));
+    assert_eq!((cost.cpu_s, cost.busy_share), (6.0, 0.75));
+    let sizes = cost.sizes.expect("host2's underlay was captured");
+    assert_eq!((sizes.mtu, sizes.over_mtu), (1500, 0), "VXLAN cut to the MTU before the NIC: {sizes:?}");
+    assert!(sizes.packets > 0 && sizes.largest <= 1500, "{sizes:?}");
+    let mut vf = recorded("igb-vf");
+    with_cpu(&mut vf, 300, 400);
+    let cost = vf.judge().cost.expect("a cost");
+    assert_eq!((cost.packets, cost.bytes), (490_955, 743_022_333), "host2/c2's VF, not the PF");
+}
+
+/// The recorded VXLAN case beside the recorded routed one (overlay
+/// baseline) as its baseline sibling: the throughput ratio is exactly the
+/// product of its factors, and VXLAN took 40.7x the packets per byte (the
+/// routed case's NIC moved 57 KB segments).
+#[test]
+fn a_ratio_to_the_baseline_splits_into_packets_per_byte_and_cpu_per_packet() {
+    let (mut v, mut b) = (recorded("vxlan"), recorded("none"));
+    with_cpu(&mut v, 300, 400);
+    with_cpu(&mut b, 360, 400);
+    let (mut v, mut b) = (v.judge(), b.judge());
+    v.params.overlay = Some("vxlan".into());
+    b.params = vlab::lab::CaseParams { overlay: Some("baseline".into()), ..v.params.clone() };
+    let mut cases = vec![b.clone(), v.clone()];
+    vlab::report::compare_with(&mut cases, vlab::report::Versus::Overlay, "baseline");
+    let split = cases[1].vs_baseline_split.expect("a split");
+    let ratio = cases[1].vs_baseline.unwrap();
+    assert!((split.ratio - ratio).abs() < 1e-9 * ratio, "{split:?} vs {ratio}");
+    let (vc, bc) = (v.cost.unwrap(), b.cost.unwrap());
+    let ppb = (121_033.0 / vc.payload_bytes as f64) / (27_786.0 / bc.payload_bytes as f64);
+    assert!((split.packets_per_byte - ppb).abs() < 1e-9 && (40.7..40.8).contains(&split.packets_per_byte), "{split:?}");
+    assert!((split.cpu_per_s - (6.0 / vc.seconds) / (7.2 / bc.seconds)).abs() < 1e-9, "{split:?}");
+    assert_eq!(split.segmented_before_nic, None, "the routed case has no capture to compare");
+    assert!(cases[0].vs_baseline_split.is_none(), "the baseline has no split of its own");
+    let text = cases[1].vs_baseline_split.unwrap().text();
+    assert!(text.starts_with(&format!("{ratio:.2}x = {:.2}x packets per byte", split.packets_per_byte)), "{text}");
+    // Without the baseline's cost, no split.
+    let mut cases = vec![vlab::report::CaseReport { cost: None, ..b }, v];
+    vlab::report::compare_with(&mut cases, vlab::report::Versus::Overlay, "baseline");
+    assert!(cases[1].vs_baseline.is_some() && cases[1].vs_baseline_split.is_none());
+}

@@ -10,6 +10,7 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::Serialize;
 
 use super::checksum::{self, ChecksumCounts, ChecksumStatus, FieldFor, Segment};
+use super::cost::PacketSizes;
 
 /// Workload segments described layer by layer in a summary.
 pub const FIRST_SEGMENTS: usize = 4;
@@ -44,6 +45,8 @@ pub struct CaptureSummary {
     /// VXLAN packets (captures of an overlay's underlay only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanSummary>,
+    /// The workload's packets' sizes as the interface carried them.
+    pub sizes: PacketSizes,
     /// Every workload TCP segment, in capture order, to be found again in
     /// another capture (not in the report: the pcap holds them).
     #[serde(skip)]
@@ -311,7 +314,10 @@ fn record(ip: &IpView, tcp: &etherparse::TcpSlice, status: ChecksumStatus, ctx: 
 /// A packet cut short by stopping tcpdump mid-write is not counted.
 pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, String> {
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
-    let mut s = CaptureSummary::default();
+    let mut s = CaptureSummary {
+        sizes: PacketSizes { mtu: ctx.mtu as u32, ..PacketSizes::default() },
+        ..CaptureSummary::default()
+    };
     let mut flows = BTreeSet::new();
     for (i, block) in capture.blocks.iter().enumerate() {
         s.packets += 1;
@@ -365,6 +371,7 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
             continue;
         }
         s.workload += 1;
+        s.sizes.add(outer_ip.ip_len);
         let Some(tcp) = tcp else { continue };
         let (status, reversed, negative_zero) = verdict(&ip, ctx);
         s.segments.push(record(&ip, tcp, status, ctx));

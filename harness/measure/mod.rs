@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod checksum;
 pub mod connect;
+pub mod cost;
 pub mod counters;
 pub mod fdb;
 pub mod iperf3;

@@ -21,6 +21,19 @@ pub fn long_name(feature: &str) -> &'static str {
     }
 }
 
+/// The segmentation features each interface's read-back reports (`ethtool
+/// -k` names): whether the stack may hand the NIC large TCP segments, and
+/// tunnelled ones (UDP tunnels such as VXLAN, and partial GSO), or must cut
+/// them to the MTU first.
+pub const SEGMENTATION_FEATURES: [&str; 6] = [
+    "tcp-segmentation-offload",
+    "generic-segmentation-offload",
+    "generic-receive-offload",
+    "tx-udp_tnl-segmentation",
+    "tx-udp_tnl-csum-segmentation",
+    "tx-gso-partial",
+];
+
 /// One feature: what the lab asked for and what the driver reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffloadState {
@@ -49,6 +62,13 @@ pub struct InterfaceEvidence {
     pub vfs: Option<u32>,
     /// Offload features, requested and read back.
     pub offloads: BTreeMap<String, OffloadState>,
+    /// The [`SEGMENTATION_FEATURES`] the driver lists, on or off, read
+    /// back before the workload.
+    #[serde(default)]
+    pub segmentation: BTreeMap<String, bool>,
+    /// Its MTU before the workload.
+    #[serde(default)]
+    pub mtu: Option<usize>,
     /// Counters before the workload.
     pub before: Counters,
     /// Counters after the workload.
@@ -173,6 +193,8 @@ pub struct Probe {
     pub vfs: Option<u32>,
     /// Offload features, requested and read back.
     pub offloads: BTreeMap<String, OffloadState>,
+    /// The [`SEGMENTATION_FEATURES`] the driver lists.
+    pub segmentation: BTreeMap<String, bool>,
     /// The interface's MTU.
     pub mtu: Option<usize>,
     /// Its counters.
@@ -198,6 +220,10 @@ pub fn parse_probe(output: &str, requested: &[(&str, Option<bool>)]) -> Probe {
         channels: parse_channels(get(2)),
         vfs: get(3).trim().parse().ok().filter(|n| *n > 0),
         offloads,
+        segmentation: SEGMENTATION_FEATURES
+            .iter()
+            .filter_map(|f| parse_feature(get(1), f).map(|(on, _)| (f.to_string(), on)))
+            .collect(),
         mtu: get(4).trim().parse().ok(),
         counters: Counters::parse(get(5)),
     }

@@ -198,6 +198,40 @@ pub fn qemu_version(qemu: &Path) -> Option<String> {
 
 /// Checks that a host PCI function can be passed through: it exists and is
 /// bound to vfio-pci. The error says what to do.
+/// The offload properties an emulated NIC's `-device MODEL,help` lists:
+/// checksum and segmentation features the guest and the host side may use
+/// (`csum`, `gso`, `host_tso4`, `guest_uso6`, ...), and among them those of
+/// UDP tunnels (segmentation of VXLAN/GENEVE packets by the emulator; QEMU
+/// 10.0's virtio-net has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NicOffloads {
+    /// Every offload property, in the order listed.
+    pub offered: Vec<String>,
+    /// Those of UDP tunnels.
+    pub udp_tunnel: Vec<String>,
+}
+
+/// Parses `-device MODEL,help` (lines `  name=<type> - ...`).
+pub fn nic_offloads(help: &str) -> NicOffloads {
+    let offered: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().split_once('=').map(|(name, _)| name))
+        .filter(|name| {
+            ["csum", "gso", "guest_csum"].contains(name) || name.starts_with("host_") || name.starts_with("guest_")
+        })
+        .filter(|name| !name.ends_with("mtu") && *name != "guest_announce")
+        .map(String::from)
+        .collect();
+    let udp_tunnel = offered.iter().filter(|n| n.contains("tunnel") || n.contains("tnl")).cloned().collect();
+    NicOffloads { offered, udp_tunnel }
+}
+
+/// What `qemu -device MODEL,help` says of `model`'s offloads.
+pub fn probe_nic_offloads(qemu: &Path, model: &str) -> Option<NicOffloads> {
+    let out = Command::new(qemu).args(["-device", &format!("{model},help")]).output().ok()?;
+    out.status.success().then(|| nic_offloads(&String::from_utf8_lossy(&out.stdout)))
+}
+
 pub fn check_vfio(host: &str) -> Result<(), String> {
     let dev = PathBuf::from("/sys/bus/pci/devices").join(host);
     if !dev.exists() {
@@ -384,5 +418,33 @@ pub fn serial_tail(path: &Path, lines: usize) -> String {
             out
         }
         _ => all[tail_start..].join("\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimmed from QEMU 10.0.2's `-device virtio-net-pci,help`.
+    const VIRTIO_NET_10_0: &str = "virtio-net-pci options:
+  csum=<bool>            - on/off (default: on)
+  guest_announce=<bool>  - on/off (default: on)
+  guest_csum=<bool>      - on/off (default: on)
+  guest_tso4=<bool>      - on/off (default: on)
+  guest_uso6=<bool>      - on/off (default: on)
+  gso=<bool>             - on/off (default: on)
+  host_mtu=<uint16>      -  (default: 0)
+  host_tso4=<bool>       - on/off (default: on)
+  mq=<bool>              - on/off (default: off)
+  x-mtu-bypass-backend=<bool> - on/off (default: on)
+";
+
+    #[test]
+    fn the_nics_offloads_are_read_from_its_help() {
+        let o = nic_offloads(VIRTIO_NET_10_0);
+        assert_eq!(o.offered, ["csum", "guest_csum", "guest_tso4", "guest_uso6", "gso", "host_tso4"]);
+        assert!(o.udp_tunnel.is_empty(), "{o:?}");
+        let newer = format!("{VIRTIO_NET_10_0}  host_tunnel=<bool>     - on/off (default: off)\n");
+        assert_eq!(nic_offloads(&newer).udp_tunnel, ["host_tunnel"]);
     }
 }

@@ -19,6 +19,7 @@ use super::{capture, checks, matrix, workload, Clock};
 use crate::filter::{self, Filter};
 use crate::guest::{self, Attachment, Batch, BatchOutput, Guest, Netns};
 use crate::lab::{Case, Endpoint, Lab, TrafficPath};
+use crate::measure::cost::{CpuTimes, CpuWindow};
 use crate::measure::counters::Counters;
 use crate::measure::nic::{self, InterfaceEvidence};
 use crate::overlay::{self, CaseEnd, Overlay};
@@ -232,6 +233,8 @@ struct Before<'a> {
 /// The filter's per-case setup in the batch before the case (its rules
 /// put in place), timed in the guest.
 const FILTER_SETUP: &str = "filter case setup";
+const CPU_BEFORE: &str = "cpu before";
+const CPU_AFTER: &str = "cpu after";
 
 /// Kills what an earlier case may have left running (the workload's
 /// servers, captures and the probe matrix's listeners and monitors; shell
@@ -332,6 +335,8 @@ async fn before_case<'a>(
             channels,
             vfs: probe.vfs,
             offloads: probe.offloads,
+            segmentation: probe.segmentation,
+            mtu: probe.mtu,
             before,
             after: before,
         });
@@ -381,6 +386,8 @@ struct After {
     intruder: Option<overlay::Probe>,
     /// What the timed connections printed.
     connects: Option<String>,
+    /// The workload's VMs' CPU times around it.
+    cpu: Vec<CpuWindow>,
 }
 
 /// The client's run and each VM's evidence after it, in the same agent call
@@ -413,8 +420,14 @@ async fn workload_and_after(
             let name = booted.guest.name.as_str();
             let vm = lab.vm(name).expect("a lab VM");
             let mut b = Batch::new();
+            // The CPU times bracket the workload on its VMs (see PacketCost).
+            let endpoint = name == client_vm.name || name == server_vm.name;
+            if endpoint {
+                b.report(CPU_BEFORE, CpuTimes::command());
+            }
             if name == client_vm.name {
                 workload::client_part(lab, case, client, &server.addr, &mut b);
+                b.report(CPU_AFTER, CpuTimes::command());
                 workload::probe_part(lab, client, &server.addr, &mut b);
                 workload::timed_connects_part(lab, client, &server.addr, &mut b);
             }
@@ -424,6 +437,9 @@ async fn workload_and_after(
             if name == server_vm.name {
                 let asleep = if name == client_vm.name { Duration::ZERO } else { duration };
                 workload::end_part(before.server_pid, asleep, &mut b);
+                if name != client_vm.name {
+                    b.report(CPU_AFTER, CpuTimes::command());
+                }
             }
             capture::stop_part(&before.captures, name, &mut b);
             for i in ifaces.iter().filter(|i| i.guest.name == name) {
@@ -489,6 +505,13 @@ async fn workload_and_after(
         e.after = Counters::parse(&of(&outputs, &i.guest.name).text(&i.counters_part()))
             .with_context(|| format!("unreadable counters of {} on `{}`", i.dev, i.guest.name))?;
     }
+    let cpu = outputs
+        .iter()
+        .filter_map(|(vm, o)| {
+            let (before, after) = (CpuTimes::parse(&o.text(CPU_BEFORE))?, CpuTimes::parse(&o.text(CPU_AFTER))?);
+            Some(CpuWindow { vm: vm.to_string(), before, after })
+        })
+        .collect();
     let mut kernel_logs = Vec::new();
     for (vm, out) in &outputs {
         let since = before.uptimes.get(*vm).copied().unwrap_or(0.0);
@@ -509,7 +532,7 @@ async fn workload_and_after(
         evidence.push((server_vm.name.as_str(), out));
     }
     let variants = variant_outputs(&evidence, &names, case_dir)?;
-    Ok((client_out, workload_s, After { server, kernel_logs, variants, probe, intruder, connects }))
+    Ok((client_out, workload_s, After { server, kernel_logs, variants, probe, intruder, connects, cpu }))
 }
 
 /// Keeps the workload's raw JSON and the interface evidence.
@@ -595,6 +618,7 @@ pub(super) async fn run_case(
         probe: after.probe,
         intruder: after.intruder,
         connects: after.connects,
+        cpu: after.cpu,
         filter_setup_s: before.filter_setup_s,
         matrix,
         captures,

@@ -240,6 +240,8 @@ mod tests {
             channels: None,
             vfs: None,
             offloads: Default::default(),
+            segmentation: Default::default(),
+            mtu: Some(1500),
             before: Counters::default(),
             after: Counters { rx_bytes: rx, tx_bytes: tx, ..Default::default() },
         }

@@ -14,8 +14,10 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::checks;
-use crate::lab::{Case, Lab};
+use crate::lab::{Case, Direction, Lab};
 use crate::measure::capture::{self, CaptureContext, CaptureSummary};
+use crate::measure::cost::{CpuWindow, PacketCost};
+use crate::measure::counters::Counters;
 use crate::measure::nic::InterfaceEvidence;
 use crate::overlay::{self, CaseEnd, CaseEvidence, Probe, ProbeMatrix};
 use crate::qemu::agent::Output;
@@ -61,6 +63,9 @@ pub struct CaseRecord {
     /// The probe matrix, when the filter asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<ProbeMatrix>,
+    /// Each VM's CPU times around the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<CpuWindow>,
     /// The captures, in the order they were taken; each one's pcap is kept
     /// as `capture::file_name` beside the record.
     pub captures: Vec<CaptureRecord>,
@@ -164,10 +169,54 @@ pub fn judge(lab: &Lab, case: &Case, record: &CaseRecord, pcaps: &[Vec<u8>]) -> 
         evidence.map(|evidence| Section { name: name.to_string(), evidence })
     };
     let variant = Sections { overlay: section(o.name(), ov.section), filter: section(f.name(), fv.section) };
+    let cost = result.as_ref().and_then(|r| packet_cost(case, record, &summaries, r));
     let mut report = report(case, all, result, (record.interfaces.clone(), summaries), variant);
+    report.cost = cost;
     report.connect = connect;
     report.ruleset_s = record.filter_setup_s.values().copied().reduce(f64::max);
     Ok(report)
+}
+
+/// What the case's data packets cost (see [`PacketCost`]): those the
+/// sending ends' NICs transmitted to the wire (the underlay NIC, or the
+/// container's VF; both ends' with `bidir`), with the sizes the first
+/// sender's capture there shows; `None` when both ends are on one VM
+/// (nothing crosses the wire).
+fn packet_cost(
+    case: &Case,
+    record: &CaseRecord,
+    captures: &[CaptureSummary],
+    result: &measure::iperf3::Iperf3Result,
+) -> Option<PacketCost> {
+    let [server, client] = &record.ends;
+    if server.vm == client.vm {
+        return None;
+    }
+    let senders: Vec<&CaseEnd> = match case.params.direction {
+        Direction::Forward => vec![client],
+        Direction::Reverse => vec![server],
+        Direction::Bidir => vec![client, server],
+    };
+    // On a VF, the container's interface is the NIC's.
+    let wire = |end: &CaseEnd| match record.on_vf {
+        true => (end.container.clone(), crate::guest::CONTAINER_DEV),
+        false => (None, crate::guest::UNDERLAY_DEV),
+    };
+    let nic = |end: &&CaseEnd| {
+        let (container, dev) = wire(end);
+        record.interfaces.iter().find(|i| i.vm == end.vm && i.container == container && i.dev == dev)
+    };
+    let sent = senders.iter().map(|end| nic(end).map(|i| i.delta())).collect::<Option<Vec<_>>>()?;
+    let sent = sent.iter().fold(Counters::default(), |a, d| Counters {
+        tx_packets: a.tx_packets + d.tx_packets,
+        tx_bytes: a.tx_bytes + d.tx_bytes,
+        ..a
+    });
+    let cost = PacketCost::of(&sent, result.received_bytes, result.seconds, &record.cpu)?;
+    let (container, dev) = wire(senders[0]);
+    let sizes =
+        captures.iter().find(|c| c.vm == senders[0].vm && c.container == container && c.dev == dev).map(|c| c.sizes);
+    Some(PacketCost { sizes, ..cost })
 }
 
 fn report(
@@ -191,6 +240,8 @@ fn report(
         variant,
         timing: CaseTiming::default(),
         vs_baseline: None,
+        cost: None,
+        vs_baseline_split: None,
         vs_no_filter: None,
         connect: None,
         connect_vs_no_filter: None,
