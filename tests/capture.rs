@@ -143,3 +143,37 @@ fn capture_files_and_command_lines() {
         "tcpdump -i underlay -n -U -Z root -w /tmp/x.pcap -c 200 -s 128 port 5201"
     );
 }
+
+/// A pcap file (Ethernet) holding `frames`.
+fn pcap_of(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut p = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0];
+    for f in frames {
+        let len = (f.len() as u32).to_le_bytes();
+        p.extend([0u8; 8]);
+        p.extend(len);
+        p.extend(len);
+        p.extend(f);
+    }
+    p
+}
+
+/// An IPv6 segment with a destination options header: its payload length
+/// leaves out the extension as well as the fixed and the TCP header.
+#[test]
+fn an_ipv6_extension_header_is_not_payload() {
+    let data = b"0123456789";
+    let mut f = vec![0x52, 0x54, 0, 0x4c, 1, 1, 0x52, 0x54, 0, 0x4c, 2, 1, 0x86, 0xdd];
+    f.extend([0x60, 0, 0, 0]);
+    f.extend(((8 + 20 + data.len()) as u16).to_be_bytes());
+    f.extend([60, 64]); // destination options, hop limit
+    f.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f.extend("fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f.extend([6, 0, 1, 4, 0, 0, 0, 0]); // next header TCP, 8 bytes, PadN
+    f.extend(40_000u16.to_be_bytes());
+    f.extend(5201u16.to_be_bytes());
+    f.extend([0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend(data);
+    let summary = summarize(&pcap_of(&[f]), &plain(5201)).unwrap();
+    let got: Vec<(u16, u32)> = summary.segments.iter().map(|s| (s.sport, s.payload)).collect();
+    assert_eq!(got, [(40_000, 10)]);
+}

@@ -494,3 +494,56 @@ fn the_ila_table_shows_each_verdict_beside_the_documented_one() {
     let sections: Vec<(&str, &serde_json::Value)> = sections.iter().map(|(n, v)| (*n, v)).collect();
     insta::assert_snapshot!("ila_table", ila::Ila.summary(&sections).expect("a table"));
 }
+
+/// Every kind of field counts once in the totals of a wire judgement.
+#[test]
+fn a_wire_judgement_totals_every_kind_of_field() {
+    let t = |as_documented, not| ila::Tally { as_documented, not };
+    let j = ila::WireJudgement {
+        seeds: t(1, 2),
+        before: t(3, 4),
+        after: t(5, 6),
+        recomputed: 1,
+        unmatched: t(7, 8),
+        not_judged: 9,
+    };
+    assert_eq!((j.judged(), j.not_as_documented()), (36, 20));
+}
+
+/// A wire segment is found in its sender's container capture also where
+/// the container saw it as part of a larger GSO segment, cut on its way:
+/// two 1448-byte pieces of one 2896-byte full checksum segment were made
+/// before the translation; a piece the container did not send is not.
+#[test]
+fn a_wire_segment_is_found_within_the_gso_segment_it_was_cut_from() {
+    use vlab::measure::capture::{CaptureSummary, SegmentRecord};
+    use vlab::measure::checksum::FieldFor;
+    let segment = |dst: &str, seq: u32, payload: u32| SegmentRecord {
+        src: IpAddr::V6(addr("dead:beef::1")),
+        dst: IpAddr::V6(addr(dst)),
+        sport: 40_000,
+        dport: 5201,
+        seq,
+        ack: 7,
+        payload,
+        checksum: ChecksumStatus::Valid,
+        field: 0,
+        for_captured: Some(FieldFor::Full),
+        for_original: Some(FieldFor::Full),
+    };
+    let container = CaptureSummary { segments: vec![segment("dead:beef::2", 1000, 2896)], ..Default::default() };
+    let wire = [segment("bbbb::2", 1000, 1448), segment("bbbb::2", 2448, 1448), segment("bbbb::2", 3896, 1448)];
+    let underlay = CaptureSummary { segments: wire.to_vec(), ..Default::default() };
+    let evidence = ila::IlaEvidence {
+        case: IlaCase { csum_mode: CsumMode::AdjTransport, hook: IlaHook::Route },
+        sir: [addr("dead:beef::1"), addr("dead:beef::2")],
+        wire: [addr("aaaa::1"), addr("bbbb::2")],
+        underlay: vec![&underlay],
+        container: vec![&container],
+        senders: vec![(addr("dead:beef::1"), &container)],
+        csum_errors: Default::default(),
+        delivered: true,
+    };
+    let (_, v) = ila::verdict(&evidence);
+    assert_eq!((v.wire_judged.before.as_documented, v.wire_judged.unmatched.as_documented), (2, 1), "{v:?}");
+}
