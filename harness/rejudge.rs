@@ -116,9 +116,10 @@ pub struct Rejudged {
     pub differences: Vec<String>,
 }
 
-/// The lab of one case as its pair ran it: the case's overlay and filter.
+/// The lab of one case as its pair ran it: the case's MTU, overlay and filter.
 pub fn case_lab(lab: &Lab, case: &Case) -> Lab {
     let l = case.params.overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
+    let l = case.params.mtu.map_or(l.clone(), |m| l.with_mtu(m));
     let filter = case.params.filter(&l).to_string();
     l.with_filter(&filter)
 }

@@ -42,12 +42,16 @@ fn a_lab_network_as_this_user() {
     assert!(argv0.starts_with(format!("{}\0", net.name()).as_bytes()), "the holder is named after the lab");
 
     assert!(in_lab(&net, &format!("ip -d link show {BRIDGE}")).contains("bridge"));
-    net.add_tap("tap-mq", 4).unwrap();
-    net.add_tap("tap-sq", 1).unwrap();
+    net.add_tap("tap-mq", 4, 9000).unwrap();
+    net.add_tap("tap-sq", 1, 9000).unwrap();
     let mq = in_lab(&net, "ip -d link show tap-mq");
     assert!(mq.contains(&format!("master {BRIDGE}")) && mq.contains("multi_queue"), "{mq}");
     let sq = in_lab(&net, "ip -d link show tap-sq");
     assert!(sq.contains(&format!("master {BRIDGE}")) && !sq.contains("multi_queue"), "{sq}");
+    // The underlay's MTU, on the taps and so on the bridge (its ports' smallest).
+    assert!(mq.contains(" mtu 9000 ") && sq.contains(" mtu 9000 "), "{mq}\n{sq}");
+    let bridge = in_lab(&net, &format!("ip link show {BRIDGE}"));
+    assert!(bridge.contains(" mtu 9000 "), "{bridge}");
     if host_nf.is_some() {
         assert_eq!(in_lab(&net, bridge_nf_switches()), "0 0 0 ");
     } else {

@@ -38,6 +38,7 @@ fn client_command_line_follows_the_case() {
         direction: Direction::Reverse,
         offloads: Offloads::default(),
         nic: None,
+        mtu: None,
         overlay: None,
         filter: None,
         variant: Default::default(),

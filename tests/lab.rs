@@ -454,3 +454,37 @@ fn each_netfilter_method_owns_the_policy_axis(#[values("iptables", "nftables")] 
     let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
     assert_eq!(names, [format!("filter={method},policy=deny")]);
 }
+
+/// The `mtu` axis: one pair per value (the axis varies next to `nic`), the
+/// case names say it, and each case carries its MTU.
+#[test]
+fn the_mtu_axis_multiplies_the_cases() {
+    let lab = parse(&edit("[matrix]\n", "[matrix]\nmtu = [1500, 9000]\n")).unwrap();
+    let cases = lab.cases();
+    assert_eq!(cases.len(), 8);
+    assert_eq!(cases[0].name, "mtu=1500,path=underlay,family=ipv4");
+    assert_eq!(cases[7].name, "mtu=9000,path=container,family=ipv6");
+    assert_eq!((cases[0].params.mtu, cases[7].params.mtu), (Some(1500), Some(9000)));
+    assert_eq!(parse(BASELINE).unwrap().mtu, 1500, "Ethernet's without a key");
+}
+
+/// An MTU the lab's addresses or NICs cannot carry is refused, naming the
+/// line and the field: IPv6 needs 1280 bytes, igb takes at most 9216.
+#[rstest]
+#[case::ipv6_needs_1280(
+    edit("overlay = \"baseline\"\n", "overlay = \"baseline\"\nmtu = 1200\n"),
+    "lab.toml:8:7: field `mtu`: MTU 1200 is too small: the lab has IPv6 addresses, and IPv6 needs 1280 bytes"
+)]
+#[case::igb_carries_9216(
+    nic_edit("[matrix]\n", "[matrix]\nmtu = [1500, 9600]\n"),
+    "field `matrix.mtu[1]`: MTU 9600 is more than the igb-sriov NIC carries (9216)"
+)]
+#[case::virtio_16_bits(
+    edit("[matrix]\n", "[matrix]\nmtu = [70000]\n"),
+    "field `matrix.mtu[0]`: MTU 70000 is more than the virtio NIC carries (65535)"
+)]
+#[case::empty_axis(edit("[matrix]\n", "[matrix]\nmtu = []\n"), "field `matrix.mtu`: an axis needs at least one value")]
+fn an_mtu_the_lab_cannot_carry_is_refused(#[case] text: String, #[case] message: &str) {
+    let err = parse(&text).expect_err("the lab must be rejected").to_string();
+    assert!(err.contains(message), "{err}");
+}

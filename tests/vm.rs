@@ -1589,6 +1589,7 @@ fn repetitions_interleave_the_pairs_and_pair_the_ratios_by_round() {
     let text = std::fs::read_to_string(repo("labs/overlays.toml"))
         .unwrap()
         .replace("overlay = [\"baseline\", \"vxlan\", \"vxlan-evpn\"]", "overlay = [\"baseline\", \"vxlan\"]")
+        .replace("mtu = [1500, 9000]\n", "")
         .replace("[evpn]\nroute_server = \"host1\"\n", "")
         .replace("duration = \"5s\"", "duration = \"2s\"");
     std::fs::write(&lab, text).unwrap();
@@ -1956,10 +1957,48 @@ fn overlays_compare_against_the_baseline_in_one_run() {
     let (report, artifacts, _) = vlab.run_lab("labs/overlays.toml", &[0]);
     let cases = report["cases"].as_array().unwrap();
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
-    assert_eq!(report["vms"].as_array().unwrap().len(), 6, "one boot per overlay");
+    let overlays = ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"];
+    let expected: Vec<String> =
+        ["1500", "9000"].iter().flat_map(|m| overlays.map(|o| format!("mtu={m},{o}"))).collect();
+    assert_eq!(names, expected);
+    assert_eq!(report["vms"].as_array().unwrap().len(), 12, "one boot per MTU and overlay");
     // The ratio against iperf3's own JSON of both cases, not the report's throughput.
     assert_ratios(cases, &artifacts);
+    // Each VXLAN case's ratio splits into factors that make it.
+    for c in cases.iter().filter(|c| c["name"].as_str().unwrap().contains("vxlan")) {
+        let split = &c["vs_baseline_split"];
+        let (ratio, made) = (c["vs_baseline"].as_f64().unwrap(), split["ratio"].as_f64().unwrap());
+        assert!((ratio - made).abs() < 1e-6 * ratio, "{}: {split} vs {ratio}", c["name"]);
+    }
+    // The MTUs the guests' interfaces had and the captures saw, the
+    // underlay's segmentation features read back, and whether the sender's
+    // underlay (host2) carried only MTU-sized packets: all deterministic.
+    let mut facts = String::new();
+    for c in cases {
+        facts.push_str(&format!("{}\n", c["name"].as_str().unwrap()));
+        for i in c["interfaces"].as_array().unwrap() {
+            let at = i["container"]
+                .as_str()
+                .map_or(i["vm"].as_str().unwrap().to_string(), |n| format!("{}/{n}", i["vm"].as_str().unwrap()));
+            let features = match i["dev"] == "underlay" {
+                true => format!(" {}", i["segmentation"]),
+                false => String::new(),
+            };
+            facts.push_str(&format!("  {at} {} mtu {}{features}\n", i["dev"].as_str().unwrap(), i["mtu"]));
+        }
+        for k in c["captures"].as_array().unwrap() {
+            let sizes = &k["sizes"];
+            let cut = sizes["over_mtu"] == 0;
+            facts.push_str(&format!(
+                "  captured {} {} mtu {}: {}\n",
+                k["vm"].as_str().unwrap(),
+                k["dev"].as_str().unwrap(),
+                sizes["mtu"],
+                if cut { "every packet within the MTU" } else { "segments beyond the MTU" }
+            ));
+        }
+    }
+    insta::assert_snapshot!("overlays-mtus", facts);
 }
 
 /// `uname -r` of the image's kernel.

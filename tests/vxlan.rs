@@ -86,9 +86,10 @@ fn a_non_default_vni_and_addresses_change_the_commands() {
 #[test]
 fn overhead_and_inner_mtu() {
     assert_eq!(vxlan::overhead(Family::Ipv4), 50);
-    assert_eq!(vxlan::inner_mtu(Family::Ipv4), 1450);
+    assert_eq!(vxlan::inner_mtu(1500, Family::Ipv4), 1450);
     assert_eq!(vxlan::overhead(Family::Ipv6), 70);
-    assert_eq!(vxlan::inner_mtu(Family::Ipv6), 1430);
+    assert_eq!(vxlan::inner_mtu(1500, Family::Ipv6), 1430);
+    assert_eq!(vxlan::inner_mtu(9000, Family::Ipv4), 8950);
 }
 
 /// What the overlay needs of a guest: the bridge and VXLAN modules, loaded at
@@ -172,7 +173,10 @@ const OVERLAYS: &str = include_str!("../labs/overlays.toml");
 fn overlays_compare_in_one_run_one_boot_each() {
     let lab = parse(OVERLAYS).unwrap();
     let names: Vec<String> = lab.cases().into_iter().map(|c| c.name).collect();
-    assert_eq!(names, ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"]);
+    let overlays = ["overlay=baseline", "overlay=vxlan", "overlay=vxlan-evpn"];
+    let expected: Vec<String> =
+        ["1500", "9000"].iter().flat_map(|m| overlays.map(|o| format!("mtu={m},{o}"))).collect();
+    assert_eq!(names, expected);
     // The baseline reaches a peer inside the container's own subnet through the gateway.
     let baseline = lab.with_overlay("baseline");
     let script = setup_script(&baseline, &baseline.vms[1], 1, &baseline.vms[1].nic, "52:54:00:4c:02:01").join("\n");

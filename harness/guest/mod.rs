@@ -365,7 +365,7 @@ pub fn vf_mac(vm_index: usize, index: u32) -> String {
 /// it, enable all queue pairs, address it (`nodad`: duplicate detection only
 /// delays a closed lab). An SR-IOV PF then gets its VFs, MACs set from the PF
 /// before `igbvf` binds them.
-pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<String> {
+pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, mtu: u32) -> Vec<String> {
     let mut cmds = vec![
         // vlab-init loads the NIC drivers while the agent starts: wait for them.
         wait_until("[ -e /run/vlab-modules ]", 30),
@@ -382,6 +382,7 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str) -> Vec<
     }
     cmds.push("test -n \"$dev\"".to_string());
     cmds.push(format!("ip link set \"$dev\" name {UNDERLAY_DEV}"));
+    cmds.extend(mtu_command("", UNDERLAY_DEV, mtu));
     if nic.queues() > 1 {
         cmds.push(format!("ethtool -L {UNDERLAY_DEV} combined {}", nic.queues()));
     }
@@ -458,12 +459,12 @@ pub enum Containers {
 /// every overlay shares: underlay NIC, routes to peers, and the containers
 /// unless the overlay manages them.
 pub fn base_setup(lab: &Lab, vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, containers: Containers) -> Vec<String> {
-    let mut script = underlay_commands(vm, vm_index, nic, mac);
+    let mut script = underlay_commands(vm, vm_index, nic, mac, lab.mtu);
     script.extend(peer_routes(lab, vm));
     let attachment = Attachment::of(nic);
     match containers {
-        Containers::Routed => script.extend(container_commands(vm, vm_index, attachment, true)),
-        Containers::Bridged => script.extend(container_commands(vm, vm_index, attachment, false)),
+        Containers::Routed => script.extend(container_commands(vm, vm_index, attachment, true, lab.mtu)),
+        Containers::Bridged => script.extend(container_commands(vm, vm_index, attachment, false, lab.mtu)),
         Containers::Managed => {}
     }
     script
@@ -480,7 +481,17 @@ pub fn container_mac(vm_index: usize, j: usize) -> String {
 /// the veth is the container's gateway; without (L2 overlays), it has no
 /// address, the container no default route, and `eth0` a fixed MAC: the
 /// overlay makes the veth a bridge port.
-pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, routed: bool) -> Vec<String> {
+/// `ip [-n NETNS] link set DEV mtu MTU`, unless `mtu` is Ethernet's (the
+/// interfaces' own).
+fn mtu_command(netns: &str, dev: &str, mtu: u32) -> Option<String> {
+    let at = if netns.is_empty() { String::new() } else { format!("-n {netns} ") };
+    (mtu != crate::lab::DEFAULT_MTU).then(|| format!("ip {at}link set {dev} mtu {mtu}"))
+}
+
+/// The containers of `vm`; routed ones and those on a VF get the underlay's
+/// `mtu` (a bridged container's is the overlay's to set: its headers take
+/// their part).
+pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, routed: bool, mtu: u32) -> Vec<String> {
     let mut cmds = Vec::new();
     for (j, c) in vm.containers.iter().enumerate() {
         cmds.push(format!("ip netns add {}", c.name));
@@ -495,6 +506,8 @@ pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, rout
             Attachment::Veth => {
                 let veth = host_veth(&c.name);
                 cmds.push(format!("ip link add {veth} type veth peer name {CONTAINER_DEV} netns {}", c.name));
+                cmds.extend(mtu_command("", &veth, mtu));
+                cmds.extend(mtu_command(&c.name, CONTAINER_DEV, mtu));
                 if let (Some(net), Some(gw)) = (c.ipv4, c.gateway(Family::Ipv4)) {
                     cmds.push(format!("ip addr add {gw}/{} dev {veth}", net.prefix_len()));
                 }
@@ -516,6 +529,7 @@ pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, rout
                 cmds.push(format!("vf=$(ls /sys/class/net/{UNDERLAY_DEV}/device/virtfn{j}/net)"));
                 cmds.push(format!("ip link set \"$vf\" netns {}", c.name));
                 cmds.push(format!("ip -n {} link set \"$vf\" name {CONTAINER_DEV}", c.name));
+                cmds.extend(mtu_command(&c.name, CONTAINER_DEV, mtu));
             }
         }
         if let Some(net) = c.ipv4 {

@@ -175,15 +175,17 @@ impl LabNet {
         self.userns.is_some()
     }
 
-    /// Adds a tap on the bridge: `ip tuntap add NAME mode tap [multi_queue]`.
+    /// Adds a tap on the bridge: `ip tuntap add NAME mode tap [multi_queue]`,
+    /// with the underlay's `mtu` (the bridge takes its ports' smallest).
     /// QEMU opens a single-queue tap without IFF_MULTI_QUEUE, and the kernel
     /// refuses the open when the flags differ, so the tap must match `queues`.
-    pub fn add_tap(&self, tap: &str, queues: u32) -> Result<(), NetError> {
+    pub fn add_tap(&self, tap: &str, queues: u32, mtu: u32) -> Result<(), NetError> {
         let mut args = vec!["tuntap", "add", "dev", tap, "mode", "tap"];
         if queues > 1 {
             args.push("multi_queue");
         }
         self.ip(&args)?;
+        self.ip(&["link", "set", tap, "mtu", &mtu.to_string()])?;
         // QEMU drains a tap in bursts; a deep queue keeps bursts from becoming drops
         // (and TCP retransmissions) when the receiving VM's I/O thread is busy.
         self.ip(&["link", "set", tap, "txqueuelen", "10000"])?;

@@ -24,6 +24,9 @@ pub struct CaseParams {
     /// The NIC every VM gets in this case; `None` keeps each VM's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nic: Option<Nic>,
+    /// The underlay MTU of this case; `None` keeps the lab's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// The overlay of this case; `None` keeps the lab's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay: Option<String>,
@@ -65,6 +68,7 @@ type Partial = (Vec<(Place, String)>, CaseParams);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Place {
     Nic,
+    Mtu,
     Overlay,
     Filter,
     Variant,
@@ -124,7 +128,7 @@ fn expand_variant_axes(lab: &Lab, mut cases: Vec<Partial>) -> Vec<Partial> {
 
 impl Lab {
     /// Every case of the matrix, in a stable order: the first axes (`nic`,
-    /// `overlay`, then `filter`) vary slowest, so cases that share a booted
+    /// `mtu`, `overlay`, then `filter`) vary slowest, so cases that share a booted
     /// VM pair are consecutive; `offloads` comes next (toggling offloads can
     /// reset a NIC, as igb does, and a case whose offloads are the previous
     /// case's only reads them back), then the variants' own axes and the
@@ -148,12 +152,14 @@ impl Lab {
             direction: w.direction,
             offloads: w.offloads.clone(),
             nic: None,
+            mtu: None,
             overlay: None,
             filter: None,
             variant: BTreeMap::new(),
         };
         let mut cases = vec![(Vec::new(), base)];
         cases = expand(cases, (Place::Nic, "nic"), &m.nic, Nic::label, |p, v| p.nic = Some(v.clone()));
+        cases = expand(cases, (Place::Mtu, "mtu"), &m.mtu, u32::to_string, |p, v| p.mtu = Some(*v));
         cases =
             expand(cases, (Place::Overlay, "overlay"), &m.overlay, String::clone, |p, v| p.overlay = Some(v.clone()));
         cases = expand(cases, (Place::Filter, "filter"), &m.filter, String::clone, |p, v| p.filter = Some(v.clone()));

@@ -58,6 +58,11 @@ pub struct Lab {
     /// 125, untestable).
     #[serde(default)]
     pub kernel_options: Vec<String>,
+    /// The underlay's MTU, bytes (default 1500): every VM's NIC, the host
+    /// taps that carry it, and the guest's underlay interface; each overlay
+    /// gives its containers this minus its own headers (VXLAN's 50 or 70).
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
     /// Deadlines for the phases of a run.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -95,6 +100,13 @@ fn default_image() -> String {
 pub const DEFAULT_OVERLAY: &str = "baseline";
 /// The default filter; the registry checks that it is registered.
 pub const DEFAULT_FILTER: &str = "none";
+
+/// The underlay MTU of a lab that sets none: Ethernet's.
+pub const DEFAULT_MTU: u32 = 1500;
+
+fn default_mtu() -> u32 {
+    DEFAULT_MTU
+}
 
 fn default_overlay() -> String {
     DEFAULT_OVERLAY.into()
@@ -542,6 +554,8 @@ pub struct Matrix {
     pub offloads: Option<Vec<Offloads>>,
     /// NICs to compare: each value replaces every VM's `nic` (one boot per value).
     pub nic: Option<Vec<Nic>>,
+    /// Underlay MTUs to compare: each value replaces `mtu` (one boot per value).
+    pub mtu: Option<Vec<u32>>,
     /// Overlays to compare in one run: each value replaces `overlay` (one
     /// boot per value); each must be valid with the lab's addressing.
     pub overlay: Option<Vec<String>>,
@@ -751,6 +765,11 @@ impl Lab {
         lab.workload.intruder = None;
         lab.capture = None;
         lab
+    }
+
+    /// This lab with another underlay MTU (a value of the `mtu` matrix axis).
+    pub fn with_mtu(&self, mtu: u32) -> Lab {
+        Lab { mtu, ..self.clone() }
     }
 
     /// This lab with another filter (a value of the `filter` matrix axis).

@@ -624,8 +624,9 @@ fn validate_capture(lab: &Lab) -> Result<(), Issue> {
 fn validate_matrix(lab: &Lab) -> Result<(), Issue> {
     use Seg::{Index, Key};
     let m = &lab.matrix;
-    let axes: [(&'static str, Option<usize>); 7] = [
+    let axes: [(&'static str, Option<usize>); 8] = [
         ("nic", m.nic.as_ref().map(Vec::len)),
+        ("mtu", m.mtu.as_ref().map(Vec::len)),
         ("offloads", m.offloads.as_ref().map(Vec::len)),
         ("path", m.path.as_ref().map(Vec::len)),
         ("family", m.family.as_ref().map(Vec::len)),
@@ -644,6 +645,41 @@ fn validate_matrix(lab: &Lab) -> Result<(), Issue> {
     }
     if let Some((j, s)) = m.streams.iter().flatten().enumerate().find(|(_, s)| **s == 0 || **s > 128) {
         return Err(Issue::new(vec![Key("matrix"), Key("streams"), Index(j)], format!("{s} streams: use 1 to 128")));
+    }
+    validate_mtu(lab, lab.mtu, vec![Key("mtu")])?;
+    for (j, mtu) in m.mtu.iter().flatten().enumerate() {
+        validate_mtu(lab, *mtu, vec![Key("matrix"), Key("mtu"), Index(j)])?;
+    }
+    Ok(())
+}
+
+/// The largest MTU a NIC model carries: virtio-net's advertised MTU is 16
+/// bits wide; igb (and a passed-through function, taken to be of its kind)
+/// takes jumbo frames of up to 9216 bytes.
+pub fn max_mtu(model: NicModel) -> u32 {
+    match model {
+        NicModel::Virtio => 65_535,
+        NicModel::IgbSriov | NicModel::Vfio => 9216,
+    }
+}
+
+/// An underlay MTU the lab's addresses and every NIC it boots can carry:
+/// IPv6 needs 1280 bytes (RFC 8200), IPv4 68 (RFC 791).
+fn validate_mtu(lab: &Lab, mtu: u32, path: Vec<Seg>) -> Result<(), Issue> {
+    let ipv6 = lab.vms.iter().any(|v| v.underlay.ipv6.is_some() || v.containers.iter().any(|c| c.ipv6.is_some()));
+    let least = if ipv6 { 1280 } else { 68 };
+    if mtu < least {
+        let why = if ipv6 { "the lab has IPv6 addresses, and IPv6 needs 1280 bytes" } else { "IPv4 needs 68 bytes" };
+        return Err(Issue::new(path, format!("MTU {mtu} is too small: {why}")));
+    }
+    let nics = lab.vms.iter().map(|v| &v.nic).chain(lab.matrix.nic.iter().flatten());
+    if let Some(nic) = nics.into_iter().find(|n| mtu > max_mtu(n.model)) {
+        let message = format!(
+            "MTU {mtu} is more than the {} NIC carries ({})",
+            crate::lab::variant_name(&nic.model),
+            max_mtu(nic.model)
+        );
+        return Err(Issue::new(path, message));
     }
     Ok(())
 }

@@ -291,8 +291,14 @@ fn deploy(lab: &Lab) -> Vec<Step> {
             ready.clone(),
             format!("docker node ls --format '{{{{json .}}}}' >{DIR}/nodes.json"),
             format!(
-                "docker network create --driver overlay --attachable --subnet {net} --gateway {} {} >&2",
+                "docker network create --driver overlay --attachable --subnet {net} --gateway {}{} {} >&2",
                 gateway(net),
+                // Docker's overlay gives its containers 1450 bytes: an
+                // underlay's 1500 less VXLAN over IPv4.
+                match lab.mtu {
+                    crate::lab::DEFAULT_MTU => String::new(),
+                    mtu => format!(" --opt com.docker.network.driver.mtu={}", vxlan::inner_mtu(mtu, Family::Ipv4)),
+                },
                 s.network
             ),
         ],

@@ -209,9 +209,6 @@ fn one_subnet(lab: &Lab) -> Result<(), Issue> {
 /// The bridge that joins a VM's containers and its VXLAN device.
 pub const BRIDGE: &str = "br-vx";
 
-/// MTU of the underlay NICs (vlab leaves the drivers' default).
-pub const UNDERLAY_MTU: u32 = 1500;
-
 /// The VXLAN device of a VNI.
 pub fn device(vni: u32) -> String {
     format!("vx{vni}")
@@ -227,9 +224,10 @@ pub fn overhead(family: Family) -> u32 {
     ip + 8 + 8 + 14
 }
 
-/// The containers' MTU: the underlay's minus the encapsulation.
-pub fn inner_mtu(family: Family) -> u32 {
-    UNDERLAY_MTU - overhead(family)
+/// The containers' MTU: the underlay's (`underlay_mtu`) minus the
+/// encapsulation.
+pub fn inner_mtu(underlay_mtu: u32, family: Family) -> u32 {
+    underlay_mtu - overhead(family)
 }
 
 /// The lab's VXLAN settings (the defaults without a `[vxlan]` table).
@@ -242,7 +240,7 @@ pub fn settings(lab: &Lab) -> VxlanSettings {
 pub fn commands(lab: &Lab, vm: &Vm, static_fdb: bool) -> Vec<String> {
     let s = settings(lab);
     let vx = device(s.vni);
-    let mtu = inner_mtu(s.family);
+    let mtu = inner_mtu(lab.mtu, s.family);
     let Some(local) = vm.underlay.get(s.family) else { return Vec::new() };
     let mut cmds = vec![
         format!("ip link add {BRIDGE} type bridge"),
@@ -386,12 +384,14 @@ pub fn wire_checks(
         ),
     ));
     let family = settings.family;
+    // The underlay's MTU as the captured interfaces had it.
+    let mtu = underlay.iter().map(|c| c.sizes.mtu).max().unwrap_or(crate::lab::DEFAULT_MTU);
     checks.push(Check::new(
         "VXLAN: no fragmentation",
         fragments == 0 && packets > 0,
         format!(
-            "{fragments} fragments in {packets} packets; inner MTU {} = {UNDERLAY_MTU} - {} bytes (outer {} header {}, UDP 8, VXLAN 8, inner Ethernet 14)",
-            inner_mtu(family),
+            "{fragments} fragments in {packets} packets; inner MTU {} = {mtu} - {} bytes (outer {} header {}, UDP 8, VXLAN 8, inner Ethernet 14)",
+            inner_mtu(mtu, family),
             overhead(family),
             crate::lab::variant_name(&family),
             overhead(family) - 30

@@ -64,6 +64,11 @@ pub enum NicBackend {
         queues: u32,
         /// Use vhost-net for the data path.
         vhost: bool,
+        /// The MTU the device advertises to the guest (`host_mtu`; the
+        /// guest's interface starts with it and cannot exceed it); `None`
+        /// leaves the device's default.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_mtu: Option<u32>,
     },
     /// QEMU's emulated igb (82576, SR-IOV capable) on a PCIe root port, on a tap.
     Igb {
@@ -245,14 +250,15 @@ pub fn nic_args(nic: &NicSpec) -> Vec<String> {
         |chassis: usize| vec!["-device".to_string(), format!("pcie-root-port,id={port},chassis={chassis},slot=0")];
     let chassis = nic.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<usize>().unwrap_or(0) + 1;
     match &nic.backend {
-        NicBackend::Virtio { tap, queues, vhost } => {
+        NicBackend::Virtio { tap, queues, vhost, host_mtu } => {
             let vhost = if *vhost { "on" } else { "off" };
+            let mtu = host_mtu.map(|m| format!(",host_mtu={m}")).unwrap_or_default();
             vec![
                 "-netdev".into(),
                 format!("tap,id={},ifname={tap},script=no,downscript=no,queues={queues},vhost={vhost}", nic.id),
                 "-device".into(),
                 format!(
-                    "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024",
+                    "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024{mtu}",
                     nic.id,
                     nic.mac,
                     2 * queues + 2

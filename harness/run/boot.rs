@@ -400,11 +400,12 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
         let tap = format!("t-{}", vm.name);
         let backend = match nic.model {
             NicModel::Virtio => {
-                net.add_tap(&tap, nic.queues())?;
-                NicBackend::Virtio { tap, queues: nic.queues(), vhost: p.vhost }
+                net.add_tap(&tap, nic.queues(), lab.mtu)?;
+                let host_mtu = (lab.mtu != crate::lab::DEFAULT_MTU).then_some(lab.mtu);
+                NicBackend::Virtio { tap, queues: nic.queues(), vhost: p.vhost, host_mtu }
             }
             NicModel::IgbSriov => {
-                net.add_tap(&tap, 1)?;
+                net.add_tap(&tap, 1, lab.mtu)?;
                 NicBackend::Igb { tap }
             }
             NicModel::Vfio => NicBackend::Vfio { host: nic.host.clone().unwrap_or_default() },

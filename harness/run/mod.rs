@@ -132,11 +132,11 @@ impl Clock {
 /// swarm pair reached 10-35 % less than the same case run again.
 const WARM_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What a booted pair is set up with: a NIC (`None`: each VM's own) and an
-/// overlay (`None`: the lab's). Filters are compared on the same pair: they
-/// take turns, each deployed before its case and removed before another
-/// filter's.
-type BootKey = (Option<Nic>, Option<String>);
+/// What a booted pair is set up with: a NIC (`None`: each VM's own), an
+/// underlay MTU and an overlay (`None`: the lab's). Filters are compared on
+/// the same pair: they take turns, each deployed before its case and removed
+/// before another filter's.
+type BootKey = (Option<Nic>, Option<u32>, Option<String>);
 
 /// Consecutive cases that share a boot key, and so a booted pair; in each,
 /// the cases that differ only in their filter run one after the other
@@ -144,7 +144,7 @@ type BootKey = (Option<Nic>, Option<String>);
 fn boot_groups(cases: Vec<Case>) -> Vec<(BootKey, Vec<Case>)> {
     let mut groups: Vec<(BootKey, Vec<Case>)> = Vec::new();
     for case in cases {
-        let key = (case.params.nic.clone(), case.params.overlay.clone());
+        let key = (case.params.nic.clone(), case.params.mtu, case.params.overlay.clone());
         match groups.last_mut() {
             Some((k, group)) if *k == key => group.push(case),
             _ => groups.push((key, vec![case])),
@@ -364,14 +364,16 @@ fn groups(lab: &Lab, cases: Vec<Case>) -> Vec<Group> {
     let several = groups.len() > 1;
     groups
         .into_iter()
-        .map(|((nic, overlay), cases)| {
+        .map(|((nic, mtu, overlay), cases)| {
             let mut label = String::new();
             if several {
-                for part in [nic.as_ref().map(Nic::label), overlay.clone()].into_iter().flatten() {
+                let mtu_label = mtu.map(|m| format!("mtu{m}"));
+                for part in [nic.as_ref().map(Nic::label), mtu_label, overlay.clone()].into_iter().flatten() {
                     label.push_str(&format!("-{part}"));
                 }
             }
             let group_lab = overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
+            let group_lab = mtu.map_or(group_lab.clone(), |m| group_lab.with_mtu(m));
             let group_lab = group_lab.with_filter(cases[0].params.filter(&group_lab));
             Group { lab: group_lab, nic, cases, label, artifacts: None }
         })
@@ -733,7 +735,7 @@ mod tests {
         let groups = boot_groups(lab.cases());
         let names: Vec<(Option<String>, Vec<String>)> = groups
             .iter()
-            .map(|((_, overlay), cases)| {
+            .map(|((_, _, overlay), cases)| {
                 let short = cases.iter().map(|c| c.name.split_once(',').unwrap().1.to_string()).collect();
                 (overlay.clone(), short)
             })

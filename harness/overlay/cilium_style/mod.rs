@@ -37,10 +37,6 @@ use policy::Labels;
 /// The VXLAN device.
 pub const DEVICE: &str = "cilium_vxlan";
 
-/// The MTU of the containers and their veths: the underlay's 1500 less the
-/// VXLAN encapsulation of an IPv4 underlay (50 bytes).
-pub const INNER_MTU: u32 = 1450;
-
 /// The compiled programs in the guest.
 fn object() -> String {
     format!("{}/cilium_style.o", crate::image::BPF_DIR)
@@ -309,10 +305,13 @@ pub fn commands(lab: &Lab, vm: &Vm) -> Vec<String> {
         format!("ip link set {DEVICE} up"),
         attach(DEVICE, "from-overlay"),
     ]);
+    // The containers and their veths: the underlay's MTU less the VXLAN
+    // encapsulation of an IPv4 underlay (50 bytes).
+    let inner = crate::overlay::vxlan::inner_mtu(lab.mtu, crate::lab::Family::Ipv4);
     for c in &vm.containers {
         let veth = host_veth(&c.name);
-        cmds.push(format!("ip link set {veth} mtu {INNER_MTU}"));
-        cmds.push(format!("ip -n {} link set {CONTAINER_DEV} mtu {INNER_MTU}", c.name));
+        cmds.push(format!("ip link set {veth} mtu {inner}"));
+        cmds.push(format!("ip -n {} link set {CONTAINER_DEV} mtu {inner}", c.name));
         cmds.push(attach(&veth, "from-container"));
     }
     cmds.push("le32() { printf '%02x %02x %02x %02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }".into());
