@@ -513,7 +513,8 @@ fn a_wire_judgement_totals_every_kind_of_field() {
 /// A wire segment is found in its sender's container capture also where
 /// the container saw it as part of a larger GSO segment, cut on its way:
 /// two 1448-byte pieces of one 2896-byte full checksum segment were made
-/// before the translation; a piece the container did not send is not.
+/// before the translation; a piece the container did not send is not; a
+/// segment beyond the MTU is not judged.
 #[test]
 fn a_wire_segment_is_found_within_the_gso_segment_it_was_cut_from() {
     use vlab::measure::capture::{CaptureSummary, SegmentRecord};
@@ -532,7 +533,8 @@ fn a_wire_segment_is_found_within_the_gso_segment_it_was_cut_from() {
         for_original: Some(FieldFor::Full),
     };
     let container = CaptureSummary { segments: vec![segment("dead:beef::2", 1000, 2896)], ..Default::default() };
-    let wire = [segment("bbbb::2", 1000, 1448), segment("bbbb::2", 2448, 1448), segment("bbbb::2", 3896, 1448)];
+    let merged = SegmentRecord { checksum: ChecksumStatus::Oversized, ..segment("bbbb::2", 5344, 2896) };
+    let wire = [segment("bbbb::2", 1000, 1448), segment("bbbb::2", 2448, 1448), segment("bbbb::2", 3896, 1448), merged];
     let underlay = CaptureSummary { segments: wire.to_vec(), ..Default::default() };
     let evidence = ila::IlaEvidence {
         case: IlaCase { csum_mode: CsumMode::AdjTransport, hook: IlaHook::Route },
@@ -545,5 +547,6 @@ fn a_wire_segment_is_found_within_the_gso_segment_it_was_cut_from() {
         delivered: true,
     };
     let (_, v) = ila::verdict(&evidence);
-    assert_eq!((v.wire_judged.before.as_documented, v.wire_judged.unmatched.as_documented), (2, 1), "{v:?}");
+    let j = v.wire_judged;
+    assert_eq!((j.before.as_documented, j.unmatched.as_documented, j.not_judged), (2, 1, 1), "{v:?}");
 }
