@@ -550,3 +550,29 @@ fn a_wire_segment_is_found_within_the_gso_segment_it_was_cut_from() {
     let j = v.wire_judged;
     assert_eq!((j.before.as_documented, j.unmatched.as_documented, j.not_judged), (2, 1, 1), "{v:?}");
 }
+
+/// The translation holds only when both sides are right: the wire carries
+/// locator addresses and the containers see SIR addresses. A container
+/// capture that shows the wire's addresses breaks it.
+#[test]
+fn the_translation_needs_the_wire_and_the_containers_right() {
+    let underlay = [fixture("ila-no-action-off-host1-underlay.pcap")];
+    let good = [("dead:beef::1", fixture("ila-no-action-off-host1-c1-eth0.pcap"))];
+    assert!(ila_verdict(CsumMode::NoAction, &underlay, &good).1.translation);
+    let wrong = [("dead:beef::1", fixture("ila-no-action-off-host1-underlay.pcap"))];
+    let (checks, v) = ila_verdict(CsumMode::NoAction, &underlay, &wrong);
+    assert!(!v.translation, "{v:?}");
+    let sir = checks.iter().find(|c| c.name == "ILA: containers see SIR addresses").unwrap();
+    let wire = checks.iter().find(|c| c.name == "ILA: wire carries locator + identifier").unwrap();
+    assert!(!sir.passed && wire.passed, "{sir:?} {wire:?}");
+}
+
+/// Both neutral modes get the identifier check, also neutral-map-auto,
+/// which sets no C-bit.
+#[rstest]
+#[case::neutral_map(CsumMode::NeutralMap)]
+#[case::neutral_map_auto(CsumMode::NeutralMapAuto)]
+fn every_neutral_mode_is_checked_for_a_neutral_identifier(#[case] mode: CsumMode) {
+    let (checks, _) = ila_verdict(mode, &[fixture("ila-neutral-map-off-host1-underlay.pcap")], &[]);
+    assert!(checks.iter().any(|c| c.name == "ILA: identifier is checksum-neutral"), "{checks:?}");
+}
