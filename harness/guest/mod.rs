@@ -476,11 +476,6 @@ pub fn container_mac(vm_index: usize, j: usize) -> String {
     format!("52:54:00:c0:{:02x}:{:02x}", vm_index + 1, j + 1)
 }
 
-/// Creates each container: a namespace with either a veth pair or VF number
-/// `j` renamed `eth0`; addresses and routes. With `routed`, the guest side of
-/// the veth is the container's gateway; without (L2 overlays), it has no
-/// address, the container no default route, and `eth0` a fixed MAC: the
-/// overlay makes the veth a bridge port.
 /// `ip [-n NETNS] link set DEV mtu MTU`, unless `mtu` is Ethernet's (the
 /// interfaces' own).
 fn mtu_command(netns: &str, dev: &str, mtu: u32) -> Option<String> {
@@ -488,9 +483,13 @@ fn mtu_command(netns: &str, dev: &str, mtu: u32) -> Option<String> {
     (mtu != crate::lab::DEFAULT_MTU).then(|| format!("ip {at}link set {dev} mtu {mtu}"))
 }
 
-/// The containers of `vm`; routed ones and those on a VF get the underlay's
-/// `mtu` (a bridged container's is the overlay's to set: its headers take
-/// their part).
+/// Creates each container: a namespace with either a veth pair or VF number
+/// `j` renamed `eth0`; addresses and routes. With `routed`, the guest side of
+/// the veth is the container's gateway; without (L2 overlays), it has no
+/// address, the container no default route, and `eth0` a fixed MAC: the
+/// overlay makes the veth a bridge port. Routed containers and those on a VF
+/// get the underlay's `mtu` (a bridged container's is the overlay's to set:
+/// its headers take their part).
 pub fn container_commands(vm: &Vm, vm_index: usize, attachment: Attachment, routed: bool, mtu: u32) -> Vec<String> {
     let mut cmds = Vec::new();
     for (j, c) in vm.containers.iter().enumerate() {

@@ -197,10 +197,10 @@ fn packet_cost(
         Direction::Reverse => vec![server],
         Direction::Bidir => vec![client, server],
     };
-    // On a VF, the container's interface is the NIC's.
-    let wire = |end: &CaseEnd| match record.on_vf {
-        true => (end.container.clone(), crate::guest::CONTAINER_DEV),
-        false => (None, crate::guest::UNDERLAY_DEV),
+    // A container on a VF sends through its own interface, the NIC's.
+    let wire = |end: &CaseEnd| match (record.on_vf, &end.container) {
+        (true, Some(c)) => (Some(c.clone()), crate::guest::CONTAINER_DEV),
+        _ => (None, crate::guest::UNDERLAY_DEV),
     };
     let nic = |end: &&CaseEnd| {
         let (container, dev) = wire(end);
