@@ -60,24 +60,20 @@ fn check_qemu(qemu: &Result<std::path::PathBuf, String>) -> bool {
 /// MTU-sized packets in the guest, and a tunnel's ratio to plain routing
 /// mostly says how many more packets it takes.
 fn nic_offloads(q: &std::path::Path) {
-    match qemu::probe_nic_offloads(q, "virtio-net-pci") {
-        Some(o) if !o.udp_tunnel.is_empty() => line(
-            true,
-            "virtio-net",
-            &format!("offloads {}; UDP tunnels: {}", o.offered.join(" "), o.udp_tunnel.join(" ")),
-        ),
-        Some(o) => {
-            warn(
-                "virtio-net",
-                &format!(
-                    "offloads {}; no UDP-tunnel segmentation: tunnels are cut to the MTU in the guest",
-                    o.offered.join(" ")
-                ),
-            );
-            true
-        }
-        None => line(false, "virtio-net", "`-device virtio-net-pci,help` failed"),
+    let Some(o) = qemu::probe_nic_offloads(q, "virtio-net-pci") else {
+        line(false, "virtio-net", "`-device virtio-net-pci,help` failed");
+        return;
     };
+    let offered = o.offered.join(" ");
+    match o.udp_tunnel.is_empty() {
+        false => {
+            line(true, "virtio-net", &format!("offloads {offered}; UDP tunnels: {}", o.udp_tunnel.join(" ")));
+        }
+        true => warn(
+            "virtio-net",
+            &format!("offloads {offered}; no UDP-tunnel segmentation: tunnels are cut to the MTU in the guest"),
+        ),
+    }
 }
 
 /// KVM, probed by running guest code (a warning when unusable: TCG runs

@@ -119,7 +119,7 @@ pub struct Rejudged {
 /// The lab of one case as its pair ran it: the case's MTU, overlay and filter.
 pub fn case_lab(lab: &Lab, case: &Case) -> Lab {
     let l = case.params.overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
-    let l = case.params.mtu.map_or(l.clone(), |m| l.with_mtu(m));
+    let l = case.params.mtu.map_or_else(|| l.clone(), |m| l.with_mtu(m));
     let filter = case.params.filter(&l).to_string();
     l.with_filter(&filter)
 }

@@ -103,7 +103,7 @@ pub struct PacketCost {
     pub payload_bytes: u64,
     /// The workload's seconds (iperf3's).
     pub seconds: f64,
-    /// Busy CPU seconds of every VM of the lab over the workload.
+    /// Busy CPU seconds of the workload's VMs (its ends') over it.
     pub cpu_s: f64,
     /// Those over all CPU seconds of the window (1.0: every vCPU busy).
     pub busy_share: f64,

@@ -216,9 +216,7 @@ pub fn nic_offloads(help: &str) -> NicOffloads {
     let offered: Vec<String> = help
         .lines()
         .filter_map(|l| l.trim_start().split_once('=').map(|(name, _)| name))
-        .filter(|name| {
-            ["csum", "gso", "guest_csum"].contains(name) || name.starts_with("host_") || name.starts_with("guest_")
-        })
+        .filter(|name| ["csum", "gso"].contains(name) || name.starts_with("host_") || name.starts_with("guest_"))
         .filter(|name| !name.ends_with("mtu") && *name != "guest_announce")
         .map(String::from)
         .collect();

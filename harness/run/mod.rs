@@ -373,7 +373,7 @@ fn groups(lab: &Lab, cases: Vec<Case>) -> Vec<Group> {
                 }
             }
             let group_lab = overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
-            let group_lab = mtu.map_or(group_lab.clone(), |m| group_lab.with_mtu(m));
+            let group_lab = mtu.map_or_else(|| group_lab.clone(), |m| group_lab.with_mtu(m));
             let group_lab = group_lab.with_filter(cases[0].params.filter(&group_lab));
             Group { lab: group_lab, nic, cases, label, artifacts: None }
         })
