@@ -82,9 +82,14 @@ impl Batch {
     /// The guest shell script: part `i` is framed on stdout by `TOKEN i` and
     /// `\nTOKEN i CODE START END` (the guest's uptime around it), on stderr by
     /// `TOKEN i` and `\nTOKEN i`; a part that had to succeed and did not ends
-    /// the script.
+    /// the script. Both streams end with a line `TOKEN end`, written last: the
+    /// guest agent can lose what a command writes just before it exits (it
+    /// stops reading a pipe on a hang-up that the kernel may report before
+    /// the last bytes), and then it is this line that goes missing, and
+    /// [`parse`](Self::parse) knows that the stream was cut.
     pub fn script(&self) -> String {
         let t = &self.token;
+        let end = format!("printf '%s\\n' '{t} end'; printf '%s\\n' '{t} end' >&2");
         let mut s = String::new();
         for (i, (_, script, must)) in self.parts.iter().enumerate() {
             let set = if *must == Must::Succeed { "set -ex\n" } else { "" };
@@ -94,9 +99,11 @@ impl Batch {
                  printf '\\n%s %s %s %s\\n' '{t} {i}' $c $t0 $t1; printf '\\n%s\\n' '{t} {i}' >&2\n"
             ));
             if *must == Must::Succeed {
-                s.push_str("[ $c = 0 ] || exit 0\n");
+                s.push_str(&format!("[ $c = 0 ] || {{ {end}; exit 0; }}\n"));
             }
         }
+        s.push_str(&end);
+        s.push('\n');
         s
     }
 
@@ -106,8 +113,26 @@ impl Batch {
         let mut seconds = BTreeMap::new();
         for (i, (name, _, _)) in self.parts.iter().enumerate() {
             let mark = format!("{} {i}", self.token);
-            let Some((stdout, tail)) = framed(&out.stdout, &mark)? else { break };
-            let (stderr, _) = framed(&out.stderr, &mark)?.unwrap_or_default();
+            let Some((stdout, tail)) = framed(&out.stdout, &mark)
+                .with_context(|| match ends(&out.stdout, &self.token) {
+                    true => "stdout came back whole".to_string(),
+                    false => format!("stdout was cut short (its last line `{} end` is missing)", self.token),
+                })?
+            else {
+                break;
+            };
+            let (stderr, _) = match framed(&out.stderr, &mark) {
+                Ok(part) => part.unwrap_or_default(),
+                // The agent lost the stream's last bytes: the part's stderr
+                // is what came, and its code is known from stdout.
+                Err(_) if !ends(&out.stderr, &self.token) => {
+                    let open = format!("{mark}\n");
+                    let start = find(&out.stderr, open.as_bytes(), 0).map_or(0, |s| s + open.len());
+                    tracing::debug!("batch part `{name}`: stderr cut short by the guest agent");
+                    (out.stderr[start..].to_vec(), String::new())
+                }
+                Err(e) => return Err(e),
+            };
             let fields: Vec<&str> = tail.split_whitespace().collect();
             let code = fields
                 .first()
@@ -144,6 +169,11 @@ fn framed(stream: &[u8], mark: &str) -> anyhow::Result<Option<(Vec<u8>, String)>
     let line_end = find(stream, b"\n", tail_start).unwrap_or(stream.len());
     let tail = String::from_utf8_lossy(&stream[tail_start..line_end]).into_owned();
     Ok(Some((stream[body..end].to_vec(), tail)))
+}
+
+/// Whether `stream` ends with the script's last line (`TOKEN end`).
+fn ends(stream: &[u8], token: &str) -> bool {
+    stream.ends_with(format!("{token} end\n").as_bytes())
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
@@ -262,8 +292,42 @@ mod tests {
         let lost = Output { code: 0, stdout: out.stdout[..cut].to_vec(), stderr: out.stderr.clone() };
         let e = b.parse(&lost).unwrap_err();
         assert!(format!("{e:#}").contains("has no end"), "{e:#}");
+        assert!(format!("{e:#}").contains("stdout was cut short"), "{e:#}");
         let whole = Output { code: 0, stdout: out.stdout, stderr: out.stderr };
         assert_eq!(b.parse(&whole).unwrap().text("probes"), "a connected\n");
+    }
+
+    /// Runs `batch` here and cuts `cut` bytes off the end of its stderr.
+    fn cut_stderr(batch: &Batch, cut: usize) -> Output {
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(batch.script()).output().unwrap();
+        let stderr = out.stderr[..out.stderr.len() - cut].to_vec();
+        Output { code: 0, stdout: out.stdout, stderr }
+    }
+
+    #[test]
+    fn stderr_that_lost_its_last_bytes_keeps_what_came() {
+        let mut b = Batch::new();
+        b.report("rules", "echo rules; echo warning >&2");
+        b.report("ruleset", "echo ruleset; echo listed >&2");
+        let end = format!("\n{} 1\n{} end\n", b.token, b.token);
+        let out = b.parse(&cut_stderr(&b, end.len())).unwrap();
+        assert_eq!(out.get("ruleset").unwrap().stderr, b"listed\n");
+        assert_eq!(out.get("rules").unwrap().stderr, b"warning\n");
+        assert_eq!(out.text("ruleset"), "ruleset\n");
+        // Only the end line lost: every frame is whole.
+        let out = b.parse(&cut_stderr(&b, format!("{} end\n", b.token).len())).unwrap();
+        assert_eq!(out.get("ruleset").unwrap().stderr, b"listed\n");
+    }
+
+    #[test]
+    fn a_frame_missing_from_a_whole_stream_is_unreadable() {
+        let mut b = Batch::new();
+        b.report("rules", "echo rules");
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(b.script()).output().unwrap();
+        let close = format!("\n{} 0\n", b.token);
+        let stderr = String::from_utf8(out.stderr).unwrap().replace(&close, "\n");
+        let e = b.parse(&Output { code: 0, stdout: out.stdout, stderr: stderr.into_bytes() }).unwrap_err();
+        assert!(format!("{e:#}").contains("has no end"), "{e:#}");
     }
 
     #[test]
