@@ -59,7 +59,8 @@ pub struct FindingOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct VsBaseline {
     pub case: CaseRef,
-    /// The baseline lab's case with as many streams.
+    /// The baseline lab's case with as many streams and the same underlay
+    /// MTU (a case at an MTU the baseline lab did not run has no ratio).
     pub against: CaseRef,
     /// The ratio of each round, their geometric mean and its interval;
     /// `None` when a round delivered nothing.
@@ -91,6 +92,8 @@ pub fn per_kernel(reports: &[Report], kernels: usize) -> Vec<Vec<&Report>> {
 pub struct Measured {
     pub case: CaseRef,
     pub streams: u32,
+    /// The underlay MTU it ran with.
+    pub mtu: u32,
     /// Throughput, bit/s, one per round.
     pub samples: Vec<f64>,
     /// Median new-connection latency, µs, one per round (empty without
@@ -116,6 +119,7 @@ impl Measured {
                 Measured {
                     case: CaseRef { lab: report.lab.clone(), case: c.name.clone() },
                     streams: c.params.streams,
+                    mtu: c.params.mtu.unwrap_or(report.mtu),
                     samples: c.samples(),
                     connects: c
                         .connect_summary
@@ -153,7 +157,9 @@ pub fn judge(
 ) -> StudyOutcome {
     let mut vs_baseline = Vec::new();
     for c in cases.iter().filter(|c| c.case.lab != baseline) {
-        let Some(b) = cases.iter().find(|b| b.case.lab == baseline && b.streams == c.streams) else { continue };
+        let Some(b) = cases.iter().find(|b| b.case.lab == baseline && b.streams == c.streams && b.mtu == c.mtu) else {
+            continue;
+        };
         vs_baseline.push(VsBaseline {
             case: c.case.clone(),
             against: b.case.clone(),
@@ -350,7 +356,7 @@ impl StudyOutcome {
     /// For the terminal: each case's ratio to the baseline, then the findings.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "study {} (kernel {}): each case over the baseline lab `{}` (its case with as many streams), paired by round\n\n",
+            "study {} (kernel {}): each case over the baseline lab `{}` (its case with as many streams and the same MTU), paired by round\n\n",
             self.study, self.kernel, self.baseline
         );
         let width = self.vs_baseline.iter().map(|v| v.case.to_string().len()).max().unwrap_or(4).max(4);

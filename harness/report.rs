@@ -590,6 +590,10 @@ pub struct Report {
     /// How often each case ran (`--repeat`, rounds over every pair).
     #[serde(skip_serializing_if = "is_one", default = "one")]
     pub repeat: u32,
+    /// The lab's underlay MTU (a case's `mtu` axis value overrides it);
+    /// left out of the JSON at the default, 1500.
+    #[serde(skip_serializing_if = "is_default_mtu", default = "default_mtu")]
+    pub mtu: u32,
     /// Guest crashes that were the emulator's, not the kernel's, after which
     /// the pair was booted again (see `qemu::stale_int3_oops`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -855,6 +859,14 @@ impl Report {
         }
         s
     }
+}
+
+fn default_mtu() -> u32 {
+    crate::lab::DEFAULT_MTU
+}
+
+fn is_default_mtu(mtu: &u32) -> bool {
+    *mtu == crate::lab::DEFAULT_MTU
 }
 
 fn one() -> u32 {

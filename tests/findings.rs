@@ -21,6 +21,7 @@ fn judged(samples: impl Fn(&str, &str) -> Option<Vec<f64>>) -> StudyOutcome {
             Some(Measured {
                 case: CaseRef { lab: lab.name.clone(), case: c.name.clone() },
                 streams: c.params.streams,
+                mtu: c.params.mtu.unwrap_or(lab.mtu),
                 samples: samples(&lab.name, &c.name)?,
                 connects: Vec::new(),
                 failed_checks: Vec::new(),
@@ -43,6 +44,9 @@ fn as_expected(lab: &str, case: &str) -> Option<Vec<f64>> {
         ("vxlan-evpn", _) => 0.38,
         (_, c) if c.contains("filter=iptables") || c.contains("filter=l4-policy") => 0.38,
         ("nic-matrix", _) => 0.6,
+        ("overlays", c) if c.contains("overlay=baseline") => 3.0,
+        ("overlays", c) if c.contains("overlay=vxlan-evpn") => 0.7,
+        ("overlays", _) => 1.4,
         _ => 0.4,
     };
     Some([1.0, 1.1, 0.9].iter().map(|drift| base * drift * 1e9).collect())
@@ -55,7 +59,7 @@ fn verdicts(o: &StudyOutcome) -> Vec<Verdict> {
 #[test]
 fn the_studys_claims_hold_on_figures_that_support_them() {
     let o = judged(as_expected);
-    assert_eq!(verdicts(&o), [Verdict::Holds; 4], "{}", o.table());
+    assert_eq!(verdicts(&o), [Verdict::Holds; 5], "{}", o.table());
     assert!(!o.failed());
     // vxlan over routing: 0.46/2.0 in every round.
     let vxlan = o.vs_baseline.iter().find(|v| v.case.lab == "vxlan").unwrap();
@@ -68,7 +72,13 @@ fn the_studys_claims_hold_on_figures_that_support_them() {
     let four = o.vs_baseline.iter().find(|v| v.case.case == "overlay=swarm,filter=none,streams=4").unwrap();
     assert_eq!(four.against.case, "filter=none,streams=4");
     assert!(o.vs_baseline.iter().all(|v| v.case.lab != "filters"), "the baseline is not set against itself");
+    // The 9000-byte cases have no baseline case at their MTU: no ratio
+    // across MTUs; the ordering claim at 9000 gives theirs.
+    assert!(o.vs_baseline.iter().all(|v| v.case.lab != "overlays"), "{}", o.table());
     assert_eq!(o.vs_baseline.len(), 15);
+    let at_9000 = &o.findings[4].evidence;
+    assert_eq!(at_9000.len(), 2);
+    assert!(at_9000[0].starts_with("overlays/mtu=9000,overlay=vxlan over overlays/mtu=9000,overlay=baseline: 0.47x"), "{at_9000:?}");
     let table = o.table();
     assert!(
         table.contains("holds: Every ILA checksum mode delivers") && table.contains("0.23x [0.23, 0.23]"),
@@ -98,9 +108,39 @@ fn a_mode_that_delivers_nothing_in_a_round_breaks_the_delivery_claim() {
 #[test]
 fn a_case_that_did_not_run_leaves_its_claims_inconclusive() {
     let o = judged(|lab, case| if lab == "swarm" { None } else { as_expected(lab, case) });
-    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Holds, Verdict::Inconclusive]);
+    assert_eq!(
+        verdicts(&o),
+        [Verdict::Holds, Verdict::Inconclusive, Verdict::Holds, Verdict::Inconclusive, Verdict::Holds]
+    );
     assert!(o.findings[1].evidence[0].ends_with("not run"), "{:?}", o.findings[1].evidence);
     assert!(!o.failed(), "inconclusive is not a failure");
+}
+
+/// A case is set against the baseline lab's case with as many streams and
+/// the same MTU: a 9000-byte VXLAN case against 9000-byte routing, not
+/// against the faster-or-slower 1500-byte one, and not at all when the
+/// baseline lab did not run its MTU.
+#[test]
+fn a_case_is_set_against_the_baseline_at_its_own_mtu() {
+    let case = |lab: &str, name: &str, mtu: u32, gbps: f64| Measured {
+        case: CaseRef { lab: lab.into(), case: name.into() },
+        streams: 1,
+        mtu,
+        samples: vec![gbps * 1e9, gbps * 1.1e9],
+        connects: Vec::new(),
+        failed_checks: Vec::new(),
+    };
+    let cases = [
+        case("routing", "mtu=1500", 1500, 1.0),
+        case("routing", "mtu=9000", 9000, 1.5),
+        case("vxlan", "mtu=9000", 9000, 0.75),
+        case("vxlan", "mtu=4000", 4000, 0.5),
+    ];
+    let o = judge("mtus", "routing", &[], &cases, "6.12", 2);
+    assert_eq!(o.vs_baseline.len(), 1, "{}", o.table());
+    let v = &o.vs_baseline[0];
+    assert_eq!((v.case.case.as_str(), v.against.case.as_str()), ("mtu=9000", "mtu=9000"));
+    assert!((v.ratio.as_ref().unwrap().mean - 0.5).abs() < 1e-9, "{v:?}");
 }
 
 /// iptables at `cost` of none's throughput, round by round.
@@ -130,7 +170,7 @@ fn a_filter_costs_little_only_when_its_whole_interval_is_above_the_bound() {
 #[test]
 fn one_round_supports_no_ratio_claim() {
     let o = judged(|lab, case| Some(vec![as_expected(lab, case)?[0]]));
-    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive]);
+    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive]);
     assert!(o.findings[1].evidence[0].contains("no interval"), "{:?}", o.findings[1].evidence);
 }
 
@@ -161,6 +201,7 @@ fn methods_judged(cost: impl Fn(&str) -> f64, keep: f64) -> StudyOutcome {
             Measured {
                 case: CaseRef { lab: lab.name.clone(), case: c.name.clone() },
                 streams: c.params.streams,
+                mtu: lab.mtu,
                 samples: drift.iter().map(|d| bps * d).collect(),
                 connects: drift.iter().map(|d| us * d).collect(),
                 failed_checks: Vec::new(),
@@ -202,6 +243,7 @@ fn latency_claims_without_timed_connections_are_inconclusive() {
         .map(|c| Measured {
             case: CaseRef { lab: "policy-methods".into(), case: c.name.clone() },
             streams: 1,
+            mtu: 1500,
             samples: vec![2e9, 2.1e9, 1.9e9],
             connects: Vec::new(),
             failed_checks: Vec::new(),

@@ -37,6 +37,7 @@ fn the_shipped_study_names_every_variant() {
             ("swarm".to_string(), 4),
             ("cilium-style".to_string(), 4),
             ("nic-matrix".to_string(), 1),
+            ("overlays".to_string(), 3),
         ]
     );
     for (lab, _) in &study.labs {
@@ -45,11 +46,23 @@ fn the_shipped_study_names_every_variant() {
     assert_eq!((study.repeat, study.baseline.as_str()), (3, "filters"));
     let kinds: Vec<String> =
         study.findings.iter().map(|f| serde_json::to_value(f).unwrap()["kind"].as_str().unwrap().to_string()).collect();
-    assert_eq!(kinds, ["delivers", "keeps", "keeps", "order"]);
+    assert_eq!(kinds, ["delivers", "keeps", "keeps", "order", "order"]);
     let Claim::Order { tiers } = &study.findings[3].kind else { panic!("an order") };
     let sizes: Vec<usize> = tiers.iter().map(Vec::len).collect();
     assert_eq!(sizes, [1, 1, 4]);
     assert_eq!(tiers[2][0], CaseRef { lab: "vxlan".into(), case: "default".into() });
+    // The overlays again over a 9000-byte underlay, ordered among themselves.
+    let Claim::Order { tiers } = &study.findings[4].kind else { panic!("an order") };
+    let names: Vec<Vec<String>> = tiers.iter().map(|t| t.iter().map(ToString::to_string).collect()).collect();
+    assert_eq!(
+        names,
+        [
+            vec!["overlays/mtu=9000,overlay=baseline"],
+            vec!["overlays/mtu=9000,overlay=vxlan", "overlays/mtu=9000,overlay=vxlan-evpn"]
+        ]
+    );
+    let overlays = &study.labs[7];
+    assert!(overlays.1.iter().all(|c| c.params.mtu == Some(9000)), "{:?}", overlays.1);
 }
 
 /// Without `repeat`, a study runs three rounds (enough for an interval);

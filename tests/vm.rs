@@ -1721,7 +1721,7 @@ fn the_study_runs_every_variant_side_by_side() {
     let value: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     vlab.assert_rejudged(&artifacts, &value, 0);
     let reports = value["reports"].as_array().unwrap();
-    assert_eq!(reports.len(), 7, "a report per lab");
+    assert_eq!(reports.len(), 8, "a report per lab");
     let outcome = &value["studies"][0];
     assert!(stdout(&out).contains("findings\nholds: Every ILA checksum mode delivers"), "{}", stdout(&out));
     let findings: Vec<Value> = outcome["findings"]
@@ -1760,7 +1760,7 @@ fn the_study_runs_every_variant_side_by_side() {
             serde_json::json!({"lab": lab, "cases": list})
         })
         .collect();
-    assert_eq!(cases, 17);
+    assert_eq!(cases, 20);
     // One chart, a bar per case; grey: the baseline lab's (filters' two).
     assert_page_renders(&vlab, &html, cases, 2);
     let page = std::fs::read_to_string(&html).unwrap();

@@ -678,6 +678,7 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
             overlay: lab.overlay.clone(),
             filter: lab.filter.clone(),
             repeat: opts.repeat.max(1),
+            mtu: lab.mtu,
             vms: own.iter().flat_map(|p| p.rt.vms.iter().map(|v| v.report.clone())).collect(),
             passed: cases.iter().all(|c| c.passed),
             summaries: summaries(lab, &cases),
