@@ -71,7 +71,9 @@ fn nic_offloads(q: &std::path::Path) {
         }
         true => warn(
             "virtio-net",
-            &format!("offloads {offered}; no UDP-tunnel segmentation: tunnels are cut to the MTU in the guest"),
+            &format!(
+                "offloads {offered}; no UDP-tunnel segmentation: tunnels are cut to the MTU in the guest (a NIC's `udp_tunnel` needs QEMU 10.1 or later)"
+            ),
         ),
     }
 }

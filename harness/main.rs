@@ -467,16 +467,13 @@ fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<(), 
     })
 }
 
-/// Host-dependent validation (QEMU version for igb): still an input error.
+/// Host-dependent validation (QEMU version for igb, virtio-net's tunnel
+/// offloads): still an input error.
 fn check_host(lab: &Lab) -> Result<(), u8> {
-    let Some(major) = vlab::qemu::find_qemu()
-        .ok()
-        .and_then(|q| vlab::qemu::qemu_version(&q))
-        .and_then(|v| v.split('.').next().and_then(|m| m.parse::<u32>().ok()))
-    else {
+    let Some(qemu) = vlab::qemu::find_qemu().ok().and_then(|q| vlab::qemu::HostQemu::probe(&q)) else {
         return Ok(()); // no QEMU: the run itself says so (exit 125)
     };
-    lab.check_host(major).map_err(|e| {
+    lab.check_host(&qemu).map_err(|e| {
         error!("invalid lab file for this host: {e}");
         exit::INVALID_INPUT
     })?;

@@ -28,7 +28,7 @@ fn spec(accel: Accel, backend: NicBackend) -> VmSpec {
 }
 
 fn virtio(queues: u32, vhost: bool) -> NicBackend {
-    NicBackend::Virtio { tap: "t-host1".into(), queues, vhost, host_mtu: None }
+    NicBackend::Virtio { tap: "t-host1".into(), queues, vhost, host_mtu: None, udp_tunnel: None }
 }
 
 #[rstest]
@@ -37,7 +37,9 @@ fn virtio(queues: u32, vhost: bool) -> NicBackend {
 #[case::tcg_virtio_1_queue("tcg-virtio-1q", spec(Accel::Tcg, virtio(1, false)))]
 #[case::tcg_one_thread("tcg-virtio-2q-one-thread", VmSpec { tcg_thread: TcgThread::Single, ..spec(Accel::Tcg, virtio(2, false)) })]
 #[case::kvm_ignores_the_tcg_thread("kvm-virtio-4q-vhost", VmSpec { tcg_thread: TcgThread::Single, ..spec(Accel::Kvm, virtio(4, true)) })]
-#[case::tcg_virtio_jumbo("tcg-virtio-2q-mtu9000", spec(Accel::Tcg, NicBackend::Virtio { tap: "t-host1".into(), queues: 2, vhost: false, host_mtu: Some(9000) }))]
+#[case::tcg_virtio_jumbo("tcg-virtio-2q-mtu9000", spec(Accel::Tcg, NicBackend::Virtio { tap: "t-host1".into(), queues: 2, vhost: false, host_mtu: Some(9000), udp_tunnel: None }))]
+#[case::tcg_virtio_udp_tunnel("tcg-virtio-2q-udp-tunnel", spec(Accel::Tcg, NicBackend::Virtio { tap: "t-host1".into(), queues: 2, vhost: false, host_mtu: None, udp_tunnel: Some(true) }))]
+#[case::tcg_virtio_no_udp_tunnel("tcg-virtio-2q-no-udp-tunnel", spec(Accel::Tcg, NicBackend::Virtio { tap: "t-host1".into(), queues: 2, vhost: false, host_mtu: None, udp_tunnel: Some(false) }))]
 #[case::tcg_igb_sriov("tcg-igb", spec(Accel::Tcg, NicBackend::Igb { tap: "t-host1".into() }))]
 #[case::kvm_vfio("kvm-vfio", spec(Accel::Kvm, NicBackend::Vfio { host: "0000:3b:02.0".into() }))]
 fn qemu_argv(#[case] name: &str, #[case] spec: VmSpec) {

@@ -6,6 +6,7 @@ use std::path::Path;
 use rstest::rstest;
 use vlab::filter::MatrixRead::{After, Before};
 use vlab::lab::{Bitrate, Lab, LabError};
+use vlab::qemu::HostQemu;
 
 const BASELINE: &str = include_str!("../labs/baseline.toml");
 
@@ -239,6 +240,10 @@ fn nic_matrix_groups_cases_by_nic() {
     nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 2, queues = 2 }"),
     "queues_on_igb"
 )]
+#[case::udp_tunnel_on_igb(
+    nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 2, udp_tunnel = true }"),
+    "udp_tunnel_on_igb"
+)]
 #[case::too_many_vfs(
     nic_edit("{ model = \"igb-sriov\", vfs = 2 }", "{ model = \"igb-sriov\", vfs = 8 }"),
     "too_many_vfs"
@@ -273,12 +278,69 @@ fn invalid_nics_name_the_field(#[case] text: String, #[case] name: &str) {
     insta::assert_snapshot!(name, err.to_string());
 }
 
+fn qemu(version: &str, virtio_udp_tunnel: bool) -> HostQemu {
+    let major = version.split('.').next().unwrap().parse().unwrap();
+    HostQemu { version: version.into(), major, virtio_udp_tunnel }
+}
+
 #[test]
 fn igb_needs_qemu_8() {
     let lab = parse(NIC_MATRIX).unwrap();
-    lab.check_host(10).expect("QEMU 10 has igb");
-    let err = lab.check_host(7).unwrap_err();
+    lab.check_host(&qemu("10.0.2", false)).expect("QEMU 10 has igb");
+    let err = lab.check_host(&qemu("7.2.0", false)).unwrap_err();
     insta::assert_snapshot!("igb_on_qemu_7", err.to_string());
+}
+
+/// A NIC's `udp_tunnel` (either way) needs a virtio-net that offers the
+/// tunnel offloads; the nic axis names the cases by it.
+#[test]
+fn udp_tunnel_needs_a_qemu_that_offers_it() {
+    let text = nic_edit(
+        "{ model = \"virtio\", queues = 4 },",
+        "{ model = \"virtio\", queues = 4, udp_tunnel = true },\n    { model = \"virtio\", queues = 4, udp_tunnel = false },",
+    );
+    let lab = parse(&text).unwrap();
+    let nics: Vec<String> = lab.matrix.nic.iter().flatten().map(|n| n.label()).collect();
+    assert_eq!(nics, ["virtio-q1", "virtio-q4-udp-tunnel", "virtio-q4-no-udp-tunnel", "igb-sriov-vf2"]);
+    lab.check_host(&qemu("10.1.0", true)).expect("QEMU 10.1 offers them");
+    let err = lab.check_host(&qemu("10.0.2", false)).unwrap_err();
+    insta::assert_snapshot!("udp_tunnel_on_qemu_10_0", err.to_string());
+    let off = parse(&nic_edit("{ model = \"virtio\", queues = 4 },", "{ model = \"virtio\", queues = 4, udp_tunnel = false },")).unwrap();
+    assert!(off.check_host(&qemu("10.0.2", false)).is_err(), "off is asked of the device too");
+}
+
+/// `vlab run` asks the host's QEMU (here a stand-in that answers as QEMU
+/// 10.0 does, and as a QEMU with the tunnel offloads) before it boots
+/// anything: without them, a lab that sets `udp_tunnel` is bad input.
+#[test]
+fn vlab_run_refuses_udp_tunnel_where_qemu_lacks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.toml");
+    std::fs::write(&lab, BASELINE.replacen("queues = 2 }", "queues = 2, udp_tunnel = true }", 1)).unwrap();
+    let fake = |props: &str| {
+        let path = dir.path().join("qemu");
+        let help = props.split(' ').map(|p| format!("  {p}=<bool>  - on/off (default: true)")).collect::<Vec<_>>().join("\n");
+        let script = format!(
+            "#!/bin/sh\ncase \"$1\" in\n--version) echo 'QEMU emulator version 10.0.2';;\n-device) printf '%s\\n' 'virtio-net-pci options:' '{help}';;\n*) exit 1;;\nesac\n"
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path
+    };
+    let without = fake("csum gso host_tso4 guest_tso4");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlab"))
+        .args(["run", lab.to_str().unwrap()])
+        .env("VLAB_QEMU", &without)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128), "{said}");
+    assert!(said.contains("lab.toml:12:") && said.contains("field `vm[0].nic.udp_tunnel`"), "{said}");
+    assert!(said.contains("offers no UDP-tunnel offloads on virtio-net"), "{said}");
+    let offered = vlab::qemu::HostQemu::probe(&fake("csum gso host_tunnel host_tunnel_csum guest_tunnel guest_tunnel_csum"));
+    assert_eq!(offered, Some(qemu("10.0.2", true)));
+    let partial = vlab::qemu::HostQemu::probe(&fake("csum host_tunnel guest_tunnel"));
+    assert_eq!(partial, Some(qemu("10.0.2", false)), "all four or none");
 }
 
 #[test]

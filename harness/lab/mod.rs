@@ -185,6 +185,14 @@ pub struct Nic {
     /// bound to vfio-pci.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `virtio` only: UDP-tunnel segmentation by the emulated NIC (QEMU's
+    /// `host_tunnel`, `host_tunnel_csum`, `guest_tunnel`, `guest_tunnel_csum`;
+    /// QEMU 10.1 or later), on or off; absent: QEMU's default. With it a
+    /// VXLAN flow can cross the NIC as large segments, as routing's does.
+    /// A property of the device, fixed at boot (the `offloads` setting is
+    /// the guest's, applied per case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_tunnel: Option<bool>,
 }
 
 impl Nic {
@@ -196,10 +204,18 @@ impl Nic {
         }
     }
 
-    /// Short name used in case names: `virtio-q4`, `igb-sriov-vf2`, `vfio-0000:3b:02.0`.
+    /// Short name used in case names: `virtio-q4`, `virtio-q2-udp-tunnel`,
+    /// `virtio-q2-no-udp-tunnel`, `igb-sriov-vf2`, `vfio-0000:3b:02.0`.
     pub fn label(&self) -> String {
         match self.model {
-            NicModel::Virtio => format!("virtio-q{}", self.queues()),
+            NicModel::Virtio => {
+                let tunnel = match self.udp_tunnel {
+                    None => "",
+                    Some(true) => "-udp-tunnel",
+                    Some(false) => "-no-udp-tunnel",
+                };
+                format!("virtio-q{}{tunnel}", self.queues())
+            }
             NicModel::IgbSriov => format!("igb-sriov-vf{}", self.vfs.unwrap_or(0)),
             NicModel::Vfio => format!("vfio-{}", self.host.as_deref().unwrap_or("?")),
         }
@@ -733,10 +749,10 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Checks what depends on this host's QEMU (`major` version), e.g. that
-    /// igb-sriov NICs have QEMU 8.0 or later.
-    pub fn check_host(&self, qemu_major: u32) -> Result<(), LabError> {
-        validate::validate_host(self, qemu_major).map_err(|issue| self.invalid(issue))
+    /// Checks what depends on this host's QEMU, e.g. that igb-sriov NICs
+    /// have QEMU 8.0 or later.
+    pub fn check_host(&self, qemu: &crate::qemu::HostQemu) -> Result<(), LabError> {
+        validate::validate_host(self, qemu).map_err(|issue| self.invalid(issue))
     }
 
     /// A validation finding located in this lab's file.

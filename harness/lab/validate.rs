@@ -44,8 +44,9 @@ fn validate_nic(nic: &Nic, at: Vec<Seg>, containers: usize) -> Result<(), Issue>
     };
     let model = super::variant_name(&nic.model);
     // Each optional field belongs to one model.
-    let owned: [(&'static str, bool, &str); 3] = [
+    let owned: [(&'static str, bool, &str); 4] = [
         ("queues", nic.queues.is_some(), "virtio"),
+        ("udp_tunnel", nic.udp_tunnel.is_some(), "virtio"),
         ("vfs", nic.vfs.is_some(), "igb-sriov"),
         ("host", nic.host.is_some(), "vfio"),
     ];
@@ -88,21 +89,31 @@ fn validate_nic(nic: &Nic, at: Vec<Seg>, containers: usize) -> Result<(), Issue>
     Ok(())
 }
 
-/// Checks what depends on this host's QEMU: the igb NIC needs QEMU 8.0 or later.
-pub(crate) fn validate_host(lab: &Lab, qemu_major: u32) -> Result<(), Issue> {
+/// Checks what depends on this host's QEMU: the igb NIC needs QEMU 8.0 or
+/// later, a NIC's `udp_tunnel` a virtio-net that offers UDP-tunnel offloads.
+pub(crate) fn validate_host(lab: &Lab, qemu: &crate::qemu::HostQemu) -> Result<(), Issue> {
     use Seg::{Index, Key};
-    let vm_nics =
-        lab.vms.iter().enumerate().map(|(i, vm)| (vec![Key("vm"), Index(i), Key("nic"), Key("model")], &vm.nic));
-    let matrix_nics = lab
-        .matrix
-        .nic
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(j, n)| (vec![Key("matrix"), Key("nic"), Index(j), Key("model")], n));
+    let vm_nics = lab.vms.iter().enumerate().map(|(i, vm)| (vec![Key("vm"), Index(i), Key("nic")], &vm.nic));
+    let matrix_nics =
+        lab.matrix.nic.iter().flatten().enumerate().map(|(j, n)| (vec![Key("matrix"), Key("nic"), Index(j)], n));
     for (path, nic) in vm_nics.chain(matrix_nics) {
-        if nic.model == NicModel::IgbSriov && qemu_major < 8 {
-            return Err(Issue::new(path, format!("igb-sriov needs QEMU 8.0 or later, this host has QEMU {qemu_major}: run ci/setup (Debian 12 takes QEMU from bookworm-backports)")));
+        let field = |k: &'static str| {
+            let mut p = path.clone();
+            p.push(Key(k));
+            p
+        };
+        let major = qemu.major;
+        if nic.model == NicModel::IgbSriov && major < 8 {
+            return Err(Issue::new(field("model"), format!("igb-sriov needs QEMU 8.0 or later, this host has QEMU {major}: run ci/setup (Debian 12 takes QEMU from bookworm-backports)")));
+        }
+        if nic.udp_tunnel.is_some() && !qemu.virtio_udp_tunnel {
+            return Err(Issue::new(
+                field("udp_tunnel"),
+                format!(
+                    "this host's QEMU ({}) offers no UDP-tunnel offloads on virtio-net (host_tunnel, guest_tunnel: QEMU 10.1 or later); `vlab doctor` lists what it offers",
+                    qemu.version
+                ),
+            ));
         }
     }
     Ok(())

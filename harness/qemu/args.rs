@@ -69,6 +69,10 @@ pub enum NicBackend {
         /// leaves the device's default.
         #[serde(skip_serializing_if = "Option::is_none")]
         host_mtu: Option<u32>,
+        /// UDP-tunnel segmentation ([`super::TUNNEL_PROPS`]) on or off;
+        /// `None` leaves QEMU's default.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        udp_tunnel: Option<bool>,
     },
     /// QEMU's emulated igb (82576, SR-IOV capable) on a PCIe root port, on a tap.
     Igb {
@@ -250,15 +254,19 @@ pub fn nic_args(nic: &NicSpec) -> Vec<String> {
         |chassis: usize| vec!["-device".to_string(), format!("pcie-root-port,id={port},chassis={chassis},slot=0")];
     let chassis = nic.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<usize>().unwrap_or(0) + 1;
     match &nic.backend {
-        NicBackend::Virtio { tap, queues, vhost, host_mtu } => {
+        NicBackend::Virtio { tap, queues, vhost, host_mtu, udp_tunnel } => {
             let vhost = if *vhost { "on" } else { "off" };
-            let mtu = host_mtu.map(|m| format!(",host_mtu={m}")).unwrap_or_default();
+            let mut extra = host_mtu.map(|m| format!(",host_mtu={m}")).unwrap_or_default();
+            if let Some(on) = udp_tunnel {
+                let on = if *on { "on" } else { "off" };
+                extra.extend(super::TUNNEL_PROPS.iter().map(|p| format!(",{p}={on}")));
+            }
             vec![
                 "-netdev".into(),
                 format!("tap,id={},ifname={tap},script=no,downscript=no,queues={queues},vhost={vhost}", nic.id),
                 "-device".into(),
                 format!(
-                    "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024{mtu}",
+                    "virtio-net-pci,netdev={},mac={},mq=on,vectors={},rx_queue_size=1024{extra}",
                     nic.id,
                     nic.mac,
                     2 * queues + 2

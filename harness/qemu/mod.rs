@@ -196,8 +196,6 @@ pub fn qemu_version(qemu: &Path) -> Option<String> {
     text.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_string)
 }
 
-/// Checks that a host PCI function can be passed through: it exists and is
-/// bound to vfio-pci. The error says what to do.
 /// The offload properties an emulated NIC's `-device MODEL,help` lists:
 /// checksum and segmentation features the guest and the host side may use
 /// (`csum`, `gso`, `host_tso4`, `guest_uso6`, ...), and among them those of
@@ -210,6 +208,32 @@ pub struct NicOffloads {
     /// Those of UDP tunnels.
     pub udp_tunnel: Vec<String>,
 }
+
+/// What a lab may ask of this host's QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostQemu {
+    /// Its version (`10.0.2`).
+    pub version: String,
+    /// The major version.
+    pub major: u32,
+    /// Its virtio-net offers UDP-tunnel offloads (`host_tunnel`, ...).
+    pub virtio_udp_tunnel: bool,
+}
+
+impl HostQemu {
+    /// Asks `qemu` for its version and its virtio-net's offloads.
+    pub fn probe(qemu: &Path) -> Option<HostQemu> {
+        let version = qemu_version(qemu)?;
+        let major = version.split('.').next().and_then(|m| m.parse().ok())?;
+        let virtio_udp_tunnel =
+            probe_nic_offloads(qemu, "virtio-net-pci").is_some_and(|o| TUNNEL_PROPS.iter().all(|p| o.offered.iter().any(|n| n == p)));
+        Some(HostQemu { version, major, virtio_udp_tunnel })
+    }
+}
+
+/// virtio-net's UDP-tunnel offload properties (QEMU 10.1 and later), set
+/// together by a NIC's `udp_tunnel`.
+pub const TUNNEL_PROPS: [&str; 4] = ["host_tunnel", "host_tunnel_csum", "guest_tunnel", "guest_tunnel_csum"];
 
 /// Parses `-device MODEL,help` (lines `  name=<type> - ...`).
 pub fn nic_offloads(help: &str) -> NicOffloads {
@@ -230,6 +254,8 @@ pub fn probe_nic_offloads(qemu: &Path, model: &str) -> Option<NicOffloads> {
     out.status.success().then(|| nic_offloads(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Checks that a host PCI function can be passed through: it exists and is
+/// bound to vfio-pci. The error says what to do.
 pub fn check_vfio(host: &str) -> Result<(), String> {
     let dev = PathBuf::from("/sys/bus/pci/devices").join(host);
     if !dev.exists() {

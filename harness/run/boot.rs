@@ -402,7 +402,7 @@ fn spawn_vms<'a>(lab: &'a Lab, p: &Prepared, net: &LabNet, nics: &[Nic]) -> anyh
             NicModel::Virtio => {
                 net.add_tap(&tap, nic.queues(), lab.mtu)?;
                 let host_mtu = (lab.mtu != crate::lab::DEFAULT_MTU).then_some(lab.mtu);
-                NicBackend::Virtio { tap, queues: nic.queues(), vhost: p.vhost, host_mtu }
+                NicBackend::Virtio { tap, queues: nic.queues(), vhost: p.vhost, host_mtu, udp_tunnel: nic.udp_tunnel }
             }
             NicModel::IgbSriov => {
                 net.add_tap(&tap, 1, lab.mtu)?;
