@@ -78,7 +78,10 @@ fn the_studys_claims_hold_on_figures_that_support_them() {
     assert_eq!(o.vs_baseline.len(), 15);
     let at_9000 = &o.findings[4].evidence;
     assert_eq!(at_9000.len(), 2);
-    assert!(at_9000[0].starts_with("overlays/mtu=9000,overlay=vxlan over overlays/mtu=9000,overlay=baseline: 0.47x"), "{at_9000:?}");
+    assert!(
+        at_9000[0].starts_with("overlays/mtu=9000,overlay=vxlan over overlays/mtu=9000,overlay=baseline: 0.47x"),
+        "{at_9000:?}"
+    );
     let table = o.table();
     assert!(
         table.contains("holds: Every ILA checksum mode delivers") && table.contains("0.23x [0.23, 0.23]"),
@@ -170,7 +173,10 @@ fn a_filter_costs_little_only_when_its_whole_interval_is_above_the_bound() {
 #[test]
 fn one_round_supports_no_ratio_claim() {
     let o = judged(|lab, case| Some(vec![as_expected(lab, case)?[0]]));
-    assert_eq!(verdicts(&o), [Verdict::Holds, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive]);
+    assert_eq!(
+        verdicts(&o),
+        [Verdict::Holds, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive, Verdict::Inconclusive]
+    );
     assert!(o.findings[1].evidence[0].contains("no interval"), "{:?}", o.findings[1].evidence);
 }
 

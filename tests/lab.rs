@@ -305,7 +305,11 @@ fn udp_tunnel_needs_a_qemu_that_offers_it() {
     lab.check_host(&qemu("10.1.0", true)).expect("QEMU 10.1 offers them");
     let err = lab.check_host(&qemu("10.0.2", false)).unwrap_err();
     insta::assert_snapshot!("udp_tunnel_on_qemu_10_0", err.to_string());
-    let off = parse(&nic_edit("{ model = \"virtio\", queues = 4 },", "{ model = \"virtio\", queues = 4, udp_tunnel = false },")).unwrap();
+    let off = parse(&nic_edit(
+        "{ model = \"virtio\", queues = 4 },",
+        "{ model = \"virtio\", queues = 4, udp_tunnel = false },",
+    ))
+    .unwrap();
     assert!(off.check_host(&qemu("10.0.2", false)).is_err(), "off is asked of the device too");
 }
 
@@ -319,7 +323,8 @@ fn vlab_run_refuses_udp_tunnel_where_qemu_lacks_it() {
     std::fs::write(&lab, BASELINE.replacen("queues = 2 }", "queues = 2, udp_tunnel = true }", 1)).unwrap();
     let fake = |props: &str| {
         let path = dir.path().join("qemu");
-        let help = props.split(' ').map(|p| format!("  {p}=<bool>  - on/off (default: true)")).collect::<Vec<_>>().join("\n");
+        let help =
+            props.split(' ').map(|p| format!("  {p}=<bool>  - on/off (default: true)")).collect::<Vec<_>>().join("\n");
         let script = format!(
             "#!/bin/sh\ncase \"$1\" in\n--version) echo 'QEMU emulator version 10.0.2';;\n-device) printf '%s\\n' 'virtio-net-pci options:' '{help}';;\n*) exit 1;;\nesac\n"
         );
@@ -337,7 +342,8 @@ fn vlab_run_refuses_udp_tunnel_where_qemu_lacks_it() {
     assert_eq!(out.status.code(), Some(128), "{said}");
     assert!(said.contains("lab.toml:12:") && said.contains("field `vm[0].nic.udp_tunnel`"), "{said}");
     assert!(said.contains("offers no UDP-tunnel offloads on virtio-net"), "{said}");
-    let offered = vlab::qemu::HostQemu::probe(&fake("csum gso host_tunnel host_tunnel_csum guest_tunnel guest_tunnel_csum"));
+    let offered =
+        vlab::qemu::HostQemu::probe(&fake("csum gso host_tunnel host_tunnel_csum guest_tunnel guest_tunnel_csum"));
     assert_eq!(offered, Some(qemu("10.0.2", true)));
     let partial = vlab::qemu::HostQemu::probe(&fake("csum host_tunnel guest_tunnel"));
     assert_eq!(partial, Some(qemu("10.0.2", false)), "all four or none");

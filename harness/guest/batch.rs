@@ -113,8 +113,8 @@ impl Batch {
         let mut seconds = BTreeMap::new();
         for (i, (name, _, _)) in self.parts.iter().enumerate() {
             let mark = format!("{} {i}", self.token);
-            let Some((stdout, tail)) = framed(&out.stdout, &mark)
-                .with_context(|| match ends(&out.stdout, &self.token) {
+            let Some((stdout, tail)) =
+                framed(&out.stdout, &mark).with_context(|| match ends(&out.stdout, &self.token) {
                     true => "stdout came back whole".to_string(),
                     false => format!("stdout was cut short (its last line `{} end` is missing)", self.token),
                 })?

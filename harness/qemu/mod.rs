@@ -225,8 +225,8 @@ impl HostQemu {
     pub fn probe(qemu: &Path) -> Option<HostQemu> {
         let version = qemu_version(qemu)?;
         let major = version.split('.').next().and_then(|m| m.parse().ok())?;
-        let virtio_udp_tunnel =
-            probe_nic_offloads(qemu, "virtio-net-pci").is_some_and(|o| TUNNEL_PROPS.iter().all(|p| o.offered.iter().any(|n| n == p)));
+        let virtio_udp_tunnel = probe_nic_offloads(qemu, "virtio-net-pci")
+            .is_some_and(|o| TUNNEL_PROPS.iter().all(|p| o.offered.iter().any(|n| n == p)));
         Some(HostQemu { version, major, virtio_udp_tunnel })
     }
 }
