@@ -326,11 +326,21 @@ fn ila_verdict(
     underlay: &[Vec<u8>],
     senders: &[(&str, Vec<u8>)],
 ) -> (Vec<vlab::report::Check>, ila::IlaVerdict) {
+    ila_verdict_for(mode, ["dead:beef::1", "dead:beef::2"], underlay, senders)
+}
+
+/// [`ila_verdict`] with the lab's SIR addresses as given.
+fn ila_verdict_for(
+    mode: CsumMode,
+    sir: [&str; 2],
+    underlay: &[Vec<u8>],
+    senders: &[(&str, Vec<u8>)],
+) -> (Vec<vlab::report::Check>, ila::IlaVerdict) {
     let underlay: Vec<_> = underlay.iter().map(|p| summary(p)).collect();
     let senders: Vec<(Ipv6Addr, _)> = senders.iter().map(|(sir, p)| (addr(sir), summary(p))).collect();
     let evidence = ila::IlaEvidence {
         case: IlaCase { csum_mode: mode, hook: IlaHook::Route },
-        sir: [addr("dead:beef::1"), addr("dead:beef::2")],
+        sir: sir.map(addr),
         wire: [addr("aaaa::1"), addr("bbbb::2")],
         underlay: underlay.iter().collect(),
         container: senders.iter().map(|(_, c)| c).collect(),
@@ -356,6 +366,17 @@ fn the_neutral_check_reads_the_c_bit_and_the_sum_on_the_wire() {
     let broken = neutral("ila-no-action-off-host1-underlay.pcap");
     assert!(!broken.passed, "{broken:?}");
     assert!(broken.detail.contains("C-bit clear, sum differs from that of"), "{}", broken.detail);
+    // One defect alone fails it too: the C-bit set, but the sum not that of
+    // the lab's SIR address (a mapping made for another identifier).
+    let (checks, _) = ila_verdict_for(
+        CsumMode::NeutralMap,
+        ["dead:beef::7", "dead:beef::8"],
+        &[fixture("ila-neutral-map-off-host1-underlay.pcap")],
+        &[],
+    );
+    let other = checks.into_iter().find(|c| c.name == "ILA: identifier is checksum-neutral").unwrap();
+    assert!(!other.passed, "{other:?}");
+    assert!(other.detail.contains("C-bit set, sum differs from that of dead:beef::"), "{}", other.detail);
 }
 
 /// The report's summary of the wire checksums: invalid when every judged
@@ -408,11 +429,22 @@ fn no_action_checksums_completed_after_the_translation_are_as_documented() {
     assert!(check.passed, "{check:?}");
     assert_eq!((j.after.as_documented, j.recomputed, j.seeds.as_documented), (2, 1, 18), "{j:?}");
     assert!(check.detail.contains("2 full checksums completed after it, 1 of them computed anew"), "{}", check.detail);
+    // Completed from the seed only: none computed anew, and none said to be.
+    let (mut from_seed, _) = offloaded_run();
+    from_seed[0] = with_field(&from_seed[0], 3, |src, sir, _, seg| full_for(src, sir, seg));
+    let (check, j) = wire_verdict(CsumMode::NoAction, &from_seed, &senders);
+    assert_eq!((j.after.as_documented, j.recomputed), (1, 0), "{j:?}");
+    assert!(check.detail.ends_with("19 seeds; 1 full checksums completed after it"), "{}", check.detail);
     // Without the sending container's capture, a full checksum valid for the
     // wire address cannot be told from one the translation adjusted.
     let (check, j) = wire_verdict(CsumMode::NoAction, &underlay, &[]);
     assert!(check.passed, "{check:?}");
     assert_eq!((j.not_judged, j.unmatched.as_documented), (1, 1), "{j:?}");
+    assert!(
+        check.detail.contains("; 1 not judged") && check.detail.contains("19 of 20 underlay segments judged"),
+        "{}",
+        check.detail
+    );
 }
 
 /// With offloads off, the sending containers compute full checksums for
@@ -425,6 +457,18 @@ fn no_action_full_checksums_computed_before_the_translation() {
     assert!(check.passed, "{check:?}");
     // c1's own segments are found in its capture; c2's (from host2) are not.
     assert_eq!((j.before.as_documented, j.unmatched.as_documented), (3, 9), "{j:?}");
+    // The sender's full checksums are judged in the container too: valid,
+    // and a segment that left the container with a wrong one fails it.
+    let container = |senders: &[(&str, Pcap)]| {
+        let (checks, _) = ila_verdict(CsumMode::NoAction, &underlay, senders);
+        checks.into_iter().find(|c| c.name == "ILA: container checksums valid").expect("made with a container capture")
+    };
+    let valid = container(&senders);
+    assert!(valid.passed, "{valid:?}");
+    let other = addr("dead:beef::9").into();
+    let bad = [("dead:beef::1", with_field(&senders[0].1, 0, |src, _, _, seg| full_for(src, other, seg)))];
+    let invalid = container(&bad);
+    assert!(!invalid.passed && invalid.detail.contains("1 invalid"), "{invalid:?}");
 }
 
 /// One defect at a time, each failing the check: the translation adjusted a
