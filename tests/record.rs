@@ -231,6 +231,50 @@ fn each_senders_segments_are_found_in_its_own_container_capture() {
     );
 }
 
+/// A receiver that counted checksum errors during the workload fails the
+/// check, and the detail names the counter that grew (only that one).
+#[test]
+fn a_checksum_error_counted_by_a_receiver_fails_the_ila_case() {
+    let mut r = recorded("ila");
+    let clean = check(&r.judge(), "ILA: receivers counted no checksum errors").clone();
+    assert!(clean.passed && clean.detail == "2 counters unchanged", "{clean:?}");
+    r.record.after.insert("csum-errors-host2.txt".into(), "TcpInCsumErrors 3\n".into());
+    let report = r.judge();
+    let counted = check(&report, "ILA: receivers counted no checksum errors");
+    assert!(!counted.passed, "{counted:?}");
+    assert_eq!(counted.detail, "host2:TcpInCsumErrors +3");
+}
+
+/// Containers are named per VM: with host2's container called `c1` too
+/// (and its captures listed first), each sender is still judged against
+/// its own capture (its VM's and container's), not against the first
+/// capture of a container `c1`: c1's three segments are found in host1's.
+#[test]
+fn a_container_name_on_both_vms_keeps_each_senders_capture() {
+    let mut r = recorded("ila").sibling("offloads=on", "offloads=off");
+    let pcap = |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pcap").join(name));
+    *r.pcap("host1-underlay.pcap") = pcap("ila-no-action-off-host1-underlay.pcap").unwrap();
+    *r.pcap("host1-c1-eth0.pcap") = pcap("ila-no-action-off-host1-c1-eth0.pcap").unwrap();
+    emptied(r.pcap("host2-underlay.pcap"));
+    emptied(r.pcap("host2-c2-eth0.pcap"));
+    for c in r.record.captures.iter_mut().filter(|c| c.vm == "host2" && c.container.is_some()) {
+        c.container = Some("c1".into());
+    }
+    r.record.ends[1].container = Some("c1".into());
+    let host2_first = r.record.captures.iter().position(|c| c.vm == "host2").unwrap();
+    r.record.captures.rotate_left(host2_first);
+    r.pcaps.rotate_left(host2_first);
+    let report = r.judge();
+    let wire = check(&report, "ILA: wire checksums as documented");
+    assert!(
+        wire.detail.ends_with(
+            "3 full checksums computed before the translation; 9 full checksums not in the sending container's capture"
+        ),
+        "{}",
+        wire.detail
+    );
+}
+
 #[test]
 fn a_recorded_vxlan_case_passes_every_check() {
     let report = recorded("vxlan").judge();
