@@ -341,6 +341,20 @@ trace id 1e4821ad ip filter FORWARD rule counter packets 0 bytes 0 accept commen
         assert!(parse("").is_empty());
     }
 
+    /// A packet is what its first line shows: a later hook's line (here
+    /// after a destination NAT, without `ip protocol`, as the iptables-nft
+    /// table's lines come) does not rewrite it.
+    #[test]
+    fn an_nft_packet_is_read_from_its_first_line() {
+        let nat = r#"trace id 5b229ded inet vlab_trace pre packet: iif "vc-c3" ip saddr 10.1.3.2 ip daddr 10.1.2.2 ip protocol tcp tcp sport 57724 tcp dport 10000 tcp flags == syn
+trace id 5b229ded inet vlab_policy forward packet: iif "vc-c3" oif "vc-c2" ip saddr 10.1.3.2 ip daddr 10.1.2.9 ip protocol udp udp sport 57724 udp dport 53
+trace id 5b229ded ip filter FORWARD packet: iif "vc-c3" oif "vc-c2" ip saddr 10.1.3.2 ip daddr 10.1.2.9 tcp sport 57724 tcp dport 8080
+"#;
+        let t = parse(nat);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!((t[0].dst.as_str(), t[0].protocol.as_str(), t[0].port), ("10.1.2.2", "tcp", Some(10000)));
+    }
+
     fn cell(from: &str, to: &str, outcome: ProbeOutcome) -> ProbeCell {
         ProbeCell { from: from.into(), to: to.into(), protocol: crate::policy::Protocol::Udp, port: 5432, outcome }
     }
