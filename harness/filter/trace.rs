@@ -225,8 +225,9 @@ pub fn judge(
                 *traced.entry(r).or_default() += 1;
             }
         }
+        // A rule counted 0 compares as one not counted: both are 0.
         let counted: BTreeMap<&str, u64> =
-            p.counted.iter().filter(|(r, n)| policy_rule(r) && *n > 0).map(|(r, n)| (r.as_str(), *n)).collect();
+            p.counted.iter().filter(|(r, _)| policy_rule(r)).map(|(r, n)| (r.as_str(), *n)).collect();
         let mut rules: Vec<&str> = traced.keys().chain(counted.keys()).copied().collect();
         rules.sort();
         rules.dedup();
