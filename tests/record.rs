@@ -202,20 +202,25 @@ fn a_recorded_ila_case_judges_its_segments() {
     assert!(wire.detail.contains("underlay segments judged"), "{}", wire.detail);
 }
 
-/// The orchestration hands the ILA verdict each sender's own container
-/// capture: the recorded case taken as its offloads-off sibling with host1's
-/// pcaps of that case (`tests/fixtures/pcap`), host2's emptied. c1's
-/// segments on the wire are found in c1's capture (their full checksums made
-/// before the translation), the other three are not judged by origin.
-#[test]
-fn each_senders_segments_are_found_in_its_own_container_capture() {
+/// The recorded ILA case taken as its offloads-off sibling with host1's
+/// pcaps of that case (`tests/fixtures/pcap`), host2's emptied.
+fn ila_offloads_off_on_host1() -> Recorded {
     let mut r = recorded("ila").sibling("offloads=on", "offloads=off");
     let pcap = |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pcap").join(name));
     *r.pcap("host1-underlay.pcap") = pcap("ila-no-action-off-host1-underlay.pcap").unwrap();
     *r.pcap("host1-c1-eth0.pcap") = pcap("ila-no-action-off-host1-c1-eth0.pcap").unwrap();
     emptied(r.pcap("host2-underlay.pcap"));
     emptied(r.pcap("host2-c2-eth0.pcap"));
-    let report = r.judge();
+    r
+}
+
+/// The orchestration hands the ILA verdict each sender's own container
+/// capture ([`ila_offloads_off_on_host1`]). c1's
+/// segments on the wire are found in c1's capture (their full checksums made
+/// before the translation), the other three are not judged by origin.
+#[test]
+fn each_senders_segments_are_found_in_its_own_container_capture() {
+    let report = ila_offloads_off_on_host1().judge();
     let wire = check(&report, "ILA: wire checksums as documented");
     assert!(wire.passed, "{}", wire.detail);
     let section = &report.variant.overlay.as_ref().expect("an ILA section").evidence;
@@ -251,12 +256,7 @@ fn a_checksum_error_counted_by_a_receiver_fails_the_ila_case() {
 /// capture of a container `c1`: c1's three segments are found in host1's.
 #[test]
 fn a_container_name_on_both_vms_keeps_each_senders_capture() {
-    let mut r = recorded("ila").sibling("offloads=on", "offloads=off");
-    let pcap = |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pcap").join(name));
-    *r.pcap("host1-underlay.pcap") = pcap("ila-no-action-off-host1-underlay.pcap").unwrap();
-    *r.pcap("host1-c1-eth0.pcap") = pcap("ila-no-action-off-host1-c1-eth0.pcap").unwrap();
-    emptied(r.pcap("host2-underlay.pcap"));
-    emptied(r.pcap("host2-c2-eth0.pcap"));
+    let mut r = ila_offloads_off_on_host1();
     for c in r.record.captures.iter_mut().filter(|c| c.vm == "host2" && c.container.is_some()) {
         c.container = Some("c1".into());
     }
