@@ -397,13 +397,7 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, mtu: u3
             cmds.push(format!("ip link set {UNDERLAY_DEV} vf {i} mac {}", vf_mac(vm_index, i)));
         }
     }
-    if let Some(n) = vm.underlay.ipv4 {
-        cmds.push(format!("ip addr add {n} dev {UNDERLAY_DEV}"));
-    }
-    if let Some(n) = vm.underlay.ipv6 {
-        cmds.push(format!("ip -6 addr add {n} dev {UNDERLAY_DEV} nodad"));
-    }
-    cmds.push(format!("ip link set {UNDERLAY_DEV} up"));
+    cmds.extend(underlay_addresses(vm));
     if vfs > 0 {
         // igbvf gives up ("PF still in reset state") unless the PF has its link.
         cmds.push(wait_until(&format!("[ \"$(cat /sys/class/net/{UNDERLAY_DEV}/carrier)\" = 1 ]"), 20));
@@ -416,6 +410,20 @@ pub fn underlay_commands(vm: &Vm, vm_index: usize, nic: &Nic, mac: &str, mtu: u3
             cmds.push(format!("ls {pf}/virtfn{i}/net"));
         }
     }
+    cmds
+}
+
+/// Addresses the underlay NIC (`nodad`: duplicate detection only delays a
+/// closed lab) and brings it up.
+pub fn underlay_addresses(vm: &Vm) -> Vec<String> {
+    let mut cmds = Vec::new();
+    if let Some(n) = vm.underlay.ipv4 {
+        cmds.push(format!("ip addr add {n} dev {UNDERLAY_DEV}"));
+    }
+    if let Some(n) = vm.underlay.ipv6 {
+        cmds.push(format!("ip -6 addr add {n} dev {UNDERLAY_DEV} nodad"));
+    }
+    cmds.push(format!("ip link set {UNDERLAY_DEV} up"));
     cmds
 }
 
@@ -478,7 +486,7 @@ pub fn container_mac(vm_index: usize, j: usize) -> String {
 
 /// `ip [-n NETNS] link set DEV mtu MTU`, unless `mtu` is Ethernet's (the
 /// interfaces' own).
-fn mtu_command(netns: &str, dev: &str, mtu: u32) -> Option<String> {
+pub fn mtu_command(netns: &str, dev: &str, mtu: u32) -> Option<String> {
     let at = if netns.is_empty() { String::new() } else { format!("-n {netns} ") };
     (mtu != crate::lab::DEFAULT_MTU).then(|| format!("ip {at}link set {dev} mtu {mtu}"))
 }
