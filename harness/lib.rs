@@ -34,6 +34,7 @@ pub mod policy;
 pub mod qemu;
 pub mod rejudge;
 pub mod report;
+pub mod repro;
 pub mod run;
 pub mod soak;
 pub mod stats;

@@ -111,6 +111,12 @@ enum Cmd {
         /// test case `run` with an error saying why.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Write each failed case's reproducer (as `vlab repro` does) into
+        /// DIR/CASE, and run its namespace form in the case's guest at once:
+        /// DIR/CASE/guest.tap holds what it printed there, guest.json
+        /// whether its verdicts are vlab's.
+        #[arg(long, value_name = "DIR")]
+        repro: Option<PathBuf>,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -202,6 +208,25 @@ enum Cmd {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Hand one case of a report over as a reproducer, in DIR: `repro.sh`
+    /// (the case rebuilt in network namespaces on one host, its checks as
+    /// shell, kselftest's output and exit codes: 0 pass, 1 fail, 4 skip),
+    /// `lab.toml` (the lab cut to this case, for `vlab run`) and
+    /// `REPORT.md`. A case that namespaces cannot hold (Docker, a NIC model)
+    /// gets the VM form only, and the reason. Exit 128 when the report, its
+    /// lab file or the case cannot be read.
+    Repro {
+        /// The report (`vlab run --json`).
+        report: PathBuf,
+        /// The case's name, as the report gives it.
+        case: String,
+        /// Where to write the reproducer.
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// The lab file, where it is no longer where the report says.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+    },
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -269,6 +294,7 @@ fn main() -> ExitCode {
                 markdown,
                 html,
                 junit,
+                repro,
             } => run(
                 lab,
                 Outputs { json, markdown, html, junit, timings, tolerance, on_crash },
@@ -285,6 +311,7 @@ fn main() -> ExitCode {
                     progress: Progress::new("vlab"),
                     cold_boot,
                     repeat: repeat.unwrap_or(0),
+                    repro,
                 },
             )
             .await
@@ -302,6 +329,7 @@ fn main() -> ExitCode {
                     progress: Progress::new("bench"),
                     cold_boot,
                     repeat: 1,
+                    repro: None,
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }
@@ -318,6 +346,7 @@ fn main() -> ExitCode {
                     progress: Progress::new("soak"),
                     cold_boot,
                     repeat: 1,
+                    repro: None,
                 };
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }
@@ -327,6 +356,7 @@ fn main() -> ExitCode {
                 Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip },
             )
             .unwrap_or_else(|code| code),
+            Cmd::Repro { report, case, out, lab } => repro(&report, &case, &out, lab.as_deref()),
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Image { command: ImageCmd::Key { recipes } } => image_key(recipes),
             Cmd::Doctor => vlab::doctor::doctor(),
@@ -743,6 +773,24 @@ async fn soak(lab_path: PathBuf, boots: u32, deploy: bool, json: Option<PathBuf>
     print!("{}", soak.table());
     write_json(json.as_deref(), &soak)?;
     Ok(if soak.nothing_lost() { exit::PASSED } else { exit::CHECK_FAILED })
+}
+
+fn repro(report: &Path, case: &str, out: &Path, lab: Option<&Path>) -> u8 {
+    match vlab::repro::export(report, case, out, lab) {
+        Ok(e) => {
+            match &e.script {
+                Ok(p) => println!("{}: the case in network namespaces (run it as root)", p.display()),
+                Err(why) => println!("no namespace form: {why}"),
+            }
+            println!("{}: the case in VMs (vlab run)", e.lab.display());
+            println!("{}: what vlab expected and saw", e.report.display());
+            exit::PASSED
+        }
+        Err(e) => {
+            error!("{e}");
+            exit::INVALID_INPUT
+        }
+    }
 }
 
 fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {

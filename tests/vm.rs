@@ -1222,8 +1222,11 @@ fn vfio_nic_without_the_device_is_exit_125_and_says_what_to_do() {
 fn ila_matrix_verdicts_from_captures() {
     let _one = lock();
     let vlab = Vlab::new();
-    // Exit 1 is a finding; the matrix must run to the end.
-    let (report, artifacts, out) = vlab.run_lab("labs/ila-matrix.toml", &[0, 1]);
+    // Exit 1 is a finding; the matrix must run to the end. Each failed
+    // case's reproducer is written and run in the guest (`--repro`).
+    let repro = vlab.path("repro");
+    let (report, artifacts, out) =
+        vlab.run_lab_with("labs/ila-matrix.toml", &["--repro", repro.to_str().unwrap()], &[], &[0, 1]);
     let code = out.status.code();
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 24);
@@ -1259,6 +1262,18 @@ fn ila_matrix_verdicts_from_captures() {
             assert_eq!(ours, bad, "{name}/{file}: vlab {c}, tshark {bad} bad");
         }
         let failed = failed_checks(case);
+        // The namespace form, run in a guest of the same kernel, reaches
+        // vlab's verdict on every check it has, and exits 1 (a check failed).
+        let guest = repro.join(name).join("guest.json");
+        match failed.is_empty() {
+            true => assert!(!guest.exists(), "{name} passed and has a reproducer"),
+            false => {
+                let run: Value = serde_json::from_slice(&std::fs::read(&guest).unwrap()).unwrap();
+                let tap = std::fs::read_to_string(repro.join(name).join("guest.tap")).unwrap();
+                assert_eq!(run["differences"], serde_json::json!([]), "{name}:\n{tap}");
+                assert_eq!(run["code"], 1, "{name}:\n{tap}");
+            }
+        }
         table.push(serde_json::json!({
             "case": name,
             "delivered": v["delivered"],

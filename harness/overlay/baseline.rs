@@ -9,9 +9,9 @@
 //! on-link route to every other VM's containers
 //! (`ip -n c1 route add 10.1.2.2/32 dev eth0`).
 
-use super::{side_by_side, Containers, EnforcementPoint, Overlay, Step, Variant};
+use super::{side_by_side, Containers, EnforcementPoint, NamespaceForm, Overlay, Step, Variant};
 use crate::guest::{Attachment, CONTAINER_DEV};
-use crate::lab::{Family, Issue, Lab, LabError, NicModel, Seg, Vm};
+use crate::lab::{CaseParams, Family, Issue, Lab, LabError, NicModel, Seg, Vm};
 
 /// The `baseline` overlay.
 pub struct Baseline;
@@ -48,6 +48,11 @@ impl Overlay for Baseline {
 
     fn deploy(&self, lab: &Lab, attachments: &[Attachment]) -> Vec<Step> {
         side_by_side(lab.vms.iter().zip(attachments).map(|(vm, a)| Step::on(&vm.name, commands(lab, vm, *a))))
+    }
+
+    /// Plain routing has no checks beyond the workload's.
+    fn namespace_form(&self, _lab: &Lab, _case: &CaseParams) -> Result<NamespaceForm, String> {
+        Ok(NamespaceForm::default())
     }
 }
 

@@ -24,8 +24,8 @@ pub mod swarm;
 pub mod vxlan;
 
 pub use plan::{
-    side_by_side, CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, Probe, ProbeCell,
-    ProbeMatrix, ProbeOutcome, Readiness, Step, Verdict,
+    side_by_side, CaptureHints, CaseEnd, CaseEvidence, Containers, EnforcementPoint, GuestFile, NamespaceForm, Probe,
+    ProbeCell, ProbeMatrix, ProbeOutcome, Readiness, ShellCheck, Step, Verdict,
 };
 
 use crate::guest::Attachment;
@@ -194,6 +194,14 @@ pub trait Overlay: Variant {
     ) -> Option<crate::report::Check> {
         let _ = (lab, outputs);
         None
+    }
+
+    /// How `vlab repro` rebuilds a case of this overlay in network
+    /// namespaces on one host (see [`NamespaceForm`]); an error says why it
+    /// cannot, and the case gets the VM form only.
+    fn namespace_form(&self, lab: &Lab, case: &CaseParams) -> Result<NamespaceForm, String> {
+        let _ = (lab, case);
+        Err(format!("the {} overlay has no namespace form", self.name()))
     }
 }
 

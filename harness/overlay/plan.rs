@@ -310,6 +310,36 @@ impl CaseEvidence<'_> {
     }
 }
 
+/// What an overlay adds to a case's namespace form (`vlab repro`, see
+/// `crate::repro`): the host, its containers and the underlay become network
+/// namespaces on one machine, the overlay's deploy and case commands run in
+/// them as they ran in the guests, and its checks are shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceForm {
+    /// A command that fails where the kernel lacks what the overlay needs,
+    /// and what to say then: the script skips (kselftest's 4).
+    pub kernel_probe: Option<(String, String)>,
+    /// Variables for the capture reader (`awk -v NAME=VALUE`): `mode` (a
+    /// checksum mode) and `map` (`LOCATOR=SUM ...`; see
+    /// `harness/repro/judge.awk`).
+    pub reader_vars: Vec<(String, String)>,
+    /// The overlay's checks after the workload's own.
+    pub checks: Vec<ShellCheck>,
+}
+
+/// One check of a namespace form, as shell. The script runs it after the
+/// workload with `$facts_wire` and `$facts_container` naming files of what
+/// the capture reader found on the underlay and in the containers, and
+/// `$csum_errors` the receivers' TcpInCsumErrors increase; it ends by
+/// calling `verdict pass|fail|skip DETAIL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCheck {
+    /// The check's name, as vlab's report names it.
+    pub name: String,
+    /// The shell that judges it.
+    pub script: String,
+}
+
 /// A variant's judgement of one case.
 #[derive(Debug, Clone, Default)]
 pub struct Verdict {

@@ -18,6 +18,7 @@ mod deploy;
 pub mod kconfig;
 mod matrix;
 pub mod record;
+mod repro;
 pub mod soak;
 mod workload;
 
@@ -65,6 +66,9 @@ pub struct RunOptions {
     pub cold_boot: bool,
     /// How often each case runs (rounds over all pairs, interleaved).
     pub repeat: u32,
+    /// Write each failed case's reproducer here (`vlab repro`), and run its
+    /// namespace form in the case's guest.
+    pub repro: Option<PathBuf>,
 }
 
 /// What every boot of a run shares (one per kernel).
@@ -510,6 +514,15 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
                 .await
                 .with_context(|| format!("case `{}`", case.name))?;
             pair.timing.cases_s += started.elapsed().as_secs_f64();
+            if let (Some(dir), false) = (&opts.repro, report.passed) {
+                opts.progress.phase(&format!("reproducer of {}", case.name));
+                let guest = &pair.rt.vms[0].guest;
+                // With several kernels, each kernel's under its release.
+                let dir = if opts.kernels.len() > 1 { dir.join(&pair.kernel) } else { dir.clone() };
+                repro::failed_case(&dir, &pair.case_lab, case, &report, guest, (&pair.kernel, ""))
+                    .await
+                    .with_context(|| format!("the reproducer of case `{}`", case.name))?;
+            }
             reports[c] = Some(report);
         }
         for vm in &mut pair.rt.vms {

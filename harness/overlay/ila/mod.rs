@@ -15,6 +15,7 @@
 //! matrix axes.
 
 mod addr;
+mod repro;
 mod settings;
 mod verdict;
 
@@ -27,7 +28,10 @@ use settings::Section;
 pub use settings::{CsumMode, IdentType, IlaCase, IlaHook, IlaSettings};
 pub use verdict::{expectation, verdict, Expectation, IlaEvidence, IlaVerdict, Tally, WireJudgement};
 
-use super::{side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, Overlay, Step, Variant, Verdict};
+use super::{
+    side_by_side, CaptureHints, CaseEvidence, Containers, EnforcementPoint, NamespaceForm, Overlay, Step, Variant,
+    Verdict,
+};
 use crate::guest::{self, host_veth, Attachment, Netns, UNDERLAY_DEV};
 use crate::lab::{variant_name, CapturePoint, CaseParams, Issue, Lab, LabError, LabKeys, NicModel, Seg, Vm};
 use crate::measure::counters;
@@ -122,6 +126,10 @@ impl Overlay for Ila {
     fn verdict(&self, lab: &Lab, e: &CaseEvidence) -> Verdict {
         verdict::of_case(lab, case_settings(lab, &e.case.params), e)
     }
+
+    fn namespace_form(&self, lab: &Lab, case: &CaseParams) -> Result<NamespaceForm, String> {
+        repro::namespace_form(lab, case)
+    }
 }
 
 /// The SIR locator: the SIR prefix's upper 64 bits.
@@ -176,11 +184,16 @@ pub fn sir_addresses(lab: &Lab) -> Vec<(Locator, Ipv6Addr)> {
 pub fn commands() -> Vec<String> {
     vec![
         "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
-        // The ILA generic netlink family: there when ILA is built in or its
-        // module loaded (a built-in ILA has no /sys/module/ila).
-        "ip ila list >/dev/null 2>&1 || { echo 'this kernel has no ILA (CONFIG_IPV6_ILA)' >&2; exit 1; }".to_string(),
+        format!("{KERNEL_PROBE} || {{ echo '{NO_ILA}' >&2; exit 1; }}"),
     ]
 }
+
+/// Fails where the kernel has no ILA: the ILA generic netlink family is
+/// there when ILA is built in or its module loaded (a built-in ILA has no
+/// /sys/module/ila).
+const KERNEL_PROBE: &str = "ip ila list >/dev/null 2>&1";
+/// What to say then.
+const NO_ILA: &str = "this kernel has no ILA (CONFIG_IPV6_ILA)";
 
 /// The script that (re)configures the translations of `vm` for one case:
 /// the previous case's routes and mappings go first (that may find nothing),

@@ -1,0 +1,513 @@
+//! `vlab repro`: one case of a report handed over as something a kernel
+//! developer runs without vlab.
+//!
+//! - `repro.sh`, the namespace form: the lab's VMs become network namespaces
+//!   on one host, joined by a veth pair, each container a namespace on a
+//!   veth as in the guests; the commands vlab ran in the guests (rendered
+//!   from the same plan), the case's workload and captures, and the checks
+//!   as shell (the overlay's, [`overlay::NamespaceForm`]), printed as kselftest
+//!   prints them (TAP; exit 0 pass, 1 fail, 4 skip). It cleans up after
+//!   itself, also on Ctrl-C.
+//! - `lab.toml`, the VM form: the lab with its matrix cut to this case.
+//! - `REPORT.md`: what vlab expected and saw, the kernel, the commands.
+//!
+//! A case whose overlay, filter or NIC cannot be rebuilt in namespaces gets
+//! the VM form only, and the reason.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::guest::{self, host_veth, quote, Attachment, Containers, Netns, CONTAINER_DEV, UNDERLAY_DEV};
+use crate::lab::{variant_name, Case, Lab, NicModel, Protocol, TrafficPath};
+use crate::measure::{capture, iperf3, nic};
+use crate::overlay;
+
+/// The capture reader (see its header).
+pub const READER: &str = include_str!("judge.awk");
+/// Ends the heredocs of the script; no rendered command may hold it.
+const EOF: &str = "VLAB_EOF";
+
+/// A check as a report recorded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedCheck {
+    /// Its name.
+    pub name: String,
+    /// Its verdict.
+    pub passed: bool,
+    /// The evidence behind it.
+    pub detail: String,
+    /// Nothing to judge.
+    #[serde(default)]
+    pub not_judged: bool,
+}
+
+/// A case as a report recorded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedCase {
+    /// Its name.
+    pub name: String,
+    /// Its checks.
+    pub checks: Vec<SavedCheck>,
+}
+
+/// What `vlab repro` reads of a report (`vlab run --json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedReport {
+    /// The lab file, as the run was given it.
+    pub lab_file: String,
+    /// The guests' kernel release.
+    pub kernel: String,
+    /// QEMU version.
+    #[serde(default)]
+    pub qemu: String,
+    /// The cases.
+    pub cases: Vec<SavedCase>,
+}
+
+impl SavedReport {
+    /// Reads a report file.
+    pub fn read(path: &Path) -> Result<SavedReport, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a vlab lab report: {e}", path.display()))
+    }
+
+    /// The lab file: as recorded when it exists, else beside the report.
+    pub fn lab_path(&self, report: &Path) -> PathBuf {
+        let recorded = PathBuf::from(&self.lab_file);
+        match recorded.exists() {
+            true => recorded,
+            false => report.with_file_name(recorded.file_name().unwrap_or_default()),
+        }
+    }
+}
+
+/// The namespace form of `case` of `lab` (`repro.sh`), or why it has none.
+pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
+    let p = &case.params;
+    let o = overlay::get(p.overlay(lab));
+    if p.filter(lab) != "none" {
+        return Err(format!("the {} filter has no namespace form", p.filter(lab)));
+    }
+    if !matches!(o.containers(), Containers::Routed | Containers::Bridged) {
+        return Err(format!("the {} overlay plumbs its own containers", o.name()));
+    }
+    if !o.packages().is_empty() || !o.inputs(lab).is_empty() {
+        return Err(format!("the {} overlay needs packages or files of the image", o.name()));
+    }
+    if lab.vms.len() != 2 {
+        return Err("the namespace form joins two hosts with one veth pair".into());
+    }
+    for vm in &lab.vms {
+        let model = p.nic.as_ref().unwrap_or(&vm.nic).model;
+        if model != NicModel::Virtio {
+            return Err(format!("{}'s NIC is {}: a NIC model needs the VM form", vm.name, variant_name(&model)));
+        }
+    }
+    let (server, client) = (&lab.workload.server, &lab.workload.client);
+    let (Some(s_ct), Some(c_ct)) = (&server.container, &client.container) else {
+        return Err("the workload's ends are not containers".into());
+    };
+    if p.path != TrafficPath::Container {
+        return Err("the case's traffic is not between containers".into());
+    }
+    if p.protocol != Protocol::Tcp {
+        return Err("the capture reader judges TCP".into());
+    }
+    let form = o.namespace_form(lab, p)?;
+    let s_vm = lab.vm(&server.vm).ok_or("no server VM")?;
+    let addr = s_vm
+        .containers
+        .iter()
+        .find(|c| &c.name == s_ct)
+        .and_then(|c| c.address(p.family))
+        .ok_or("the server container has no address of the case's family")?;
+    let deploy = o.deploy(lab, &vec![Attachment::Veth; lab.vms.len()]);
+    if deploy.iter().any(|s| !s.files.is_empty() || s.output.is_some()) {
+        return Err(format!("the {} overlay's deploy writes files or joins outputs", o.name()));
+    }
+    let mtu = p.mtu.unwrap_or(lab.mtu);
+    let requested = p.offloads.requested();
+    let offloads = requested.iter().any(|(_, w)| w.is_some());
+
+    let hosts: Vec<&str> = lab.vms.iter().map(|v| v.name.as_str()).collect();
+    let containers: Vec<&str> = lab.vms.iter().flat_map(|v| &v.containers).map(|c| c.name.as_str()).collect();
+    let mut s = String::new();
+    let w = &mut s;
+    // The traps call what shellcheck thinks unreachable; awk programs are in
+    // single quotes.
+    let _ = writeln!(w, "#!/bin/sh\n# SPDX-License-Identifier: GPL-2.0\n# shellcheck disable=SC2016,SC2317\n#");
+    let _ = writeln!(w, "# {}, case {}", lab.name, case.name);
+    if !lab.description.is_empty() {
+        let _ = writeln!(w, "# {}", lab.description);
+    }
+    let _ = writeln!(
+        w,
+        "#\n# The lab's VMs ({}) are network namespaces here, joined by a veth pair\n\
+         # named {UNDERLAY_DEV}; each container ({}) is a namespace on a veth, as in the\n\
+         # VMs. The commands in the heredocs are those vlab ran in the guests. The\n\
+         # VMs' virtio-net NICs are veths here{}.\n#\n\
+         # Run as root. Exit 0: every check as vlab expects it; 1: a check failed;\n\
+         # 4: skipped (this host lacks something). Rendered by vlab {} repro.\n",
+        hosts.join(", "),
+        containers.join(", "),
+        if offloads { ", with the case's offloads set by ethtool" } else { "" },
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(w, "NAMESPACES={}", quote(&[hosts.clone(), containers.clone()].concat().join(" ")));
+    w.push_str(PRELUDE);
+    let checks = 2 + form.checks.len();
+    let _ = writeln!(w, "\necho 'TAP version 13'\necho '1..{checks}'");
+    let mut tools = vec!["ip", "tcpdump", "iperf3", "nsenter", "timeout", "od", "awk", "mktemp"];
+    if offloads {
+        tools.push("ethtool");
+    }
+    let _ = writeln!(
+        w,
+        "[ \"$(id -u)\" -eq 0 ] || skip 'run as root'\n\
+         for tool in {}; do\n\tcommand -v \"$tool\" >/dev/null 2>&1 || skip \"$tool is missing\"\ndone\n\
+         for ns in $NAMESPACES; do\n\t[ ! -e \"/run/netns/$ns\" ] || skip \"a network namespace named $ns exists already\"\ndone",
+        tools.join(" ")
+    );
+    for m in o.modules() {
+        let _ = writeln!(w, "modprobe -q {m} 2>/dev/null || true");
+    }
+    if let Some((probe, why)) = &form.kernel_probe {
+        let _ = writeln!(w, "{probe} || skip {}", quote(why));
+    }
+
+    let _ = writeln!(w, "\ntmp=$(mktemp -d)\nours=1\nfor ns in {}; do", hosts.join(" "));
+    let _ = writeln!(w, "\tip netns add \"$ns\" || bail \"cannot create $ns\"\n\tip -n \"$ns\" link set lo up\ndone");
+    let _ = writeln!(
+        w,
+        "ip -n {} link add {UNDERLAY_DEV} type veth peer name {UNDERLAY_DEV} netns {} || bail 'no veth pair'",
+        hosts[0], hosts[1]
+    );
+    for (i, vm) in lab.vms.iter().enumerate() {
+        let nic = p.nic.clone().unwrap_or_else(|| vm.nic.clone());
+        let mut cmds: Vec<String> = guest::mtu_command("", UNDERLAY_DEV, mtu).into_iter().collect();
+        cmds.extend(guest::underlay_addresses(vm));
+        cmds.extend(guest::peer_routes(lab, vm));
+        cmds.extend(guest::container_commands(vm, i, Attachment::of(&nic), o.containers() == Containers::Routed, mtu));
+        cmds.extend(vm.setup.iter().cloned());
+        cmds.extend(deploy.iter().filter(|st| st.vm == vm.name).flat_map(|st| st.commands.iter().cloned()));
+        cmds.extend(o.case_setup(lab, vm, p));
+        if offloads {
+            let mut devs = vec![(None, UNDERLAY_DEV.to_string())];
+            for c in &vm.containers {
+                devs.push((None, host_veth(&c.name)));
+                devs.push((Some(Netns::container(&c.name)), CONTAINER_DEV.to_string()));
+            }
+            for (ns, dev) in devs {
+                cmds.push(Netns::script(ns.as_ref(), &nic::offload_script(&dev, &requested)));
+            }
+        }
+        let body = cmds.join("\n");
+        if body.contains(EOF) {
+            return Err(format!("a command of {} holds {EOF}", vm.name));
+        }
+        let n = &vm.name;
+        let _ = writeln!(
+            w,
+            "\n# {n}\ncat >\"$tmp/{n}.sh\" <<'{EOF}'\n{body}\n{EOF}\nin_ns {n} \"$tmp/{n}.sh\" || bail 'the setup of {n} failed'"
+        );
+    }
+
+    let _ = writeln!(w, "settle {} {}", hosts.join(" "), containers.join(" "));
+    // The workload, its captures, the receivers' counters.
+    let _ = writeln!(w, "\necho '# workload: {}/{c_ct} to {addr}'", client.vm);
+    let (packets, snaplen) = lab.capture.as_ref().map_or((60, 65535), |c| (c.packets.max(1), c.snaplen.max(96)));
+    let mut files = Vec::new();
+    for vm in &lab.vms {
+        let filter = format!("port {}", lab.workload.port);
+        let mut points = vec![(
+            Netns::Named(vm.name.clone()),
+            UNDERLAY_DEV.to_string(),
+            "wire",
+            format!("{}-{UNDERLAY_DEV}", vm.name),
+        )];
+        for c in vm.containers.iter().filter(|c| [s_ct, c_ct].contains(&&c.name)) {
+            points.push((
+                Netns::container(&c.name),
+                CONTAINER_DEV.to_string(),
+                "container",
+                format!("{}-{CONTAINER_DEV}", c.name),
+            ));
+        }
+        for (ns, dev, kind, name) in points {
+            let file = format!("$tmp/{name}.pcap");
+            let argv = Netns::wrap(Some(&ns), capture::tcpdump_argv(&dev, "FILE", packets, snaplen, &filter));
+            let line = guest::shell_line(&argv).replace("'FILE'", &format!("\"{file}\""));
+            let _ = writeln!(w, "{line} 2>\"$tmp/{name}.log\" &\ncaptures=\"$captures $!\"");
+            files.push((file, kind, name));
+        }
+    }
+    for (_, _, name) in &files {
+        let _ = writeln!(
+            w,
+            "wait_for \"grep -q 'listening on' $tmp/{name}.log\" || bail 'tcpdump on {name} did not start'"
+        );
+    }
+    let server_argv = Netns::wrap(Some(&Netns::container(s_ct)), iperf3::server_argv(&lab.workload));
+    let client_argv =
+        Netns::wrap(Some(&Netns::container(c_ct)), iperf3::client_argv(&lab.workload, p, &addr.to_string()));
+    let _ = writeln!(
+        w,
+        "{} >\"$tmp/server.json\" 2>&1 &\n\
+         wait_for \"listening {s_ct} {}\" || bail 'iperf3 did not listen'\n\
+         before=$(csum_errors {s_ct} {c_ct})\n\
+         timeout 120 {} >\"$tmp/client.json\" 2>\"$tmp/client.err\"\n\
+         client_rc=$?\n\
+         after=$(csum_errors {s_ct} {c_ct})\n\
+         csum_errors=$((after - before))\n\
+         echo \"# the receivers' TcpInCsumErrors: +$csum_errors\"\n\
+         sleep 1\n\
+         for pid in $captures; do kill -INT \"$pid\" 2>/dev/null; done\n\
+         for pid in $captures; do wait \"$pid\"; done",
+        guest::shell_line(&server_argv),
+        lab.workload.port,
+        guest::shell_line(&client_argv),
+    );
+    let vars: String = form.reader_vars.iter().map(|(k, v)| format!(" -v {k}={}", quote(v))).collect();
+    let _ = writeln!(w, "reader=$(cat <<'{EOF}'\n{READER}{EOF}\n)\nfacts_wire=$tmp/wire.facts\nfacts_container=$tmp/container.facts\n: >\"$facts_wire\"\n: >\"$facts_container\"");
+    for (file, kind, _) in &files {
+        let _ = writeln!(
+            w,
+            "od -An -v -tu1 \"{file}\" | awk -v kind={kind} -v mtu={mtu}{vars} \"$reader\" >>\"$facts_{kind}\""
+        );
+    }
+
+    // The checks.
+    let _ = writeln!(
+        w,
+        "\ncheck='iperf3 completed'\n\
+         error=$(sed -n 's/^[[:space:]]*\"error\":[[:space:]]*//p' \"$tmp/client.json\")\n\
+         if [ \"$client_rc\" -eq 0 ] && [ -z \"$error\" ]; then r=pass; else r=fail; fi\n\
+         verdict $r \"iperf3 exited $client_rc $error$(tail -n 1 \"$tmp/client.err\")\"\n\
+         check='payload delivered'\n\
+         received=$(awk '/\"sum_received\"/ {{ s = 1 }} s && /\"bytes\"/ {{ gsub(/[^0-9]/, \"\"); print; exit }}' \"$tmp/client.json\")\n\
+         if [ \"${{received:-0}}\" -gt 0 ]; then r=pass; else r=fail; fi\n\
+         verdict $r \"${{received:-0}} bytes received\""
+    );
+    for c in &form.checks {
+        let _ = writeln!(w, "check={}\n# shellcheck disable=SC2046\n{}", quote(&c.name), c.script);
+    }
+    w.push_str("\n[ \"$failed\" -eq 0 ] && exit \"$ksft_pass\"\nexit \"$ksft_fail\"\n");
+    Ok(s)
+}
+
+/// The script's functions: the same in every case's script.
+const PRELUDE: &str = include_str!("prelude.sh");
+
+/// The lab's text with its matrix cut to `case`: each axis keeps the one
+/// value the case took (found by trying each value: a value's spelling in a
+/// lab file and in a case name differ). The result is checked to expand to
+/// that case alone.
+pub fn one_case_lab(text: &str, path: &Path, case: &Case) -> Result<String, String> {
+    let mut doc: toml::Table = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
+    let keeps = |doc: &toml::Table| -> bool {
+        let Ok(t) = toml::to_string(doc) else { return false };
+        crate::variants::parse_lab(&t, path).is_ok_and(|l| l.cases().iter().any(|c| c.params == case.params))
+    };
+    let axes: Vec<String> = match doc.get("matrix").and_then(|m| m.as_table()) {
+        Some(m) => m.iter().filter(|(k, v)| *k != "exclude" && v.is_array()).map(|(k, _)| k.clone()).collect(),
+        None => Vec::new(),
+    };
+    for axis in axes {
+        let values = doc["matrix"][&axis].as_array().cloned().unwrap_or_default();
+        let kept = values.into_iter().find(|v| {
+            let mut trial = doc.clone();
+            trial["matrix"].as_table_mut().expect("a table").insert(axis.clone(), toml::Value::Array(vec![v.clone()]));
+            keeps(&trial)
+        });
+        let Some(v) = kept else { return Err(format!("no value of matrix.{axis} gives case {}", case.name)) };
+        doc["matrix"].as_table_mut().expect("a table").insert(axis, toml::Value::Array(vec![v]));
+    }
+    if let Some(m) = doc.get_mut("matrix").and_then(|m| m.as_table_mut()) {
+        m.remove("exclude");
+    }
+    let out = toml::to_string(&doc).map_err(|e| e.to_string())?;
+    let lab = crate::variants::parse_lab(&out, path).map_err(|e| e.to_string())?;
+    match lab.cases().as_slice() {
+        [one] if one.params == case.params => Ok(out),
+        cases => Err(format!("the lab cut to case {} has {} cases", case.name, cases.len())),
+    }
+}
+
+/// What `vlab repro` wrote.
+#[derive(Debug)]
+pub struct Exported {
+    /// The namespace form's file, or why there is none.
+    pub script: Result<PathBuf, String>,
+    /// The VM form.
+    pub lab: PathBuf,
+    /// The account for people.
+    pub report: PathBuf,
+}
+
+/// Writes the reproducer of case `name` of the report at `report` into
+/// `dir`: `repro.sh` (where the case has a namespace form), `lab.toml` and
+/// `REPORT.md`. `lab_path` overrides where the lab file is read from.
+pub fn export(report: &Path, name: &str, dir: &Path, lab_path: Option<&Path>) -> Result<Exported, String> {
+    let saved = SavedReport::read(report)?;
+    let lab_path = lab_path.map_or_else(|| saved.lab_path(report), Path::to_path_buf);
+    let lab = crate::variants::load_lab(&lab_path).map_err(|e| e.to_string())?;
+    let Some(recorded) = saved.cases.iter().find(|c| c.name == name) else {
+        let names: Vec<&str> = saved.cases.iter().map(|c| c.name.as_str()).collect();
+        return Err(format!("{} has no case {name:?}; its cases: {}", report.display(), names.join(", ")));
+    };
+    let Some(case) = lab.cases().into_iter().find(|c| c.name == name) else {
+        return Err(format!("{} has no case {name:?} any more", lab_path.display()));
+    };
+    write_dir(dir, &lab, &case, recorded, &saved)
+}
+
+/// Writes the reproducer of `case` as `recorded` in a run (`saved`) into `dir`.
+pub fn write_dir(
+    dir: &Path,
+    lab: &Lab,
+    case: &Case,
+    recorded: &SavedCase,
+    saved: &SavedReport,
+) -> Result<Exported, String> {
+    let text =
+        std::fs::read_to_string(&lab.source).map_err(|e| format!("the lab file {}: {e}", lab.source.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |file: &str, content: &str| -> Result<PathBuf, String> {
+        let p = dir.join(file);
+        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let script = match namespace_script(lab, case) {
+        Ok(s) => {
+            let p = write("repro.sh", &s)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+            Ok(p)
+        }
+        Err(why) => Err(why),
+    };
+    let lab_file = write("lab.toml", &one_case_lab(&text, &lab.source, case)?)?;
+    let account = report_md(lab, case, recorded, saved, script.as_ref().err().map(String::as_str));
+    let report_file = write("REPORT.md", &account)?;
+    Ok(Exported { script, lab: lab_file, report: report_file })
+}
+
+/// The verdicts a script printed (TAP): each check's name, and whether it
+/// passed (`None`: skipped).
+pub fn tap_verdicts(tap: &str) -> Vec<(String, Option<bool>)> {
+    let number = |rest: &str| rest.split_once(' ').map(|(_, name)| name.to_string());
+    tap.lines()
+        .filter_map(|l| {
+            if let Some(rest) = l.strip_prefix("not ok ") {
+                return Some((number(rest)?, Some(false)));
+            }
+            let name = number(l.strip_prefix("ok ")?)?;
+            match name.strip_suffix(" # SKIP") {
+                Some(n) => Some((n.to_string(), None)),
+                None => Some((name, Some(true))),
+            }
+        })
+        .collect()
+}
+
+/// Where the script's verdicts differ from vlab's checks of the same name:
+/// a skip agrees with a check not judged or left out; a script that printed
+/// no verdict at all differs.
+pub fn differences(tap: &str, checks: &[SavedCheck]) -> Vec<String> {
+    let verdicts = tap_verdicts(tap);
+    if verdicts.is_empty() {
+        return vec!["the script printed no verdict".into()];
+    }
+    let word = |v: Option<bool>| match v {
+        Some(true) => "passed",
+        Some(false) => "failed",
+        None => "not judged",
+    };
+    verdicts
+        .iter()
+        .filter_map(|(name, v)| {
+            let vlab = checks.iter().find(|c| &c.name == name).map(|c| (!c.not_judged).then_some(c.passed));
+            let agree = match (vlab, v) {
+                (Some(a), b) => a == *b,
+                (None, None) => true,
+                (None, Some(_)) => false,
+            };
+            (!agree).then(|| {
+                let seen = vlab.map_or("left out", word);
+                format!("{name}: vlab {seen}, the script {}", word(*v))
+            })
+        })
+        .collect()
+}
+
+/// How the namespace form ran in a guest of the run's kernel.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct GuestRun {
+    /// The script's exit code.
+    pub code: i64,
+    /// Its verdicts differ from vlab's in none of its checks.
+    pub agrees: bool,
+    /// Where they differ.
+    pub differences: Vec<String>,
+}
+
+/// The guest command that runs `script` where the guest's own namespaces
+/// do not collide with the script's: a private mount namespace with an
+/// empty /run/netns.
+pub fn guest_command(script: &str) -> String {
+    format!("mkdir -p /run/netns && unshare --mount --propagation private sh -c 'mount -t tmpfs tmpfs /run/netns && exec sh {script}'")
+}
+
+/// `REPORT.md`: the case, the kernel, what vlab expected and saw, the
+/// commands each host ran for the case, and how to run both forms.
+pub fn report_md(lab: &Lab, case: &Case, recorded: &SavedCase, saved: &SavedReport, no_script: Option<&str>) -> String {
+    let failed: Vec<&SavedCheck> = recorded.checks.iter().filter(|c| !c.passed).collect();
+    let mut s = format!("# {}: {}\n\n", lab.name, case.name);
+    let _ = writeln!(
+        s,
+        "Kernel `{}`{}, as vlab's guests ran it.\n",
+        saved.kernel,
+        match saved.qemu.as_str() {
+            "" => String::new(),
+            q => format!(" (QEMU {q})"),
+        }
+    );
+    match failed.len() {
+        0 => s.push_str("Every check of this case passed.\n\n"),
+        n => {
+            let _ = writeln!(
+                s,
+                "{n} checks failed: {}.\n",
+                failed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join("; ")
+            );
+        }
+    }
+    s.push_str("## What vlab expected and saw\n\n| check | verdict | evidence |\n|---|---|---|\n");
+    for c in &recorded.checks {
+        let verdict = match (c.not_judged, c.passed) {
+            (true, _) => "not judged",
+            (false, true) => "passed",
+            (false, false) => "**FAILED**",
+        };
+        let _ = writeln!(s, "| {} | {verdict} | {} |", c.name, c.detail.replace('|', "\\|"));
+    }
+    let o = overlay::get(case.params.overlay(lab));
+    s.push_str("\n## The case's commands\n\nWhat each host ran for this case after the lab's setup:\n");
+    for vm in &lab.vms {
+        let _ = writeln!(s, "\n{}:\n\n```sh\n{}\n```", vm.name, o.case_setup(lab, vm, &case.params).join("\n"));
+    }
+    s.push_str("\n## Reproduce\n\n");
+    match no_script {
+        None => s.push_str(
+            "Without VMs, as root on any Linux host with `ip`, `tcpdump` and `iperf3`:\n\n\
+             ```sh\nsudo ./repro.sh    # TAP; exit 0 as expected, 1 a check failed, 4 skipped\n```\n\n",
+        ),
+        Some(why) => {
+            let _ = writeln!(s, "This case has no namespace form: {why}.\n");
+        }
+    }
+    s.push_str("In VMs, with vlab:\n\n```sh\nvlab run lab.toml\n```\n");
+    s
+}

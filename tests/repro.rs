@@ -1,0 +1,250 @@
+//! `vlab repro`: the namespace form of a case, judged by its TAP output
+//! against vlab's checks; the lab cut to one case; the script checked by
+//! shellcheck and run on this host (the baseline case: plain routing, no
+//! kernel feature beyond namespaces and veth), also interrupted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vlab::repro::{self, SavedCheck};
+
+fn check(name: &str, passed: bool, not_judged: bool) -> SavedCheck {
+    SavedCheck { name: name.into(), passed, detail: String::new(), not_judged }
+}
+
+const TAP: &str = "TAP version 13\n1..3\nok 1 iperf3 completed\n# iperf3 exited 0\n\
+                   not ok 2 ILA: wire checksums as documented\n# 86 NOT\n\
+                   ok 3 ILA: container checksums valid # SKIP\n# none verifiable\n";
+
+#[test]
+fn tap_lines_are_read_as_verdicts() {
+    let v = repro::tap_verdicts(TAP);
+    assert_eq!(
+        v,
+        vec![
+            ("iperf3 completed".to_string(), Some(true)),
+            ("ILA: wire checksums as documented".to_string(), Some(false)),
+            ("ILA: container checksums valid".to_string(), None),
+        ]
+    );
+}
+
+#[test]
+fn the_scripts_verdicts_agree_with_vlabs_or_are_named() {
+    let vlab = [check("iperf3 completed", true, false), check("ILA: wire checksums as documented", false, false)];
+    // A skip agrees with a check vlab left out.
+    assert!(repro::differences(TAP, &vlab).is_empty());
+    // A check the script passes and vlab failed.
+    let other = [check("iperf3 completed", false, false), check("ILA: wire checksums as documented", false, false)];
+    assert_eq!(repro::differences(TAP, &other), vec!["iperf3 completed: vlab failed, the script passed"]);
+    // vlab did not judge what the script failed.
+    let unjudged = [check("iperf3 completed", true, false), check("ILA: wire checksums as documented", true, true)];
+    assert_eq!(
+        repro::differences(TAP, &unjudged),
+        vec!["ILA: wire checksums as documented: vlab not judged, the script failed"]
+    );
+    // A skip where vlab judged.
+    let judged = [
+        check("iperf3 completed", true, false),
+        check("ILA: wire checksums as documented", false, false),
+        check("ILA: container checksums valid", true, false),
+    ];
+    assert_eq!(repro::differences(TAP, &judged).len(), 1);
+    // A script that said nothing agrees with nothing.
+    assert_eq!(repro::differences("TAP version 13\n# SKIP: no ILA\n", &vlab), vec!["the script printed no verdict"]);
+}
+
+fn case(lab: &vlab::lab::Lab, name: &str) -> vlab::lab::Case {
+    lab.cases().into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"))
+}
+
+fn lab(path: &str) -> vlab::lab::Lab {
+    vlab::load_lab(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+#[test]
+fn the_lab_is_cut_to_the_one_case() {
+    let l = lab("labs/ila-matrix.toml");
+    let c = case(&l, "csum-mode=neutral-map,hook=route-input,offloads=off");
+    let text = std::fs::read_to_string(&l.source).unwrap();
+    let cut = repro::one_case_lab(&text, &l.source, &c).unwrap();
+    let again = vlab::parse_lab(&cut, &l.source).unwrap();
+    let cases = again.cases();
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].params, c.params);
+}
+
+#[test]
+fn cases_namespaces_cannot_hold_say_why() {
+    let l = lab("labs/swarm.toml");
+    let c = l.cases().into_iter().find(|c| c.params.overlay(&l) == "swarm").unwrap();
+    let why = repro::namespace_script(&l, &c).unwrap_err();
+    assert!(why.contains("swarm"), "{why}");
+}
+
+fn script(path: &str, name: &str) -> tempfile::NamedTempFile {
+    let l = lab(path);
+    let s = repro::namespace_script(&l, &case(&l, name)).unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), s).unwrap();
+    f
+}
+
+#[test]
+fn every_namespace_form_is_shellcheck_clean() {
+    let l = lab("labs/ila-matrix.toml");
+    let mut files = vec![script("labs/baseline.toml", "path=container,family=ipv4")];
+    files.extend(l.cases().iter().map(|c| script("labs/ila-matrix.toml", &c.name)));
+    let out = Command::new("shellcheck")
+        .arg("-s")
+        .arg("sh")
+        .args(files.iter().map(|f| f.path()))
+        .output()
+        .expect("shellcheck (ci/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The namespaces of labs/baseline.toml's cases.
+const OURS: [&str; 4] = ["host1", "host2", "c1", "c2"];
+
+/// Runs the baseline case's script here; with `interrupt_after`, sends
+/// SIGINT once that namespace exists (as root; in a user namespace, once the
+/// script has run a second).
+fn run_baseline(family: &str, interrupt_after: Option<&str>) -> (Option<i32>, String) {
+    assert!(namespaces().iter().all(|n| !OURS.contains(&n.as_str())), "a namespace of the lab exists already");
+    let f = script("labs/baseline.toml", &format!("path=container,family={family}"));
+    // An ordinary user runs it as root of a user namespace, with a /run of
+    // its own (where `ip netns` keeps its names); the script is the same.
+    let mut cmd = match vlab::hostnet::is_root() {
+        true => Command::new("sh"),
+        false => {
+            let mut c = Command::new("unshare");
+            c.args(["--user", "--map-root-user", "--mount", "--net", "sh", "-c"]);
+            c.arg("mount -t tmpfs tmpfs /run && exec sh \"$0\"");
+            c
+        }
+    };
+    let mut child = cmd.arg(f.path()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    if let Some(mark) = interrupt_after {
+        let started = Instant::now();
+        while vlab::hostnet::is_root() && !namespaces().iter().any(|n| n == mark) {
+            assert!(started.elapsed() < Duration::from_secs(30), "namespace {mark} never came");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(if vlab::hostnet::is_root() { 300 } else { 1000 }));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let left: Vec<String> = namespaces().into_iter().filter(|n| OURS.contains(&n.as_str())).collect();
+    assert!(left.is_empty(), "left behind: {left:?}\n{out}");
+    (status.code(), out)
+}
+
+/// One test: the two runs use the same namespace names.
+#[test]
+fn the_baseline_case_passes_in_namespaces_and_leaves_none_also_interrupted() {
+    let (code, out) = run_baseline("ipv6", None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok 1 iperf3 completed") && out.contains("ok 2 payload delivered"), "{out}");
+    let (code, out) = run_baseline("ipv4", Some("c2"));
+    assert_eq!(code, Some(130), "{out}");
+}
+
+/// What the script's capture reader (`od | awk`) says of a captured pcap
+/// (`tests/fixtures/pcap/`), with the reader variables of `case` of the ILA
+/// matrix.
+fn read(pcap: &str, kind: &str, case_name: &str) -> Vec<String> {
+    let l = lab("labs/ila-matrix.toml");
+    let c = case(&l, case_name);
+    let form = vlab::overlay::get("ila").namespace_form(&l, &c.params).unwrap();
+    let path = format!("{}/tests/fixtures/pcap/{pcap}", env!("CARGO_MANIFEST_DIR"));
+    let vars: String = form.reader_vars.iter().map(|(k, v)| format!(" -v {k}='{v}'")).collect();
+    let script = format!("od -An -v -tu1 {path} | awk -v kind={kind} -v mtu=1500{vars} \"$0\"");
+    let out = Command::new("sh").args(["-c", &script, repro::READER]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
+
+fn count(lines: &[String], line: &str) -> usize {
+    lines.iter().filter(|l| *l == line).count()
+}
+
+fn summary(pcap: &str) -> vlab::measure::capture::CaptureSummary {
+    let bytes = std::fs::read(format!("{}/tests/fixtures/pcap/{pcap}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    vlab::measure::capture::summarize(&bytes, &vlab::measure::capture::CaptureContext::plain(5201, 1500)).unwrap()
+}
+
+/// The same wire segments (captured under no-action with offloads off: each
+/// field made for the SIR address) are as documented for no-action and not
+/// for adj-transport, which documents a field adjusted to the wire address.
+#[test]
+fn the_reader_judges_wire_fields_by_the_checksum_mode() {
+    let pcap = "ila-no-action-off-host1-underlay.pcap";
+    let no_action = read(pcap, "wire", "csum-mode=no-action,hook=route,offloads=off");
+    let adj = read(pcap, "wire", "csum-mode=adj-transport,hook=route,offloads=off");
+    let judged = count(&no_action, "wire doc");
+    assert!(judged > 10, "{no_action:?}");
+    assert_eq!(count(&no_action, "wire notdoc"), 0, "{no_action:?}");
+    assert_eq!(count(&adj, "wire doc"), 0, "{adj:?}");
+    assert_eq!(count(&adj, "wire notdoc"), judged, "{adj:?}");
+}
+
+/// The adj-transport finding in a capture of a real run: every judged wire
+/// field NOT as documented.
+#[test]
+fn the_reader_finds_the_adj_transport_fields_not_as_documented() {
+    let lines =
+        read("ila-adj-transport-off-host2-underlay.pcap", "wire", "csum-mode=adj-transport,hook=route,offloads=off");
+    assert!(count(&lines, "wire notdoc") > 10, "{lines:?}");
+    assert_eq!(count(&lines, "wire doc"), 0, "{lines:?}");
+}
+
+/// Source and destination pairs, and verdicts of container checksums, as
+/// vlab's own reader (etherparse) finds them in the same pcap.
+#[test]
+fn the_reader_agrees_with_vlabs_capture_summary() {
+    for pcap in ["ila-no-action-off-host1-c1-eth0.pcap", "ila-neutral-map-route-off-host1-c1-eth0.pcap"] {
+        let lines = read(pcap, "container", "csum-mode=no-action,hook=route,offloads=off");
+        let s = summary(pcap);
+        let mut flows: Vec<String> =
+            lines.iter().filter_map(|l| l.strip_prefix("flow ")).map(|f| f.replace(' ', " > ")).collect();
+        flows.sort();
+        flows.dedup();
+        let mut theirs: Vec<String> = s.flows.iter().map(|f| f.to_string()).collect();
+        theirs.sort();
+        assert_eq!(flows, theirs, "{pcap}");
+        assert_eq!(count(&lines, "container valid") as u64, s.checksums.valid, "{pcap}");
+        assert_eq!(count(&lines, "container invalid") as u64, s.checksums.invalid, "{pcap}");
+        assert_eq!(count(&lines, "container offloaded") as u64, s.checksums.offloaded, "{pcap}");
+    }
+}
+
+/// The C-bit and the address sum of each wire destination: the neutral-map
+/// capture's destinations have both; under plain no-action addresses the
+/// sum differs from the SIR address's.
+#[test]
+fn the_reader_tells_checksum_neutral_destinations() {
+    let neutral =
+        read("ila-neutral-map-off-host1-underlay.pcap", "wire", "csum-mode=neutral-map,hook=xlat,offloads=off");
+    let dsts: Vec<&String> = neutral.iter().filter(|l| l.starts_with("dst ")).collect();
+    assert!(!dsts.is_empty() && dsts.iter().all(|l| l.ends_with(" 1 1")), "{dsts:?}");
+    let plain = read("ila-no-action-off-host1-underlay.pcap", "wire", "csum-mode=no-action,hook=route,offloads=off");
+    let dsts: Vec<&String> = plain.iter().filter(|l| l.starts_with("dst ")).collect();
+    assert!(!dsts.is_empty() && dsts.iter().all(|l| l.ends_with(" 0 0")), "{dsts:?}");
+}
