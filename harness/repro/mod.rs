@@ -83,10 +83,45 @@ impl SavedReport {
     }
 }
 
+/// What a case's namespace form is made of, resolved from the lab.
+struct Plan<'a> {
+    lab: &'a Lab,
+    case: &'a Case,
+    overlay: &'static dyn overlay::Overlay,
+    form: overlay::NamespaceForm,
+    /// The server's and the client's containers.
+    ends: (&'a str, &'a str),
+    /// The server's address.
+    addr: std::net::IpAddr,
+    deploy: Vec<overlay::Step>,
+    mtu: u32,
+    requested: Vec<(&'static str, Option<bool>)>,
+    hosts: Vec<&'a str>,
+    containers: Vec<&'a str>,
+}
+
+impl Plan<'_> {
+    fn offloads(&self) -> bool {
+        self.requested.iter().any(|(_, w)| w.is_some())
+    }
+}
+
 /// The namespace form of `case` of `lab` (`repro.sh`), or why it has none.
 pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
+    let plan = plan(lab, case)?;
+    let mut s = String::new();
+    header(&plan, &mut s);
+    preflight(&plan, &mut s);
+    setup(&plan, &mut s)?;
+    workload(&plan, &mut s);
+    checks(&plan, &mut s);
+    Ok(s)
+}
+
+/// The case resolved, or why namespaces cannot hold it.
+fn plan<'a>(lab: &'a Lab, case: &'a Case) -> Result<Plan<'a>, String> {
     let p = &case.params;
-    let o = overlay::get(p.overlay(lab));
+    let o: &'static dyn overlay::Overlay = overlay::get(p.overlay(lab));
     if p.filter(lab) != "none" {
         return Err(format!("the {} filter has no namespace form", p.filter(lab)));
     }
@@ -127,14 +162,26 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
     if deploy.iter().any(|s| !s.files.is_empty() || s.output.is_some()) {
         return Err(format!("the {} overlay's deploy writes files or joins outputs", o.name()));
     }
-    let mtu = p.mtu.unwrap_or(lab.mtu);
     let requested = p.offloads.requested();
-    let offloads = requested.iter().any(|(_, w)| w.is_some());
+    Ok(Plan {
+        lab,
+        case,
+        overlay: o,
+        form,
+        ends: (s_ct, c_ct),
+        addr,
+        deploy,
+        mtu: p.mtu.unwrap_or(lab.mtu),
+        requested,
+        hosts: lab.vms.iter().map(|v| v.name.as_str()).collect(),
+        containers: lab.vms.iter().flat_map(|v| &v.containers).map(|c| c.name.as_str()).collect(),
+    })
+}
 
-    let hosts: Vec<&str> = lab.vms.iter().map(|v| v.name.as_str()).collect();
-    let containers: Vec<&str> = lab.vms.iter().flat_map(|v| &v.containers).map(|c| c.name.as_str()).collect();
-    let mut s = String::new();
-    let w = &mut s;
+/// The comment that says what the script is, and its functions.
+fn header(plan: &Plan, w: &mut String) {
+    let (lab, case) = (plan.lab, plan.case);
+    let (hosts, containers, offloads) = (&plan.hosts, &plan.containers, plan.offloads());
     // The traps call what shellcheck thinks unreachable; awk programs are in
     // single quotes.
     let _ = writeln!(w, "#!/bin/sh\n# SPDX-License-Identifier: GPL-2.0\n# shellcheck disable=SC2016,SC2317\n#");
@@ -157,6 +204,11 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
     );
     let _ = writeln!(w, "NAMESPACES={}", quote(&[hosts.clone(), containers.clone()].concat().join(" ")));
     w.push_str(PRELUDE);
+}
+
+/// The plan of checks, and what must hold before anything is created.
+fn preflight(plan: &Plan, w: &mut String) {
+    let (form, o, offloads) = (&plan.form, plan.overlay, plan.offloads());
     let checks = 2 + form.checks.len();
     let _ = writeln!(w, "\necho 'TAP version 13'\necho '1..{checks}'");
     let mut tools = vec!["ip", "tcpdump", "iperf3", "nsenter", "timeout", "od", "awk", "mktemp"];
@@ -176,7 +228,12 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
     if let Some((probe, why)) = &form.kernel_probe {
         let _ = writeln!(w, "{probe} || skip {}", quote(why));
     }
+}
 
+/// The namespaces, the underlay, and each host's commands as the guests ran them.
+fn setup(plan: &Plan, w: &mut String) -> Result<(), String> {
+    let (lab, p) = (plan.lab, &plan.case.params);
+    let (hosts, o, mtu, requested, offloads) = (&plan.hosts, plan.overlay, plan.mtu, &plan.requested, plan.offloads());
     let _ = writeln!(w, "\ntmp=$(mktemp -d)\nours=1\nfor ns in {}; do", hosts.join(" "));
     let _ = writeln!(w, "\tip netns add \"$ns\" || bail \"cannot create $ns\"\n\tip -n \"$ns\" link set lo up\ndone");
     let _ = writeln!(
@@ -191,7 +248,7 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
         cmds.extend(guest::peer_routes(lab, vm));
         cmds.extend(guest::container_commands(vm, i, Attachment::of(&nic), o.containers() == Containers::Routed, mtu));
         cmds.extend(vm.setup.iter().cloned());
-        cmds.extend(deploy.iter().filter(|st| st.vm == vm.name).flat_map(|st| st.commands.iter().cloned()));
+        cmds.extend(plan.deploy.iter().filter(|st| st.vm == vm.name).flat_map(|st| st.commands.iter().cloned()));
         cmds.extend(o.case_setup(lab, vm, p));
         if offloads {
             let mut devs = vec![(None, UNDERLAY_DEV.to_string())];
@@ -214,6 +271,16 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
         );
     }
 
+    Ok(())
+}
+
+/// The captures, the workload and the receivers' counters, then the
+/// captures read into the facts the checks judge.
+fn workload(plan: &Plan, w: &mut String) {
+    let (lab, p) = (plan.lab, &plan.case.params);
+    let (s_ct, c_ct) = plan.ends;
+    let (hosts, containers, addr, mtu) = (&plan.hosts, &plan.containers, plan.addr, plan.mtu);
+    let client = &lab.workload.client;
     let _ = writeln!(w, "settle {} {}", hosts.join(" "), containers.join(" "));
     // The workload, its captures, the receivers' counters.
     let _ = writeln!(w, "\necho '# workload: {}/{c_ct} to {addr}'", client.vm);
@@ -227,7 +294,7 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
             "wire",
             format!("{}-{UNDERLAY_DEV}", vm.name),
         )];
-        for c in vm.containers.iter().filter(|c| [s_ct, c_ct].contains(&&c.name)) {
+        for c in vm.containers.iter().filter(|c| [s_ct, c_ct].contains(&c.name.as_str())) {
             points.push((
                 Netns::container(&c.name),
                 CONTAINER_DEV.to_string(),
@@ -269,7 +336,7 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
         lab.workload.port,
         guest::shell_line(&client_argv),
     );
-    let vars: String = form.reader_vars.iter().map(|(k, v)| format!(" -v {k}={}", quote(v))).collect();
+    let vars: String = plan.form.reader_vars.iter().map(|(k, v)| format!(" -v {k}={}", quote(v))).collect();
     let _ = writeln!(w, "reader=$(cat <<'{EOF}'\n{READER}{EOF}\n)\nfacts_wire=$tmp/wire.facts\nfacts_container=$tmp/container.facts\n: >\"$facts_wire\"\n: >\"$facts_container\"");
     for (file, kind, _) in &files {
         let _ = writeln!(
@@ -277,7 +344,11 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
             "od -An -v -tu1 \"{file}\" | awk -v kind={kind} -v mtu={mtu}{vars} \"$reader\" >>\"$facts_{kind}\""
         );
     }
+}
 
+/// The workload's checks and the overlay's, and the exit code.
+fn checks(plan: &Plan, w: &mut String) {
+    let form = &plan.form;
     // The checks.
     let _ = writeln!(
         w,
@@ -294,7 +365,6 @@ pub fn namespace_script(lab: &Lab, case: &Case) -> Result<String, String> {
         let _ = writeln!(w, "check={}\n# shellcheck disable=SC2046\n{}", quote(&c.name), c.script);
     }
     w.push_str("\n[ \"$failed\" -eq 0 ] && exit \"$ksft_pass\"\nexit \"$ksft_fail\"\n");
-    Ok(s)
 }
 
 /// The script's functions: the same in every case's script.
