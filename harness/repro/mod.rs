@@ -257,7 +257,7 @@ fn setup(plan: &Plan, w: &mut String) -> Result<(), String> {
                 devs.push((Some(Netns::container(&c.name)), CONTAINER_DEV.to_string()));
             }
             for (ns, dev) in devs {
-                cmds.push(Netns::script(ns.as_ref(), &nic::offload_script(&dev, &requested)));
+                cmds.push(Netns::script(ns.as_ref(), &nic::offload_script(&dev, requested)));
             }
         }
         let body = cmds.join("\n");
