@@ -472,3 +472,109 @@ fn verdict(lab: &Lab, p: &LabPolicy, e: &CaseEvidence) -> (Vec<Check>, L4Section
     };
     (checks, section)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Reason;
+
+    fn decision(allowed: bool) -> Decision {
+        let ingress = match allowed {
+            true => Reason::NotSelected,
+            false => Reason::DefaultDeny { rules: vec![0] },
+        };
+        Decision { egress: Reason::NotSelected, ingress }
+    }
+
+    #[test]
+    fn an_allowed_probe_reaches_the_endpoint_and_nothing_is_dropped() {
+        let allowed = decision(true);
+        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Connected, 0), ("allowed", true));
+        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Refused, 0), ("allowed", true));
+        // Connected, yet the datapath counted a drop of it: not as allowed.
+        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Connected, 2), ("allowed", false));
+        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::TimedOut, 0), ("allowed", false));
+    }
+
+    #[test]
+    fn a_dropped_probe_timed_out_and_was_counted() {
+        let denied = decision(false);
+        assert_eq!(probe_check(Some(&denied), ProbeOutcome::TimedOut, 1), ("dropped", true));
+        assert_eq!(probe_check(Some(&denied), ProbeOutcome::TimedOut, 0), ("dropped", false));
+        assert_eq!(probe_check(Some(&denied), ProbeOutcome::Connected, 1), ("dropped", false));
+        assert_eq!(probe_check(None, ProbeOutcome::TimedOut, 1), ("dropped", false));
+    }
+
+    fn drop_at(vm: &str, endpoint: u32, remote: u32, direction: Direction) -> EntryCount {
+        EntryCount { vm: vm.into(), endpoint, remote, protocol: Protocol::Tcp, port: 5201, direction, packets: 3 }
+    }
+
+    /// From container 1 on host2 to container 2 on host1: drops at host1's
+    /// ingress of 2 from 1, or at host2's egress of 1 to 2, and no other.
+    #[test]
+    fn drops_count_between_the_two_ends_only() {
+        let between = |d: &[EntryCount]| dropped_between(d, (1, "host2"), (2, "host1"), Protocol::Tcp, 5201);
+        assert_eq!(between(&[drop_at("host1", 2, 1, Direction::Ingress)]), 3);
+        assert_eq!(between(&[drop_at("host2", 1, 2, Direction::Egress)]), 3);
+        for other in [
+            drop_at("host2", 2, 1, Direction::Ingress),
+            drop_at("host1", 9, 1, Direction::Ingress),
+            drop_at("host1", 2, 9, Direction::Ingress),
+            drop_at("host1", 1, 2, Direction::Egress),
+            drop_at("host2", 9, 2, Direction::Egress),
+            drop_at("host2", 1, 9, Direction::Egress),
+        ] {
+            assert_eq!(between(std::slice::from_ref(&other)), 0, "{other:?}");
+        }
+        let mut udp = drop_at("host1", 2, 1, Direction::Ingress);
+        udp.protocol = Protocol::Udp;
+        let mut port = drop_at("host1", 2, 1, Direction::Ingress);
+        port.port = 80;
+        assert_eq!(between(&[udp, port]), 0);
+    }
+
+    /// The report gives an entry's direction only where it is egress.
+    #[test]
+    fn an_entry_count_names_egress_only() {
+        let ingress = serde_json::to_value(drop_at("host1", 2, 1, Direction::Ingress)).unwrap();
+        let egress = serde_json::to_value(drop_at("host1", 2, 1, Direction::Egress)).unwrap();
+        assert!(ingress.get("direction").is_none(), "{ingress}");
+        assert_eq!(egress["direction"], "egress", "{egress}");
+    }
+
+    /// A bpftool dump of one policy key (endpoint 2, remote 1, TCP 5201,
+    /// ingress) per counter, in packets.
+    fn dump(packets: &[u64]) -> String {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("\"0x{x:02x}\"")).collect::<Vec<_>>().join(",");
+        let entries: Vec<String> = packets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut key = Vec::new();
+                key.extend(2u32.to_le_bytes());
+                key.extend((1 + i as u32).to_le_bytes());
+                key.extend([6, 0]);
+                key.extend(5201u16.to_le_bytes());
+                let mut value = n.to_le_bytes().to_vec();
+                value.extend((n * 100).to_le_bytes());
+                format!("{{\"key\":[{}],\"value\":[{}]}}", hex(&key), hex(&value))
+            })
+            .collect();
+        format!("[{}]", entries.join(","))
+    }
+
+    /// Only the entries whose counter grew are counted, by how much.
+    #[test]
+    fn counts_are_the_entries_that_grew() {
+        let lab =
+            crate::variants::load_lab(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/cilium-style.toml"))
+                .unwrap();
+        let name = artifact("vlab_denied", &lab.vms[0].name);
+        let before = BTreeMap::from([(name.clone(), dump(&[5, 0]))]);
+        let after = BTreeMap::from([(name, dump(&[5, 3]))]);
+        let (counted, keys) = counts(&lab, (&before, &after), "vlab_denied");
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        assert_eq!((counted[0].remote, counted[0].packets), (2, 3));
+        assert_eq!(keys[&lab.vms[0].name].len(), 2);
+    }
+}
