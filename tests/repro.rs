@@ -245,3 +245,57 @@ fn the_reader_tells_checksum_neutral_destinations() {
     let dsts: Vec<&String> = plain.iter().filter(|l| l.starts_with("dst ")).collect();
     assert!(!dsts.is_empty() && dsts.iter().all(|l| l.ends_with(" 0 0")), "{dsts:?}");
 }
+
+/// A report of one case (as `vlab run --json` writes it) in a temporary
+/// directory, with one failed check.
+fn report_of(lab: &str, case: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let report = serde_json::json!({
+        "lab": "x",
+        "lab_file": format!("{}/{lab}", env!("CARGO_MANIFEST_DIR")),
+        "kernel": "6.12.118+deb13-amd64",
+        "qemu": "10.0.2",
+        "cases": [{ "name": case, "checks": [
+            { "name": "iperf3 completed", "passed": true, "detail": "client exit 0" },
+            { "name": "ILA: wire checksums as documented", "passed": false, "detail": "120 NOT as documented" },
+        ]}],
+    });
+    std::fs::write(dir.path().join("report.json"), report.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_reproducer_holds_the_script_the_one_case_lab_and_the_account() {
+    let case = "csum-mode=adj-transport,hook=route,offloads=off";
+    let dir = report_of("labs/ila-matrix.toml", case);
+    let out = dir.path().join("out");
+    let e = repro::export(&dir.path().join("report.json"), case, &out, None).unwrap();
+    assert!(e.script.unwrap().ends_with("repro.sh"));
+    let account = std::fs::read_to_string(&e.report).unwrap();
+    assert!(account.contains("Kernel `6.12.118+deb13-amd64` (QEMU 10.0.2)"), "{account}");
+    assert!(account.contains("1 check failed: ILA: wire checksums as documented."), "{account}");
+    assert!(
+        account.contains("| ILA: wire checksums as documented | **FAILED** | 120 NOT as documented |"),
+        "{account}"
+    );
+    assert!(account.contains("csum-mode adj-transport"), "the case's commands: {account}");
+    let lab = vlab::parse_lab(&std::fs::read_to_string(&e.lab).unwrap(), &e.lab).unwrap();
+    assert_eq!(lab.cases().len(), 1);
+    // A case the report does not have is named with the ones it has.
+    let err = repro::export(&dir.path().join("report.json"), "csum-mode=x", &out, None).unwrap_err();
+    assert!(err.contains("no case \"csum-mode=x\"") && err.contains(case), "{err}");
+}
+
+#[test]
+fn a_case_without_a_namespace_form_gets_the_vm_form_and_the_reason() {
+    let l = lab("labs/swarm.toml");
+    let c = l.cases().into_iter().find(|c| c.params.overlay(&l) == "swarm").unwrap();
+    let dir = report_of("labs/swarm.toml", &c.name);
+    let out = dir.path().join("out");
+    let e = repro::export(&dir.path().join("report.json"), &c.name, &out, None).unwrap();
+    let why = e.script.unwrap_err();
+    assert!(!out.join("repro.sh").exists());
+    let account = std::fs::read_to_string(&e.report).unwrap();
+    assert!(account.contains(&format!("This case has no namespace form: {why}.")), "{account}");
+    assert!(e.lab.exists());
+}

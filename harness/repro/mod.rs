@@ -547,11 +547,9 @@ pub fn report_md(lab: &Lab, case: &Case, recorded: &SavedCase, saved: &SavedRepo
     match failed.len() {
         0 => s.push_str("Every check of this case passed.\n\n"),
         n => {
-            let _ = writeln!(
-                s,
-                "{n} checks failed: {}.\n",
-                failed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join("; ")
-            );
+            let names: Vec<&str> = failed.iter().map(|c| c.name.as_str()).collect();
+            let checks = if n == 1 { "check" } else { "checks" };
+            let _ = writeln!(s, "{n} {checks} failed: {}.\n", names.join("; "));
         }
     }
     s.push_str("## What vlab expected and saw\n\n| check | verdict | evidence |\n|---|---|---|\n");
