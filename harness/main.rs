@@ -117,6 +117,10 @@ enum Cmd {
         /// whether its verdicts are vlab's.
         #[arg(long, value_name = "DIR")]
         repro: Option<PathBuf>,
+        /// With --repro, every case's reproducer, the passed ones' too (to
+        /// carry a case that passes here to another kernel).
+        #[arg(long, requires = "repro")]
+        repro_all: bool,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -295,6 +299,7 @@ fn main() -> ExitCode {
                 html,
                 junit,
                 repro,
+                repro_all,
             } => run(
                 lab,
                 Outputs { json, markdown, html, junit, timings, tolerance, on_crash },
@@ -312,6 +317,7 @@ fn main() -> ExitCode {
                     cold_boot,
                     repeat: repeat.unwrap_or(0),
                     repro,
+                    repro_all,
                 },
             )
             .await
@@ -330,6 +336,7 @@ fn main() -> ExitCode {
                     cold_boot,
                     repeat: 1,
                     repro: None,
+                    repro_all: false,
                 };
                 bench(lab, runs, json, opts).await.unwrap_or_else(|code| code)
             }
@@ -347,6 +354,7 @@ fn main() -> ExitCode {
                     cold_boot,
                     repeat: 1,
                     repro: None,
+                    repro_all: false,
                 };
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }

@@ -69,6 +69,8 @@ pub struct RunOptions {
     /// Write each failed case's reproducer here (`vlab repro`), and run its
     /// namespace form in the case's guest.
     pub repro: Option<PathBuf>,
+    /// Also every passed case's.
+    pub repro_all: bool,
 }
 
 /// What every boot of a run shares (one per kernel).
@@ -514,12 +516,12 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
                 .await
                 .with_context(|| format!("case `{}`", case.name))?;
             pair.timing.cases_s += started.elapsed().as_secs_f64();
-            if let (Some(dir), false) = (&opts.repro, report.passed) {
+            if let Some(dir) = opts.repro.as_ref().filter(|_| !report.passed || opts.repro_all) {
                 opts.progress.phase(&format!("reproducer of {}", case.name));
                 let guest = &pair.rt.vms[0].guest;
                 // With several kernels, each kernel's under its release.
                 let dir = if opts.kernels.len() > 1 { dir.join(&pair.kernel) } else { dir.clone() };
-                repro::failed_case(&dir, &pair.case_lab, case, &report, guest, (&pair.kernel, ""))
+                repro::of_case(&dir, &pair.case_lab, case, &report, guest, (&pair.kernel, ""))
                     .await
                     .with_context(|| format!("the reproducer of case `{}`", case.name))?;
             }

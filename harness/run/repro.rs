@@ -1,7 +1,8 @@
-//! `vlab run --repro DIR`: each failed case's reproducer (`crate::repro`)
-//! written under DIR, and its namespace form run at once in the pair's
-//! first guest, the kernel the case failed on: whether the script reaches
-//! vlab's verdicts there is part of what it hands over.
+//! `vlab run --repro DIR`: each failed case's reproducer (`crate::repro`;
+//! with `--repro-all` every case's) written under DIR, and its namespace
+//! form run at once in the pair's first guest, the kernel the case ran on:
+//! whether the script reaches vlab's verdicts there is part of what it hands
+//! over.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,9 +17,9 @@ const GUEST_SCRIPT: &str = "/tmp/vlab-repro.sh";
 /// How long it may run there (its reader is slow under TCG).
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// Writes the reproducer of a failed `case` into `dir`/CASE and runs its
-/// namespace form in `guest`; `kernel` and `qemu` are the run's.
-pub(super) async fn failed_case(
+/// Writes the reproducer of `case` into `dir`/CASE and runs its namespace
+/// form in `guest`; `kernel` and `qemu` are the run's.
+pub(super) async fn of_case(
     dir: &Path,
     lab: &Lab,
     case: &Case,
