@@ -12,8 +12,9 @@ use crate::measure::cost::{PacketCost, RatioSplit};
 use crate::measure::nic::InterfaceEvidence;
 use crate::stats::Summary;
 
-/// One verdict computed from evidence read back from the guests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One verdict computed from evidence read back from the guests (read back
+/// from a report by `vlab repro`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     /// What is checked.
     pub name: String,
@@ -24,7 +25,7 @@ pub struct Check {
     /// The evidence held nothing to judge (the detail says why): neither
     /// passed nor failed, and said so in every report rather than passed
     /// silently. Absent from the JSON when judged.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub not_judged: bool,
 }
 

@@ -7,10 +7,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vlab::repro::{self, SavedCheck};
+use vlab::report::Check;
+use vlab::repro;
 
-fn check(name: &str, passed: bool, not_judged: bool) -> SavedCheck {
-    SavedCheck { name: name.into(), passed, detail: String::new(), not_judged }
+fn check(name: &str, passed: bool, not_judged: bool) -> Check {
+    match not_judged {
+        true => Check::not_judged(name, ""),
+        false => Check::new(name, passed, ""),
+    }
 }
 
 const TAP: &str = "TAP version 13\n1..3\nok 1 iperf3 completed\n# iperf3 exited 0\n\

@@ -23,25 +23,12 @@ use crate::guest::{self, host_veth, quote, Attachment, Containers, Netns, CONTAI
 use crate::lab::{variant_name, Case, Lab, NicModel, Protocol, TrafficPath};
 use crate::measure::{capture, iperf3, nic};
 use crate::overlay;
+use crate::report::Check;
 
 /// The capture reader (see its header).
 pub const READER: &str = include_str!("judge.awk");
 /// Ends the heredocs of the script; no rendered command may hold it.
 const EOF: &str = "VLAB_EOF";
-
-/// A check as a report recorded it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SavedCheck {
-    /// Its name.
-    pub name: String,
-    /// Its verdict.
-    pub passed: bool,
-    /// The evidence behind it.
-    pub detail: String,
-    /// Nothing to judge.
-    #[serde(default)]
-    pub not_judged: bool,
-}
 
 /// A case as a report recorded it.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +36,7 @@ pub struct SavedCase {
     /// Its name.
     pub name: String,
     /// Its checks.
-    pub checks: Vec<SavedCheck>,
+    pub checks: Vec<Check>,
 }
 
 /// What `vlab repro` reads of a report (`vlab run --json`).
@@ -485,7 +472,7 @@ pub fn tap_verdicts(tap: &str) -> Vec<(String, Option<bool>)> {
 /// Where the script's verdicts differ from vlab's checks of the same name:
 /// a skip agrees with a check not judged or left out; a script that printed
 /// no verdict at all differs.
-pub fn differences(tap: &str, checks: &[SavedCheck]) -> Vec<String> {
+pub fn differences(tap: &str, checks: &[Check]) -> Vec<String> {
     let verdicts = tap_verdicts(tap);
     if verdicts.is_empty() {
         return vec!["the script printed no verdict".into()];
@@ -533,7 +520,7 @@ pub fn guest_command(script: &str) -> String {
 /// `REPORT.md`: the case, the kernel, what vlab expected and saw, the
 /// commands each host ran for the case, and how to run both forms.
 pub fn report_md(lab: &Lab, case: &Case, recorded: &SavedCase, saved: &SavedReport, no_script: Option<&str>) -> String {
-    let failed: Vec<&SavedCheck> = recorded.checks.iter().filter(|c| !c.passed).collect();
+    let failed: Vec<&Check> = recorded.checks.iter().filter(|c| !c.passed).collect();
     let mut s = format!("# {}: {}\n\n", lab.name, case.name);
     let _ = writeln!(
         s,

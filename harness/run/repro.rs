@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::guest::Guest;
 use crate::lab::{Case, Lab};
 use crate::report::CaseReport;
-use crate::repro::{self, GuestRun, SavedCase, SavedCheck, SavedReport};
+use crate::repro::{self, GuestRun, SavedCase, SavedReport};
 
 /// Where the script goes in the guest.
 const GUEST_SCRIPT: &str = "/tmp/vlab-repro.sh";
@@ -27,19 +27,7 @@ pub(super) async fn of_case(
     guest: &Guest,
     (kernel, qemu): (&str, &str),
 ) -> anyhow::Result<()> {
-    let recorded = SavedCase {
-        name: case.name.clone(),
-        checks: report
-            .checks
-            .iter()
-            .map(|c| SavedCheck {
-                name: c.name.clone(),
-                passed: c.passed,
-                detail: c.detail.clone(),
-                not_judged: c.not_judged,
-            })
-            .collect(),
-    };
+    let recorded = SavedCase { name: case.name.clone(), checks: report.checks.clone() };
     let saved = SavedReport {
         lab_file: lab.source.display().to_string(),
         kernel: kernel.to_string(),
