@@ -310,9 +310,9 @@ impl CaseEvidence<'_> {
     }
 }
 
-/// What an overlay adds to a case's namespace form (`vlab repro`, see
-/// `crate::repro`): the host, its containers and the underlay become network
-/// namespaces on one machine, the overlay's deploy and case commands run in
+/// What an overlay adds to a case's namespace form (`vlab repro`, which
+/// renders it; the overlay names nothing of it): the host, its containers and
+/// the underlay become network namespaces on one machine, the overlay's deploy and case commands run in
 /// them as they ran in the guests, and its checks are shell.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceForm {

@@ -15,7 +15,7 @@
 //! matrix axes.
 
 mod addr;
-mod repro;
+mod namespace;
 mod settings;
 mod verdict;
 
@@ -128,7 +128,7 @@ impl Overlay for Ila {
     }
 
     fn namespace_form(&self, lab: &Lab, case: &CaseParams) -> Result<NamespaceForm, String> {
-        repro::namespace_form(lab, case)
+        namespace::namespace_form(lab, case)
     }
 }
 
