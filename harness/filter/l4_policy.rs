@@ -254,29 +254,33 @@ pub struct L4Section {
 
 /// A map's dump before and after the case on each VM, as counts during it.
 fn deltas(e: &CaseEvidence, lab: &Lab, map: &str) -> (Vec<EntryCount>, BTreeMap<String, Vec<Entry>>) {
-    counts(lab, (&e.before, &e.outputs), map)
+    counts(&vm_names(lab), (&e.before, &e.outputs), map)
 }
 
-/// A map's dumps in `before` and `after` on each VM, as counts between
-/// them, and each VM's keys after.
+fn vm_names(lab: &Lab) -> Vec<&str> {
+    lab.vms.iter().map(|v| v.name.as_str()).collect()
+}
+
+/// A map's dumps in `before` and `after` on each VM (by name), as counts
+/// between them, and each VM's keys after.
 fn counts(
-    lab: &Lab,
+    vms: &[&str],
     (before, after): (&BTreeMap<String, String>, &BTreeMap<String, String>),
     map: &str,
 ) -> (Vec<EntryCount>, BTreeMap<String, Vec<Entry>>) {
     let mut counts = Vec::new();
     let mut keys = BTreeMap::new();
-    for vm in &lab.vms {
-        let name = artifact(map, &vm.name);
+    for vm in vms {
+        let name = artifact(map, vm);
         let read = |m: &BTreeMap<String, String>| m.get(&name).and_then(|t| maps::parse_policy(t).ok());
         let before = read(before).unwrap_or_default();
         let Some(after) = read(after) else { continue };
-        keys.insert(vm.name.clone(), after.keys().copied().collect());
+        keys.insert(vm.to_string(), after.keys().copied().collect());
         for (entry, c) in after {
             let d = c.since(before.get(&entry).copied().unwrap_or(Counter::default()));
             if d.packets > 0 {
                 let Entry { endpoint, remote, protocol, port, direction } = entry;
-                let vm = vm.name.clone();
+                let vm = vm.to_string();
                 counts.push(EntryCount { vm, endpoint, remote, protocol, port, direction, packets: d.packets });
             }
         }
@@ -307,7 +311,7 @@ fn dropped_between(
 
 /// The matrix check from the drops counted between the matrix's two reads.
 fn matrix_check(lab: &Lab, p: &LabPolicy, m: &ProbeMatrix) -> (Check, probes::MatrixSection) {
-    let (denied, _) = counts(lab, (&m.before, &m.after), "vlab_denied");
+    let (denied, _) = counts(&vm_names(lab), (&m.before, &m.after), "vlab_denied");
     let ids = &p.compiled.identities;
     let vm_of =
         |c: &str| lab.vms.iter().find(|vm| vm.containers.iter().any(|x| x.name == c)).map(|vm| vm.name.as_str());
@@ -486,23 +490,27 @@ mod tests {
         Decision { egress: Reason::NotSelected, ingress }
     }
 
+    /// An allowed probe reaches the endpoint (connected or refused) and
+    /// nothing is dropped; a dropped one timed out and its drop was counted;
+    /// without a decision it fails.
     #[test]
-    fn an_allowed_probe_reaches_the_endpoint_and_nothing_is_dropped() {
-        let allowed = decision(true);
-        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Connected, 0), ("allowed", true));
-        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Refused, 0), ("allowed", true));
-        // Connected, yet the datapath counted a drop of it: not as allowed.
-        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::Connected, 2), ("allowed", false));
-        assert_eq!(probe_check(Some(&allowed), ProbeOutcome::TimedOut, 0), ("allowed", false));
-    }
-
-    #[test]
-    fn a_dropped_probe_timed_out_and_was_counted() {
-        let denied = decision(false);
-        assert_eq!(probe_check(Some(&denied), ProbeOutcome::TimedOut, 1), ("dropped", true));
-        assert_eq!(probe_check(Some(&denied), ProbeOutcome::TimedOut, 0), ("dropped", false));
-        assert_eq!(probe_check(Some(&denied), ProbeOutcome::Connected, 1), ("dropped", false));
-        assert_eq!(probe_check(None, ProbeOutcome::TimedOut, 1), ("dropped", false));
+    fn a_probe_is_judged_by_its_outcome_and_the_drops_counted() {
+        use ProbeOutcome::{Connected, Refused, TimedOut};
+        let (allowed, denied) = (decision(true), decision(false));
+        let cases = [
+            (Some(&allowed), Connected, 0, ("allowed", true)),
+            (Some(&allowed), Refused, 0, ("allowed", true)),
+            // Connected, yet the datapath counted a drop of it.
+            (Some(&allowed), Connected, 2, ("allowed", false)),
+            (Some(&allowed), TimedOut, 0, ("allowed", false)),
+            (Some(&denied), TimedOut, 1, ("dropped", true)),
+            (Some(&denied), TimedOut, 0, ("dropped", false)),
+            (Some(&denied), Connected, 1, ("dropped", false)),
+            (None, TimedOut, 1, ("dropped", false)),
+        ];
+        for (expected, outcome, dropped, verdict) in cases {
+            assert_eq!(probe_check(expected, outcome, dropped), verdict, "{outcome:?}, {dropped} dropped");
+        }
     }
 
     fn drop_at(vm: &str, endpoint: u32, remote: u32, direction: Direction) -> EntryCount {
@@ -566,15 +574,13 @@ mod tests {
     /// Only the entries whose counter grew are counted, by how much.
     #[test]
     fn counts_are_the_entries_that_grew() {
-        let lab =
-            crate::variants::load_lab(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/cilium-style.toml"))
-                .unwrap();
-        let name = artifact("vlab_denied", &lab.vms[0].name);
+        let name = artifact("vlab_denied", "host1");
         let before = BTreeMap::from([(name.clone(), dump(&[5, 0]))]);
         let after = BTreeMap::from([(name, dump(&[5, 3]))]);
-        let (counted, keys) = counts(&lab, (&before, &after), "vlab_denied");
+        let (counted, keys) = counts(&["host1", "host2"], (&before, &after), "vlab_denied");
         assert_eq!(counted.len(), 1, "{counted:?}");
         assert_eq!((counted[0].remote, counted[0].packets), (2, 3));
-        assert_eq!(keys[&lab.vms[0].name].len(), 2);
+        assert_eq!(keys["host1"].len(), 2);
+        assert!(!keys.contains_key("host2"), "no dump, no keys");
     }
 }
