@@ -42,26 +42,6 @@ in_ns() {
 	nsenter --net="/run/netns/$1" sh -e "$2" </dev/null
 }
 
-# Waits up to 10 s for the command $1 to succeed.
-wait_for() {
-	i=0
-	until eval "$1" >/dev/null 2>&1; do
-		i=$((i + 1))
-		[ "$i" -lt 100 ] || return 1
-		sleep 0.1
-	done
-}
-
-# Waits until no IPv6 address in the namespaces named is tentative: as in
-# the VMs, whose links came up long before a case, duplicate address
-# detection is over before the workload (a neighbour solicited meanwhile
-# may go unanswered).
-settle() {
-	for ns; do
-		wait_for "[ -z \"\$(ip -n $ns -6 addr show tentative)\" ]" || bail "addresses in $ns stay tentative"
-	done
-}
-
 # Whether a socket listens on TCP port $2 in namespace $1.
 listening() {
 	nsenter --net="/run/netns/$1" awk -v port="$(printf ':%04X' "$2")" \
