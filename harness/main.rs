@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use vlab::exit;
@@ -57,6 +57,13 @@ enum Cmd {
         /// compared with the first (exit 1 when one is significantly slower).
         #[arg(long = "kernel")]
         kernels: Vec<PathBuf>,
+        /// Boot the kernel of this Debian kernel package (the archive's
+        /// linux-image-*, or `make bindeb-pkg`'s) instead of the image's: it
+        /// is unpacked into the cache once, its modules cut to what labs
+        /// load, decompressed and carried into the VMs. Repeatable, and
+        /// mixed with --kernel in the order given: each is one more kernel.
+        #[arg(long = "kernel-deb", value_name = "FILE")]
+        kernel_debs: Vec<PathBuf>,
         /// The commit a --kernel was built from (given once per --kernel, in
         /// order), shown in its report beside the guest's `uname -r`.
         #[arg(long = "kernel-commit", value_name = "REV")]
@@ -67,7 +74,8 @@ enum Cmd {
         kernel_cmdline: Option<String>,
         /// Install this kernel tree's modules into every VM's copy-on-write
         /// root disk (DIR is the INSTALL_MOD_PATH of `make modules_install`),
-        /// for a --kernel that is not fully built in.
+        /// for a --kernel that is not fully built in (every --kernel's; a
+        /// --kernel-deb brings its own).
         #[arg(long, value_name = "DIR")]
         modules: Option<PathBuf>,
         /// What a guest kernel that panics, oopses, hangs, never reaches
@@ -256,14 +264,16 @@ enum ImageCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let code = if e.use_stderr() { exit::INVALID_INPUT } else { exit::PASSED };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
+    let debs_at = kernel_debs_at(&matches);
     // The agent client warns when QEMU goes away under it; vlab says why
     // QEMU went (its exit, its message, the console), so those warnings
     // show only with VLAB_DEBUG.
@@ -286,6 +296,7 @@ fn main() -> ExitCode {
                 artifacts,
                 accel,
                 kernels,
+                kernel_debs,
                 kernel_commits,
                 kernel_cmdline,
                 modules,
@@ -303,13 +314,13 @@ fn main() -> ExitCode {
             } => run(
                 lab,
                 Outputs { json, markdown, html, junit, timings, tolerance, on_crash },
+                KernelArgs { kernels: in_order(kernels, kernel_debs, &debs_at), modules },
                 RunOptions {
                     accel,
-                    kernels,
+                    kernels: Vec::new(),
                     kernel_commits,
                     kernel_cmdline: kernel_cmdline
                         .map_or_else(Vec::new, |a| a.split_whitespace().map(String::from).collect()),
-                    modules,
                     case_filter,
                     artifacts,
                     images_dir: vlab::images_dir(),
@@ -328,7 +339,6 @@ fn main() -> ExitCode {
                     kernels: Vec::new(),
                     kernel_commits: Vec::new(),
                     kernel_cmdline: Vec::new(),
-                    modules: None,
                     case_filter,
                     artifacts: None,
                     images_dir: vlab::images_dir(),
@@ -346,7 +356,6 @@ fn main() -> ExitCode {
                     kernels: Vec::new(),
                     kernel_commits: Vec::new(),
                     kernel_cmdline: Vec::new(),
-                    modules: None,
                     case_filter: None,
                     artifacts,
                     images_dir: vlab::images_dir(),
@@ -551,11 +560,98 @@ fn load_runs(path: &Path) -> Result<Runs, u8> {
     })
 }
 
+/// `vlab run`'s kernels: `--kernel` and `--kernel-deb` in the order given,
+/// and `--modules`.
+struct KernelArgs {
+    kernels: Vec<KernelArg>,
+    modules: Option<PathBuf>,
+}
+
+/// A `--kernel` or a `--kernel-deb`.
+enum KernelArg {
+    Image(PathBuf),
+    Deb(PathBuf),
+}
+
+impl KernelArg {
+    fn option(&self) -> &'static str {
+        match self {
+            KernelArg::Image(_) => "kernel",
+            KernelArg::Deb(_) => "kernel-deb",
+        }
+    }
+}
+
+/// Where on the command line each `--kernel-deb` and `--kernel` of `vlab
+/// run` stand: whether the n-th kernel given is a package.
+fn kernel_debs_at(matches: &clap::ArgMatches) -> Vec<bool> {
+    let Some(run) = matches.subcommand_matches("run") else { return Vec::new() };
+    let at = |id: &str| run.indices_of(id).map(Iterator::collect::<Vec<usize>>).unwrap_or_default();
+    let mut all: Vec<(usize, bool)> = at("kernels").into_iter().map(|i| (i, false)).collect();
+    all.extend(at("kernel_debs").into_iter().map(|i| (i, true)));
+    all.sort();
+    all.into_iter().map(|(_, deb)| deb).collect()
+}
+
+/// The kernels and packages in the order `debs_at` gives.
+fn in_order(kernels: Vec<PathBuf>, debs: Vec<PathBuf>, debs_at: &[bool]) -> Vec<KernelArg> {
+    let (mut kernels, mut debs) = (kernels.into_iter(), debs.into_iter());
+    debs_at
+        .iter()
+        .filter_map(|deb| match deb {
+            true => debs.next().map(KernelArg::Deb),
+            false => kernels.next().map(KernelArg::Image),
+        })
+        .collect()
+}
+
+/// The kernels a run boots: each --kernel with --modules, each package
+/// unpacked (into the cache, once); only --modules: the image's kernel with
+/// them. A file that is no kernel package is exit 128.
+async fn guest_kernels(
+    args: KernelArgs,
+    progress: &Progress,
+    on_crash: OnCrash,
+) -> Result<Vec<vlab::run::GuestKernel>, u8> {
+    use vlab::run::GuestKernel;
+    if args.kernels.is_empty() {
+        return Ok(args.modules.map(|m| GuestKernel { image: None, modules: Some(m) }).into_iter().collect());
+    }
+    let modules = args.modules.clone();
+    let unpacked = {
+        let progress = progress.clone();
+        supervised(&progress.clone(), on_crash, async move {
+            let mut out = Vec::new();
+            for k in args.kernels {
+                out.push(match k {
+                    KernelArg::Image(image) => Ok(GuestKernel { image: Some(image), modules: modules.clone() }),
+                    KernelArg::Deb(deb) => {
+                        let progress = progress.clone();
+                        let unpacked =
+                            tokio::task::spawn_blocking(move || vlab::image::kernel_deb(&deb, &progress)).await?;
+                        match unpacked {
+                            Ok(k) => Ok(GuestKernel { image: Some(k.kernel), modules: k.modules }),
+                            Err(e @ vlab::image::ImageError::BadPackage { .. }) => Err(e.to_string()),
+                            Err(e) => return Err(anyhow::Error::new(e).context("--kernel-deb")),
+                        }
+                    }
+                });
+            }
+            Ok(out)
+        })
+        .await?
+    };
+    unpacked.into_iter().collect::<Result<_, String>>().map_err(|why| {
+        error!("--kernel-deb {why}");
+        exit::INVALID_INPUT
+    })
+}
+
 /// Runs a lab or a study; `opts.repeat` 0 means its default. With `--junit`,
 /// a run that could not start or finish still leaves a report: one error.
-async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8> {
+async fn run(lab_path: PathBuf, out: Outputs, kernels: KernelArgs, opts: RunOptions) -> Result<u8, u8> {
     let junit = out.junit.clone();
-    let result = run_reports(&lab_path, out, opts).await;
+    let result = run_reports(&lab_path, out, kernels, opts).await;
     if let (Err(code), Some(path)) = (&result, &junit) {
         let message = LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Err(e) = vlab::junit::write(path, &vlab::junit::of_error(&lab_path, *code, &message)) {
@@ -565,7 +661,7 @@ async fn run(lab_path: PathBuf, out: Outputs, opts: RunOptions) -> Result<u8, u8
     result
 }
 
-async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Result<u8, u8> {
+async fn run_reports(lab_path: &Path, out: Outputs, kernels: KernelArgs, mut opts: RunOptions) -> Result<u8, u8> {
     let runs = load_runs(lab_path)?;
     // A study's labs run; the rest of it (its claims) is judged afterwards.
     let (title, mut labs, study) = match runs {
@@ -594,16 +690,18 @@ async fn run_reports(lab_path: &Path, out: Outputs, mut opts: RunOptions) -> Res
         error!("--case {:?} matches no case of the study", opts.case_filter.as_deref().unwrap_or(""));
         return Err(exit::INVALID_INPUT);
     }
-    if opts.kernel_commits.len() > opts.kernels.len() {
-        error!("--kernel-commit is given once per --kernel, and there are more of them");
+    if opts.kernel_commits.len() > kernels.kernels.len() {
+        error!("--kernel-commit is given once per --kernel (or --kernel-deb), and there are more of them");
         return Err(exit::INVALID_INPUT);
     }
-    for kernel in &opts.kernels {
-        if !kernel.is_file() {
-            error!("--kernel {}: no such file", kernel.display());
+    for kernel in &kernels.kernels {
+        let (KernelArg::Image(file) | KernelArg::Deb(file)) = kernel;
+        if !file.is_file() {
+            error!("--{} {}: no such file", kernel.option(), file.display());
             return Err(exit::INVALID_INPUT);
         }
     }
+    opts.kernels = guest_kernels(kernels, &opts.progress, out.on_crash).await?;
     if !(0.0..1.0).contains(&out.tolerance) {
         error!("--tolerance {}: use a fraction from 0 to below 1 (0.05 is 5 %)", out.tolerance);
         return Err(exit::INVALID_INPUT);

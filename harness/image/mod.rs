@@ -6,9 +6,11 @@
 
 mod cancel;
 mod initramfs;
+mod package;
 pub mod userns;
 
 pub use cancel::cancel_all;
+pub use package::{kernel_deb, kernel_deb_in, PackagedKernel};
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -113,6 +115,14 @@ pub enum ImageError {
         step: String,
         /// Its output or error.
         detail: String,
+    },
+    /// A `--kernel-deb` file that is not a kernel package vlab can boot.
+    #[error("{}: {why}", path.display())]
+    BadPackage {
+        /// The file.
+        path: PathBuf,
+        /// What it is not, or holds.
+        why: String,
     },
     /// The build was cancelled (SIGINT or SIGTERM); nothing of it is left.
     #[error("image build cancelled")]
@@ -311,7 +321,7 @@ pub fn build(recipe_path: &Path, progress: &Progress) -> Result<Image, ImageErro
     progress.phase("preparing kernel modules");
     let kernel_release = kernel_release(&rootdir)?;
     let modules_dir = rootdir.join("usr/lib/modules").join(&kernel_release);
-    decompress_modules(&active, &ns, &modules_dir)?;
+    decompress_modules(&active, &|tool: &str| ns.command(tool), &modules_dir)?;
     run(&active, "depmod", ns.command("chroot").arg(&rootdir).args(["depmod", "-a", &kernel_release]))?;
     install_guest_files(&active, &ns, &work.dir)?;
     if recipe.packages.iter().any(|p| p == "clang") {
@@ -481,7 +491,13 @@ fn kernel_release(rootdir: &Path) -> Result<String, ImageError> {
 
 /// Debian ships modules xz- or zstd-compressed; busybox insmod and a fast boot
 /// want them plain, so they are decompressed once at build time.
-fn decompress_modules(active: &cancel::Active, ns: &userns::BuildNs, dir: &Path) -> Result<(), ImageError> {
+/// `command` makes the tool's command (in the build's user namespace, or a
+/// plain one).
+fn decompress_modules(
+    active: &cancel::Active,
+    command: &(dyn Fn(&str) -> Command + Sync),
+    dir: &Path,
+) -> Result<(), ImageError> {
     let mut xz = Vec::new();
     let mut zst = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -504,7 +520,7 @@ fn decompress_modules(active: &cancel::Active, ns: &userns::BuildNs, dir: &Path)
                 .into_iter()
                 .map(|chunk| {
                     s.spawn(move || {
-                        let mut cmd = ns.command(tool);
+                        let mut cmd = command(tool);
                         // Both delete the compressed file once decompressed.
                         cmd.args(if tool == "xz" { ["-d", "-q", "-T1"] } else { ["-d", "-q", "--rm"] }).args(&chunk);
                         run(active, tool, &mut cmd)

@@ -2,8 +2,9 @@
 //! configuration before anything is deployed: a kernel built without one
 //! cannot test the lab (exit 125, untestable), which is not the same as
 //! failing it. The configuration is read in the guest from /proc/config.gz
-//! (`CONFIG_IKCONFIG_PROC`, which `images/kernel.config` turns on) or from
-//! /boot/config-RELEASE (Debian's kernels).
+//! (`CONFIG_IKCONFIG_PROC`, which `images/kernel.config` turns on), from
+//! /boot/config-RELEASE (Debian's kernels), or from
+//! /lib/modules/RELEASE/config (where `--kernel-deb` puts its package's).
 
 use std::collections::BTreeMap;
 
@@ -83,7 +84,8 @@ pub fn missing(config: &str, needed: &BTreeMap<String, String>) -> Vec<(String, 
 /// The guest's shell script that prints its kernel's configuration, or
 /// nothing when the kernel keeps none.
 pub const READ_CONFIG: &str = "if [ -r /proc/config.gz ]; then gzip -dc /proc/config.gz; \
-     elif [ -r /boot/config-$(uname -r) ]; then cat /boot/config-$(uname -r); fi";
+     elif [ -r /boot/config-$(uname -r) ]; then cat /boot/config-$(uname -r); \
+     elif [ -r /lib/modules/$(uname -r)/config ]; then cat /lib/modules/$(uname -r)/config; fi";
 
 /// A kernel that lacks options the lab needs.
 #[derive(Debug, thiserror::Error)]

@@ -45,15 +45,12 @@ pub struct RunOptions {
     /// Kernels to boot instead of the image's (bisecting: one; comparing
     /// kernels: each gets its own pairs, which take turns with the others'
     /// in every round); empty: the image's.
-    pub kernels: Vec<PathBuf>,
+    pub kernels: Vec<GuestKernel>,
     /// The commits `kernels` were built from, in their order (for the
     /// reports; as many as given).
     pub kernel_commits: Vec<String>,
     /// Appended to every guest's kernel command line.
     pub kernel_cmdline: Vec<String>,
-    /// A kernel tree's modules (`INSTALL_MOD_PATH` of `make
-    /// modules_install`), installed into every VM's copy-on-write root disk.
-    pub modules: Option<PathBuf>,
     /// Only cases whose name contains this.
     pub case_filter: Option<String>,
     /// Where to keep the evidence.
@@ -71,6 +68,18 @@ pub struct RunOptions {
     pub repro: Option<PathBuf>,
     /// Also every passed case's.
     pub repro_all: bool,
+}
+
+/// A kernel to boot instead of the image's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuestKernel {
+    /// The kernel (bzImage, vmlinuz, or vmlinux for a PVH boot); `None`:
+    /// the image's, with other modules.
+    pub image: Option<PathBuf>,
+    /// Its module tree (`INSTALL_MOD_PATH` of `make modules_install`),
+    /// installed into every VM's copy-on-write root disk (through the
+    /// initramfs) for a kernel that is not fully built in.
+    pub modules: Option<PathBuf>,
 }
 
 /// What every boot of a run shares (one per kernel).
@@ -212,8 +221,8 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     }
     .with_context(|| format!("cannot build the image from {}", recipe.display()))?;
     variants::check_image(lab, &opts.images_dir)?;
-    let kernel = opts.kernels.first().cloned().unwrap_or_else(|| image.kernel.clone());
-    for k in opts.kernels.iter().chain([&kernel]) {
+    let kernel = opts.kernels.first().and_then(|k| k.image.clone()).unwrap_or_else(|| image.kernel.clone());
+    for k in opts.kernels.iter().filter_map(|k| k.image.as_ref()).chain([&kernel]) {
         if !k.is_file() {
             bail!("kernel {} does not exist", k.display());
         }
@@ -231,34 +240,56 @@ async fn prepare(lab: &Lab, opts: &RunOptions, qemu_bin: PathBuf) -> anyhow::Res
     if let Some(why) = &notice {
         NOTICE.call_once(|| eprintln!("vlab: KVM is not usable ({why}); using TCG (slower)"));
     }
-    let mut image = image;
-    let modules = match &opts.modules {
-        Some(dir) => {
-            let recipe = lab.image_recipe(&opts.images_dir);
-            let (release, file) = image::initramfs_with_modules(&image, &recipe, dir).map_err(anyhow::Error::msg)?;
-            progress.phase(&format!("modules of {release} from {}", dir.display()));
-            image.initramfs = file.to_path_buf();
-            Some(std::sync::Arc::new(file))
-        }
-        None => None,
-    };
     let timing = RunTiming { image_s, probe_s: clock.lap(), boots: Vec::new() };
     let prepared = Prepared {
         qemu: qemu_bin,
+        kernel: image.kernel.clone(),
         image,
-        kernel,
         cmdline: opts.kernel_cmdline.clone(),
-        _modules: modules,
+        _modules: None,
         accel,
         tcg_thread: tcg_thread(lab)?,
         vhost: vhost_usable(),
         firmware: qemu::find_firmware(),
-        saved_states: !opts.cold_boot && opts.kernels.is_empty() && opts.modules.is_none(),
+        saved_states: !opts.cold_boot && opts.kernels.is_empty(),
         use_states: true,
         timing,
         kernel_config: Default::default(),
     };
     Ok((prepared, notice))
+}
+
+/// Initramfs files with a module tree appended, by (the image's initramfs,
+/// the tree): labs of one image share them.
+type ModuleInitramfs = std::collections::HashMap<(PathBuf, PathBuf), std::sync::Arc<tempfile::TempPath>>;
+
+/// `prepared` (the image's) booting `kernel` instead, with an initramfs
+/// that carries its modules.
+fn with_kernel(
+    prepared: &Prepared,
+    lab: &Lab,
+    kernel: &GuestKernel,
+    opts: &RunOptions,
+    made: &mut ModuleInitramfs,
+) -> anyhow::Result<Prepared> {
+    let mut p =
+        Prepared { kernel: kernel.image.clone().unwrap_or_else(|| prepared.kernel.clone()), ..prepared.clone() };
+    if let Some(dir) = &kernel.modules {
+        let key = (prepared.image.initramfs.clone(), dir.clone());
+        let file = match made.get(&key) {
+            Some(file) => file.clone(),
+            None => {
+                let recipe = lab.image_recipe(&opts.images_dir);
+                let (release, file) =
+                    image::initramfs_with_modules(&prepared.image, &recipe, dir).map_err(anyhow::Error::msg)?;
+                opts.progress.phase(&format!("modules of {release} from {}", dir.display()));
+                made.entry(key).or_insert_with(|| std::sync::Arc::new(file)).clone()
+            }
+        };
+        p.image.initramfs = file.to_path_buf();
+        p._modules = Some(file);
+    }
+    Ok(p)
 }
 
 /// How TCG runs each VM's vCPUs: as `$VLAB_TCG_THREAD` says (`single` or
@@ -588,13 +619,18 @@ pub async fn run_labs(labs: &[(Lab, Vec<Case>)], opts: &RunOptions) -> anyhow::R
     // One configuration read per kernel file, whichever lab boots it first.
     let mut configs: std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::OnceLock<String>>> =
         Default::default();
+    let mut initramfs = ModuleInitramfs::new();
     for (lab, cases) in labs {
         check_vfio_nics(lab, cases)?;
         let (prepared, n) = prepare(lab, opts, qemu_bin.clone()).await?;
         notice = notice.or(n);
-        let mut mine = vec![prepared.clone()];
-        for k in opts.kernels.iter().skip(1) {
-            mine.push(Prepared { kernel: k.clone(), ..prepared.clone() });
+        let mut mine = opts
+            .kernels
+            .iter()
+            .map(|k| with_kernel(&prepared, lab, k, opts, &mut initramfs))
+            .collect::<anyhow::Result<Vec<Prepared>>>()?;
+        if mine.is_empty() {
+            mine.push(prepared);
         }
         for p in &mut mine {
             p.kernel_config = configs.entry(p.kernel.clone()).or_default().clone();
