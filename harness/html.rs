@@ -396,6 +396,9 @@ pub fn page(
         }
         body.push_str("</table>\n");
     }
+    for f in crate::presence::by_kernel(reports) {
+        body.push_str(&findings_by_kernel(&f));
+    }
     let title = format!("vlab: {title}");
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -411,6 +414,39 @@ pub fn page(
         escape(&title),
         escape(&title),
     )
+}
+
+/// A lab's findings across kernels: per check the kernels that show it,
+/// and each case's verdict on each kernel.
+fn findings_by_kernel(f: &crate::presence::KernelFindings) -> String {
+    let mut s = format!("<h2>findings by kernel: lab <code>{}</code></h2>\n", escape(&f.lab));
+    if f.findings.is_empty() {
+        s.push_str(&format!("<p>No check failed on any kernel ({}).</p>\n", escape(&f.kernels.join(", "))));
+        return s;
+    }
+    s.push_str(&format!("<p>{}.</p>\n", escape(&f.headline())));
+    let heads: String = f.kernels.iter().map(|k| format!("<th>{}</th>", escape(k))).collect();
+    for p in &f.checks {
+        s.push_str(&format!(
+            "<p><b>{}</b>: {}</p>\n<table>\n<tr><th>case</th>{heads}</tr>\n",
+            escape(&p.check),
+            escape(&p.line(&f.kernels))
+        ));
+        for row in f.findings.iter().filter(|r| r.check == p.check) {
+            let cells: String = row
+                .verdicts
+                .iter()
+                .map(|v| match v {
+                    crate::presence::Verdict::Failed => "<td><b>FAIL</b></td>".to_string(),
+                    other => format!("<td>{}</td>", other.word()),
+                })
+                .collect();
+            let mark = if row.differs() { " *" } else { "" };
+            s.push_str(&format!("<tr><td><code>{}</code>{mark}</td>{cells}</tr>\n", escape(&row.case)));
+        }
+        s.push_str("</table>\n");
+    }
+    s
 }
 
 #[cfg(test)]

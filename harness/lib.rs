@@ -31,6 +31,7 @@ pub mod lab;
 pub mod measure;
 pub mod overlay;
 pub mod policy;
+pub mod presence;
 pub mod qemu;
 pub mod rejudge;
 pub mod report;

@@ -778,6 +778,12 @@ fn publish(
         print!("\n{}", c.table());
         markdown.push_str(&format!("\n```\n{}```\n", c.table()));
     }
+    // Each lab's failed checks on each kernel.
+    let by_kernel = vlab::presence::by_kernel(reports);
+    for f in &by_kernel {
+        print!("\n{}", f.table());
+        markdown.push_str(&format!("\n{}", f.markdown()));
+    }
     // A study's cases against its baseline, and its findings, per kernel.
     let studies: Vec<vlab::findings::StudyOutcome> = study.map_or_else(Vec::new, |c| {
         vlab::findings::per_kernel(reports, kernels)
@@ -792,7 +798,7 @@ fn publish(
     let document = match (reports.len(), study.is_some()) {
         (1, false) => serde_json::to_value(&reports[0]),
         _ => serde_json::to_value(
-            serde_json::json!({ "reports": reports, "comparisons": comparisons, "studies": studies }),
+            serde_json::json!({ "reports": reports, "comparisons": comparisons, "findings_by_kernel": by_kernel, "studies": studies }),
         ),
     }
     .expect("reports serialize");

@@ -1967,3 +1967,80 @@ fn a_ratio_to_the_baseline_splits_into_packets_per_byte_and_cpu_per_packet() {
     vlab::report::compare_with(&mut cases, vlab::report::Versus::Overlay, "baseline");
     assert!(cases[1].vs_baseline.is_some() && cases[1].vs_baseline_split.is_none());
 }
+
+/// The recorded ILA case with two cases' names, on one kernel: `fails`
+/// names, per case, the checks made to fail there; `unjudged` the checks its
+/// evidence is made to hold nothing for.
+fn ila_on(kernel: &str, fails: [&[&str]; 2], unjudged: &[&str]) -> vlab::report::Report {
+    let one = recorded("ila").judge();
+    let cases = ["csum-mode=adj-transport", "csum-mode=no-action"]
+        .iter()
+        .zip(fails)
+        .map(|(name, fails)| {
+            let mut case = CaseReport { name: name.to_string(), ..one.clone() };
+            for check in &mut case.checks {
+                check.passed = !fails.contains(&check.name.as_str());
+                check.not_judged = unjudged.contains(&check.name.as_str());
+            }
+            case.passed = case.checks.iter().all(|c| c.passed);
+            case
+        })
+        .collect();
+    report_of("ila-matrix", kernel, cases)
+}
+
+const WIRE: &str = "ILA: wire checksums as documented";
+const CONTAINERS: &str = "ILA: receivers counted no checksum errors";
+
+/// Each check that failed on some kernel, case by case, with its verdict on
+/// every kernel, and the kernels that show it; a check not judged on a
+/// kernel is not called absent there.
+#[test]
+fn findings_name_the_kernels_that_show_them() {
+    let reports = [
+        ila_on("6.1.0-57-amd64", [&[WIRE], &[WIRE, CONTAINERS]], &[]),
+        ila_on("6.12.95+deb12-amd64", [&[WIRE], &[]], &[]),
+        ila_on("6.12.117+deb13-amd64", [&[WIRE], &[]], &[CONTAINERS]),
+    ];
+    let all = vlab::presence::by_kernel(&reports);
+    assert_eq!(all.len(), 1);
+    let f = &all[0];
+    let rows: Vec<(&str, &str, Vec<vlab::presence::Verdict>)> =
+        f.findings.iter().map(|r| (r.check.as_str(), r.case.as_str(), r.verdicts.clone())).collect();
+    use vlab::presence::Verdict::{Failed, NotJudged, Passed};
+    assert_eq!(
+        rows,
+        [
+            (WIRE, "csum-mode=adj-transport", vec![Failed, Failed, Failed]),
+            (WIRE, "csum-mode=no-action", vec![Failed, Passed, Passed]),
+            (CONTAINERS, "csum-mode=no-action", vec![Failed, Passed, NotJudged]),
+        ]
+    );
+    let lines: Vec<String> = f.checks.iter().map(|p| p.line(&f.kernels)).collect();
+    assert_eq!(
+        lines,
+        [
+            "present on: 6.1.0-57-amd64 yes (2 of 2 cases), 6.12.95+deb12-amd64 yes (1 of 2 cases), \
+             6.12.117+deb13-amd64 yes (1 of 2 cases)",
+            "present on: 6.1.0-57-amd64 yes (1 of 2 cases), 6.12.95+deb12-amd64 no (0 of 2 cases), \
+             6.12.117+deb13-amd64 not judged",
+        ]
+    );
+    let differ: Vec<bool> = f.findings.iter().map(vlab::presence::Finding::differs).collect();
+    assert_eq!(differ, [false, true, true]);
+    insta::assert_snapshot!("findings-by-kernel", format!("{}\n{}", f.table(), f.markdown()));
+}
+
+/// One kernel has no such section; kernels on which nothing failed say so;
+/// a kernel given twice is told apart by its place.
+#[test]
+fn findings_by_kernel_need_two_kernels_and_say_when_there_are_none() {
+    assert!(vlab::presence::by_kernel(&[ila_on("6.1", [&[WIRE], &[]], &[])]).is_empty());
+    let clean = vlab::presence::by_kernel(&[ila_on("6.1", [&[], &[]], &[]), ila_on("6.1", [&[], &[]], &[])]);
+    assert_eq!(clean[0].kernels, ["6.1 (#1)", "6.1 (#2)"]);
+    assert!(clean[0].findings.is_empty());
+    assert_eq!(
+        clean[0].table(),
+        "lab ila-matrix: findings by kernel\nno check failed on any kernel (6.1 (#1), 6.1 (#2))\n"
+    );
+}

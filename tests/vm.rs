@@ -2200,6 +2200,18 @@ fn git_bisect_run_finds_the_commit_that_broke_the_lab_and_the_one_that_crashed()
     }
 }
 
+/// `debugfs -R REQUEST` on the image's root disk: its output.
+fn image_debugfs(image: &vlab::image::Image, request: &str) -> Vec<u8> {
+    let out = Command::new("debugfs")
+        .env("PATH", vlab::path_with_sbin())
+        .args(["-R", request])
+        .arg(&image.rootfs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "debugfs {request}: {}", stderr(&out));
+    out.stdout
+}
+
 /// A kernel tree's `modules_install` output for the image's kernel, in
 /// `dir`: the modules that `wanted` need (with their dependencies), taken
 /// from the image's root disk with debugfs, their modules.dep, and a marker
@@ -2207,16 +2219,7 @@ fn git_bisect_run_finds_the_commit_that_broke_the_lab_and_the_one_that_crashed()
 fn modules_tree(dir: &Path, wanted: &[&str]) -> PathBuf {
     let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
     let release = &image.kernel_release;
-    let debugfs = |request: &str| {
-        let out = Command::new("debugfs")
-            .env("PATH", vlab::path_with_sbin())
-            .args(["-R", request])
-            .arg(&image.rootfs)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "debugfs {request}: {}", stderr(&out));
-        out.stdout
-    };
+    let debugfs = |request: &str| image_debugfs(&image, request);
     let modules = format!("/lib/modules/{release}");
     let dep = String::from_utf8(debugfs(&format!("cat {modules}/modules.dep"))).unwrap();
     let name = |path: &str| path.rsplit('/').next().unwrap().trim_end_matches(".ko").replace('-', "_");
@@ -2268,4 +2271,96 @@ fn modules_of_a_kernel_tree_are_installed_into_the_root_disks() {
     assert_eq!(report["passed"], true);
     let console = std::fs::read_to_string(artifacts.join("serial-host1.log")).unwrap();
     assert!(!console.contains("insmod") && !console.contains("cannot install"), "{console}");
+}
+
+/// A Debian kernel package of the image's own kernel, as `make bindeb-pkg`
+/// lays one out: `boot/vmlinuz-RELEASE` and `boot/config-RELEASE`, and under
+/// `usr/lib/modules/RELEASE` the modules the ILA lab needs (xz-compressed as
+/// Debian ships them when `xz` is set), without modules.dep (a package
+/// leaves it to its postinst).
+fn image_kernel_package(vlab: &Vlab, name: &str, xz: bool) -> PathBuf {
+    let image = vlab::image::cached(&repo("images/base.toml")).unwrap().expect("the image is built");
+    let release = &image.kernel_release;
+    let root = vlab.path(&format!("{name}-root"));
+    let wanted = ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_console", "ext4", "virtio_net", "virtio_rng"];
+    // nf_tables: the `none` filter's check reads the (empty) ruleset.
+    let usr = modules_tree(&root.join("usr"), &[&wanted[..], &["ila", "veth", "nf_tables"]].concat());
+    let tree = usr.join("lib/modules").join(release);
+    std::fs::remove_file(tree.join("modules.dep")).unwrap();
+    if xz {
+        let status = Command::new("sh").arg("-c").arg("find . -name '*.ko' -exec xz {} +").current_dir(&tree).status();
+        assert!(status.unwrap().success());
+    }
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::copy(image.dir.join("vmlinuz"), root.join(format!("boot/vmlinuz-{release}"))).unwrap();
+    let config = image_debugfs(&image, &format!("cat /boot/config-{release}"));
+    assert!(config.starts_with(b"#"), "the image keeps its kernel's configuration");
+    std::fs::write(root.join(format!("boot/config-{release}")), config).unwrap();
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    let control = format!(
+        "Package: {name}\nVersion: 1\nArchitecture: amd64\nMaintainer: vlab tests <vlab@localhost>\nDescription: test\n"
+    );
+    std::fs::write(root.join("DEBIAN/control"), control).unwrap();
+    let deb = vlab.path(&format!("{name}.deb"));
+    let out = Command::new("dpkg-deb").args(["--root-owner-group", "-b"]).arg(&root).arg(&deb).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    deb
+}
+
+/// `--kernel-deb` twice in one run: two packages of the image's kernel (one
+/// with xz-compressed modules) are unpacked, boot with their own modules in
+/// pairs of their own, read their configuration from the package, and show
+/// the ILA adj-transport finding; the report names it on both kernels.
+#[test]
+fn kernel_packages_boot_with_their_modules_and_findings_name_the_kernels() {
+    let _one = lock();
+    let vlab = Vlab::new();
+    let debs = [
+        image_kernel_package(&vlab, "vlab-test-kernel-xz", true),
+        image_kernel_package(&vlab, "vlab-test-kernel-plain", false),
+    ];
+    let more = [
+        "--kernel-deb",
+        debs[0].to_str().unwrap(),
+        "--kernel-deb",
+        debs[1].to_str().unwrap(),
+        "--case",
+        "csum-mode=adj-transport,hook=route,offloads=off",
+    ];
+    // The packages' trees, not the root disk's, are in /lib/modules (the
+    // marker only they have), with the package's configuration.
+    let lab = vlab.short_lab("labs/ila-matrix.toml", "packages.toml", |l| {
+        for vm in l.get_mut("vm").and_then(toml::Value::as_array_mut).unwrap() {
+            let setup = vec![toml::Value::from(
+                "test -e /lib/modules/$(uname -r)/vlab-marker -a -s /lib/modules/$(uname -r)/config",
+            )];
+            vm.as_table_mut().unwrap().insert("setup".into(), setup.into());
+        }
+    });
+    let (doc, artifacts, out) = vlab.run_lab_with(lab.to_str().unwrap(), &more, &[], &[1]);
+    let kernels = vlab::image::cache_root().join("kernels");
+    for e in std::fs::read_dir(&kernels).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("vlab-test-kernel-") {
+            let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+        }
+    }
+    let reports = doc["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in reports {
+        let case = &r["cases"][0];
+        assert_eq!(failed_checks(case), ["ILA: wire checksums as documented"], "{}", r["kernel"]);
+    }
+    // The initramfs loaded the root disk's drivers from them; the option
+    // check read the package's configuration (no notice that it could not).
+    for k in ["kernel1", "kernel2"] {
+        let console = std::fs::read_to_string(artifacts.join(format!("serial-host1-{k}.log"))).unwrap();
+        assert!(!console.contains("cannot install") && !console.contains("insmod"), "{console}");
+    }
+    assert!(!stderr(&out).contains("keeps no configuration"), "{}", stderr(&out));
+    let found = &doc["findings_by_kernel"][0];
+    let release = reports[0]["kernel"].as_str().unwrap();
+    assert_eq!(found["kernels"], serde_json::json!([format!("{release} (#1)"), format!("{release} (#2)")]));
+    assert_eq!(found["findings"][0]["check"], "ILA: wire checksums as documented");
+    assert_eq!(found["findings"][0]["verdicts"], serde_json::json!(["failed", "failed"]));
+    assert!(stdout(&out).contains("present on: "), "{}", stdout(&out));
 }
