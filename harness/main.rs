@@ -238,6 +238,15 @@ enum Cmd {
         /// The lab file, where it is no longer where the report says.
         #[arg(long)]
         lab: Option<PathBuf>,
+        /// The case's artifacts (`vlab run --artifacts DIR`: DIR/CASE, or
+        /// DIR/kernelK/CASE with several kernels): REPORT.md then shows the
+        /// packets that show the finding, and evidence/ holds them as pcaps.
+        #[arg(long, value_name = "DIR")]
+        evidence: Option<PathBuf>,
+        /// Of a run over several kernels, the report of this one (its
+        /// `uname -r`).
+        #[arg(long, value_name = "RELEASE")]
+        kernel: Option<String>,
     },
     /// Guest images.
     Image {
@@ -373,7 +382,9 @@ fn main() -> ExitCode {
                 Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip },
             )
             .unwrap_or_else(|code| code),
-            Cmd::Repro { report, case, out, lab } => repro(&report, &case, &out, lab.as_deref()),
+            Cmd::Repro { report, case, out, lab, evidence, kernel } => {
+                repro(&report, &case, &out, (lab.as_deref(), evidence.as_deref(), kernel.as_deref()))
+            }
             Cmd::Image { command: ImageCmd::Build { recipe } } => image_build(recipe).await,
             Cmd::Image { command: ImageCmd::Key { recipes } } => image_key(recipes),
             Cmd::Doctor => vlab::doctor::doctor(),
@@ -887,8 +898,14 @@ async fn soak(lab_path: PathBuf, boots: u32, deploy: bool, json: Option<PathBuf>
     Ok(if soak.nothing_lost() { exit::PASSED } else { exit::CHECK_FAILED })
 }
 
-fn repro(report: &Path, case: &str, out: &Path, lab: Option<&Path>) -> u8 {
-    match vlab::repro::export(report, case, out, lab) {
+/// `vlab repro`; `lab`, `evidence` and `kernel` as its options say.
+fn repro(
+    report: &Path,
+    case: &str,
+    out: &Path,
+    (lab, evidence, kernel): (Option<&Path>, Option<&Path>, Option<&str>),
+) -> u8 {
+    match vlab::repro::export(report, case, out, lab, evidence, kernel) {
         Ok(e) => {
             match &e.script {
                 Ok(p) => println!("{}: the case in network namespaces (run it as root)", p.display()),

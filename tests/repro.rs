@@ -72,8 +72,12 @@ fn case(lab: &vlab::lab::Lab, name: &str) -> vlab::lab::Case {
     lab.cases().into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"))
 }
 
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 fn lab(path: &str) -> vlab::lab::Lab {
-    vlab::load_lab(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    vlab::load_lab(&repo(path)).unwrap()
 }
 
 #[test]
@@ -282,7 +286,7 @@ fn a_reproducer_holds_the_script_the_one_case_lab_and_the_account() {
     let case = "csum-mode=adj-transport,hook=route,offloads=off";
     let dir = report_of("labs/ila-matrix.toml", case);
     let out = dir.path().join("out");
-    let e = repro::export(&dir.path().join("report.json"), case, &out, None).unwrap();
+    let e = repro::export(&dir.path().join("report.json"), case, &out, None, None, None).unwrap();
     assert!(e.script.unwrap().ends_with("repro.sh"));
     let account = std::fs::read_to_string(&e.report).unwrap();
     assert!(account.contains("Kernel `6.12.118+deb13-amd64` (QEMU 10.0.2)"), "{account}");
@@ -295,7 +299,7 @@ fn a_reproducer_holds_the_script_the_one_case_lab_and_the_account() {
     let lab = vlab::parse_lab(&std::fs::read_to_string(&e.lab).unwrap(), &e.lab).unwrap();
     assert_eq!(lab.cases().len(), 1);
     // A case the report does not have is named with the ones it has.
-    let err = repro::export(&dir.path().join("report.json"), "csum-mode=x", &out, None).unwrap_err();
+    let err = repro::export(&dir.path().join("report.json"), "csum-mode=x", &out, None, None, None).unwrap_err();
     assert!(err.contains("no case \"csum-mode=x\"") && err.contains(case), "{err}");
 }
 
@@ -305,10 +309,81 @@ fn a_case_without_a_namespace_form_gets_the_vm_form_and_the_reason() {
     let c = l.cases().into_iter().find(|c| c.params.overlay(&l) == "swarm").unwrap();
     let dir = report_of("labs/swarm.toml", &c.name);
     let out = dir.path().join("out");
-    let e = repro::export(&dir.path().join("report.json"), &c.name, &out, None).unwrap();
+    let e = repro::export(&dir.path().join("report.json"), &c.name, &out, None, None, None).unwrap();
     let why = e.script.unwrap_err();
     assert!(!out.join("repro.sh").exists());
     let account = std::fs::read_to_string(&e.report).unwrap();
     assert!(account.contains(&format!("This case has no namespace form: {why}.")), "{account}");
     assert!(e.lab.exists());
+}
+
+/// The packets that show a finding, fields side by side: on the ILA wire
+/// under no-action (offloads off), the first four segments are invalid for
+/// the wire addresses and their field is the checksum for the original (SIR)
+/// destination, not the wire's; the cut pcap holds those four packets and
+/// no others. A capture where nothing is invalid shows its first four.
+#[test]
+fn the_evidence_shows_the_invalid_segments_and_cuts_them_out() {
+    use vlab::measure::capture::{self, CaptureContext};
+    use vlab::measure::checksum::ChecksumStatus;
+    let sir = |dst: std::net::IpAddr| match dst.to_string().as_str() {
+        "aaaa::1" => Some("dead:beef::1".parse().unwrap()),
+        "bbbb::2" => Some("dead:beef::2".parse().unwrap()),
+        _ => None,
+    };
+    let ctx = CaptureContext { port: 5201, mtu: 1500, original_dst: &sir, vxlan_port: None };
+    let wire = std::fs::read(repo("tests/fixtures/pcap/ila-no-action-off-host1-underlay.pcap")).unwrap();
+    let (rows, cut) = capture::evidence(&wire, &ctx, 4).unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!(r.status, ChecksumStatus::Invalid, "{r:?}");
+        let (original, for_original) = r.for_original.unwrap();
+        assert_eq!((original, r.field), (sir(r.dst).unwrap(), for_original), "{r:?}");
+        assert_ne!(Some(r.field), r.for_captured, "{r:?}");
+    }
+    let again = capture::checksum_verdicts(&cut, &ctx).unwrap();
+    assert_eq!(again.len(), 4);
+    assert!(again.iter().all(|(_, s, _)| *s == ChecksumStatus::Invalid), "{again:?}");
+    // Nothing invalid in the container's capture: its first four, valid.
+    let inside = std::fs::read(repo("tests/fixtures/pcap/ila-no-action-off-host1-c1-eth0.pcap")).unwrap();
+    let (rows, _) = capture::evidence(&inside, &CaptureContext::plain(5201, 1500), 4).unwrap();
+    let frames: Vec<u64> = rows.iter().map(|r| r.frame).collect();
+    assert_eq!(frames, [1, 2, 3, 4]);
+    assert!(rows.iter().all(|r| r.status == ChecksumStatus::Valid && Some(r.field) == r.for_captured), "{rows:?}");
+    // Three valid packets, then invalid ones: the invalid are shown.
+    let mixed = {
+        use pcap_parser::ToVec;
+        let (_, a) = pcap_parser::parse_pcap(&inside).unwrap();
+        let (_, b) = pcap_parser::parse_pcap(&wire).unwrap();
+        let mut v = a.header.to_vec_raw().unwrap();
+        for block in a.blocks.iter().take(3).chain(b.blocks.iter().take(6)) {
+            v.extend(block.to_vec_raw().unwrap());
+        }
+        v
+    };
+    let (rows, _) = capture::evidence(&mixed, &ctx, 4).unwrap();
+    let frames: Vec<u64> = rows.iter().map(|r| r.frame).collect();
+    assert_eq!(frames, [4, 5, 6, 7]);
+}
+
+/// `vlab repro --evidence CASE_DIR`: REPORT.md shows each capture's
+/// packets and evidence/ holds them; without it, REPORT.md says how to get
+/// them.
+#[test]
+fn a_reproducer_with_the_cases_artifacts_carries_its_packets() {
+    let fixture = repo("tests/fixtures/records/ila");
+    let case = "csum-mode=no-action,hook=route,offloads=on";
+    let dir = report_of("tests/fixtures/records/ila/lab.toml", case);
+    let report = dir.path().join("report.json");
+    let out = dir.path().join("with");
+    let e = repro::export(&report, case, &out, None, Some(&fixture.join("case")), None).unwrap();
+    let account = std::fs::read_to_string(&e.report).unwrap();
+    for file in ["host1-underlay.pcap", "host1-c1-eth0.pcap", "host2-underlay.pcap", "host2-c2-eth0.pcap"] {
+        assert!(account.contains(&format!("`{file}`:")), "{account}");
+        assert!(out.join("evidence").join(file).is_file(), "{file}");
+    }
+    assert!(account.contains("| frame | src > dst |"), "{account}");
+    let e = repro::export(&report, case, &dir.path().join("without"), None, None, None).unwrap();
+    let account = std::fs::read_to_string(&e.report).unwrap();
+    assert!(account.contains("kept no artifacts of this case"), "{account}");
 }

@@ -412,3 +412,72 @@ pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, 
     }
     Ok(out)
 }
+
+/// A TCP segment shown as evidence: its header fields, its checksum field
+/// and the checksums that would be valid for the captured addresses and,
+/// when a translation changed the destination, for the original one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvidenceRow {
+    /// Frame number in the capture (from 1).
+    pub frame: u64,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub flags: String,
+    pub seq: u32,
+    /// Payload bytes as sent.
+    pub payload: u32,
+    /// The checksum field as captured.
+    pub field: u16,
+    /// The full checksum valid for the captured addresses (`None`: the
+    /// capture cut the segment).
+    pub for_captured: Option<u16>,
+    /// The original destination and the full checksum valid for it.
+    pub for_original: Option<(IpAddr, u16)>,
+    pub status: ChecksumStatus,
+}
+
+/// The packets of a capture that show a checksum finding: its first `limit`
+/// TCP segments whose checksum is invalid for the captured addresses (else,
+/// when none is, its first `limit` segments: what was normal), each as a
+/// row, and those packets as a pcap of their own (the capture's header and
+/// records, unchanged).
+pub fn evidence(pcap: &[u8], ctx: &CaptureContext, limit: usize) -> Result<(Vec<EvidenceRow>, Vec<u8>), String> {
+    use pcap_parser::ToVec;
+    let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
+    let mut rows = Vec::new();
+    for (i, block) in capture.blocks.iter().enumerate() {
+        let Ok(outer) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
+        let inner = ctx.vxlan_port.and_then(|port| vxlan_inner(&outer, port)).map(|(_, inner)| inner);
+        let sliced = inner.as_ref().unwrap_or(&outer);
+        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { continue };
+        let Some(ip) = ip_view(sliced) else { continue };
+        let (status, _, _) = verdict(&ip, ctx);
+        let bytes = ip.payload.payload;
+        let whole = !ip.payload.incomplete && bytes.len() >= 20;
+        rows.push((
+            i,
+            EvidenceRow {
+                frame: i as u64 + 1,
+                src: ip.src,
+                dst: ip.dst,
+                flags: tcp_flags(tcp),
+                seq: tcp.sequence_number(),
+                payload: ip.ip_len.saturating_sub(ip.header_len + tcp.header_len()) as u32,
+                field: tcp.checksum(),
+                for_captured: whole.then(|| checksum::tcp_checksum(ip.src, ip.dst, bytes)),
+                for_original: (ctx.original_dst)(ip.dst)
+                    .filter(|_| whole)
+                    .map(|o| (o, checksum::tcp_checksum(ip.src, o, bytes))),
+                status,
+            },
+        ));
+    }
+    let invalid: Vec<(usize, EvidenceRow)> =
+        rows.iter().filter(|(_, r)| r.status == ChecksumStatus::Invalid).take(limit).cloned().collect();
+    let shown = if invalid.is_empty() { rows.into_iter().take(limit).collect() } else { invalid };
+    let mut cut = capture.header.to_vec_raw().map_err(|e| format!("pcap header: {e:?}"))?;
+    for (i, _) in &shown {
+        cut.extend(capture.blocks[*i].to_vec_raw().map_err(|e| format!("pcap record: {e:?}"))?);
+    }
+    Ok((shown.into_iter().map(|(_, r)| r).collect(), cut))
+}

@@ -54,10 +54,39 @@ pub struct SavedReport {
 }
 
 impl SavedReport {
-    /// Reads a report file.
-    pub fn read(path: &Path) -> Result<SavedReport, String> {
+    /// Reads a report file: one lab's report, or a run's document of
+    /// several (`{reports: [..]}`: several kernels or a study), of which the
+    /// one that has case `case` on kernel `kernel` (needed only where
+    /// several have the case).
+    pub fn read(path: &Path, case: &str, kernel: Option<&str>) -> Result<SavedReport, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a vlab lab report: {e}", path.display()))
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        let parse = |v: &serde_json::Value| {
+            SavedReport::deserialize(v).map_err(|e| format!("{}: not a vlab lab report: {e}", path.display()))
+        };
+        let Some(reports) = doc.get("reports").and_then(serde_json::Value::as_array) else { return parse(&doc) };
+        let all = reports.iter().map(parse).collect::<Result<Vec<SavedReport>, String>>()?;
+        let kernels: Vec<&str> =
+            all.iter().filter(|r| r.cases.iter().any(|c| c.name == case)).map(|r| r.kernel.as_str()).collect();
+        let chosen: Vec<&SavedReport> = all
+            .iter()
+            .filter(|r| r.cases.iter().any(|c| c.name == case) && kernel.is_none_or(|k| r.kernel == k))
+            .collect();
+        match (&chosen[..], kernel) {
+            ([one], _) => Ok((*one).clone()),
+            ([], Some(k)) => Err(format!(
+                "{}: no report of kernel {k} has case {case:?} (kernels: {})",
+                path.display(),
+                kernels.join(", ")
+            )),
+            ([], None) => Ok(all.into_iter().next().ok_or_else(|| format!("{}: no report", path.display()))?),
+            (_, _) => Err(format!(
+                "{}: reports of several kernels have case {case:?} ({}): choose one with --kernel RELEASE",
+                path.display(),
+                kernels.join(", ")
+            )),
+        }
     }
 
     /// The lab file: as recorded when it exists, else beside the report.
@@ -422,8 +451,15 @@ pub struct Exported {
 /// Writes the reproducer of case `name` of the report at `report` into
 /// `dir`: `repro.sh` (where the case has a namespace form), `lab.toml` and
 /// `REPORT.md`. `lab_path` overrides where the lab file is read from.
-pub fn export(report: &Path, name: &str, dir: &Path, lab_path: Option<&Path>) -> Result<Exported, String> {
-    let saved = SavedReport::read(report)?;
+pub fn export(
+    report: &Path,
+    name: &str,
+    dir: &Path,
+    lab_path: Option<&Path>,
+    evidence: Option<&Path>,
+    kernel: Option<&str>,
+) -> Result<Exported, String> {
+    let saved = SavedReport::read(report, name, kernel)?;
     let lab_path = lab_path.map_or_else(|| saved.lab_path(report), Path::to_path_buf);
     let lab = crate::variants::load_lab(&lab_path).map_err(|e| e.to_string())?;
     let Some(recorded) = saved.cases.iter().find(|c| c.name == name) else {
@@ -433,7 +469,7 @@ pub fn export(report: &Path, name: &str, dir: &Path, lab_path: Option<&Path>) ->
     let Some(case) = lab.cases().into_iter().find(|c| c.name == name) else {
         return Err(format!("{} has no case {name:?} any more", lab_path.display()));
     };
-    write_dir(dir, &lab, &case, recorded, &saved)
+    write_dir(dir, &lab, &case, recorded, &saved, evidence)
 }
 
 /// Writes the reproducer of `case` as `recorded` in a run (`saved`) into `dir`.
@@ -443,6 +479,7 @@ pub fn write_dir(
     case: &Case,
     recorded: &SavedCase,
     saved: &SavedReport,
+    evidence: Option<&Path>,
 ) -> Result<Exported, String> {
     let text =
         std::fs::read_to_string(&lab.source).map_err(|e| format!("the lab file {}: {e}", lab.source.display()))?;
@@ -462,9 +499,76 @@ pub fn write_dir(
         Err(why) => Err(why),
     };
     let lab_file = write("lab.toml", &one_case_lab(&text, &lab.source, case)?)?;
-    let account = report_md(lab, case, recorded, saved, script.as_ref().err().map(String::as_str));
+    let packets = match evidence {
+        Some(case_dir) => evidence_md(lab, case, case_dir, dir)?,
+        None => "## Evidence\n\nThe run kept no artifacts of this case (`vlab run --artifacts DIR`, then \
+                 `vlab repro --evidence DIR/CASE`): no packets here.\n\n"
+            .to_string(),
+    };
+    let account = report_md(lab, case, recorded, saved, script.as_ref().err().map(String::as_str), &packets);
     let report_file = write("REPORT.md", &account)?;
     Ok(Exported { script, lab: lab_file, report: report_file })
+}
+
+/// How many packets of each capture the evidence shows.
+const EVIDENCE_PACKETS: usize = 4;
+
+/// The `## Evidence` section of `REPORT.md` from a case's artifacts
+/// (`case.json` and its pcaps): per capture, the packets that show a
+/// checksum finding (see [`capture::evidence`]) with their fields side by
+/// side, also written as `evidence/<capture>.pcap` under `out`.
+pub fn evidence_md(lab: &Lab, case: &Case, case_dir: &Path, out: &Path) -> Result<String, String> {
+    use crate::measure::capture::{self, CaptureContext};
+    let (record, pcaps) = crate::run::record::load(case_dir).map_err(|e| format!("--evidence: {e:#}"))?;
+    let lab = crate::rejudge::case_lab(lab, case);
+    let hints = overlay::get(&lab.overlay).capture_hints(&lab);
+    let original_dst = |dst| hints.original_destination(dst);
+    let dir = out.join("evidence");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut s = format!(
+        "## Evidence\n\nThe packets of each capture that show it: the first {EVIDENCE_PACKETS} TCP segments whose \
+         checksum is invalid for the captured addresses (else the first {EVIDENCE_PACKETS}: what was normal), \
+         also in `evidence/` as pcaps of their own. *valid for wire* is the full checksum the captured \
+         addresses need; *valid for original* the one the destination before the translation needs.\n\n"
+    );
+    let hex = |v: Option<u16>| v.map_or("-".to_string(), |v| format!("0x{v:04x}"));
+    for (c, bytes) in record.captures.iter().zip(&pcaps) {
+        let ctx = CaptureContext {
+            port: lab.workload.port,
+            mtu: c.mtu,
+            original_dst: &original_dst,
+            vxlan_port: hints.vxlan_port,
+        };
+        let (rows, cut) = capture::evidence(bytes, &ctx, EVIDENCE_PACKETS).map_err(|e| format!("{}: {e}", c.file()))?;
+        if rows.is_empty() {
+            continue;
+        }
+        let file = dir.join(c.file());
+        std::fs::write(&file, cut).map_err(|e| format!("{}: {e}", file.display()))?;
+        let _ = writeln!(
+            s,
+            "`{}`:\n\n| frame | src > dst | flags | seq | payload | checksum field | valid for wire | valid for original | verdict |\n|---|---|---|---|---|---|---|---|---|",
+            c.file()
+        );
+        for r in rows {
+            let original = r.for_original.map_or("-".to_string(), |(a, v)| format!("0x{v:04x} ({a})"));
+            let _ = writeln!(
+                s,
+                "| {} | {} > {} | {} | {} | {} | 0x{:04x} | {} | {original} | {} |",
+                r.frame,
+                r.src,
+                r.dst,
+                r.flags,
+                r.seq,
+                r.payload,
+                r.field,
+                hex(r.for_captured),
+                serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            );
+        }
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 /// The verdicts a script printed (TAP): each check's name, and whether it
@@ -531,7 +635,14 @@ pub fn guest_command(script: &str) -> String {
 
 /// `REPORT.md`: the case, the kernel, what vlab expected and saw, the
 /// commands each host ran for the case, and how to run both forms.
-pub fn report_md(lab: &Lab, case: &Case, recorded: &SavedCase, saved: &SavedReport, no_script: Option<&str>) -> String {
+pub fn report_md(
+    lab: &Lab,
+    case: &Case,
+    recorded: &SavedCase,
+    saved: &SavedReport,
+    no_script: Option<&str>,
+    evidence: &str,
+) -> String {
     let failed: Vec<&Check> = recorded.checks.iter().filter(|c| !c.passed).collect();
     let mut s = format!("# {}: {}\n\n", lab.name, case.name);
     let _ = writeln!(
@@ -560,8 +671,10 @@ pub fn report_md(lab: &Lab, case: &Case, recorded: &SavedCase, saved: &SavedRepo
         };
         let _ = writeln!(s, "| {} | {verdict} | {} |", c.name, c.detail.replace('|', "\\|"));
     }
+    s.push('\n');
+    s.push_str(evidence);
     let o = overlay::get(case.params.overlay(lab));
-    s.push_str("\n## The case's commands\n\nWhat each host ran for this case after the lab's setup:\n");
+    s.push_str("## The case's commands\n\nWhat each host ran for this case after the lab's setup:\n");
     for vm in &lab.vms {
         let _ = writeln!(s, "\n{}:\n\n```sh\n{}\n```", vm.name, o.case_setup(lab, vm, &case.params).join("\n"));
     }

@@ -552,7 +552,8 @@ async fn run_round(group: &Group, pair: &mut Pair, opts: &RunOptions, round: u32
                 let guest = &pair.rt.vms[0].guest;
                 // With several kernels, each kernel's under its release.
                 let dir = if opts.kernels.len() > 1 { dir.join(&pair.kernel) } else { dir.clone() };
-                repro::of_case(&dir, &pair.case_lab, case, &report, guest, (&pair.kernel, ""))
+                let evidence = artifacts.as_ref().map(|a| a.join(&case.name));
+                repro::of_case(&dir, &pair.case_lab, case, &report, guest, (&pair.kernel, ""), evidence.as_deref())
                     .await
                     .with_context(|| format!("the reproducer of case `{}`", case.name))?;
             }

@@ -26,6 +26,7 @@ pub(super) async fn of_case(
     report: &CaseReport,
     guest: &Guest,
     (kernel, qemu): (&str, &str),
+    evidence: Option<&Path>,
 ) -> anyhow::Result<()> {
     let recorded = SavedCase { name: case.name.clone(), checks: report.checks.clone() };
     let saved = SavedReport {
@@ -35,7 +36,7 @@ pub(super) async fn of_case(
         cases: Vec::new(),
     };
     let out = dir.join(&case.name);
-    let exported = repro::write_dir(&out, lab, case, &recorded, &saved).map_err(anyhow::Error::msg)?;
+    let exported = repro::write_dir(&out, lab, case, &recorded, &saved, evidence).map_err(anyhow::Error::msg)?;
     let Ok(script) = &exported.script else { return Ok(()) };
     guest.write_file(GUEST_SCRIPT, &std::fs::read(script)?).await?;
     let ran = guest.agent().sh(&repro::guest_command(GUEST_SCRIPT), LIMIT).await?;
