@@ -401,16 +401,28 @@ pub fn summarize(pcap: &[u8], ctx: &CaptureContext) -> Result<CaptureSummary, St
 pub fn checksum_verdicts(pcap: &[u8], ctx: &CaptureContext) -> Result<Vec<(u64, ChecksumStatus, bool)>, String> {
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
     let mut out = Vec::new();
+    each_tcp_segment(&capture, ctx, |i, ip, _| {
+        let (status, _, negative_zero) = verdict(ip, ctx);
+        out.push((i as u64 + 1, status, negative_zero));
+    });
+    Ok(out)
+}
+
+/// Calls `f` with each TCP segment of a capture (inside VXLAN where `ctx`
+/// says so): its block's index, its IP layer and its TCP header.
+fn each_tcp_segment(
+    capture: &pcap_parser::PcapCapture,
+    ctx: &CaptureContext,
+    mut f: impl FnMut(usize, &IpView, &etherparse::TcpSlice),
+) {
     for (i, block) in capture.blocks.iter().enumerate() {
         let Ok(outer) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
         let inner = ctx.vxlan_port.and_then(|port| vxlan_inner(&outer, port)).map(|(_, inner)| inner);
         let sliced = inner.as_ref().unwrap_or(&outer);
-        let Some(TransportSlice::Tcp(_)) = &sliced.transport else { continue };
+        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { continue };
         let Some(ip) = ip_view(sliced) else { continue };
-        let (status, _, negative_zero) = verdict(&ip, ctx);
-        out.push((i as u64 + 1, status, negative_zero));
+        f(i, &ip, tcp);
     }
-    Ok(out)
 }
 
 /// A TCP segment shown as evidence: its header fields, its checksum field
@@ -445,13 +457,8 @@ pub fn evidence(pcap: &[u8], ctx: &CaptureContext, limit: usize) -> Result<(Vec<
     use pcap_parser::ToVec;
     let (_, capture) = pcap_parser::parse_pcap(pcap).map_err(|e| format!("not a pcap file: {e:?}"))?;
     let mut rows = Vec::new();
-    for (i, block) in capture.blocks.iter().enumerate() {
-        let Ok(outer) = LaxSlicedPacket::from_ethernet(block.data) else { continue };
-        let inner = ctx.vxlan_port.and_then(|port| vxlan_inner(&outer, port)).map(|(_, inner)| inner);
-        let sliced = inner.as_ref().unwrap_or(&outer);
-        let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { continue };
-        let Some(ip) = ip_view(sliced) else { continue };
-        let (status, _, _) = verdict(&ip, ctx);
+    each_tcp_segment(&capture, ctx, |i, ip, tcp| {
+        let (status, _, _) = verdict(ip, ctx);
         let bytes = ip.payload.payload;
         let whole = !ip.payload.incomplete && bytes.len() >= 20;
         rows.push((
@@ -471,7 +478,7 @@ pub fn evidence(pcap: &[u8], ctx: &CaptureContext, limit: usize) -> Result<(Vec<
                 status,
             },
         ));
-    }
+    });
     let invalid: Vec<(usize, EvidenceRow)> =
         rows.iter().filter(|(_, r)| r.status == ChecksumStatus::Invalid).take(limit).cloned().collect();
     let shown = if invalid.is_empty() { rows.into_iter().take(limit).collect() } else { invalid };
