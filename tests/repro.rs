@@ -387,3 +387,31 @@ fn a_reproducer_with_the_cases_artifacts_carries_its_packets() {
     let account = std::fs::read_to_string(&e.report).unwrap();
     assert!(account.contains("kept no artifacts of this case"), "{account}");
 }
+
+/// REPORT.md lists the kernel options the case needs: by name where the
+/// report is all vlab has, with the kernel's own lines where the run read
+/// its configuration (an option it lacks said so).
+#[test]
+fn the_account_names_the_kernel_options_the_case_needs() {
+    let l = lab("labs/ila-matrix.toml");
+    let c = case(&l, "csum-mode=adj-transport,hook=route,offloads=off");
+    let recorded = repro::SavedCase { name: c.name.clone(), checks: Vec::new() };
+    let saved = |config: Option<&str>| repro::SavedReport {
+        lab_file: l.source.display().to_string(),
+        kernel: "6.1.0-57-amd64".into(),
+        qemu: String::new(),
+        cases: Vec::new(),
+        config: config.map(String::from),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let account = |config: Option<&str>| {
+        let e = repro::write_dir(dir.path(), &l, &c, &recorded, &saved(config), None).unwrap();
+        std::fs::read_to_string(e.report).unwrap()
+    };
+    let names = account(None);
+    assert!(names.contains("is not in the report") && names.contains("\nCONFIG_IPV6_ILA "), "{names}");
+    let lines = account(Some("CONFIG_IPV6_ILA=m\n# CONFIG_VETH is not set\nCONFIG_NET_NS=y\n"));
+    for line in ["\nCONFIG_IPV6_ILA=m ", "\n# CONFIG_VETH is not set ", "\nCONFIG_NET_NS=y ", "\n# CONFIG_PACKET is absent "] {
+        assert!(lines.contains(line), "{line:?}: {lines}");
+    }
+}

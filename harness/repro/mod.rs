@@ -51,6 +51,10 @@ pub struct SavedReport {
     pub qemu: String,
     /// The cases.
     pub cases: Vec<SavedCase>,
+    /// The guests' kernel configuration, where the run read it (`vlab run
+    /// --repro`; a report does not keep it).
+    #[serde(skip)]
+    pub config: Option<String>,
 }
 
 impl SavedReport {
@@ -510,6 +514,29 @@ pub fn write_dir(
     Ok(Exported { script, lab: lab_file, report: report_file })
 }
 
+/// The kernel options the case needs (see [`crate::run::kconfig::needed`]),
+/// each with its line of `config` where the run read it.
+fn config_md(lab: &Lab, case: &Case, config: Option<&str>) -> String {
+    let lab = crate::rejudge::case_lab(lab, case);
+    let needed = crate::run::kconfig::needed(&lab, std::slice::from_ref(case), case.params.nic.as_ref());
+    let mut s = String::from("## Kernel configuration\n\n");
+    match config {
+        Some(_) => s.push_str("The options the case needs, as the guests' kernel has them:\n\n```\n"),
+        None => s.push_str("The options the case needs (the run's kernel configuration is not in the report):\n\n```\n"),
+    }
+    for (option, why) in &needed {
+        let line = config.map(|text| {
+            let set = format!("CONFIG_{option}=");
+            text.lines()
+                .find(|l| l.starts_with(&set) || *l == format!("# CONFIG_{option} is not set"))
+                .map_or_else(|| format!("# CONFIG_{option} is absent"), str::to_string)
+        });
+        let _ = writeln!(s, "{:<40} # {why}", line.unwrap_or_else(|| format!("CONFIG_{option}")));
+    }
+    s.push_str("```\n\n");
+    s
+}
+
 /// How many packets of each capture the evidence shows.
 const EVIDENCE_PACKETS: usize = 4;
 
@@ -662,6 +689,7 @@ pub fn report_md(
             let _ = writeln!(s, "{n} {checks} failed: {}.\n", names.join("; "));
         }
     }
+    s.push_str(&config_md(lab, case, saved.config.as_deref()));
     s.push_str("## What vlab expected and saw\n\n| check | verdict | evidence |\n|---|---|---|\n");
     for c in &recorded.checks {
         let verdict = match (c.not_judged, c.passed) {

@@ -34,6 +34,7 @@ pub(super) async fn of_case(
         kernel: kernel.to_string(),
         qemu: qemu.to_string(),
         cases: Vec::new(),
+        config: Some(guest.run(super::kconfig::READ_CONFIG).await?.stdout_text()).filter(|c| !c.trim().is_empty()),
     };
     let out = dir.join(&case.name);
     let exported = repro::write_dir(&out, lab, case, &recorded, &saved, evidence).map_err(anyhow::Error::msg)?;
