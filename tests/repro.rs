@@ -411,7 +411,9 @@ fn the_account_names_the_kernel_options_the_case_needs() {
     let names = account(None);
     assert!(names.contains("is not in the report") && names.contains("\nCONFIG_IPV6_ILA "), "{names}");
     let lines = account(Some("CONFIG_IPV6_ILA=m\n# CONFIG_VETH is not set\nCONFIG_NET_NS=y\n"));
-    for line in ["\nCONFIG_IPV6_ILA=m ", "\n# CONFIG_VETH is not set ", "\nCONFIG_NET_NS=y ", "\n# CONFIG_PACKET is absent "] {
+    for line in
+        ["\nCONFIG_IPV6_ILA=m ", "\n# CONFIG_VETH is not set ", "\nCONFIG_NET_NS=y ", "\n# CONFIG_PACKET is absent "]
+    {
         assert!(lines.contains(line), "{line:?}: {lines}");
     }
 }

@@ -522,7 +522,9 @@ fn config_md(lab: &Lab, case: &Case, config: Option<&str>) -> String {
     let mut s = String::from("## Kernel configuration\n\n");
     match config {
         Some(_) => s.push_str("The options the case needs, as the guests' kernel has them:\n\n```\n"),
-        None => s.push_str("The options the case needs (the run's kernel configuration is not in the report):\n\n```\n"),
+        None => {
+            s.push_str("The options the case needs (the run's kernel configuration is not in the report):\n\n```\n")
+        }
     }
     for (option, why) in &needed {
         let line = config.map(|text| {
