@@ -905,7 +905,7 @@ fn repro(
     out: &Path,
     (lab, evidence, kernel): (Option<&Path>, Option<&Path>, Option<&str>),
 ) -> u8 {
-    match vlab::repro::export(report, case, out, lab, evidence, kernel) {
+    match vlab::run::repro::export(report, case, out, lab, evidence, kernel) {
         Ok(e) => {
             match &e.script {
                 Ok(p) => println!("{}: the case in network namespaces (run it as root)", p.display()),

@@ -116,14 +116,6 @@ pub struct Rejudged {
     pub differences: Vec<String>,
 }
 
-/// The lab of one case as its pair ran it: the case's MTU, overlay and filter.
-pub fn case_lab(lab: &Lab, case: &Case) -> Lab {
-    let l = case.params.overlay.as_deref().map_or_else(|| lab.clone(), |o| lab.with_overlay(o));
-    let l = case.params.mtu.map_or_else(|| l.clone(), |m| l.with_mtu(m));
-    let filter = case.params.filter(&l).to_string();
-    l.with_filter(&filter)
-}
-
 /// Judges the run kept under `dir` again.
 pub fn rejudge(dir: &Path) -> anyhow::Result<Rejudged> {
     let read = |name: &str| -> anyhow::Result<Vec<u8>> {
@@ -174,7 +166,7 @@ pub fn rejudge(dir: &Path) -> anyhow::Result<Rejudged> {
             for case in &cases {
                 let case_dir = at.join(&case.name);
                 let (rec, pcaps) = record::load(&case_dir)?;
-                let report = record::judge(&case_lab(lab, case), case, &rec, &pcaps)
+                let report = record::judge(&lab.for_case(case), case, &rec, &pcaps)
                     .with_context(|| format!("{}", case_dir.display()))?;
                 judged.push(report);
             }

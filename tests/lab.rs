@@ -420,7 +420,7 @@ fn variant_plan(kind: &str, name: &str, file: &str) -> String {
         .into_iter()
         .find(|c| if kind == "overlay" { c.params.overlay(&lab) == name } else { c.params.filter(&lab) == name })
         .unwrap_or_else(|| panic!("no case of {file} runs {kind} {name}"));
-    let lab = vlab::rejudge::case_lab(&lab, &case);
+    let lab = lab.for_case(&case);
     let overlay = vlab::overlay::get(&lab.overlay);
     let filter = vlab::filter::get(&lab.filter);
     let v: &dyn Variant = if kind == "overlay" { overlay } else { filter };

@@ -32,7 +32,7 @@ fn recorded(name: &str) -> Recorded {
     let lab = vlab::variants::load_lab(&dir.join("lab.toml")).unwrap();
     let (record, pcaps) = record::load(&dir.join("case")).unwrap();
     let case = lab.cases().into_iter().find(|c| c.name == record.case).expect("the recorded case is in the lab");
-    let lab = vlab::rejudge::case_lab(&lab, &case);
+    let lab = lab.for_case(&case);
     Recorded { lab, case, record, pcaps, _dir: None }
 }
 
@@ -63,7 +63,7 @@ impl Recorded {
         let text = edit(std::fs::read_to_string(src.join("lab.toml")).unwrap());
         std::fs::write(dir.path().join("lab.toml"), text).unwrap();
         let lab = vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap();
-        self.lab = vlab::rejudge::case_lab(&lab, &self.case);
+        self.lab = lab.for_case(&self.case);
         self._dir = Some(dir);
         self
     }
@@ -74,7 +74,7 @@ impl Recorded {
         self.record.case = self.record.case.replace(from, to);
         let name = &self.record.case;
         self.case = self.lab.cases().into_iter().find(|c| c.name == *name).unwrap_or_else(|| panic!("no case {name}"));
-        self.lab = vlab::rejudge::case_lab(&self.lab, &self.case);
+        self.lab = self.lab.for_case(&self.case);
         self
     }
 
@@ -1527,7 +1527,7 @@ fn swarm_with_host3(edit: impl Fn(&str, &str) -> String) -> Recorded {
     let text = text.replacen("[workload]", &format!("{host3}[workload]"), 1);
     std::fs::write(dir.path().join("lab.toml"), text).unwrap();
     let lab = vlab::variants::load_lab(&dir.path().join("lab.toml")).unwrap();
-    r.lab = vlab::rejudge::case_lab(&lab, &r.case);
+    r.lab = lab.for_case(&r.case);
     for name in ["links", "network", "memory"] {
         let file = |vm: &str| format!("swarm/{name}-{vm}.{}", if name == "memory" { "txt" } else { "json" });
         let text = edit(name, &r.record.after[&file("host2")]);

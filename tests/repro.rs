@@ -286,7 +286,7 @@ fn a_reproducer_holds_the_script_the_one_case_lab_and_the_account() {
     let case = "csum-mode=adj-transport,hook=route,offloads=off";
     let dir = report_of("labs/ila-matrix.toml", case);
     let out = dir.path().join("out");
-    let e = repro::export(&dir.path().join("report.json"), case, &out, None, None, None).unwrap();
+    let e = vlab::run::repro::export(&dir.path().join("report.json"), case, &out, None, None, None).unwrap();
     assert!(e.script.unwrap().ends_with("repro.sh"));
     let account = std::fs::read_to_string(&e.report).unwrap();
     assert!(account.contains("Kernel `6.12.118+deb13-amd64` (QEMU 10.0.2)"), "{account}");
@@ -299,7 +299,8 @@ fn a_reproducer_holds_the_script_the_one_case_lab_and_the_account() {
     let lab = vlab::parse_lab(&std::fs::read_to_string(&e.lab).unwrap(), &e.lab).unwrap();
     assert_eq!(lab.cases().len(), 1);
     // A case the report does not have is named with the ones it has.
-    let err = repro::export(&dir.path().join("report.json"), "csum-mode=x", &out, None, None, None).unwrap_err();
+    let err =
+        vlab::run::repro::export(&dir.path().join("report.json"), "csum-mode=x", &out, None, None, None).unwrap_err();
     assert!(err.contains("no case \"csum-mode=x\"") && err.contains(case), "{err}");
 }
 
@@ -309,7 +310,7 @@ fn a_case_without_a_namespace_form_gets_the_vm_form_and_the_reason() {
     let c = l.cases().into_iter().find(|c| c.params.overlay(&l) == "swarm").unwrap();
     let dir = report_of("labs/swarm.toml", &c.name);
     let out = dir.path().join("out");
-    let e = repro::export(&dir.path().join("report.json"), &c.name, &out, None, None, None).unwrap();
+    let e = vlab::run::repro::export(&dir.path().join("report.json"), &c.name, &out, None, None, None).unwrap();
     let why = e.script.unwrap_err();
     assert!(!out.join("repro.sh").exists());
     let account = std::fs::read_to_string(&e.report).unwrap();
@@ -376,14 +377,14 @@ fn a_reproducer_with_the_cases_artifacts_carries_its_packets() {
     let dir = report_of("tests/fixtures/records/ila/lab.toml", case);
     let report = dir.path().join("report.json");
     let out = dir.path().join("with");
-    let e = repro::export(&report, case, &out, None, Some(&fixture.join("case")), None).unwrap();
+    let e = vlab::run::repro::export(&report, case, &out, None, Some(&fixture.join("case")), None).unwrap();
     let account = std::fs::read_to_string(&e.report).unwrap();
     for file in ["host1-underlay.pcap", "host1-c1-eth0.pcap", "host2-underlay.pcap", "host2-c2-eth0.pcap"] {
         assert!(account.contains(&format!("`{file}`:")), "{account}");
         assert!(out.join("evidence").join(file).is_file(), "{file}");
     }
     assert!(account.contains("| frame | src > dst |"), "{account}");
-    let e = repro::export(&report, case, &dir.path().join("without"), None, None, None).unwrap();
+    let e = vlab::run::repro::export(&report, case, &dir.path().join("without"), None, None, None).unwrap();
     let account = std::fs::read_to_string(&e.report).unwrap();
     assert!(account.contains("kept no artifacts of this case"), "{account}");
 }
@@ -395,19 +396,7 @@ fn a_reproducer_with_the_cases_artifacts_carries_its_packets() {
 fn the_account_names_the_kernel_options_the_case_needs() {
     let l = lab("labs/ila-matrix.toml");
     let c = case(&l, "csum-mode=adj-transport,hook=route,offloads=off");
-    let recorded = repro::SavedCase { name: c.name.clone(), checks: Vec::new() };
-    let saved = |config: Option<&str>| repro::SavedReport {
-        lab_file: l.source.display().to_string(),
-        kernel: "6.1.0-57-amd64".into(),
-        qemu: String::new(),
-        cases: Vec::new(),
-        config: config.map(String::from),
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let account = |config: Option<&str>| {
-        let e = repro::write_dir(dir.path(), &l, &c, &recorded, &saved(config), None).unwrap();
-        std::fs::read_to_string(e.report).unwrap()
-    };
+    let account = |config: Option<&str>| vlab::run::repro::config_md(&l, &c, config);
     let names = account(None);
     assert!(names.contains("is not in the report") && names.contains("\nCONFIG_IPV6_ILA "), "{names}");
     let lines = account(Some("CONFIG_IPV6_ILA=m\n# CONFIG_VETH is not set\nCONFIG_NET_NS=y\n"));

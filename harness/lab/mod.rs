@@ -793,6 +793,15 @@ impl Lab {
         Lab { filter: filter.to_string(), ..self.clone() }
     }
 
+    /// The lab of one case as its pair runs it: the case's MTU, overlay and
+    /// filter.
+    pub fn for_case(&self, case: &Case) -> Lab {
+        let l = case.params.overlay.as_deref().map_or_else(|| self.clone(), |o| self.with_overlay(o));
+        let l = case.params.mtu.map_or_else(|| l.clone(), |m| l.with_mtu(m));
+        let filter = case.params.filter(&l).to_string();
+        l.with_filter(&filter)
+    }
+
     /// The overlays this lab runs: the `overlay` axis, or its overlay.
     pub fn overlays(&self) -> Vec<&str> {
         match &self.matrix.overlay {

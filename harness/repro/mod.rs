@@ -51,10 +51,6 @@ pub struct SavedReport {
     pub qemu: String,
     /// The cases.
     pub cases: Vec<SavedCase>,
-    /// The guests' kernel configuration, where the run read it (`vlab run
-    /// --repro`; a report does not keep it).
-    #[serde(skip)]
-    pub config: Option<String>,
 }
 
 impl SavedReport {
@@ -452,38 +448,17 @@ pub struct Exported {
     pub report: PathBuf,
 }
 
-/// Writes the reproducer of case `name` of the report at `report` into
-/// `dir`: `repro.sh` (where the case has a namespace form), `lab.toml` and
-/// `REPORT.md`. `lab_path` overrides where the lab file is read from.
-pub fn export(
-    report: &Path,
-    name: &str,
-    dir: &Path,
-    lab_path: Option<&Path>,
-    evidence: Option<&Path>,
-    kernel: Option<&str>,
-) -> Result<Exported, String> {
-    let saved = SavedReport::read(report, name, kernel)?;
-    let lab_path = lab_path.map_or_else(|| saved.lab_path(report), Path::to_path_buf);
-    let lab = crate::variants::load_lab(&lab_path).map_err(|e| e.to_string())?;
-    let Some(recorded) = saved.cases.iter().find(|c| c.name == name) else {
-        let names: Vec<&str> = saved.cases.iter().map(|c| c.name.as_str()).collect();
-        return Err(format!("{} has no case {name:?}; its cases: {}", report.display(), names.join(", ")));
-    };
-    let Some(case) = lab.cases().into_iter().find(|c| c.name == name) else {
-        return Err(format!("{} has no case {name:?} any more", lab_path.display()));
-    };
-    write_dir(dir, &lab, &case, recorded, &saved, evidence)
-}
-
-/// Writes the reproducer of `case` as `recorded` in a run (`saved`) into `dir`.
+/// Writes the reproducer of `case` as `recorded` in a run (`saved`) into
+/// `dir`; `config` and `evidence` are REPORT.md's sections on the kernel's
+/// configuration and the packets (see `run::repro`, which has the run's
+/// records to render them from).
 pub fn write_dir(
     dir: &Path,
     lab: &Lab,
     case: &Case,
     recorded: &SavedCase,
     saved: &SavedReport,
-    evidence: Option<&Path>,
+    (config, evidence): (&str, &str),
 ) -> Result<Exported, String> {
     let text =
         std::fs::read_to_string(&lab.source).map_err(|e| format!("the lab file {}: {e}", lab.source.display()))?;
@@ -503,101 +478,9 @@ pub fn write_dir(
         Err(why) => Err(why),
     };
     let lab_file = write("lab.toml", &one_case_lab(&text, &lab.source, case)?)?;
-    let packets = match evidence {
-        Some(case_dir) => evidence_md(lab, case, case_dir, dir)?,
-        None => "## Evidence\n\nThe run kept no artifacts of this case (`vlab run --artifacts DIR`, then \
-                 `vlab repro --evidence DIR/CASE`): no packets here.\n\n"
-            .to_string(),
-    };
-    let account = report_md(lab, case, recorded, saved, script.as_ref().err().map(String::as_str), &packets);
+    let account = report_md(lab, case, recorded, saved, script.as_ref().err().map(String::as_str), (config, evidence));
     let report_file = write("REPORT.md", &account)?;
     Ok(Exported { script, lab: lab_file, report: report_file })
-}
-
-/// The kernel options the case needs (see [`crate::run::kconfig::needed`]),
-/// each with its line of `config` where the run read it.
-fn config_md(lab: &Lab, case: &Case, config: Option<&str>) -> String {
-    let lab = crate::rejudge::case_lab(lab, case);
-    let needed = crate::run::kconfig::needed(&lab, std::slice::from_ref(case), case.params.nic.as_ref());
-    let mut s = String::from("## Kernel configuration\n\n");
-    match config {
-        Some(_) => s.push_str("The options the case needs, as the guests' kernel has them:\n\n```\n"),
-        None => {
-            s.push_str("The options the case needs (the run's kernel configuration is not in the report):\n\n```\n")
-        }
-    }
-    for (option, why) in &needed {
-        let line = config.map(|text| {
-            let set = format!("CONFIG_{option}=");
-            text.lines()
-                .find(|l| l.starts_with(&set) || *l == format!("# CONFIG_{option} is not set"))
-                .map_or_else(|| format!("# CONFIG_{option} is absent"), str::to_string)
-        });
-        let _ = writeln!(s, "{:<40} # {why}", line.unwrap_or_else(|| format!("CONFIG_{option}")));
-    }
-    s.push_str("```\n\n");
-    s
-}
-
-/// How many packets of each capture the evidence shows.
-const EVIDENCE_PACKETS: usize = 4;
-
-/// The `## Evidence` section of `REPORT.md` from a case's artifacts
-/// (`case.json` and its pcaps): per capture, the packets that show a
-/// checksum finding (see [`capture::evidence`]) with their fields side by
-/// side, also written as `evidence/<capture>.pcap` under `out`.
-pub fn evidence_md(lab: &Lab, case: &Case, case_dir: &Path, out: &Path) -> Result<String, String> {
-    use crate::measure::capture::{self, CaptureContext};
-    let (record, pcaps) = crate::run::record::load(case_dir).map_err(|e| format!("--evidence: {e:#}"))?;
-    let lab = crate::rejudge::case_lab(lab, case);
-    let hints = overlay::get(&lab.overlay).capture_hints(&lab);
-    let original_dst = |dst| hints.original_destination(dst);
-    let dir = out.join("evidence");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut s = format!(
-        "## Evidence\n\nThe packets of each capture that show it: the first {EVIDENCE_PACKETS} TCP segments whose \
-         checksum is invalid for the captured addresses (else the first {EVIDENCE_PACKETS}: what was normal), \
-         also in `evidence/` as pcaps of their own. *valid for wire* is the full checksum the captured \
-         addresses need; *valid for original* the one the destination before the translation needs.\n\n"
-    );
-    let hex = |v: Option<u16>| v.map_or("-".to_string(), |v| format!("0x{v:04x}"));
-    for (c, bytes) in record.captures.iter().zip(&pcaps) {
-        let ctx = CaptureContext {
-            port: lab.workload.port,
-            mtu: c.mtu,
-            original_dst: &original_dst,
-            vxlan_port: hints.vxlan_port,
-        };
-        let (rows, cut) = capture::evidence(bytes, &ctx, EVIDENCE_PACKETS).map_err(|e| format!("{}: {e}", c.file()))?;
-        if rows.is_empty() {
-            continue;
-        }
-        let file = dir.join(c.file());
-        std::fs::write(&file, cut).map_err(|e| format!("{}: {e}", file.display()))?;
-        let _ = writeln!(
-            s,
-            "`{}`:\n\n| frame | src > dst | flags | seq | payload | checksum field | valid for wire | valid for original | verdict |\n|---|---|---|---|---|---|---|---|---|",
-            c.file()
-        );
-        for r in rows {
-            let original = r.for_original.map_or("-".to_string(), |(a, v)| format!("0x{v:04x} ({a})"));
-            let _ = writeln!(
-                s,
-                "| {} | {} > {} | {} | {} | {} | 0x{:04x} | {} | {original} | {} |",
-                r.frame,
-                r.src,
-                r.dst,
-                r.flags,
-                r.seq,
-                r.payload,
-                r.field,
-                hex(r.for_captured),
-                serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-            );
-        }
-        s.push('\n');
-    }
-    Ok(s)
 }
 
 /// The verdicts a script printed (TAP): each check's name, and whether it
@@ -670,7 +553,7 @@ pub fn report_md(
     recorded: &SavedCase,
     saved: &SavedReport,
     no_script: Option<&str>,
-    evidence: &str,
+    (config, evidence): (&str, &str),
 ) -> String {
     let failed: Vec<&Check> = recorded.checks.iter().filter(|c| !c.passed).collect();
     let mut s = format!("# {}: {}\n\n", lab.name, case.name);
@@ -691,7 +574,7 @@ pub fn report_md(
             let _ = writeln!(s, "{n} {checks} failed: {}.\n", names.join("; "));
         }
     }
-    s.push_str(&config_md(lab, case, saved.config.as_deref()));
+    s.push_str(config);
     s.push_str("## What vlab expected and saw\n\n| check | verdict | evidence |\n|---|---|---|\n");
     for c in &recorded.checks {
         let verdict = match (c.not_judged, c.passed) {

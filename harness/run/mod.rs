@@ -18,7 +18,7 @@ mod deploy;
 pub mod kconfig;
 mod matrix;
 pub mod record;
-mod repro;
+pub mod repro;
 pub mod soak;
 mod workload;
 
