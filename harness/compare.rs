@@ -95,6 +95,176 @@ pub fn compare_files(a: &Path, b: &Path, tolerance: f64) -> Result<Comparison, C
     compare(&ra, &rb, tolerance, (label(a, &ra), label(b, &rb)))
 }
 
+/// What vlab reads of a study's report (`vlab run STUDY --json`).
+#[derive(Debug, Deserialize)]
+struct StudyFile {
+    reports: Vec<ReportFile>,
+    studies: Vec<crate::findings::StudyOutcome>,
+}
+
+/// A finding of two studies: its verdict in A and in B.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingChange {
+    pub claim: String,
+    pub a: Option<crate::findings::Verdict>,
+    pub b: Option<crate::findings::Verdict>,
+    /// B's evidence.
+    pub evidence: Vec<String>,
+}
+
+impl FindingChange {
+    /// Held, or was inconclusive, in A and does not hold in B.
+    pub fn regressed(&self) -> bool {
+        use crate::findings::Verdict::DoesNotHold;
+        self.b == Some(DoesNotHold) && self.a != Some(DoesNotHold)
+    }
+}
+
+/// Two runs of a study (before and after a kernel or a change): each lab
+/// case by case as [`compare_files`] compares labs, and finding by finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyComparison {
+    pub study: String,
+    pub a: String,
+    pub b: String,
+    pub labs: Vec<Comparison>,
+    pub findings: Vec<FindingChange>,
+    /// A case is significantly slower in B, or a finding that did not fail
+    /// in A does not hold in B.
+    pub regressed: bool,
+}
+
+/// Two reports compared: of a lab, or of a study.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Compared {
+    Lab(Comparison),
+    Study(StudyComparison),
+}
+
+impl Compared {
+    pub fn regressed(&self) -> bool {
+        match self {
+            Compared::Lab(c) => c.regressed,
+            Compared::Study(s) => s.regressed,
+        }
+    }
+
+    pub fn table(&self) -> String {
+        match self {
+            Compared::Lab(c) => c.table(),
+            Compared::Study(s) => s.table(),
+        }
+    }
+}
+
+/// Compares the reports at `a` and `b`, of a lab or of a study (a study's
+/// report of one kernel each: the first kernel's otherwise).
+pub fn compare_any(a: &Path, b: &Path, tolerance: f64) -> Result<Compared, CompareError> {
+    let value = |path: &Path| -> Result<serde_json::Value, CompareError> {
+        let shown = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CompareError::Read { path: shown.clone(), source })?;
+        serde_json::from_str(&text).map_err(|e| CompareError::NotAReport { path: shown, message: e.to_string() })
+    };
+    let (va, vb) = (value(a)?, value(b)?);
+    let is_study =
+        |v: &serde_json::Value| v.get("studies").is_some_and(|s| s.as_array().is_some_and(|s| !s.is_empty()));
+    match (is_study(&va), is_study(&vb)) {
+        (false, false) => compare_files(a, b, tolerance).map(Compared::Lab),
+        (true, true) => {
+            let parse = |path: &Path, v: serde_json::Value| {
+                StudyFile::deserialize(v).map_err(|e| CompareError::NotAReport {
+                    path: path.display().to_string(),
+                    message: format!("not a study's report: {e}"),
+                })
+            };
+            let (sa, sb) = (parse(a, va)?, parse(b, vb)?);
+            compare_studies(&sa, &sb, tolerance, (a.display().to_string(), b.display().to_string()))
+                .map(Compared::Study)
+        }
+        (true, false) => {
+            Err(CompareError::NotTheSameLab(format!("{} is a study's report, {} a lab's", a.display(), b.display())))
+        }
+        (false, true) => {
+            Err(CompareError::NotTheSameLab(format!("{} is a lab's report, {} a study's", a.display(), b.display())))
+        }
+    }
+}
+
+fn compare_studies(
+    a: &StudyFile,
+    b: &StudyFile,
+    tolerance: f64,
+    names: (String, String),
+) -> Result<StudyComparison, CompareError> {
+    let (oa, ob) = (&a.studies[0], &b.studies[0]);
+    if oa.study != ob.study {
+        return Err(CompareError::NotTheSameLab(format!("study `{}` against study `{}`", oa.study, ob.study)));
+    }
+    // A run over several kernels lists each lab's reports kernel by kernel.
+    let first_kernel =
+        |f: &StudyFile, k: &str| f.reports.iter().filter(|r| r.kernel == k).map(|r| r.lab.clone()).collect::<Vec<_>>();
+    let (la, lb) = (first_kernel(a, &oa.kernel), first_kernel(b, &ob.kernel));
+    if la != lb {
+        return Err(CompareError::NotTheSameLab(format!("labs [{}] against labs [{}]", la.join(", "), lb.join(", "))));
+    }
+    let mut labs = Vec::new();
+    for lab in &la {
+        fn pick<'f>(f: &'f StudyFile, lab: &str, kernel: &str) -> &'f ReportFile {
+            f.reports.iter().find(|r| r.lab == lab && r.kernel == kernel).expect("listed")
+        }
+        let (ra, rb) = (pick(a, lab, &oa.kernel), pick(b, lab, &ob.kernel));
+        let label = |path: &str, r: &ReportFile| format!("{path} (kernel {})", r.kernel);
+        labs.push(
+            compare(ra, rb, tolerance, (label(&names.0, ra), label(&names.1, rb)))
+                .map_err(|e| CompareError::NotTheSameLab(format!("lab `{lab}`: {e}")))?,
+        );
+    }
+    let mut findings: Vec<FindingChange> = oa
+        .findings
+        .iter()
+        .map(|f| {
+            let other = ob.findings.iter().find(|g| g.finding.claim == f.finding.claim);
+            FindingChange {
+                claim: f.finding.claim.clone(),
+                a: Some(f.verdict),
+                b: other.map(|g| g.verdict),
+                evidence: other.map(|g| g.evidence.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    for g in ob.findings.iter().filter(|g| !oa.findings.iter().any(|f| f.finding.claim == g.finding.claim)) {
+        findings.push(FindingChange {
+            claim: g.finding.claim.clone(),
+            a: None,
+            b: Some(g.verdict),
+            evidence: g.evidence.clone(),
+        });
+    }
+    let regressed = labs.iter().any(|c| c.regressed) || findings.iter().any(FindingChange::regressed);
+    Ok(StudyComparison { study: oa.study.clone(), a: names.0, b: names.1, labs, findings, regressed })
+}
+
+impl StudyComparison {
+    /// Each lab's comparison, then the findings' verdicts in A and in B.
+    pub fn table(&self) -> String {
+        let mut s = format!("study {}: B = {} against A = {}\n", self.study, self.b, self.a);
+        for c in &self.labs {
+            s.push_str(&format!("\n{}", c.table()));
+        }
+        if !self.findings.is_empty() {
+            s.push_str("\nfindings: verdict in A -> in B\n");
+            let word = |v: Option<crate::findings::Verdict>| v.map_or("not judged", |v| v.describe());
+            for f in &self.findings {
+                let mark = if f.regressed() { "  REGRESSED" } else { "" };
+                s.push_str(&format!("{} -> {}{mark}: {}\n", word(f.a), word(f.b), f.claim));
+            }
+        }
+        s
+    }
+}
+
 fn compare(
     a: &ReportFile,
     b: &ReportFile,

@@ -278,22 +278,33 @@ fn study_section(outcome: &StudyOutcome, reports: &[&Report]) -> String {
     s.push_str("<table>\n<tr><th>#</th><th>case</th><th>throughput</th><th>over the baseline</th></tr>\n");
     s.push_str(&rows);
     s.push_str("</table>\n");
-    if !outcome.findings.is_empty() {
-        s.push_str("<h3>Findings</h3>\n<table>\n<tr><th>claim</th><th>verdict</th><th>evidence</th></tr>\n");
-        for f in &outcome.findings {
-            let verdict = match f.verdict {
-                Verdict::DoesNotHold => format!("<b>{}</b>", f.verdict.describe()),
-                v => v.describe().to_string(),
-            };
-            let evidence: Vec<String> = f.evidence.iter().map(|l| escape(l)).collect();
-            s.push_str(&format!(
-                "<tr><td>{}</td><td>{verdict}</td><td>{}</td></tr>\n",
-                escape(&f.finding.claim),
-                evidence.join("<br>")
-            ));
-        }
-        s.push_str("</table>\n");
+    s.push_str(&forest_figure(
+        &format!("{} (kernel {}): each case over the baseline, and the claims' ratios", outcome.study, outcome.kernel),
+        &study_forest(outcome),
+    ));
+    s.push_str(&findings_table(&outcome.findings, "Findings"));
+    s
+}
+
+/// A study's findings as a table under `heading` (nothing without any).
+fn findings_table(findings: &[crate::findings::FindingOutcome], heading: &str) -> String {
+    if findings.is_empty() {
+        return String::new();
     }
+    let mut s = format!("<h3>{heading}</h3>\n<table>\n<tr><th>claim</th><th>verdict</th><th>evidence</th></tr>\n");
+    for f in findings {
+        let verdict = match f.verdict {
+            Verdict::DoesNotHold => format!("<b>{}</b>", f.verdict.describe()),
+            v => v.describe().to_string(),
+        };
+        let evidence: Vec<String> = f.evidence.iter().map(|l| escape(l)).collect();
+        s.push_str(&format!(
+            "<tr><td>{}</td><td>{verdict}</td><td>{}</td></tr>\n",
+            escape(&f.finding.claim),
+            evidence.join("<br>")
+        ));
+    }
+    s.push_str("</table>\n");
     s
 }
 
@@ -399,7 +410,15 @@ pub fn page(
     for f in crate::presence::by_kernel(reports) {
         body.push_str(&findings_by_kernel(&f));
     }
-    let title = format!("vlab: {title}");
+    body.push_str(
+        "<p>Receiver throughput as iperf3 measured it in the guests. Compare variants within one run, never \
+         figures across machines or days.</p>\n",
+    );
+    wrap(&format!("vlab: {title}"), &body)
+}
+
+/// A self-contained page: `body` under `title`.
+fn wrap(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n\
@@ -409,10 +428,9 @@ pub fn page(
          td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}\n\
          figure.chart {{ margin: 1em 0; }}\n\
          figure.chart svg {{ max-width: 100%; height: auto; }}\n\
-         </style>\n</head>\n<body>\n<h1>{}</h1>\n{body}<p>Receiver throughput as iperf3 measured it in the guests. \
-         Compare variants within one run, never figures across machines or days.</p>\n</body>\n</html>\n",
-        escape(&title),
-        escape(&title),
+         </style>\n</head>\n<body>\n<h1>{}</h1>\n{body}</body>\n</html>\n",
+        escape(title),
+        escape(title),
     )
 }
 
@@ -491,4 +509,222 @@ mod tests {
         assert_eq!(seconds.matches("<polyline").count() + 1, svg.matches("<polyline").count(), "no line at 1");
         assert!(cost_chart("cost", "ratio", &[], Some(1.0)).is_err());
     }
+}
+
+/// A row of a forest plot: a ratio and its interval on a log axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForestRow {
+    pub label: String,
+    pub mean: f64,
+    /// The 95 % interval (the mean where there is none).
+    pub low: f64,
+    pub high: f64,
+    /// A claim's bound, drawn on the row.
+    pub bound: Option<f64>,
+    /// A block's row under its pooled one (drawn lighter).
+    pub block: bool,
+}
+
+impl ForestRow {
+    fn new(
+        label: String,
+        mean: f64,
+        interval: Option<crate::stats::Interval>,
+        bound: Option<f64>,
+        block: bool,
+    ) -> Self {
+        let (low, high) = interval.map_or((mean, mean), |i| (i.low, i.high));
+        ForestRow { label, mean, low, high, bound, block }
+    }
+}
+
+/// The colour of a claim's bound in a forest plot.
+pub const BOUND: RGBColor = RGBColor(200, 40, 40);
+
+/// A forest plot as SVG: a row per ratio (named on the left, first at the
+/// top), the mean a mark and the 95 % interval a line on a log axis, 1.0 a
+/// dashed line, each claim's bound a red tick on its row.
+pub fn forest(title: &str, rows: &[ForestRow]) -> Result<String, String> {
+    let rows: Vec<&ForestRow> = rows.iter().filter(|r| r.mean.is_finite() && r.mean > 0.0).collect();
+    if rows.is_empty() {
+        return Err("no ratio to draw".into());
+    }
+    let mut svg = String::new();
+    {
+        let n = rows.len() as i32;
+        let label_px = rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(4) as u32 * 7 + 16;
+        let (width, height) = (label_px.min(640) + 520, 90 + 22 * n as u32);
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let values = rows.iter().flat_map(|r| [r.low, r.high].into_iter().chain(r.bound)).chain([1.0]);
+        let (lo, hi) = values.fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = (lo / 1.2, hi * 1.2);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(label_px.min(640))
+            .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+            .map_err(|e| e.to_string())?;
+        let label = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) if (0..n).contains(i) => rows[(n - 1 - i) as usize].label.clone(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(rows.len())
+            .y_label_formatter(&label)
+            .x_desc("ratio (log scale), 95 % intervals")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let at = |i: usize| SegmentValue::CenterOf(n - 1 - i as i32);
+        let edge = |i: i32| SegmentValue::Exact(i);
+        let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+        chart
+            .draw_series(DashedLineSeries::new([(1.0, edge(0)), (1.0, edge(n))], 4, 4, BLACK.mix(0.6).stroke_width(1)))
+            .map_err(err)?;
+        for (i, r) in rows.iter().enumerate() {
+            let colour = if r.block { BAR_FILL.mix(0.6) } else { BLACK.mix(1.0) };
+            chart
+                .draw_series([PathElement::new(vec![(r.low, at(i)), (r.high, at(i))], colour.stroke_width(2))])
+                .map_err(err)?;
+            let size = if r.block { 3 } else { 5 };
+            chart.draw_series([Circle::new((r.mean, at(i)), size, colour.filled())]).map_err(err)?;
+            if let Some(b) = r.bound {
+                let y = n - 1 - i as i32;
+                chart
+                    .draw_series([PathElement::new(vec![(b, edge(y)), (b, edge(y + 1))], BOUND.stroke_width(2))])
+                    .map_err(err)?;
+            }
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// A forest plot in its figure, or why there is none.
+fn forest_figure(title: &str, rows: &[ForestRow]) -> String {
+    match forest(title, rows) {
+        Ok(svg) => format!("<figure class=\"chart\">{svg}</figure>\n"),
+        Err(e) => format!("<p>no forest plot: {}</p>\n", escape(&e)),
+    }
+}
+
+/// The forest plot's rows of a study's outcome: each case over the
+/// baseline, then each claim's ratios with its bound.
+pub fn study_forest(outcome: &StudyOutcome) -> Vec<ForestRow> {
+    let mut rows: Vec<ForestRow> = outcome
+        .vs_baseline
+        .iter()
+        .filter_map(|v| {
+            let s = v.ratio.as_ref()?;
+            Some(ForestRow::new(v.case.to_string(), s.mean, s.interval, None, false))
+        })
+        .collect();
+    for f in &outcome.findings {
+        for r in &f.ratios {
+            rows.push(ForestRow::new(r.label.clone(), r.mean, r.interval, Some(r.bound), false));
+        }
+    }
+    rows
+}
+
+/// The rows of a merged study's ratio: each block's, then the pooled one.
+fn pooled_rows(
+    label: &str,
+    blocks: &[crate::findings::BlockRatio],
+    pooled: (f64, Option<crate::stats::Interval>),
+    bound: Option<f64>,
+) -> Vec<ForestRow> {
+    let mut rows: Vec<ForestRow> =
+        blocks.iter().map(|b| ForestRow::new(format!("  {}", b.block), b.mean, b.interval, bound, true)).collect();
+    rows.push(ForestRow::new(format!("{label} (pooled)"), pooled.0, pooled.1, bound, false));
+    rows
+}
+
+/// The page of a merged study (`vlab merge --html`): its blocks, per kernel
+/// a forest plot of each case's ratio to the baseline and each claim's
+/// ratio (each block's, then pooled), the tables, the findings, and each
+/// block's throughput (never pooled).
+pub fn merged_page(m: &crate::merge::Merged) -> String {
+    let mut body = format!(
+        "<p>{} blocks; model: {}.</p>\n<table>\n<tr><th>block</th><th>rounds</th><th>machine</th><th>report</th></tr>\n",
+        m.blocks.len(),
+        escape(m.model)
+    );
+    for b in &m.blocks {
+        body.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
+            escape(&b.name),
+            b.repeat,
+            escape(&b.machine.to_string()),
+            escape(&b.file)
+        ));
+    }
+    body.push_str("</table>\n");
+    let cell = |mean: f64, i: Option<crate::stats::Interval>| match i {
+        Some(i) => format!("{mean:.2}x [{:.2}, {:.2}]", i.low, i.high),
+        None if mean.is_finite() => format!("{mean:.2}x"),
+        None => "-".to_string(),
+    };
+    for k in &m.kernels {
+        body.push_str(&format!(
+            "<h2>kernel {}: each case over <code>{}</code></h2>\n",
+            escape(&k.kernel),
+            escape(&m.baseline)
+        ));
+        let mut rows = Vec::new();
+        for c in &k.vs_baseline {
+            if let Some(p) = &c.pooled {
+                rows.extend(pooled_rows(&c.case.to_string(), &c.blocks, (p.mixed.mean, p.mixed.interval), None));
+            }
+        }
+        for f in &k.findings {
+            for r in &f.ratios {
+                rows.extend(pooled_rows(&r.label, &r.blocks, (r.mean, r.interval), Some(r.bound)));
+            }
+        }
+        body.push_str(&forest_figure(
+            &format!("{} (kernel {}): ratios, by block and pooled", m.study, k.kernel),
+            &rows,
+        ));
+        let heads: String = m.blocks.iter().map(|b| format!("<th>{}</th>", escape(&b.name))).collect();
+        body.push_str(&format!(
+            "<table>\n<tr><th>case</th><th>against</th><th>pooled</th><th>block means</th>{heads}</tr>\n"
+        ));
+        for c in &k.vs_baseline {
+            let (mixed, means) = c.pooled.as_ref().map_or(("-".into(), "-".into()), |p| {
+                (cell(p.mixed.mean, p.mixed.interval), cell(p.block_means.mean, p.block_means.interval))
+            });
+            let per: String = c.blocks.iter().map(|b| format!("<td>{}</td>", cell(b.mean, b.interval))).collect();
+            body.push_str(&format!(
+                "<tr><td><code>{}</code></td><td><code>{}</code></td><td><b>{mixed}</b></td><td>{means}</td>{per}</tr>\n",
+                escape(&c.case.to_string()),
+                escape(&c.against.case)
+            ));
+        }
+        body.push_str("</table>\n");
+        body.push_str(&findings_table(&k.findings, "Findings, judged on the pooled ratios"));
+        body.push_str(&format!(
+            "<h3>Throughput by block (medians; never pooled)</h3>\n<table>\n<tr><th>case</th>{heads}</tr>\n"
+        ));
+        for t in &k.throughput {
+            let per: String =
+                t.blocks.iter().map(|(_, bps)| format!("<td>{}</td>", escape(&crate::report::fmt_bps(*bps)))).collect();
+            body.push_str(&format!("<tr><td><code>{}</code></td>{per}</tr>\n", escape(&t.case.to_string())));
+        }
+        body.push_str("</table>\n");
+    }
+    for kr in &m.kernel_ratios {
+        body.push_str(&format!("<h2>kernel {} over kernel {}</h2>\n", escape(&kr.kernel), escape(&kr.against)));
+        let mut rows = Vec::new();
+        for c in &kr.cases {
+            if let Some(p) = &c.pooled {
+                rows.extend(pooled_rows(&c.case.to_string(), &c.blocks, (p.mixed.mean, p.mixed.interval), None));
+            }
+        }
+        body.push_str(&forest_figure(&format!("kernel {} over {}", kr.kernel, kr.against), &rows));
+    }
+    wrap(&format!("vlab: study {} merged", m.study), &body)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite};
 
 use crate::compare::Comparison;
-use crate::findings::{StudyOutcome, Verdict};
+use crate::findings::{FindingOutcome, StudyOutcome, Verdict};
 use crate::report::{report_evidence, round_evidence, CaseReport, Report};
 use crate::stats::Change;
 
@@ -71,24 +71,43 @@ pub fn of_run(
         junit.add_test_suite(suite);
     }
     for s in studies {
-        let mut suite = TestSuite::new(format!("study {}: findings (kernel {})", s.study, s.kernel));
-        suite.add_properties([
-            Property::new("baseline", s.baseline.clone()),
-            Property::new("repeat", s.repeat.to_string()),
-        ]);
-        for f in &s.findings {
-            let evidence = f.evidence.join("\n");
-            let status = match f.verdict {
-                Verdict::Holds => TestCaseStatus::success(),
-                Verdict::DoesNotHold => failure("does not hold", &f.finding.claim, &evidence),
-                Verdict::Inconclusive => skipped(&format!("inconclusive: {}", f.evidence.join("; "))),
-            };
-            let mut t = TestCase::new(f.finding.claim.clone(), status);
-            t.set_classname(format!("{}.findings", s.study));
-            t.set_system_out(evidence);
-            suite.add_test_case(t);
-        }
-        junit.add_test_suite(suite);
+        let props = [("baseline", s.baseline.clone()), ("repeat", s.repeat.to_string())];
+        let name = format!("study {}: findings (kernel {})", s.study, s.kernel);
+        junit.add_test_suite(findings_suite(name, &s.study, &props, &s.findings));
+    }
+    junit
+}
+
+/// A suite of a study's findings: a test case per claim, failed when it
+/// does not hold, skipped when inconclusive.
+fn findings_suite(name: String, study: &str, props: &[(&str, String)], findings: &[FindingOutcome]) -> TestSuite {
+    let mut suite = TestSuite::new(name);
+    suite.add_properties(props.iter().map(|(k, v)| Property::new(*k, v.clone())));
+    for f in findings {
+        let evidence = f.evidence.join("\n");
+        let status = match f.verdict {
+            Verdict::Holds => TestCaseStatus::success(),
+            Verdict::DoesNotHold => failure("does not hold", &f.finding.claim, &evidence),
+            Verdict::Inconclusive => skipped(&format!("inconclusive: {}", f.evidence.join("; "))),
+        };
+        let mut t = TestCase::new(f.finding.claim.clone(), status);
+        t.set_classname(format!("{study}.findings"));
+        t.set_system_out(evidence);
+        suite.add_test_case(t);
+    }
+    suite
+}
+
+/// The JUnit report of a merged study: per kernel, its findings judged on
+/// the pooled ratios, the blocks as properties.
+pub fn of_merged(m: &crate::merge::Merged) -> quick_junit::Report {
+    let mut junit = quick_junit::Report::new(format!("vlab study {} (merged)", m.study));
+    let blocks: Vec<String> =
+        m.blocks.iter().map(|b| format!("{}: {} rounds on {}", b.name, b.repeat, b.machine)).collect();
+    let props = [("baseline", m.baseline.clone()), ("blocks", blocks.join("; ")), ("model", m.model.to_string())];
+    for k in &m.kernels {
+        let name = format!("study {}: pooled findings (kernel {})", m.study, k.kernel);
+        junit.add_test_suite(findings_suite(name, &m.study, &props, &k.findings));
     }
     junit
 }

@@ -29,6 +29,7 @@ pub mod image;
 pub mod junit;
 pub mod lab;
 pub mod measure;
+pub mod merge;
 pub mod overlay;
 pub mod policy;
 pub mod presence;

@@ -129,6 +129,11 @@ enum Cmd {
         /// carry a case that passes here to another kernel).
         #[arg(long, requires = "repro")]
         repro_all: bool,
+        /// Of a study spread over machines: this run is the block NAME (a
+        /// machine's rounds). The report carries it and the machine's
+        /// description; `vlab merge` pools the blocks' ratios.
+        #[arg(long, value_name = "NAME")]
+        block: Option<String>,
     },
     /// Run a lab repeatedly and report median/min/max of boot time, wall time,
     /// throughput per case, and ratios within each run (container/underlay,
@@ -184,9 +189,11 @@ enum Cmd {
     },
     /// Compare two reports of the same lab (A the reference, B the candidate:
     /// two kernels, two builds) case by case: B's throughput over A's with
-    /// its 95 % interval. Exit 1 when some case is significantly slower in B
-    /// beyond the tolerance, 0 otherwise, 128 when the reports cannot be
-    /// compared (not the same lab or cases).
+    /// its 95 % interval; of the same study, each lab so and each finding's
+    /// verdict in A and in B. Exit 1 when some case is significantly slower
+    /// in B beyond the tolerance (or a finding that did not fail in A does
+    /// not hold in B), 0 otherwise, 128 when the reports cannot be compared
+    /// (not the same lab, study or cases).
     Compare {
         /// The reference report (`vlab run --json`).
         a: PathBuf,
@@ -198,6 +205,31 @@ enum Cmd {
         /// Write the comparison as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Merge the reports of one study run on several machines (`vlab run
+    /// STUDY --block NAME --json FILE` on each): each case's paired ratios
+    /// pooled over every round of every block with the block as a random
+    /// effect, the findings judged on the pooled ratios, throughput kept
+    /// per block. Exit 0 no finding fails, 1 one does not hold, 128 when the
+    /// reports are not blocks of one study (other study files, cases or
+    /// kernels; a block or a run twice).
+    Merge {
+        /// The blocks' reports.
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+        /// Write the merged study as JSON to this file.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write it as Markdown (a CI job summary) to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Write it as one HTML page (a forest plot of every ratio, by block
+        /// and pooled) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Write its findings as JUnit XML to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Judge a run again from what `vlab run --artifacts DIR` kept, without
     /// VMs: every case's checks recomputed from its recorded evidence by
@@ -320,9 +352,10 @@ fn main() -> ExitCode {
                 junit,
                 repro,
                 repro_all,
+                block,
             } => run(
                 lab,
-                Outputs { json, markdown, html, junit, timings, tolerance, on_crash },
+                Outputs { json, markdown, html, junit, timings, tolerance, on_crash, block, recorded: None },
                 KernelArgs { kernels: in_order(kernels, kernel_debs, &debs_at), modules },
                 RunOptions {
                     accel,
@@ -376,12 +409,13 @@ fn main() -> ExitCode {
                 };
                 soak(lab, boots, deploy, json, opts).await.unwrap_or_else(|code| code)
             }
+            Cmd::Merge { reports, out, markdown, html, junit } => {
+                merge(&reports, Outputs { json: out, markdown, html, junit, ..Outputs::default() })
+            }
             Cmd::Compare { a, b, tolerance, json } => compare(&a, &b, tolerance, json.as_deref()),
-            Cmd::Rejudge { dir, json, markdown, html, junit } => rejudge(
-                &dir,
-                Outputs { json, markdown, html, junit, timings: false, tolerance: 0.0, on_crash: OnCrash::Skip },
-            )
-            .unwrap_or_else(|code| code),
+            Cmd::Rejudge { dir, json, markdown, html, junit } => {
+                rejudge(&dir, Outputs { json, markdown, html, junit, ..Outputs::default() }).unwrap_or_else(|code| code)
+            }
             Cmd::Repro { report, case, out, lab, evidence, kernel } => {
                 repro(&report, &case, &out, (lab.as_deref(), evidence.as_deref(), kernel.as_deref()))
             }
@@ -396,9 +430,10 @@ fn main() -> ExitCode {
 }
 
 /// What a guest kernel crash makes of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 enum OnCrash {
     /// Exit 125: the lab could not run.
+    #[default]
     Skip,
     /// Exit 1: the kernel under test is bad.
     Bad,
@@ -542,6 +577,7 @@ fn check_host(lab: &Lab) -> Result<(), u8> {
 }
 
 /// Where a run's report goes besides the table on stdout.
+#[derive(Default)]
 struct Outputs {
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
@@ -551,6 +587,10 @@ struct Outputs {
     /// Of the comparison of kernels.
     tolerance: f64,
     on_crash: OnCrash,
+    /// `--block`: the study's block this run is.
+    block: Option<String>,
+    /// Of a run judged again: its recorded id and block, kept.
+    recorded: Option<(String, Option<vlab::study::Block>)>,
 }
 
 /// What `vlab run` was given: a lab, or a study of several.
@@ -674,6 +714,19 @@ async fn run(lab_path: PathBuf, out: Outputs, kernels: KernelArgs, opts: RunOpti
 
 async fn run_reports(lab_path: &Path, out: Outputs, kernels: KernelArgs, mut opts: RunOptions) -> Result<u8, u8> {
     let runs = load_runs(lab_path)?;
+    if let Some(name) = &out.block {
+        if matches!(runs, Runs::Lab(_)) {
+            error!(
+                "--block {name}: a block is a machine's share of a study's rounds; {} is a lab, not a study (a file of [[lab]] tables)",
+                lab_path.display()
+            );
+            return Err(exit::INVALID_INPUT);
+        }
+        if let Err(why) = vlab::merge::check_block_name(name) {
+            error!("--block {name:?}: {why}");
+            return Err(exit::INVALID_INPUT);
+        }
+    }
     // A study's labs run; the rest of it (its claims) is judged afterwards.
     let (title, mut labs, study) = match runs {
         Runs::Lab(lab) => {
@@ -796,10 +849,25 @@ fn publish(
         markdown.push_str(&format!("\n{}", f.markdown()));
     }
     // A study's cases against its baseline, and its findings, per kernel.
+    let (run_id, block) = out.recorded.clone().unwrap_or_else(|| {
+        let block = out.block.as_ref().map(|name| vlab::study::Block {
+            name: name.clone(),
+            machine: vlab::study::Machine::here(
+                reports.first().map_or("", |r| r.accel.as_str()),
+                reports.first().map_or("", |r| r.qemu.as_str()),
+            ),
+        });
+        (vlab::merge::run_id(), block)
+    });
     let studies: Vec<vlab::findings::StudyOutcome> = study.map_or_else(Vec::new, |c| {
         vlab::findings::per_kernel(reports, kernels)
             .iter()
-            .map(|rs| vlab::findings::evaluate(&c.name, &c.baseline, &c.findings, rs))
+            .map(|rs| vlab::findings::StudyOutcome {
+                sha256: c.sha256.clone(),
+                run: run_id.clone(),
+                block: block.clone(),
+                ..vlab::findings::evaluate(&c.name, &c.baseline, &c.findings, rs)
+            })
             .collect()
     });
     for s in &studies {
@@ -852,6 +920,7 @@ fn rejudge(dir: &Path, mut out: Outputs) -> Result<u8, u8> {
         dir.display()
     );
     out.tolerance = judged.run.tolerance;
+    out.recorded = judged.identity.clone();
     let title = match &judged.study {
         Some(s) => format!("study {}", s.name),
         None => judged.reports.first().map_or_else(String::new, |r| r.lab.clone()),
@@ -922,12 +991,50 @@ fn repro(
     }
 }
 
+/// `vlab merge`.
+fn merge(paths: &[PathBuf], out: Outputs) -> u8 {
+    let merged = paths
+        .iter()
+        .map(|p| vlab::merge::read(p))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|inputs| vlab::merge::merge(&inputs));
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            error!("{e}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    print!("{}", merged.table());
+    if let Err(code) = write_json(out.json.as_deref(), &merged) {
+        return code;
+    }
+    let html = out.html.as_ref().map(|p| (p, vlab::html::merged_page(&merged)));
+    for (path, text) in [out.markdown.as_ref().map(|p| (p, merged.markdown())), html].into_iter().flatten() {
+        if let Err(e) = std::fs::write(path, text) {
+            error!("cannot write {}: {e}", path.display());
+            return exit::COULD_NOT_RUN;
+        }
+    }
+    if let Some(path) = &out.junit {
+        if let Err(e) = vlab::junit::write(path, &vlab::junit::of_merged(&merged)) {
+            error!("{e:#}");
+            return exit::COULD_NOT_RUN;
+        }
+    }
+    if merged.failed() {
+        exit::CHECK_FAILED
+    } else {
+        exit::PASSED
+    }
+}
+
 fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {
     if !(0.0..1.0).contains(&tolerance) {
         error!("--tolerance {tolerance}: use a fraction from 0 to below 1 (0.05 is 5 %)");
         return exit::INVALID_INPUT;
     }
-    let comparison = match vlab::compare::compare_files(a, b, tolerance) {
+    let comparison = match vlab::compare::compare_any(a, b, tolerance) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -938,7 +1045,7 @@ fn compare(a: &Path, b: &Path, tolerance: f64, json: Option<&Path>) -> u8 {
     if let Err(code) = write_json(json, &comparison) {
         return code;
     }
-    if comparison.regressed {
+    if comparison.regressed() {
         exit::CHECK_FAILED
     } else {
         exit::PASSED

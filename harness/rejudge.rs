@@ -114,6 +114,9 @@ pub struct Rejudged {
     pub reports: Vec<Report>,
     /// Every verdict that differs from the recorded one, a line each.
     pub differences: Vec<String>,
+    /// A study's recorded run id and block (`--block`): judged again, it is
+    /// still that run.
+    pub identity: Option<(String, Option<study::Block>)>,
 }
 
 /// Judges the run kept under `dir` again.
@@ -126,6 +129,10 @@ pub fn rejudge(dir: &Path) -> anyhow::Result<Rejudged> {
     };
     let run: RunRecord = serde_json::from_slice(&read(RUN_FILE)?).with_context(|| format!("{RUN_FILE}: unreadable"))?;
     let doc: Value = serde_json::from_slice(&read(REPORT_FILE)?).with_context(|| format!("{REPORT_FILE}: not JSON"))?;
+    let identity = doc["studies"].get(0).map(|s| {
+        let run = s["run"].as_str().unwrap_or_default().to_string();
+        (run, serde_json::from_value(s["block"].clone()).ok())
+    });
     let recorded: Vec<Value> = match doc.get("reports") {
         Some(Value::Array(rs)) => rs.clone(),
         _ => vec![doc],
@@ -184,7 +191,7 @@ pub fn rejudge(dir: &Path) -> anyhow::Result<Rejudged> {
         r.summaries = crate::run::summaries(lab, &cases);
         r.cases = cases;
     }
-    Ok(Rejudged { run, study, reports, differences })
+    Ok(Rejudged { run, study, reports, differences, identity })
 }
 
 /// Where a case's verdicts judged now differ from the recorded ones: a check

@@ -4,14 +4,14 @@
 //! paired samples (two variants measured in the same repetition) the same
 //! way. With one sample there is no interval, and nothing is claimed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{Beta, ContinuousCDF, StudentsT};
 
 /// The confidence level of every interval vlab reports.
 pub const CONFIDENCE: f64 = 0.95;
 
 /// A 95 % confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub low: f64,
     pub high: f64,
@@ -25,7 +25,7 @@ impl Interval {
 }
 
 /// Repeated measurements of one quantity.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The samples, in the order they were taken.
     pub samples: Vec<f64>,
@@ -202,5 +202,128 @@ pub fn judge(ratio: f64, interval: Option<Interval>, tolerance: f64) -> Change {
         Change::Faster
     } else {
         Change::NoSignificantChange
+    }
+}
+
+/// An estimate of a ratio: its geometric mean and 95 % interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub interval: Option<Interval>,
+    /// The degrees of freedom of the interval's t quantile.
+    pub df: f64,
+}
+
+/// Paired ratios from several blocks (machines, each running its own rounds)
+/// pooled. Ratios differ between machines more than between the rounds of
+/// one, so the rounds of a block are not independent samples of the whole:
+/// the log ratio of round i of block b is modelled as mu + u_b + e_bi, with
+/// a block effect u_b ~ N(0, s_b^2) and a round effect e_bi ~ N(0, s_e^2)
+/// (a one-way random-effects model).
+///
+/// - `mixed`: that model, its variance components estimated by the ANOVA
+///   method (which is REML's for blocks of equal size, while positive). With
+///   a between-block component, the blocks' means are weighted by
+///   1 / (s_b^2 + s_e^2 / n_b) and the interval has B - 1 degrees of
+///   freedom; where the blocks differ no more than their rounds do (the
+///   component estimated at 0), every round is a sample of the same ratio
+///   and the interval has N - 1.
+/// - `block_means`: each block's geometric mean as one sample, a t interval
+///   with B - 1 degrees of freedom: the model that assumes least.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pooled {
+    pub mixed: Estimate,
+    pub block_means: Estimate,
+    /// The estimated standard deviations of the block and the round effects
+    /// (natural log scale; `within` is 0 when no block has two rounds).
+    pub between_sd: f64,
+    pub within_sd: f64,
+    pub blocks: usize,
+    pub rounds: usize,
+}
+
+fn t_interval(mean_log: f64, se: f64, df: f64) -> Option<Interval> {
+    (df >= 1.0 && se.is_finite()).then(|| {
+        let half = t_quantile(df) * se;
+        Interval { low: (mean_log - half).exp(), high: (mean_log + half).exp() }
+    })
+}
+
+/// Pools the paired ratios of each block (a block's rounds, each a ratio
+/// taken within the round): `None` without a block or with a ratio that is
+/// not positive.
+pub fn pool_blocks(blocks: &[Vec<f64>]) -> Option<Pooled> {
+    if blocks.is_empty() || blocks.iter().any(|b| b.is_empty() || b.iter().any(|x| !x.is_finite() || *x <= 0.0)) {
+        return None;
+    }
+    let logs: Vec<Vec<f64>> = blocks.iter().map(|b| b.iter().map(|x| x.ln()).collect()).collect();
+    let nb = logs.len() as f64;
+    let sizes: Vec<f64> = logs.iter().map(|b| b.len() as f64).collect();
+    let n: f64 = sizes.iter().sum();
+    let means: Vec<f64> = logs.iter().map(|b| b.iter().sum::<f64>() / b.len() as f64).collect();
+    let grand = logs.iter().flatten().sum::<f64>() / n;
+
+    // Each block's mean as one sample.
+    let (bm, bvar) = mean_var(&means);
+    let block_means = Estimate { mean: bm.exp(), interval: t_interval(bm, (bvar / nb).sqrt(), nb - 1.0), df: nb - 1.0 };
+
+    let ss_within: f64 = logs.iter().zip(&means).map(|(b, m)| b.iter().map(|x| (x - m).powi(2)).sum::<f64>()).sum();
+    let ss_between: f64 = means.iter().zip(&sizes).map(|(m, k)| k * (m - grand).powi(2)).sum();
+    let within_df = n - nb;
+    let mixed = if within_df < 1.0 {
+        // One round per block: the rounds cannot be told from the blocks.
+        block_means
+    } else if nb < 2.0 {
+        let all = &logs[0];
+        let (m, v) = mean_var(all);
+        Estimate { mean: m.exp(), interval: t_interval(m, (v / n).sqrt(), n - 1.0), df: n - 1.0 }
+    } else {
+        let ms_within = ss_within / within_df;
+        let ms_between = ss_between / (nb - 1.0);
+        let n0 = (n - sizes.iter().map(|k| k * k).sum::<f64>() / n) / (nb - 1.0);
+        let between = ((ms_between - ms_within) / n0).max(0.0);
+        if between > 0.0 {
+            let weights: Vec<f64> = sizes.iter().map(|k| 1.0 / (between + ms_within / k)).collect();
+            let total: f64 = weights.iter().sum();
+            let m = weights.iter().zip(&means).map(|(w, x)| w * x).sum::<f64>() / total;
+            Estimate { mean: m.exp(), interval: t_interval(m, (1.0 / total).sqrt(), nb - 1.0), df: nb - 1.0 }
+        } else {
+            let var = (ss_within + ss_between) / (n - 1.0);
+            Estimate { mean: grand.exp(), interval: t_interval(grand, (var / n).sqrt(), n - 1.0), df: n - 1.0 }
+        }
+    };
+    let within_sd = if within_df >= 1.0 { (ss_within / within_df).sqrt() } else { 0.0 };
+    let between_sd = if nb >= 2.0 && within_df >= 1.0 {
+        let n0 = (n - sizes.iter().map(|k| k * k).sum::<f64>() / n) / (nb - 1.0);
+        ((ss_between / (nb - 1.0) - within_sd.powi(2)) / n0).max(0.0).sqrt()
+    } else if nb >= 2.0 {
+        bvar.sqrt()
+    } else {
+        0.0
+    };
+    Some(Pooled { mixed, block_means, between_sd, within_sd, blocks: logs.len(), rounds: n as usize })
+}
+
+impl Pooled {
+    /// About how many blocks like these (as many rounds each, on average)
+    /// the mixed model would need for its interval to leave `bound` out, at
+    /// the spread observed: `None` when the estimate is on the bound or
+    /// more than 1000 would be needed, `Some(blocks)` (never fewer than
+    /// now plus one) otherwise.
+    pub fn blocks_to_decide(&self, bound: f64) -> Option<usize> {
+        let gap = (self.mixed.mean.ln() - bound.ln()).abs();
+        if gap == 0.0 || !gap.is_finite() {
+            return None;
+        }
+        let per_block = self.rounds as f64 / self.blocks as f64;
+        // The variance of one block's mean log ratio.
+        let v1 = self.between_sd.powi(2) + self.within_sd.powi(2) / per_block;
+        if v1 == 0.0 {
+            return Some(self.blocks + 1);
+        }
+        (self.blocks + 1..=1000).find(|&b| {
+            let df = if self.between_sd > 0.0 { b as f64 - 1.0 } else { b as f64 * per_block - 1.0 };
+            t_quantile(df) * (v1 / b as f64).sqrt() < gap
+        })
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::lab::{Case, Issue, Lab, LabError, Seg};
 
@@ -74,7 +75,7 @@ struct FindingFile {
 }
 
 /// A case of a study: its lab's name and its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseRef {
     pub lab: String,
     pub case: String,
@@ -87,7 +88,7 @@ impl std::fmt::Display for CaseRef {
 }
 
 /// What a finding claims, in terms the run can judge.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Claim {
     /// Every case moves data in every repetition.
@@ -103,15 +104,15 @@ pub enum Claim {
     Waits {
         case: CaseRef,
         of: CaseRef,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none", default)]
         at_most: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none", default)]
         at_least: Option<f64>,
     },
 }
 
 /// One of the study's findings: the claim in words, and what it means.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub claim: String,
     #[serde(flatten)]
@@ -128,6 +129,9 @@ pub struct Study {
     /// The lab every other lab's cases are set against.
     pub baseline: String,
     pub findings: Vec<Finding>,
+    /// SHA-256 of the study file and its lab files, in the study's order:
+    /// the reports of two runs can be merged only when it is the same.
+    pub sha256: String,
 }
 
 /// Rounds of a study without `repeat` or `--repeat`: enough for an interval.
@@ -149,12 +153,16 @@ pub fn load(path: &Path) -> Result<Study, LabError> {
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut labs = Vec::new();
+    let mut hash = Sha256::new();
+    hash.update(text.as_bytes());
     for (i, entry) in file.lab.iter().enumerate() {
         let lab_path = dir.join(&entry.file);
-        if !lab_path.is_file() {
+        let Ok(lab_text) = std::fs::read(&lab_path) else {
             let message = format!("no lab file {}", lab_path.display());
             return Err(invalid(vec![Seg::Key("lab"), Seg::Index(i), Seg::Key("file")], message));
-        }
+        };
+        hash.update((lab_text.len() as u64).to_le_bytes());
+        hash.update(&lab_text);
         let mut lab = crate::variants::load_lab(&lab_path)?;
         if let Some(d) = file.duration {
             lab.workload.duration = d;
@@ -282,7 +290,8 @@ pub fn load(path: &Path) -> Result<Study, LabError> {
         }
         findings.push(Finding { claim: f.claim.clone(), kind });
     }
-    Ok(Study { name: file.name, description: file.description, labs, repeat, baseline, findings })
+    let sha256 = hex::encode(hash.finalize());
+    Ok(Study { name: file.name, description: file.description, labs, repeat, baseline, findings, sha256 })
 }
 
 /// Resolves `LAB/CASE` against the cases the study runs: CASE is a case's
@@ -304,5 +313,55 @@ fn case_ref(labs: &[(Lab, Vec<Case>)], text: &str) -> Result<CaseRef, String> {
         [one] => Ok(CaseRef { lab: lab.to_string(), case: one.to_string() }),
         [] => Err(format!("`{text}`: no case of `{lab}` that the study runs matches (they are: {})", names.join(", "))),
         _ => Err(format!("`{text}` matches several cases of `{lab}` ({}): name one", hits.join(", "))),
+    }
+}
+
+/// A block of a study spread over machines (`vlab run STUDY --block NAME`):
+/// one machine's rounds, whose ratios `vlab merge` pools with the others'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    pub name: String,
+    pub machine: Machine,
+}
+
+/// What a block ran on: throughput is never compared across machines, but
+/// a reader of a merged study sees what each block was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// The CPU's model name (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// The CPUs vlab could use.
+    pub cores: usize,
+    /// The accelerator the VMs ran on (`tcg`, `kvm`).
+    pub accel: String,
+    pub qemu: String,
+    /// The host's kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// This machine, with the accelerator and QEMU a run used.
+    pub fn here(accel: &str, qemu: &str) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+            .unwrap_or("unknown")
+            .to_string();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            accel: accel.to_string(),
+            qemu: qemu.to_string(),
+            kernel,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    /// `Intel Xeon ..., 2 cores, tcg, QEMU 10.0.2, host kernel 6.1.0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {} cores, {}, QEMU {}, host kernel {}", self.cpu, self.cores, self.accel, self.qemu, self.kernel)
     }
 }

@@ -92,3 +92,51 @@ fn reports_of_other_labs_or_cases_are_bad_input() {
     assert!(text.contains("is not a vlab report"), "{text}");
     assert_eq!(compare(&a, &a, &["--tolerance", "2"]).0, 128);
 }
+
+/// A study's report (`vlab run STUDY --json`): one lab `filters` whose case
+/// has these samples, and one finding with this verdict.
+fn study_report(dir: &Path, name: &str, samples: &[f64], verdict: &str) -> PathBuf {
+    let bps: Vec<f64> = samples.iter().map(|m| m * 1e6).collect();
+    let case = json!({ "name": "filter=none", "throughput_bps": bps[0], "throughput": { "samples": bps } });
+    let finding = json!({
+        "claim": "Plain routing delivers", "kind": "delivers",
+        "cases": [{ "lab": "filters", "case": "filter=none" }],
+        "verdict": verdict, "evidence": ["filters/filter=none: delivered"]
+    });
+    let outcome = json!({
+        "study": "study", "kernel": "6.12", "repeat": samples.len(), "baseline": "filters",
+        "vs_baseline": [], "findings": [finding]
+    });
+    let doc = json!({
+        "reports": [{ "lab": "filters", "kernel": "6.12", "cases": [case] }],
+        "comparisons": [], "studies": [outcome]
+    });
+    let path = dir.join(name);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn two_studies_compare_lab_by_lab_and_finding_by_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = study_report(dir.path(), "a.json", A, "holds");
+    // The same throughput, the same verdict: no change.
+    let (code, text, json) = compare(&a, &study_report(dir.path(), "b.json", A, "holds"), &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("lab filters") && text.contains("holds -> holds: Plain routing delivers"), "{text}");
+    assert_eq!(json["findings"][0]["b"], "holds");
+    // A finding that held and does not hold any more is a regression.
+    let (code, text, _) = compare(&a, &study_report(dir.path(), "c.json", A, "does-not-hold"), &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("holds -> DOES NOT HOLD  REGRESSED"), "{text}");
+    // A case significantly slower is one too.
+    let slow: Vec<f64> = A.iter().map(|x| x * 0.5).collect();
+    let (code, text, _) = compare(&a, &study_report(dir.path(), "d.json", &slow, "holds"), &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("SLOWER"), "{text}");
+    // A study against a lab's report cannot be compared.
+    let lab = report(dir.path(), "lab.json", "filters", &[("filter=none", A)]);
+    let (code, text, _) = compare(&a, &lab, &[]);
+    assert_eq!(code, 128, "{text}");
+    assert!(text.contains("a.json is a study's report") && text.contains("lab.json a lab's"), "{text}");
+}
