@@ -81,3 +81,46 @@ fn no_qemu_is_a_skip() {
     assert_eq!(out.status.code(), Some(125), "{}", said(&out));
     assert!(said(&out).contains("/nonexistent/qemu") && said(&out).contains("untestable: skip"), "{}", said(&out));
 }
+
+/// With a reference kernel, a step boots it first and the step's kernel
+/// second, in K paired rounds (5 unless `--repeat` says), so that vlab judges
+/// the step's kernel against the reference round by round; its exit is the
+/// step's verdict. Bad options abort the bisect.
+#[test]
+fn a_reference_kernel_runs_first_in_paired_rounds() {
+    let kernel = tempfile::NamedTempFile::new().unwrap();
+    let reference = tempfile::NamedTempFile::new().unwrap();
+    let t = tree(kernel.path());
+    // A vlab that says what it was asked, and finds the step slower.
+    let fake = t.path().join("fake-vlab");
+    std::fs::write(&fake, "#!/bin/sh\necho \"$@\" >\"$(dirname \"$0\")/ARGS\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lab = repo("labs/baseline.toml");
+    let r = reference.path().to_str().unwrap();
+    for (args, rounds) in [(vec!["--reference", r, "--repeat", "4"], "4"), (vec!["--reference", r], "5")] {
+        let args: Vec<&str> = args.into_iter().chain([lab.to_str().unwrap(), "--tolerance", "0.1"]).collect();
+        let out = bisect_run(t.path(), &args, &[("VLAB", fake.to_str().unwrap())]);
+        assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+        assert!(
+            said(&out).contains(&format!("{rounds} paired rounds")) && said(&out).contains(": bad"),
+            "{}",
+            said(&out)
+        );
+        let asked = std::fs::read_to_string(t.path().join("ARGS")).unwrap();
+        let want =
+            format!("--kernel {r} --kernel arch/x86/boot/bzImage --repeat {rounds} --on-crash bad --tolerance 0.1");
+        assert!(asked.contains(&want), "{asked}");
+    }
+    for (args, says) in [
+        (vec!["--repeat", "0"], "use 1 to 100 rounds"),
+        (vec!["--repeat", "many"], "use 1 to 100 rounds"),
+        (vec!["--reference", "/nonexistent/bzImage"], "no such file"),
+        (vec!["--reference"], "usage"),
+    ] {
+        let args: Vec<&str> =
+            if args.len() > 1 { args.into_iter().chain([lab.to_str().unwrap()]).collect() } else { args };
+        let out = bisect_run(t.path(), &args, &[("VLAB", fake.to_str().unwrap())]);
+        assert_eq!(out.status.code(), Some(128), "{args:?}: {}", said(&out));
+        assert!(said(&out).contains(says), "{args:?}: {}", said(&out));
+    }
+}
