@@ -177,3 +177,91 @@ fn an_ipv6_extension_header_is_not_payload() {
     let got: Vec<(u16, u32)> = summary.segments.iter().map(|s| (s.sport, s.payload)).collect();
     assert_eq!(got, [(40_000, 10)]);
 }
+
+/// A segment holds another when the other's bytes of the stream lie within
+/// its own, from the same source, ports and acknowledgment.
+#[test]
+fn a_segment_holds_only_the_parts_of_its_own_bytes() {
+    use vlab::measure::capture::SegmentRecord;
+    let seg = |seq: u32, payload: u32, ack: u32| SegmentRecord {
+        src: "fd00::1".parse().unwrap(),
+        dst: "fd00::2".parse().unwrap(),
+        sport: 40_000,
+        dport: 5201,
+        seq,
+        ack,
+        payload,
+        checksum: ChecksumStatus::Valid,
+        field: 0,
+        for_captured: None,
+        for_original: None,
+    };
+    let big = seg(1000, 3000, 7);
+    for (part, holds) in [
+        (seg(1000, 3000, 7), true),  // itself
+        (seg(1000, 1448, 7), true),  // its first GSO part
+        (seg(2448, 1552, 7), true),  // its last part, ending where it ends
+        (seg(2448, 1553, 7), false), // one byte past its end
+        (seg(3999, 100, 7), false),  // starts within, ends beyond
+        (seg(4000, 100, 7), false),  // the next segment
+        (seg(900, 100, 7), false),   // before it
+        (seg(1000, 1448, 8), false), // another acknowledgment
+        (seg(1000, 0, 7), false),    // a bare acknowledgment is only itself
+    ] {
+        assert_eq!(big.holds(&part), holds, "{} bytes at {}", part.payload, part.seq);
+    }
+    assert!(seg(1000, 0, 7).holds(&seg(1000, 0, 7)));
+    assert!(!seg(1000, 0, 7).holds(&seg(1001, 0, 7)));
+}
+
+/// The flows seen are exactly the flows expected: none missing, none more,
+/// and something seen.
+#[test]
+fn flows_are_exactly_the_expected_ones() {
+    use vlab::measure::capture::{flows_are, Flow};
+    let f = |s: &str, d: &str| Flow { src: s.parse().unwrap(), dst: d.parse().unwrap() };
+    let (a, b, x) = (f("10.0.0.1", "10.0.0.2"), f("10.0.0.2", "10.0.0.1"), f("10.0.0.9", "10.0.0.2"));
+    assert!(flows_are(&[a, b, a], &[a, b]));
+    assert!(!flows_are(&[a], &[a, b]), "one missing");
+    assert!(!flows_are(&[a, b, x], &[a, b]), "one more");
+    assert!(!flows_are(&[x], &[a, b]));
+    assert!(!flows_are(&[], &[]), "nothing seen");
+}
+
+/// A UDP datagram to the VXLAN port is VXLAN only with a whole header whose
+/// I flag is set: a short one or one without the flag is not counted (and
+/// a short one does not read past its end).
+#[test]
+fn only_whole_vxlan_headers_with_the_i_flag_count() {
+    // An inner Ethernet frame: IPv4 UDP 10.1.0.1 -> 10.1.0.2, no payload.
+    let mut inner = vec![0x52, 0x54, 0, 0, 0, 2, 0x52, 0x54, 0, 0, 0, 1, 0x08, 0x00];
+    inner.extend([0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 1, 0, 1, 10, 1, 0, 2]);
+    inner.extend([0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
+    let outer = |vxlan: &[u8]| {
+        let mut f = vec![0x52, 0x54, 0, 0x4c, 1, 1, 0x52, 0x54, 0, 0x4c, 2, 1, 0x08, 0x00];
+        let udp_len = (8 + vxlan.len()) as u16;
+        f.extend([0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2]);
+        f[16..18].copy_from_slice(&(20 + udp_len).to_be_bytes());
+        f.extend(50_000u16.to_be_bytes());
+        f.extend(4789u16.to_be_bytes());
+        f.extend(udp_len.to_be_bytes());
+        f.extend([0, 0]);
+        f.extend(vxlan);
+        f
+    };
+    let with_header = |flags: u8| {
+        let mut v = vec![flags, 0, 0, 0, 0x00, 0x00, 0x2a, 0];
+        v.extend(&inner);
+        v
+    };
+    let ctx = CaptureContext { vxlan_port: Some(4789), ..plain(5201) };
+    let frames = [outer(&with_header(0x08)), outer(&with_header(0x00)), outer(&[0x08, 0, 0, 0]), outer(&[0x08])];
+    for (frame, counted) in frames.iter().zip([1, 0, 0, 0]) {
+        let summary = summarize(&pcap_of(std::slice::from_ref(frame)), &ctx).unwrap();
+        let vxlan = summary.vxlan.unwrap_or_default();
+        assert_eq!(vxlan.packets, counted, "{frame:02x?}");
+        if counted == 1 {
+            assert_eq!(vxlan.vnis, [42]);
+        }
+    }
+}

@@ -94,7 +94,9 @@ impl SegmentRecord {
         let within = match (self.payload, other.payload) {
             (0, 0) => offset == 0,
             (0, _) | (_, 0) => false,
-            (mine, theirs) => offset < mine && offset.saturating_add(theirs) <= mine,
+            // Its bytes end within mine (an `other` that starts before
+            // mine wraps to a huge offset and saturates).
+            (mine, theirs) => offset.saturating_add(theirs) <= mine,
         };
         (self.src, self.sport, self.dport, self.ack) == (other.src, other.sport, other.dport, other.ack) && within
     }
