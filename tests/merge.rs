@@ -337,3 +337,25 @@ fn ci_merge_run_merges_the_downloaded_blocks_into_the_job_summary() {
     assert_eq!(run.status.code(), Some(125));
     assert!(std::fs::read_to_string(&summary).unwrap().contains("a merge needs two or more"));
 }
+
+/// A study's forest plot: a row per case over the baseline, then each
+/// claim's ratio with its bound; the bounds drawn in red, the labels on
+/// the left, a log axis.
+#[test]
+fn a_studys_forest_plot_draws_every_ratio_and_each_claims_bound() {
+    let outcome = block("a", "run-a", 1.0, COSTS[0]);
+    let rows = vlab::html::study_forest(&outcome);
+    let claims: usize = outcome.findings.iter().map(|f| f.ratios.len()).sum();
+    assert_eq!(rows.len(), outcome.vs_baseline.len() + claims);
+    // keeps (one ratio, bound 0.8) twice, then the orders (bound 1).
+    let bounds: Vec<f64> = rows.iter().filter_map(|r| r.bound).collect();
+    assert_eq!(bounds.len(), claims);
+    assert_eq!(&bounds[..2], &[0.8, 0.8]);
+    assert!(bounds[2..].iter().all(|b| *b == 1.0));
+    let svg = vlab::html::forest("the claims' ratios", &rows).unwrap();
+    assert!(svg.contains("the claims&apos; ratios"), "the caption");
+    let red = format!("#{:02X}{:02X}{:02X}", vlab::html::BOUND.0, vlab::html::BOUND.1, vlab::html::BOUND.2);
+    assert_eq!(svg.matches(&format!("stroke=\"{red}\"")).count(), claims, "a bound per claim row");
+    assert!(svg.contains("swarm/overlay=swarm,filter=iptables,streams=1 over"), "rows are named");
+    assert!(vlab::html::forest("empty", &[]).is_err());
+}
