@@ -36,7 +36,7 @@ impl Verdict {
 
     /// The verdict of several steps: one that does not hold decides, then
     /// one that cannot tell.
-    pub(crate) fn all(steps: impl IntoIterator<Item = Verdict>) -> Verdict {
+    fn all(steps: impl IntoIterator<Item = Verdict>) -> Verdict {
         steps.into_iter().fold(Verdict::Holds, |acc, v| match (acc, v) {
             (Verdict::DoesNotHold, _) | (_, Verdict::DoesNotHold) => Verdict::DoesNotHold,
             (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,

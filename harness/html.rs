@@ -3,7 +3,10 @@
 //! throughput as a bar, its 95 % interval as a whisker, the baseline's cases
 //! in grey), the table of cases with their ratios and verdicts, links to the
 //! artifacts, and the comparison of kernels when there is one; a study's page
-//! has one chart of all its labs' cases instead, with its findings. The chart is
+//! has one chart of all its labs' cases instead, with a forest plot of its
+//! ratios (each case over the baseline, each claim's with its bound) and its
+//! findings; a merged study's page (`vlab merge --html`) has a forest plot
+//! per kernel, each block's rows and the pooled one. The charts are
 //! SVG drawn with plotters; the page loads nothing from anywhere (its
 //! Content-Security-Policy forbids it) and reads without network access.
 
@@ -521,7 +524,7 @@ pub struct ForestRow {
     pub high: f64,
     /// A claim's bound, drawn on the row.
     pub bound: Option<f64>,
-    /// A block's row under its pooled one (drawn lighter).
+    /// A block's row, above its pooled one (drawn lighter).
     pub block: bool,
 }
 
