@@ -578,6 +578,11 @@ pub fn forest(title: &str, rows: &[ForestRow]) -> Result<String, String> {
             .disable_y_mesh()
             .y_labels(rows.len())
             .y_label_formatter(&label)
+            .x_labels(8)
+            .x_label_formatter(&|v| {
+                let text = format!("{v:.2}");
+                text.trim_end_matches('0').trim_end_matches('.').to_string()
+            })
             .x_desc("ratio (log scale), 95 % intervals")
             .draw()
             .map_err(|e| e.to_string())?;
