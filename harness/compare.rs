@@ -168,6 +168,16 @@ pub fn compare_any(a: &Path, b: &Path, tolerance: f64) -> Result<Compared, Compa
         serde_json::from_str(&text).map_err(|e| CompareError::NotAReport { path: shown, message: e.to_string() })
     };
     let (va, vb) = (value(a)?, value(b)?);
+    for (path, v) in [(a, &va), (b, &vb)] {
+        if v.get("blocks").is_some() && v.get("model").is_some() {
+            return Err(CompareError::NotAReport {
+                path: path.display().to_string(),
+                message: "it is a merged study (vlab merge), whose throughputs are per block: compare two runs' \
+                          reports (vlab run STUDY --json), or read each merged study's pooled findings"
+                    .into(),
+            });
+        }
+    }
     let is_study =
         |v: &serde_json::Value| v.get("studies").is_some_and(|s| s.as_array().is_some_and(|s| !s.is_empty()));
     match (is_study(&va), is_study(&vb)) {

@@ -293,6 +293,14 @@ fn vlab_merge_writes_the_merged_study_and_exits_by_its_findings() {
     assert!(md.contains("| `runner-0` | 3 |"), "{md}");
     let xml = std::fs::read_to_string(out("study.xml")).unwrap();
     assert!(xml.contains("pooled findings"), "{xml}");
+    // A merged study is not compared: its throughputs are per block.
+    let run = Command::new(env!("CARGO_BIN_EXE_vlab"))
+        .arg("compare")
+        .args([out("study.json"), files[0].clone()])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(128));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("study.json is not a vlab report: it is a merged study"));
     // The same report twice: exit 128, naming it.
     let run = Command::new(env!("CARGO_BIN_EXE_vlab")).arg("merge").args([&files[0], &files[0]]).output().unwrap();
     assert_eq!(run.status.code(), Some(128));
