@@ -82,17 +82,28 @@ pub struct Comparison {
     pub regressed: bool,
 }
 
-fn read(path: &Path) -> Result<ReportFile, CompareError> {
+/// A report file as JSON.
+fn read(path: &Path) -> Result<serde_json::Value, CompareError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read { path: shown.clone(), source })?;
     serde_json::from_str(&text).map_err(|e| CompareError::NotAReport { path: shown, message: e.to_string() })
 }
 
-/// Compares the reports at `a` and `b` (the reference first).
-pub fn compare_files(a: &Path, b: &Path, tolerance: f64) -> Result<Comparison, CompareError> {
-    let (ra, rb) = (read(a)?, read(b)?);
+/// Compares two lab reports, `a` (read from `pa`) the reference.
+fn compare_labs(
+    pa: &Path,
+    a: serde_json::Value,
+    pb: &Path,
+    b: serde_json::Value,
+    tolerance: f64,
+) -> Result<Comparison, CompareError> {
+    let parse = |path: &Path, v: serde_json::Value| {
+        ReportFile::deserialize(v)
+            .map_err(|e| CompareError::NotAReport { path: path.display().to_string(), message: e.to_string() })
+    };
+    let (ra, rb) = (parse(pa, a)?, parse(pb, b)?);
     let label = |path: &Path, r: &ReportFile| format!("{} (kernel {})", path.display(), r.kernel);
-    compare(&ra, &rb, tolerance, (label(a, &ra), label(b, &rb)))
+    compare(&ra, &rb, tolerance, (label(pa, &ra), label(pb, &rb)))
 }
 
 /// What vlab reads of a study's report (`vlab run STUDY --json`).
@@ -121,7 +132,7 @@ impl FindingChange {
 }
 
 /// Two runs of a study (before and after a kernel or a change): each lab
-/// case by case as [`compare_files`] compares labs, and finding by finding.
+/// case by case as two labs' reports are compared, and finding by finding.
 #[derive(Debug, Clone, Serialize)]
 pub struct StudyComparison {
     pub study: String,
@@ -161,13 +172,7 @@ impl Compared {
 /// Compares the reports at `a` and `b`, of a lab or of a study (a study's
 /// report of one kernel each: the first kernel's otherwise).
 pub fn compare_any(a: &Path, b: &Path, tolerance: f64) -> Result<Compared, CompareError> {
-    let value = |path: &Path| -> Result<serde_json::Value, CompareError> {
-        let shown = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| CompareError::Read { path: shown.clone(), source })?;
-        serde_json::from_str(&text).map_err(|e| CompareError::NotAReport { path: shown, message: e.to_string() })
-    };
-    let (va, vb) = (value(a)?, value(b)?);
+    let (va, vb) = (read(a)?, read(b)?);
     for (path, v) in [(a, &va), (b, &vb)] {
         if v.get("blocks").is_some() && v.get("model").is_some() {
             return Err(CompareError::NotAReport {
@@ -181,7 +186,7 @@ pub fn compare_any(a: &Path, b: &Path, tolerance: f64) -> Result<Compared, Compa
     let is_study =
         |v: &serde_json::Value| v.get("studies").is_some_and(|s| s.as_array().is_some_and(|s| !s.is_empty()));
     match (is_study(&va), is_study(&vb)) {
-        (false, false) => compare_files(a, b, tolerance).map(Compared::Lab),
+        (false, false) => compare_labs(a, va, b, vb, tolerance).map(Compared::Lab),
         (true, true) => {
             let parse = |path: &Path, v: serde_json::Value| {
                 StudyFile::deserialize(v).map_err(|e| CompareError::NotAReport {

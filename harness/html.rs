@@ -671,11 +671,7 @@ pub fn merged_page(m: &crate::merge::Merged) -> String {
         ));
     }
     body.push_str("</table>\n");
-    let cell = |mean: f64, i: Option<crate::stats::Interval>| match i {
-        Some(i) => format!("{mean:.2}x [{:.2}, {:.2}]", i.low, i.high),
-        None if mean.is_finite() => format!("{mean:.2}x"),
-        None => "-".to_string(),
-    };
+    let cell = crate::merge::ratio_cell;
     for k in &m.kernels {
         body.push_str(&format!(
             "<h2>kernel {}: each case over <code>{}</code></h2>\n",

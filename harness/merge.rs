@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::findings::{self, BlockRatio, Evidence, FindingOutcome, Measured, RatioEstimate, StudyOutcome, Verdict};
-use crate::report::fmt_bps;
 use crate::stats::{self, Interval, Pooled};
 use crate::study::{CaseRef, Machine};
 
@@ -218,11 +217,12 @@ struct Blocks<'a> {
     blocks: Vec<(&'a str, &'a [Measured])>,
 }
 
-/// `0.84x [0.70, 1.01]`, or `0.84x` without an interval.
-fn ratio_cell(mean: f64, interval: Option<Interval>) -> String {
+/// `0.84x [0.70, 1.01]`, `0.84x` without an interval, `-` without a ratio.
+pub fn ratio_cell(mean: f64, interval: Option<Interval>) -> String {
     match interval {
         Some(i) => format!("{mean:.2}x [{:.2}, {:.2}]", i.low, i.high),
-        None => format!("{mean:.2}x"),
+        None if mean.is_finite() => format!("{mean:.2}x"),
+        None => "-".to_string(),
     }
 }
 
@@ -253,18 +253,17 @@ impl Evidence for Blocks<'_> {
     fn delivery(&self, case: &CaseRef) -> Option<(usize, usize, String, Vec<String>)> {
         let (mut moved, mut rounds, mut medians, mut failed) = (0, 0, Vec::new(), Vec::<String>::new());
         for (name, cases) in &self.blocks {
-            let (m, n, _, f) = cases.delivery(case)?;
-            let c = cases.iter().find(|c| c.case == *case)?;
+            let (m, n, median, f) = cases.delivery(case)?;
             moved += m;
             rounds += n;
-            medians.push(format!("{name} {}", fmt_bps(stats::median(&c.samples))));
+            medians.push(format!("{name} {median}"));
             for x in f {
                 if !failed.contains(&x) {
                     failed.push(x);
                 }
             }
         }
-        Some((moved, rounds, format!("medians by block: {}", medians.join(", ")), failed))
+        Some((moved, rounds, format!("by block: {}", medians.join(", ")), failed))
     }
 
     fn ratio(&self, case: &CaseRef, of: &CaseRef, latency: bool) -> Result<RatioEstimate, (Verdict, String)> {

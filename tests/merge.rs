@@ -320,12 +320,15 @@ fn ci_merge_run_merges_the_downloaded_blocks_into_the_job_summary() {
     std::fs::create_dir_all(blocks_dir.join("study-block-3")).unwrap();
     let summary = dir.path().join("summary.md");
     let out = dir.path().join("merged");
-    let run = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/merge-run"))
-        .args([&blocks_dir, &out])
-        .env("VLAB", env!("CARGO_BIN_EXE_vlab"))
-        .env("GITHUB_STEP_SUMMARY", &summary)
-        .output()
-        .unwrap();
+    let merge_run = || {
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/merge-run"))
+            .args([&blocks_dir, &out])
+            .env("VLAB", env!("CARGO_BIN_EXE_vlab"))
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap()
+    };
+    let run = merge_run();
     let said = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{said}");
     assert!(said.contains("study-block-3: no report.json (the block did not run): left out"), "{said}");
@@ -336,12 +339,7 @@ fn ci_merge_run_merges_the_downloaded_blocks_into_the_job_summary() {
     }
     // One report is no merge: 125, said in the summary too.
     std::fs::remove_dir_all(blocks_dir.join("study-block-2")).unwrap();
-    let run = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/merge-run"))
-        .args([&blocks_dir, &out])
-        .env("VLAB", env!("CARGO_BIN_EXE_vlab"))
-        .env("GITHUB_STEP_SUMMARY", &summary)
-        .output()
-        .unwrap();
+    let run = merge_run();
     assert_eq!(run.status.code(), Some(125));
     assert!(std::fs::read_to_string(&summary).unwrap().contains("a merge needs two or more"));
 }
